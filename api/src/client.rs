@@ -1,0 +1,192 @@
+//! A typed client of the storage node's HTTP API.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::timeline::{
+    ApiError, CreateSnapshot, CreateTimeline, NodeStatus, SnapshotInfo, TimelineId, TimelineInfo,
+};
+
+/// Why a call failed: the node said no (with its code and message), or it could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node answered with an error status.
+    #[error("storage node refused ({status}): {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    /// The request did not complete.
+    #[error("cannot reach the storage node at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The node answered something that is not the expected JSON.
+    #[error("unexpected answer from the storage node ({status}): {body}")]
+    Decode { status: StatusCode, body: String },
+}
+
+impl ClientError {
+    /// HTTP status of an API error, if the node answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            ClientError::Transport { .. } => None,
+        }
+    }
+
+    /// The node's error code (`not_found`, `conflict`, …), if it answered one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Client of one storage node, e.g. `StorageClient::new("http://127.0.0.1:7100")`.
+#[derive(Debug, Clone)]
+pub struct StorageClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// A successful create: the timeline and whether this call made it (`201`) or found it (`200`).
+#[derive(Debug, Clone)]
+pub struct Created<T> {
+    pub value: T,
+    pub created: bool,
+}
+
+impl StorageClient {
+    /// A client for the node at `base` (scheme, host and port).
+    pub fn new(base: impl Into<String>) -> StorageClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        StorageClient {
+            base: base.into().trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    /// The node's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status,
+                    code: e.code,
+                    message: e.message,
+                },
+                Err(_) => ClientError::Decode {
+                    status,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        let text = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(|v| (status, v))
+            .map_err(|_| ClientError::Decode {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+    }
+
+    /// `POST /v1/timelines`.
+    pub async fn create_timeline(
+        &self,
+        req: &CreateTimeline,
+    ) -> Result<Created<TimelineInfo>, ClientError> {
+        let (status, value) = self.call(Method::POST, "/v1/timelines", Some(req)).await?;
+        Ok(Created {
+            value,
+            created: status == StatusCode::CREATED,
+        })
+    }
+
+    /// `GET /v1/timelines/{id}`.
+    pub async fn get_timeline(&self, id: TimelineId) -> Result<TimelineInfo, ClientError> {
+        let path = format!("/v1/timelines/{id}");
+        Ok(self.call::<(), _>(Method::GET, &path, None).await?.1)
+    }
+
+    /// `GET /v1/timelines`.
+    pub async fn list_timelines(&self) -> Result<Vec<TimelineInfo>, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/timelines", None)
+            .await?
+            .1)
+    }
+
+    /// `DELETE /v1/timelines/{id}`; `force` also deletes under a running compute.
+    pub async fn delete_timeline(&self, id: TimelineId, force: bool) -> Result<(), ClientError> {
+        let path = format!("/v1/timelines/{id}?force={force}");
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/timelines/{id}/snapshots`.
+    pub async fn create_snapshot(
+        &self,
+        id: TimelineId,
+        name: &str,
+    ) -> Result<SnapshotInfo, ClientError> {
+        let path = format!("/v1/timelines/{id}/snapshots");
+        let body = CreateSnapshot { name: name.into() };
+        Ok(self.call(Method::POST, &path, Some(&body)).await?.1)
+    }
+
+    /// `GET /v1/timelines/{id}/snapshots`.
+    pub async fn list_snapshots(&self, id: TimelineId) -> Result<Vec<SnapshotInfo>, ClientError> {
+        let path = format!("/v1/timelines/{id}/snapshots");
+        Ok(self.call::<(), _>(Method::GET, &path, None).await?.1)
+    }
+
+    /// `DELETE /v1/timelines/{id}/snapshots/{name}`.
+    pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/timelines/{id}/snapshots/{name}");
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, "/v1/status", None).await?.1)
+    }
+}

@@ -1,0 +1,317 @@
+//! Timelines, snapshots and node status as the storage API serves them.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::lsn::Lsn;
+
+/// Identifier of a timeline: a UUID, chosen by the client for idempotent creation.
+pub type TimelineId = Uuid;
+
+/// The moment of the parent's history a fork starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// The parent's state now.
+    Latest,
+    /// Everything up to and including the WAL record at this position.
+    Lsn(Lsn),
+    /// Every transaction committed at or before this time.
+    Time(DateTime<Utc>),
+    /// The consistent state a named snapshot of the parent captured.
+    Snapshot(String),
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Latest => f.write_str("latest"),
+            At::Lsn(l) => write!(f, "lsn {l}"),
+            At::Time(t) => write!(f, "time {}", t.to_rfc3339()),
+            At::Snapshot(s) => write!(f, "snapshot {s}"),
+        }
+    }
+}
+
+impl Serialize for At {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for At {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        At::from_json(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl At {
+    /// The wire form: `"latest"`, `{"lsn": "0/16B3748"}`, `{"time": "…"}`, `{"snapshot": "…"}`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            At::Latest => Value::String("latest".into()),
+            At::Lsn(l) => serde_json::json!({ "lsn": l.to_string() }),
+            At::Time(t) => serde_json::json!({ "time": t.to_rfc3339() }),
+            At::Snapshot(s) => serde_json::json!({ "snapshot": s }),
+        }
+    }
+
+    /// Parses the wire form, with a message that names the accepted shapes.
+    pub fn from_json(v: &Value) -> Result<At, String> {
+        const SHAPES: &str = r#"expected "latest", {"lsn": "0/16B3748"}, {"time": "2026-01-02T03:04:05Z"} or {"snapshot": "name"}"#;
+        match v {
+            Value::String(s) if s == "latest" => Ok(At::Latest),
+            Value::Object(m) if m.len() == 1 => {
+                let (k, val) = m.iter().next().ok_or_else(|| SHAPES.to_string())?;
+                let s = val
+                    .as_str()
+                    .ok_or_else(|| format!("\"at\".{k} must be a string; {SHAPES}"))?;
+                match k.as_str() {
+                    "lsn" => s.parse().map(At::Lsn).map_err(|e| e.to_string()),
+                    "time" => DateTime::parse_from_rfc3339(s)
+                        .map(|t| At::Time(t.with_timezone(&Utc)))
+                        .map_err(|e| format!("invalid time {s:?}: {e} (expected RFC 3339, like 2026-01-02T03:04:05Z)")),
+                    "snapshot" => {
+                        crate::names::validate_snapshot_name(s)?;
+                        Ok(At::Snapshot(s.to_string()))
+                    }
+                    other => Err(format!("unknown \"at\" key {other:?}; {SHAPES}")),
+                }
+            }
+            other => Err(format!("invalid \"at\" {other}; {SHAPES}")),
+        }
+    }
+}
+
+/// Body of `POST /v1/timelines`: a root (no parent) or a fork of `parent` at `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTimeline {
+    /// Client-chosen id; repeating a request with the same id and body is a no-op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<TimelineId>,
+    /// The timeline to fork; absent for a new, empty root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TimelineId>,
+    /// Where in the parent's history to fork; defaults to `latest`. Only with `parent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<At>,
+}
+
+/// Lifecycle state of a timeline in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineState {
+    /// A root whose PGDATA is still empty: the first compute start runs `initdb`.
+    Empty,
+    /// PGDATA is in place and can be started.
+    Ready,
+}
+
+/// Whether a Postgres compute is serving the timeline (seen through its Unix socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeState {
+    /// Postgres accepts connections on the timeline's socket.
+    Running,
+    /// No Postgres answers on the timeline's socket.
+    Stopped,
+}
+
+/// The range of history a fork of this timeline may target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreWindow {
+    /// Oldest position a fork can reach (the base snapshot still kept).
+    pub from_lsn: Option<Lsn>,
+    /// Time of `from_lsn`.
+    pub from_time: Option<DateTime<Utc>>,
+    /// Newest flushed position (now, for a running compute).
+    pub to_lsn: Option<Lsn>,
+    /// Time of `to_lsn`.
+    pub to_time: Option<DateTime<Utc>>,
+}
+
+/// How a snapshot came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// The state a fork started from, kept so the fork's own history begins at its fork point.
+    Fork,
+    /// Taken by the node every `snapshot_interval` or `snapshot_wal_bytes`.
+    Periodic,
+    /// Asked for by name through the API.
+    Manual,
+}
+
+/// A backup-mode clone of a timeline's PGDATA, the base every time-travel fork starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Unique within its timeline.
+    pub name: String,
+    /// Why it exists.
+    pub kind: SnapshotKind,
+    /// Where WAL replay from this snapshot starts (the checkpoint's redo position).
+    pub start_lsn: Lsn,
+    /// First position at which the snapshot is consistent; forks can target it or later.
+    pub end_lsn: Lsn,
+    /// When the snapshot became consistent.
+    pub time: DateTime<Utc>,
+    /// Postgres timeline id (TLI) the snapshot's WAL is on.
+    pub pg_timeline: u32,
+}
+
+/// Body of `POST /v1/timelines/{id}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Name of the snapshot (1–63 of `a-z0-9-_.`).
+    pub name: String,
+}
+
+/// A timeline as `GET /v1/timelines/{id}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineInfo {
+    /// Its id.
+    pub id: TimelineId,
+    /// The timeline it was forked from; `None` for a root.
+    pub parent: Option<TimelineId>,
+    /// What the fork asked for.
+    pub at: Option<At>,
+    /// Exact WAL position of the parent's history this timeline starts from.
+    pub fork_lsn: Option<Lsn>,
+    /// Commit time of the last transaction the fork includes (or the fork's moment for `latest`).
+    pub fork_time: Option<DateTime<Utc>>,
+    /// Storage state.
+    pub state: TimelineState,
+    /// Compute state, as seen through the socket in `run_dir`.
+    pub compute: ComputeState,
+    /// When the timeline was created.
+    pub created_at: DateTime<Utc>,
+    /// Directory a compute runs Postgres on.
+    pub pgdata: String,
+    /// This timeline's WAL archive.
+    pub archive: String,
+    /// Socket directory of this timeline's compute.
+    pub run_dir: String,
+    /// `archive_command` the compute must use (relative to PGDATA, so it works wherever the
+    /// timeline directory is mounted).
+    pub archive_command: String,
+    /// Sum of file sizes in PGDATA.
+    pub logical_bytes: u64,
+    /// Bytes in extents no other file shares: what deleting this timeline frees.
+    pub exclusive_bytes: u64,
+    /// Bytes of WAL archive and snapshots (its history).
+    pub history_bytes: u64,
+    /// Range a fork of this timeline can target.
+    pub restore_window: RestoreWindow,
+    /// Snapshots kept, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// Clone method of the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloneMethod {
+    /// `FICLONE` works: clones share extents, O(metadata).
+    Reflink,
+    /// No reflinks: every clone is a full copy, O(size).
+    Copy,
+}
+
+impl fmt::Display for CloneMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloneMethod::Reflink => "reflink",
+            CloneMethod::Copy => "copy",
+        })
+    }
+}
+
+/// `GET /v1/status`: what this node runs on and how full it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Version of `ramify-storage`.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// How timelines are cloned here.
+    pub clone_method: CloneMethod,
+    /// Filesystem type of the data directory (`xfs`, `btrfs`, `ext4`, …).
+    pub filesystem: String,
+    /// Size of the filesystem.
+    pub capacity_bytes: u64,
+    /// Bytes in use on the filesystem.
+    pub used_bytes: u64,
+    /// Bytes still free for this node.
+    pub available_bytes: u64,
+    /// Number of timelines.
+    pub timelines: usize,
+    /// Restore window in seconds.
+    pub restore_window_seconds: u64,
+    /// Periodic snapshot interval in seconds (0 = off).
+    pub snapshot_interval_seconds: u64,
+    /// WAL bytes after which a periodic snapshot is taken (0 = off).
+    pub snapshot_wal_bytes: u64,
+}
+
+/// Every error the API returns: a stable machine code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable, snake_case code (`not_found`, `conflict`, `out_of_range`, …).
+    pub code: String,
+    /// What went wrong and what is valid.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_wire_forms() {
+        let cases = [
+            (r#""latest""#, At::Latest),
+            (r#"{"lsn":"0/16B3748"}"#, At::Lsn(Lsn(0x16B3748))),
+            (r#"{"snapshot":"nightly"}"#, At::Snapshot("nightly".into())),
+        ];
+        for (json, at) in cases {
+            let parsed: At = serde_json::from_str(json).unwrap();
+            assert_eq!(parsed, at);
+            let back: At = serde_json::from_value(parsed.to_json()).unwrap();
+            assert_eq!(back, at);
+        }
+        let t: At = serde_json::from_str(r#"{"time":"2026-01-02T03:04:05+01:00"}"#).unwrap();
+        assert_eq!(t.to_json()["time"], "2026-01-02T02:04:05+00:00");
+    }
+
+    #[test]
+    fn at_errors_name_the_valid_shapes() {
+        for bad in [
+            r#""earliest""#,
+            r#"{"lsn":"0/ZZ"}"#,
+            r#"{"lsn":5}"#,
+            r#"{"time":"yesterday"}"#,
+            r#"{"lsn":"0/1","time":"x"}"#,
+            r#"{"commit":"x"}"#,
+            r#"{"snapshot":"../etc"}"#,
+            "7",
+        ] {
+            let e = serde_json::from_str::<At>(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("expected") || e.contains("invalid") || e.contains("use 1-63"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn create_rejects_unknown_fields() {
+        let e = serde_json::from_str::<CreateTimeline>(r#"{"parnet":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"));
+        let c: CreateTimeline = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, CreateTimeline::default());
+    }
+}
