@@ -1,0 +1,409 @@
+//! Ramify's generated Postgres settings: the `ramify.conf` include file.
+//!
+//! Rendering is pure; [`ensure_include`] is the only function here that touches disk.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The generated include file's name inside PGDATA.
+pub const RAMIFY_CONF: &str = "ramify.conf";
+
+/// The line `postgresql.conf` ends with so that `ramify.conf` is read last.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'ramify.conf'";
+
+/// Longest Unix socket path Postgres accepts (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Settings Ramify owns; a user parameter may not override them.
+const RESERVED: [&str; 13] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "unix_socket_permissions",
+    "archive_mode",
+    "archive_command",
+    "archive_library",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "include",
+    "include_dir",
+];
+
+/// Errors rendering settings or editing `postgresql.conf`.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A parameter name is not a plain lower-case Postgres setting name.
+    #[error(
+        "invalid Postgres parameter name {name:?}: use lower-case letters, digits, `_` and `.` \
+         (e.g. shared_buffers, auto_explain.log_min_duration)"
+    )]
+    InvalidName {
+        /// The offending name.
+        name: String,
+    },
+    /// A parameter would override a setting Ramify controls.
+    #[error("Postgres parameter `{name}` is managed by Ramify and cannot be set")]
+    Reserved {
+        /// The offending name.
+        name: String,
+    },
+    /// A value contains a NUL byte, which a configuration file cannot hold.
+    #[error("value of Postgres parameter `{name}` contains a NUL byte")]
+    InvalidValue {
+        /// The parameter whose value is invalid.
+        name: String,
+    },
+    /// The archive command is empty (WAL would pile up forever).
+    #[error(
+        "archive_command must not be empty: with archive_mode = on, WAL would never be archived"
+    )]
+    EmptyArchiveCommand,
+    /// The socket directory cannot be used by Postgres.
+    #[error("unix socket directory {}: {reason}", run_dir.display())]
+    RunDir {
+        /// The directory.
+        run_dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a configuration file failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything Ramify writes into a compute's `ramify.conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeSettings {
+    /// TCP port (also names the Unix socket `.s.PGSQL.<port>`).
+    pub port: u16,
+    /// `listen_addresses`, e.g. `127.0.0.1`, `*`, or empty for sockets only.
+    pub listen_addresses: String,
+    /// The Unix socket directory (the timeline's `run/`), also where the server log goes.
+    pub run_dir: PathBuf,
+    /// The shell command archiving one WAL segment (`%p`, `%f` as Postgres defines them).
+    pub archive_command: String,
+    /// The user's `postgresParameters`, written last.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl ComputeSettings {
+    /// Renders `ramify.conf`, validating the socket directory and every user parameter.
+    pub fn render(&self) -> Result<String, SettingsError> {
+        let run_dir = self.run_dir.to_str().ok_or_else(|| SettingsError::RunDir {
+            run_dir: self.run_dir.clone(),
+            reason: "path is not valid UTF-8".to_owned(),
+        })?;
+        if !self.run_dir.is_absolute() {
+            return Err(SettingsError::RunDir {
+                run_dir: self.run_dir.clone(),
+                reason: "path must be absolute".to_owned(),
+            });
+        }
+        if run_dir.contains([',', '"']) {
+            return Err(SettingsError::RunDir {
+                run_dir: self.run_dir.clone(),
+                reason: "path must not contain `,` or `\"` (unix_socket_directories is a list)"
+                    .to_owned(),
+            });
+        }
+        let socket_path_len = run_dir.len() + "/.s.PGSQL.".len() + self.port.to_string().len();
+        if socket_path_len > MAX_SOCKET_PATH {
+            return Err(SettingsError::RunDir {
+                run_dir: self.run_dir.clone(),
+                reason: format!(
+                    "socket path would be {socket_path_len} bytes, Postgres allows at most \
+                     {MAX_SOCKET_PATH}; use a shorter directory"
+                ),
+            });
+        }
+        if self.archive_command.trim().is_empty() {
+            return Err(SettingsError::EmptyArchiveCommand);
+        }
+        let mut out = String::from(
+            "# Generated by Ramify on every start; edits are overwritten.\n\
+             # Set your own parameters through the branch's postgresParameters.\n",
+        );
+        let mut line = |name: &str, value: &str| {
+            out.push_str(name);
+            out.push_str(" = ");
+            out.push_str(&quote(value));
+            out.push('\n');
+        };
+        line("port", &self.port.to_string());
+        line("listen_addresses", &self.listen_addresses);
+        line("unix_socket_directories", run_dir);
+        line("unix_socket_permissions", "0700");
+        line("archive_mode", "on");
+        line("archive_command", &self.archive_command);
+        line("recovery_init_sync_method", "syncfs");
+        // lz4 shrinks full-page images, so less WAL is written and archived, and fewer
+        // blocks diverge from the parent's copy-on-write extents.
+        line("wal_compression", "lz4");
+        line("full_page_writes", "on");
+        line("wal_level", "replica");
+        if !self.parameters.is_empty() {
+            out.push_str("# postgresParameters\n");
+        }
+        for (name, value) in &self.parameters {
+            validate_parameter(name, value)?;
+            out.push_str(name);
+            out.push_str(" = ");
+            out.push_str(&quote(value));
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+fn validate_parameter(name: &str, value: &str) -> Result<(), SettingsError> {
+    let invalid = || SettingsError::InvalidName {
+        name: name.to_owned(),
+    };
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let all_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if !first_ok || !all_ok || name.ends_with('.') || name.contains("..") {
+        return Err(invalid());
+    }
+    if RESERVED.contains(&name) || name == "include_if_exists" {
+        return Err(SettingsError::Reserved {
+            name: name.to_owned(),
+        });
+    }
+    if value.contains('\0') {
+        return Err(SettingsError::InvalidValue {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Quotes `value` as a Postgres configuration-file string: single quotes and
+/// backslashes doubled (the file parser treats `\` as an escape), and line breaks
+/// escaped because a quoted string cannot span lines.
+pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `conf` with [`INCLUDE_LINE`] as its last line and nowhere else, or `None` when it
+/// already is exactly that.
+pub fn with_include(conf: &str) -> Option<String> {
+    let is_include = |l: &str| l.trim() == INCLUDE_LINE;
+    let count = conf.lines().filter(|l| is_include(l)).count();
+    let last = conf.lines().rev().find(|l| !l.trim().is_empty());
+    if count == 1 && last.is_some_and(is_include) && conf.ends_with('\n') {
+        return None;
+    }
+    let mut out: String = conf
+        .lines()
+        .filter(|l| !is_include(l))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(INCLUDE_LINE);
+    out.push('\n');
+    Some(out)
+}
+
+/// Makes `<pgdata>/postgresql.conf` end with [`INCLUDE_LINE`] exactly once; idempotent,
+/// atomic (write + rename) and keeps the file's owner and mode.
+pub fn ensure_include(pgdata: &Path) -> Result<(), SettingsError> {
+    let path = pgdata.join("postgresql.conf");
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SettingsError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let conf = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+    let Some(updated) = with_include(&conf) else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(&path).map_err(io("stat", &path))?;
+    let tmp = pgdata.join("postgresql.conf.ramify-tmp");
+    std::fs::write(&tmp, updated).map_err(io("write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io("set permissions of", &tmp))?;
+    if meta.uid() != nix::unistd::Uid::current().as_raw() {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io("chown", &tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io("replace", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ComputeSettings {
+        ComputeSettings {
+            port: 54321,
+            listen_addresses: "127.0.0.1".to_owned(),
+            run_dir: PathBuf::from("/data/timelines/t1/run"),
+            archive_command: "test ! -f '/data/wal/%f' && cp %p /data/wal/%f".to_owned(),
+            parameters: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn renders_ramify_settings() {
+        assert_eq!(
+            settings().render().unwrap(),
+            "# Generated by Ramify on every start; edits are overwritten.\n\
+             # Set your own parameters through the branch's postgresParameters.\n\
+             port = '54321'\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = '/data/timelines/t1/run'\n\
+             unix_socket_permissions = '0700'\n\
+             archive_mode = 'on'\n\
+             archive_command = 'test ! -f ''/data/wal/%f'' && cp %p /data/wal/%f'\n\
+             recovery_init_sync_method = 'syncfs'\n\
+             wal_compression = 'lz4'\n\
+             full_page_writes = 'on'\n\
+             wal_level = 'replica'\n"
+        );
+    }
+
+    #[test]
+    fn renders_user_parameters_sorted_and_quoted() {
+        let mut s = settings();
+        s.parameters.insert("work_mem".into(), "64MB".into());
+        s.parameters
+            .insert("application_name".into(), "it's a \\ test\nline".into());
+        s.parameters
+            .insert("auto_explain.log_min_duration".into(), "250ms".into());
+        let rendered = s.render().unwrap();
+        let tail = rendered.split_once("# postgresParameters\n").unwrap().1;
+        assert_eq!(
+            tail,
+            "application_name = 'it''s a \\\\ test\\nline'\n\
+             auto_explain.log_min_duration = '250ms'\n\
+             work_mem = '64MB'\n"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_parameter_names() {
+        for name in [
+            "",
+            "Work_mem",
+            "work-mem",
+            "a b",
+            "x = 1\nport",
+            "1abc",
+            "a..b",
+            "a.",
+        ] {
+            let mut s = settings();
+            s.parameters.insert(name.into(), "1".into());
+            assert!(
+                matches!(s.render(), Err(SettingsError::InvalidName { .. })),
+                "{name:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_reserved_parameters() {
+        for name in ["port", "archive_command", "include", "include_if_exists"] {
+            let mut s = settings();
+            s.parameters.insert(name.into(), "1".into());
+            let err = s.render().unwrap_err();
+            assert!(
+                matches!(err, SettingsError::Reserved { .. }),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unusable_socket_dirs() {
+        let mut s = settings();
+        s.run_dir = PathBuf::from(format!("/{}", "x".repeat(100)));
+        let err = s.render().unwrap_err().to_string();
+        assert!(err.contains("at most 107"), "{err}");
+        s.run_dir = PathBuf::from("relative/run");
+        assert!(s.render().is_err());
+        s.run_dir = PathBuf::from("/a,b");
+        assert!(s.render().is_err());
+    }
+
+    #[test]
+    fn rejects_empty_archive_command() {
+        let mut s = settings();
+        s.archive_command = " ".into();
+        assert!(matches!(
+            s.render(),
+            Err(SettingsError::EmptyArchiveCommand)
+        ));
+    }
+
+    #[test]
+    fn include_is_appended_once() {
+        assert_eq!(
+            with_include("a = 1\n").as_deref(),
+            Some("a = 1\ninclude_if_exists = 'ramify.conf'\n")
+        );
+        assert_eq!(
+            with_include("a = 1").as_deref(),
+            Some("a = 1\ninclude_if_exists = 'ramify.conf'\n")
+        );
+        assert_eq!(
+            with_include("a = 1\ninclude_if_exists = 'ramify.conf'\n"),
+            None
+        );
+        // Moved to the end when something was appended after it, and deduplicated.
+        assert_eq!(
+            with_include(
+                "include_if_exists = 'ramify.conf'\nb = 2\ninclude_if_exists = 'ramify.conf'\nc = 3\n"
+            )
+            .as_deref(),
+            Some("b = 2\nc = 3\ninclude_if_exists = 'ramify.conf'\n")
+        );
+    }
+
+    #[test]
+    fn ensure_include_is_idempotent_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postgresql.conf");
+        std::fs::write(&path, "max_connections = 100\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        ensure_include(dir.path()).unwrap();
+        ensure_include(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "max_connections = 100\ninclude_if_exists = 'ramify.conf'\n"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let err = ensure_include(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("could not read"), "{err}");
+    }
+}

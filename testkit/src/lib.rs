@@ -1,0 +1,21 @@
+//! Test harness for Ramify's data path with real Postgres.
+//!
+//! * [`Scratch`]: a throwaway directory, on a loop-mounted reflink XFS volume when the
+//!   machine allows (root + xfsprogs), always cleaned up, even after a panic.
+//! * [`free_port`]: a TCP port nobody listens on.
+//! * [`Compute`]: a Postgres started through `ramify-compute`, with query helpers,
+//!   `pg_amcheck` and `pgbench`; stopped when dropped.
+//! * [`StorageNodeProcess`]: a `ramify-storage` process, health-checked, killable and
+//!   restartable.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod compute;
+pub mod port;
+pub mod scratch;
+pub mod storage_node;
+
+pub use compute::{Compute, ComputeError};
+pub use port::free_port;
+pub use scratch::{Scratch, ScratchError};
+pub use storage_node::{StorageNodeError, StorageNodeProcess};
