@@ -1,0 +1,358 @@
+//! The filesystem primitives copy-on-write rests on: `FICLONE` (reflink a file),
+//! `FIEMAP` (which extents a file shares), `syncfs` and `statfs`.
+//!
+//! This is the only module of the storage node with `unsafe` code: four ioctls/syscalls
+//! on file descriptors we own, with buffers sized and aligned for the kernel structs.
+#![allow(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ramify_api::CloneMethod;
+
+/// `_IOW(0x94, 9, int)`: make the destination share the source's extents.
+const FICLONE: libc::c_ulong = 0x4004_9409;
+/// `_IOWR('f', 11, struct fiemap)`.
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// Size of `struct fiemap` without its extent array, and of one `struct fiemap_extent`.
+const FIEMAP_HEADER: usize = 32;
+const FIEMAP_EXTENT: usize = 56;
+const EXTENTS_PER_CALL: usize = 256;
+
+/// Errors of filesystem operations, each naming the path it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CloneError + 'a {
+    move |source| CloneError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes `dst` (new) a reflink of `src`: O(extents), no data copied.
+pub fn reflink_file(src: &File, dst: &File) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its integer argument; both fds are
+    // open for the duration of the call.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Probes whether `dir` supports reflinks by cloning a small scratch file.
+pub fn detect_clone_method(dir: &Path) -> Result<CloneMethod, CloneError> {
+    let a = dir.join(".clone-probe-src");
+    let b = dir.join(".clone-probe-dst");
+    fs::write(&a, [7u8; 4096]).map_err(io_err("write", &a))?;
+    let src = File::open(&a).map_err(io_err("open", &a))?;
+    let dst = File::create(&b).map_err(io_err("create", &b))?;
+    let method = match reflink_file(&src, &dst) {
+        Ok(()) => CloneMethod::Reflink,
+        Err(_) => CloneMethod::Copy,
+    };
+    let _ = fs::remove_file(&a);
+    let _ = fs::remove_file(&b);
+    Ok(method)
+}
+
+/// Clones one file (reflink or copy), keeping its permission bits.
+pub fn clone_file(src: &Path, dst: &Path, method: CloneMethod) -> Result<u64, CloneError> {
+    let meta = fs::metadata(src).map_err(io_err("stat", src))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let from = File::open(src).map_err(io_err("open", src))?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dst)
+        .map_err(io_err("create", dst))?;
+    match method {
+        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", dst))?,
+        CloneMethod::Copy => {
+            let mut from = from;
+            let mut to = to;
+            io::copy(&mut from, &mut to).map_err(io_err("copy", dst))?;
+        }
+    }
+    Ok(meta.len())
+}
+
+/// What `clone_tree` leaves out, as paths relative to the source root.
+pub trait Exclude {
+    /// True if `rel` (a file or directory below the root) must not be cloned.
+    fn skip(&self, rel: &Path, is_dir: bool) -> bool;
+}
+
+impl<F: Fn(&Path, bool) -> bool> Exclude for F {
+    fn skip(&self, rel: &Path, is_dir: bool) -> bool {
+        self(rel, is_dir)
+    }
+}
+
+/// Totals of a tree clone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CloneStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Clones the tree at `src` into the new directory `dst`, file by file, keeping modes.
+/// Sockets and FIFOs are skipped; symlinks are recreated.
+pub fn clone_tree(
+    src: &Path,
+    dst: &Path,
+    method: CloneMethod,
+    exclude: &dyn Exclude,
+) -> Result<CloneStats, CloneError> {
+    let mut stats = CloneStats::default();
+    let mode = fs::metadata(src).map_err(io_err("stat", src))?.mode() & 0o7777;
+    fs::create_dir(dst).map_err(io_err("mkdir", dst))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dst))?;
+    clone_dir(src, dst, Path::new(""), method, exclude, &mut stats)?;
+    Ok(stats)
+}
+
+fn clone_dir(
+    src_root: &Path,
+    dst_root: &Path,
+    rel: &Path,
+    method: CloneMethod,
+    exclude: &dyn Exclude,
+    stats: &mut CloneStats,
+) -> Result<(), CloneError> {
+    let dir = src_root.join(rel);
+    for entry in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
+        let entry = entry.map_err(io_err("read dir", &dir))?;
+        let child_rel = rel.join(entry.file_name());
+        let src = src_root.join(&child_rel);
+        let dst = dst_root.join(&child_rel);
+        let ft = match entry.file_type() {
+            Ok(ft) => ft,
+            // A file Postgres removed while we walk (temporary files) is simply not cloned.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("stat", &src)(e)),
+        };
+        if exclude.skip(&child_rel, ft.is_dir()) {
+            continue;
+        }
+        if ft.is_dir() {
+            let mode = match fs::metadata(&src) {
+                Ok(m) => m.mode() & 0o7777,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &src)(e)),
+            };
+            fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &dst))?;
+            clone_dir(src_root, dst_root, &child_rel, method, exclude, stats)?;
+        } else if ft.is_file() {
+            match clone_file(&src, &dst, method) {
+                Ok(n) => {
+                    stats.files += 1;
+                    stats.bytes += n;
+                }
+                Err(CloneError::Io { source, op, .. })
+                    if op != "reflink" && source.kind() == io::ErrorKind::NotFound =>
+                {
+                    let _ = fs::remove_file(&dst);
+                }
+                Err(e) => return Err(e),
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(io_err("readlink", &src))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
+        }
+    }
+    Ok(())
+}
+
+/// Space a file occupies, split into extents shared with other files and exclusive ones.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Extents {
+    pub shared: u64,
+    pub exclusive: u64,
+}
+
+/// Reads a file's extent map with `FIEMAP` (after syncing delayed allocations).
+pub fn file_extents(path: &Path) -> Result<Extents, CloneError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut out = Extents::default();
+    let mut start: u64 = 0;
+    // u64 words keep the buffer aligned for the kernel's u64 fields.
+    let words = (FIEMAP_HEADER + FIEMAP_EXTENT * EXTENTS_PER_CALL) / 8;
+    loop {
+        let mut buf = vec![0u64; words];
+        buf[0] = start; // fm_start
+        buf[1] = u64::MAX; // fm_length
+                           // fm_flags (low half of word 2) and fm_extent_count (low half of word 3).
+        buf[2] = FIEMAP_FLAG_SYNC as u64;
+        buf[3] = EXTENTS_PER_CALL as u64;
+        // SAFETY: `buf` is a writable, 8-byte aligned buffer of exactly the size the
+        // kernel expects for `fm_extent_count` extents, alive for the whole call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, buf.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io_err("fiemap", path)(io::Error::last_os_error()));
+        }
+        let mapped = (buf[2] >> 32) as usize; // fm_mapped_extents
+        if mapped == 0 {
+            return Ok(out);
+        }
+        let mut last = false;
+        for i in 0..mapped.min(EXTENTS_PER_CALL) {
+            let base = (FIEMAP_HEADER + i * FIEMAP_EXTENT) / 8;
+            let logical = buf[base];
+            let length = buf[base + 2];
+            let flags = (buf[base + 5] & 0xFFFF_FFFF) as u32;
+            if flags & FIEMAP_EXTENT_SHARED != 0 {
+                out.shared += length;
+            } else {
+                out.exclusive += length;
+            }
+            start = logical + length;
+            last |= flags & FIEMAP_EXTENT_LAST != 0;
+        }
+        if last || mapped < EXTENTS_PER_CALL {
+            return Ok(out);
+        }
+    }
+}
+
+/// Flushes the whole filesystem holding `path`: makes every clone made so far durable.
+pub fn syncfs(path: &Path) -> Result<(), CloneError> {
+    let f = File::open(path).map_err(io_err("open", path))?;
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io_err("syncfs", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Filesystem facts for `/v1/status`.
+#[derive(Debug, Clone)]
+pub struct FsInfo {
+    pub fs_type: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
+/// `statfs` of the filesystem holding `path`.
+pub fn fs_info(path: &Path) -> Result<FsInfo, CloneError> {
+    let f = File::open(path).map_err(io_err("open", path))?;
+    // SAFETY: `st` is a zeroed struct the kernel fills; fd is open.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(io_err("statfs", path)(io::Error::last_os_error()));
+    }
+    let bsize = st.f_frsize as u64;
+    let fs_type = match st.f_type as u64 {
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0xEF53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x2FC1_2FC1 => "zfs",
+        other => {
+            return Ok(FsInfo {
+                fs_type: format!("0x{other:x}"),
+                capacity: st.f_blocks as u64 * bsize,
+                used: (st.f_blocks as u64 - st.f_bfree as u64) * bsize,
+                available: st.f_bavail as u64 * bsize,
+            })
+        }
+    };
+    Ok(FsInfo {
+        fs_type: fs_type.to_string(),
+        capacity: st.f_blocks as u64 * bsize,
+        used: (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * bsize,
+        available: st.f_bavail as u64 * bsize,
+    })
+}
+
+/// Walks a tree, summing file sizes and extents. Missing files (removed meanwhile) are skipped.
+pub fn tree_usage(root: &Path) -> Result<(u64, Extents), CloneError> {
+    let mut logical = 0;
+    let mut ext = Extents::default();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("read dir", &dir)(e)),
+        };
+        for entry in rd.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            let p = entry.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let Ok(meta) = entry.metadata() else { continue };
+                logical += meta.len();
+                match file_extents(&p) {
+                    Ok(e) => {
+                        ext.shared += e.shared;
+                        ext.exclusive += e.exclusive;
+                    }
+                    Err(CloneError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok((logical, ext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_tree_copies_content_and_honours_excludes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("keep/sub")).unwrap();
+        fs::create_dir_all(src.join("skipme")).unwrap();
+        fs::write(src.join("keep/sub/a"), b"hello").unwrap();
+        fs::write(src.join("skipme/b"), b"x").unwrap();
+        fs::write(src.join("top"), vec![1u8; 100_000]).unwrap();
+        let method = detect_clone_method(t.path()).unwrap();
+        let skip = |rel: &Path, _dir: bool| rel.starts_with("skipme") && rel != Path::new("skipme");
+        let stats = clone_tree(&src, &t.path().join("dst"), method, &skip).unwrap();
+        assert_eq!(stats.files, 2);
+        assert_eq!(stats.bytes, 100_005);
+        assert_eq!(fs::read(t.path().join("dst/keep/sub/a")).unwrap(), b"hello");
+        assert!(t.path().join("dst/skipme").is_dir());
+        assert!(!t.path().join("dst/skipme/b").exists());
+        let (logical, ext) = tree_usage(&t.path().join("dst")).unwrap();
+        assert_eq!(logical, 100_005);
+        assert!(ext.shared + ext.exclusive >= 100_000);
+    }
+
+    #[test]
+    fn fs_info_reports_sizes() {
+        let t = tempfile::tempdir().unwrap();
+        let i = fs_info(t.path()).unwrap();
+        assert!(i.capacity > 0 && i.capacity >= i.used);
+    }
+}

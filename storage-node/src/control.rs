@@ -1,0 +1,181 @@
+//! The control connection to a timeline's compute: over its Unix socket in `run/`, as the
+//! bootstrap superuser, so no network credential is ever needed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ramify_api::Lsn;
+use tokio::net::UnixStream;
+use tokio_postgres::{Client, NoTls};
+
+/// Bootstrap superuser every Ramify compute is initialised with.
+pub const SUPERUSER: &str = "postgres";
+
+/// Errors talking to a compute.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("compute of {run_dir} is not accepting connections yet: {source}")]
+    Connect {
+        run_dir: PathBuf,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what} failed on the compute: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("compute returned an unreadable {what}: {value:?}")]
+    Value { what: &'static str, value: String },
+}
+
+/// Whether a postmaster listens on the socket in `run_dir`, and on which port.
+pub async fn running_port(run_dir: &Path) -> Option<u16> {
+    let rd = std::fs::read_dir(run_dir).ok()?;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some(port) = name.strip_prefix(".s.PGSQL.") else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let connect = UnixStream::connect(e.path());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// Opens a control connection to the compute listening in `run_dir` on `port`.
+pub async fn connect(run_dir: &Path, port: u16) -> Result<Client, ControlError> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(run_dir)
+        .port(port)
+        .user(SUPERUSER)
+        .dbname("postgres")
+        .application_name("ramify-storage")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|source| ControlError::Connect {
+            run_dir: run_dir.to_path_buf(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "control connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn parse_lsn(what: &'static str, s: String) -> Result<Lsn, ControlError> {
+    s.parse()
+        .map_err(|_| ControlError::Value { what, value: s })
+}
+
+/// Runs a query returning one text value.
+async fn one_text(c: &Client, what: &'static str, sql: &str) -> Result<String, ControlError> {
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    row.try_get::<_, String>(0)
+        .map_err(|source| ControlError::Query { what, source })
+}
+
+/// The compute's flushed WAL position.
+pub async fn flush_lsn(c: &Client) -> Result<Lsn, ControlError> {
+    let s = one_text(
+        c,
+        "pg_current_wal_flush_lsn",
+        "SELECT pg_current_wal_flush_lsn()::text",
+    )
+    .await?;
+    parse_lsn("flush LSN", s)
+}
+
+/// Writes a named restore point and commits a transaction with an xid after it, so the
+/// WAL holds a record past every position up to now and is flushed through it. Forks at a
+/// target near the end of WAL then always find their stopping record.
+pub async fn mark_and_flush(c: &Client, label: &str) -> Result<Lsn, ControlError> {
+    let what = "restore point";
+    c.batch_execute("BEGIN")
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    c.query_one("SELECT pg_create_restore_point($1)::text", &[&label])
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    c.query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    flush_lsn(c).await
+}
+
+/// Result of `pg_backup_stop`.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    pub lsn: Lsn,
+    pub label: String,
+    pub tablespace_map: String,
+}
+
+/// `pg_backup_start(label, fast)`; returns the backup's start (redo) position and timeline.
+pub async fn backup_start(c: &Client, label: &str, fast: bool) -> Result<(Lsn, u32), ControlError> {
+    let what = "pg_backup_start";
+    let row = c
+        .query_one(
+            "SELECT pg_backup_start($1, $2)::text, (SELECT timeline_id FROM pg_control_checkpoint())",
+            &[&label, &fast],
+        )
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    let lsn: String = row
+        .try_get(0)
+        .map_err(|source| ControlError::Query { what, source })?;
+    let tli: i32 = row
+        .try_get(1)
+        .map_err(|source| ControlError::Query { what, source })?;
+    Ok((parse_lsn("backup start LSN", lsn)?, tli as u32))
+}
+
+/// `pg_backup_stop(wait_for_archive => false)`: the WAL is taken from `pg_wal` directly.
+pub async fn backup_stop(c: &Client) -> Result<BackupStop, ControlError> {
+    let what = "pg_backup_stop";
+    let row = c
+        .query_one(
+            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)",
+            &[],
+        )
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    let get = |i| {
+        row.try_get::<_, String>(i)
+            .map_err(|source| ControlError::Query { what, source })
+    };
+    Ok(BackupStop {
+        lsn: parse_lsn("backup stop LSN", get(0)?)?,
+        label: get(1)?,
+        tablespace_map: get(2)?,
+    })
+}
+
+/// The compute's clock, so times recorded match the commit timestamps in its WAL.
+pub async fn now(c: &Client) -> Result<DateTime<Utc>, ControlError> {
+    let what = "clock_timestamp";
+    let row = c
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .map_err(|source| ControlError::Query { what, source })?;
+    row.try_get(0)
+        .map_err(|source| ControlError::Query { what, source })
+}

@@ -1,0 +1,15 @@
+//! Ramify's storage node: versioned Postgres timelines with copy-on-write forks at the
+//! latest state, an LSN, a time or a snapshot, served over a JSON HTTP API.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod clone;
+pub mod control;
+pub mod layout;
+pub mod meta;
+pub mod metrics;
+pub mod node;
+pub mod pgcontrol;
+pub mod pgdata;
+pub mod wal;
+pub mod window;

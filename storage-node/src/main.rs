@@ -1,0 +1,191 @@
+//! `ramify-storage`: the storage node binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ramify_storage::metrics::Metrics;
+use ramify_storage::node::{Node, NodeConfig};
+use tracing::{info, warn};
+
+/// Ramify's storage node: keeps Postgres timelines (PGDATA + WAL archive + snapshots) on a
+/// reflink filesystem and forks them copy-on-write at the latest state, an LSN, a time or
+/// a snapshot. Serves a JSON API under /v1 (see the project's docs/storage-api.md).
+///
+/// Example:
+///   ramify-storage --data-dir /var/lib/ramify --listen 127.0.0.1:7100 --restore-window 7d
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Data directory; put it on XFS (reflink=1) or btrfs, or every fork is a full copy.
+    #[arg(long, env = "RAMIFY_STORAGE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7100", env = "RAMIFY_STORAGE_LISTEN")]
+    listen: SocketAddr,
+    /// How far back forks at an LSN or time can reach (e.g. 7d, 12h, 30m). Older
+    /// snapshots and WAL are garbage-collected.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    restore_window: Duration,
+    /// Take a snapshot of each timeline this often when it has new WAL (0 = never).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    snapshot_interval: Duration,
+    /// ...or as soon as this much WAL was written since the last one (e.g. 256MiB, 1GiB; 0 = never).
+    /// Bounds how much WAL a fork at an LSN or time replays.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    snapshot_wal_bytes: u64,
+    /// How often periodic snapshots and restore-window GC are checked.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    housekeeping_interval: Duration,
+    /// Directory with Postgres binaries (pg_waldump is needed for forks at a time);
+    /// default: $PATH, then /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "RAMIFY_PG_BIN")]
+    pg_bin: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Parses `123`, `64KiB`, `256MiB`, `1GiB`, `10MB`, `1GB`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional unit, like 256MiB")
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn find_waldump(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+    if let Some(dir) = explicit {
+        let p = dir.join("pg_waldump");
+        return p.exists().then_some(p);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    dirs.extend(versions);
+    dirs.into_iter()
+        .map(|d| d.join("pg_waldump"))
+        .find(|p| p.exists())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if nix::unistd::geteuid().is_root() {
+        warn!("running as root: files will be owned by root and Postgres (which refuses root) cannot use them; run as the Postgres OS user");
+    }
+    let waldump = find_waldump(args.pg_bin.as_ref());
+    if waldump.is_none() {
+        warn!("pg_waldump not found: forks at a time are refused and fork times are approximate; pass --pg-bin");
+    }
+    let cfg = NodeConfig {
+        data_dir: args.data_dir.clone(),
+        restore_window: args.restore_window,
+        snapshot_interval: args.snapshot_interval,
+        snapshot_wal_bytes: args.snapshot_wal_bytes,
+        waldump,
+    };
+    let node = Arc::new(
+        Node::open(cfg, Arc::new(Metrics::default()))
+            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(
+        listen = %args.listen, data_dir = %args.data_dir.display(), clone_method = %node.clone_method(),
+        restore_window = %humantime::format_duration(args.restore_window),
+        "ramify-storage ready"
+    );
+    let bg = node.clone();
+    let every = args.housekeeping_interval.max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            if let Err(e) = bg.tick().await {
+                warn!(error = %e, "housekeeping failed");
+            }
+        }
+    });
+    let app =
+        ramify_storage::api::router(node.clone()).layer(axum::middleware::from_fn_with_state(
+            node,
+            |axum::extract::State(n): axum::extract::State<Arc<Node>>,
+             req: axum::extract::Request,
+             next: axum::middleware::Next| async move {
+                n.metrics().request();
+                next.run(req).await
+            },
+        ));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            info!("shutting down");
+        })
+        .await
+        .context("HTTP server failed")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_bytes("0").unwrap(), 0);
+        assert_eq!(parse_bytes("1GB").unwrap(), 1_000_000_000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,1223 @@
+//! The storage node: timelines, forks, snapshots, deletion, accounting and the restore
+//! window, on top of the data directory layout and the metadata store.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ramify_api::{
+    At, CloneMethod, ComputeState, CreateTimeline, Lsn, NodeStatus, RestoreWindow, SnapshotInfo,
+    SnapshotKind, TimelineId, TimelineInfo, TimelineState,
+};
+use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
+use tracing::{info, instrument, warn};
+
+use crate::clone::{self, CloneError};
+use crate::control::{self, ControlError};
+use crate::layout::{Layout, TimelineDir};
+use crate::meta::{Meta, MetaError, Phase, SnapshotRecord, TimelineRecord};
+use crate::metrics::Metrics;
+use crate::pgcontrol::{self, PgControlError};
+use crate::pgdata::{self, RecoveryTarget};
+use crate::wal::{self, WalError, SEGMENT_SIZE};
+use crate::window;
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub restore_window: Duration,
+    pub snapshot_interval: Duration,
+    pub snapshot_wal_bytes: u64,
+    /// `pg_waldump` used to find commit times; without it time targets are refused.
+    pub waldump: Option<PathBuf>,
+}
+
+/// Everything that can go wrong, each with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error(transparent)]
+    Fs(#[from] CloneError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    PgControl(#[from] PgControlError),
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl NodeError {
+    /// Stable code for the API and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::Invalid(_) => "invalid_request",
+            NodeError::NotFound(_) => "not_found",
+            NodeError::Conflict(_) => "conflict",
+            NodeError::OutOfRange(_) => "out_of_range",
+            e if e.is_disk_full() => "insufficient_storage",
+            _ => "internal",
+        }
+    }
+
+    fn is_disk_full(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC) {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+fn io_op(op: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
+    let op = op.into();
+    move |source| NodeError::Io { op, source }
+}
+
+/// The storage node.
+pub struct Node {
+    cfg: NodeConfig,
+    layout: Layout,
+    meta: Meta,
+    clone_method: CloneMethod,
+    metrics: Arc<Metrics>,
+    /// Serialises read-modify-write of metadata records.
+    meta_write: Mutex<()>,
+    /// Per-timeline lock: forks and snapshots read it, deletion writes it.
+    locks: StdMutex<HashMap<TimelineId, Arc<RwLock<()>>>>,
+    /// Per-id lock so concurrent retries of one create wait for each other.
+    creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
+}
+
+/// What a compute looks like from the storage side.
+struct Running {
+    port: u16,
+}
+
+impl Node {
+    /// Opens the data directory: detects the clone method, opens metadata, and removes
+    /// whatever a crash left half-done (staging directories, creating records).
+    pub fn open(cfg: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, NodeError> {
+        let layout = Layout::new(&cfg.data_dir);
+        for d in [layout.timelines(), layout.root().join("meta")] {
+            std::fs::create_dir_all(&d).map_err(io_op(format!("create {}", d.display())))?;
+        }
+        let clone_method = clone::detect_clone_method(layout.root())?;
+        if clone_method == CloneMethod::Copy {
+            warn!(
+                data_dir = %layout.root().display(),
+                "THE DATA DIRECTORY DOES NOT SUPPORT REFLINKS: every fork and snapshot is a FULL COPY \
+                 (slow, and no space is shared). Use XFS (mkfs.xfs -m reflink=1) or btrfs."
+            );
+        }
+        let meta = Meta::open(&layout.meta_db())?;
+        let node = Node {
+            cfg,
+            layout,
+            meta,
+            clone_method,
+            metrics,
+            meta_write: Mutex::new(()),
+            locks: StdMutex::new(HashMap::new()),
+            creating: StdMutex::new(HashMap::new()),
+        };
+        node.recover()?;
+        Ok(node)
+    }
+
+    pub fn clone_method(&self) -> CloneMethod {
+        self.clone_method
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Crash recovery of the node's own state.
+    fn recover(&self) -> Result<(), NodeError> {
+        let records = self.meta.all()?;
+        for r in &records {
+            if r.phase == Phase::Creating {
+                warn!(timeline = %r.id, "removing a timeline whose creation was interrupted");
+                remove_dir_if_exists(&self.layout.creating(r.id))?;
+                remove_dir_if_exists(&self.layout.timeline(r.id))?;
+                self.meta.remove(r.id)?;
+            }
+        }
+        let known: Vec<String> = self.meta.all()?.iter().map(|r| r.id.to_string()).collect();
+        let rd = std::fs::read_dir(self.layout.timelines()).map_err(io_op("list timelines"))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                warn!(dir = %name, "removing a directory no timeline owns (interrupted create or delete)");
+                remove_dir_if_exists(&e.path())?;
+            } else {
+                let snaps = TimelineDir(e.path()).snapshots();
+                if let Ok(rd) = std::fs::read_dir(&snaps) {
+                    for s in rd.flatten() {
+                        if s.file_name().to_string_lossy().starts_with(".creating-") {
+                            remove_dir_if_exists(&s.path())?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_of(&self, id: TimelineId) -> Arc<RwLock<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id).or_default().clone()
+    }
+
+    fn record(&self, id: TimelineId) -> Result<TimelineRecord, NodeError> {
+        match self.meta.get(id)? {
+            Some(r) if r.phase != Phase::Creating => Ok(r),
+            _ => Err(NodeError::NotFound(format!("timeline {id} does not exist"))),
+        }
+    }
+
+    fn dir(&self, id: TimelineId) -> TimelineDir {
+        TimelineDir(self.layout.timeline(id))
+    }
+
+    async fn running(&self, id: TimelineId) -> Option<Running> {
+        control::running_port(&self.dir(id).run())
+            .await
+            .map(|port| Running { port })
+    }
+
+    // ----- create -------------------------------------------------------------------
+
+    /// `POST /v1/timelines`. Returns the timeline and whether it was created now.
+    #[instrument(skip(self, req), fields(timeline))]
+    pub async fn create(&self, mut req: CreateTimeline) -> Result<(TimelineInfo, bool), NodeError> {
+        if req.at.is_some() && req.parent.is_none() {
+            return Err(NodeError::Invalid(
+                "\"at\" is only valid with \"parent\": a root timeline starts empty".into(),
+            ));
+        }
+        if req.parent.is_some() && req.at.is_none() {
+            req.at = Some(At::Latest);
+        }
+        let id = *req.id.get_or_insert_with(TimelineId::new_v4);
+        tracing::Span::current().record("timeline", tracing::field::display(id));
+        let id_lock = {
+            let mut m = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id).or_default().clone()
+        };
+        let _guard = id_lock.lock().await;
+        if let Some(existing) = self.meta.get(id)? {
+            if existing.request != req {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} already exists with a different request (parent {:?}, at {})",
+                    existing.parent.map(|p| p.to_string()),
+                    existing
+                        .at
+                        .as_ref()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into())
+                )));
+            }
+            return Ok((self.info(&existing).await?, false));
+        }
+        let started = Instant::now();
+        let result = match req.parent {
+            None => self.create_root(id, &req).await,
+            Some(parent) => self.fork(id, parent, &req).await,
+        };
+        match &result {
+            Ok(_) => self.metrics.fork_ok(req.at.as_ref(), started.elapsed()),
+            Err(e) => {
+                self.metrics.fork_failed(e.code());
+                // Leave nothing half-made behind a failed create.
+                let _ = remove_dir_if_exists(&self.layout.creating(id));
+                if matches!(self.meta.get(id), Ok(Some(r)) if r.phase == Phase::Creating) {
+                    let _ = self.meta.remove(id);
+                }
+            }
+        }
+        let rec = result?;
+        Ok((self.info(&rec).await?, true))
+    }
+
+    fn begin(&self, id: TimelineId, req: &CreateTimeline) -> Result<TimelineRecord, NodeError> {
+        let rec = TimelineRecord {
+            id,
+            parent: req.parent,
+            at: req.at.clone(),
+            request: req.clone(),
+            phase: Phase::Creating,
+            fork_lsn: None,
+            fork_time: None,
+            created_at: Utc::now(),
+            snapshots: vec![],
+        };
+        self.meta.put(&rec)?;
+        let staging = self.layout.creating(id);
+        remove_dir_if_exists(&staging)?;
+        let dir = TimelineDir(staging);
+        for d in [dir.0.clone(), dir.archive(), dir.snapshots(), dir.run()] {
+            std::fs::create_dir(&d).map_err(io_op(format!("create {}", d.display())))?;
+        }
+        set_mode(&dir.run(), 0o700)?;
+        Ok(rec)
+    }
+
+    /// Makes the staging directory the timeline: durable first, then one rename, then one
+    /// metadata commit. A crash before the commit is cleaned up at start-up.
+    fn commit(&self, mut rec: TimelineRecord) -> Result<TimelineRecord, NodeError> {
+        let staging = self.layout.creating(rec.id);
+        clone::syncfs(&staging)?;
+        std::fs::rename(&staging, self.layout.timeline(rec.id))
+            .map_err(io_op(format!("publish timeline {}", rec.id)))?;
+        fsync_dir(&self.layout.timelines())?;
+        rec.phase = Phase::Ready;
+        self.meta.put(&rec)?;
+        Ok(rec)
+    }
+
+    async fn create_root(
+        &self,
+        id: TimelineId,
+        req: &CreateTimeline,
+    ) -> Result<TimelineRecord, NodeError> {
+        let rec = self.begin(id, req)?;
+        let dir = TimelineDir(self.layout.creating(id));
+        std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
+        set_mode(&dir.pgdata(), 0o700)?;
+        info!(timeline = %id, "created empty root timeline");
+        self.commit(rec)
+    }
+
+    async fn fork(
+        &self,
+        id: TimelineId,
+        parent: TimelineId,
+        req: &CreateTimeline,
+    ) -> Result<TimelineRecord, NodeError> {
+        let _parent_guard = self.read_lock(parent).await;
+        let prec = self
+            .record(parent)
+            .map_err(|_| NodeError::NotFound(format!("parent timeline {parent} does not exist")))?;
+        let pdir = self.dir(parent);
+        if !pdir.pgdata().join("PG_VERSION").exists() {
+            return Err(NodeError::Conflict(format!(
+                "parent timeline {parent} has no data yet: start its compute once (it runs initdb) before forking it"
+            )));
+        }
+        let at = req.at.clone().unwrap_or(At::Latest);
+        let running = self.running(parent).await;
+        let never_started = pdir.pgdata().join("recovery.signal").exists();
+        // Validate before doing any work, so a bad target costs nothing.
+        let plan = self
+            .plan(&prec, &at, running.as_ref(), never_started)
+            .await?;
+        let mut rec = self.begin(id, req)?;
+        let dir = TimelineDir(self.layout.creating(id));
+        let t0 = Instant::now();
+        let fork = match plan {
+            Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
+            Plan::Stopped => self.fork_stopped(&pdir, &dir).await?,
+            Plan::FromSnapshot { base, target } => {
+                self.fork_from_snapshot(&prec, &pdir, base, target, &dir)
+                    .await?
+            }
+        };
+        // The fork's starting state is also its first snapshot: its own history (and
+        // its restore window) begins at the fork point.
+        let snap_dir = dir.snapshots().join("fork");
+        std::fs::create_dir(&snap_dir).map_err(io_op("create fork snapshot"))?;
+        let method = self.clone_method;
+        let (src, dst) = (dir.pgdata(), snap_dir.join("pgdata"));
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, method, &|_: &Path, _| false)
+        })
+        .await??;
+        pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
+            .map_err(io_op("write recovery settings"))?;
+        rec.fork_lsn = Some(fork.lsn);
+        rec.fork_time = Some(fork.time);
+        rec.snapshots.push(SnapshotRecord {
+            info: SnapshotInfo {
+                name: "fork".into(),
+                kind: SnapshotKind::Fork,
+                start_lsn: fork.start_lsn,
+                end_lsn: fork.lsn,
+                time: fork.time,
+                pg_timeline: fork.pg_timeline,
+            },
+            consistent_lsn: fork.consistent_lsn,
+            after_lsn: None,
+        });
+        let rec = self.commit(rec)?;
+        info!(
+            timeline = %id, parent = %parent, at = %at, fork_lsn = %fork.lsn,
+            clone_method = %self.clone_method, elapsed_ms = t0.elapsed().as_millis() as u64,
+            "forked timeline"
+        );
+        if self.clone_method == CloneMethod::Copy {
+            warn!(timeline = %id, "fork made by FULL COPY: this filesystem has no reflinks");
+        }
+        Ok(rec)
+    }
+
+    async fn read_lock(&self, id: TimelineId) -> OwnedRwLockReadGuard<()> {
+        self.lock_of(id).read_owned().await
+    }
+
+    /// Decides how to serve a fork of `prec` at `at`, or says why the target is invalid.
+    async fn plan(
+        &self,
+        prec: &TimelineRecord,
+        at: &At,
+        running: Option<&Running>,
+        never_started: bool,
+    ) -> Result<Plan, NodeError> {
+        let wkf = self.wal_kept_from(prec);
+        let window = self.window(prec, running).await?;
+        let range = || describe_window(&window);
+        match at {
+            At::Latest if never_started => {
+                // Its PGDATA still awaits recovery; the same state is its fork snapshot.
+                let base = self.snapshot_named(prec, "fork")?;
+                Ok(Plan::FromSnapshot {
+                    target: Target::Lsn(base.info.end_lsn),
+                    base,
+                })
+            }
+            At::Latest => Ok(match running {
+                Some(r) => Plan::Backup { port: r.port },
+                None => Plan::Stopped,
+            }),
+            At::Snapshot(name) => {
+                let base = self.snapshot_named(prec, name)?;
+                Ok(Plan::FromSnapshot {
+                    target: Target::Lsn(base.info.end_lsn),
+                    base,
+                })
+            }
+            At::Lsn(lsn) => {
+                let (Some(from), Some(to)) = (window.from_lsn, window.to_lsn) else {
+                    return Err(NodeError::OutOfRange(format!(
+                        "timeline {} has no snapshot yet, so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
+                        prec.id, prec.id
+                    )));
+                };
+                if *lsn < from {
+                    return Err(NodeError::OutOfRange(format!(
+                        "lsn {lsn} is before the restore window of timeline {} ({})",
+                        prec.id,
+                        range()
+                    )));
+                }
+                if *lsn > to {
+                    return Err(NodeError::OutOfRange(format!(
+                        "lsn {lsn} is after the last flushed LSN {to} of timeline {} ({})",
+                        prec.id,
+                        range()
+                    )));
+                }
+                let base = window::base_for_lsn(&prec.snapshots, wkf, *lsn)
+                    .cloned()
+                    .ok_or_else(|| {
+                        NodeError::OutOfRange(format!("lsn {lsn} is outside {}", range()))
+                    })?;
+                Ok(Plan::FromSnapshot {
+                    base,
+                    target: Target::Lsn(*lsn),
+                })
+            }
+            At::Time(t) => {
+                if self.cfg.waldump.is_none() {
+                    return Err(NodeError::Conflict(
+                        "forks at a time need pg_waldump, which this node could not find; start it with --pg-bin".into(),
+                    ));
+                }
+                let Some(from) = window.from_time else {
+                    return Err(NodeError::OutOfRange(format!(
+                        "timeline {} has no snapshot yet, so no point of its history can be forked",
+                        prec.id
+                    )));
+                };
+                let now = Utc::now();
+                if *t < from {
+                    return Err(NodeError::OutOfRange(format!(
+                        "time {} is before the restore window of timeline {} ({})",
+                        t.to_rfc3339(),
+                        prec.id,
+                        range()
+                    )));
+                }
+                if *t > now {
+                    return Err(NodeError::OutOfRange(format!(
+                        "time {} is in the future (now is {}); the restore window of timeline {} is {}",
+                        t.to_rfc3339(),
+                        now.to_rfc3339(),
+                        prec.id,
+                        range()
+                    )));
+                }
+                let base = window::base_for_time(&prec.snapshots, wkf, *t)
+                    .cloned()
+                    .ok_or_else(|| {
+                        NodeError::OutOfRange(format!("time {t} is outside {}", range()))
+                    })?;
+                Ok(Plan::FromSnapshot {
+                    base,
+                    target: Target::Time(*t),
+                })
+            }
+        }
+    }
+
+    fn snapshot_named(
+        &self,
+        rec: &TimelineRecord,
+        name: &str,
+    ) -> Result<SnapshotRecord, NodeError> {
+        rec.snapshots
+            .iter()
+            .find(|s| s.info.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<_> = rec.snapshots.iter().map(|s| s.info.name.as_str()).collect();
+                NodeError::NotFound(format!(
+                    "timeline {} has no snapshot {name:?} (it has: {})",
+                    rec.id,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })
+    }
+
+    /// Fork at latest of a running compute: Postgres's backup protocol around a clone.
+    async fn fork_backup(
+        &self,
+        pdir: &TimelineDir,
+        port: u16,
+        dir: &TimelineDir,
+        id: TimelineId,
+    ) -> Result<Fork, NodeError> {
+        let b = self
+            .backup_into(
+                pdir,
+                port,
+                &dir.pgdata(),
+                &format!("ramify fork {id}"),
+                true,
+            )
+            .await?;
+        Ok(Fork {
+            start_lsn: b.start_lsn,
+            lsn: b.stop_lsn,
+            consistent_lsn: b.stop_lsn,
+            time: b.time,
+            pg_timeline: b.pg_timeline,
+            recovery: RecoveryTarget::Immediate,
+        })
+    }
+
+    /// Takes a base backup of the compute in `pdir` into `dest` (a new directory).
+    async fn backup_into(
+        &self,
+        pdir: &TimelineDir,
+        port: u16,
+        dest: &Path,
+        label: &str,
+        fast: bool,
+    ) -> Result<Backup, NodeError> {
+        let run = pdir.run();
+        let client = control::connect(&run, port).await?;
+        let (start_lsn, pg_timeline) = control::backup_start(&client, label, fast).await?;
+        let method = self.clone_method;
+        let (src, dst) = (pdir.pgdata(), dest.to_path_buf());
+        let cloned = tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, method, &pgdata::backup_exclude)
+        })
+        .await;
+        // Any failure above drops `client`, which makes Postgres abort the backup.
+        let cloned = cloned??;
+        let stop = control::backup_stop(&client).await?;
+        let time = control::now(&client).await?;
+        drop(client);
+        pgdata::write_backup_files(dest, &stop.label, &stop.tablespace_map)
+            .map_err(io_op("write backup_label"))?;
+        let pg_wal = dest.join("pg_wal");
+        let range = start_lsn.segment(SEGMENT_SIZE)..=stop.lsn.segment(SEGMENT_SIZE);
+        let (live, archive) = (pdir.pg_wal(), pdir.archive());
+        let pw = pg_wal.clone();
+        tokio::task::spawn_blocking(move || wal::gather(&pw, &[&live, &archive], range, method))
+            .await??;
+        wal::check_complete(&pg_wal, start_lsn, stop.lsn, pg_timeline)?;
+        tracing::debug!(files = cloned.files, bytes = cloned.bytes, %start_lsn, stop_lsn = %stop.lsn, "backup clone done");
+        Ok(Backup {
+            start_lsn,
+            stop_lsn: stop.lsn,
+            time,
+            pg_timeline,
+        })
+    }
+
+    /// Fork at latest of a stopped compute: a plain clone (crash recovery covers an
+    /// unclean stop), then promoted to a timeline of its own.
+    async fn fork_stopped(&self, pdir: &TimelineDir, dir: &TimelineDir) -> Result<Fork, NodeError> {
+        let method = self.clone_method;
+        let (src, dst) = (pdir.pgdata(), dir.pgdata());
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, method, &pgdata::stopped_exclude)
+        })
+        .await??;
+        let c = pgcontrol::read(&dir.pgdata())?;
+        Ok(Fork {
+            start_lsn: c.redo,
+            lsn: c.checkpoint,
+            consistent_lsn: c.checkpoint,
+            time: c.time,
+            pg_timeline: c.timeline,
+            recovery: RecoveryTarget::Immediate,
+        })
+    }
+
+    /// Fork at a point of history: the newest snapshot before it plus archived WAL (and the
+    /// parent's unarchived tail) replayed to the target.
+    async fn fork_from_snapshot(
+        &self,
+        prec: &TimelineRecord,
+        pdir: &TimelineDir,
+        base: SnapshotRecord,
+        target: Target,
+        dir: &TimelineDir,
+    ) -> Result<Fork, NodeError> {
+        // A running parent writes a record past the target and flushes it, so recovery
+        // always finds the record it stops after.
+        if let Some(r) = self.running(prec.id).await {
+            let c = control::connect(&pdir.run(), r.port).await?;
+            control::mark_and_flush(
+                &c,
+                &format!("ramify-fork-{}", Utc::now().timestamp_millis()),
+            )
+            .await?;
+        }
+        let method = self.clone_method;
+        let (src, dst) = (pdir.snapshot_pgdata(&base.info.name), dir.pgdata());
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, method, &|_: &Path, _| false)
+        })
+        .await??;
+        let last_seg = match target {
+            Target::Lsn(l) => l.segment(SEGMENT_SIZE),
+            Target::Time(_) => u64::MAX,
+        };
+        let range = base.info.start_lsn.segment(SEGMENT_SIZE)..=last_seg;
+        let (pg_wal, archive, live) = (dir.pg_wal(), pdir.archive(), pdir.pg_wal());
+        let pw = pg_wal.clone();
+        tokio::task::spawn_blocking(move || wal::gather(&pw, &[&archive, &live], range, method))
+            .await??;
+        let tli = wal::newest_timeline(&pg_wal);
+        let scan_from = base.info.end_lsn.max(prec.fork_lsn.unwrap_or_default());
+        let (lsn, time) = match target {
+            Target::Lsn(l) => {
+                wal::check_complete(&pg_wal, base.info.start_lsn, l, tli)?;
+                let t = self.commit_time_before(&pg_wal, tli, scan_from, l).await?;
+                (l, t.unwrap_or(base.info.time))
+            }
+            Target::Time(t) => {
+                let waldump = self.cfg.waldump.clone().unwrap_or_default();
+                let pw = pg_wal.clone();
+                let commits = tokio::task::spawn_blocking(move || {
+                    wal::commits(&waldump, &pw, tli, scan_from, None)
+                })
+                .await??;
+                match commits
+                    .iter()
+                    .rfind(|c| c.time <= t && c.lsn >= base.info.end_lsn)
+                {
+                    Some(c) => (c.lsn, c.time),
+                    None => (base.info.end_lsn, base.info.time),
+                }
+            }
+        };
+        let recovery = if lsn == base.consistent_lsn {
+            RecoveryTarget::Immediate
+        } else {
+            RecoveryTarget::Lsn(lsn)
+        };
+        Ok(Fork {
+            start_lsn: base.info.start_lsn,
+            lsn,
+            consistent_lsn: base.consistent_lsn,
+            time,
+            pg_timeline: tli,
+            recovery,
+        })
+    }
+
+    /// Commit time of the last transaction before `lsn`, reading as little WAL as it can.
+    async fn commit_time_before(
+        &self,
+        pg_wal: &Path,
+        tli: u32,
+        floor: Lsn,
+        lsn: Lsn,
+    ) -> Result<Option<DateTime<Utc>>, NodeError> {
+        let Some(waldump) = self.cfg.waldump.clone() else {
+            return Ok(None);
+        };
+        if lsn <= floor {
+            return Ok(None);
+        }
+        let mut span = 2 * SEGMENT_SIZE;
+        loop {
+            let start = Lsn(lsn.0.saturating_sub(span).max(floor.0));
+            let (w, p) = (waldump.clone(), pg_wal.to_path_buf());
+            let commits =
+                tokio::task::spawn_blocking(move || wal::commits(&w, &p, tli, start, Some(lsn)))
+                    .await??;
+            if let Some(c) = commits.iter().rfind(|c| c.lsn < lsn) {
+                return Ok(Some(c.time));
+            }
+            if start <= floor {
+                return Ok(None);
+            }
+            span *= 8;
+        }
+    }
+
+    // ----- read ---------------------------------------------------------------------
+
+    fn wal_kept_from(&self, rec: &TimelineRecord) -> Option<Lsn> {
+        read_wal_kept_from(&self.dir(rec.id))
+    }
+
+    async fn window(
+        &self,
+        rec: &TimelineRecord,
+        running: Option<&Running>,
+    ) -> Result<RestoreWindow, NodeError> {
+        let usable = window::usable(&rec.snapshots, self.wal_kept_from(rec));
+        let base = usable.first();
+        let (to_lsn, to_time) = match running {
+            Some(r) => match control::connect(&self.dir(rec.id).run(), r.port).await {
+                Ok(c) => (Some(control::flush_lsn(&c).await?), Some(Utc::now())),
+                Err(_) => (None, None),
+            },
+            None => match pgcontrol::read(&self.dir(rec.id).pgdata()) {
+                Ok(c) if !self.dir(rec.id).pgdata().join("recovery.signal").exists() => {
+                    (Some(c.checkpoint), Some(c.time))
+                }
+                _ => (rec.fork_lsn, rec.fork_time),
+            },
+        };
+        Ok(RestoreWindow {
+            from_lsn: base.map(|s| s.info.end_lsn),
+            from_time: base.map(|s| s.info.time),
+            to_lsn,
+            to_time,
+        })
+    }
+
+    /// The API view of a timeline, with fresh accounting and compute state.
+    pub async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
+        let dir = self.dir(rec.id);
+        let running = self.running(rec.id).await;
+        let restore_window = self.window(rec, running.as_ref()).await?;
+        let d = dir.clone();
+        let (logical, pg, hist) = tokio::task::spawn_blocking(move || -> Result<_, CloneError> {
+            let (logical, pg) = clone::tree_usage(&d.pgdata())?;
+            let (_, arch) = clone::tree_usage(&d.archive())?;
+            let (_, snaps) = clone::tree_usage(&d.snapshots())?;
+            Ok((logical, pg, (arch, snaps)))
+        })
+        .await??;
+        let (arch, snaps) = hist;
+        let state = if dir.pgdata().join("PG_VERSION").exists() {
+            TimelineState::Ready
+        } else {
+            TimelineState::Empty
+        };
+        Ok(TimelineInfo {
+            id: rec.id,
+            parent: rec.parent,
+            at: rec.at.clone(),
+            fork_lsn: rec.fork_lsn,
+            fork_time: rec.fork_time,
+            state,
+            compute: if running.is_some() {
+                ComputeState::Running
+            } else {
+                ComputeState::Stopped
+            },
+            created_at: rec.created_at,
+            pgdata: path_str(&dir.pgdata()),
+            archive: path_str(&dir.archive()),
+            run_dir: path_str(&dir.run()),
+            archive_command: wal::archive_command(),
+            logical_bytes: logical,
+            exclusive_bytes: pg.exclusive + arch.exclusive + snaps.exclusive,
+            history_bytes: arch.exclusive + arch.shared + snaps.exclusive,
+            restore_window,
+            snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
+        })
+    }
+
+    /// `GET /v1/timelines/{id}`.
+    pub async fn get(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        let rec = self.record(id)?;
+        self.info(&rec).await
+    }
+
+    /// `GET /v1/timelines`.
+    pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
+        let mut out = Vec::new();
+        for rec in self.meta.all()? {
+            if rec.phase == Phase::Ready {
+                out.push(self.info(&rec).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let fs = clone::fs_info(self.layout.root())?;
+        let timelines = self
+            .meta
+            .all()?
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .count();
+        Ok(NodeStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: path_str(self.layout.root()),
+            clone_method: self.clone_method,
+            filesystem: fs.fs_type,
+            capacity_bytes: fs.capacity,
+            used_bytes: fs.used,
+            available_bytes: fs.available,
+            timelines,
+            restore_window_seconds: self.cfg.restore_window.as_secs(),
+            snapshot_interval_seconds: self.cfg.snapshot_interval.as_secs(),
+            snapshot_wal_bytes: self.cfg.snapshot_wal_bytes,
+        })
+    }
+
+    // ----- delete -------------------------------------------------------------------
+
+    /// `DELETE /v1/timelines/{id}`: refused while its compute runs unless `force`, which
+    /// stops the compute first. Space other timelines share stays; the rest is freed.
+    #[instrument(skip(self))]
+    pub async fn delete(&self, id: TimelineId, force: bool) -> Result<(), NodeError> {
+        let lock = self.lock_of(id);
+        let _w = lock.write().await;
+        self.record(id)?;
+        let dir = self.dir(id);
+        if self.running(id).await.is_some() {
+            if !force {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} has a running compute; stop it first or delete with ?force=true"
+                )));
+            }
+            stop_postmaster(&dir.pgdata()).await?;
+        }
+        let gone = self.layout.deleting(id);
+        std::fs::rename(&dir.0, &gone).map_err(io_op(format!("retire timeline {id}")))?;
+        self.meta.remove(id)?;
+        tokio::task::spawn_blocking(move || remove_dir_if_exists(&gone)).await??;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        info!(timeline = %id, "deleted timeline");
+        Ok(())
+    }
+
+    // ----- snapshots ----------------------------------------------------------------
+
+    /// `POST /v1/timelines/{id}/snapshots`: a named snapshot, taken now.
+    pub async fn create_snapshot(
+        &self,
+        id: TimelineId,
+        name: &str,
+    ) -> Result<SnapshotInfo, NodeError> {
+        ramify_api::names::validate_snapshot_name(name).map_err(NodeError::Invalid)?;
+        if name == "fork" {
+            return Err(NodeError::Invalid(
+                "snapshot name \"fork\" is reserved for the fork point".into(),
+            ));
+        }
+        self.snapshot(id, name, SnapshotKind::Manual, true).await
+    }
+
+    async fn snapshot(
+        &self,
+        id: TimelineId,
+        name: &str,
+        kind: SnapshotKind,
+        fast: bool,
+    ) -> Result<SnapshotInfo, NodeError> {
+        let _g = self.read_lock(id).await;
+        let rec = self.record(id)?;
+        if rec.snapshots.iter().any(|s| s.info.name == name) {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} already has a snapshot {name:?}"
+            )));
+        }
+        let dir = self.dir(id);
+        if !dir.pgdata().join("PG_VERSION").exists()
+            || dir.pgdata().join("recovery.signal").exists()
+        {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} has not been started yet; its fork snapshot already holds its only state"
+            )));
+        }
+        let staging = dir.snapshot_staging(name);
+        remove_dir_if_exists(&staging)?;
+        std::fs::create_dir(&staging).map_err(io_op("create snapshot staging"))?;
+        let pg = staging.join("pgdata");
+        let taken = async {
+            match self.running(id).await {
+                Some(r) => {
+                    let b = self
+                        .backup_into(&dir, r.port, &pg, &format!("ramify snapshot {name}"), fast)
+                        .await?;
+                    let after = match control::connect(&dir.run(), r.port).await {
+                        Ok(c) => control::flush_lsn(&c).await.ok(),
+                        Err(_) => None,
+                    };
+                    Ok::<_, NodeError>((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))
+                }
+                None => {
+                    let method = self.clone_method;
+                    let (src, dst) = (dir.pgdata(), pg.clone());
+                    tokio::task::spawn_blocking(move || {
+                        clone::clone_tree(&src, &dst, method, &pgdata::stopped_exclude)
+                    })
+                    .await??;
+                    let c = pgcontrol::read(&pg)?;
+                    Ok((c.redo, c.checkpoint, c.time, c.timeline, Some(c.checkpoint)))
+                }
+            }
+        }
+        .await;
+        let (start, end, time, tli, after) = match taken {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = remove_dir_if_exists(&staging);
+                return Err(e);
+            }
+        };
+        clone::syncfs(&staging)?;
+        let final_dir = dir.snapshots().join(name);
+        std::fs::rename(&staging, &final_dir).map_err(io_op("publish snapshot"))?;
+        let info = SnapshotInfo {
+            name: name.to_string(),
+            kind,
+            start_lsn: start,
+            end_lsn: end,
+            time,
+            pg_timeline: tli,
+        };
+        let _m = self.meta_write.lock().await;
+        let mut rec = self.record(id)?;
+        rec.snapshots.push(SnapshotRecord {
+            info: info.clone(),
+            consistent_lsn: end,
+            after_lsn: after,
+        });
+        rec.snapshots.sort_by_key(|s| s.info.end_lsn);
+        self.meta.put(&rec)?;
+        self.metrics.snapshot_taken();
+        info!(timeline = %id, snapshot = name, kind = ?kind, start_lsn = %start, end_lsn = %end, "snapshot taken");
+        Ok(info)
+    }
+
+    /// `GET /v1/timelines/{id}/snapshots`.
+    pub fn list_snapshots(&self, id: TimelineId) -> Result<Vec<SnapshotInfo>, NodeError> {
+        Ok(self
+            .record(id)?
+            .snapshots
+            .into_iter()
+            .map(|s| s.info)
+            .collect())
+    }
+
+    /// `DELETE /v1/timelines/{id}/snapshots/{name}`.
+    pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), NodeError> {
+        ramify_api::names::validate_snapshot_name(name).map_err(NodeError::Invalid)?;
+        let _g = self.read_lock(id).await;
+        let _m = self.meta_write.lock().await;
+        let mut rec = self.record(id)?;
+        self.snapshot_named(&rec, name)?;
+        rec.snapshots.retain(|s| s.info.name != name);
+        self.meta.put(&rec)?;
+        let path = self.dir(id).snapshots().join(name);
+        tokio::task::spawn_blocking(move || remove_dir_if_exists(&path)).await??;
+        Ok(())
+    }
+
+    // ----- background: periodic snapshots and GC ------------------------------------
+
+    /// One pass of the background work: periodic snapshots where due, then GC.
+    pub async fn tick(&self) -> Result<(), NodeError> {
+        for rec in self.meta.all()? {
+            if rec.phase != Phase::Ready {
+                continue;
+            }
+            if let Err(e) = self.maybe_snapshot(&rec).await {
+                warn!(timeline = %rec.id, error = %e, "periodic snapshot failed");
+            }
+            if let Err(e) = self.gc(rec.id).await {
+                warn!(timeline = %rec.id, error = %e, "restore-window GC failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn maybe_snapshot(&self, rec: &TimelineRecord) -> Result<(), NodeError> {
+        let (interval, wal_bytes) = (self.cfg.snapshot_interval, self.cfg.snapshot_wal_bytes);
+        if interval.is_zero() && wal_bytes == 0 {
+            return Ok(());
+        }
+        let dir = self.dir(rec.id);
+        if !dir.pgdata().join("PG_VERSION").exists()
+            || dir.pgdata().join("recovery.signal").exists()
+        {
+            return Ok(());
+        }
+        let newest = rec.snapshots.iter().max_by_key(|s| s.info.end_lsn);
+        let current = match self.running(rec.id).await {
+            Some(r) => match control::connect(&dir.run(), r.port).await {
+                Ok(c) => control::flush_lsn(&c).await?,
+                Err(_) => return Ok(()), // starting up; next tick
+            },
+            None => pgcontrol::read(&dir.pgdata())?.checkpoint,
+        };
+        let due = match newest {
+            None => true,
+            Some(s) => {
+                let new_wal = current.bytes_since(s.after_lsn.unwrap_or(s.info.end_lsn));
+                let age = (Utc::now() - s.info.time).to_std().unwrap_or_default();
+                // An idle compute still writes a little WAL (a timed checkpoint after the
+                // snapshot's own): that alone must not cause snapshot after snapshot.
+                new_wal >= MIN_NEW_WAL
+                    && ((!interval.is_zero() && age >= interval)
+                        || (wal_bytes > 0 && new_wal >= wal_bytes))
+            }
+        };
+        if due {
+            let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
+            // A periodic snapshot never forces an immediate checkpoint on the compute.
+            self.snapshot(rec.id, &name, SnapshotKind::Periodic, false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes snapshots and archived WAL no fork inside the restore window needs.
+    pub async fn gc(&self, id: TimelineId) -> Result<(), NodeError> {
+        let window =
+            chrono::Duration::from_std(self.cfg.restore_window).unwrap_or(chrono::Duration::MAX);
+        let window_start = Utc::now() - window;
+        let _g = self.read_lock(id).await;
+        let dir = self.dir(id);
+        let plan = {
+            let _m = self.meta_write.lock().await;
+            let mut rec = self.record(id)?;
+            let plan = window::plan_gc(&rec.snapshots, self.wal_kept_from(&rec), window_start);
+            if plan.snapshots.is_empty() && plan.wal_kept_from == self.wal_kept_from(&rec) {
+                return Ok(());
+            }
+            // Record first: from now on nothing will use what is deleted below.
+            if let Some(k) = plan.wal_kept_from {
+                write_wal_kept_from(&dir, k)?;
+            }
+            rec.snapshots
+                .retain(|s| !plan.snapshots.contains(&s.info.name));
+            self.meta.put(&rec)?;
+            plan
+        };
+        let mut freed_files = 0;
+        for name in &plan.snapshots {
+            remove_dir_if_exists(&dir.snapshots().join(name))?;
+        }
+        if let Some(first) = plan.first_needed_segment() {
+            for (name, f) in wal::list(&dir.archive())? {
+                if let wal::WalFile::Segment { segno, .. } = f {
+                    if segno < first {
+                        std::fs::remove_file(dir.archive().join(&name)).map_err(io_op("gc wal"))?;
+                        freed_files += 1;
+                    }
+                }
+            }
+            // Old timelines' partial segments are never needed once their range is gone.
+            if let Ok(rd) = std::fs::read_dir(dir.archive()) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if let Some(seg) = n.strip_suffix(".partial").and_then(wal::parse_name) {
+                        if matches!(seg, wal::WalFile::Segment { segno, .. } if segno < first) {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        info!(timeline = %id, snapshots = plan.snapshots.len(), wal_segments = freed_files, "restore-window GC");
+        Ok(())
+    }
+}
+
+/// WAL that must be written since the last snapshot before another periodic one is due.
+const MIN_NEW_WAL: u64 = 64 * 1024;
+
+/// How a fork is served.
+enum Plan {
+    Backup {
+        port: u16,
+    },
+    Stopped,
+    FromSnapshot {
+        base: SnapshotRecord,
+        target: Target,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Lsn(Lsn),
+    Time(DateTime<Utc>),
+}
+
+struct Fork {
+    start_lsn: Lsn,
+    lsn: Lsn,
+    consistent_lsn: Lsn,
+    time: DateTime<Utc>,
+    pg_timeline: u32,
+    recovery: RecoveryTarget,
+}
+
+struct Backup {
+    start_lsn: Lsn,
+    stop_lsn: Lsn,
+    time: DateTime<Utc>,
+    pg_timeline: u32,
+}
+
+fn describe_window(w: &RestoreWindow) -> String {
+    let l = |x: Option<Lsn>| x.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+    let t = |x: Option<DateTime<Utc>>| x.map(|t| t.to_rfc3339()).unwrap_or_else(|| "?".into());
+    format!(
+        "valid range: lsn {} to {}, time {} to {}",
+        l(w.from_lsn),
+        l(w.to_lsn),
+        t(w.from_time),
+        t(w.to_time)
+    )
+}
+
+const WAL_KEPT_FROM: &str = "wal-kept-from";
+
+fn read_wal_kept_from(dir: &TimelineDir) -> Option<Lsn> {
+    std::fs::read_to_string(dir.archive().join(WAL_KEPT_FROM))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Written before any WAL is deleted, durably, so forks never pick a base whose WAL is gone.
+fn write_wal_kept_from(dir: &TimelineDir, lsn: Lsn) -> Result<(), NodeError> {
+    let tmp = dir.archive().join(format!("{WAL_KEPT_FROM}.tmp"));
+    std::fs::write(&tmp, lsn.to_string()).map_err(io_op("write wal-kept-from"))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_op("sync wal-kept-from"))?;
+    std::fs::rename(&tmp, dir.archive().join(WAL_KEPT_FROM))
+        .map_err(io_op("publish wal-kept-from"))?;
+    fsync_dir(&dir.archive())
+}
+
+async fn stop_postmaster(pgdata: &Path) -> Result<(), NodeError> {
+    let pidfile = pgdata.join("postmaster.pid");
+    let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    else {
+        return Err(NodeError::Conflict(
+            "the compute runs but its postmaster.pid is unreadable from here; stop the compute first".into(),
+        ));
+    };
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(pid);
+    // SIGINT = fast shutdown.
+    if kill(pid, Signal::SIGINT).is_err() {
+        return Err(NodeError::Conflict(
+            "the compute runs in another process namespace; stop it first, then delete".into(),
+        ));
+    }
+    for _ in 0..100 {
+        if kill(pid, None).is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+fn remove_dir_if_exists(p: &Path) -> Result<(), NodeError> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_op(format!("remove {}", p.display()))(e)),
+    }
+}
+
+fn fsync_dir(p: &Path) -> Result<(), NodeError> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(io_op(format!("fsync {}", p.display())))
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(io_op(format!("chmod {}", p.display())))
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

@@ -1,0 +1,338 @@
+//! WAL files: segment names, the archive command computes use, gathering the WAL a fork
+//! replays, and reading commit times with `pg_waldump`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use ramify_api::{CloneMethod, Lsn};
+
+use crate::clone::{self, CloneError};
+
+/// Postgres's default (and Ramify's only supported) WAL segment size.
+pub const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+const SEGMENTS_PER_XLOGID: u64 = 0x1_0000_0000 / SEGMENT_SIZE;
+
+/// Errors handling WAL files.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error(transparent)]
+    Fs(#[from] CloneError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("WAL segment {name} (needed to reach {target}) is in neither the archive nor pg_wal")]
+    Missing { name: String, target: String },
+    #[error("pg_waldump failed: {0}")]
+    Waldump(String),
+}
+
+/// The `archive_command` every compute uses. It runs with PGDATA as working directory, so
+/// `../wal` is the timeline's archive wherever the timeline directory is mounted, and it
+/// only needs a POSIX shell and coreutils (present in the official `postgres` image).
+/// It copies to a temporary name, fsyncs the file, renames it into place and fsyncs the
+/// directory, so an acknowledged segment survives a crash; an existing segment is never
+/// overwritten, and succeeds only if its content is identical (a retry after a crash).
+pub fn archive_command() -> String {
+    "test ! -f ../wal/%f && cp %p ../wal/%f.tmp && sync ../wal/%f.tmp && mv ../wal/%f.tmp ../wal/%f && sync ../wal || cmp -s %p ../wal/%f".to_string()
+}
+
+/// A parsed WAL file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalFile {
+    /// A full segment `TTTTTTTTXXXXXXXXYYYYYYYY`.
+    Segment { tli: u32, segno: u64 },
+    /// A timeline history file `TTTTTTTT.history`.
+    History { tli: u32 },
+}
+
+/// Parses a file name of `pg_wal` or an archive; other files (`.partial`, `.tmp`,
+/// `.backup`, status files) are `None`.
+pub fn parse_name(name: &str) -> Option<WalFile> {
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let tli = hex(&name[0..8])? as u32;
+        let log = hex(&name[8..16])?;
+        let seg = hex(&name[16..24])?;
+        return Some(WalFile::Segment {
+            tli,
+            segno: log * SEGMENTS_PER_XLOGID + seg,
+        });
+    }
+    let tli = name.strip_suffix(".history")?;
+    if tli.len() == 8 && tli.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(WalFile::History {
+            tli: hex(tli)? as u32,
+        });
+    }
+    None
+}
+
+/// The file name of segment `segno` on Postgres timeline `tli`.
+pub fn segment_name(tli: u32, segno: u64) -> String {
+    format!(
+        "{:08X}{:08X}{:08X}",
+        tli,
+        segno / SEGMENTS_PER_XLOGID,
+        segno % SEGMENTS_PER_XLOGID
+    )
+}
+
+/// The newest Postgres timeline id with a history file in `dir` (1 when there is none).
+pub fn newest_timeline(dir: &Path) -> u32 {
+    list(dir)
+        .unwrap_or_default()
+        .into_values()
+        .filter_map(|f| match f {
+            WalFile::History { tli } => Some(tli),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+/// WAL files in `dir` by name (empty when the directory does not exist).
+pub fn list(dir: &Path) -> Result<BTreeMap<String, WalFile>, WalError> {
+    let mut out = BTreeMap::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(WalError::Io {
+                op: "read dir",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for e in rd.flatten() {
+        if let Some(name) = e.file_name().to_str() {
+            if let Some(f) = parse_name(name) {
+                out.insert(name.to_string(), f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Puts into `pg_wal` every segment with number in `segs` and every history file found in
+/// `sources` (earlier sources win), cloned, each marked `.done` so the new timeline does
+/// not archive its parent's WAL again. Returns how many files were added.
+pub fn gather(
+    pg_wal: &Path,
+    sources: &[&Path],
+    segs: std::ops::RangeInclusive<u64>,
+    method: CloneMethod,
+) -> Result<usize, WalError> {
+    let status = pg_wal.join("archive_status");
+    fs::create_dir_all(&status).map_err(|source| WalError::Io {
+        op: "mkdir",
+        path: status.clone(),
+        source,
+    })?;
+    let mut added = 0;
+    for src in sources {
+        for (name, f) in list(src)? {
+            let wanted = match f {
+                WalFile::Segment { segno, .. } => segs.contains(&segno),
+                WalFile::History { .. } => true,
+            };
+            let dst = pg_wal.join(&name);
+            if !wanted || dst.exists() {
+                continue;
+            }
+            match clone::clone_file(&src.join(&name), &dst, method) {
+                Ok(_) => {}
+                // Recycled by a running parent between listing and cloning: an older
+                // source, or a later check, decides whether it mattered.
+                Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    let _ = fs::remove_file(&dst);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let done = status.join(format!("{name}.done"));
+            fs::write(&done, b"").map_err(|source| WalError::Io {
+                op: "write",
+                path: done,
+                source,
+            })?;
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Checks that `pg_wal` holds every segment from `from` to `to` on some timeline.
+pub fn check_complete(pg_wal: &Path, from: Lsn, to: Lsn, tli: u32) -> Result<(), WalError> {
+    let have: Vec<u64> = list(pg_wal)?
+        .into_values()
+        .filter_map(|f| match f {
+            WalFile::Segment { segno, .. } => Some(segno),
+            _ => None,
+        })
+        .collect();
+    for segno in from.segment(SEGMENT_SIZE)..=to.segment(SEGMENT_SIZE) {
+        if !have.contains(&segno) {
+            return Err(WalError::Missing {
+                name: segment_name(tli, segno),
+                target: to.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A commit record found in WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// Start of the commit record.
+    pub lsn: Lsn,
+    /// The transaction's commit timestamp.
+    pub time: DateTime<Utc>,
+}
+
+/// Parses `pg_waldump --rmgr=Transaction` output (run with `TZ=UTC`) into commits.
+pub fn parse_waldump(out: &str) -> Vec<Commit> {
+    let mut commits = Vec::new();
+    for line in out.lines() {
+        let Some(lsn_at) = line.find(" lsn: ") else {
+            continue;
+        };
+        let lsn_str = line[lsn_at + 6..].split(',').next().unwrap_or("");
+        let Some(desc_at) = line.find("desc: COMMIT") else {
+            continue;
+        };
+        let rest = &line[desc_at..];
+        // "desc: COMMIT 2026-11-28 14:10:11.123456 UTC" or "desc: COMMIT_PREPARED 7: 2026-…"
+        let Some(ts_start) = rest.find(|c: char| c.is_ascii_digit() && rest.contains(" UTC"))
+        else {
+            continue;
+        };
+        let mut ts = &rest[ts_start..];
+        if let Some(colon) = ts.find(": ") {
+            if colon < 12 {
+                ts = &ts[colon + 2..];
+            }
+        }
+        let Some(end) = ts.find(" UTC") else { continue };
+        let (Ok(lsn), Ok(naive)) = (
+            lsn_str.trim().parse::<Lsn>(),
+            NaiveDateTime::parse_from_str(&ts[..end], "%Y-%m-%d %H:%M:%S%.f"),
+        ) else {
+            continue;
+        };
+        commits.push(Commit {
+            lsn,
+            time: naive.and_utc(),
+        });
+    }
+    commits
+}
+
+/// Lists commit records in `pg_wal` on timeline `tli` from `start` up to `end` (or to the
+/// end of the WAL present), using the installation's `pg_waldump`.
+pub fn commits(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Option<Lsn>,
+) -> Result<Vec<Commit>, WalError> {
+    let mut cmd = Command::new(waldump);
+    cmd.env("TZ", "UTC")
+        .arg("--path")
+        .arg(pg_wal)
+        .arg("--timeline")
+        .arg(tli.to_string())
+        .arg("--start")
+        .arg(start.to_string())
+        .arg("--rmgr=Transaction");
+    if let Some(e) = end {
+        cmd.arg("--end").arg(e.to_string());
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Reaching the end of the WAL present is how pg_waldump stops without --end, and a
+    // start at the very end finds no record at all; anything else is a real error.
+    let end_of_wal =
+        stderr.contains("error in WAL record") || stderr.contains("could not find a valid record");
+    if !out.status.success() && stdout.is_empty() && !end_of_wal {
+        return Err(WalError::Waldump(stderr.trim().to_string()));
+    }
+    Ok(parse_waldump(&stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_name(1, 0), "000000010000000000000000");
+        assert_eq!(segment_name(2, 257), "000000020000000100000001");
+        assert_eq!(
+            parse_name("000000020000000100000001"),
+            Some(WalFile::Segment { tli: 2, segno: 257 })
+        );
+        assert_eq!(
+            parse_name("0000000A.history"),
+            Some(WalFile::History { tli: 10 })
+        );
+        for other in [
+            "000000010000000000000001.partial",
+            "000000010000000000000001.tmp",
+            "000000010000000000000002.00000028.backup",
+            "archive_status",
+            "x.history",
+        ] {
+            assert_eq!(parse_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn waldump_lines() {
+        let out = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/0154A3A8, prev 0/0154A370, desc: COMMIT 2026-11-28 14:10:11.123456 UTC\n\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/0154A400, prev 0/0154A3A8, desc: ABORT 2026-11-28 14:10:12.000001 UTC\n\
+rmgr: Transaction len (rec/tot):     82/    82, tx:        737, lsn: 0/0154A500, prev 0/0154A400, desc: COMMIT 2026-11-28 14:10:13.5 UTC; subxacts: 738\n";
+        let c = parse_waldump(out);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].lsn.to_string(), "0/154A3A8");
+        assert_eq!(c[0].time.to_rfc3339(), "2026-11-28T14:10:11.123456+00:00");
+        assert_eq!(c[1].lsn.to_string(), "0/154A500");
+    }
+
+    #[test]
+    fn gather_clones_range_and_marks_done() {
+        let t = tempfile::tempdir().unwrap();
+        let arch = t.path().join("arch");
+        let wal = t.path().join("pg_wal");
+        fs::create_dir_all(&arch).unwrap();
+        fs::create_dir_all(&wal).unwrap();
+        for s in 0..5 {
+            fs::write(arch.join(segment_name(1, s)), [s as u8; 8]).unwrap();
+        }
+        fs::write(arch.join("00000002.history"), b"1\t0/3000000\tx\n").unwrap();
+        fs::write(arch.join("000000010000000000000004.partial"), b"p").unwrap();
+        let n = gather(&wal, &[&arch], 1..=3, CloneMethod::Copy).unwrap();
+        assert_eq!(n, 4);
+        assert!(wal.join(segment_name(1, 3)).exists());
+        assert!(!wal.join(segment_name(1, 4)).exists());
+        assert!(wal
+            .join("archive_status/000000010000000000000002.done")
+            .exists());
+        assert_eq!(newest_timeline(&wal), 2);
+        check_complete(&wal, Lsn(SEGMENT_SIZE), Lsn(3 * SEGMENT_SIZE + 5), 1).unwrap();
+        assert!(check_complete(&wal, Lsn(0), Lsn(SEGMENT_SIZE), 1).is_err());
+    }
+}
