@@ -1,0 +1,135 @@
+//! Fixture shared by the storage node's integration tests: a reflink scratch filesystem,
+//! a `ramify-storage` process on it, and Postgres computes on its timelines.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use ramify_api::{At, CreateTimeline, Lsn, StorageClient, TimelineId, TimelineInfo, TimelineState};
+use ramify_compute::{PgBin, PgUser};
+use ramify_testkit::{Compute, Scratch, StorageNodeProcess};
+
+pub struct Env {
+    pub node: StorageNodeProcess,
+    pub client: StorageClient,
+    pub pg: PgBin,
+    pub user: PgUser,
+    // Dropped last: unmounting needs every process above stopped.
+    pub scratch: Scratch,
+}
+
+impl Env {
+    /// A node on a fresh scratch filesystem of `size` bytes (reflink where possible).
+    pub async fn new(size: u64, extra_args: &[&str]) -> Env {
+        let scratch = Scratch::reflink(size).expect("scratch filesystem");
+        let pg = PgBin::find(None).expect("Postgres binaries");
+        let user = PgUser::resolve(None).expect("Postgres OS user");
+        let mut args = vec!["--pg-bin", pg.dir().to_str().unwrap()];
+        args.extend_from_slice(extra_args);
+        let node = StorageNodeProcess::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+            &scratch.path().join("data"),
+            &args,
+        )
+        .await
+        .expect("storage node");
+        let client = StorageClient::new(node.url());
+        Env {
+            node,
+            client,
+            pg,
+            user,
+            scratch,
+        }
+    }
+
+    pub fn reflink(&self) -> bool {
+        self.scratch.is_reflink()
+    }
+
+    /// Creates a root timeline and starts its first compute (which runs initdb).
+    pub async fn root(&self) -> (TimelineInfo, Compute) {
+        let tl = self
+            .client
+            .create_timeline(&CreateTimeline::default())
+            .await
+            .expect("create root")
+            .value;
+        assert_eq!(tl.state, TimelineState::Empty);
+        let c = self.start(&tl).await;
+        (tl, c)
+    }
+
+    /// Starts a compute on a timeline (initdb for an empty root).
+    pub async fn start(&self, tl: &TimelineInfo) -> Compute {
+        Compute::start(
+            &self.pg,
+            &self.user,
+            std::path::Path::new(&tl.pgdata),
+            std::path::Path::new(&tl.run_dir),
+            &tl.archive_command,
+            tl.state == TimelineState::Empty,
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("compute on {} failed to start: {e}", tl.id))
+    }
+
+    pub async fn fork(&self, parent: TimelineId, at: At) -> TimelineInfo {
+        self.client
+            .create_timeline(&CreateTimeline {
+                id: None,
+                parent: Some(parent),
+                at: Some(at),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("fork failed: {e}\nnode log:\n{}", self.node.log_tail()))
+            .value
+    }
+
+    pub async fn get(&self, id: TimelineId) -> TimelineInfo {
+        self.client.get_timeline(id).await.expect("get timeline")
+    }
+}
+
+/// The current WAL insert position of a compute.
+pub async fn current_lsn(c: &Compute) -> Lsn {
+    let client = c.client().await.expect("connect");
+    let s: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    s.parse().expect("lsn")
+}
+
+/// An order-independent checksum of every row of a table.
+pub async fn table_checksum(c: &Compute, table: &str) -> String {
+    let client = c.client().await.expect("connect");
+    client
+        .query_one(
+            &format!("SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t"),
+            &[],
+        )
+        .await
+        .expect("checksum")
+        .get(0)
+}
+
+pub async fn count(c: &Compute, table: &str) -> i64 {
+    c.query_i64(&format!("SELECT count(*) FROM {table}"))
+        .await
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
+}
+
+pub async fn table_exists(c: &Compute, table: &str) -> bool {
+    c.query_i64(&format!(
+        "SELECT count(*) FROM pg_class WHERE relname = '{table}'"
+    ))
+    .await
+    .expect("pg_class")
+        == 1
+}
+
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
