@@ -1,0 +1,39 @@
+# Ramify: the two commands of the README, plus the pieces they are made of.
+#   make demo   build, install what is missing, run the end-to-end demo
+#   make test   same set-up, then fmt check, clippy and the whole test suite
+#   make bench  the benchmarks that back every speed and size claim (prints tables)
+
+CARGO ?= cargo
+# Heavy tests run real Postgres servers; two at a time is what two cores allow.
+TEST_THREADS ?= 2
+
+.PHONY: all deps build demo test lint fmt-check clippy unit bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+demo: deps
+	$(CARGO) build --release -p ramify-storage
+	$(CARGO) run --release -p ramify-storage --example walkthrough
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint: fmt-check clippy
+
+test: deps lint
+	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+bench: deps
+	$(CARGO) bench -p ramify-storage --bench fork
+
+clean:
+	$(CARGO) clean
