@@ -2,6 +2,7 @@
 //! latest state, an LSN, a time or a snapshot, served over a JSON HTTP API.
 #![deny(unsafe_code)]
 
+pub mod accounting;
 pub mod api;
 pub mod clone;
 pub mod control;

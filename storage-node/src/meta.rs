@@ -66,6 +66,10 @@ pub struct SnapshotRecord {
     /// beyond it makes a new periodic snapshot worth taking.
     #[serde(default)]
     pub after_lsn: Option<Lsn>,
+    /// A clone of a stopped compute: starting it as it is (crash recovery at most)
+    /// reproduces it exactly, with no archive recovery and no target.
+    #[serde(default)]
+    pub plain_start: bool,
 }
 
 /// Everything the node keeps about a timeline.

@@ -15,6 +15,7 @@ use ramify_api::{
 use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 use tracing::{info, instrument, warn};
 
+use crate::accounting::{self, Scope, Usage};
 use crate::clone::{self, CloneError};
 use crate::control::{self, ControlError};
 use crate::layout::{Layout, TimelineDir};
@@ -133,6 +134,14 @@ impl Node {
                 data_dir = %layout.root().display(),
                 "THE DATA DIRECTORY DOES NOT SUPPORT REFLINKS: every fork and snapshot is a FULL COPY \
                  (slow, and no space is shared). Use XFS (mkfs.xfs -m reflink=1) or btrfs."
+            );
+        }
+        if clone_method == CloneMethod::Reflink
+            && clone::set_cow_extent_size(&layout.timelines(), COW_EXTENT_SIZE)?
+        {
+            tracing::debug!(
+                bytes = COW_EXTENT_SIZE,
+                "set XFS copy-on-write extent size hint"
             );
         }
         let meta = Meta::open(&layout.meta_db())?;
@@ -378,6 +387,7 @@ impl Node {
             },
             consistent_lsn: fork.consistent_lsn,
             after_lsn: None,
+            plain_start: fork.recovery == RecoveryTarget::None,
         });
         let rec = self.commit(rec)?;
         info!(
@@ -591,8 +601,9 @@ impl Node {
         })
     }
 
-    /// Fork at latest of a stopped compute: a plain clone (crash recovery covers an
-    /// unclean stop), then promoted to a timeline of its own.
+    /// Fork at latest of a stopped compute: a plain clone that starts as it is (crash
+    /// recovery covers an unclean stop) and continues the parent's Postgres timeline in
+    /// an archive of its own.
     async fn fork_stopped(&self, pdir: &TimelineDir, dir: &TimelineDir) -> Result<Fork, NodeError> {
         let method = self.clone_method;
         let (src, dst) = (pdir.pgdata(), dir.pgdata());
@@ -601,13 +612,28 @@ impl Node {
         })
         .await??;
         let c = pgcontrol::read(&dir.pgdata())?;
+        let (mut lsn, mut time) = (c.checkpoint, c.time);
+        if c.state != pgcontrol::ClusterState::ShutDown {
+            // Unclean stop: the clone holds commits after its last checkpoint, which crash
+            // recovery will replay; report the last of them.
+            if let Some(waldump) = self.cfg.waldump.clone() {
+                let pw = dir.pg_wal();
+                let commits = tokio::task::spawn_blocking(move || {
+                    wal::commits(&waldump, &pw, c.timeline, c.redo, None)
+                })
+                .await??;
+                if let Some(last) = commits.last().filter(|l| l.lsn > lsn) {
+                    (lsn, time) = (last.lsn, last.time);
+                }
+            }
+        }
         Ok(Fork {
             start_lsn: c.redo,
-            lsn: c.checkpoint,
+            lsn,
             consistent_lsn: c.checkpoint,
-            time: c.time,
+            time,
             pg_timeline: c.timeline,
-            recovery: RecoveryTarget::Immediate,
+            recovery: RecoveryTarget::None,
         })
     }
 
@@ -670,7 +696,9 @@ impl Node {
                 }
             }
         };
-        let recovery = if lsn == base.consistent_lsn {
+        let recovery = if lsn == base.info.end_lsn && base.plain_start {
+            RecoveryTarget::None
+        } else if lsn == base.consistent_lsn {
             RecoveryTarget::Immediate
         } else {
             RecoveryTarget::Lsn(lsn)
@@ -749,20 +777,45 @@ impl Node {
         })
     }
 
+    /// Space figures of every timeline, from one sweep over the whole node (a timeline's
+    /// exclusive bytes depend on what every other timeline shares with it).
+    async fn usage(&self) -> Result<HashMap<TimelineId, Usage>, NodeError> {
+        let ids: Vec<TimelineId> = self
+            .meta
+            .all()?
+            .into_iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .map(|r| r.id)
+            .collect();
+        let scopes: Vec<Scope> = ids
+            .iter()
+            .map(|id| {
+                let d = self.dir(*id);
+                Scope {
+                    pgdata: d.pgdata(),
+                    history: vec![d.archive(), d.snapshots()],
+                }
+            })
+            .collect();
+        let usage = tokio::task::spawn_blocking(move || accounting::account(&scopes)).await??;
+        Ok(ids.into_iter().zip(usage).collect())
+    }
+
     /// The API view of a timeline, with fresh accounting and compute state.
-    pub async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
+    async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
+        let usage = self.usage().await?;
+        self.info_with(rec, usage.get(&rec.id).copied().unwrap_or_default())
+            .await
+    }
+
+    async fn info_with(
+        &self,
+        rec: &TimelineRecord,
+        usage: Usage,
+    ) -> Result<TimelineInfo, NodeError> {
         let dir = self.dir(rec.id);
         let running = self.running(rec.id).await;
         let restore_window = self.window(rec, running.as_ref()).await?;
-        let d = dir.clone();
-        let (logical, pg, hist) = tokio::task::spawn_blocking(move || -> Result<_, CloneError> {
-            let (logical, pg) = clone::tree_usage(&d.pgdata())?;
-            let (_, arch) = clone::tree_usage(&d.archive())?;
-            let (_, snaps) = clone::tree_usage(&d.snapshots())?;
-            Ok((logical, pg, (arch, snaps)))
-        })
-        .await??;
-        let (arch, snaps) = hist;
         let state = if dir.pgdata().join("PG_VERSION").exists() {
             TimelineState::Ready
         } else {
@@ -785,9 +838,9 @@ impl Node {
             archive: path_str(&dir.archive()),
             run_dir: path_str(&dir.run()),
             archive_command: wal::archive_command(),
-            logical_bytes: logical,
-            exclusive_bytes: pg.exclusive + arch.exclusive + snaps.exclusive,
-            history_bytes: arch.exclusive + arch.shared + snaps.exclusive,
+            logical_bytes: usage.logical,
+            exclusive_bytes: usage.exclusive,
+            history_bytes: usage.history,
             restore_window,
             snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
         })
@@ -801,10 +854,12 @@ impl Node {
 
     /// `GET /v1/timelines`.
     pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
+        let usage = self.usage().await?;
         let mut out = Vec::new();
         for rec in self.meta.all()? {
             if rec.phase == Phase::Ready {
-                out.push(self.info(&rec).await?);
+                let u = usage.get(&rec.id).copied().unwrap_or_default();
+                out.push(self.info_with(&rec, u).await?);
             }
         }
         Ok(out)
@@ -907,8 +962,10 @@ impl Node {
         remove_dir_if_exists(&staging)?;
         std::fs::create_dir(&staging).map_err(io_op("create snapshot staging"))?;
         let pg = staging.join("pgdata");
+        let running = self.running(id).await;
+        let stopped = running.is_none();
         let taken = async {
-            match self.running(id).await {
+            match running {
                 Some(r) => {
                     let b = self
                         .backup_into(&dir, r.port, &pg, &format!("ramify snapshot {name}"), fast)
@@ -956,6 +1013,7 @@ impl Node {
             info: info.clone(),
             consistent_lsn: end,
             after_lsn: after,
+            plain_start: stopped,
         });
         rec.snapshots.sort_by_key(|s| s.info.end_lsn);
         self.meta.put(&rec)?;
@@ -1098,6 +1156,10 @@ impl Node {
         Ok(())
     }
 }
+
+/// XFS copy-on-write extent size hint for everything under `timelines/`: one Postgres page
+/// (see [`clone::set_cow_extent_size`]).
+const COW_EXTENT_SIZE: u32 = 8192;
 
 /// WAL that must be written since the last snapshot before another periodic one is due.
 const MIN_NEW_WAL: u64 = 64 * 1024;

@@ -70,6 +70,13 @@ pub fn stopped_exclude(rel: &Path, is_dir: bool) -> bool {
 /// Where recovery of a clone stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryTarget {
+    /// No archive recovery: the clone of a stopped compute starts as it is (crash recovery
+    /// replays its own `pg_wal` if the stop was unclean) and stays on its timeline.
+    /// Archive recovery to `immediate` would be wrong here: a crashed primary counts as
+    /// consistent at its last checkpoint and would stop there, losing later commits; and
+    /// after a clean shutdown no record follows the consistent point, which Postgres 13+
+    /// rejects ("recovery ended before configured recovery target was reached").
+    None,
     /// As soon as the clone is consistent (end of its backup).
     Immediate,
     /// After the WAL record at this position.
@@ -85,6 +92,7 @@ pub const RECOVERY_CONF: &str = "ramify.recovery.conf";
 /// out until promotion, so nobody ever sees a half-recovered, read-only branch.
 pub fn render_recovery_conf(target: RecoveryTarget) -> String {
     let target = match target {
+        RecoveryTarget::None => return String::new(),
         RecoveryTarget::Immediate => "recovery_target = 'immediate'".to_string(),
         RecoveryTarget::Lsn(l) => {
             format!("recovery_target_lsn = '{l}'\nrecovery_target_inclusive = on")
@@ -102,8 +110,18 @@ pub fn render_recovery_conf(target: RecoveryTarget) -> String {
     )
 }
 
-/// Makes `pgdata` recover to `target` and promote on its next start.
+/// Makes `pgdata` recover to `target` and promote on its next start (or, for
+/// [`RecoveryTarget::None`], start plainly).
 pub fn prepare_recovery(pgdata: &Path, target: RecoveryTarget) -> io::Result<()> {
+    if target == RecoveryTarget::None {
+        for f in [RECOVERY_CONF, "recovery.signal"] {
+            match fs::remove_file(pgdata.join(f)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
     fs::write(pgdata.join(RECOVERY_CONF), render_recovery_conf(target))?;
     ensure_include(pgdata, RECOVERY_CONF)?;
     fs::write(pgdata.join("recovery.signal"), b"")?;
@@ -174,6 +192,7 @@ mod tests {
         fs::write(t.path().join("postgresql.conf"), "shared_buffers = 128MB").unwrap();
         prepare_recovery(t.path(), RecoveryTarget::Lsn(Lsn(0x3000028))).unwrap();
         prepare_recovery(t.path(), RecoveryTarget::Immediate).unwrap();
+        prepare_recovery(t.path(), RecoveryTarget::Immediate).unwrap();
         let conf = fs::read_to_string(t.path().join("postgresql.conf")).unwrap();
         assert_eq!(
             conf.matches("include_if_exists = 'ramify.recovery.conf'")
@@ -185,6 +204,9 @@ mod tests {
         assert!(rec.contains("recovery_target = 'immediate'"));
         assert!(!rec.contains("recovery_target_lsn"));
         assert!(t.path().join("recovery.signal").exists());
+        prepare_recovery(t.path(), RecoveryTarget::None).unwrap();
+        assert!(!t.path().join("recovery.signal").exists());
+        assert!(!t.path().join(RECOVERY_CONF).exists());
         assert!(render_recovery_conf(RecoveryTarget::Lsn(Lsn(0x3000028)))
             .contains("recovery_target_lsn = '0/3000028'\nrecovery_target_inclusive = on"));
     }

@@ -104,6 +104,7 @@ mod tests {
             },
             consistent_lsn: Lsn(end),
             after_lsn: None,
+            plain_start: false,
         }
     }
 

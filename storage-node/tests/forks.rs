@@ -250,3 +250,55 @@ async fn three_generations_survive_deleting_their_parent() {
     assert!(!listed.contains(&root.id) && !listed.contains(&child.id));
     assert!(listed.contains(&grand.id) && listed.contains(&great.id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_of_a_stopped_or_crashed_parent_and_at_a_snapshot() {
+    let env = Env::new(4 * GIB, &[]).await;
+    let (root, mut rc) = env.root().await;
+    rc.execute("CREATE TABLE t (phase text)").await.unwrap();
+    rc.execute("INSERT INTO t VALUES ('one')").await.unwrap();
+    let s1 = env
+        .client
+        .create_snapshot(root.id, "after-one")
+        .await
+        .unwrap();
+    rc.execute("INSERT INTO t VALUES ('two')").await.unwrap();
+    let lsn_two = current_lsn(&rc).await;
+    rc.execute("INSERT INTO t VALUES ('three')").await.unwrap();
+
+    // Stopped cleanly: latest is a plain clone; an LSN reads the archive and pg_wal.
+    rc.stop().await.unwrap();
+    let latest = env.fork(root.id, At::Latest).await;
+    let mut lc = env.start(&latest).await;
+    assert_eq!(rows(&lc).await, "one,three,two");
+    lc.execute("INSERT INTO t VALUES ('latest-only')")
+        .await
+        .unwrap();
+    let at_snap = env.fork(root.id, At::Snapshot("after-one".into())).await;
+    assert_eq!(at_snap.fork_lsn, Some(s1.end_lsn));
+    assert_eq!(rows(&env.start(&at_snap).await).await, "one");
+    let at_lsn = env.fork(root.id, At::Lsn(lsn_two)).await;
+    assert_eq!(rows(&env.start(&at_lsn).await).await, "one,two");
+    // A fork of the stopped branch at its own fork point, and at its latest state.
+    lc.stop().await.unwrap();
+    let again = env.fork(latest.id, At::Snapshot("fork".into())).await;
+    assert_eq!(rows(&env.start(&again).await).await, "one,three,two");
+    let chain = env.fork(latest.id, At::Latest).await;
+    assert_eq!(
+        rows(&env.start(&chain).await).await,
+        "latest-only,one,three,two"
+    );
+
+    // Crashed (kill -9 after a commit): crash recovery on the clone keeps every commit.
+    rc.restart().await.unwrap();
+    rc.execute("INSERT INTO t VALUES ('four')").await.unwrap();
+    rc.kill9().unwrap();
+    let crashed = env.fork(root.id, At::Latest).await;
+    let cc = env.start(&crashed).await;
+    assert_eq!(rows(&cc).await, "four,one,three,two");
+    cc.pg_amcheck().await.expect("pg_amcheck");
+}
+
+async fn rows(c: &ramify_testkit::Compute) -> String {
+    query_text(c, "SELECT string_agg(phase, ',' ORDER BY phase) FROM t").await
+}

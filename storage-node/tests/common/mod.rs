@@ -133,3 +133,14 @@ pub async fn table_exists(c: &Compute, table: &str) -> bool {
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+
+/// Runs a query returning one text value.
+pub async fn query_text(c: &Compute, sql: &str) -> String {
+    c.client()
+        .await
+        .expect("connect")
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
