@@ -29,8 +29,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `kill9` waits for the killed processes to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// How often start-up progress is polled.
-const POLL: Duration = Duration::from_millis(50);
+/// Start-up is polled this often: a fork is ready tens of milliseconds after it starts, so
+/// a coarse poll would dominate the time to first query.
+const POLL: Duration = Duration::from_millis(5);
 
 /// Errors running Postgres programs.
 #[derive(Debug, thiserror::Error)]

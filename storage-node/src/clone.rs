@@ -17,7 +17,6 @@ use ramify_api::CloneMethod;
 const FICLONE: libc::c_ulong = 0x4004_9409;
 /// `_IOWR('f', 11, struct fiemap)`.
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const FIEMAP_FLAG_SYNC: u32 = 0x1;
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
 const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
 /// Size of `struct fiemap` without its extent array, and of one `struct fiemap_extent`.
@@ -199,7 +198,9 @@ pub struct Extent {
     pub shared: bool,
 }
 
-/// Reads a file's extent map with `FIEMAP` (after syncing delayed allocations).
+/// Reads a file's extent map with `FIEMAP`. No `FIEMAP_FLAG_SYNC`: forcing writeback of
+/// a running compute's files just to count them would disturb it, and data not yet
+/// allocated (delalloc) is new, hence unshared, which is how it is reported anyway.
 pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let mut out = Vec::new();
@@ -211,8 +212,7 @@ pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
         buf.iter_mut().for_each(|w| *w = 0);
         buf[0] = start; // fm_start
         buf[1] = u64::MAX; // fm_length
-                           // fm_flags is the low half of word 2, fm_extent_count the low half of word 3.
-        buf[2] = FIEMAP_FLAG_SYNC as u64;
+                           // fm_flags (low half of word 2) stays 0; fm_extent_count is the low half of word 3.
         buf[3] = EXTENTS_PER_CALL as u64;
         // SAFETY: `buf` is a writable, 8-byte aligned buffer of exactly the size the
         // kernel expects for `fm_extent_count` extents, alive for the whole call.

@@ -1,7 +1,7 @@
 //! The storage node: timelines, forks, snapshots, deletion, accounting and the restore
 //! window, on top of the data directory layout and the metadata store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -113,6 +113,8 @@ pub struct Node {
     locks: StdMutex<HashMap<TimelineId, Arc<RwLock<()>>>>,
     /// Per-id lock so concurrent retries of one create wait for each other.
     creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
+    /// Timelines with a periodic snapshot in flight.
+    snapshotting: StdMutex<HashSet<TimelineId>>,
 }
 
 /// What a compute looks like from the storage side.
@@ -154,6 +156,7 @@ impl Node {
             meta_write: Mutex::new(()),
             locks: StdMutex::new(HashMap::new()),
             creating: StdMutex::new(HashMap::new()),
+            snapshotting: StdMutex::new(HashSet::new()),
         };
         node.recover()?;
         Ok(node)
@@ -895,8 +898,6 @@ impl Node {
     /// stops the compute first. Space other timelines share stays; the rest is freed.
     #[instrument(skip(self))]
     pub async fn delete(&self, id: TimelineId, force: bool) -> Result<(), NodeError> {
-        let lock = self.lock_of(id);
-        let _w = lock.write().await;
         self.record(id)?;
         let dir = self.dir(id);
         if self.running(id).await.is_some() {
@@ -905,7 +906,17 @@ impl Node {
                     "timeline {id} has a running compute; stop it first or delete with ?force=true"
                 )));
             }
+            // Stopped before taking the lock: a snapshot waiting on this compute's
+            // checkpoint then fails at once and lets go of the timeline.
             stop_postmaster(&dir.pgdata()).await?;
+        }
+        let lock = self.lock_of(id);
+        let _w = lock.write().await;
+        self.record(id)?;
+        if self.running(id).await.is_some() {
+            return Err(NodeError::Conflict(format!(
+                "the compute of timeline {id} started again while it was being deleted; stop it and retry"
+            )));
         }
         let gone = self.layout.deleting(id);
         std::fs::rename(&dir.0, &gone).map_err(io_op(format!("retire timeline {id}")))?;
@@ -1048,18 +1059,35 @@ impl Node {
 
     // ----- background: periodic snapshots and GC ------------------------------------
 
-    /// One pass of the background work: periodic snapshots where due, then GC.
-    pub async fn tick(&self) -> Result<(), NodeError> {
+    /// One pass of the background work: restore-window GC, and periodic snapshots where
+    /// due. A snapshot waits for a spread checkpoint (possibly minutes), so each runs in a
+    /// task of its own and one slow compute never holds up the others or GC.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), NodeError> {
         for rec in self.meta.all()? {
             if rec.phase != Phase::Ready {
                 continue;
             }
-            if let Err(e) = self.maybe_snapshot(&rec).await {
-                warn!(timeline = %rec.id, error = %e, "periodic snapshot failed");
-            }
             if let Err(e) = self.gc(rec.id).await {
                 warn!(timeline = %rec.id, error = %e, "restore-window GC failed");
             }
+            let newly_busy = self
+                .snapshotting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rec.id);
+            if !newly_busy {
+                continue;
+            }
+            let node = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = node.maybe_snapshot(&rec).await {
+                    warn!(timeline = %rec.id, error = %e, "periodic snapshot failed");
+                }
+                node.snapshotting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&rec.id);
+            });
         }
         Ok(())
     }

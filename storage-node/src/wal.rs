@@ -300,6 +300,45 @@ mod tests {
         }
     }
 
+    /// Runs the archive command the way Postgres does: via `sh -c`, in PGDATA, with `%p`
+    /// and `%f` substituted.
+    fn archive(pgdata: &Path, name: &str) -> bool {
+        let cmd = archive_command()
+            .replace("%p", &format!("pg_wal/{name}"))
+            .replace("%f", name);
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(pgdata)
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[test]
+    fn archive_command_is_durable_and_never_overwrites() {
+        let t = tempfile::tempdir().unwrap();
+        let pgdata = t.path().join("pgdata");
+        fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+        fs::create_dir_all(t.path().join("wal")).unwrap();
+        let seg = "000000010000000000000001";
+        fs::write(pgdata.join("pg_wal").join(seg), b"first").unwrap();
+        assert!(archive(&pgdata, seg), "a new segment is archived");
+        assert_eq!(fs::read(t.path().join("wal").join(seg)).unwrap(), b"first");
+        assert!(!t.path().join("wal").join(format!("{seg}.tmp")).exists());
+        assert!(
+            archive(&pgdata, seg),
+            "a retry with identical content succeeds"
+        );
+        fs::write(pgdata.join("pg_wal").join(seg), b"other").unwrap();
+        assert!(!archive(&pgdata, seg), "different content is refused");
+        assert_eq!(fs::read(t.path().join("wal").join(seg)).unwrap(), b"first");
+        assert!(
+            !archive(&pgdata, "000000010000000000000009"),
+            "a missing source fails"
+        );
+    }
+
     #[test]
     fn waldump_lines() {
         let out = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/0154A3A8, prev 0/0154A370, desc: COMMIT 2026-11-28 14:10:11.123456 UTC\n\
