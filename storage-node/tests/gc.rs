@@ -7,6 +7,13 @@ mod common;
 use common::*;
 use ramify_api::{At, ClientError, Lsn, SnapshotKind};
 
+/// Periodic snapshots use a spread checkpoint; shorten the spread so the tests run in
+/// seconds rather than minutes.
+const SHORT_CHECKPOINT_SPREAD: &[(&str, &str)] = &[
+    ("checkpoint_timeout", "30s"),
+    ("checkpoint_completion_target", "0.01"),
+];
+
 fn archive_segments(dir: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -40,22 +47,7 @@ async fn restore_window_gc_removes_history_and_bounds_forks() {
         .await
         .unwrap()
         .value;
-    // Periodic snapshots use a spread checkpoint; shorten the spread so the test runs in
-    // seconds rather than minutes.
-    let rc = ramify_testkit::Compute::start(
-        &env.pg,
-        &env.user,
-        std::path::Path::new(&tl.pgdata),
-        std::path::Path::new(&tl.run_dir),
-        &tl.archive_command,
-        true,
-        &[
-            ("checkpoint_timeout", "30s"),
-            ("checkpoint_completion_target", "0.01"),
-        ],
-    )
-    .await
-    .unwrap();
+    let rc = env.start_with(&tl, SHORT_CHECKPOINT_SPREAD).await;
     rc.execute("CREATE TABLE t (i int)").await.unwrap();
     let mut first_snapshot = None;
     // Write and switch WAL segments for a while: each second brings new WAL, so a new
@@ -165,20 +157,7 @@ async fn periodic_snapshot_after_enough_wal() {
         .await
         .unwrap()
         .value;
-    let rc = ramify_testkit::Compute::start(
-        &env.pg,
-        &env.user,
-        std::path::Path::new(&tl.pgdata),
-        std::path::Path::new(&tl.run_dir),
-        &tl.archive_command,
-        true,
-        &[
-            ("checkpoint_timeout", "30s"),
-            ("checkpoint_completion_target", "0.01"),
-        ],
-    )
-    .await
-    .unwrap();
+    let rc = env.start_with(&tl, SHORT_CHECKPOINT_SPREAD).await;
     // The first snapshot of a running timeline comes at once.
     let mut n = 0;
     for _ in 0..100 {

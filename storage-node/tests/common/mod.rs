@@ -61,6 +61,11 @@ impl Env {
 
     /// Starts a compute on a timeline (initdb for an empty root).
     pub async fn start(&self, tl: &TimelineInfo) -> Compute {
+        self.start_with(tl, &[]).await
+    }
+
+    /// [`Env::start`] with extra Postgres settings.
+    pub async fn start_with(&self, tl: &TimelineInfo, params: &[(&str, &str)]) -> Compute {
         Compute::start(
             &self.pg,
             &self.user,
@@ -68,7 +73,7 @@ impl Env {
             std::path::Path::new(&tl.run_dir),
             &tl.archive_command,
             tl.state == TimelineState::Empty,
-            &[],
+            params,
         )
         .await
         .unwrap_or_else(|e| panic!("compute on {} failed to start: {e}", tl.id))
