@@ -338,10 +338,13 @@ pub async fn start(
             source: std::io::Error::other("postgres exited before its pid was read"),
         })?;
 
-    // A fork's first start recovers and then promotes; with `hot_standby = off` the
-    // postmaster reports `standby` while it replays, and only `ready` once promoted and
-    // writable. Only a real standby (standby.signal) is "up" while in recovery.
+    // A fork's first start recovers and then promotes. While it replays, the postmaster
+    // reports `standby` (hot_standby = off) or even `ready` (hot_standby = on, read-only),
+    // so a start that began with recovery.signal is up only once Postgres removed it, i.e.
+    // promoted and writable. Only a real standby (standby.signal) is up while in recovery.
     let standby = pgdata.join("standby.signal").exists();
+    let signal = pgdata.join("recovery.signal");
+    let promoting = signal.exists();
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child
@@ -355,7 +358,9 @@ pub async fn start(
                 log,
             });
         }
-        if read_pid_file(&pgdata)?.is_some_and(|f| f.pid == pid && f.is_up(standby)) {
+        if read_pid_file(&pgdata)?.is_some_and(|f| f.pid == pid && f.is_up(standby))
+            && !(promoting && signal.exists())
+        {
             info!(pid, "Postgres accepts connections");
             return Ok(RunningCompute {
                 pid,
