@@ -1,0 +1,255 @@
+//! The Postgres-aware TCP front door of Ramify branches.
+//!
+//! One listener port per branch ([`Route`]). On a client's `StartupMessage` the proxy
+//! asks the [`Control`] plane to wake the branch's compute (one wake in flight per
+//! branch, however many clients arrive), holds the client until Postgres accepts the
+//! connection, then splices bytes both ways. `SSLRequest`/`GSSENCRequest` are refused
+//! with `N` so `prefer` clients continue in plaintext; `CancelRequest`s reach the
+//! compute that issued the key. A branch with no client for its `suspend_after` is
+//! suspended through [`Control::suspend`]; clients arriving meanwhile wait for the
+//! suspend to finish and then wake it again. Failures reach the client as a Postgres
+//! `ErrorResponse` (SQLSTATE 57P03 or 08006), never as a bare reset.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connection;
+mod error;
+pub mod protocol;
+mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, info_span, warn, Instrument};
+
+pub use error::ProxyError;
+use route::LiveRoute;
+
+/// What the proxy asks of the control plane (the local runtime now, the operator later).
+#[async_trait::async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// Ensures the branch's compute runs (starting it if suspended or crashed) and returns
+    /// the address its Postgres accepts TCP connections on once it does. Called for every
+    /// new client that finds no wake in flight, so it must be cheap when the compute runs.
+    /// The proxy never cancels a call; the error text is shown to clients.
+    async fn wake(&self, branch: &str) -> Result<SocketAddr, String>;
+
+    /// No client was connected for the route's `suspend_after`: stops the compute cleanly
+    /// (fast shutdown). Never called concurrently with `wake` for the same branch; may
+    /// find the compute already stopped (a new route, a failed wake) and should then
+    /// succeed as a no-op.
+    async fn suspend(&self, branch: &str) -> Result<(), String>;
+}
+
+/// One branch's listener and its idle policy.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The branch name, passed to [`Control`] and shown in errors.
+    pub branch: String,
+    /// Where to listen (port 0 picks a free port; see [`Proxy::add_route`]).
+    pub listen: SocketAddr,
+    /// Suspend after this long without clients; `None` or zero means never.
+    pub suspend_after: Option<Duration>,
+}
+
+/// Timeouts of the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyOptions {
+    /// How long a client waits for a suspend in progress plus the wake (default 30 s).
+    pub wake_timeout: Duration,
+    /// How long a client may take to send its startup packet (default 10 s).
+    pub startup_timeout: Duration,
+    /// How long connecting to a woken compute may take (default 10 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            wake_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A snapshot of one route's counters, for metrics and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStats {
+    /// The bound listener address.
+    pub listen: SocketAddr,
+    /// The current idle policy.
+    pub suspend_after: Option<Duration>,
+    /// Client sessions currently open (including those waiting for a wake).
+    pub active_connections: usize,
+    /// Since when no session is open (`None` while one is).
+    pub idle_since: Option<Instant>,
+    /// When a session last opened or closed (wall clock, for status output).
+    pub last_activity: SystemTime,
+    /// Client sessions admitted since the route was added.
+    pub connections: u64,
+    /// `Control::wake` calls made.
+    pub wakes: u64,
+    /// `Control::wake` calls that failed.
+    pub wake_failures: u64,
+    /// Successful `Control::suspend` calls.
+    pub suspends: u64,
+    /// `Control::suspend` calls that failed.
+    pub suspend_failures: u64,
+    /// The proxy suspended the compute and no client has woken it since.
+    pub suspended: bool,
+}
+
+/// The proxy: a set of routes sharing one [`Control`]; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    control: Arc<dyn Control>,
+    opts: ProxyOptions,
+    routes: Mutex<HashMap<String, RouteTasks>>,
+}
+
+/// A route and the tasks serving it.
+struct RouteTasks {
+    route: Arc<LiveRoute>,
+    acceptor: JoinHandle<()>,
+    suspender: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy without routes.
+    pub fn new(control: Arc<dyn Control>, opts: ProxyOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                control,
+                opts,
+                routes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn routes(&self) -> MutexGuard<'_, HashMap<String, RouteTasks>> {
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts listening for `route.branch` and returns the bound address. The compute
+    /// may already run: without clients it is suspended after `suspend_after`.
+    pub async fn add_route(&self, route: Route) -> Result<SocketAddr, ProxyError> {
+        let exists = || ProxyError::RouteExists {
+            branch: route.branch.clone(),
+        };
+        if self.routes().contains_key(&route.branch) {
+            return Err(exists());
+        }
+        let bind_err = |source| ProxyError::Bind {
+            branch: route.branch.clone(),
+            addr: route.listen,
+            source,
+        };
+        let listener = TcpListener::bind(route.listen).await.map_err(bind_err)?;
+        let listen = listener.local_addr().map_err(bind_err)?;
+        let live = Arc::new(LiveRoute::new(
+            route.branch.clone(),
+            listen,
+            route.suspend_after,
+            Arc::clone(&self.inner.control),
+            self.inner.opts,
+        ));
+        let mut routes = self.routes();
+        if routes.contains_key(&route.branch) {
+            return Err(exists());
+        }
+        let span = info_span!("route", branch = %route.branch, %listen);
+        let acceptor =
+            tokio::spawn(accept_loop(Arc::clone(&live), listener).instrument(span.clone()));
+        let suspender = tokio::spawn(Arc::clone(&live).run_suspender().instrument(span.clone()));
+        span.in_scope(|| info!(suspend_after = ?route.suspend_after, "route added"));
+        routes.insert(
+            route.branch,
+            RouteTasks {
+                route: live,
+                acceptor,
+                suspender,
+            },
+        );
+        Ok(listen)
+    }
+
+    /// Closes the branch's listener and every client connection of it; when this returns
+    /// the port is free and no further `Control` call is made for the branch (a suspend
+    /// in progress is awaited). The compute itself is left as it is.
+    pub async fn remove_route(&self, branch: &str) {
+        let Some(tasks) = self.routes().remove(branch) else {
+            return;
+        };
+        tasks.route.shut_down();
+        for (task, name) in [(tasks.acceptor, "acceptor"), (tasks.suspender, "suspender")] {
+            if let Err(err) = task.await {
+                warn!(branch, task = name, error = %err, "route task failed");
+            }
+        }
+        info!(branch, "route removed");
+    }
+
+    /// The route's counters, or `None` for an unknown branch.
+    pub fn route_stats(&self, branch: &str) -> Option<RouteStats> {
+        self.routes().get(branch).map(|t| t.route.stats())
+    }
+
+    /// Changes the branch's idle policy (`None` or zero: never suspend); takes effect at once.
+    pub fn set_suspend_after(&self, branch: &str, suspend_after: Option<Duration>) {
+        if let Some(tasks) = self.routes().get(branch) {
+            tasks.route.set_suspend_after(suspend_after);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: nobody could remove these routes any more.
+        let routes = self
+            .routes
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for tasks in routes.values() {
+            tasks.route.shut_down();
+        }
+    }
+}
+
+/// Accepts clients until the route is shut down, then closes the listener and aborts
+/// (closes) every connection.
+async fn accept_loop(route: Arc<LiveRoute>, listener: TcpListener) {
+    let mut connections = JoinSet::new();
+    let shutdown = route.shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, peer)) => {
+                    let span = info_span!("client", branch = %route.branch, %peer);
+                    connections.spawn(connection::serve(Arc::clone(&route), client).instrument(span));
+                }
+                Err(err) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}

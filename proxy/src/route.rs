@@ -1,0 +1,539 @@
+//! One branch's route: who is connected, whether its compute is being woken or
+//! suspended, and the background task that suspends it when idle.
+//!
+//! All decisions are taken under one mutex ([`RouteState`], pure logic, unit-tested
+//! below) so that admitting a client and deciding to suspend cannot interleave: a
+//! suspend starts only while no client is admitted and no wake is in flight, and while
+//! it runs new clients wait for it before they may wake the compute again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::protocol::CancelKey;
+use crate::{Control, ProxyError, ProxyOptions, RouteStats};
+
+/// The outcome of one `Control::wake` call, shared by every client that waited for it.
+type WakeOutcome = Result<SocketAddr, String>;
+
+/// Where the route believes its compute is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Woken (or never suspended by this proxy): it may be running.
+    MaybeRunning,
+    /// `Control::suspend` is in progress.
+    Suspending,
+    /// Suspended by this proxy and not woken since.
+    Suspended,
+}
+
+/// What the suspender should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SuspendDecision {
+    /// Nothing to do until the state changes.
+    Wait,
+    /// Re-check at this instant (the idle period ends then).
+    SleepUntil(Instant),
+    /// Suspend now ([`RouteState::begin_suspend`] has been called).
+    Suspend,
+}
+
+/// A route's mutable state; every method is a step of the state machine, no I/O.
+#[derive(Debug)]
+pub(crate) struct RouteState {
+    suspend_after: Option<Duration>,
+    phase: Phase,
+    active: usize,
+    idle_since: Option<Instant>,
+    last_activity: SystemTime,
+    wake_in_flight: Option<watch::Receiver<Option<WakeOutcome>>>,
+    cancel_keys: HashMap<CancelKey, SocketAddr>,
+    connections: u64,
+    wakes: u64,
+    wake_failures: u64,
+    suspends: u64,
+    suspend_failures: u64,
+}
+
+impl RouteState {
+    /// A new route; its compute may already run, so it is idle from `now` on.
+    pub(crate) fn new(suspend_after: Option<Duration>, now: Instant) -> Self {
+        Self {
+            suspend_after,
+            phase: Phase::MaybeRunning,
+            active: 0,
+            idle_since: Some(now),
+            last_activity: SystemTime::now(),
+            wake_in_flight: None,
+            cancel_keys: HashMap::new(),
+            connections: 0,
+            wakes: 0,
+            wake_failures: 0,
+            suspends: 0,
+            suspend_failures: 0,
+        }
+    }
+
+    /// Counts a client session in, unless a suspend is running (then `false`: wait).
+    pub(crate) fn try_admit(&mut self) -> bool {
+        if self.phase == Phase::Suspending {
+            return false;
+        }
+        self.active += 1;
+        self.connections += 1;
+        self.idle_since = None;
+        self.last_activity = SystemTime::now();
+        true
+    }
+
+    /// Counts a client session out.
+    pub(crate) fn release(&mut self, now: Instant) {
+        self.active = self.active.saturating_sub(1);
+        self.last_activity = SystemTime::now();
+        if self.active == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// Whether to suspend now; on `Suspend` the phase is already `Suspending`, so no
+    /// client can be admitted until [`RouteState::finish_suspend`].
+    pub(crate) fn decide_suspend(&mut self, now: Instant) -> SuspendDecision {
+        let Some(after) = self.suspend_after.filter(|d| !d.is_zero()) else {
+            return SuspendDecision::Wait;
+        };
+        if self.phase != Phase::MaybeRunning || self.active > 0 || self.wake_in_flight.is_some() {
+            return SuspendDecision::Wait;
+        }
+        let Some(idle_since) = self.idle_since else {
+            return SuspendDecision::Wait;
+        };
+        let due = idle_since + after;
+        if now < due {
+            return SuspendDecision::SleepUntil(due);
+        }
+        self.phase = Phase::Suspending;
+        SuspendDecision::Suspend
+    }
+
+    /// Records the end of a suspend; a failed one is retried after another idle period.
+    pub(crate) fn finish_suspend(&mut self, ok: bool, now: Instant) {
+        if ok {
+            self.phase = Phase::Suspended;
+            self.suspends += 1;
+        } else {
+            self.phase = Phase::MaybeRunning;
+            self.suspend_failures += 1;
+        }
+        if self.active == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// The wake in flight to join, or `None` after registering `rx` as the new one
+    /// (the caller must then run the wake and publish its outcome on the sender).
+    pub(crate) fn join_or_start_wake(
+        &mut self,
+        rx: watch::Receiver<Option<WakeOutcome>>,
+    ) -> Option<watch::Receiver<Option<WakeOutcome>>> {
+        if let Some(in_flight) = &self.wake_in_flight {
+            return Some(in_flight.clone());
+        }
+        self.wake_in_flight = Some(rx);
+        self.phase = Phase::MaybeRunning;
+        self.wakes += 1;
+        None
+    }
+
+    /// Records the end of the wake in flight; an idle route gets a full idle period
+    /// from now, so a compute nobody waited for is not stopped the moment it is up.
+    pub(crate) fn finish_wake(&mut self, ok: bool, now: Instant) {
+        self.wake_in_flight = None;
+        if !ok {
+            self.wake_failures += 1;
+        }
+        if self.active == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// Remembers which compute issued `key`.
+    pub(crate) fn register_key(&mut self, key: CancelKey, backend: SocketAddr) {
+        self.cancel_keys.insert(key, backend);
+    }
+
+    /// Forgets `key` once its session ended.
+    pub(crate) fn forget_key(&mut self, key: CancelKey, backend: SocketAddr) {
+        if self.cancel_keys.get(&key) == Some(&backend) {
+            self.cancel_keys.remove(&key);
+        }
+    }
+
+    /// The compute that issued `key`, if a session with it is open.
+    pub(crate) fn cancel_target(&self, key: CancelKey) -> Option<SocketAddr> {
+        self.cancel_keys.get(&key).copied()
+    }
+
+    fn stats(&self, listen: SocketAddr) -> RouteStats {
+        RouteStats {
+            listen,
+            suspend_after: self.suspend_after,
+            active_connections: self.active,
+            idle_since: self.idle_since,
+            last_activity: self.last_activity,
+            connections: self.connections,
+            wakes: self.wakes,
+            wake_failures: self.wake_failures,
+            suspends: self.suspends,
+            suspend_failures: self.suspend_failures,
+            suspended: self.phase == Phase::Suspended,
+        }
+    }
+}
+
+/// A route as the connection handlers and background tasks share it.
+pub(crate) struct LiveRoute {
+    pub(crate) branch: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) opts: ProxyOptions,
+    control: Arc<dyn Control>,
+    state: Mutex<RouteState>,
+    /// Signalled on every state change the suspender or waiting clients care about.
+    changed: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+impl LiveRoute {
+    pub(crate) fn new(
+        branch: String,
+        listen: SocketAddr,
+        suspend_after: Option<Duration>,
+        control: Arc<dyn Control>,
+        opts: ProxyOptions,
+    ) -> Self {
+        Self {
+            branch,
+            listen,
+            opts,
+            control,
+            state: Mutex::new(RouteState::new(suspend_after, Instant::now())),
+            changed: Notify::new(),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RouteState> {
+        // No code path panics while holding the lock; if one did, the counters are
+        // still consistent enough to keep serving.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stats(&self) -> RouteStats {
+        self.state().stats(self.listen)
+    }
+
+    pub(crate) fn set_suspend_after(&self, suspend_after: Option<Duration>) {
+        self.state().suspend_after = suspend_after;
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn cancel_target(&self, key: CancelKey) -> Option<SocketAddr> {
+        self.state().cancel_target(key)
+    }
+
+    /// Asks every task of the route to stop.
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once [`LiveRoute::shut_down`] was called.
+    pub(crate) async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        // An error means the sender is gone, which also means shutting down.
+        let _ = rx.wait_for(|&stop| stop).await;
+    }
+
+    /// Counts a client session in, waiting (until `deadline`) for a running suspend.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Session, ProxyError> {
+        loop {
+            let notified = self.changed.notified();
+            if self.state().try_admit() {
+                return Ok(Session {
+                    route: Arc::clone(self),
+                    key: None,
+                });
+            }
+            info!(branch = %self.branch, "waiting for the compute's suspend to finish");
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.wake_timeout());
+            }
+        }
+    }
+
+    /// The compute's address: joins the wake in flight or starts one. The wake itself
+    /// runs in its own task and is never cancelled (a half-started compute is worse than
+    /// a slow one); only this client's wait is bounded by `deadline`.
+    pub(crate) async fn wake(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<SocketAddr, ProxyError> {
+        let (tx, rx) = watch::channel(None);
+        let mut rx = match self.state().join_or_start_wake(rx.clone()) {
+            Some(in_flight) => in_flight,
+            None => {
+                self.spawn_wake(tx);
+                rx
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+            Err(_elapsed) => return Err(self.wake_timeout()),
+            Ok(Err(_closed)) => Err("the wake task ended without a result".to_owned()),
+            Ok(Ok(outcome)) => outcome.clone().unwrap_or_else(|| Err(String::new())),
+        };
+        outcome.map_err(|reason| ProxyError::WakeFailed {
+            branch: self.branch.clone(),
+            reason,
+        })
+    }
+
+    fn spawn_wake(self: &Arc<Self>, tx: watch::Sender<Option<WakeOutcome>>) {
+        let route = Arc::clone(self);
+        let span = info_span!("wake", branch = %self.branch);
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let outcome = route.control.wake(&route.branch).await;
+                match &outcome {
+                    Ok(addr) => info!(%addr, elapsed = ?started.elapsed(), "compute awake"),
+                    Err(reason) => warn!(%reason, elapsed = ?started.elapsed(), "wake failed"),
+                }
+                {
+                    let mut state = route.state();
+                    state.finish_wake(outcome.is_ok(), Instant::now());
+                    // Published under the lock: a client arriving now either joins this
+                    // outcome or starts a fresh wake, never waits on a finished one.
+                    tx.send_replace(Some(outcome));
+                }
+                route.changed.notify_waiters();
+            }
+            .instrument(span),
+        );
+    }
+
+    fn wake_timeout(&self) -> ProxyError {
+        ProxyError::WakeTimeout {
+            branch: self.branch.clone(),
+            timeout: self.opts.wake_timeout,
+        }
+    }
+
+    /// Suspends the compute whenever the route has been idle for `suspend_after`; ends
+    /// after [`LiveRoute::shut_down`] (a suspend in progress is finished first).
+    pub(crate) async fn run_suspender(self: Arc<Self>) {
+        let shutdown = self.shutdown_requested();
+        tokio::pin!(shutdown);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            let decision = self.state().decide_suspend(Instant::now());
+            match decision {
+                SuspendDecision::Suspend => self.suspend().await,
+                SuspendDecision::SleepUntil(due) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due.into()) => {}
+                        () = &mut notified => {}
+                        () = &mut shutdown => return,
+                    }
+                }
+                SuspendDecision::Wait => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = &mut shutdown => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn suspend(&self) {
+        let span = info_span!("suspend", branch = %self.branch);
+        let started = Instant::now();
+        let result = self
+            .control
+            .suspend(&self.branch)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match &result {
+            Ok(()) => info!(elapsed = ?started.elapsed(), "compute suspended"),
+            Err(reason) => warn!(%reason, "suspend failed; retrying after another idle period"),
+        });
+        self.state().finish_suspend(result.is_ok(), Instant::now());
+        self.changed.notify_waiters();
+    }
+}
+
+/// One admitted client session; counted out (and its cancel key forgotten) on drop.
+pub(crate) struct Session {
+    route: Arc<LiveRoute>,
+    key: Option<(CancelKey, SocketAddr)>,
+}
+
+impl Session {
+    /// Makes `CancelRequest`s with `key` reach `backend` while this session lasts.
+    pub(crate) fn register_key(&mut self, key: CancelKey, backend: SocketAddr) {
+        let mut state = self.route.state();
+        if let Some((old, old_backend)) = self.key.take() {
+            state.forget_key(old, old_backend);
+        }
+        state.register_key(key, backend);
+        self.key = Some((key, backend));
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        {
+            let mut state = self.route.state();
+            if let Some((key, backend)) = self.key.take() {
+                state.forget_key(key, backend);
+            }
+            state.release(Instant::now());
+        }
+        self.route.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn rx() -> watch::Receiver<Option<WakeOutcome>> {
+        watch::channel(None).1
+    }
+
+    #[test]
+    fn never_suspends_without_suspend_after_or_with_zero() {
+        let t0 = Instant::now();
+        for after in [None, Some(Duration::ZERO)] {
+            let mut s = RouteState::new(after, t0);
+            assert_eq!(s.decide_suspend(t0 + 3600 * SEC), SuspendDecision::Wait);
+        }
+    }
+
+    #[test]
+    fn suspends_after_the_idle_period_and_not_again_until_woken() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(10 * SEC), t0);
+        assert!(s.try_admit());
+        assert_eq!(s.decide_suspend(t0 + 60 * SEC), SuspendDecision::Wait);
+        s.release(t0 + 5 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 6 * SEC),
+            SuspendDecision::SleepUntil(t0 + 15 * SEC)
+        );
+        assert_eq!(s.decide_suspend(t0 + 15 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 16 * SEC);
+        assert!(s.stats(addr()).suspended);
+        assert_eq!(s.decide_suspend(t0 + 100 * SEC), SuspendDecision::Wait);
+        // The next client wakes it; then it is idle-tracked again.
+        assert!(s.try_admit());
+        assert!(s.join_or_start_wake(rx()).is_none());
+        s.finish_wake(true, t0 + 101 * SEC);
+        s.release(t0 + 102 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 103 * SEC),
+            SuspendDecision::SleepUntil(t0 + 112 * SEC)
+        );
+        let stats = s.stats(addr());
+        assert_eq!((stats.suspends, stats.wakes, stats.connections), (1, 1, 2));
+    }
+
+    #[test]
+    fn clients_wait_while_suspending() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(SEC), t0);
+        assert_eq!(s.decide_suspend(t0 + SEC), SuspendDecision::Suspend);
+        assert!(
+            !s.try_admit(),
+            "no client may reach a compute being stopped"
+        );
+        s.finish_suspend(true, t0 + 2 * SEC);
+        assert!(s.try_admit());
+        assert_eq!(s.stats(addr()).active_connections, 1);
+    }
+
+    #[test]
+    fn no_suspend_while_a_wake_is_in_flight() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(SEC), t0);
+        assert!(s.try_admit());
+        assert!(s.join_or_start_wake(rx()).is_none());
+        // Its client gave up (wake timeout) but the wake still runs.
+        s.release(t0);
+        assert_eq!(s.decide_suspend(t0 + 60 * SEC), SuspendDecision::Wait);
+        s.finish_wake(true, t0 + 60 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 60 * SEC),
+            SuspendDecision::SleepUntil(t0 + 61 * SEC)
+        );
+    }
+
+    #[test]
+    fn concurrent_clients_share_one_wake() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(None, t0);
+        let (tx, first) = watch::channel(None);
+        assert!(s.join_or_start_wake(first).is_none());
+        let joined: Vec<_> = (0..19).map(|_| s.join_or_start_wake(rx())).collect();
+        assert!(joined.iter().all(Option::is_some));
+        tx.send_replace(Some(Ok(addr())));
+        assert!(joined
+            .iter()
+            .flatten()
+            .all(|r| *r.borrow() == Some(Ok(addr()))));
+        s.finish_wake(true, t0);
+        assert!(
+            s.join_or_start_wake(rx()).is_none(),
+            "a finished wake is not reused"
+        );
+        assert_eq!(s.stats(addr()).wakes, 2);
+    }
+
+    #[test]
+    fn failed_suspend_is_retried_after_another_idle_period() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(SEC), t0);
+        assert_eq!(s.decide_suspend(t0 + SEC), SuspendDecision::Suspend);
+        s.finish_suspend(false, t0 + 2 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 2 * SEC),
+            SuspendDecision::SleepUntil(t0 + 3 * SEC)
+        );
+        assert_eq!(s.stats(addr()).suspend_failures, 1);
+    }
+
+    #[test]
+    fn cancel_keys_are_forgotten_only_for_their_backend() {
+        let mut s = RouteState::new(None, Instant::now());
+        let key = CancelKey { pid: 1, secret: 2 };
+        let other: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        s.register_key(key, addr());
+        s.forget_key(key, other);
+        assert_eq!(s.cancel_target(key), Some(addr()));
+        s.forget_key(key, addr());
+        assert_eq!(s.cancel_target(key), None);
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+}
