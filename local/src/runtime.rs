@@ -1,0 +1,236 @@
+//! The local runtime: computes are Postgres processes of this machine, published through
+//! the in-process proxy on one loopback port per branch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ramify_api::{TimelineInfo, TimelineState};
+use ramify_compute::process::{self, RunningCompute, StopMode};
+use ramify_compute::{ComputeSettings, PgBin, PgUser};
+use ramify_lifecycle::{Branch, Lifecycle, Runtime};
+use ramify_proxy::{Control, Proxy, Route};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+/// How long a compute may take to start (recovery of a fork included).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Postgres processes plus proxy routes.
+pub struct LocalRuntime {
+    pg: PgBin,
+    user: PgUser,
+    proxy: Proxy,
+    computes: Mutex<HashMap<String, RunningCompute>>,
+    /// Per-branch start/stop serialisation.
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl LocalRuntime {
+    pub fn new(pg: PgBin, user: PgUser, proxy: Proxy) -> LocalRuntime {
+        LocalRuntime {
+            pg,
+            user,
+            proxy,
+            computes: Mutex::new(HashMap::new()),
+            locks: StdMutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pg(&self) -> &PgBin {
+        &self.pg
+    }
+
+    pub fn user(&self) -> &PgUser {
+        &self.user
+    }
+
+    fn lock_of(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Number of computes running now.
+    pub async fn running_count(&self) -> usize {
+        let mut n = 0;
+        for c in self.computes.lock().await.values() {
+            if process::is_running(c.pgdata()).unwrap_or(false) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Stops every compute (daemon shutdown).
+    pub async fn stop_all(&self) {
+        let all: Vec<(String, RunningCompute)> = self.computes.lock().await.drain().collect();
+        for (name, c) in all {
+            if let Err(e) = c.stop(&self.pg, &self.user, StopMode::Fast).await {
+                warn!(branch = %name, error = %e, "stopping compute failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    async fn start(&self, branch: &Branch, tl: &TimelineInfo) -> Result<SocketAddr, String> {
+        let lock = self.lock_of(&branch.name);
+        let _g = lock.lock().await;
+        let mut computes = self.computes.lock().await;
+        if let Some(c) = computes.get(&branch.name) {
+            if process::is_running(c.pgdata()).unwrap_or(false) {
+                return Ok(SocketAddr::from(([127, 0, 0, 1], c.port())));
+            }
+            warn!(branch = %branch.name, "compute died; starting it again");
+            computes.remove(&branch.name);
+        }
+        drop(computes);
+        let pgdata = PathBuf::from(&tl.pgdata);
+        if tl.state == TimelineState::Empty {
+            process::initdb(&self.pg, &self.user, &pgdata)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let settings = ComputeSettings {
+            port: free_port().map_err(|e| format!("no free port: {e}"))?,
+            listen_addresses: "127.0.0.1".into(),
+            run_dir: PathBuf::from(&tl.run_dir),
+            archive_command: tl.archive_command.clone(),
+            parameters: Default::default(),
+        };
+        let running = process::start(&self.pg, &self.user, &pgdata, &settings, START_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(branch = %branch.name, port = running.port(), "compute started");
+        let addr = SocketAddr::from(([127, 0, 0, 1], running.port()));
+        self.computes
+            .lock()
+            .await
+            .insert(branch.name.clone(), running);
+        Ok(addr)
+    }
+
+    async fn stop(&self, branch: &Branch) -> Result<(), String> {
+        let lock = self.lock_of(&branch.name);
+        let _g = lock.lock().await;
+        let Some(c) = self.computes.lock().await.remove(&branch.name) else {
+            return Ok(());
+        };
+        c.stop(&self.pg, &self.user, StopMode::Fast)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(branch = %branch.name, "compute stopped");
+        Ok(())
+    }
+
+    async fn is_running(&self, branch: &Branch) -> bool {
+        match self.computes.lock().await.get(&branch.name) {
+            Some(c) => process::is_running(c.pgdata()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    async fn admin_sql(&self, branch: &Branch, statements: &[String]) -> Result<(), String> {
+        let (run_dir, port) = {
+            let computes = self.computes.lock().await;
+            let c = computes
+                .get(&branch.name)
+                .ok_or_else(|| format!("compute of {} is not running", branch.name))?;
+            (c.socket_dir().to_path_buf(), c.port())
+        };
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&run_dir)
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name("ramify");
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            format!(
+                "cannot connect to the compute of {}: {}",
+                branch.name,
+                pg_error(&e)
+            )
+        })?;
+        tokio::spawn(conn);
+        for sql in statements {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| format!("setting up {}: {}", branch.name, pg_error(&e)))?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, branch: &Branch, port: u16) -> Result<u16, String> {
+        let route = Route {
+            branch: branch.name.clone(),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            suspend_after: (branch.suspend_after_secs > 0)
+                .then(|| Duration::from_secs(branch.suspend_after_secs)),
+        };
+        self.proxy
+            .add_route(route)
+            .await
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unpublish(&self, branch: &Branch) {
+        self.proxy.remove_route(&branch.name).await;
+    }
+}
+
+/// The server's own message when there is one (tokio-postgres prints just "db error").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// What the proxy asks of local mode: wake and suspend through the lifecycle.
+#[derive(Default)]
+pub struct LocalControl {
+    lifecycle: OnceLock<Weak<Lifecycle<LocalRuntime>>>,
+}
+
+impl LocalControl {
+    /// Connects the control to the lifecycle once both exist.
+    pub fn attach(&self, lifecycle: &Arc<Lifecycle<LocalRuntime>>) {
+        let _ = self.lifecycle.set(Arc::downgrade(lifecycle));
+    }
+
+    fn lifecycle(&self) -> Result<Arc<Lifecycle<LocalRuntime>>, String> {
+        self.lifecycle
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| "local mode is shutting down".to_string())
+    }
+}
+
+#[async_trait]
+impl Control for LocalControl {
+    async fn wake(&self, branch: &str) -> Result<SocketAddr, String> {
+        self.lifecycle()?
+            .wake(branch)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn suspend(&self, branch: &str) -> Result<(), String> {
+        self.lifecycle()?
+            .suspend(branch)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
