@@ -1,0 +1,446 @@
+//! The command line: every command, flag and help text of `ramify`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ramify_api::At;
+
+use crate::value_parsers::{parse_at, parse_image_size, parse_suspend_after};
+
+/// Copy-on-write Postgres branches on your own machine.
+///
+/// Ramify runs stock Postgres and branches it one layer below, in a reflink filesystem
+/// (XFS or btrfs): a branch is a full, isolated Postgres forked from its parent at a
+/// moment you choose, created in well under a second whatever the size, and costing
+/// storage only for what it changes.
+///
+/// Start local mode, create a root branch, fork it and connect:
+///
+///     ramify local up
+///     ramify branch create main
+///     ramify branch create dev --parent main
+///     psql "$(ramify branch connect dev)"
+#[derive(Debug, Parser)]
+#[command(
+    name = "ramify",
+    version,
+    propagate_version = true,
+    verbatim_doc_comment
+)]
+pub struct Cli {
+    /// Output format of every command.
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Local mode's data directory: storage, branch state and the daemon's files.
+    ///
+    /// Default: ~/.local/share/ramify (or $XDG_DATA_HOME/ramify) for a normal user, and
+    /// /var/lib/ramify when running as root — local mode runs Postgres as the unprivileged
+    /// `postgres` user, which cannot enter /root.
+    #[arg(long, global = true, env = "RAMIFY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for people.
+    Table,
+    /// JSON, the daemon's own field names.
+    Json,
+    /// YAML, the daemon's own field names.
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start, stop and inspect local mode (one daemon per data directory).
+    ///
+    /// Local mode runs the storage node, the wake-on-connect proxy and every branch's
+    /// Postgres on this machine, supervised by one background daemon.
+    ///
+    /// Example: ramify local up && ramify local status
+    #[command(subcommand)]
+    Local(LocalCommand),
+
+    /// Create, list, inspect, connect to, wake, suspend and delete branches.
+    ///
+    /// A branch is a full Postgres with its own port, role and password. A root branch
+    /// starts empty; a fork starts from its parent's state now, at an LSN, at a time or
+    /// at one of the parent's snapshots.
+    ///
+    /// Example: ramify branch create dev --parent main --at -10m
+    #[command(subcommand)]
+    Branch(BranchCommand),
+
+    /// Run psql connected to a branch.
+    ///
+    /// Wakes the branch if it is suspended (connecting through the proxy does that) and
+    /// replaces this process with `psql`, so its exit code is psql's. Arguments after `--`
+    /// go to psql. The password travels in PGPASSWORD, not on the command line.
+    ///
+    /// Example: ramify psql dev -- -c 'select count(*) from orders'
+    Psql {
+        /// Branch to connect to.
+        name: String,
+        /// Extra arguments for psql.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+
+    /// Take, list and delete named snapshots of a branch.
+    ///
+    /// A snapshot is a consistent copy-on-write image of the branch kept until deleted;
+    /// fork from it later with `ramify branch create NEW --parent BRANCH --at snapshot:NAME`.
+    ///
+    /// Example: ramify snapshot create main before-migration
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+
+    /// Show Ramify end to end in about a minute, on a data directory of its own.
+    ///
+    /// Starts local mode in <DATA_DIR>-demo (on a scratch XFS image when run as root),
+    /// creates `main` with pgbench data, branches `dev` from it and times that, changes
+    /// dev and shows main unchanged, shows how few bytes dev owns, time-travels dev to
+    /// before the change, lets dev suspend and wakes it with a query, then cleans
+    /// everything up. Your own branches are never touched.
+    ///
+    /// Example: ramify demo --keep
+    Demo {
+        /// Leave the demo's local mode and branches running afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+
+    /// Print a shell completion script.
+    ///
+    /// Example (bash): source <(ramify completion bash)
+    ///
+    /// Example (zsh):  ramify completion zsh > "${fpath[1]}/_ramify"
+    ///
+    /// Example (fish): ramify completion fish > ~/.config/fish/completions/ramify.fish
+    Completion {
+        /// The shell to write completions for.
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `ramify completion` supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Start local mode in the background for the data directory.
+    ///
+    /// Checks that Postgres is installed, prepares the data directory (as root: hands it
+    /// to the Postgres user, since Postgres refuses to run as root), starts the daemon
+    /// detached with its log in <DATA_DIR>/local/daemon.log, waits until it answers and
+    /// prints where it runs and how it clones. Forks are copy-on-write only on XFS
+    /// (reflink=1) or btrfs; elsewhere every fork is a full copy and this says so.
+    ///
+    /// Example: sudo ramify local up --xfs-image 8G
+    Up(UpArgs),
+
+    /// Stop local mode: every branch's Postgres, the proxy and the storage node.
+    ///
+    /// Waits until the daemon has exited, then unmounts the XFS image `local up
+    /// --xfs-image` mounted. Branches and their data stay; `ramify local up` brings them
+    /// back.
+    ///
+    /// Example: ramify local down
+    Down,
+
+    /// Show whether local mode runs, and its storage: filesystem, clone method, space.
+    ///
+    /// Example: ramify local status -o json
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Run the daemon in this process instead of in the background (Ctrl-C stops it).
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// Put the data directory on a sparse XFS image of this size with reflinks, created
+    /// (mkfs.xfs -m reflink=1) at <DATA_DIR>.xfs.img if missing and loop-mounted on the
+    /// data directory; `local down` unmounts it. Root only. Sizes like 8G, 512M, 1T.
+    #[arg(long, value_name = "SIZE", value_parser = parse_image_size)]
+    pub xfs_image: Option<u64>,
+
+    /// Directory holding postgres, initdb and pg_ctl (default: $PATH, then
+    /// /usr/lib/postgresql/<newest>/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// OS user Postgres and the daemon run as when started as root (default: postgres).
+    #[arg(long, value_name = "USER")]
+    pub pg_user: Option<String>,
+
+    /// Set by `local up` on the background daemon it starts: the data directory is
+    /// already prepared and output already goes to the log.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub detached: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BranchCommand {
+    /// Create a branch: an empty root, or a fork of --parent.
+    ///
+    /// --at picks the moment of the parent's history: `latest` (default), an LSN like
+    /// 0/16B3748, an RFC 3339 time like 2026-01-02T03:04:05Z, a time relative to now like
+    /// -1h, -10m or -90s, or a snapshot of the parent as snapshot:NAME. A time forks after
+    /// the last transaction committed at or before it.
+    ///
+    /// Example: ramify branch create before-deploy --parent main --at -15m
+    Create(CreateArgs),
+
+    /// List branches as a tree: each fork under its parent.
+    ///
+    /// With -o json or -o yaml, prints the flat list with every field.
+    ///
+    /// Example: ramify branch list
+    List,
+
+    /// Show one branch: connection, fork point, space and snapshots.
+    ///
+    /// -o json carries every field (fork_lsn, fork_time, logical_bytes, exclusive_bytes,
+    /// history_bytes, snapshots, …).
+    ///
+    /// Example: ramify branch get dev -o json
+    Get {
+        /// The branch.
+        name: String,
+    },
+
+    /// Delete a branch, its Postgres and its storage.
+    ///
+    /// A branch with children is kept unless --force, which deletes the children first.
+    ///
+    /// Example: ramify branch delete dev --force
+    Delete {
+        /// The branch.
+        name: String,
+        /// Also delete every branch forked from it.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Print a branch's connection URI, and nothing else.
+    ///
+    /// Connecting through it wakes a suspended branch.
+    ///
+    /// Example: psql "$(ramify branch connect dev)"
+    Connect {
+        /// The branch.
+        name: String,
+    },
+
+    /// Start a branch's Postgres now rather than on the first connection.
+    ///
+    /// Example: ramify branch wake dev
+    Wake {
+        /// The branch.
+        name: String,
+    },
+
+    /// Stop a branch's Postgres now; the next connection starts it again.
+    ///
+    /// Example: ramify branch suspend dev
+    Suspend {
+        /// The branch.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the new branch (lower-case letters, digits and '-').
+    pub name: String,
+
+    /// Branch to fork from; without it the new branch is an empty root.
+    #[arg(long, value_name = "BRANCH")]
+    pub parent: Option<String>,
+
+    /// Moment of the parent's history: latest, an LSN (0/16B3748), an RFC 3339 time,
+    /// -1h / -10m / -90s (that long ago), or snapshot:NAME. Only with --parent.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        requires = "parent",
+        allow_hyphen_values = true,
+        value_parser = parse_at
+    )]
+    pub at: Option<At>,
+
+    /// Idle time before the branch's Postgres is suspended: 5m, 1h, 90s; 0 or never
+    /// to keep it running (default 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_suspend_after)]
+    pub suspend_after: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a named snapshot of a branch now.
+    ///
+    /// Example: ramify snapshot create main before-migration
+    Create {
+        /// The branch.
+        branch: String,
+        /// Name of the snapshot (1–63 of a-z 0-9 - _ .).
+        name: String,
+    },
+
+    /// List a branch's snapshots: fork point, periodic and named ones.
+    ///
+    /// Example: ramify snapshot list main
+    List {
+        /// The branch.
+        branch: String,
+    },
+
+    /// Delete a named snapshot of a branch.
+    ///
+    /// Example: ramify snapshot delete main before-migration
+    Delete {
+        /// The branch.
+        branch: String,
+        /// The snapshot.
+        name: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ramify").chain(args.iter().copied()))
+    }
+
+    fn create_args(args: &[&str]) -> CreateArgs {
+        match parse(args).unwrap().command {
+            Command::Branch(BranchCommand::Create(c)) => c,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn relative_at_is_not_taken_for_a_flag() {
+        let c = create_args(&["branch", "create", "dev", "--parent", "main", "--at", "-1h"]);
+        assert!(matches!(c.at, Some(At::Time(_))));
+        let c = create_args(&["branch", "create", "dev", "--parent", "main", "--at=-10m"]);
+        assert!(matches!(c.at, Some(At::Time(_))));
+    }
+
+    #[test]
+    fn at_forms_parse() {
+        let c = create_args(&[
+            "branch",
+            "create",
+            "dev",
+            "--parent",
+            "main",
+            "--at",
+            "0/16B3748",
+        ]);
+        assert_eq!(c.at, Some(At::Lsn(ramify_api::Lsn(0x16B3748))));
+        let c = create_args(&[
+            "branch", "create", "dev", "--parent", "main", "--at", "latest",
+        ]);
+        assert_eq!(c.at, Some(At::Latest));
+        let c = create_args(&["branch", "create", "dev", "--parent", "main"]);
+        assert_eq!(c.at, None);
+        assert_eq!(c.parent.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn at_without_parent_is_a_usage_error() {
+        let err = parse(&["branch", "create", "dev", "--at", "latest"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--parent"), "{err}");
+    }
+
+    #[test]
+    fn garbage_at_is_a_clear_usage_error() {
+        let err = parse(&[
+            "branch",
+            "create",
+            "dev",
+            "--parent",
+            "m",
+            "--at",
+            "yesterday",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(msg.contains("yesterday"), "{msg}");
+        assert!(msg.contains("0/16B3748"), "{msg}");
+    }
+
+    #[test]
+    fn suspend_after_forms_parse() {
+        let c = create_args(&["branch", "create", "dev", "--suspend-after", "5m"]);
+        assert_eq!(c.suspend_after, Some(300));
+        let c = create_args(&["branch", "create", "dev", "--suspend-after", "0"]);
+        assert_eq!(c.suspend_after, Some(0));
+        let err = parse(&["branch", "create", "dev", "--suspend-after", "soon"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["branch", "list", "-o", "json", "--data-dir", "/tmp/r"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/tmp/r")));
+        let cli = parse(&["-o", "yaml", "local", "status"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Yaml);
+        let err = parse(&["-o", "xml", "local", "status"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn psql_passes_arguments_after_the_separator() {
+        let cli = parse(&["psql", "dev", "--", "-c", "select 1", "-X"]).unwrap();
+        match cli.command {
+            Command::Psql { name, args } => {
+                assert_eq!(name, "dev");
+                assert_eq!(args, ["-c", "select 1", "-X"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn up_flags_parse() {
+        let cli = parse(&["local", "up", "--xfs-image", "8G", "--pg-user", "pg"]).unwrap();
+        match cli.command {
+            Command::Local(LocalCommand::Up(up)) => {
+                assert_eq!(up.xfs_image, Some(8 << 30));
+                assert_eq!(up.pg_user.as_deref(), Some("pg"));
+                assert!(!up.foreground && !up.detached);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // --detached is internal and only means something with --foreground.
+        assert!(parse(&["local", "up", "--detached"]).is_err());
+    }
+}

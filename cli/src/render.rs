@@ -1,0 +1,660 @@
+//! What the CLI prints, as pure functions of the daemon's answers: the branch tree, tables,
+//! human-readable bytes and ages, and JSON/YAML.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ramify_api::{CloneMethod, SnapshotInfo, SnapshotKind};
+use ramify_lifecycle::{BranchView, ComputeStatus, LocalStatus};
+use serde::Serialize;
+
+use crate::args::OutputFormat;
+
+/// `value` as JSON (pretty) or YAML; `None` for the table format, which each command
+/// renders its own way.
+pub fn structured<T: Serialize>(format: OutputFormat, value: &T) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        OutputFormat::Table => None,
+        OutputFormat::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
+        OutputFormat::Yaml => Some(serde_yaml::to_string(value)?),
+    })
+}
+
+/// Bytes in binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`, `24.1 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A duration as the two largest units, kubectl style: `42s`, `5m`, `3h12m`, `2d4h`.
+pub fn human_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=599 => match s % 60 {
+            0 => format!("{m}m"),
+            secs => format!("{m}m{secs}s"),
+        },
+        600..=3599 => format!("{m}m"),
+        3600..=86_399 => match m {
+            0 => format!("{h}h"),
+            _ => format!("{h}h{m}m"),
+        },
+        _ => match h {
+            0 => format!("{d}d"),
+            _ => format!("{d}d{h}h"),
+        },
+    }
+}
+
+/// A moment to the millisecond, in UTC (`2026-03-01T11:59:58.123Z`).
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A moment to the second, in UTC, for tables (`2026-03-01T11:59:58Z`).
+fn timestamp_secs(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Time since `then`, as [`human_age`].
+pub fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    human_age((now - then).num_seconds())
+}
+
+/// Left-aligned columns two spaces apart, widths counted in characters (the tree's box
+/// drawing is multi-byte), no trailing spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Key/value lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(k, v)| format!("  {:<width$}  {v}\n", format!("{k}:"), width = width + 1))
+        .collect()
+}
+
+/// Branches in tree order, each with the prefix that draws its place in the tree
+/// (`├─ `, `└─ `, `│  ` …). Roots are branches without a parent, or whose parent is gone;
+/// siblings are ordered by creation time, then name.
+pub fn tree_order(branches: &[BranchView]) -> Vec<(String, &BranchView)> {
+    let names: HashSet<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+    let mut children: BTreeMap<Option<&str>, Vec<&BranchView>> = BTreeMap::new();
+    for b in branches {
+        let parent = b.parent.as_deref().filter(|p| names.contains(p));
+        children.entry(parent).or_default().push(b);
+    }
+    for siblings in children.values_mut() {
+        siblings.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    }
+    let mut out = Vec::with_capacity(branches.len());
+    let mut visited = HashSet::new();
+    for root in children.get(&None).cloned().unwrap_or_default() {
+        visit(root, "", None, &children, &mut visited, &mut out);
+    }
+    // A parent cycle has no root to start from; show those branches flat rather than lose them.
+    for b in branches {
+        if !visited.contains(b.name.as_str()) {
+            visit(b, "", None, &children, &mut visited, &mut out);
+        }
+    }
+    out
+}
+
+fn visit<'a>(
+    b: &'a BranchView,
+    indent: &str,
+    last: Option<bool>,
+    children: &BTreeMap<Option<&str>, Vec<&'a BranchView>>,
+    visited: &mut HashSet<&'a str>,
+    out: &mut Vec<(String, &'a BranchView)>,
+) {
+    if !visited.insert(b.name.as_str()) {
+        return;
+    }
+    let (prefix, child_indent) = match last {
+        None => (String::new(), String::new()),
+        Some(true) => (format!("{indent}└─ "), format!("{indent}   ")),
+        Some(false) => (format!("{indent}├─ "), format!("{indent}│  ")),
+    };
+    out.push((prefix, b));
+    let kids = children
+        .get(&Some(b.name.as_str()))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (i, kid) in kids.iter().enumerate() {
+        visit(
+            kid,
+            &child_indent,
+            Some(i + 1 == kids.len()),
+            children,
+            visited,
+            out,
+        );
+    }
+}
+
+fn state(c: ComputeStatus) -> &'static str {
+    match c {
+        ComputeStatus::Running => "running",
+        ComputeStatus::Suspended => "suspended",
+    }
+}
+
+/// `ramify branch list`: the tree with NAME, STATE, FORK LSN, EXCLUSIVE, PORT, AGE.
+pub fn branch_list(branches: &[BranchView], now: DateTime<Utc>) -> String {
+    if branches.is_empty() {
+        return "no branches yet: create one with `ramify branch create main`\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = tree_order(branches)
+        .into_iter()
+        .map(|(prefix, b)| {
+            vec![
+                format!("{prefix}{}", b.name),
+                state(b.compute).to_string(),
+                b.fork_lsn
+                    .map_or_else(|| "-".to_string(), |l| l.to_string()),
+                human_bytes(b.exclusive_bytes),
+                b.port.to_string(),
+                age(b.created_at, now),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "FORK LSN", "EXCLUSIVE", "PORT", "AGE"],
+        &rows,
+    )
+}
+
+fn fork_point(b: &BranchView) -> String {
+    match (&b.fork_lsn, &b.fork_time) {
+        (Some(l), Some(t)) => format!("{l} ({})", timestamp(*t)),
+        (Some(l), None) => l.to_string(),
+        (None, Some(t)) => timestamp(*t),
+        (None, None) => "-".to_string(),
+    }
+}
+
+fn suspend_after(secs: u64) -> String {
+    match secs {
+        0 => "never".to_string(),
+        s => format!("{} idle", human_age(s as i64)),
+    }
+}
+
+/// The loud line for a data directory without reflinks.
+pub fn copy_mode_warning(filesystem: &str) -> String {
+    format!(
+        "WARNING: copy mode: forks are full copies. The data directory is on {filesystem}, \
+         which has no reflinks, so every fork copies the whole database (time and space grow \
+         with its size). Use XFS (mkfs.xfs -m reflink=1) or btrfs, e.g. as root: \
+         ramify local up --xfs-image 8G\n"
+    )
+}
+
+/// `ramify branch create`: what was created, how fast, and how to connect.
+pub fn created_branch(b: &BranchView) -> String {
+    let mut out = match (&b.parent, b.create_ms) {
+        (Some(p), Some(ms)) => format!("created branch {} from {p} in {ms} ms\n", b.name),
+        (Some(p), None) => format!("created branch {} from {p}\n", b.name),
+        (None, Some(ms)) => format!("created empty root branch {} in {ms} ms\n", b.name),
+        (None, None) => format!("created empty root branch {}\n", b.name),
+    };
+    let mut pairs = Vec::new();
+    if b.parent.is_some() {
+        pairs.push((
+            "fork lsn",
+            b.fork_lsn
+                .map_or_else(|| "-".to_string(), |l| l.to_string()),
+        ));
+        pairs.push((
+            "fork time",
+            b.fork_time.map_or_else(|| "-".to_string(), timestamp),
+        ));
+    }
+    pairs.push(("exclusive", human_bytes(b.exclusive_bytes)));
+    pairs.push(("suspends", suspend_after(b.suspend_after_secs)));
+    pairs.push(("uri", b.uri.clone()));
+    out.push_str(&fields(&pairs));
+    if b.parent.is_some() && b.clone_method == CloneMethod::Copy {
+        out.push_str("WARNING: copy mode: this fork is a full copy of its parent (no reflinks on the data directory's filesystem)\n");
+    }
+    out
+}
+
+/// `ramify branch get`: every fact about one branch.
+pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
+    let mut out = format!("{}\n", b.name);
+    let pairs = vec![
+        (
+            "parent",
+            b.parent.clone().unwrap_or_else(|| "-".to_string()),
+        ),
+        ("state", state(b.compute).to_string()),
+        ("uri", b.uri.clone()),
+        ("host", format!("{}:{}", b.host, b.port)),
+        ("database", b.database.clone()),
+        ("user", b.user.clone()),
+        (
+            "asked for",
+            b.at.as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string),
+        ),
+        ("fork point", fork_point(b)),
+        ("logical", human_bytes(b.logical_bytes)),
+        ("exclusive", human_bytes(b.exclusive_bytes)),
+        ("history", human_bytes(b.history_bytes)),
+        ("clone method", b.clone_method.to_string()),
+        ("suspends", suspend_after(b.suspend_after_secs)),
+        ("timeline", b.timeline_id.to_string()),
+        (
+            "created",
+            format!(
+                "{} ({} ago)",
+                timestamp_secs(b.created_at),
+                age(b.created_at, now)
+            ),
+        ),
+    ];
+    out.push_str(&fields(&pairs));
+    if b.snapshots.is_empty() {
+        out.push_str("  snapshots:     none\n");
+    } else {
+        out.push_str("  snapshots:\n");
+        for line in snapshot_list(&b.snapshots, now).lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
+}
+
+fn kind(k: SnapshotKind) -> &'static str {
+    match k {
+        SnapshotKind::Fork => "fork",
+        SnapshotKind::Periodic => "periodic",
+        SnapshotKind::Manual => "manual",
+    }
+}
+
+/// `ramify snapshot list`: oldest first.
+pub fn snapshot_list(snapshots: &[SnapshotInfo], now: DateTime<Utc>) -> String {
+    if snapshots.is_empty() {
+        return "no snapshots\n".to_string();
+    }
+    let mut sorted: Vec<&SnapshotInfo> = snapshots.iter().collect();
+    sorted.sort_by(|a, b| a.end_lsn.cmp(&b.end_lsn).then(a.name.cmp(&b.name)));
+    let rows: Vec<Vec<String>> = sorted
+        .into_iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                kind(s.kind).to_string(),
+                s.end_lsn.to_string(),
+                timestamp_secs(s.time),
+                age(s.time, now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "LSN", "TIME", "AGE"], &rows)
+}
+
+/// `ramify snapshot create`.
+pub fn created_snapshot(branch: &str, s: &SnapshotInfo) -> String {
+    format!(
+        "snapshot {} of {branch} taken at {} ({}); fork from it with --parent {branch} --at snapshot:{}\n",
+        s.name,
+        s.end_lsn,
+        timestamp(s.time),
+        s.name
+    )
+}
+
+/// `ramify local status` and the end of `ramify local up`.
+pub fn local_status(s: &LocalStatus, log: &Path) -> String {
+    let st = &s.storage;
+    let mut out = String::from("local mode is running\n");
+    out.push_str(&fields(&[
+        ("data dir", s.data_dir.clone()),
+        ("pid", s.pid.to_string()),
+        (
+            "postgres",
+            format!("{} (as user {})", s.postgres_version, s.pg_user),
+        ),
+        ("filesystem", st.filesystem.clone()),
+        ("clone method", st.clone_method.to_string()),
+        (
+            "space",
+            format!(
+                "{} used of {}, {} free",
+                human_bytes(st.used_bytes),
+                human_bytes(st.capacity_bytes),
+                human_bytes(st.available_bytes)
+            ),
+        ),
+        (
+            "branches",
+            format!("{} ({} running)", s.branches, s.running_computes),
+        ),
+        ("storage api", s.storage_url.clone()),
+        ("log", log.display().to_string()),
+    ]));
+    if st.clone_method == CloneMethod::Copy {
+        out.push_str(&copy_mode_warning(&st.filesystem));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use ramify_api::{Lsn, NodeStatus};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    fn branch(name: &str, parent: Option<&str>, minutes_ago: i64) -> BranchView {
+        BranchView {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            timeline_id: uuid::Uuid::nil(),
+            compute: ComputeStatus::Running,
+            host: "127.0.0.1".into(),
+            port: 55432,
+            database: "app".into(),
+            user: "app".into(),
+            password: "secret".into(),
+            uri: format!("postgresql://app:secret@127.0.0.1:55432/app?b={name}"),
+            at: None,
+            fork_lsn: None,
+            fork_time: None,
+            logical_bytes: 0,
+            exclusive_bytes: 0,
+            history_bytes: 0,
+            suspend_after_secs: 300,
+            created_at: now() - chrono::Duration::minutes(minutes_ago),
+            snapshots: vec![],
+            clone_method: CloneMethod::Reflink,
+            create_ms: None,
+        }
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(25_270_000), "24.1 MiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_use_two_units() {
+        assert_eq!(human_age(-5), "0s");
+        assert_eq!(human_age(42), "42s");
+        assert_eq!(human_age(90), "1m30s");
+        assert_eq!(human_age(300), "5m");
+        assert_eq!(human_age(45 * 60 + 10), "45m");
+        assert_eq!(human_age(3600), "1h");
+        assert_eq!(human_age(3 * 3600 + 12 * 60), "3h12m");
+        assert_eq!(human_age(2 * 86_400 + 4 * 3600 + 5), "2d4h");
+        assert_eq!(human_age(30 * 86_400), "30d");
+    }
+
+    #[test]
+    fn table_aligns_by_characters() {
+        let rows = vec![
+            vec!["└─ ab".to_string(), "x".to_string()],
+            vec!["abcdefgh".to_string(), "".to_string()],
+        ];
+        assert_eq!(
+            table(&["NAME", "V"], &rows),
+            "NAME      V\n└─ ab     x\nabcdefgh\n"
+        );
+    }
+
+    #[test]
+    fn branch_tree_golden() {
+        let mut main = branch("main", None, 3 * 60);
+        main.exclusive_bytes = 25_270_000;
+        let mut dev = branch("dev", Some("main"), 120);
+        dev.compute = ComputeStatus::Suspended;
+        dev.fork_lsn = Some(Lsn(0x16B3748));
+        dev.exclusive_bytes = 1_258_291;
+        dev.port = 55433;
+        let mut fix = branch("dev-fix", Some("dev"), 5);
+        fix.fork_lsn = Some(Lsn(0x1700000));
+        fix.exclusive_bytes = 16384;
+        fix.port = 55435;
+        let mut pr = branch("pr-12", Some("main"), 10);
+        pr.fork_lsn = Some(Lsn(0x1_018A_0000));
+        pr.port = 55434;
+        let mut other = branch("scratch", None, 1);
+        other.port = 55436;
+        let mut orphan = branch("orphan", Some("deleted-parent"), 2);
+        orphan.fork_lsn = Some(Lsn(0x1000));
+        orphan.port = 55437;
+        let all = vec![pr, other, fix, main, orphan, dev];
+        assert_eq!(
+            branch_list(&all, now()),
+            "\
+NAME           STATE      FORK LSN   EXCLUSIVE  PORT   AGE
+main           running    -          24.1 MiB   55432  3h
+├─ dev         suspended  0/16B3748  1.2 MiB    55433  2h
+│  └─ dev-fix  running    0/1700000  16.0 KiB   55435  5m
+└─ pr-12       running    1/18A0000  0 B        55434  10m
+orphan         running    0/1000     0 B        55437  2m
+scratch        running    -          0 B        55436  1m
+"
+        );
+    }
+
+    #[test]
+    fn deep_tree_keeps_ancestor_rails() {
+        let all = vec![
+            branch("a", None, 10),
+            branch("b", Some("a"), 9),
+            branch("c", Some("b"), 8),
+            branch("d", Some("a"), 7),
+            branch("e", Some("c"), 6),
+            branch("f", Some("c"), 5),
+        ];
+        let lines: Vec<String> = tree_order(&all)
+            .into_iter()
+            .map(|(p, b)| format!("{p}{}", b.name))
+            .collect();
+        assert_eq!(
+            lines,
+            ["a", "├─ b", "│  └─ c", "│     ├─ e", "│     └─ f", "└─ d"]
+        );
+    }
+
+    #[test]
+    fn parent_cycles_do_not_lose_branches() {
+        let all = vec![branch("x", Some("y"), 2), branch("y", Some("x"), 1)];
+        let names: Vec<&str> = tree_order(&all)
+            .iter()
+            .map(|(_, b)| b.name.as_str())
+            .collect();
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn empty_list_says_how_to_start() {
+        assert!(branch_list(&[], now()).contains("ramify branch create"));
+    }
+
+    #[test]
+    fn created_fork_golden() {
+        let mut b = branch("dev", Some("main"), 0);
+        b.fork_lsn = Some(Lsn(0x16B3748));
+        b.fork_time = Some(Utc.with_ymd_and_hms(2026, 3, 1, 11, 59, 58).unwrap());
+        b.create_ms = Some(142);
+        b.exclusive_bytes = 4096;
+        assert_eq!(
+            created_branch(&b),
+            "\
+created branch dev from main in 142 ms
+  fork lsn:   0/16B3748
+  fork time:  2026-03-01T11:59:58.000Z
+  exclusive:  4.0 KiB
+  suspends:   5m idle
+  uri:        postgresql://app:secret@127.0.0.1:55432/app?b=dev
+"
+        );
+        b.clone_method = CloneMethod::Copy;
+        assert!(created_branch(&b).contains("WARNING: copy mode"));
+    }
+
+    #[test]
+    fn created_root_has_no_fork_point() {
+        let mut b = branch("main", None, 0);
+        b.suspend_after_secs = 0;
+        let out = created_branch(&b);
+        assert!(out.starts_with("created empty root branch main\n"), "{out}");
+        assert!(!out.contains("fork lsn"), "{out}");
+        assert!(out.contains("suspends:   never"), "{out}");
+        b.clone_method = CloneMethod::Copy;
+        // Nothing was cloned for a new root.
+        assert!(!created_branch(&b).contains("WARNING"));
+    }
+
+    #[test]
+    fn snapshot_table_golden() {
+        let snap = |name: &str, kind, lsn, mins| SnapshotInfo {
+            name: name.into(),
+            kind,
+            start_lsn: Lsn(lsn - 0x100),
+            end_lsn: Lsn(lsn),
+            time: now() - chrono::Duration::minutes(mins),
+            pg_timeline: 2,
+        };
+        let list = vec![
+            snap("before-migration", SnapshotKind::Manual, 0x3000000, 5),
+            snap("fork", SnapshotKind::Fork, 0x1000000, 60),
+        ];
+        assert_eq!(
+            snapshot_list(&list, now()),
+            "\
+NAME              KIND    LSN        TIME                  AGE
+fork              fork    0/1000000  2026-03-01T11:00:00Z  1h
+before-migration  manual  0/3000000  2026-03-01T11:55:00Z  5m
+"
+        );
+    }
+
+    fn status(clone_method: CloneMethod, filesystem: &str) -> LocalStatus {
+        LocalStatus {
+            data_dir: "/var/lib/ramify".into(),
+            pid: 4242,
+            storage_url: "http://127.0.0.1:41234".into(),
+            storage: NodeStatus {
+                version: "0.1.0".into(),
+                data_dir: "/var/lib/ramify/storage".into(),
+                clone_method,
+                filesystem: filesystem.into(),
+                capacity_bytes: 8 << 30,
+                used_bytes: 1 << 30,
+                available_bytes: 7 << 30,
+                timelines: 3,
+                restore_window_seconds: 86_400,
+                snapshot_interval_seconds: 3600,
+                snapshot_wal_bytes: 256 << 20,
+            },
+            branches: 3,
+            running_computes: 1,
+            postgres_version: "15.8".into(),
+            pg_user: "postgres".into(),
+        }
+    }
+
+    #[test]
+    fn local_status_golden() {
+        let out = local_status(
+            &status(CloneMethod::Reflink, "xfs"),
+            Path::new("/var/lib/ramify/local/daemon.log"),
+        );
+        assert_eq!(
+            out,
+            "\
+local mode is running
+  data dir:      /var/lib/ramify
+  pid:           4242
+  postgres:      15.8 (as user postgres)
+  filesystem:    xfs
+  clone method:  reflink
+  space:         1.0 GiB used of 8.0 GiB, 7.0 GiB free
+  branches:      3 (1 running)
+  storage api:   http://127.0.0.1:41234
+  log:           /var/lib/ramify/local/daemon.log
+"
+        );
+    }
+
+    #[test]
+    fn copy_mode_is_loud() {
+        let out = local_status(&status(CloneMethod::Copy, "ext4"), Path::new("/l"));
+        assert!(
+            out.contains(
+                "WARNING: copy mode: forks are full copies. The data directory is on ext4"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn structured_output_keeps_every_field() {
+        let mut b = branch("dev", Some("main"), 0);
+        b.fork_lsn = Some(Lsn(0x16B3748));
+        let json = structured(OutputFormat::Json, &vec![b.clone()])
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["fork_lsn"], "0/16B3748");
+        assert_eq!(v[0]["exclusive_bytes"], 0);
+        assert!(v[0].get("logical_bytes").is_some());
+        let yaml = structured(OutputFormat::Yaml, &b).unwrap().unwrap();
+        assert!(yaml.contains("fork_lsn: 0/16B3748"), "{yaml}");
+        assert!(structured(OutputFormat::Table, &b).unwrap().is_none());
+    }
+}

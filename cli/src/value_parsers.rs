@@ -1,0 +1,218 @@
+//! Parsers for option values: `--at`, `--suspend-after`, `--xfs-image SIZE`. Each error
+//! says what was wrong and what is accepted.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ramify_api::At;
+
+const AT_FORMS: &str = "expected latest, an LSN like 0/16B3748, an RFC 3339 time like \
+                        2026-01-02T03:04:05Z, a relative time like -1h, -10m or -90s, \
+                        or snapshot:NAME";
+
+/// `--at`: a fork point of the parent's history, relative times counted from now.
+pub fn parse_at(s: &str) -> Result<At, String> {
+    parse_at_from(s, Utc::now())
+}
+
+/// `--at` with relative times counted from `now`.
+pub fn parse_at_from(s: &str, now: DateTime<Utc>) -> Result<At, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("empty fork point; {AT_FORMS}"));
+    }
+    if s.eq_ignore_ascii_case("latest") {
+        return Ok(At::Latest);
+    }
+    if let Some(name) = s.strip_prefix("snapshot:") {
+        if name.is_empty() {
+            return Err(format!("snapshot:NAME needs a name; {AT_FORMS}"));
+        }
+        return Ok(At::Snapshot(name.to_string()));
+    }
+    if let Some(ago) = s.strip_prefix('-') {
+        let d = humantime::parse_duration(ago)
+            .map_err(|e| format!("invalid relative time {s:?}: {e}; {AT_FORMS}"))?;
+        let d = chrono::Duration::from_std(d)
+            .map_err(|_| format!("relative time {s:?} is too far back"))?;
+        let t = now
+            .checked_sub_signed(d)
+            .ok_or_else(|| format!("relative time {s:?} is too far back"))?;
+        return Ok(At::Time(t));
+    }
+    if s.contains('/') {
+        return s.parse().map(At::Lsn).map_err(|e| e.to_string());
+    }
+    if s.as_bytes().first().is_some_and(u8::is_ascii_digit) && s.contains('-') {
+        return DateTime::parse_from_rfc3339(s)
+            .map(|t| At::Time(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                format!("invalid time {s:?}: {e} (expected RFC 3339 with a zone, like 2026-01-02T03:04:05Z)")
+            });
+    }
+    Err(format!("invalid fork point {s:?}; {AT_FORMS}"))
+}
+
+/// `--suspend-after`: idle seconds before suspend; `0`, `never` and `off` mean never.
+/// A bare number is seconds.
+pub fn parse_suspend_after(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s == "0" || s.eq_ignore_ascii_case("never") || s.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!(
+            "invalid duration {s:?}: {e} (expected 5m, 90s, 1h30m, or 0 / never to never suspend)"
+        )
+    })?;
+    whole_seconds(s, d)
+}
+
+fn whole_seconds(s: &str, d: Duration) -> Result<u64, String> {
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "invalid duration {s:?}: whole seconds only (like 90s or 5m)"
+        ));
+    }
+    Ok(d.as_secs())
+}
+
+/// `--xfs-image SIZE`: bytes, with an optional binary suffix K, M, G or T (`8G`, `512MiB`).
+pub fn parse_image_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let bad = || format!("invalid size {s:?}: expected a number with K, M, G or T, like 8G");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let shift = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    // mkfs.xfs needs about 300 MiB for its log and metadata.
+    const MIN: u64 = 512 << 20;
+    if bytes < MIN {
+        return Err(format!(
+            "size {s:?} is too small for an XFS filesystem: use at least 512M"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use ramify_api::Lsn;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn at_latest_lsn_and_snapshot() {
+        assert_eq!(parse_at_from("latest", now()), Ok(At::Latest));
+        assert_eq!(
+            parse_at_from("0/16B3748", now()),
+            Ok(At::Lsn(Lsn(0x16B3748)))
+        );
+        assert_eq!(parse_at_from("1/0", now()), Ok(At::Lsn(Lsn(1 << 32))));
+        assert_eq!(
+            parse_at_from("snapshot:before-migration", now()),
+            Ok(At::Snapshot("before-migration".into()))
+        );
+    }
+
+    #[test]
+    fn at_rfc3339_times() {
+        assert_eq!(
+            parse_at_from("2026-01-02T03:04:05Z", now()),
+            Ok(At::Time(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()))
+        );
+        assert_eq!(
+            parse_at_from("2026-01-02T05:04:05+02:00", now()),
+            Ok(At::Time(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()))
+        );
+        let err = parse_at_from("2026-01-02 03:04", now()).unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn at_relative_times_count_back_from_now() {
+        let at = |s| parse_at_from(s, now()).unwrap();
+        assert_eq!(
+            at("-1h"),
+            At::Time(Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap())
+        );
+        assert_eq!(
+            at("-10m"),
+            At::Time(Utc.with_ymd_and_hms(2026, 3, 1, 11, 50, 0).unwrap())
+        );
+        assert_eq!(
+            at("-90s"),
+            At::Time(Utc.with_ymd_and_hms(2026, 3, 1, 11, 58, 30).unwrap())
+        );
+        assert_eq!(
+            at("-1h30m"),
+            At::Time(Utc.with_ymd_and_hms(2026, 3, 1, 10, 30, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn at_garbage_names_the_accepted_forms() {
+        for bad in ["", "yesterday", "-soon", "0/XYZ", "snapshot:", "1h"] {
+            let err = parse_at_from(bad, now()).unwrap_err();
+            assert!(
+                err.contains("0/16B3748") || err.contains("hexadecimal"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_at_from("yesterday", now()).unwrap_err(),
+            format!("invalid fork point \"yesterday\"; {AT_FORMS}")
+        );
+    }
+
+    #[test]
+    fn suspend_after_forms() {
+        assert_eq!(parse_suspend_after("5m"), Ok(300));
+        assert_eq!(parse_suspend_after("90s"), Ok(90));
+        assert_eq!(parse_suspend_after("1h30m"), Ok(5400));
+        assert_eq!(parse_suspend_after("0"), Ok(0));
+        assert_eq!(parse_suspend_after("never"), Ok(0));
+        assert_eq!(parse_suspend_after("120"), Ok(120));
+        assert!(parse_suspend_after("1500ms")
+            .unwrap_err()
+            .contains("whole seconds"));
+        assert!(parse_suspend_after("-5m")
+            .unwrap_err()
+            .contains("invalid duration"));
+        assert!(parse_suspend_after("soon")
+            .unwrap_err()
+            .contains("0 / never"));
+    }
+
+    #[test]
+    fn image_sizes() {
+        assert_eq!(parse_image_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_image_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_image_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_image_size("1t"), Ok(1 << 40));
+        assert!(parse_image_size("100M")
+            .unwrap_err()
+            .contains("at least 512M"));
+        assert!(parse_image_size("8X").unwrap_err().contains("like 8G"));
+        assert!(parse_image_size("G").unwrap_err().contains("like 8G"));
+        assert!(parse_image_size("99999999999T")
+            .unwrap_err()
+            .contains("like 8G"));
+    }
+}
