@@ -18,8 +18,8 @@ build: deps
 	$(CARGO) build --workspace --all-targets
 
 demo: deps
-	$(CARGO) build --release -p ramify-storage
-	$(CARGO) run --release -p ramify-storage --example walkthrough
+	$(CARGO) build --release -p ramify-cli
+	target/release/ramify demo
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -31,9 +31,13 @@ lint: fmt-check clippy
 
 test: deps lint
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	$(CARGO) build -p ramify-cli
+	bash e2e/local/run.sh target/debug/ramify
 
 bench: deps
 	$(CARGO) bench -p ramify-storage --bench fork
+	$(CARGO) build --release -p ramify-cli
+	bash e2e/local/bench.sh target/release/ramify
 
 clean:
 	$(CARGO) clean
