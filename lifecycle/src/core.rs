@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ use ramify_api::{ClientError, CreateTimeline, StorageClient, TimelineId, Timelin
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::locks::KeyedLocks;
 use crate::model::*;
 use crate::names::validate_branch_name;
 use crate::password;
@@ -89,7 +90,7 @@ pub struct Lifecycle<R: Runtime> {
     /// Host clients use to reach published branches.
     host: String,
     /// One operation at a time per branch name.
-    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    locks: KeyedLocks<String>,
 }
 
 impl<R: Runtime> Lifecycle<R> {
@@ -104,7 +105,7 @@ impl<R: Runtime> Lifecycle<R> {
             runtime,
             store,
             host: host.into(),
-            locks: StdMutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         }
     }
 
@@ -117,8 +118,7 @@ impl<R: Runtime> Lifecycle<R> {
     }
 
     fn lock_of(&self, name: &str) -> Arc<Mutex<()>> {
-        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(name.to_string()).or_default().clone()
+        self.locks.of(&name.to_string())
     }
 
     /// A stored branch, or a 404 naming the branches that exist.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod locks;
 pub mod model;
 pub mod names;
 pub mod password;

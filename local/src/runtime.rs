@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ramify_api::{TimelineInfo, TimelineState};
 use ramify_compute::process::{self, RunningCompute, StopMode};
 use ramify_compute::{ComputeSettings, PgBin, PgUser};
+use ramify_lifecycle::locks::KeyedLocks;
 use ramify_lifecycle::{Branch, Lifecycle, Runtime};
 use ramify_proxy::{Control, Proxy, Route};
 use tokio::sync::Mutex;
@@ -26,7 +27,7 @@ pub struct LocalRuntime {
     proxy: Proxy,
     computes: Mutex<HashMap<String, RunningCompute>>,
     /// Per-branch start/stop serialisation.
-    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    locks: KeyedLocks<String>,
 }
 
 impl LocalRuntime {
@@ -36,7 +37,7 @@ impl LocalRuntime {
             user,
             proxy,
             computes: Mutex::new(HashMap::new()),
-            locks: StdMutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         }
     }
 
@@ -49,8 +50,7 @@ impl LocalRuntime {
     }
 
     fn lock_of(&self, name: &str) -> Arc<Mutex<()>> {
-        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(name.to_string()).or_default().clone()
+        self.locks.of(&name.to_string())
     }
 
     /// Number of computes running now.
