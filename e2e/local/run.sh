@@ -116,6 +116,14 @@ check "its compute is gone" test -z "$(pgrep -f "postgres -D .*$scratch_tl/pgdat
 check "its storage is gone" test ! -e "$RAMIFY_DATA_DIR/storage/timelines/$scratch_tl"
 "$RAMIFY" branch list
 
+echo "# the daemon is killed; local up again brings every branch back"
+daemon_pid=$(json '["pid"]' < "$RAMIFY_DATA_DIR/local/daemon.json")
+kill -9 "$daemon_pid"
+sleep 1
+"$RAMIFY" local up "${XFS[@]}" >/dev/null
+check "main is back on its port with its data" test "$(q "$MAIN" -c 'SELECT count(*) FROM items')" = 1000
+check "dev is back on its port with its data" test "$(q "$DEV" -c 'SELECT count(*) FROM items WHERE id = 6000')" = 1
+
 echo "# local down"
 "$RAMIFY" local down
 check "no compute survives local down" test -z "$(pgrep -f "postgres -D $RAMIFY_DATA_DIR" || true)"

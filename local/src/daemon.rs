@@ -123,9 +123,27 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         "127.0.0.1",
     ));
     control.attach(&lifecycle);
-    // Branches keep their ports across restarts; computes stay suspended until used.
+    // Branches keep their ports across restarts; computes stay suspended until used. A
+    // compute left running by a daemon that died is stopped cleanly first: nothing would
+    // route to it, and it holds its PGDATA.
     for b in lifecycle.branches()? {
         use ramify_lifecycle::Runtime;
+        if let Ok(tl) = storage.get_timeline(b.timeline).await {
+            let pgdata = PathBuf::from(&tl.pgdata);
+            if ramify_compute::process::is_running(&pgdata).unwrap_or(false) {
+                warn!(branch = %b.name, "stopping a compute left running by an earlier daemon");
+                if let Err(e) = ramify_compute::process::stop(
+                    runtime.pg(),
+                    runtime.user(),
+                    &pgdata,
+                    ramify_compute::process::StopMode::Fast,
+                )
+                .await
+                {
+                    warn!(branch = %b.name, error = %e, "cannot stop the orphaned compute");
+                }
+            }
+        }
         if let Err(e) = runtime.publish(&b, b.port).await {
             warn!(branch = %b.name, port = b.port, error = %e, "cannot listen for branch");
         }
