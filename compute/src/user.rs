@@ -182,14 +182,7 @@ impl PgUser {
         &self,
         cmd: &'c mut tokio::process::Command,
     ) -> &'c mut tokio::process::Command {
-        if self.switch {
-            cmd.uid(self.uid.as_raw())
-                .gid(self.gid.as_raw())
-                .env("HOME", &self.home)
-                .env("USER", &self.name)
-                .env("LOGNAME", &self.name)
-                .current_dir("/");
-        }
+        self.apply_std(cmd.as_std_mut());
         cmd
     }
 

@@ -250,51 +250,25 @@ async fn every_error_code_is_answered_as_json() {
     .await;
 
     // 422: targets outside the valid range name the range.
-    let body = json!({"parent": root.id, "at": {"lsn": "99999999/0"}}).to_string();
-    expect_err(
-        &env,
-        M::POST,
-        "/v1/timelines",
-        Some(&body),
-        422,
-        "out_of_range",
-        "after the last flushed LSN",
-    )
-    .await;
-    let body = json!({"parent": root.id, "at": {"lsn": "0/1"}}).to_string();
-    expect_err(
-        &env,
-        M::POST,
-        "/v1/timelines",
-        Some(&body),
-        422,
-        "out_of_range",
-        "before the restore window",
-    )
-    .await;
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let body = json!({"parent": root.id, "at": {"time": future}}).to_string();
-    expect_err(
-        &env,
-        M::POST,
-        "/v1/timelines",
-        Some(&body),
-        422,
-        "out_of_range",
-        "in the future",
-    )
-    .await;
-    let body = json!({"parent": root.id, "at": {"time": "2001-01-01T00:00:00Z"}}).to_string();
-    expect_err(
-        &env,
-        M::POST,
-        "/v1/timelines",
-        Some(&body),
-        422,
-        "out_of_range",
-        "valid range",
-    )
-    .await;
+    for (at, needle) in [
+        (json!({"lsn": "99999999/0"}), "after the last flushed LSN"),
+        (json!({"lsn": "0/1"}), "before the restore window"),
+        (json!({"time": future}), "in the future"),
+        (json!({"time": "2001-01-01T00:00:00Z"}), "valid range"),
+    ] {
+        let body = json!({"parent": root.id, "at": at}).to_string();
+        expect_err(
+            &env,
+            M::POST,
+            "/v1/timelines",
+            Some(&body),
+            422,
+            "out_of_range",
+            needle,
+        )
+        .await;
+    }
     // A child's own fork point bounds its history.
     let child = first.value;
     let body =
