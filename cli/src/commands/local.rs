@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,7 +79,18 @@ fn prepare_data_dir(dir: &Path, args: &UpArgs, user: &PgUser) -> anyhow::Result<
     let local = files::local_dir(dir);
     std::fs::create_dir_all(&local)
         .with_context(|| format!("cannot create {}", local.display()))?;
-    user.chown_recursive(dir)?;
+    // The first start hands the whole directory over; later ones only what this command
+    // itself (as root) may have created, so a large data directory is not walked again.
+    let handed_over = std::fs::metadata(dir).is_ok_and(|m| m.uid() == user.uid());
+    if handed_over {
+        for p in [dir.to_path_buf(), local.clone(), local.join("mount.json")] {
+            if p.exists() {
+                user.chown(&p)?;
+            }
+        }
+    } else {
+        user.chown_recursive(dir)?;
+    }
     Ok(())
 }
 
