@@ -1,7 +1,7 @@
 //! `ramify local up|down|status`: starting, stopping and inspecting the local daemon.
 
 use std::fs::OpenOptions;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ async fn wait_ready(
             .try_wait()
             .context("cannot watch the daemon process")?
         {
-            let tail = log_tail(log_path, start_offset, LOG_TAIL_LINES);
+            let tail = ramify_compute::tail::file_tail(log_path, start_offset, LOG_TAIL_LINES);
             if !tail.is_empty() {
                 eprintln!("{tail}");
             }
@@ -219,26 +219,6 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-}
-
-/// The last `lines` lines of the log written since `offset`.
-fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        if f.seek(SeekFrom::Start(offset)).is_ok() {
-            let mut buf = Vec::new();
-            if f.read_to_end(&mut buf).is_ok() {
-                text = String::from_utf8_lossy(&buf).into_owned();
-            }
-        }
-    }
-    last_lines(&text, lines)
-}
-
-/// The last `n` lines of `text`, without a trailing newline.
-fn last_lines(text: &str, n: usize) -> String {
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(n)..].join("\n")
 }
 
 /// What `local down` did, for `-o json|yaml`.
@@ -303,32 +283,4 @@ pub async fn status(ctx: &Context) -> anyhow::Result<()> {
     let status = ctx.client()?.status().await?;
     let log = files::log_path(&ctx.data_dir);
     ctx.print(&status, || render::local_status(&status, &log))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
-    }
-
-    #[test]
-    fn log_tail_reads_only_this_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("daemon.log");
-        std::fs::write(&path, "old run\nold error\n").unwrap();
-        let offset = std::fs::metadata(&path).unwrap().len();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"---- start ----\nERROR: port in use\n")
-            .unwrap();
-        assert_eq!(
-            log_tail(&path, offset, 10),
-            "---- start ----\nERROR: port in use"
-        );
-        assert_eq!(log_tail(&dir.path().join("missing"), 0, 10), "");
-    }
 }
