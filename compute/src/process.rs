@@ -303,7 +303,7 @@ pub async fn start(
     let conf = settings.render()?;
     prepare_run_dir(user, &settings.run_dir)?;
     write_owned(user, &pgdata.join(RAMIFY_CONF), conf.as_bytes())?;
-    ensure_include(&pgdata)?;
+    ensure_include(&pgdata, RAMIFY_CONF)?;
 
     let log = settings.run_dir.join(SERVER_LOG);
     let log_file = OpenOptions::new()

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 /// The generated include file's name inside PGDATA.
 pub const RAMIFY_CONF: &str = "ramify.conf";
 
-/// The line `postgresql.conf` ends with so that `ramify.conf` is read last.
-pub const INCLUDE_LINE: &str = "include_if_exists = 'ramify.conf'";
+/// The line that makes `postgresql.conf` read the generated file `file`.
+pub fn include_line(file: &str) -> String {
+    format!("include_if_exists = '{file}'")
+}
 
 /// Longest Unix socket path Postgres accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -212,10 +214,11 @@ pub fn quote(value: &str) -> String {
     out
 }
 
-/// `conf` with [`INCLUDE_LINE`] as its last line and nowhere else, or `None` when it
-/// already is exactly that.
-pub fn with_include(conf: &str) -> Option<String> {
-    let is_include = |l: &str| l.trim() == INCLUDE_LINE;
+/// `conf` with the [`include_line`] of `file` as its last line and nowhere else (so the
+/// file's settings win), or `None` when it already is exactly that.
+pub fn with_include(conf: &str, file: &str) -> Option<String> {
+    let line = include_line(file);
+    let is_include = |l: &str| l.trim() == line;
     let count = conf.lines().filter(|l| is_include(l)).count();
     let last = conf.lines().rev().find(|l| !l.trim().is_empty());
     if count == 1 && last.is_some_and(is_include) && conf.ends_with('\n') {
@@ -226,14 +229,14 @@ pub fn with_include(conf: &str) -> Option<String> {
         .filter(|l| !is_include(l))
         .flat_map(|l| [l, "\n"])
         .collect();
-    out.push_str(INCLUDE_LINE);
+    out.push_str(&line);
     out.push('\n');
     Some(out)
 }
 
-/// Makes `<pgdata>/postgresql.conf` end with [`INCLUDE_LINE`] exactly once; idempotent,
-/// atomic (write + rename) and keeps the file's owner and mode.
-pub fn ensure_include(pgdata: &Path) -> Result<(), SettingsError> {
+/// Makes `<pgdata>/postgresql.conf` end with the [`include_line`] of `file` exactly once;
+/// idempotent, atomic (write + rename) and keeps the file's owner and mode.
+pub fn ensure_include(pgdata: &Path, file: &str) -> Result<(), SettingsError> {
     let path = pgdata.join("postgresql.conf");
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
@@ -244,7 +247,7 @@ pub fn ensure_include(pgdata: &Path) -> Result<(), SettingsError> {
         }
     };
     let conf = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-    let Some(updated) = with_include(&conf) else {
+    let Some(updated) = with_include(&conf, file) else {
         return Ok(());
     };
     let meta = std::fs::metadata(&path).map_err(io("stat", &path))?;
@@ -369,22 +372,20 @@ mod tests {
     #[test]
     fn include_is_appended_once() {
         assert_eq!(
-            with_include("a = 1\n").as_deref(),
+            with_include("a = 1\n", RAMIFY_CONF).as_deref(),
             Some("a = 1\ninclude_if_exists = 'ramify.conf'\n")
         );
         assert_eq!(
-            with_include("a = 1").as_deref(),
+            with_include("a = 1", RAMIFY_CONF).as_deref(),
             Some("a = 1\ninclude_if_exists = 'ramify.conf'\n")
         );
         assert_eq!(
-            with_include("a = 1\ninclude_if_exists = 'ramify.conf'\n"),
+            with_include("a = 1\ninclude_if_exists = 'ramify.conf'\n", RAMIFY_CONF),
             None
         );
         // Moved to the end when something was appended after it, and deduplicated.
         assert_eq!(
-            with_include(
-                "include_if_exists = 'ramify.conf'\nb = 2\ninclude_if_exists = 'ramify.conf'\nc = 3\n"
-            )
+            with_include("include_if_exists = 'ramify.conf'\nb = 2\ninclude_if_exists = 'ramify.conf'\nc = 3\n", RAMIFY_CONF)
             .as_deref(),
             Some("b = 2\nc = 3\ninclude_if_exists = 'ramify.conf'\n")
         );
@@ -396,14 +397,14 @@ mod tests {
         let path = dir.path().join("postgresql.conf");
         std::fs::write(&path, "max_connections = 100\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        ensure_include(dir.path()).unwrap();
-        ensure_include(dir.path()).unwrap();
+        ensure_include(dir.path(), RAMIFY_CONF).unwrap();
+        ensure_include(dir.path(), RAMIFY_CONF).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "max_connections = 100\ninclude_if_exists = 'ramify.conf'\n"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        let err = ensure_include(&dir.path().join("missing")).unwrap_err();
+        let err = ensure_include(&dir.path().join("missing"), RAMIFY_CONF).unwrap_err();
         assert!(err.to_string().contains("could not read"), "{err}");
     }
 }

@@ -1142,8 +1142,9 @@ impl Node {
         let plan = {
             let _m = self.meta_write.lock().await;
             let mut rec = self.record(id)?;
-            let plan = window::plan_gc(&rec.snapshots, self.wal_kept_from(&rec), window_start);
-            if plan.snapshots.is_empty() && plan.wal_kept_from == self.wal_kept_from(&rec) {
+            let kept = self.wal_kept_from(&rec);
+            let plan = window::plan_gc(&rec.snapshots, kept, window_start);
+            if plan.snapshots.is_empty() && plan.wal_kept_from == kept {
                 return Ok(());
             }
             // Record first: from now on nothing will use what is deleted below.

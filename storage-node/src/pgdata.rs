@@ -1,7 +1,7 @@
 //! What a clone of PGDATA leaves out, and the files that make Postgres recover a clone.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Component, Path};
 
 use ramify_api::Lsn;
@@ -123,29 +123,8 @@ pub fn prepare_recovery(pgdata: &Path, target: RecoveryTarget) -> io::Result<()>
         return Ok(());
     }
     fs::write(pgdata.join(RECOVERY_CONF), render_recovery_conf(target))?;
-    ensure_include(pgdata, RECOVERY_CONF)?;
+    ramify_compute::settings::ensure_include(pgdata, RECOVERY_CONF).map_err(io::Error::other)?;
     fs::write(pgdata.join("recovery.signal"), b"")?;
-    Ok(())
-}
-
-/// Appends `include_if_exists = '<file>'` to `postgresql.conf` unless it is there.
-pub fn ensure_include(pgdata: &Path, file: &str) -> io::Result<()> {
-    let conf = pgdata.join("postgresql.conf");
-    let line = format!("include_if_exists = '{file}'");
-    let text = fs::read_to_string(&conf).unwrap_or_default();
-    if text.lines().any(|l| l.trim() == line) {
-        return Ok(());
-    }
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&conf)?;
-    let sep = if text.is_empty() || text.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
-    writeln!(f, "{sep}{line}")?;
     Ok(())
 }
 

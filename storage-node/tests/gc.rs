@@ -14,6 +14,31 @@ const SHORT_CHECKPOINT_SPREAD: &[(&str, &str)] = &[
     ("checkpoint_completion_target", "0.01"),
 ];
 
+/// A root timeline with a running compute whose checkpoints are not spread out.
+async fn running_root(env: &Env) -> (ramify_api::TimelineInfo, ramify_testkit::Compute) {
+    let tl = env
+        .client
+        .create_timeline(&Default::default())
+        .await
+        .unwrap()
+        .value;
+    let rc = env.start_with(&tl, SHORT_CHECKPOINT_SPREAD).await;
+    (tl, rc)
+}
+
+/// Polls (up to 20 s) until the timeline has `n` snapshots; returns how many it has.
+async fn wait_for_snapshots(env: &Env, id: ramify_api::TimelineId, n: usize) -> usize {
+    let mut have = 0;
+    for _ in 0..100 {
+        have = env.get(id).await.snapshots.len();
+        if have >= n {
+            break;
+        }
+        sleep_ms(200).await;
+    }
+    have
+}
+
 fn archive_segments(dir: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -41,13 +66,7 @@ async fn restore_window_gc_removes_history_and_bounds_forks() {
         ],
     )
     .await;
-    let tl = env
-        .client
-        .create_timeline(&Default::default())
-        .await
-        .unwrap()
-        .value;
-    let rc = env.start_with(&tl, SHORT_CHECKPOINT_SPREAD).await;
+    let (tl, rc) = running_root(&env).await;
     rc.execute("CREATE TABLE t (i int)").await.unwrap();
     let mut first_snapshot = None;
     // Write and switch WAL segments for a while: each second brings new WAL, so a new
@@ -155,22 +174,9 @@ async fn periodic_snapshot_after_enough_wal() {
         ],
     )
     .await;
-    let tl = env
-        .client
-        .create_timeline(&Default::default())
-        .await
-        .unwrap()
-        .value;
-    let rc = env.start_with(&tl, SHORT_CHECKPOINT_SPREAD).await;
+    let (tl, rc) = running_root(&env).await;
     // The first snapshot of a running timeline comes at once.
-    let mut n = 0;
-    for _ in 0..100 {
-        n = env.get(tl.id).await.snapshots.len();
-        if n >= 1 {
-            break;
-        }
-        sleep_ms(200).await;
-    }
+    let n = wait_for_snapshots(&env, tl.id, 1).await;
     assert_eq!(n, 1, "a running timeline without snapshots gets one");
     // 5 MB of WAL is not enough for another.
     rc.execute(
@@ -184,12 +190,6 @@ async fn periodic_snapshot_after_enough_wal() {
     rc.execute("INSERT INTO t SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 120000) g")
         .await
         .unwrap();
-    for _ in 0..100 {
-        n = env.get(tl.id).await.snapshots.len();
-        if n >= 2 {
-            break;
-        }
-        sleep_ms(200).await;
-    }
+    let n = wait_for_snapshots(&env, tl.id, 2).await;
     assert_eq!(n, 2, "a snapshot follows snapshot_wal_bytes of new WAL");
 }
