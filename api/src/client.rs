@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::timeline::{
-    ApiError, CreateSnapshot, CreateTimeline, NodeStatus, SnapshotInfo, TimelineId, TimelineInfo,
+    ApiError, CreateSnapshot, CreateTimeline, Credentials, NodeStatus, SnapshotInfo, TimelineId,
+    TimelineInfo,
 };
 
 /// Why a call failed: the node said no (with its code and message), or it could not be reached.
@@ -181,6 +182,18 @@ impl StorageClient {
     pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), ClientError> {
         let path = format!("/v1/timelines/{id}/snapshots/{name}");
         self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `PUT /v1/timelines/{id}/credentials`: needs the timeline's compute running.
+    pub async fn set_credentials(
+        &self,
+        id: TimelineId,
+        creds: &Credentials,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/timelines/{id}/credentials");
+        self.call::<_, serde_json::Value>(Method::PUT, &path, Some(creds))
             .await
             .map(|_| ())
     }

@@ -18,6 +18,45 @@ pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Postgres role or database name Ramify creates: 1–63 characters of `a-z`,
+/// `0-9`, `_`, starting with a letter or `_`, and not a name Postgres reserves. Such a
+/// name needs no quoting in SQL and means the same to every client.
+pub fn validate_sql_identifier(what: &str, name: &str) -> Result<(), String> {
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let ok_rest = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
+        return Err(format!(
+            "invalid {what} {name:?}: use 1-63 characters of a-z, 0-9 and '_', starting with a letter or '_'"
+        ));
+    }
+    if name.starts_with("pg_") || ["postgres", "public", "template0", "template1"].contains(&name) {
+        return Err(format!(
+            "invalid {what} {name:?}: names starting with pg_ and postgres, public, template0, template1 are reserved"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password Ramify sets: 16–128 characters of `A-Z a-z 0-9 . _ ~ -` (URI
+/// "unreserved" characters), so it goes into SQL literals and connection URIs unescaped.
+pub fn validate_password(password: &str) -> Result<(), String> {
+    let ok = password
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+    if !(16..=128).contains(&password.len()) || !ok {
+        return Err(
+            "invalid password: use 16-128 characters of A-Z, a-z, 0-9, '.', '_', '~' and '-'"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,6 +68,39 @@ mod tests {
         }
         for bad in ["", "-a", "A", "a/b", "..", ".x", "a b", &"x".repeat(64)] {
             assert!(validate_snapshot_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sql_identifiers() {
+        for ok in ["app", "_x", "alice_2"] {
+            validate_sql_identifier("role", ok).unwrap();
+        }
+        for bad in [
+            "",
+            "App",
+            "1a",
+            "a-b",
+            "postgres",
+            "pg_monitor",
+            "a;drop",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_sql_identifier("role", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        validate_password("abcdefghijklmnop").unwrap();
+        for bad in [
+            "short",
+            "abcdefgh'ijklmnop",
+            "abcdefgh ijklmnop",
+            "abcdefgh\\ijklmnop",
+            "abcdefgh@ijklmnop",
+        ] {
+            assert!(validate_password(bad).is_err(), "{bad}");
         }
     }
 }

@@ -171,6 +171,20 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
+/// Body of `PUT /v1/timelines/{id}/credentials`: the login role and database a branch's
+/// connection string names. The node creates the role (or resets its password: a fork
+/// inherits its parent's role) and the database when missing, so the call is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Login role (see [`crate::names::validate_sql_identifier`]).
+    pub user: String,
+    /// The role's new password (see [`crate::names::validate_password`]).
+    pub password: String,
+    /// Database owned by the role.
+    pub database: String,
+}
+
 /// A timeline as `GET /v1/timelines/{id}` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineInfo {

@@ -6,9 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use ramify_api::{ApiError, CreateSnapshot, CreateTimeline, TimelineId};
+use ramify_api::{ApiError, CreateSnapshot, CreateTimeline, Credentials, TimelineId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -87,6 +87,7 @@ pub fn router(node: AppState) -> Router {
     Router::new()
         .route("/v1/timelines", get(list).post(create))
         .route("/v1/timelines/{id}", get(get_one).delete(delete_one))
+        .route("/v1/timelines/{id}/credentials", put(set_credentials))
         .route(
             "/v1/timelines/{id}/snapshots",
             get(list_snapshots).post(create_snapshot),
@@ -159,6 +160,17 @@ async fn create_snapshot(
     let req: CreateSnapshot = parse_json(&body)?;
     let s = node.create_snapshot(id, &req.name).await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
+}
+
+async fn set_credentials(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let creds: Credentials = parse_json(&body)?;
+    node.set_credentials(id, &creds).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_snapshots(State(node): State<AppState>, Path(id): Path<String>) -> Result<Response> {

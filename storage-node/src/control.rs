@@ -121,6 +121,43 @@ pub async fn mark_and_flush(c: &Client, label: &str) -> Result<Lsn, ControlError
     flush_lsn(c).await
 }
 
+/// Makes `user` a login role with `password` (creating it, or resetting the password of
+/// the role a fork inherited from its parent) and `database` a database it owns.
+/// The names must be validated identifiers and the password free of quotes
+/// (`ramify_api::names`): they are written into the statements as they are.
+pub async fn ensure_login(
+    c: &Client,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<(), ControlError> {
+    let what = "setting the branch's credentials";
+    let q = |source| ControlError::Query { what, source };
+    let role_exists = !c
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await
+        .map_err(q)?
+        .is_empty();
+    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    c.batch_execute(&format!(
+        "{verb} ROLE {user} LOGIN CREATEDB CREATEROLE PASSWORD '{password}'"
+    ))
+    .await
+    .map_err(q)?;
+    let db_exists = !c
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(q)?
+        .is_empty();
+    if !db_exists {
+        // CREATE DATABASE cannot run inside a transaction block: its own statement.
+        c.batch_execute(&format!("CREATE DATABASE {database} OWNER {user}"))
+            .await
+            .map_err(q)?;
+    }
+    Ok(())
+}
+
 /// Result of `pg_backup_stop`.
 #[derive(Debug, Clone)]
 pub struct BackupStop {

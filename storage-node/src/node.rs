@@ -930,6 +930,33 @@ impl Node {
         Ok(())
     }
 
+    // ----- credentials --------------------------------------------------------------
+
+    /// `PUT /v1/timelines/{id}/credentials`: creates the branch's login role with this
+    /// password (or resets the password of the role a fork inherited) and its database,
+    /// over the compute's Unix socket as the bootstrap superuser. Idempotent.
+    #[instrument(skip(self, creds), fields(user = %creds.user, database = %creds.database))]
+    pub async fn set_credentials(
+        &self,
+        id: TimelineId,
+        creds: &ramify_api::Credentials,
+    ) -> Result<(), NodeError> {
+        use ramify_api::names::{validate_password, validate_sql_identifier};
+        validate_sql_identifier("role name", &creds.user).map_err(NodeError::Invalid)?;
+        validate_sql_identifier("database name", &creds.database).map_err(NodeError::Invalid)?;
+        validate_password(&creds.password).map_err(NodeError::Invalid)?;
+        self.record(id)?;
+        let Some(running) = self.running(id).await else {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} has no running compute; start it before setting credentials"
+            )));
+        };
+        let c = control::connect(&self.dir(id).run(), running.port).await?;
+        control::ensure_login(&c, &creds.user, &creds.password, &creds.database).await?;
+        info!(timeline = %id, "credentials set");
+        Ok(())
+    }
+
     // ----- snapshots ----------------------------------------------------------------
 
     /// `POST /v1/timelines/{id}/snapshots`: a named snapshot, taken now.
@@ -1269,6 +1296,21 @@ async fn stop_postmaster(pgdata: &Path) -> Result<(), NodeError> {
             "the compute runs but its postmaster.pid is unreadable from here; stop the compute first".into(),
         ));
     };
+    // The pid is only meaningful in the compute's own PID namespace. In Kubernetes the
+    // compute is another Pod, and its pid may name an unrelated process here (even this
+    // node itself): signal it only if that process runs in this very data directory.
+    let same_dir = match (
+        std::fs::canonicalize(format!("/proc/{pid}/cwd")),
+        std::fs::canonicalize(pgdata),
+    ) {
+        (Ok(cwd), Ok(dir)) => cwd == dir,
+        _ => false,
+    };
+    if !same_dir {
+        return Err(NodeError::Conflict(
+            "the compute runs in another process namespace (e.g. its own Pod); stop it first, then delete".into(),
+        ));
+    }
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let pid = Pid::from_raw(pid);
