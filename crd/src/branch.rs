@@ -1,0 +1,275 @@
+//! `DatabaseBranch`: the user-facing resource. One object is one branch: a Postgres with
+//! its own data (a copy-on-write fork of its parent, or a new empty root), credentials,
+//! connection Secret and Service, whose compute scales to zero when idle.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation that lets a branch with children be deleted: its children are deleted first.
+pub const DELETE_CHILDREN_ANNOTATION: &str = "ramify.dev/delete-children";
+
+/// Desired state of a branch.
+// kube-derive takes one `printcolumn(...)` per column; clippy mistakes them for repeats.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[kube(
+    group = "ramify.dev",
+    version = "v1alpha1",
+    kind = "DatabaseBranch",
+    plural = "databasebranches",
+    singular = "databasebranch",
+    shortname = "dbbranch",
+    shortname = "dbb",
+    category = "ramify",
+    // `helm uninstall ramify-crds` must not delete every branch in the cluster.
+    annotation("helm.sh/resource-policy", "keep"),
+    namespaced,
+    status = "DatabaseBranchStatus",
+    doc = "A copy-on-write Postgres branch: its own data, compute, credentials and connection Secret.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Parent", type_ = "string", json_path = ".spec.parent.name"),
+    printcolumn(name = "Fork LSN", type_ = "string", json_path = ".status.forkLsn"),
+    printcolumn(name = "Compute", type_ = "string", json_path = ".status.compute.state"),
+    printcolumn(name = "Exclusive", type_ = "string", json_path = ".status.exclusiveSize"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,52}[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 54 characters starting with a letter: it names the branch's Service (<name>-postgres)")
+)]
+#[x_kube(validation = Rule::new("!has(self.at) || has(self.parent)").message("spec.at needs spec.parent: a root branch starts empty"))]
+#[x_kube(validation = Rule::new("!has(self.postgresVersion) || !has(self.parent)").message("spec.postgresVersion is only for roots: a fork runs its parent's version"))]
+#[x_kube(validation = Rule::new("has(self.parent) == has(oldSelf.parent) && (!has(self.parent) || self.parent == oldSelf.parent)").message("spec.parent is immutable: create a new branch instead"))]
+#[x_kube(validation = Rule::new("has(self.at) == has(oldSelf.at) && (!has(self.at) || self.at == oldSelf.at)").message("spec.at is immutable: create a new branch instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBranchSpec {
+    /// The branch to fork; absent for a new, empty root. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// The point of the parent's history to start from; absent means now. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<BranchPoint>,
+    /// Postgres major version of a new root (must be the operator's compute version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 13, max = 18))]
+    pub postgres_version: Option<i32>,
+    /// How the branch's Postgres runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeSpec>,
+    /// The role and database of the connection Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionSpec>,
+    /// Which other namespaces may fork this branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<SharingSpec>,
+}
+
+/// Reference to the parent branch.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// Name of the parent DatabaseBranch.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Its namespace; default: the branch's own. Another namespace must be allowed by
+    /// the parent's `spec.sharing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A point in the parent's history: at most one of the fields.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("[has(self.lsn), has(self.time), has(self.snapshot)].filter(x, x).size() <= 1").message("spec.at takes at most one of lsn, time and snapshot"))]
+#[serde(rename_all = "camelCase")]
+pub struct BranchPoint {
+    /// A WAL position `X/Y` (hex): everything up to and including the record there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))]
+    pub lsn: Option<String>,
+    /// An RFC 3339 time: every transaction committed at or before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
+    /// A named snapshot of the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
+    pub snapshot: Option<String>,
+}
+
+/// How a branch's Postgres runs.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeSpec {
+    /// Idle time before the compute is stopped (`30s`, `5m`, `1h30m`); `0s` = never.
+    /// Default: the operator's `--default-suspend-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub suspend_after: Option<String>,
+    /// Resources of the Postgres container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Postgres settings (`work_mem: 64MB`). Settings Ramify manages are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgres_parameters: BTreeMap<String, String>,
+}
+
+/// The role and database a branch's connection Secret names.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionSpec {
+    /// Login role (default `app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub user: Option<String>,
+    /// Database (default `app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub database: Option<String>,
+}
+
+/// Namespaces allowed to fork this branch (its own namespace always is).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SharingSpec {
+    /// Namespaces by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// Observed state of a branch.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBranchStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One-word summary: Pending, Creating, Ready, Failed, Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `Ready`, `StorageReady`, `ComputeReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The storage timeline holding the branch's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineRef>,
+    /// WAL position the branch was forked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_lsn: Option<String>,
+    /// Time of the last transaction the fork includes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_time: Option<DateTime<Utc>>,
+    /// How to connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionStatus>,
+    /// Whether the compute runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeStatus>,
+    /// The proxy listener port of this branch, stable for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_port: Option<i32>,
+    /// The timeline the branch's role and password were last set on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_timeline: Option<String>,
+    /// Size of the branch's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_bytes: Option<i64>,
+    /// Bytes only this branch holds (not shared with its parent or other branches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_bytes: Option<i64>,
+    /// `exclusiveBytes` for people (`12Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_size: Option<String>,
+}
+
+/// Summary of a branch's state.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for something outside the branch (its parent, a storage node).
+    Pending,
+    /// Storage or compute being set up.
+    Creating,
+    /// Connectable (the compute may be suspended: connecting wakes it).
+    Ready,
+    /// The spec cannot be satisfied; the `Ready` condition says why.
+    Failed,
+    /// Being deleted.
+    Deleting,
+}
+
+/// Which timeline holds a branch's data, and where.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineRef {
+    /// Timeline id (a UUID).
+    pub id: String,
+    /// Name of the `Timeline` object in the storage namespace.
+    pub name: String,
+    /// Storage node (Pod of the storage StatefulSet) holding it.
+    pub storage_node: String,
+}
+
+/// Connection facts (the password is only in the Secret).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStatus {
+    /// Host name of the branch's Service.
+    pub host: String,
+    /// Port of the branch's Service.
+    pub port: i32,
+    /// Database name.
+    pub database: String,
+    /// Login role.
+    pub user: String,
+    /// Secret (same namespace) with host, port, database, user, password and uri.
+    pub secret_name: String,
+}
+
+/// Compute state.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeStatus {
+    /// Running, Starting or Suspended.
+    pub state: ComputeState,
+    /// The compute Pod (storage namespace) while one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// When the compute was last started or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<DateTime<Utc>>,
+}
+
+/// Whether a branch's Postgres runs.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeState {
+    /// Accepting connections.
+    Running,
+    /// Pod created, Postgres not ready yet.
+    Starting,
+    /// No compute; the next connection wakes it.
+    #[default]
+    Suspended,
+}
+
+impl DatabaseBranch {
+    /// The parent's namespace (the branch's own when not given).
+    pub fn parent_namespace(&self) -> Option<String> {
+        let p = self.spec.parent.as_ref()?;
+        p.namespace
+            .clone()
+            .or_else(|| self.metadata.namespace.clone())
+    }
+
+    /// Whether the user asked that deleting this branch deletes its children first.
+    pub fn deletes_children(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELETE_CHILDREN_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+}
