@@ -5,16 +5,19 @@
 //! * [`free_port`]: a TCP port nobody listens on.
 //! * [`Compute`]: a Postgres started through `ramify-compute`, with query helpers,
 //!   `pg_amcheck` and `pgbench`; stopped when dropped.
+//! * [`ApiServer`]: etcd + kube-apiserver for controller tests.
 //! * [`StorageNodeProcess`]: a `ramify-storage` process, health-checked, killable and
 //!   restartable.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apiserver;
 pub mod compute;
 pub mod port;
 pub mod scratch;
 pub mod storage_node;
 
+pub use apiserver::{ApiServer, ApiServerError};
 pub use compute::{Compute, ComputeError};
 pub use port::free_port;
 pub use scratch::{Scratch, ScratchError};

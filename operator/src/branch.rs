@@ -1,0 +1,894 @@
+//! The DatabaseBranch controller: dereference (parent, sharing, storage node) → validate
+//! → storage timeline → build and apply the Timeline, Secret, Service and EndpointSlice →
+//! set the branch's credentials once on its compute → publish status. A finalizer deletes
+//! the compute, the storage timeline and the objects, after the branch's children.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use ramify_api::{ClientError, CreateTimeline, Credentials, TimelineId, TimelineInfo};
+use ramify_crd::{
+    ComputeState, ComputeStatus, ConnectionStatus, DatabaseBranch, DatabaseBranchStatus, Phase,
+    Timeline, TimelineRef,
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::build::{self, BranchPlan, PodState, FIELD_MANAGER, POSTGRES_PORT};
+use crate::compute::{self, ComputeError};
+use crate::conditions::{self, COMPUTE_READY, READY, STORAGE_READY};
+use crate::context::Context;
+use crate::validate::{parent_shares, validate_spec, Problem, ValidSpec};
+
+/// Finalizer guarding a branch's storage timeline and compute.
+pub const FINALIZER: &str = "ramify.dev/storage";
+
+/// Why a reconcile failed (and will be retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("storage node {node}: {source}")]
+    Storage {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{0}")]
+    NoStorageNode(String),
+    #[error("compute: {0}")]
+    Compute(#[from] ComputeError),
+    #[error("{0}")]
+    HasChildren(String),
+    #[error("cannot generate a password: {0}")]
+    Random(String),
+    #[error("no free proxy port in 20000-29999")]
+    PortsExhausted,
+    #[error("{0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The error's name, for metrics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "Kube",
+            Error::Storage { .. } => "StorageUnavailable",
+            Error::NoStorageNode(_) => "NoStorageNode",
+            Error::Compute(e) => e.kind(),
+            Error::HasChildren(_) => "HasChildren",
+            Error::Random(_) => "Random",
+            Error::PortsExhausted => "PortsExhausted",
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
+                _ => "Finalizer",
+            },
+        }
+    }
+}
+
+/// Consecutive failures per branch, for exponential backoff.
+#[derive(Default)]
+pub struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn next(&self, key: &str) -> Duration {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.to_string()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// Reconciles one branch.
+#[instrument(skip_all, fields(branch = %branch.name_any(), namespace = %branch.namespace().unwrap_or_default()))]
+pub async fn reconcile(branch: Arc<DatabaseBranch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = branch.namespace().unwrap_or_default();
+    let api: Api<DatabaseBranch> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = branch.uid().unwrap_or_default();
+    let result = finalizer(&api, FINALIZER, branch, |event| async {
+        match event {
+            finalizer::Event::Apply(b) => apply(&b, &ctx).await,
+            finalizer::Event::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Requeues a failed reconcile with exponential backoff (1 s … 5 min) and reports it as a
+/// Warning event; a deletion waiting for children is retried every 5 s quietly.
+pub fn error_policy(branch: Arc<DatabaseBranch>, err: &Error, ctx: Arc<Context>) -> Action {
+    let kind = err.kind();
+    ctx.metrics.reconcile_failed(kind);
+    if kind == "HasChildren" {
+        return Action::requeue(Duration::from_secs(5));
+    }
+    let delay = ctx.backoff.next(&branch.uid().unwrap_or_default());
+    warn!(branch = %branch.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    let note = err.to_string();
+    tokio::spawn(async move {
+        publish(&ctx, &branch, EventType::Warning, kind, note).await;
+    });
+    Action::requeue(delay)
+}
+
+async fn publish(ctx: &Context, b: &DatabaseBranch, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
+        warn!(error = %e, "cannot publish event");
+    }
+}
+
+fn storage_err(node: &str) -> impl FnOnce(ClientError) -> Error + '_ {
+    move |source| Error::Storage {
+        node: node.to_string(),
+        source,
+    }
+}
+
+/// What the reconcile found out, written as the branch's status.
+struct Outcome {
+    status: DatabaseBranchStatus,
+    action: Action,
+}
+
+async fn apply(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
+    let old = b.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let outcome: Result<Outcome, Error> = match converge(b, ctx, &mut status).await {
+        Ok(action) => Ok(Outcome { status, action }),
+        Err(Step::Problem(p)) => {
+            let action = if p.reason == "InvalidSpec" {
+                Action::await_change()
+            } else {
+                Action::requeue(Duration::from_secs(30))
+            };
+            status.phase = Some(Phase::Failed);
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                p.reason,
+                &p.message,
+                b.metadata.generation,
+            );
+            Ok(Outcome { status, action })
+        }
+        Err(Step::Wait {
+            reason,
+            message,
+            after,
+        }) => {
+            if status.timeline.is_none() {
+                status.phase = Some(Phase::Pending);
+            }
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                reason,
+                message,
+                b.metadata.generation,
+            );
+            Ok(Outcome {
+                status,
+                action: Action::requeue(after),
+            })
+        }
+        Err(Step::Fail(e)) => {
+            // Record what failed where the user looks, then let error_policy back off.
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                e.kind(),
+                e.to_string(),
+                b.metadata.generation,
+            );
+            if status.phase.is_none() {
+                status.phase = Some(Phase::Pending);
+            }
+            write_status(b, ctx, &old, &status).await?;
+            return Err(e);
+        }
+    };
+    let Outcome { status, action } = outcome?;
+    write_status(b, ctx, &old, &status).await?;
+    Ok(action)
+}
+
+/// Why `converge` stopped before the branch was ready.
+enum Step {
+    /// The user must change the spec (or the parent): `Failed`.
+    Problem(Problem),
+    /// Something else must happen first (parent ready, compute starting).
+    Wait {
+        reason: &'static str,
+        message: String,
+        after: Duration,
+    },
+    /// A real error: retried with backoff.
+    Fail(Error),
+}
+
+impl<E: Into<Error>> From<E> for Step {
+    fn from(e: E) -> Step {
+        Step::Fail(e.into())
+    }
+}
+
+fn wait(reason: &'static str, message: impl Into<String>, after: Duration) -> Step {
+    Step::Wait {
+        reason,
+        message: message.into(),
+        after,
+    }
+}
+
+async fn converge(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    status: &mut DatabaseBranchStatus,
+) -> Result<Action, Step> {
+    let cfg = &ctx.config;
+    let name = b.name_any();
+    let ns = b.namespace().unwrap_or_default();
+    let uid = b.uid().unwrap_or_default();
+    let generation = b.metadata.generation;
+    let spec = validate_spec(b, cfg).map_err(Step::Problem)?;
+
+    // Dereference: where the timeline is (or will be), forking from what.
+    let (timeline, info) = match status.timeline.clone() {
+        Some(t) => {
+            let id: TimelineId = t.id.parse().map_err(|_| {
+                Step::Problem(Problem {
+                    reason: "TimelineLost",
+                    message: format!("status.timeline.id {:?} is not a UUID", t.id),
+                })
+            })?;
+            match ctx.storage(&t.storage_node).get_timeline(id).await {
+                Ok(info) => (t, info),
+                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {
+                    return Err(Step::Problem(Problem {
+                        reason: "TimelineLost",
+                        message: format!(
+                            "timeline {} is gone from storage node {}; delete and recreate the branch",
+                            t.id, t.storage_node
+                        ),
+                    }))
+                }
+                Err(e) => return Err(storage_err(&t.storage_node)(e).into()),
+            }
+        }
+        None => create_timeline(b, ctx, &spec, &uid).await?,
+    };
+    status.timeline = Some(timeline.clone());
+    status.fork_lsn = info.fork_lsn.map(|l| l.to_string());
+    status.fork_time = info.fork_time;
+    status.logical_bytes = i64::try_from(info.logical_bytes).ok();
+    status.exclusive_bytes = i64::try_from(info.exclusive_bytes).ok();
+    status.exclusive_size = Some(conditions::human_bytes(info.exclusive_bytes as i64));
+    conditions::set(
+        &mut status.conditions,
+        STORAGE_READY,
+        true,
+        "TimelineReady",
+        format!("timeline {} on {}", timeline.id, timeline.storage_node),
+        generation,
+    );
+
+    let proxy_port = match status.proxy_port.and_then(|p| u16::try_from(p).ok()) {
+        Some(p) => p,
+        None => ctx
+            .ports
+            .allocate(&uid, &ctx.ports_in_use())
+            .ok_or(Error::PortsExhausted)?,
+    };
+    status.proxy_port = Some(proxy_port.into());
+    ctx.remember_archive_command(&timeline.id, &info.archive_command);
+    let plan = plan(
+        b,
+        &spec,
+        &timeline,
+        proxy_port,
+        &info.archive_command,
+        parent_timeline(b, ctx),
+    );
+
+    // Build and apply the children.
+    let password = password(ctx, &ns, &name).await?;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let tl_api: Api<Timeline> = Api::namespaced(ctx.client.clone(), &cfg.namespace);
+    let tl_name = build::timeline_name(&timeline.id);
+    tl_api
+        .patch(&tl_name, &pp, &Patch::Apply(build::timeline(&plan, cfg)))
+        .await
+        .map_err(Error::from)?;
+    let tl_status = json!({
+        "apiVersion": "ramify.dev/v1alpha1",
+        "kind": "Timeline",
+        "status": {
+            "forkLsn": status.fork_lsn,
+            "forkTime": info.fork_time,
+            "logicalBytes": info.logical_bytes,
+            "exclusiveBytes": info.exclusive_bytes,
+            "historyBytes": info.history_bytes,
+            "snapshots": info.snapshots.len(),
+        }
+    });
+    tl_api
+        .patch_status(&tl_name, &pp, &Patch::Apply(tl_status))
+        .await
+        .map_err(Error::from)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let conn_name = build::connection_name(&name);
+    secrets
+        .patch(
+            &conn_name,
+            &pp,
+            &Patch::Apply(build::secret(b, &plan, &password, cfg)),
+        )
+        .await
+        .map_err(Error::from)?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    services
+        .patch(&conn_name, &pp, &Patch::Apply(build::service(b, &plan)))
+        .await
+        .map_err(Error::from)?;
+    let proxies = compute::proxy_ips(ctx).await.map_err(Error::from)?;
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    slices
+        .patch(
+            &build::endpoint_slice_name(&name),
+            &pp,
+            &Patch::Apply(build::endpoint_slice(b, &plan, &proxies)),
+        )
+        .await
+        .map_err(Error::from)?;
+    status.connection = Some(ConnectionStatus {
+        host: build::service_host(&name, &ns, &cfg.cluster_domain),
+        port: POSTGRES_PORT.into(),
+        database: plan.database.clone(),
+        user: plan.user.clone(),
+        secret_name: conn_name,
+    });
+
+    // Credentials, once per timeline: they need the compute running.
+    if status.credentials_timeline.as_deref() != Some(timeline.id.as_str()) {
+        status.phase = Some(Phase::Creating);
+        match compute::ensure(ctx, &plan).await? {
+            PodState::Ready(_) => {
+                let creds = Credentials {
+                    user: plan.user.clone(),
+                    password: password.clone(),
+                    database: plan.database.clone(),
+                };
+                let node = &timeline.storage_node;
+                let id: TimelineId = timeline
+                    .id
+                    .parse()
+                    .map_err(|_| Error::NoStorageNode("bad id".into()))?;
+                match ctx.storage(node).set_credentials(id, &creds).await {
+                    Ok(()) => status.credentials_timeline = Some(timeline.id.clone()),
+                    // The socket is not there yet (Postgres just became ready): soon.
+                    Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {
+                        return Err(wait(
+                            "Creating",
+                            format!("setting credentials: {e}"),
+                            Duration::from_secs(1),
+                        ))
+                    }
+                    Err(e) => return Err(storage_err(node)(e).into()),
+                }
+            }
+            PodState::Starting => {
+                set_compute(status, ComputeState::Starting, &plan);
+                conditions::set(
+                    &mut status.conditions,
+                    COMPUTE_READY,
+                    false,
+                    "Starting",
+                    "the compute is starting for the first time",
+                    generation,
+                );
+                return Err(wait(
+                    "Creating",
+                    "waiting for the compute to start",
+                    Duration::from_secs(1),
+                ));
+            }
+            PodState::Broken(msg) => {
+                conditions::set(
+                    &mut status.conditions,
+                    COMPUTE_READY,
+                    false,
+                    "ComputeFailed",
+                    &msg,
+                    generation,
+                );
+                return Err(Error::Compute(ComputeError::Broken(msg)).into());
+            }
+        }
+    }
+
+    let state = match compute::state(ctx, &timeline.id)
+        .await
+        .map_err(Error::from)?
+    {
+        Some(PodState::Ready(_)) => ComputeState::Running,
+        Some(PodState::Starting) => ComputeState::Starting,
+        Some(PodState::Broken(msg)) => {
+            conditions::set(
+                &mut status.conditions,
+                COMPUTE_READY,
+                false,
+                "ComputeFailed",
+                &msg,
+                generation,
+            );
+            ComputeState::Starting
+        }
+        None => ComputeState::Suspended,
+    };
+    set_compute(status, state, &plan);
+    if !matches!(status.conditions.iter().find(|c| c.type_ == COMPUTE_READY), Some(c) if c.reason == "ComputeFailed" && state != ComputeState::Running)
+    {
+        let msg = match state {
+            ComputeState::Running => "Postgres is running",
+            ComputeState::Starting => "Postgres is starting",
+            ComputeState::Suspended => "suspended; the next connection wakes it",
+        };
+        conditions::set(
+            &mut status.conditions,
+            COMPUTE_READY,
+            true,
+            &format!("{state:?}"),
+            msg,
+            generation,
+        );
+    }
+    status.phase = Some(Phase::Ready);
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        true,
+        "Ready",
+        format!(
+            "connect with Secret {} (Service {}:{POSTGRES_PORT})",
+            build::connection_name(&name),
+            build::service_host(&name, &ns, &cfg.cluster_domain)
+        ),
+        generation,
+    );
+    status.observed_generation = generation;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &BranchPlan) {
+    let previous = status.compute.clone().unwrap_or_default();
+    status.compute = Some(ComputeStatus {
+        state,
+        pod: (state != ComputeState::Suspended).then(|| build::compute_pod_name(&plan.timeline_id)),
+        last_transition: if previous.state == state && previous.last_transition.is_some() {
+            previous.last_transition
+        } else {
+            Some(chrono::Utc::now())
+        },
+    });
+}
+
+/// The parent's Timeline object name, for the Timeline's lineage.
+fn parent_timeline(b: &DatabaseBranch, ctx: &Context) -> Option<String> {
+    let p = b.spec.parent.as_ref()?;
+    let parent = ctx.branch(&b.parent_namespace()?, &p.name)?;
+    Some(parent.status.as_ref()?.timeline.as_ref()?.name.clone())
+}
+
+/// The builders' input from the validated spec and the resolved timeline.
+pub fn plan(
+    b: &DatabaseBranch,
+    spec: &ValidSpec,
+    timeline: &TimelineRef,
+    proxy_port: u16,
+    archive_command: &str,
+    parent_timeline: Option<String>,
+) -> BranchPlan {
+    BranchPlan {
+        name: b.name_any(),
+        namespace: b.namespace().unwrap_or_default(),
+        uid: b.uid().unwrap_or_default(),
+        timeline_id: timeline.id.clone(),
+        storage_node: timeline.storage_node.clone(),
+        parent_timeline,
+        user: spec.user.clone(),
+        database: spec.database.clone(),
+        proxy_port,
+        postgres_parameters: spec.postgres_parameters.clone(),
+        archive_command: archive_command.to_string(),
+        resources: spec.resources.clone(),
+    }
+}
+
+/// The password the branch's Secret already holds, or a new one.
+async fn password(ctx: &Context, ns: &str, name: &str) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = secrets
+        .get_opt(&build::connection_name(name))
+        .await?
+        .and_then(|s| s.data?.get("password").cloned())
+        .and_then(|p| String::from_utf8(p.0).ok())
+        .filter(|p| ramify_api::names::validate_password(p).is_ok());
+    match existing {
+        Some(p) => Ok(p),
+        None => ramify_lifecycle::password::generate().map_err(|e| Error::Random(e.to_string())),
+    }
+}
+
+/// Creates (or finds: the id is the branch's uid) the branch's storage timeline.
+async fn create_timeline(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    spec: &ValidSpec,
+    uid: &str,
+) -> Result<(TimelineRef, TimelineInfo), Step> {
+    let id: TimelineId = uid.parse().map_err(|_| {
+        Step::Problem(Problem {
+            reason: "InvalidSpec",
+            message: format!("metadata.uid {uid:?} is not a UUID"),
+        })
+    })?;
+    let (node, parent) = match &b.spec.parent {
+        None => (choose_node(ctx).await?, None),
+        Some(p) => {
+            let (parent_ns, parent) = dereference_parent(b, ctx, &p.name).await?;
+            let ptl = parent
+                .status
+                .as_ref()
+                .and_then(|s| Some((s.timeline.clone()?, s.credentials_timeline.clone()?)))
+                .filter(|(t, c)| &t.id == c)
+                .map(|(t, _)| t)
+                .ok_or_else(|| {
+                    wait(
+                        "ParentNotReady",
+                        format!(
+                            "waiting for parent branch {parent_ns}/{} to be ready",
+                            p.name
+                        ),
+                        Duration::from_secs(3),
+                    )
+                })?;
+            let pid: TimelineId = ptl.id.parse().map_err(|_| {
+                wait(
+                    "ParentNotReady",
+                    "parent has no valid timeline yet",
+                    Duration::from_secs(3),
+                )
+            })?;
+            (ptl.storage_node, Some(pid))
+        }
+    };
+    let req = CreateTimeline {
+        id: Some(id),
+        parent,
+        at: spec.at.clone(),
+    };
+    match ctx.storage(&node).create_timeline(&req).await {
+        Ok(created) => {
+            if created.created {
+                info!(timeline = %id, node = %node, "timeline created");
+                publish(
+                    ctx,
+                    b,
+                    EventType::Normal,
+                    "TimelineCreated",
+                    format!(
+                        "timeline {id} on storage node {node}{}",
+                        created
+                            .value
+                            .fork_lsn
+                            .map(|l| format!(", forked at {l}"))
+                            .unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+            Ok((
+                TimelineRef {
+                    id: id.to_string(),
+                    name: build::timeline_name(&id.to_string()),
+                    storage_node: node,
+                },
+                created.value,
+            ))
+        }
+        Err(e) => match e.status().map(|s| s.as_u16()) {
+            Some(400) | Some(422) => Err(Step::Problem(Problem {
+                reason: "InvalidForkPoint",
+                message: e.to_string(),
+            })),
+            Some(409) => Err(wait(
+                "ParentNotReady",
+                e.to_string(),
+                Duration::from_secs(3),
+            )),
+            _ => Err(storage_err(&node)(e).into()),
+        },
+    }
+}
+
+/// The parent branch, if it exists and shares itself with the branch's namespace.
+async fn dereference_parent(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    parent_name: &str,
+) -> Result<(String, DatabaseBranch), Step> {
+    let ns = b.namespace().unwrap_or_default();
+    let parent_ns = b.parent_namespace().unwrap_or_else(|| ns.clone());
+    let api: Api<DatabaseBranch> = Api::namespaced(ctx.client.clone(), &parent_ns);
+    let Some(parent) = api.get_opt(parent_name).await.map_err(Error::from)? else {
+        return Err(wait(
+            "ParentNotFound",
+            format!("parent branch {parent_ns}/{parent_name} does not exist"),
+            Duration::from_secs(10),
+        ));
+    };
+    if parent_ns != ns {
+        let labels = Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(&ns)
+            .await
+            .map_err(Error::from)?
+            .and_then(|n| n.metadata.labels)
+            .unwrap_or_default();
+        if !parent_shares(&parent, &ns, &labels) {
+            return Err(Step::Problem(Problem {
+                reason: "ParentNotShared",
+                message: format!(
+                    "parent branch {parent_ns}/{parent_name} does not share itself with namespace {ns}: add {ns:?} to its spec.sharing.namespaces or match its spec.sharing.namespaceSelector"
+                ),
+            }));
+        }
+    }
+    if parent.metadata.deletion_timestamp.is_some() {
+        return Err(wait(
+            "ParentNotFound",
+            format!("parent branch {parent_ns}/{parent_name} is being deleted"),
+            Duration::from_secs(10),
+        ));
+    }
+    Ok((parent_ns, parent))
+}
+
+/// The storage nodes: the Pods of the storage StatefulSet.
+async fn storage_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
+    let cfg = &ctx.config;
+    let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &cfg.namespace)
+        .get_opt(&cfg.storage_service)
+        .await?
+        .ok_or_else(|| {
+            Error::NoStorageNode(format!(
+                "storage StatefulSet {}/{} does not exist",
+                cfg.namespace, cfg.storage_service
+            ))
+        })?;
+    let replicas = sts.spec.replicas.unwrap_or(1).max(0);
+    Ok((0..replicas)
+        .map(|i| format!("{}-{i}", cfg.storage_service))
+        .collect())
+}
+
+/// The storage node with the most free space among those answering.
+async fn choose_node(ctx: &Context) -> Result<String, Error> {
+    let mut best: Option<(u64, String)> = None;
+    let mut errors = Vec::new();
+    for node in storage_nodes(ctx).await? {
+        match ctx.storage(&node).status().await {
+            Ok(s) => {
+                let free = s.capacity_bytes.saturating_sub(s.used_bytes);
+                if best.as_ref().is_none_or(|(f, _)| free > *f) {
+                    best = Some((free, node));
+                }
+            }
+            Err(e) => errors.push(format!("{node}: {e}")),
+        }
+    }
+    best.map(|(_, n)| n).ok_or_else(|| {
+        Error::NoStorageNode(format!(
+            "no storage node answers ({})",
+            if errors.is_empty() {
+                "the StatefulSet has no replicas".to_string()
+            } else {
+                errors.join("; ")
+            }
+        ))
+    })
+}
+
+/// Patches the status subresource when it changed, and publishes an Event when the phase
+/// or the Ready condition's reason changed.
+async fn write_status(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    old: &DatabaseBranchStatus,
+    new: &DatabaseBranchStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    let api: Api<DatabaseBranch> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    api.patch_status(
+        &b.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await?;
+    let ready = |s: &DatabaseBranchStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if old.phase != new.phase || ready(old).map(|r| r.1) != ready(new).map(|r| r.1) {
+        if let Some((st, reason, message)) = ready(new) {
+            let type_ = if st == "True"
+                || matches!(new.phase, Some(Phase::Creating) | Some(Phase::Pending))
+                    && reason != "InvalidSpec"
+                    && reason != "ParentNotShared"
+            {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(ctx, b, type_, &reason, message).await;
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
+    let name = b.name_any();
+    let ns = b.namespace().unwrap_or_default();
+    let children: Vec<Arc<DatabaseBranch>> = ctx
+        .branches
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.spec.parent.as_ref().is_some_and(|p| p.name == name)
+                && c.parent_namespace().as_deref() == Some(ns.as_str())
+        })
+        .collect();
+    if !children.is_empty() {
+        let list: Vec<String> = children
+            .iter()
+            .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
+            .collect();
+        if b.deletes_children() {
+            for c in &children {
+                let api: Api<DatabaseBranch> =
+                    Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+                match api.delete(&c.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Err(Error::HasChildren(format!(
+                "deleting child branches first: {}",
+                list.join(", ")
+            )));
+        }
+        let old = b.status.clone().unwrap_or_default();
+        let mut status = old.clone();
+        status.phase = Some(Phase::Deleting);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "HasChildren",
+            format!(
+                "not deleted while child branches exist ({}); delete them first, or annotate this branch {}=true to delete them with it",
+                list.join(", "),
+                ramify_crd::DELETE_CHILDREN_ANNOTATION
+            ),
+            b.metadata.generation,
+        );
+        write_status(b, ctx, &old, &status).await?;
+        return Err(Error::HasChildren(list.join(", ")));
+    }
+
+    let timeline = b.status.as_ref().and_then(|s| s.timeline.clone());
+    let uid = b.uid().unwrap_or_default();
+    let timeline_id = timeline.as_ref().map(|t| t.id.clone()).unwrap_or(uid);
+    compute::suspend(ctx, &timeline_id, Duration::from_secs(90)).await?;
+    // The timeline's node; when the status never recorded it, every node is asked (the
+    // id is the uid, so a create that succeeded unrecorded is still found).
+    let nodes = match &timeline {
+        Some(t) => vec![t.storage_node.clone()],
+        None => storage_nodes(ctx).await.unwrap_or_default(),
+    };
+    if let Ok(id) = timeline_id.parse::<TimelineId>() {
+        for node in nodes {
+            match ctx.storage(&node).delete_timeline(id, false).await {
+                Ok(()) => info!(timeline = %id, node = %node, "timeline deleted"),
+                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
+                Err(e) => return Err(storage_err(&node)(e)),
+            }
+        }
+    }
+    let dp = DeleteParams::default();
+    let ignore_missing = |r: Result<_, kube::Error>| match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
+    let cfg = &ctx.config;
+    ignore_missing(
+        Api::<Timeline>::namespaced(ctx.client.clone(), &cfg.namespace)
+            .delete(&build::timeline_name(&timeline_id), &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    let conn = build::connection_name(&name);
+    ignore_missing(
+        Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
+            .delete(&build::endpoint_slice_name(&name), &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    ignore_missing(
+        Api::<Service>::namespaced(ctx.client.clone(), &ns)
+            .delete(&conn, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    ignore_missing(
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .delete(&conn, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    publish(
+        ctx,
+        b,
+        EventType::Normal,
+        "Deleted",
+        format!("compute, timeline {timeline_id} and connection objects deleted"),
+    )
+    .await;
+    info!("branch deleted");
+    Ok(Action::await_change())
+}
+
+/// Labels of a compute Pod → the branch it serves (for the controller's watch).
+pub fn branch_of_pod(labels: &BTreeMap<String, String>) -> Option<(String, String)> {
+    Some((
+        labels.get(build::LABEL_BRANCH_NAMESPACE)?.clone(),
+        labels.get(build::LABEL_BRANCH_NAME)?.clone(),
+    ))
+}

@@ -1,0 +1,104 @@
+//! The operator's settings: flags, each also an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `ramify-operator`: reconciles DatabaseBranch objects into storage timelines, compute
+/// Pods, Secrets and Services, and wakes suspended branches for the proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ramify-operator", version, about, long_about = None)]
+pub struct Config {
+    /// Storage namespace: where the storage nodes, proxy, compute Pods and Timelines live.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// Name of the storage StatefulSet and of its headless Service.
+    #[arg(long, env = "RAMIFY_STORAGE_SERVICE", default_value = "ramify-storage")]
+    pub storage_service: String,
+
+    /// Port of the storage nodes' HTTP API.
+    #[arg(long, env = "RAMIFY_STORAGE_PORT", default_value_t = 7070)]
+    pub storage_port: u16,
+
+    /// URL of a storage node's API; `{node}` is replaced by its Pod name. Default:
+    /// http://{node}.<storage-service>.<namespace>.svc.<cluster-domain>:<storage-port>
+    #[arg(long, env = "RAMIFY_STORAGE_URL")]
+    pub storage_url: Option<String>,
+
+    /// Postgres image of the compute Pods (official `postgres` layout).
+    #[arg(long, env = "RAMIFY_COMPUTE_IMAGE", default_value = "postgres:15")]
+    pub compute_image: String,
+
+    /// Pull policy of the compute image (Always, IfNotPresent, Never).
+    #[arg(
+        long,
+        env = "RAMIFY_COMPUTE_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub compute_image_pull_policy: String,
+
+    /// Postgres major version of the compute image (a root asking for another is refused).
+    #[arg(long, env = "RAMIFY_POSTGRES_VERSION", default_value_t = 15)]
+    pub postgres_version: i32,
+
+    /// Idle time before a branch's compute is stopped, when its spec does not say
+    /// (`30s`, `5m`, `1h`; `0s` = never).
+    #[arg(long, env = "RAMIFY_DEFAULT_SUSPEND_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub default_suspend_after: Duration,
+
+    /// Label selector of the proxy Pods (their IPs back every branch's Service).
+    #[arg(
+        long,
+        env = "RAMIFY_PROXY_SELECTOR",
+        default_value = "app.kubernetes.io/component=proxy"
+    )]
+    pub proxy_selector: String,
+
+    /// Secret (key `token`) holding the proxy's bearer token; created when missing.
+    #[arg(
+        long,
+        env = "RAMIFY_PROXY_TOKEN_SECRET",
+        default_value = "ramify-proxy-token"
+    )]
+    pub proxy_token_secret: String,
+
+    /// Address of the HTTP server: wake API, /metrics, /livez, /readyz.
+    #[arg(long, env = "RAMIFY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Only the holder of the Lease `ramify-operator` reconciles (for more than one replica).
+    #[arg(long, env = "RAMIFY_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Cluster DNS domain, for the host names in connection Secrets.
+    #[arg(long, env = "RAMIFY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "RAMIFY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    ramify_crd::duration::parse(s)
+}
+
+impl Config {
+    /// Base URL of a storage node's API.
+    pub fn storage_url(&self, node: &str) -> String {
+        match &self.storage_url {
+            Some(t) => t.replace("{node}", node),
+            None => format!(
+                "http://{node}.{}.{}.svc.{}:{}",
+                self.storage_service, self.namespace, self.cluster_domain, self.storage_port
+            ),
+        }
+    }
+
+    /// A configuration for tests and examples, with the chart's defaults.
+    pub fn for_namespace(namespace: &str) -> Config {
+        Config::parse_from(["ramify-operator", "--namespace", namespace])
+    }
+}

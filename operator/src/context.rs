@@ -1,0 +1,111 @@
+//! State shared by the controllers and the HTTP API.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::Client;
+use ramify_api::StorageClient;
+use ramify_crd::DatabaseBranch;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ports::Ports;
+
+/// Everything a reconcile or an API handler needs.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub ports: Ports,
+    /// Every DatabaseBranch, as the controller's watch sees it.
+    pub branches: Store<DatabaseBranch>,
+    /// The proxy's bearer token (from the Secret the operator keeps).
+    pub proxy_token: String,
+    storage: Mutex<HashMap<String, StorageClient>>,
+    /// Each timeline's `archive_command`, as its storage node reported it.
+    archive_commands: Mutex<HashMap<String, String>>,
+    /// Consecutive reconcile failures per branch.
+    pub backoff: crate::branch::Backoff,
+    /// Becomes true when the controller's first list of branches arrived.
+    pub synced: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        branches: Store<DatabaseBranch>,
+        proxy_token: String,
+        synced: watch::Receiver<bool>,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "ramify-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            config,
+            recorder,
+            metrics,
+            ports: Ports::default(),
+            branches,
+            proxy_token,
+            storage: Mutex::new(HashMap::new()),
+            archive_commands: Mutex::new(HashMap::new()),
+            backoff: Default::default(),
+            synced,
+        }
+    }
+
+    /// The API client of a storage node (one connection pool per node).
+    pub fn storage(&self, node: &str) -> StorageClient {
+        self.storage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_string())
+            .or_insert_with(|| StorageClient::new(self.config.storage_url(node)))
+            .clone()
+    }
+
+    /// Remembers a timeline's `archive_command` (a wake then needs no storage call).
+    pub fn remember_archive_command(&self, timeline_id: &str, command: &str) {
+        self.archive_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(timeline_id.to_string(), command.to_string());
+    }
+
+    /// A timeline's `archive_command`, if a reconcile has seen it.
+    pub fn archive_command(&self, timeline_id: &str) -> Option<String> {
+        self.archive_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(timeline_id)
+            .cloned()
+    }
+
+    /// Proxy ports every branch's status holds.
+    pub fn ports_in_use(&self) -> BTreeSet<u16> {
+        self.branches
+            .state()
+            .iter()
+            .filter_map(|b| b.status.as_ref()?.proxy_port)
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect()
+    }
+
+    /// A branch from the watch cache.
+    pub fn branch(&self, namespace: &str, name: &str) -> Option<Arc<DatabaseBranch>> {
+        self.branches
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+    }
+}

@@ -1,0 +1,347 @@
+//! The operator's HTTP server: the proxy's API (routes, wake, suspend; bearer token) and
+//! `/metrics`, `/livez`, `/readyz`.
+//!
+//! The proxy wakes a branch with one HTTP call that returns when Postgres is ready,
+//! rather than by writing a field and watching the branch: one round trip, no write
+//! amplification on the API server for every connection, and every wake is still
+//! observable (the Pod's events, the branch's status and this server's metrics).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kube::ResourceExt;
+use ramify_api::ApiError;
+use ramify_crd::DatabaseBranch;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::branch;
+use crate::build::BranchPlan;
+use crate::compute::{self, ComputeError};
+use crate::context::Context;
+use crate::validate::validate_spec;
+
+/// How long a wake may take: scheduling, image already present, Postgres start.
+pub const WAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The server's state: the context once this replica leads, and whether it does.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Arc<tokio::sync::OnceCell<Arc<Context>>>,
+    pub leader: Arc<AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// One route of the proxy.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteInfo {
+    /// `namespace/name`.
+    pub branch: String,
+    pub port: u16,
+    /// 0 = never suspend.
+    pub suspend_after_secs: u64,
+}
+
+/// The wake answer.
+#[derive(Debug, Serialize)]
+pub struct WakeAnswer {
+    /// `ip:port` of the ready compute.
+    pub address: String,
+}
+
+struct HttpError(StatusCode, String, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ApiError {
+                code: self.1,
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn err(status: StatusCode, code: &str, message: impl Into<String>) -> HttpError {
+    HttpError(status, code.into(), message.into())
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/routes", get(routes))
+        .route("/v1/branches/{namespace}/{name}/wake", post(wake))
+        .route("/v1/branches/{namespace}/{name}/suspend", post(suspend))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.ctx.get() {
+        Some(ctx) if *ctx.synced.borrow() && s.leader.load(Ordering::Relaxed) => {
+            "ok".into_response()
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not leading or not synced yet",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let branches = s.ctx.get().map(|c| c.branches.state().len()).unwrap_or(0);
+    s.metrics
+        .render(s.leader.load(Ordering::Relaxed), branches)
+        .into_response()
+}
+
+/// The context, once this replica leads and the token is checked.
+fn authorized(s: &AppState, headers: &HeaderMap) -> Result<Arc<Context>, HttpError> {
+    let ctx = s
+        .ctx
+        .get()
+        .filter(|_| s.leader.load(Ordering::Relaxed))
+        .ok_or_else(|| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                "this operator replica is not the leader",
+            )
+        })?;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), ctx.proxy_token.as_bytes()) {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        ));
+    }
+    Ok(Arc::clone(ctx))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Branches the proxy should listen for: created, credentials set, not being deleted.
+pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) -> Vec<RouteInfo> {
+    let mut out: Vec<RouteInfo> = branches
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .filter_map(|b| {
+            let st = b.status.as_ref()?;
+            let tl = st.timeline.as_ref()?;
+            if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
+                return None;
+            }
+            let port = u16::try_from(st.proxy_port?).ok()?;
+            let suspend = match b
+                .spec
+                .compute
+                .as_ref()
+                .and_then(|c| c.suspend_after.as_deref())
+            {
+                Some(s) => ramify_crd::duration::parse(s).ok()?,
+                None => default_suspend,
+            };
+            Some(RouteInfo {
+                branch: format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()),
+                port,
+                suspend_after_secs: suspend.as_secs(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.branch.cmp(&b.branch));
+    out
+}
+
+async fn routes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
+    let ctx = authorized(&s, &headers)?;
+    Ok(Json(route_table(
+        &ctx.branches.state(),
+        ctx.config.default_suspend_after,
+    ))
+    .into_response())
+}
+
+/// The plan of a created branch, for starting its compute.
+async fn plan_of(ctx: &Context, ns: &str, name: &str) -> Result<BranchPlan, HttpError> {
+    let b = ctx.branch(ns, name).ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("branch {ns}/{name} does not exist"),
+        )
+    })?;
+    let not_ready = || {
+        err(
+            StatusCode::CONFLICT,
+            "not_ready",
+            format!("branch {ns}/{name} is still being created"),
+        )
+    };
+    let st = b.status.as_ref().ok_or_else(not_ready)?;
+    let tl = st.timeline.clone().ok_or_else(not_ready)?;
+    let port = st
+        .proxy_port
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(not_ready)?;
+    let spec = validate_spec(&b, &ctx.config)
+        .map_err(|p| err(StatusCode::CONFLICT, "invalid_spec", p.message))?;
+    let archive = match ctx.archive_command(&tl.id) {
+        Some(a) => a,
+        None => {
+            let id = tl.id.parse().map_err(|_| not_ready())?;
+            let info = ctx
+                .storage(&tl.storage_node)
+                .get_timeline(id)
+                .await
+                .map_err(|e| {
+                    err(
+                        StatusCode::BAD_GATEWAY,
+                        "storage_unavailable",
+                        format!("storage node {}: {e}", tl.storage_node),
+                    )
+                })?;
+            ctx.remember_archive_command(&tl.id, &info.archive_command);
+            info.archive_command
+        }
+    };
+    Ok(branch::plan(&b, &spec, &tl, port, &archive, None))
+}
+
+async fn wake(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    let ctx = authorized(&s, &headers)?;
+    let started = Instant::now();
+    let plan = plan_of(&ctx, &ns, &name).await?;
+    let result = compute::wake(&ctx, &plan, WAKE_TIMEOUT).await;
+    ctx.metrics.woke(result.is_ok(), started.elapsed());
+    match result {
+        Ok(address) => {
+            info!(branch = %format!("{ns}/{name}"), %address, took_ms = started.elapsed().as_millis() as u64, "woke");
+            Ok(Json(WakeAnswer { address }).into_response())
+        }
+        Err(e) => {
+            warn!(branch = %format!("{ns}/{name}"), error = %e, "wake failed");
+            let status = match e {
+                ComputeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(err(status, e.kind(), e.to_string()))
+        }
+    }
+}
+
+async fn suspend(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    let ctx = authorized(&s, &headers)?;
+    let plan = plan_of(&ctx, &ns, &name).await?;
+    match compute::suspend(&ctx, &plan.timeline_id, Duration::from_secs(90)).await {
+        Ok(existed) => {
+            if existed {
+                ctx.metrics.suspended();
+                info!(branch = %format!("{ns}/{name}"), "suspended");
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(e) => Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.kind(),
+            e.to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramify_crd::{ComputeSpec, DatabaseBranchSpec, DatabaseBranchStatus, TimelineRef};
+
+    fn branch(
+        name: &str,
+        port: Option<i32>,
+        credentials: bool,
+        suspend: Option<&str>,
+    ) -> Arc<DatabaseBranch> {
+        let mut b = DatabaseBranch::new(
+            name,
+            DatabaseBranchSpec {
+                compute: suspend.map(|s| ComputeSpec {
+                    suspend_after: Some(s.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        b.metadata.namespace = Some("dev".into());
+        b.status = Some(DatabaseBranchStatus {
+            timeline: Some(TimelineRef {
+                id: "t1".into(),
+                name: "tl-t1".into(),
+                storage_node: "ramify-storage-0".into(),
+            }),
+            credentials_timeline: credentials.then(|| "t1".into()),
+            proxy_port: port,
+            ..Default::default()
+        });
+        Arc::new(b)
+    }
+
+    #[test]
+    fn routes_only_for_created_branches() {
+        let table = route_table(
+            &[
+                branch("b", Some(20001), true, Some("0s")),
+                branch("a", Some(20000), true, None),
+                branch("creating", Some(20002), false, None),
+                branch("no-port", None, true, None),
+            ],
+            Duration::from_secs(300),
+        );
+        assert_eq!(
+            table,
+            vec![
+                RouteInfo {
+                    branch: "dev/a".into(),
+                    port: 20000,
+                    suspend_after_secs: 300
+                },
+                RouteInfo {
+                    branch: "dev/b".into(),
+                    port: 20001,
+                    suspend_after_secs: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

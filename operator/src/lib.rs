@@ -1,0 +1,89 @@
+//! Ramify's Kubernetes operator: the DatabaseBranch controller, the compute lifecycle on
+//! Pods, and the HTTP API the proxy wakes branches through.
+#![forbid(unsafe_code)]
+
+pub mod branch;
+pub mod build;
+pub mod compute;
+pub mod conditions;
+pub mod config;
+pub mod context;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod ports;
+pub mod token;
+pub mod validate;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, ResourceExt};
+use ramify_crd::DatabaseBranch;
+use tracing::debug;
+
+use crate::build::{COMPONENT_COMPUTE, LABEL_COMPONENT};
+use crate::config::Config;
+use crate::context::Context;
+use crate::metrics::Metrics;
+
+/// Runs the DatabaseBranch controller until SIGTERM/SIGINT. `on_context` receives the
+/// shared context as soon as it exists (the HTTP API serves from it).
+pub async fn run_controller(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    proxy_token: String,
+    on_context: impl FnOnce(Arc<Context>),
+) {
+    let controller = Controller::new(
+        Api::<DatabaseBranch>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        metrics,
+        store.clone(),
+        proxy_token,
+        synced_rx,
+    ));
+    on_context(Arc::clone(&ctx));
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            let _ = synced_tx.send(true);
+        }
+    });
+    let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
+    let computes =
+        watcher::Config::default().labels(&format!("{LABEL_COMPONENT}={COMPONENT_COMPUTE}"));
+    let proxies = watcher::Config::default().labels(&config.proxy_selector);
+    let all_branches = store.clone();
+    controller
+        // A compute Pod changing (ready, gone) changes its branch's status.
+        .watches(pods.clone(), computes, |pod| {
+            branch::branch_of_pod(pod.labels()).map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+        })
+        // A proxy Pod coming or going changes every branch's EndpointSlice.
+        .watches(pods, proxies, move |_| {
+            all_branches
+                .state()
+                .into_iter()
+                .map(|b| ObjectRef::from(b.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(branch::reconcile, branch::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+}

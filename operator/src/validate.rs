@@ -1,0 +1,337 @@
+//! Checks of a branch's spec that the API server's schema cannot do, without I/O: each
+//! failure is a [`Problem`] the user must fix, shown as the `Ready` condition's reason
+//! and message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use ramify_api::names::validate_sql_identifier;
+use ramify_api::{At, Lsn};
+use ramify_crd::{BranchPoint, DatabaseBranch};
+
+use crate::build::postgres_args;
+use crate::config::Config;
+
+/// A spec the operator cannot satisfy until the user changes something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `Ready` condition reason (CamelCase).
+    pub reason: &'static str,
+    /// What is wrong and what is valid.
+    pub message: String,
+}
+
+impl Problem {
+    fn invalid(message: impl Into<String>) -> Problem {
+        Problem {
+            reason: "InvalidSpec",
+            message: message.into(),
+        }
+    }
+}
+
+/// The spec, checked and with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    /// Fork point (forks only).
+    pub at: Option<At>,
+    pub user: String,
+    pub database: String,
+    /// `None`: never suspend.
+    pub suspend_after: Option<Duration>,
+    pub postgres_parameters: BTreeMap<String, String>,
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Checks everything about the spec that needs no other object.
+pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Problem> {
+    let spec = &b.spec;
+    let fork = spec.parent.is_some();
+    if spec.at.is_some() && !fork {
+        return Err(Problem::invalid(
+            "spec.at needs spec.parent: a root branch starts empty",
+        ));
+    }
+    if let Some(v) = spec.postgres_version {
+        if fork {
+            return Err(Problem::invalid(
+                "spec.postgresVersion is only for roots: a fork runs its parent's version",
+            ));
+        }
+        if v != cfg.postgres_version {
+            return Err(Problem {
+                reason: "UnsupportedPostgresVersion",
+                message: format!(
+                    "spec.postgresVersion {v} is not available: this installation runs Postgres {} (the chart's compute image)",
+                    cfg.postgres_version
+                ),
+            });
+        }
+    }
+    let at = if fork {
+        Some(branch_point(spec.at.as_ref())?)
+    } else {
+        None
+    };
+    let conn = spec.connection.clone().unwrap_or_default();
+    let user = conn.user.unwrap_or_else(|| "app".into());
+    let database = conn.database.unwrap_or_else(|| "app".into());
+    validate_sql_identifier("spec.connection.user", &user).map_err(Problem::invalid)?;
+    validate_sql_identifier("spec.connection.database", &database).map_err(Problem::invalid)?;
+    let compute = spec.compute.clone().unwrap_or_default();
+    let suspend_after = match &compute.suspend_after {
+        Some(s) => ramify_crd::duration::parse(s)
+            .map_err(|e| Problem::invalid(format!("spec.compute.suspendAfter: {e}")))?,
+        None => cfg.default_suspend_after,
+    };
+    postgres_args("true", &compute.postgres_parameters)
+        .map_err(|e| Problem::invalid(format!("spec.compute.postgresParameters: {e}")))?;
+    Ok(ValidSpec {
+        at,
+        user,
+        database,
+        suspend_after: (!suspend_after.is_zero()).then_some(suspend_after),
+        postgres_parameters: compute.postgres_parameters,
+        resources: compute.resources,
+    })
+}
+
+/// The storage API's fork point for `spec.at` (absent or empty: latest).
+pub fn branch_point(at: Option<&BranchPoint>) -> Result<At, Problem> {
+    let Some(at) = at else {
+        return Ok(At::Latest);
+    };
+    let set = [at.lsn.is_some(), at.time.is_some(), at.snapshot.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if set > 1 {
+        return Err(Problem::invalid(
+            "spec.at takes at most one of lsn, time and snapshot",
+        ));
+    }
+    if let Some(l) = &at.lsn {
+        let lsn: Lsn = l
+            .parse()
+            .map_err(|e| Problem::invalid(format!("spec.at.lsn: {e}")))?;
+        return Ok(At::Lsn(lsn));
+    }
+    if let Some(t) = at.time {
+        return Ok(At::Time(t));
+    }
+    if let Some(s) = &at.snapshot {
+        ramify_api::names::validate_snapshot_name(s)
+            .map_err(|e| Problem::invalid(format!("spec.at.snapshot: {e}")))?;
+        return Ok(At::Snapshot(s.clone()));
+    }
+    Ok(At::Latest)
+}
+
+/// Whether `parent` lets a branch in `child_ns` (with these labels) fork it.
+pub fn parent_shares(
+    parent: &DatabaseBranch,
+    child_ns: &str,
+    child_ns_labels: &BTreeMap<String, String>,
+) -> bool {
+    if parent.metadata.namespace.as_deref() == Some(child_ns) {
+        return true;
+    }
+    let Some(sharing) = &parent.spec.sharing else {
+        return false;
+    };
+    sharing.namespaces.iter().any(|n| n == child_ns)
+        || sharing
+            .namespace_selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, child_ns_labels))
+}
+
+/// Label selector semantics of Kubernetes: every `matchLabels` pair and every
+/// expression must hold. An empty selector matches everything.
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use ramify_crd::{ComputeSpec, DatabaseBranchSpec, ParentRef, SharingSpec};
+
+    fn branch(ns: &str, spec: DatabaseBranchSpec) -> DatabaseBranch {
+        let mut b = DatabaseBranch::new("b", spec);
+        b.metadata.namespace = Some(ns.into());
+        b
+    }
+
+    fn fork_spec() -> DatabaseBranchSpec {
+        DatabaseBranchSpec {
+            parent: Some(ParentRef {
+                name: "main".into(),
+                namespace: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_root_gets_the_defaults() {
+        let cfg = Config::for_namespace("ramify-system");
+        let v = validate_spec(&branch("dev", Default::default()), &cfg).unwrap();
+        assert_eq!(v.at, None);
+        assert_eq!((v.user.as_str(), v.database.as_str()), ("app", "app"));
+        assert_eq!(v.suspend_after, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_fork_defaults_to_latest_and_zero_means_never_suspend() {
+        let cfg = Config::for_namespace("ramify-system");
+        let mut spec = fork_spec();
+        spec.compute = Some(ComputeSpec {
+            suspend_after: Some("0s".into()),
+            ..Default::default()
+        });
+        let v = validate_spec(&branch("dev", spec), &cfg).unwrap();
+        assert_eq!(v.at, Some(At::Latest));
+        assert_eq!(v.suspend_after, None);
+    }
+
+    #[test]
+    fn invalid_specs_say_what_is_valid() {
+        let cfg = Config::for_namespace("ramify-system");
+        let root_with_at = DatabaseBranchSpec {
+            at: Some(BranchPoint {
+                lsn: Some("0/10".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = validate_spec(&branch("dev", root_with_at), &cfg).unwrap_err();
+        assert!(p.message.contains("needs spec.parent"), "{p:?}");
+
+        let wrong_version = DatabaseBranchSpec {
+            postgres_version: Some(16),
+            ..Default::default()
+        };
+        let p = validate_spec(&branch("dev", wrong_version), &cfg).unwrap_err();
+        assert_eq!(p.reason, "UnsupportedPostgresVersion");
+        assert!(p.message.contains("runs Postgres 15"), "{p:?}");
+
+        let mut reserved = fork_spec();
+        reserved.compute = Some(ComputeSpec {
+            postgres_parameters: BTreeMap::from([("port".into(), "1".into())]),
+            ..Default::default()
+        });
+        let p = validate_spec(&branch("dev", reserved), &cfg).unwrap_err();
+        assert!(p.message.contains("`port` is managed by Ramify"), "{p:?}");
+
+        let mut bad_lsn = fork_spec();
+        bad_lsn.at = Some(BranchPoint {
+            lsn: Some("zz".into()),
+            ..Default::default()
+        });
+        let p = validate_spec(&branch("dev", bad_lsn), &cfg).unwrap_err();
+        assert!(p.message.starts_with("spec.at.lsn"), "{p:?}");
+
+        let mut bad_user = fork_spec();
+        bad_user.connection = Some(ramify_crd::ConnectionSpec {
+            user: Some("postgres".into()),
+            database: None,
+        });
+        let p = validate_spec(&branch("dev", bad_user), &cfg).unwrap_err();
+        assert!(p.message.contains("reserved"), "{p:?}");
+    }
+
+    #[test]
+    fn branch_points() {
+        assert_eq!(branch_point(None).unwrap(), At::Latest);
+        assert_eq!(
+            branch_point(Some(&BranchPoint::default())).unwrap(),
+            At::Latest
+        );
+        let lsn = BranchPoint {
+            lsn: Some("0/16B3748".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            branch_point(Some(&lsn)).unwrap(),
+            At::Lsn("0/16B3748".parse().unwrap())
+        );
+        let two = BranchPoint {
+            lsn: Some("0/1".into()),
+            snapshot: Some("s".into()),
+            ..Default::default()
+        };
+        assert!(branch_point(Some(&two)).is_err());
+    }
+
+    #[test]
+    fn sharing_by_name_and_by_selector() {
+        let mut parent = branch("prod", Default::default());
+        let labels = BTreeMap::from([("team".to_string(), "web".to_string())]);
+        assert!(parent_shares(&parent, "prod", &BTreeMap::new()));
+        assert!(!parent_shares(&parent, "dev", &labels));
+        parent.spec.sharing = Some(SharingSpec {
+            namespaces: vec!["dev".into()],
+            namespace_selector: None,
+        });
+        assert!(parent_shares(&parent, "dev", &BTreeMap::new()));
+        assert!(!parent_shares(&parent, "pr-1", &labels));
+        parent.spec.sharing = Some(SharingSpec {
+            namespaces: vec![],
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "team".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["web".into(), "api".into()]),
+                }]),
+                ..Default::default()
+            }),
+        });
+        assert!(parent_shares(&parent, "pr-1", &labels));
+        assert!(!parent_shares(&parent, "pr-1", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn selector_operators() {
+        let labels = BTreeMap::from([("a".to_string(), "1".to_string())]);
+        let req = |op: &str, values: Option<Vec<String>>| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "a".into(),
+                operator: op.into(),
+                values,
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        assert!(selector_matches(&req("Exists", None), &labels));
+        assert!(!selector_matches(&req("DoesNotExist", None), &labels));
+        assert!(!selector_matches(
+            &req("NotIn", Some(vec!["1".into()])),
+            &labels
+        ));
+        assert!(selector_matches(
+            &req("NotIn", Some(vec!["2".into()])),
+            &labels
+        ));
+        assert!(!selector_matches(&req("Bogus", None), &labels));
+    }
+}
