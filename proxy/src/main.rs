@@ -1,0 +1,285 @@
+//! `ramify-proxy`: the in-cluster Postgres front door of Ramify branches.
+#![forbid(unsafe_code)]
+
+mod metrics;
+mod operator;
+mod sync;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ramify_proxy::{Proxy, ProxyOptions};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::metrics::Endpoints;
+use crate::operator::{OperatorClient, OperatorControl};
+use crate::sync::{SyncStatus, Syncer};
+
+/// How long the metrics server may take to finish its open requests on shutdown.
+const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Ramify's in-cluster Postgres proxy: one port per branch, computes woken on connect.
+///
+/// Listens on one port per DatabaseBranch (its `status.proxyPort`, which the branch's
+/// Service's EndpointSlice points at). When a client connects, the proxy asks the
+/// operator to wake the branch's compute, then splices the connection to it; after the
+/// branch's idle time (`spec.compute.suspendAfter`) without clients it asks the operator
+/// to suspend the compute.
+///
+/// The routes (branch, port, idle time) come from the operator's `GET /v1/routes`,
+/// polled every --sync-interval. While the operator is unreachable the last known routes
+/// keep serving, and computes this proxy woke keep taking new clients. Errors reach
+/// clients as Postgres ErrorResponses (SQLSTATE 57P03), e.g.
+///   branch "dev/alice" is unavailable: the operator could not wake it: …
+///
+/// Every flag can also be set through the environment variable shown with it.
+///
+/// Example (as the Helm chart runs it):
+///   RAMIFY_PROXY_TOKEN=… ramify-proxy --operator-url http://ramify-operator.ramify-system.svc:8080
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Base URL of the operator's HTTP API: plain http, scheme, host and port only.
+    #[arg(long, env = "RAMIFY_OPERATOR_URL", value_name = "URL")]
+    operator_url: String,
+
+    /// Bearer token for the operator's API: the `token` key of the Secret the operator
+    /// creates (`ramify-proxy-token` by default). Prefer the environment variable:
+    /// command lines are visible to every process on the node. Never logged.
+    #[arg(
+        long,
+        env = "RAMIFY_PROXY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: String,
+
+    /// Address the per-branch listeners bind to (each on its branch's port, 20000-29999).
+    #[arg(
+        long,
+        env = "RAMIFY_LISTEN_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "IP"
+    )]
+    listen_address: IpAddr,
+
+    /// Address of the HTTP server with /metrics (Prometheus), /livez and /readyz (200
+    /// once the first route sync with the operator succeeded, 503 while shutting down).
+    #[arg(
+        long,
+        env = "RAMIFY_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090",
+        value_name = "ADDR"
+    )]
+    metrics_listen: SocketAddr,
+
+    /// How often to fetch the routes from the operator (e.g. 2s, 500ms). New branches
+    /// become reachable, and deleted ones stop, within about this long.
+    #[arg(long, env = "RAMIFY_SYNC_INTERVAL", default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
+    sync_interval: Duration,
+
+    /// How long a client waits for its branch's compute: a suspend in progress, then the
+    /// wake (Pod scheduling, image pull, Postgres start-up). The client then gets an
+    /// error; the operator goes on starting the compute for the next client.
+    #[arg(long, env = "RAMIFY_WAKE_TIMEOUT", default_value = "60s", value_parser = parse_interval, value_name = "DURATION")]
+    wake_timeout: Duration,
+
+    /// Log format: `text` for people, `json` for log pipelines. The level is set with
+    /// RUST_LOG (default `info`, e.g. RUST_LOG=ramify_proxy=debug).
+    #[arg(long, env = "RAMIFY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A positive duration like `2s`, `500ms` or `1m`.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: expected a duration like 2s, 500ms or 1m"))?;
+    if d.is_zero() {
+        return Err("must be more than 0 (e.g. 2s)".to_owned());
+    }
+    Ok(d)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in Pod logs.
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+}
+
+/// SIGTERM (Kubernetes stopping the Pod) and SIGINT (Ctrl-C).
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            return fail(&anyhow::Error::new(err).context("cannot start the async runtime"))
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// One clear line, in the log format chosen, and a non-zero exit.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    error!("{err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+
+    let client = OperatorClient::new(&args.operator_url, &args.token, args.wake_timeout)?;
+    let control = Arc::new(OperatorControl::new(client));
+    let proxy = Proxy::new(
+        control.clone(),
+        ProxyOptions {
+            wake_timeout: args.wake_timeout,
+            ..ProxyOptions::default()
+        },
+    );
+    let status = Arc::new(SyncStatus::default());
+
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--metrics-listen)",
+                args.metrics_listen
+            )
+        })?;
+    let endpoints = Arc::new(Endpoints {
+        proxy: proxy.clone(),
+        status: status.clone(),
+        control: control.clone(),
+    });
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(async move {
+        axum::serve(metrics_listener, metrics::router(endpoints))
+            .with_graceful_shutdown(async {
+                let _ = metrics_stopped.await;
+            })
+            .await
+    });
+    info!(
+        operator_url = %control.client().base(),
+        listen_address = %args.listen_address,
+        metrics_listen = %args.metrics_listen,
+        sync_interval = ?args.sync_interval,
+        wake_timeout = ?args.wake_timeout,
+        "ramify-proxy starting"
+    );
+
+    let mut syncer = Syncer::new(proxy, control, args.listen_address, status.clone());
+    let mut received = "";
+    syncer
+        .run(args.sync_interval, async {
+            received = signals.next().await;
+        })
+        .await;
+    status.begin_shutdown();
+    info!(
+        signal = received,
+        routes = status.routes().len(),
+        "shutting down: closing every route"
+    );
+    tokio::select! {
+        () = syncer.remove_all() => {}
+        second = signals.next() => {
+            warn!(signal = second, "second signal: exiting without waiting for routes to close");
+            std::process::exit(1);
+        }
+    }
+    let _ = stop_metrics.send(());
+    match tokio::time::timeout(METRICS_SHUTDOWN_GRACE, metrics_server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => warn!(error = %err, "metrics server failed"),
+        Ok(Err(err)) => warn!(error = %err, "metrics server task failed"),
+        Err(_) => warn!("metrics server did not finish within {METRICS_SHUTDOWN_GRACE:?}"),
+    }
+    info!("ramify-proxy stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn intervals_must_be_positive_durations() {
+        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = Args::try_parse_from([
+            "ramify-proxy",
+            "--operator-url",
+            "http://op:8080",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        assert_eq!(args.listen_address, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(args.metrics_listen, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(args.sync_interval, Duration::from_secs(2));
+        assert_eq!(args.wake_timeout, Duration::from_secs(60));
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+}
