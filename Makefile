@@ -41,3 +41,4 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+include charts/chart.mk
