@@ -457,6 +457,19 @@ async fn converge(
         None => ComputeState::Suspended,
     };
     set_compute(status, state, &plan);
+    // Ready means connectable: every proxy behind the Service must listen for the branch.
+    let waiting = ctx.proxies_without(&proxies, &format!("{ns}/{name}"));
+    if !waiting.is_empty() {
+        status.phase = Some(Phase::Creating);
+        return Err(wait(
+            "WaitingForProxy",
+            format!(
+                "waiting for proxy {} to route the branch",
+                waiting.join(", ")
+            ),
+            Duration::from_millis(500),
+        ));
+    }
     if !matches!(status.conditions.iter().find(|c| c.type_ == COMPUTE_READY), Some(c) if c.reason == "ComputeFailed" && state != ComputeState::Running)
     {
         let msg = match state {

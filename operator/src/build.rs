@@ -282,7 +282,8 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
     let pull = Some(cfg.compute_image_pull_policy.clone());
     // A new root's data directory is empty: initdb it once. The bootstrap superuser
     // `postgres` only logs in over the Unix socket (trust), which only uid 999 reaches;
-    // TCP needs a SCRAM password, and only the branch's own role has one.
+    // TCP, from any address (clients arrive through the proxy's Pod IP), needs a SCRAM
+    // password, and only the branch's own role has one. Forks inherit these rules.
     let initdb = Container {
         name: "initdb".into(),
         image: Some(cfg.compute_image.clone()),
@@ -290,7 +291,13 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            "test -f \"$PGDATA/PG_VERSION\" || exec initdb -D \"$PGDATA\" -U postgres --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --no-instructions".into(),
+            concat!(
+                "test -f \"$PGDATA/PG_VERSION\" && exit 0; ",
+                "initdb -D \"$PGDATA\" -U postgres --auth-local=trust --auth-host=scram-sha-256 ",
+                "--encoding=UTF8 --no-instructions ",
+                "&& echo 'host all all all scram-sha-256' >> \"$PGDATA/pg_hba.conf\""
+            )
+            .into(),
         ]),
         env: Some(env.clone()),
         volume_mounts: Some(mounts.clone()),
@@ -496,5 +503,235 @@ pub fn proxy_pod_ip(pod: &Pod) -> Option<String> {
     match pod_state(pod) {
         PodState::Ready(ip) => Some(ip),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+    use ramify_crd::DatabaseBranchSpec;
+
+    fn branch() -> DatabaseBranch {
+        let mut b = DatabaseBranch::new("alice", DatabaseBranchSpec::default());
+        b.metadata.namespace = Some("dev".into());
+        b.metadata.uid = Some("6d2f0b8e-0000-4000-8000-000000000001".into());
+        b
+    }
+
+    fn plan() -> BranchPlan {
+        BranchPlan {
+            name: "alice".into(),
+            namespace: "dev".into(),
+            uid: "6d2f0b8e-0000-4000-8000-000000000001".into(),
+            timeline_id: "6d2f0b8e-0000-4000-8000-000000000001".into(),
+            storage_node: "ramify-storage-0".into(),
+            parent_timeline: Some("tl-parent".into()),
+            user: "app".into(),
+            database: "app".into(),
+            proxy_port: 20042,
+            postgres_parameters: BTreeMap::from([("work_mem".into(), "64MB".into())]),
+            archive_command: "test ! -f ../wal/%f && cp %p ../wal/%f".into(),
+            resources: None,
+        }
+    }
+
+    #[test]
+    fn the_secret_holds_everything_a_client_needs() {
+        let cfg = Config::for_namespace("ramify-system");
+        let s = secret(&branch(), &plan(), "pw0123456789abcdefghijklmnopqrs", &cfg);
+        assert_eq!(s.metadata.name.as_deref(), Some("alice-postgres"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("dev"));
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("DatabaseBranch", "alice")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let d = s.string_data.unwrap();
+        assert_eq!(d["host"], "alice-postgres.dev.svc.cluster.local");
+        assert_eq!(d["port"], "5432");
+        assert_eq!(
+            d["uri"],
+            "postgresql://app:pw0123456789abcdefghijklmnopqrs@alice-postgres.dev.svc.cluster.local:5432/app"
+        );
+        assert_eq!(s.metadata.labels.unwrap()[LABEL_BRANCH_NAME], "alice");
+    }
+
+    #[test]
+    fn the_service_has_no_selector_and_its_slice_points_at_the_proxies() {
+        let svc = service(&branch(), &plan());
+        let spec = svc.spec.unwrap();
+        assert!(spec.selector.is_none());
+        assert_eq!(spec.ports.unwrap()[0].port, 5432);
+        let slice = endpoint_slice(
+            &branch(),
+            &plan(),
+            &["10.0.0.2".into(), "10.0.0.1".into(), "10.0.0.2".into()],
+        );
+        assert_eq!(
+            slice.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
+            "alice-postgres"
+        );
+        let eps = slice.endpoints.unwrap();
+        let ips: Vec<&str> = eps.iter().map(|e| e.addresses[0].as_str()).collect();
+        assert_eq!(ips, ["10.0.0.1", "10.0.0.2"]);
+        let port = &slice.ports.unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port),
+            (Some("postgres"), Some(20042))
+        );
+    }
+
+    #[test]
+    fn the_compute_pod_runs_stock_postgres_next_to_its_storage_node() {
+        let cfg = Config::for_namespace("ramify-system");
+        let pod = compute_pod(&plan(), &cfg).unwrap();
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("compute-6d2f0b8e-0000-4000-8000-000000000001")
+        );
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("ramify-system"));
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[LABEL_COMPONENT],
+            "compute"
+        );
+        let spec = pod.spec.unwrap();
+        // On the storage node's machine.
+        let term = &spec
+            .affinity
+            .unwrap()
+            .pod_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()[0];
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            term.label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["statefulset.kubernetes.io/pod-name"],
+            "ramify-storage-0"
+        );
+        // Its timeline directory of that node's claim.
+        let vol = &spec.volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "data-ramify-storage-0"
+        );
+        let pg = &spec.containers[0];
+        let mount = &pg.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            mount.sub_path.as_deref(),
+            Some("timelines/6d2f0b8e-0000-4000-8000-000000000001")
+        );
+        assert_eq!(mount.mount_path, TIMELINE_MOUNT);
+        // Ramify's settings and the user's as arguments.
+        let args = pg.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.starts_with("-D /var/lib/ramify/timeline/pgdata "),
+            "{args}"
+        );
+        assert!(
+            args.contains("-c unix_socket_directories=/var/lib/ramify/timeline/run"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-c archive_command=test ! -f ../wal/%f"),
+            "{args}"
+        );
+        assert!(args.contains("-c work_mem=64MB"), "{args}");
+        // Restricted profile.
+        let psc = spec.security_context.unwrap();
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user),
+            (Some(true), Some(999))
+        );
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for c in spec
+            .init_containers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .chain(&spec.containers)
+        {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+        }
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        // A new root is initialised once, reachable over TCP with a password only.
+        let init = spec.init_containers.unwrap()[0]
+            .command
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(
+            init.contains("test -f \"$PGDATA/PG_VERSION\" && exit 0"),
+            "{init}"
+        );
+        assert!(init.contains("host all all all scram-sha-256"), "{init}");
+        assert!(
+            pg.lifecycle.as_ref().unwrap().pre_stop.is_some(),
+            "suspend is a fast shutdown"
+        );
+    }
+
+    #[test]
+    fn reserved_parameters_are_refused_by_the_builder_too() {
+        let cfg = Config::for_namespace("ramify-system");
+        let mut p = plan();
+        p.postgres_parameters
+            .insert("archive_command".into(), "true".into());
+        assert!(compute_pod(&p, &cfg).is_err());
+    }
+
+    fn pod_with(status: PodStatus) -> Pod {
+        Pod {
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_states() {
+        assert_eq!(pod_state(&Pod::default()), PodState::Starting);
+        let ready = pod_with(PodStatus {
+            pod_ip: Some("10.1.1.1".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_eq!(pod_state(&ready), PodState::Ready("10.1.1.1".into()));
+        let pulling = pod_with(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "postgres".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ErrImagePull".into()),
+                        message: Some("not found".into()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(matches!(pod_state(&pulling), PodState::Broken(m) if m.contains("ErrImagePull")));
+        let failed = pod_with(PodStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        });
+        assert!(matches!(pod_state(&failed), PodState::Broken(_)));
     }
 }

@@ -29,6 +29,8 @@ pub struct Context {
     storage: Mutex<HashMap<String, StorageClient>>,
     /// Each timeline's `archive_command`, as its storage node reported it.
     archive_commands: Mutex<HashMap<String, String>>,
+    /// Per proxy Pod IP, the branches (`ns/name`) of the route table it last fetched.
+    proxy_routes: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Consecutive reconcile failures per branch.
     pub backoff: crate::branch::Backoff,
     /// Becomes true when the controller's first list of branches arrived.
@@ -61,6 +63,7 @@ impl Context {
             proxy_token,
             storage: Mutex::new(HashMap::new()),
             archive_commands: Mutex::new(HashMap::new()),
+            proxy_routes: Mutex::new(HashMap::new()),
             backoff: Default::default(),
             synced,
         }
@@ -91,6 +94,25 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .get(timeline_id)
             .cloned()
+    }
+
+    /// Records the route table a proxy fetched.
+    pub fn proxy_fetched(&self, ip: std::net::IpAddr, branches: BTreeSet<String>) {
+        self.proxy_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip.to_string(), branches);
+    }
+
+    /// The proxies (by IP) among `proxies` that have not fetched a route table with
+    /// `branch` (`ns/name`) yet.
+    pub fn proxies_without(&self, proxies: &[String], branch: &str) -> Vec<String> {
+        let seen = self.proxy_routes.lock().unwrap_or_else(|p| p.into_inner());
+        proxies
+            .iter()
+            .filter(|ip| !seen.get(*ip).is_some_and(|b| b.contains(branch)))
+            .cloned()
+            .collect()
     }
 
     /// Proxy ports every branch's status holds.

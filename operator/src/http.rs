@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -139,17 +141,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Branches the proxy should listen for: created, credentials set, not being deleted.
+/// Branches the proxy should listen for: with a timeline and a port, not being deleted.
+/// Listed while still being created, so every proxy listens before the branch is Ready
+/// (a client arriving earlier is told the branch is still being created).
 pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) -> Vec<RouteInfo> {
     let mut out: Vec<RouteInfo> = branches
         .iter()
         .filter(|b| b.metadata.deletion_timestamp.is_none())
         .filter_map(|b| {
             let st = b.status.as_ref()?;
-            let tl = st.timeline.as_ref()?;
-            if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
-                return None;
-            }
+            st.timeline.as_ref()?;
             let port = u16::try_from(st.proxy_port?).ok()?;
             let suspend = match b
                 .spec
@@ -171,13 +172,16 @@ pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) 
     out
 }
 
-async fn routes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn routes(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
-    Ok(Json(route_table(
-        &ctx.branches.state(),
-        ctx.config.default_suspend_after,
-    ))
-    .into_response())
+    let table = route_table(&ctx.branches.state(), ctx.config.default_suspend_after);
+    // What this proxy now routes: a branch is Ready only once every proxy does.
+    ctx.proxy_fetched(peer.ip(), table.iter().map(|r| r.branch.clone()).collect());
+    Ok(Json(table).into_response())
 }
 
 /// The plan of a created branch, for starting its compute.
@@ -198,6 +202,9 @@ async fn plan_of(ctx: &Context, ns: &str, name: &str) -> Result<BranchPlan, Http
     };
     let st = b.status.as_ref().ok_or_else(not_ready)?;
     let tl = st.timeline.clone().ok_or_else(not_ready)?;
+    if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
+        return Err(not_ready());
+    }
     let port = st
         .proxy_port
         .and_then(|p| u16::try_from(p).ok())
@@ -316,7 +323,6 @@ mod tests {
             &[
                 branch("b", Some(20001), true, Some("0s")),
                 branch("a", Some(20000), true, None),
-                branch("creating", Some(20002), false, None),
                 branch("no-port", None, true, None),
             ],
             Duration::from_secs(300),

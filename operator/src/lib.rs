@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
 use ramify_crd::DatabaseBranch;
-use tracing::debug;
+use tracing::warn;
 
 use crate::build::{COMPONENT_COMPUTE, LABEL_COMPONENT};
 use crate::config::Config;
@@ -56,8 +56,22 @@ pub async fn run_controller(
     on_context(Arc::clone(&ctx));
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            let _ = synced_tx.send(true);
+        // The store's readiness future wakes only its latest poller, and the controller
+        // polls it too: ask again every 100 ms instead of waiting for a wake-up.
+        loop {
+            let wait = ready_store.wait_until_ready();
+            match tokio::time::timeout(std::time::Duration::from_millis(100), wait).await {
+                Ok(Ok(())) => {
+                    tracing::info!(branches = ready_store.state().len(), "branch watch synced");
+                    let _ = synced_tx.send(true);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "branch watch stopped before it synced");
+                    return;
+                }
+                Err(_) => {}
+            }
         }
     });
     let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
@@ -81,8 +95,11 @@ pub async fn run_controller(
         .shutdown_on_signal()
         .run(branch::reconcile, branch::error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "reconcile trigger failed");
+            match res {
+                // Reconcile failures are reported by error_policy (log, metric, Event).
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "controller error"),
+                Ok(_) => {}
             }
         })
         .await;

@@ -39,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
     info!(listen = %config.listen, namespace = %config.namespace, "ramify-operator starting");
     let router = http::router(state.clone());
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             error!(error = %e, "HTTP server failed");
         }
     });

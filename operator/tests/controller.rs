@@ -328,6 +328,7 @@ async fn branches_on_a_real_api_server() {
     let mut config = Config::for_namespace(STORAGE_NS);
     config.storage_url = Some(fake_storage(Arc::clone(&storage)).await);
     play_kubelet(client.clone());
+    let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel();
     {
         let client = client.clone();
         tokio::spawn(async move {
@@ -336,11 +337,21 @@ async fn branches_on_a_real_api_server() {
                 config,
                 Arc::new(Metrics::default()),
                 "t".repeat(40),
-                |_| {},
+                |ctx| {
+                    let _ = ctx_tx.send(ctx);
+                },
             )
             .await;
         });
     }
+    // The operator reports ready (/readyz) once its first list of branches arrived.
+    let ctx = ctx_rx.await.unwrap();
+    eventually(
+        "the branch watch synced",
+        Duration::from_secs(20),
+        || async { ctx.synced.borrow().then_some(()) },
+    )
+    .await;
 
     // CEL in the CRD schema: the API server itself refuses what cannot make sense.
     let err = apply_branch(

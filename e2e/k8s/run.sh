@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Ramify's end-to-end scenario on a real Kubernetes cluster ($KUBECONFIG): install the
+# charts, a root branch with data, a child branch in another namespace with its Secret
+# and Service, psql through the Service from a Pod and from outside by port-forward,
+# suspend and wake, delete everything and check the storage was freed. Prints the time
+# of every step. Leaves nothing behind (also on failure).
+#
+# usage: e2e/k8s/run.sh
+#   KUBECONFIG      the cluster (required; the test is skipped with a notice without it)
+#   KUBECTL         kubectl binary (default: kubectl on PATH, then /var/tmp/ramify-k8s/bin)
+#   VALUES          chart values file (default: charts/ramify/ci/test-cluster-values.yaml,
+#                   the images the project's test cluster imports)
+#   STORAGE_CLASS   StorageClass of the storage node's volume (default ramify-xfs; use an
+#                   XFS-backed class on kind/k3d, see e2e/k8s/README.md)
+#   PYTHON          Python with helm-python-sdk (default target/pyenv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ -z "${KUBECONFIG:-}" ]; then
+  echo "SKIPPED e2e/k8s: \$KUBECONFIG is not set (point it at a cluster, or run 'make test' as root to use the project's own)"
+  exit 0
+fi
+KUBECTL="${KUBECTL:-$(command -v kubectl || echo /var/tmp/ramify-k8s/bin/kubectl)}"
+PYTHON="${PYTHON:-target/pyenv/bin/python}"
+VALUES="${VALUES:-charts/ramify/ci/test-cluster-values.yaml}"
+STORAGE_CLASS="${STORAGE_CLASS:-ramify-xfs}"
+RUN="$(printf '%04x' $((RANDOM)))"
+SYS="ramify-e2e-$RUN"
+NS_A="e2e-main-$RUN"
+NS_B="e2e-dev-$RUN"
+WORK="$(mktemp -d)"
+PF_PID=""
+
+k() { "$KUBECTL" "$@"; }
+t0=$(date +%s.%N)
+step_start=$t0
+declare -a TIMES=()
+step() {
+  local now
+  now=$(date +%s.%N)
+  if [ -n "${STEP_NAME:-}" ]; then
+    TIMES+=("$(printf '%-58s %7.2f s' "$STEP_NAME" "$(echo "$now - $step_start" | bc)")")
+  fi
+  STEP_NAME="$1"
+  step_start=$now
+  echo "==> $1"
+}
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  set +e
+  [ -n "$PF_PID" ] && kill "$PF_PID" 2>/dev/null
+  if [ $rc -ne 0 ]; then
+    echo "--- diagnostics (exit $rc) ---" >&2
+    k get databasebranches -A -o wide >&2
+    k get pods -A -o wide >&2
+    k -n "$SYS" logs deploy/ramify-operator --tail=60 >&2
+    k -n "$SYS" logs deploy/ramify-proxy --tail=30 >&2
+    k -n "$SYS" logs statefulset/ramify-storage --tail=30 >&2
+    k get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -30 >&2
+  fi
+  # Branches first (their finalizers need the operator), then everything else.
+  k delete databasebranches --all -n "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete databasebranches --all -n "$NS_A" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete ns "$NS_A" "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
+  if [ -f "$WORK/ramify.yaml" ]; then
+    k delete -f "$WORK/ramify.yaml" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1
+  fi
+  k delete ns "$SYS" --wait=true --timeout=180s >/dev/null 2>&1
+  # Released local volumes go back to Available for the next run.
+  for pv in $(k get pv -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}' 2>/dev/null); do
+    k patch pv "$pv" --type=json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null 2>&1
+  done
+  rm -rf "$WORK"
+  exit $rc
+}
+trap cleanup EXIT
+
+# Waits until `kubectl get ... -o jsonpath=$2` prints $3 (an extended regex), up to $4 s.
+wait_for() {
+  local what="$1" path="$2" want="$3" timeout="$4"; shift 4
+  local deadline=$(( $(date +%s) + timeout )) got=""
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    got="$(k get "$@" -o "jsonpath=$path" 2>/dev/null || true)"
+    if echo "$got" | grep -Eq "$want"; then return 0; fi
+    sleep 0.5
+  done
+  fail "$what: wanted /$want/, last saw '$got'"
+}
+
+psql_in() { # namespace sql...: psql through the branch's Service from the client Pod
+  local ns="$1"; shift
+  k -n "$ns" exec psql -- psql -X -q -At -v ON_ERROR_STOP=1 "$@"
+}
+
+client_pod() { # namespace branch: a psql Pod reading the branch's connection Secret
+  cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: psql, namespace: $1}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 999
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+    - name: psql
+      image: $(compute_image)
+      imagePullPolicy: $(pull_policy)
+      command: ["sleep", "3600"]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      env:
+        - {name: PGHOST, valueFrom: {secretKeyRef: {name: $2-postgres, key: host}}}
+        - {name: PGPORT, valueFrom: {secretKeyRef: {name: $2-postgres, key: port}}}
+        - {name: PGUSER, valueFrom: {secretKeyRef: {name: $2-postgres, key: user}}}
+        - {name: PGPASSWORD, valueFrom: {secretKeyRef: {name: $2-postgres, key: password}}}
+        - {name: PGDATABASE, valueFrom: {secretKeyRef: {name: $2-postgres, key: database}}}
+EOF
+  k -n "$1" wait --for=condition=Ready pod/psql --timeout=120s >/dev/null
+}
+
+compute_image() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('image') or 'postgres:15')"; }
+pull_policy() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('pullPolicy') or 'IfNotPresent')"; }
+
+storage_status() { # GET /v1/status of storage node 0, through the API server's proxy
+  k get --raw "/api/v1/namespaces/$SYS/pods/ramify-storage-0:7070/proxy/v1/status"
+}
+
+step "install CRDs (server-side apply) and wait until established"
+"$PYTHON" e2e/k8s/render.py charts/ramify-crds "$SYS" > "$WORK/crds.yaml"
+k apply --server-side --force-conflicts -f "$WORK/crds.yaml" >/dev/null
+k wait --for=condition=Established crd/databasebranches.ramify.dev crd/timelines.ramify.dev --timeout=60s >/dev/null
+
+step "install the ramify chart into $SYS and wait for operator, storage, proxy"
+k create namespace "$SYS" >/dev/null
+k label namespace "$SYS" pod-security.kubernetes.io/enforce=restricted >/dev/null
+"$PYTHON" e2e/k8s/render.py charts/ramify "$SYS" --values "$VALUES" \
+  --set "storage.storageClassName=$STORAGE_CLASS" --set storage.replicas=1 > "$WORK/ramify.yaml"
+k apply --server-side -n "$SYS" -f "$WORK/ramify.yaml" >/dev/null
+k -n "$SYS" rollout status statefulset/ramify-storage --timeout=180s >/dev/null
+k -n "$SYS" rollout status deploy/ramify-operator --timeout=180s >/dev/null
+k -n "$SYS" rollout status deploy/ramify-proxy --timeout=180s >/dev/null
+BASE_USED=$(storage_status | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])')
+CLONE=$(storage_status | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["clone_method"])')
+echo "    storage node clone method: $CLONE"
+
+step "CEL: the API server refuses an invalid DatabaseBranch"
+k create namespace "$NS_A" >/dev/null
+k create namespace "$NS_B" >/dev/null
+if out=$(cat <<EOF | k apply -f - 2>&1
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: invalid, namespace: $NS_A}
+spec: {at: {lsn: "0/10"}}
+EOF
+); then fail "an 'at' without 'parent' was accepted"; fi
+echo "$out" | grep -q "spec.at needs spec.parent" || fail "unexpected rejection: $out"
+
+step "create root branch main and wait until Ready"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: main, namespace: $NS_A}
+spec:
+  compute: {suspendAfter: 10m}
+  sharing: {namespaces: [$NS_B]}
+EOF
+k -n "$NS_A" wait --for=condition=Ready databasebranch/main --timeout=240s >/dev/null
+
+step "load data into main from a Pod through its Service"
+client_pod "$NS_A" main
+psql_in "$NS_A" -c "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50000) g;"
+[ "$(psql_in "$NS_A" -c 'SELECT count(*) FROM items')" = 50000 ] || fail "main does not hold 50000 rows"
+
+step "create child branch alice in namespace $NS_B and wait until Ready"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: alice, namespace: $NS_B}
+spec:
+  parent: {name: main, namespace: $NS_A}
+  compute: {suspendAfter: 15s}
+EOF
+k -n "$NS_B" wait --for=condition=Ready databasebranch/alice --timeout=240s >/dev/null
+k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.uri}' | base64 -d | grep -q "^postgresql://app:.*@alice-postgres.$NS_B.svc" \
+  || fail "alice's Secret has no proper uri"
+k -n "$NS_B" get service alice-postgres >/dev/null
+FORK_LSN=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.forkLsn}')
+echo "    alice forked at $FORK_LSN"
+
+step "alice has main's data; her writes stay hers (psql from a Pod)"
+client_pod "$NS_B" alice
+[ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items')" = 50000 ] || fail "alice does not see main's rows"
+psql_in "$NS_B" -c "DELETE FROM items WHERE id <= 1000; INSERT INTO items VALUES (100001, 'alice only');"
+[ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items')" = 49001 ] || fail "alice's writes are not visible to alice"
+[ "$(psql_in "$NS_A" -c 'SELECT count(*) FROM items')" = 50000 ] || fail "alice's writes leaked into main"
+MAIN_PW=$(k -n "$NS_A" get secret main-postgres -o jsonpath='{.data.password}' | base64 -d)
+if k -n "$NS_B" exec psql -- env PGPASSWORD="$MAIN_PW" psql -X -At -c 'SELECT 1' >/dev/null 2>&1; then
+  fail "main's password opens alice"
+fi
+
+step "psql from outside the cluster through kubectl port-forward"
+PORT=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.proxyPort}')
+PROXY_POD=$(k -n "$SYS" get pods -l app.kubernetes.io/component=proxy -o jsonpath='{.items[0].metadata.name}')
+LOCAL_PORT=$(( 30000 + RANDOM % 20000 ))
+k -n "$SYS" port-forward "pod/$PROXY_POD" "$LOCAL_PORT:$PORT" >"$WORK/pf.log" 2>&1 &
+PF_PID=$!
+ALICE_PW=$(k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.password}' | base64 -d)
+ok=""
+for _ in $(seq 1 40); do
+  if got=$(PGPASSWORD="$ALICE_PW" psql -X -At -h 127.0.0.1 -p "$LOCAL_PORT" -U app -d app -c 'SELECT count(*) FROM items' 2>/dev/null); then
+    ok=1; break
+  fi
+  sleep 0.25
+done
+[ -n "$ok" ] && [ "$got" = 49001 ] || fail "port-forward psql failed: $(cat "$WORK/pf.log")"
+kill "$PF_PID"; PF_PID=""
+
+step "alice suspends after 15 s idle (compute Pod deleted)"
+k -n "$NS_B" delete pod psql --wait=false >/dev/null
+wait_for "alice suspended" '{.status.compute.state}' '^Suspended$' 90 -n "$NS_B" databasebranch alice
+[ -z "$(k -n "$SYS" get pods -l "ramify.dev/branch-name=alice,ramify.dev/branch-namespace=$NS_B" -o name)" ] \
+  || fail "alice's compute Pod still exists"
+
+step "a connection wakes alice (time to first query result)"
+client_pod "$NS_B" alice
+wake_start=$(date +%s.%N)
+[ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items')" = 49001 ] || fail "alice lost data across suspend"
+WAKE_S=$(echo "$(date +%s.%N) - $wake_start" | bc)
+printf '    woke and answered in %.2f s\n' "$WAKE_S"
+wait_for "alice running" '{.status.compute.state}' '^Running$' 30 -n "$NS_B" databasebranch alice
+
+step "deleting main while alice exists is refused with a condition"
+k -n "$NS_A" delete databasebranch main --wait=false >/dev/null
+wait_for "main blocked by its child" '{.status.conditions[?(@.type=="Ready")].reason}' '^HasChildren$' 60 -n "$NS_A" databasebranch main
+k -n "$NS_A" get databasebranch main -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' | grep -q "$NS_B/alice" \
+  || fail "the HasChildren condition does not name alice"
+
+step "delete alice, then main follows; storage freed"
+k -n "$NS_B" delete pod psql --wait=false >/dev/null
+k -n "$NS_A" delete pod psql --wait=false >/dev/null
+k -n "$NS_B" delete databasebranch alice --timeout=120s >/dev/null
+k -n "$NS_A" wait --for=delete databasebranch/main --timeout=120s >/dev/null 2>&1 || true
+[ -z "$(k -n "$NS_A" get databasebranch -o name)" ] || fail "main was not deleted after its child"
+[ -z "$(k -n "$SYS" get timelines.ramify.dev -o name)" ] || fail "Timeline objects left"
+[ -z "$(k -n "$SYS" get pods -l app.kubernetes.io/component=compute -o name)" ] || fail "compute Pods left"
+[ -z "$(k -n "$NS_B" get secret alice-postgres --ignore-not-found -o name)" ] || fail "alice's Secret left"
+STATUS=$(storage_status)
+TL_LEFT=$(echo "$STATUS" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["timelines"])')
+USED=$(echo "$STATUS" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])')
+[ "$TL_LEFT" = 0 ] || fail "$TL_LEFT timelines left on the storage node"
+# Everything the branches wrote is gone again (8 MiB of slack for filesystem metadata).
+[ "$USED" -le $((BASE_USED + 8 * 1024 * 1024)) ] || fail "storage not freed: used $USED bytes, $BASE_USED before"
+printf '    storage used: %d MiB before, %d MiB after\n' $((BASE_USED >> 20)) $((USED >> 20))
+
+step "done"
+echo
+echo "e2e/k8s timings:"
+printf '  %s\n' "${TIMES[@]}"
+printf '  %-58s %7.2f s\n' "total" "$(echo "$(date +%s.%N) - $t0" | bc)"
+echo "PASS e2e/k8s"
