@@ -1,13 +1,14 @@
 # Ramify: the two commands of the README, plus the pieces they are made of.
 #   make demo   build, install what is missing, run the end-to-end demo
-#   make test   same set-up, then fmt check, clippy and the whole test suite
+#   make test   same set-up, then fmt check, clippy and the whole test suite (as root also
+#               the Kubernetes tests: a real API server, and the single-node test cluster)
 #   make bench  the benchmarks that back every speed and size claim (prints tables)
 
 CARGO ?= cargo
 # Heavy tests run real Postgres servers; two at a time is what two cores allow.
 TEST_THREADS ?= 2
 
-.PHONY: all deps build demo test lint fmt-check clippy unit bench clean
+.PHONY: all deps build demo test lint fmt-check clippy unit bench clean crds-check k8s-binaries
 
 all: build
 
@@ -29,10 +30,26 @@ clippy:
 
 lint: fmt-check clippy
 
-test: deps lint
-	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+# The Kubernetes binaries (kube-apiserver, etcd, ... built from source by e2e/cluster)
+# serve the controller test and the test cluster; built only as root, which installing
+# the cluster's Debian packages needs. When they exist the controller test must run.
+K8S_BIN ?= /var/tmp/ramify-k8s/bin
+
+test: deps lint crds-check chart-test k8s-binaries
+	RAMIFY_REQUIRE_K8S=$$([ -x $(K8S_BIN)/kube-apiserver ] && [ -x $(K8S_BIN)/etcd ] && echo 1) \
+	  $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 	$(CARGO) build -p ramify-cli
 	bash e2e/local/run.sh target/debug/ramify
+	CARGO="$(CARGO)" bash e2e/k8s/make-test.sh
+
+# The CRD YAML in crds/ and charts/ramify-crds must be what the Rust types generate.
+crds-check:
+	$(CARGO) run -q -p ramify-crd --bin crdgen -- --check
+
+k8s-binaries:
+	@if [ "$$(id -u)" = 0 ]; then bash e2e/cluster/build.sh; \
+	else echo "note: not root, so the Kubernetes binaries are not built (make cluster-build as root);"; \
+	  echo "      the controller test against a real API server and the test cluster are skipped"; fi
 
 bench: deps
 	$(CARGO) bench -p ramify-storage --bench fork
@@ -41,4 +58,6 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+include e2e/cluster/cluster.mk
+
 include charts/chart.mk

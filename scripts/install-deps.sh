@@ -15,6 +15,8 @@ need_cmd() { # command package
 need_cmd mkfs.xfs xfsprogs
 need_cmd losetup mount
 need_cmd curl curl
+need_cmd openssl openssl
+need_cmd bc bc
 need_cmd psql postgresql-client-${PG_MAJOR}
 
 # Deduplicate.

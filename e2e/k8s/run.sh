@@ -218,7 +218,7 @@ done
 kill "$PF_PID"; PF_PID=""
 
 step "alice suspends after 15 s idle (compute Pod deleted)"
-k -n "$NS_B" delete pod psql --wait=false >/dev/null
+k -n "$NS_B" delete pod psql --wait=true --timeout=60s >/dev/null
 wait_for "alice suspended" '{.status.compute.state}' '^Suspended$' 90 -n "$NS_B" databasebranch alice
 [ -z "$(k -n "$SYS" get pods -l "ramify.dev/branch-name=alice,ramify.dev/branch-namespace=$NS_B" -o name)" ] \
   || fail "alice's compute Pod still exists"

@@ -292,7 +292,7 @@ async fn wait_condition(client: &Client, ns: &str, name: &str, reason: &str) -> 
 async fn branches_on_a_real_api_server() {
     if let Err(e) = ApiServer::available() {
         assert!(
-            std::env::var("RAMIFY_REQUIRE_K8S").is_err(),
+            std::env::var("RAMIFY_REQUIRE_K8S").as_deref() != Ok("1"),
             "RAMIFY_REQUIRE_K8S is set but: {e}"
         );
         eprintln!("SKIPPED branches_on_a_real_api_server: {e}");
