@@ -805,11 +805,7 @@ async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
             for c in &children {
                 let api: Api<DatabaseBranch> =
                     Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-                match api.delete(&c.name_any(), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_if_exists(&api, &c.name_any()).await?;
             }
             return Err(Error::HasChildren(format!(
                 "deleting child branches first: {}",
@@ -854,38 +850,23 @@ async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    let dp = DeleteParams::default();
-    let ignore_missing = |r: Result<_, kube::Error>| match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    };
-    let cfg = &ctx.config;
-    ignore_missing(
-        Api::<Timeline>::namespaced(ctx.client.clone(), &cfg.namespace)
-            .delete(&build::timeline_name(&timeline_id), &dp)
-            .await
-            .map(|_| ()),
-    )?;
+    let client = &ctx.client;
+    let storage_ns = &ctx.config.namespace;
+    let tl_name = build::timeline_name(&timeline_id);
     let conn = build::connection_name(&name);
-    ignore_missing(
-        Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-            .delete(&build::endpoint_slice_name(&name), &dp)
-            .await
-            .map(|_| ()),
-    )?;
-    ignore_missing(
-        Api::<Service>::namespaced(ctx.client.clone(), &ns)
-            .delete(&conn, &dp)
-            .await
-            .map(|_| ()),
-    )?;
-    ignore_missing(
-        Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .delete(&conn, &dp)
-            .await
-            .map(|_| ()),
-    )?;
+    delete_if_exists(
+        &Api::<Timeline>::namespaced(client.clone(), storage_ns),
+        &tl_name,
+    )
+    .await?;
+    let slice = build::endpoint_slice_name(&name);
+    delete_if_exists(
+        &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
+        &slice,
+    )
+    .await?;
+    delete_if_exists(&Api::<Service>::namespaced(client.clone(), &ns), &conn).await?;
+    delete_if_exists(&Api::<Secret>::namespaced(client.clone(), &ns), &conn).await?;
     publish(
         ctx,
         b,
@@ -896,6 +877,18 @@ async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
     .await;
     info!("branch deleted");
     Ok(Action::await_change())
+}
+
+/// Deletes an object; one already gone is fine.
+pub async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Labels of a compute Pod → the branch it serves (for the controller's watch).
