@@ -184,8 +184,10 @@ setup_network() {
   ip addr add "$NODE_IP/32" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   ip route add "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
-  # Routed because kube-proxy DNATs a Pod's Service traffic back onto the bridge.
-  sysctl -qw net.ipv4.ip_forward=1
+  # Routed because kube-proxy DNATs a Pod's Service traffic back onto the bridge; and
+  # bridged traffic must see iptables, or the reply of a Pod to another Pod on the bridge
+  # that reached it through a Service would skip the un-DNAT.
+  sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
   # Pods may talk to Pods, Services and the node, nothing else: without this their
   # packets would be forwarded out of the machine's interface with Pod source addresses.
   iptables -t raw -N RAMIFY-ISOLATE

@@ -64,6 +64,8 @@ cleanup() {
   k delete databasebranches --all -n "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_A" --wait=true --timeout=120s >/dev/null 2>&1
   k delete ns "$NS_A" "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete validatingadmissionpolicybinding "ramify-e2e-$RUN" --ignore-not-found >/dev/null 2>&1
+  k delete validatingadmissionpolicy "ramify-e2e-$RUN" --ignore-not-found >/dev/null 2>&1
   if [ -f "$WORK/ramify.yaml" ]; then
     k delete -f "$WORK/ramify.yaml" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1
   fi
@@ -156,6 +158,45 @@ spec: {at: {lsn: "0/10"}}
 EOF
 ); then fail "an 'at' without 'parent' was accepted"; fi
 echo "$out" | grep -q "spec.at needs spec.parent" || fail "unexpected rejection: $out"
+
+step "ValidatingAdmissionPolicy: the API server enforces a CEL policy on DatabaseBranch"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: ramify-e2e-$RUN}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {apiGroups: [ramify.dev], apiVersions: [v1alpha1], operations: [CREATE], resources: [databasebranches]}
+  validations:
+    - expression: "!has(object.metadata.labels) || !('e2e-deny' in object.metadata.labels)"
+      message: denied by the e2e policy
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: ramify-e2e-$RUN}
+spec:
+  policyName: ramify-e2e-$RUN
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: $NS_A}}
+EOF
+denied=""
+for _ in $(seq 1 40); do # the policy takes effect once the API server compiled it
+  if out=$(cat <<EOF | k apply --dry-run=server -f - 2>&1
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: denied, namespace: $NS_A, labels: {e2e-deny: "yes"}}
+spec: {}
+EOF
+  ); then sleep 0.25; continue; fi
+  echo "$out" | grep -q "denied by the e2e policy" || fail "unexpected rejection: $out"
+  denied=1; break
+done
+[ -n "$denied" ] || fail "the ValidatingAdmissionPolicy never denied"
+k delete validatingadmissionpolicybinding "ramify-e2e-$RUN" >/dev/null
+k delete validatingadmissionpolicy "ramify-e2e-$RUN" >/dev/null
 
 step "create root branch main and wait until Ready"
 cat <<EOF | k apply -f - >/dev/null
