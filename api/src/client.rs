@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::timeline::{
-    ApiError, CreateSnapshot, CreateTimeline, Credentials, NodeStatus, SnapshotInfo, TimelineId,
-    TimelineInfo,
+    ApiError, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, NodeStatus,
+    RestorePointInfo, SnapshotInfo, TimelineId, TimelineInfo,
 };
 
 /// Why a call failed: the node said no (with its code and message), or it could not be reached.
@@ -184,6 +184,16 @@ impl StorageClient {
         self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/timelines/{id}/restore-points`: needs the timeline's compute running.
+    pub async fn create_restore_point(
+        &self,
+        id: TimelineId,
+        req: &CreateRestorePoint,
+    ) -> Result<RestorePointInfo, ClientError> {
+        let path = format!("/v1/timelines/{id}/restore-points");
+        Ok(self.call(Method::POST, &path, Some(req)).await?.1)
     }
 
     /// `PUT /v1/timelines/{id}/credentials`: needs the timeline's compute running.

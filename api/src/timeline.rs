@@ -171,6 +171,37 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
+/// Body of `POST /v1/timelines/{id}/restore-points`: write a named restore point into
+/// the running compute's WAL (a checkpoint of the branch, in Ramify's words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRestorePoint {
+    /// Label of the restore point (same rules as a snapshot name).
+    pub name: String,
+    /// Also start a snapshot (in the background) when at least this much WAL was written
+    /// since the newest snapshot, so forks at this point replay little WAL. Absent or 0:
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_wal_bytes: Option<u64>,
+}
+
+/// A restore point written by `POST /v1/timelines/{id}/restore-points`: fork at `lsn` to
+/// get the timeline exactly as it was when the point was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePointInfo {
+    /// Its label.
+    pub name: String,
+    /// Position of the restore point record (durably flushed when this answer is sent).
+    pub lsn: Lsn,
+    /// The compute's clock when the point was written.
+    pub time: DateTime<Utc>,
+    /// WAL written since the newest snapshot's end.
+    pub wal_since_snapshot: u64,
+    /// Name of the snapshot started in the background because of `snapshot_wal_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
 /// Body of `PUT /v1/timelines/{id}/credentials`: the login role and database a branch's
 /// connection string names. The node creates the role (or resets its password: a fork
 /// inherits its parent's role) and the database when missing, so the call is idempotent.

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use ramify_api::{ApiError, CreateSnapshot, CreateTimeline, Credentials, TimelineId};
+use ramify_api::{
+    ApiError, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, TimelineId,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -89,6 +91,10 @@ pub fn router(node: AppState) -> Router {
         .route("/v1/timelines/{id}", get(get_one).delete(delete_one))
         .route("/v1/timelines/{id}/credentials", put(set_credentials))
         .route(
+            "/v1/timelines/{id}/restore-points",
+            axum::routing::post(create_restore_point),
+        )
+        .route(
             "/v1/timelines/{id}/snapshots",
             get(list_snapshots).post(create_snapshot),
         )
@@ -160,6 +166,17 @@ async fn create_snapshot(
     let req: CreateSnapshot = parse_json(&body)?;
     let s = node.create_snapshot(id, &req.name).await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
+}
+
+async fn create_restore_point(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let req: CreateRestorePoint = parse_json(&body)?;
+    let p = node.create_restore_point(id, &req).await?;
+    Ok((StatusCode::CREATED, Json(p)).into_response())
 }
 
 async fn set_credentials(

@@ -121,6 +121,27 @@ pub async fn mark_and_flush(c: &Client, label: &str) -> Result<Lsn, ControlError
     flush_lsn(c).await
 }
 
+/// Writes the restore point `label` and commits a transaction with an xid after it, so
+/// the point is durably flushed (a crash cannot take it back and let later WAL reuse its
+/// position) and a record follows it for recovery to stop after. Returns the restore
+/// point's position and the compute's clock at that moment.
+pub async fn restore_point(c: &Client, label: &str) -> Result<(Lsn, DateTime<Utc>), ControlError> {
+    let what = "restore point";
+    let q = |source| ControlError::Query { what, source };
+    c.batch_execute("BEGIN").await.map_err(q)?;
+    let row = c
+        .query_one(
+            "SELECT pg_create_restore_point($1)::text, clock_timestamp(), pg_current_xact_id()::text",
+            &[&label],
+        )
+        .await
+        .map_err(q)?;
+    c.batch_execute("COMMIT").await.map_err(q)?;
+    let lsn: String = row.try_get(0).map_err(q)?;
+    let time: DateTime<Utc> = row.try_get(1).map_err(q)?;
+    Ok((parse_lsn("restore point LSN", lsn)?, time))
+}
+
 /// Makes `user` a login role with `password` (creating it, or resetting the password of
 /// the role a fork inherited from its parent) and `database` a database it owns.
 /// The names must be validated identifiers and the password free of quotes

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ramify_api::{
-    At, CloneMethod, ComputeState, CreateTimeline, Lsn, NodeStatus, RestoreWindow, SnapshotInfo,
-    SnapshotKind, TimelineId, TimelineInfo, TimelineState,
+    At, CloneMethod, ComputeState, CreateRestorePoint, CreateTimeline, Lsn, NodeStatus,
+    RestorePointInfo, RestoreWindow, SnapshotInfo, SnapshotKind, TimelineId, TimelineInfo,
+    TimelineState,
 };
 use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 use tracing::{info, instrument, warn};
@@ -955,6 +956,93 @@ impl Node {
         control::ensure_login(&c, &creds.user, &creds.password, &creds.database).await?;
         info!(timeline = %id, "credentials set");
         Ok(())
+    }
+
+    // ----- restore points -----------------------------------------------------------
+
+    /// `POST /v1/timelines/{id}/restore-points`: a named restore point in the running
+    /// compute's WAL, durably flushed, in one short transaction (the compute keeps
+    /// serving). When `snapshot_wal_bytes` of WAL or more were written since the newest
+    /// snapshot, a snapshot is started in the background (unless one is already being
+    /// taken), so a fork at a later point never has much WAL to replay. A timeline without
+    /// any snapshot first gets one, so that the point can be forked at all.
+    #[instrument(skip(self, req), fields(name = %req.name))]
+    pub async fn create_restore_point(
+        self: &Arc<Self>,
+        id: TimelineId,
+        req: &CreateRestorePoint,
+    ) -> Result<RestorePointInfo, NodeError> {
+        ramify_api::names::validate_snapshot_name(&req.name)
+            .map_err(|e| NodeError::Invalid(e.replace("snapshot name", "restore point name")))?;
+        // A point no snapshot precedes could never be forked: a timeline that has none yet
+        // (a root before its first periodic one) gets one now, once.
+        if self.record(id)?.snapshots.is_empty() && self.running(id).await.is_some() {
+            let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
+            self.snapshot(id, &name, SnapshotKind::Periodic, true)
+                .await?;
+        }
+        let (lsn, time, rec) = {
+            let _g = self.read_lock(id).await;
+            let rec = self.record(id)?;
+            let Some(running) = self.running(id).await else {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} has no running compute; a restore point is written by its Postgres, so start it first"
+                )));
+            };
+            let c = control::connect(&self.dir(id).run(), running.port).await?;
+            let (lsn, time) = control::restore_point(&c, &req.name).await?;
+            (lsn, time, rec)
+        };
+        let wal_since_snapshot = rec
+            .snapshots
+            .iter()
+            .max_by_key(|s| s.info.end_lsn)
+            .map_or(lsn.0, |s| {
+                lsn.bytes_since(s.after_lsn.unwrap_or(s.info.end_lsn))
+            });
+        let snapshot = match req.snapshot_wal_bytes {
+            Some(limit) if limit > 0 && wal_since_snapshot >= limit => {
+                self.snapshot_in_background(id)
+            }
+            _ => None,
+        };
+        info!(timeline = %id, %lsn, wal_since_snapshot, snapshot = ?snapshot, "restore point written");
+        Ok(RestorePointInfo {
+            name: req.name.clone(),
+            lsn,
+            time,
+            wal_since_snapshot,
+            snapshot,
+        })
+    }
+
+    /// Starts a snapshot of `id` in a task of its own, with a fast checkpoint (whoever asked
+    /// wants the next fork to be quick); `None` when one is already being taken.
+    fn snapshot_in_background(self: &Arc<Self>, id: TimelineId) -> Option<String> {
+        let newly_busy = self
+            .snapshotting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        if !newly_busy {
+            return None;
+        }
+        let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
+        let node = Arc::clone(self);
+        let task_name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node
+                .snapshot(id, &task_name, SnapshotKind::Periodic, true)
+                .await
+            {
+                warn!(timeline = %id, error = %e, "snapshot after a restore point failed");
+            }
+            node.snapshotting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Some(name)
     }
 
     // ----- snapshots ----------------------------------------------------------------
