@@ -40,6 +40,7 @@ test: deps lint crds-check chart-test k8s-binaries
 	  $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 	$(CARGO) build -p ramify-cli
 	bash e2e/local/run.sh target/debug/ramify
+	bash e2e/local/workflows.sh target/debug/ramify
 	CARGO="$(CARGO)" bash e2e/k8s/make-test.sh
 
 # The CRD YAML in crds/ and charts/ramify-crds must be what the Rust types generate.
@@ -55,6 +56,8 @@ bench: deps
 	$(CARGO) bench -p ramify-storage --bench fork
 	$(CARGO) build --release -p ramify-cli
 	bash e2e/local/bench.sh target/release/ramify
+	bash e2e/local/bench-workflows.sh target/release/ramify
+	$(CARGO) bench -p ramify-diff --bench schema_diff
 
 clean:
 	$(CARGO) clean

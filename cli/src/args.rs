@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use ramify_api::At;
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use ramify_lifecycle::HistoryPoint;
 
-use crate::value_parsers::{parse_at, parse_image_size, parse_suspend_after};
+use crate::value_parsers::{
+    parse_duration, parse_image_size, parse_point, parse_suspend_after, parse_time,
+};
 
 /// Copy-on-write Postgres branches on your own machine.
 ///
@@ -90,6 +93,29 @@ pub enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+
+    /// Checkpoints: named points of a branch's history to revert to.
+    ///
+    /// A checkpoint is a Postgres restore point whose position and time are recorded with
+    /// the branch, written in a few milliseconds without stopping its Postgres. Revert
+    /// with `ramify branch restore BRANCH --at checkpoint:NAME`; the state before the
+    /// revert is kept as a backup branch, so the checkpoints after the one reverted to
+    /// stay usable and you can switch between them.
+    ///
+    /// Example: ramify checkpoint create agent-7 step-3
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+
+    /// Run a command against a throwaway branch, then delete it.
+    ///
+    /// Creates a branch from --from (at --at, default its latest state), runs the command
+    /// with DATABASE_URL and PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE set to it,
+    /// deletes the branch whatever happens (success, failure, Ctrl-C, the command killed)
+    /// and exits with the command's status (128+N when it died of signal N). Parallel
+    /// runs each get their own branch.
+    ///
+    /// Example: ramify run --from main --name-prefix ci -- cargo test
+    Run(RunArgs),
 
     /// Take, list and delete named snapshots of a branch.
     ///
@@ -259,6 +285,154 @@ pub enum BranchCommand {
         /// The branch.
         name: String,
     },
+
+    /// Make a branch its parent's latest state again.
+    ///
+    /// Same connection string, port and password; open sessions are ended (Postgres's
+    /// "terminating connection due to …" error) and new ones see the parent's data.
+    /// What the branch had is deleted; its child branches keep working.
+    ///
+    /// Example: ramify branch reset dev
+    Reset {
+        /// The branch.
+        name: String,
+    },
+
+    /// Make a branch what it (or --from) was at a point of history.
+    ///
+    /// Same connection string, port and password; open sessions are ended. The state
+    /// before is kept as a suspended backup branch NAME-before-restore-<UTC time> that
+    /// expires after the restore window (--no-backup: not kept). A point outside the
+    /// restore window is refused and nothing changes.
+    ///
+    /// Example: ramify branch restore main --at -10m
+    ///
+    /// Example: ramify branch restore agent-7 --at checkpoint:step-3
+    Restore(RestoreArgs),
+
+    /// Protect a branch: delete, reset, restore and expiry are refused until unprotected.
+    ///
+    /// Protecting a branch clears its expiry.
+    ///
+    /// Example: ramify branch protect main
+    Protect {
+        /// The branch.
+        name: String,
+    },
+
+    /// Lift a branch's protection.
+    ///
+    /// Example: ramify branch unprotect main
+    Unprotect {
+        /// The branch.
+        name: String,
+    },
+
+    /// Set or clear when a branch is deleted by itself.
+    ///
+    /// Local mode deletes an expired branch (compute, port and storage) within about a
+    /// second; one with child branches is kept until they are gone.
+    ///
+    /// Example: ramify branch expire pr-42 --in 7d
+    Expire(ExpireArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The branch to restore.
+    pub name: String,
+
+    /// The point: an RFC 3339 time, -10m / -1h (that long ago), an LSN (0/16B3748),
+    /// snapshot:NAME or checkpoint:NAME. Required unless --from is given (then default
+    /// latest).
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true, value_parser = parse_point)]
+    pub at: Option<HistoryPoint>,
+
+    /// Take this branch's history instead of the branch's own.
+    #[arg(long, value_name = "BRANCH")]
+    pub from: Option<String>,
+
+    /// Do not keep the state before the restore as a backup branch.
+    #[arg(long)]
+    pub no_backup: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("when").required(true).args(["in_", "at", "never"])))]
+pub struct ExpireArgs {
+    /// The branch.
+    pub name: String,
+
+    /// Delete it this long from now: 90s, 30m, 2h, 7d.
+    #[arg(long = "in", value_name = "DURATION", value_parser = parse_duration)]
+    pub in_: Option<u64>,
+
+    /// Delete it at this RFC 3339 time.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
+
+    /// Never delete it by itself.
+    #[arg(long)]
+    pub never: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Record a checkpoint of a branch now (waking it if suspended).
+    ///
+    /// Without NAME the checkpoint is called cp-N, N one more than the highest so far.
+    ///
+    /// Example: ramify checkpoint create agent-7 step-3
+    Create {
+        /// The branch.
+        branch: String,
+        /// Name of the checkpoint (1–63 of a-z 0-9 - _ .).
+        name: Option<String>,
+    },
+
+    /// List a branch's checkpoints, oldest first, and which branch holds each one's
+    /// history (the branch itself, or a backup branch after a revert).
+    ///
+    /// Example: ramify checkpoint list agent-7
+    List {
+        /// The branch.
+        branch: String,
+    },
+
+    /// Forget a checkpoint.
+    ///
+    /// Example: ramify checkpoint delete agent-7 step-3
+    Delete {
+        /// The branch.
+        branch: String,
+        /// The checkpoint.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Branch to fork the run's branch from.
+    #[arg(long, value_name = "BRANCH")]
+    pub from: String,
+
+    /// Point of --from's history (same forms as `branch create --at`, checkpoint:NAME
+    /// too); a fixed LSN makes every run start from the same data.
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true, value_parser = parse_point)]
+    pub at: Option<HistoryPoint>,
+
+    /// Prefix of the branch's name, which gets a random suffix (ci-3f9k2m7q).
+    #[arg(long, value_name = "PREFIX", default_value = "run")]
+    pub name_prefix: String,
+
+    /// Safety net for when `ramify` itself is killed (kill -9) and cannot delete the
+    /// branch: local mode deletes it after this long anyway.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub expires_in: u64,
+
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -271,20 +445,33 @@ pub struct CreateArgs {
     pub parent: Option<String>,
 
     /// Moment of the parent's history: latest, an LSN (0/16B3748), an RFC 3339 time,
-    /// -1h / -10m / -90s (that long ago), or snapshot:NAME. Only with --parent.
+    /// -1h / -10m / -90s (that long ago), snapshot:NAME, or checkpoint:NAME. Only with
+    /// --parent.
     #[arg(
         long,
         value_name = "WHEN",
         requires = "parent",
         allow_hyphen_values = true,
-        value_parser = parse_at
+        value_parser = parse_point
     )]
-    pub at: Option<At>,
+    pub at: Option<HistoryPoint>,
 
     /// Idle time before the branch's Postgres is suspended: 5m, 1h, 90s; 0 or never
     /// to keep it running (default 5m).
     #[arg(long, value_name = "DURATION", value_parser = parse_suspend_after)]
     pub suspend_after: Option<u64>,
+
+    /// Delete the branch by itself this long after creation: 90s, 30m, 2h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with_all = ["expires_at", "protected"])]
+    pub expires_in: Option<u64>,
+
+    /// Delete the branch by itself at this RFC 3339 time.
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "protected")]
+    pub expires_at: Option<DateTime<Utc>>,
+
+    /// Create it protected: delete, reset, restore and expiry are refused.
+    #[arg(long)]
+    pub protected: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +510,7 @@ mod tests {
     use super::*;
     use clap::error::ErrorKind;
     use clap::CommandFactory;
+    use ramify_api::At;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("ramify").chain(args.iter().copied()))
@@ -343,9 +531,9 @@ mod tests {
     #[test]
     fn relative_at_is_not_taken_for_a_flag() {
         let c = create_args(&["branch", "create", "dev", "--parent", "main", "--at", "-1h"]);
-        assert!(matches!(c.at, Some(At::Time(_))));
+        assert!(matches!(c.at, Some(HistoryPoint::At(At::Time(_)))));
         let c = create_args(&["branch", "create", "dev", "--parent", "main", "--at=-10m"]);
-        assert!(matches!(c.at, Some(At::Time(_))));
+        assert!(matches!(c.at, Some(HistoryPoint::At(At::Time(_)))));
     }
 
     #[test]
@@ -359,11 +547,21 @@ mod tests {
             "--at",
             "0/16B3748",
         ]);
-        assert_eq!(c.at, Some(At::Lsn(ramify_api::Lsn(0x16B3748))));
+        assert_eq!(c.at, Some(At::Lsn(ramify_api::Lsn(0x16B3748)).into()));
         let c = create_args(&[
             "branch", "create", "dev", "--parent", "main", "--at", "latest",
         ]);
-        assert_eq!(c.at, Some(At::Latest));
+        assert_eq!(c.at, Some(At::Latest.into()));
+        let c = create_args(&[
+            "branch",
+            "create",
+            "dev",
+            "--parent",
+            "main",
+            "--at",
+            "checkpoint:step-3",
+        ]);
+        assert_eq!(c.at, Some(HistoryPoint::Checkpoint("step-3".into())));
         let c = create_args(&["branch", "create", "dev", "--parent", "main"]);
         assert_eq!(c.at, None);
         assert_eq!(c.parent.as_deref(), Some("main"));
@@ -442,5 +640,95 @@ mod tests {
         }
         // --detached is internal and only means something with --foreground.
         assert!(parse(&["local", "up", "--detached"]).is_err());
+    }
+
+    #[test]
+    fn restore_takes_points_and_a_source() {
+        let cli = parse(&["branch", "restore", "dev", "--at", "-10m", "--no-backup"]).unwrap();
+        match cli.command {
+            Command::Branch(BranchCommand::Restore(r)) => {
+                assert!(matches!(r.at, Some(HistoryPoint::At(At::Time(_)))));
+                assert!(r.no_backup);
+                assert_eq!(r.from, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["branch", "restore", "dev", "--from", "main"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Branch(BranchCommand::Restore(RestoreArgs { at: None, .. }))
+        ));
+        let err = parse(&["branch", "restore", "dev", "--at", "checkpoint:"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn expire_needs_exactly_one_of_in_at_never() {
+        let cli = parse(&["branch", "expire", "pr-1", "--in", "2h"]).unwrap();
+        match cli.command {
+            Command::Branch(BranchCommand::Expire(e)) => assert_eq!(e.in_, Some(7200)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["branch", "expire", "pr-1", "--never"]).is_ok());
+        assert!(parse(&["branch", "expire", "pr-1", "--at", "2030-01-01T00:00:00Z"]).is_ok());
+        let none = parse(&["branch", "expire", "pr-1"]).unwrap_err();
+        assert_eq!(none.kind(), ErrorKind::MissingRequiredArgument);
+        let two = parse(&["branch", "expire", "pr-1", "--in", "2h", "--never"]).unwrap_err();
+        assert_eq!(two.kind(), ErrorKind::ArgumentConflict);
+        let bad = parse(&["branch", "expire", "pr-1", "--in", "soon"]).unwrap_err();
+        assert_eq!(bad.exit_code(), 2);
+    }
+
+    #[test]
+    fn create_expiry_and_protection_exclude_each_other() {
+        let c = create_args(&[
+            "branch",
+            "create",
+            "pr-1",
+            "--parent",
+            "main",
+            "--expires-in",
+            "3s",
+        ]);
+        assert_eq!(c.expires_in, Some(3));
+        let err =
+            parse(&["branch", "create", "m", "--protected", "--expires-in", "1h"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_separator() {
+        let cli = parse(&[
+            "run",
+            "--from",
+            "main",
+            "--name-prefix",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Run(r) => {
+                assert_eq!(r.from, "main");
+                assert_eq!(r.name_prefix, "ci");
+                assert_eq!(r.command, ["sh", "-c", "exit 3"]);
+                assert_eq!(r.expires_in, 24 * 3600);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let err = parse(&["run", "--from", "main"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn checkpoint_name_is_optional() {
+        let cli = parse(&["checkpoint", "create", "agent"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Checkpoint(CheckpointCommand::Create { name: None, .. })
+        ));
     }
 }

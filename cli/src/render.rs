@@ -7,7 +7,7 @@ use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ramify_api::{CloneMethod, SnapshotInfo, SnapshotKind};
-use ramify_lifecycle::{BranchView, ComputeStatus, LocalStatus};
+use ramify_lifecycle::{BranchView, CheckpointView, ComputeStatus, LocalStatus, RestoreOutcome};
 use serde::Serialize;
 
 use crate::args::OutputFormat;
@@ -178,7 +178,20 @@ fn state(c: ComputeStatus) -> &'static str {
     }
 }
 
-/// `ramify branch list`: the tree with NAME, STATE, FORK LSN, EXCLUSIVE, PORT, AGE.
+/// When the branch is deleted by itself, as time left: `-` (never), `protected`,
+/// `1h59m`, or `now` (expired; kept while it has children).
+pub fn expires(b: &BranchView, now: DateTime<Utc>) -> String {
+    match (b.protected, b.expires_at) {
+        (true, _) => "protected".to_string(),
+        (false, None) => "-".to_string(),
+        (false, Some(t)) if t <= now => "now".to_string(),
+        // Rounded up, so a branch never shows 0s before it is gone.
+        (false, Some(t)) => human_age(((t - now).num_milliseconds() + 999) / 1000),
+    }
+}
+
+/// `ramify branch list`: the tree with NAME, STATE, FORK LSN, EXCLUSIVE, PORT, AGE,
+/// EXPIRES (time left).
 pub fn branch_list(branches: &[BranchView], now: DateTime<Utc>) -> String {
     if branches.is_empty() {
         return "no branches yet: create one with `ramify branch create main`\n".to_string();
@@ -194,11 +207,20 @@ pub fn branch_list(branches: &[BranchView], now: DateTime<Utc>) -> String {
                 human_bytes(b.exclusive_bytes),
                 b.port.to_string(),
                 age(b.created_at, now),
+                expires(b, now),
             ]
         })
         .collect();
     table(
-        &["NAME", "STATE", "FORK LSN", "EXCLUSIVE", "PORT", "AGE"],
+        &[
+            "NAME",
+            "STATE",
+            "FORK LSN",
+            "EXCLUSIVE",
+            "PORT",
+            "AGE",
+            "EXPIRES",
+        ],
         &rows,
     )
 }
@@ -292,7 +314,23 @@ pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
                 age(b.created_at, now)
             ),
         ),
+        (
+            "protected",
+            if b.protected { "yes" } else { "no" }.to_string(),
+        ),
+        (
+            "expires",
+            match b.expires_at {
+                None => "never".to_string(),
+                Some(t) => format!("{} (in {})", timestamp_secs(t), expires(b, now)),
+            },
+        ),
+        ("checkpoints", b.checkpoints.to_string()),
     ];
+    let mut pairs = pairs;
+    if let Some(of) = &b.backup_of {
+        pairs.insert(1, ("backup of", of.clone()));
+    }
     out.push_str(&fields(&pairs));
     if b.snapshots.is_empty() {
         out.push_str("  snapshots:     none\n");
@@ -344,6 +382,129 @@ pub fn created_snapshot(branch: &str, s: &SnapshotInfo) -> String {
         timestamp(s.time),
         s.name
     )
+}
+
+/// `ramify branch reset`.
+pub fn reset_done(o: &RestoreOutcome) -> String {
+    let b = &o.branch;
+    let mut out = format!(
+        "reset branch {} to the latest state of {} in {} ms; open sessions were ended\n",
+        b.name, o.source, o.elapsed_ms
+    );
+    out.push_str(&fields(&[
+        (
+            "fork lsn",
+            b.fork_lsn
+                .map_or_else(|| "-".to_string(), |l| l.to_string()),
+        ),
+        (
+            "timeline",
+            format!("{} (was {}, deleted)", b.timeline_id, o.previous_timeline),
+        ),
+        ("uri", format!("{} (unchanged)", b.uri)),
+    ]));
+    out
+}
+
+/// `ramify branch restore`.
+pub fn restore_done(o: &RestoreOutcome) -> String {
+    let b = &o.branch;
+    let of = if o.source == b.name {
+        String::new()
+    } else {
+        format!(" of {}", o.source)
+    };
+    let mut out = format!(
+        "restored branch {} to {}{of} in {} ms; open sessions were ended\n",
+        b.name, o.point, o.elapsed_ms
+    );
+    let mut pairs = vec![("fork point", fork_point(b))];
+    pairs.push((
+        "timeline",
+        match &o.backup {
+            Some(_) => format!("{} (was {})", b.timeline_id, o.previous_timeline),
+            None => format!("{} (was {}, deleted)", b.timeline_id, o.previous_timeline),
+        },
+    ));
+    if let Some(backup) = &o.backup {
+        pairs.push((
+            "backup",
+            format!("{backup} (the state before; suspended, expires after the restore window)"),
+        ));
+    }
+    pairs.push(("uri", format!("{} (unchanged)", b.uri)));
+    out.push_str(&fields(&pairs));
+    out
+}
+
+/// `ramify branch protect|unprotect`.
+pub fn protection_changed(b: &BranchView, cleared_expiry: Option<DateTime<Utc>>) -> String {
+    match (b.protected, cleared_expiry) {
+        (true, Some(t)) => format!(
+            "protected branch {}: delete, reset, restore and expiry are refused (its expiry at {} was removed)\n",
+            b.name,
+            timestamp_secs(t)
+        ),
+        (true, None) => format!(
+            "protected branch {}: delete, reset, restore and expiry are refused\n",
+            b.name
+        ),
+        (false, _) => format!("branch {} is no longer protected\n", b.name),
+    }
+}
+
+/// `ramify branch expire`.
+pub fn expiry_changed(b: &BranchView, now: DateTime<Utc>) -> String {
+    match b.expires_at {
+        Some(t) => format!(
+            "branch {} expires at {} (in {}); it is then deleted with its compute and storage\n",
+            b.name,
+            timestamp_secs(t),
+            expires(b, now)
+        ),
+        None => format!("branch {} never expires\n", b.name),
+    }
+}
+
+/// `ramify checkpoint create`.
+pub fn created_checkpoint(branch: &str, c: &CheckpointView) -> String {
+    let ms = c
+        .create_ms
+        .map(|ms| format!(" in {ms} ms"))
+        .unwrap_or_default();
+    format!(
+        "checkpoint {} of {branch} at {} ({}){ms}; revert with: ramify branch restore {branch} --at checkpoint:{}\n",
+        c.checkpoint.name,
+        c.checkpoint.lsn,
+        timestamp(c.checkpoint.time),
+        c.checkpoint.name
+    )
+}
+
+/// `ramify checkpoint list`: oldest first, with the branch holding each one's history.
+pub fn checkpoint_list(branch: &str, list: &[CheckpointView], now: DateTime<Utc>) -> String {
+    if list.is_empty() {
+        return format!(
+            "no checkpoints: create one with `ramify checkpoint create {branch} NAME`\n"
+        );
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.checkpoint.name.clone(),
+                c.checkpoint.lsn.to_string(),
+                timestamp_secs(c.checkpoint.time),
+                age(c.checkpoint.time, now),
+                if c.held_by == branch {
+                    "this branch".to_string()
+                } else {
+                    c.held_by.clone()
+                },
+            ]
+        })
+        .collect();
+    table(&["NAME", "LSN", "TIME", "AGE", "HISTORY ON"], &rows)
 }
 
 /// `ramify local status` and the end of `ramify local up`.
@@ -411,6 +572,10 @@ mod tests {
             history_bytes: 0,
             suspend_after_secs: 300,
             created_at: now() - chrono::Duration::minutes(minutes_ago),
+            protected: false,
+            expires_at: None,
+            backup_of: None,
+            checkpoints: 0,
             snapshots: vec![],
             clone_method: CloneMethod::Reflink,
             create_ms: None,
@@ -469,8 +634,12 @@ mod tests {
         let mut pr = branch("pr-12", Some("main"), 10);
         pr.fork_lsn = Some(Lsn(0x1_018A_0000));
         pr.port = 55434;
+        pr.expires_at =
+            Some(now() + chrono::Duration::minutes(119) + chrono::Duration::seconds(30));
+        main.protected = true;
         let mut other = branch("scratch", None, 1);
         other.port = 55436;
+        other.expires_at = Some(now() - chrono::Duration::seconds(1));
         let mut orphan = branch("orphan", Some("deleted-parent"), 2);
         orphan.fork_lsn = Some(Lsn(0x1000));
         orphan.port = 55437;
@@ -478,13 +647,13 @@ mod tests {
         assert_eq!(
             branch_list(&all, now()),
             "\
-NAME           STATE      FORK LSN   EXCLUSIVE  PORT   AGE
-main           running    -          24.1 MiB   55432  3h
-├─ dev         suspended  0/16B3748  1.2 MiB    55433  2h
-│  └─ dev-fix  running    0/1700000  16.0 KiB   55435  5m
-└─ pr-12       running    1/18A0000  0 B        55434  10m
-orphan         running    0/1000     0 B        55437  2m
-scratch        running    -          0 B        55436  1m
+NAME           STATE      FORK LSN   EXCLUSIVE  PORT   AGE  EXPIRES
+main           running    -          24.1 MiB   55432  3h   protected
+├─ dev         suspended  0/16B3748  1.2 MiB    55433  2h   -
+│  └─ dev-fix  running    0/1700000  16.0 KiB   55435  5m   -
+└─ pr-12       running    1/18A0000  0 B        55434  10m  1h59m
+orphan         running    0/1000     0 B        55437  2m   -
+scratch        running    -          0 B        55436  1m   now
 "
         );
     }

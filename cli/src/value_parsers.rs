@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ramify_api::At;
+use ramify_lifecycle::HistoryPoint;
 
 const AT_FORMS: &str = "expected latest, an LSN like 0/16B3748, an RFC 3339 time like \
                         2026-01-02T03:04:05Z, a relative time like -1h, -10m or -90s, \
@@ -51,6 +52,48 @@ pub fn parse_at_from(s: &str, now: DateTime<Utc>) -> Result<At, String> {
             });
     }
     Err(format!("invalid fork point {s:?}; {AT_FORMS}"))
+}
+
+/// `--at` of commands that also take a branch's checkpoints: `checkpoint:NAME` or any
+/// form of [`parse_at`].
+pub fn parse_point(s: &str) -> Result<HistoryPoint, String> {
+    match s.trim().strip_prefix("checkpoint:") {
+        Some("") => Err(format!(
+            "checkpoint:NAME needs a name; {AT_FORMS}, or checkpoint:NAME"
+        )),
+        Some(name) => Ok(HistoryPoint::Checkpoint(name.to_string())),
+        None => parse_at(s)
+            .map(HistoryPoint::At)
+            .map_err(|e| format!("{e}, or checkpoint:NAME")),
+    }
+}
+
+/// A positive duration in whole seconds: `90s`, `30m`, `2h`, `7d`, or a bare number of
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let secs = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            let d = humantime::parse_duration(s).map_err(|e| {
+                format!("invalid duration {s:?}: {e} (expected 90s, 30m, 2h or 7d)")
+            })?;
+            whole_seconds(s, d)?
+        }
+    };
+    if secs == 0 {
+        return Err(format!("invalid duration {s:?}: must be at least 1s"));
+    }
+    Ok(secs)
+}
+
+/// An RFC 3339 time with a zone.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("invalid time {s:?}: {e} (expected RFC 3339 with a zone, like 2026-01-02T03:04:05Z)")
+        })
 }
 
 /// `--suspend-after`: idle seconds before suspend; `0`, `never` and `off` mean never.
@@ -214,5 +257,40 @@ mod tests {
         assert!(parse_image_size("99999999999T")
             .unwrap_err()
             .contains("like 8G"));
+    }
+
+    #[test]
+    fn points_include_checkpoints() {
+        assert_eq!(
+            parse_point("checkpoint:step-3"),
+            Ok(HistoryPoint::Checkpoint("step-3".into()))
+        );
+        assert_eq!(parse_point("latest"), Ok(HistoryPoint::At(At::Latest)));
+        assert!(parse_point("checkpoint:")
+            .unwrap_err()
+            .contains("needs a name"));
+        assert!(parse_point("yesterday")
+            .unwrap_err()
+            .contains("checkpoint:NAME"));
+    }
+
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(parse_duration("3s"), Ok(3));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_duration("45"), Ok(45));
+        assert!(parse_duration("0").unwrap_err().contains("at least 1s"));
+        assert!(parse_duration("-5m")
+            .unwrap_err()
+            .contains("invalid duration"));
+        assert!(parse_duration("1500ms")
+            .unwrap_err()
+            .contains("whole seconds"));
+        assert_eq!(
+            parse_time("2026-01-02T05:04:05+02:00"),
+            Ok(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap())
+        );
+        assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
     }
 }

@@ -28,8 +28,18 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, branch: &Branch, timeline: &TimelineInfo) -> Result<SocketAddr, String>;
     /// Stops the compute cleanly (fast shutdown); a no-op when it is not running.
     async fn stop(&self, branch: &Branch) -> Result<(), String>;
+    /// Stops the compute at once (immediate shutdown, no checkpoint), for a timeline
+    /// about to be deleted; sessions still end with Postgres's own termination message.
+    async fn stop_now(&self, branch: &Branch) -> Result<(), String> {
+        self.stop(branch).await
+    }
     /// Whether the compute runs now.
     async fn is_running(&self, branch: &Branch) -> bool;
+    /// Where the compute listens if it runs now, when the runtime can tell cheaply (it is
+    /// asked on every client connection); `None` makes the lifecycle call `start`.
+    async fn address(&self, _branch: &Branch) -> Option<SocketAddr> {
+        None
+    }
     /// Runs SQL statements one by one (each in its own transaction: `CREATE DATABASE`
     /// cannot run inside one) as the bootstrap superuser on the running compute.
     async fn admin_sql(&self, branch: &Branch, statements: &[String]) -> Result<(), String>;
@@ -84,13 +94,15 @@ impl LifecycleError {
 
 /// The lifecycle of every branch of one storage node.
 pub struct Lifecycle<R: Runtime> {
-    storage: StorageClient,
-    runtime: Arc<R>,
-    store: Arc<dyn BranchStore>,
+    pub(crate) storage: StorageClient,
+    pub(crate) runtime: Arc<R>,
+    pub(crate) store: Arc<dyn BranchStore>,
     /// Host clients use to reach published branches.
     host: String,
     /// One operation at a time per branch name.
     locks: KeyedLocks<String>,
+    /// Expired branches the reaper keeps because they have children (warned once).
+    pub(crate) expiry_blocked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<R: Runtime> Lifecycle<R> {
@@ -106,6 +118,7 @@ impl<R: Runtime> Lifecycle<R> {
             store,
             host: host.into(),
             locks: KeyedLocks::default(),
+            expiry_blocked: Default::default(),
         }
     }
 
@@ -117,7 +130,7 @@ impl<R: Runtime> Lifecycle<R> {
         &self.storage
     }
 
-    fn lock_of(&self, name: &str) -> Arc<Mutex<()>> {
+    pub(crate) fn lock_of(&self, name: &str) -> Arc<Mutex<()>> {
         self.locks.of(&name.to_string())
     }
 
@@ -152,6 +165,15 @@ impl<R: Runtime> Lifecycle<R> {
                 "--at needs --parent: a root branch starts empty".into(),
             ));
         }
+        if let Some(t) = req.expires_at {
+            if req.protected {
+                return Err(LifecycleError::Invalid(
+                    "a protected branch cannot expire: drop either the protection or the expiry"
+                        .into(),
+                ));
+            }
+            crate::expiry::check_future(t, Utc::now())?;
+        }
         let lock = self.lock_of(&req.name);
         let _g = lock.lock().await;
         if self.store.get(&req.name)?.is_some() {
@@ -167,13 +189,18 @@ impl<R: Runtime> Lifecycle<R> {
                 })?),
                 None => None,
             };
+        let source = match (&parent, &req.at) {
+            (Some(p), Some(at)) => Some(self.resolve_point(p, at).await?),
+            (Some(p), None) => Some((p.timeline, ramify_api::At::Latest)),
+            (None, _) => None,
+        };
         let password = password::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
         let timeline = self
             .storage
             .create_timeline(&CreateTimeline {
                 id: Some(TimelineId::new_v4()),
-                parent: parent.as_ref().map(|p| p.timeline),
-                at: req.at.clone(),
+                parent: source.as_ref().map(|(tl, _)| *tl),
+                at: source.map(|(_, at)| at),
             })
             .await?
             .value;
@@ -188,6 +215,12 @@ impl<R: Runtime> Lifecycle<R> {
             database: BRANCH_DATABASE.into(),
             suspend_after_secs: req.suspend_after_secs.unwrap_or(DEFAULT_SUSPEND_AFTER_SECS),
             created_at: Utc::now(),
+            protected: req.protected,
+            expires_at: req.expires_at,
+            checkpoints: vec![],
+            former_timelines: vec![],
+            backup_of: None,
+            password_pending: false,
         };
         match self
             .bring_up(&mut branch, &timeline, parent.is_none())
@@ -204,7 +237,8 @@ impl<R: Runtime> Lifecycle<R> {
         }
         self.store.put(&branch)?;
         info!(branch = %branch.name, timeline = %branch.timeline, port = branch.port, "branch created");
-        let mut view = self.view(&branch).await?;
+        // The fork's answer already carries its storage facts: no second accounting sweep.
+        let mut view = self.view_of(&branch, &timeline).await?;
         view.create_ms = Some(started.elapsed().as_millis() as u64);
         Ok(view)
     }
@@ -249,17 +283,67 @@ impl<R: Runtime> Lifecycle<R> {
     }
 
     /// Starts the branch's compute (if suspended) and returns where Postgres listens.
+    /// Waits for a reset, restore or checkpoint of the branch in progress, so a client
+    /// that connects meanwhile reaches the branch's new timeline, never the old one.
     pub async fn wake(&self, name: &str) -> Result<SocketAddr, LifecycleError> {
-        let branch = self.branch(name)?;
-        let timeline = self.storage.get_timeline(branch.timeline).await?;
-        self.runtime
-            .start(&branch, &timeline)
-            .await
-            .map_err(LifecycleError::Runtime)
+        let lock = self.lock_of(name);
+        let _g = lock.lock().await;
+        let mut branch = self.branch(name)?;
+        self.ensure_running(&mut branch).await
     }
 
-    /// Stops the branch's compute cleanly; the next connection wakes it.
+    /// Makes the compute run (the caller holds the branch's lock) and, for a backup
+    /// branch's first start, replaces the password its role inherited before anyone can
+    /// log in.
+    pub(crate) async fn ensure_running(
+        &self,
+        branch: &mut Branch,
+    ) -> Result<SocketAddr, LifecycleError> {
+        if !branch.password_pending {
+            if let Some(addr) = self.runtime.address(branch).await {
+                return Ok(addr);
+            }
+        }
+        let timeline = self.storage.get_timeline(branch.timeline).await?;
+        let addr = self
+            .runtime
+            .start(branch, &timeline)
+            .await
+            .map_err(LifecycleError::Runtime)?;
+        if branch.password_pending {
+            self.set_credentials(branch).await?;
+            branch.password_pending = false;
+            self.store.put(branch)?;
+        }
+        Ok(addr)
+    }
+
+    /// Makes the branch's role (with its password) and database exist on its running
+    /// compute: a fork inherits its source's role and password, another branch's role may
+    /// differ.
+    pub(crate) async fn set_credentials(&self, branch: &Branch) -> Result<(), LifecycleError> {
+        self.storage
+            .set_credentials(
+                branch.timeline,
+                &ramify_api::Credentials {
+                    user: branch.user.clone(),
+                    password: branch.password.clone(),
+                    database: branch.database.clone(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the branch's compute cleanly; the next connection wakes it. Refused while
+    /// another operation holds the branch (the proxy retries after another idle period).
     pub async fn suspend(&self, name: &str) -> Result<(), LifecycleError> {
+        let lock = self.lock_of(name);
+        let Ok(_g) = lock.try_lock() else {
+            return Err(LifecycleError::Conflict(format!(
+                "branch {name:?} is busy (being created, reset, restored or checkpointed); not suspending it now"
+            )));
+        };
         let branch = self.branch(name)?;
         self.runtime
             .stop(&branch)
@@ -271,18 +355,25 @@ impl<R: Runtime> Lifecycle<R> {
     /// (the message names them) unless `force`, which deletes the children first.
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), LifecycleError> {
         let branch = self.branch(name)?;
-        let children: Vec<String> = self
-            .store
-            .all()?
-            .into_iter()
+        refuse_if_protected(&branch, "deleted")?;
+        let all = self.store.all()?;
+        let children: Vec<String> = all
+            .iter()
             .filter(|b| b.parent.as_deref() == Some(name))
-            .map(|b| b.name)
+            .map(|b| b.name.clone())
             .collect();
         if !children.is_empty() {
             if !force {
                 return Err(LifecycleError::Conflict(format!(
                     "branch {name:?} has child branches ({}); delete them first or use --force to delete them too",
                     children.join(", ")
+                )));
+            }
+            // Nothing is deleted if any descendant is protected.
+            if let Some(p) = descendants(&all, name).into_iter().find(|b| b.protected) {
+                return Err(LifecycleError::Conflict(format!(
+                    "branch {name:?} cannot be deleted with --force: its descendant {:?} is protected (protected: true); run `ramify branch unprotect {}` first",
+                    p.name, p.name
                 )));
             }
             for child in children {
@@ -292,8 +383,9 @@ impl<R: Runtime> Lifecycle<R> {
         let lock = self.lock_of(name);
         let _g = lock.lock().await;
         self.runtime.unpublish(&branch).await;
+        // Its data is deleted next: a shutdown checkpoint would be wasted work.
         self.runtime
-            .stop(&branch)
+            .stop_now(&branch)
             .await
             .map_err(LifecycleError::Runtime)?;
         match self.storage.delete_timeline(branch.timeline, true).await {
@@ -302,7 +394,35 @@ impl<R: Runtime> Lifecycle<R> {
             Err(e) => return Err(e.into()),
         }
         self.store.remove(name)?;
+        self.forget_timeline(branch.timeline)?;
         info!(branch = name, "branch deleted");
+        Ok(())
+    }
+
+    /// Deletes a timeline no branch uses any more (compute stopped with it).
+    pub(crate) async fn retire_timeline(&self, id: TimelineId) -> Result<(), LifecycleError> {
+        match self.storage.delete_timeline(id, true).await {
+            Ok(()) => {}
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget_timeline(id)
+    }
+
+    /// Drops every checkpoint that lived on a deleted timeline, and a branch's former
+    /// timelines from it back (history beyond a gap cannot be walked to).
+    fn forget_timeline(&self, id: TimelineId) -> Result<(), LifecycleError> {
+        for mut b in self.store.all()? {
+            let before = (b.checkpoints.len(), b.former_timelines.len());
+            b.checkpoints.retain(|c| c.timeline != id);
+            if let Some(pos) = b.former_timelines.iter().position(|f| f.timeline == id) {
+                b.former_timelines.drain(..=pos);
+            }
+            if before != (b.checkpoints.len(), b.former_timelines.len()) {
+                info!(branch = %b.name, timeline = %id, "forgetting checkpoints of a deleted timeline");
+                self.store.put(&b)?;
+            }
+        }
         Ok(())
     }
 
@@ -311,6 +431,16 @@ impl<R: Runtime> Lifecycle<R> {
         let tl = self.storage.get_timeline(branch.timeline).await?;
         let status = self.storage.status().await?;
         Ok(self.view_with(branch, &tl, status.clone_method).await)
+    }
+
+    /// The branch's view from a timeline answer already at hand.
+    pub(crate) async fn view_of(
+        &self,
+        branch: &Branch,
+        tl: &TimelineInfo,
+    ) -> Result<BranchView, LifecycleError> {
+        let status = self.storage.status().await?;
+        Ok(self.view_with(branch, tl, status.clone_method).await)
     }
 
     /// Every branch's view, from one listing of the storage node.
@@ -365,9 +495,42 @@ impl<R: Runtime> Lifecycle<R> {
             history_bytes: tl.history_bytes,
             suspend_after_secs: b.suspend_after_secs,
             created_at: b.created_at,
+            protected: b.protected,
+            expires_at: b.expires_at,
+            backup_of: b.backup_of.clone(),
+            checkpoints: b.checkpoints.len(),
             snapshots: tl.snapshots.clone(),
             clone_method,
             create_ms: None,
         }
     }
+}
+
+/// The protection refusal, naming the flag and how to lift it.
+pub(crate) fn refuse_if_protected(branch: &Branch, what: &str) -> Result<(), LifecycleError> {
+    if branch.protected {
+        return Err(LifecycleError::Conflict(format!(
+            "branch {:?} is protected (protected: true), so it cannot be {what}; run `ramify branch unprotect {}` first",
+            branch.name, branch.name
+        )));
+    }
+    Ok(())
+}
+
+/// Every branch below `name` (children, their children, …).
+pub(crate) fn descendants<'a>(all: &'a [Branch], name: &str) -> Vec<&'a Branch> {
+    let mut out: Vec<&Branch> = Vec::new();
+    let mut frontier = vec![name.to_string()];
+    while let Some(n) = frontier.pop() {
+        for b in all
+            .iter()
+            .filter(|b| b.parent.as_deref() == Some(n.as_str()))
+        {
+            if !out.iter().any(|o| o.name == b.name) {
+                frontier.push(b.name.clone());
+                out.push(b);
+            }
+        }
+    }
+    out
 }

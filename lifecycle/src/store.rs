@@ -140,7 +140,23 @@ mod tests {
             database: "app".into(),
             suspend_after_secs: 300,
             created_at: chrono::Utc::now(),
+            protected: false,
+            expires_at: None,
+            checkpoints: vec![],
+            former_timelines: vec![],
+            backup_of: None,
+            password_pending: false,
         }
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_workflows_still_loads() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("branches.json");
+        let old = r#"[{"name":"main","parent":null,"timeline":"00000000-0000-0000-0000-000000000001","at":null,"port":5000,"user":"app","password":"pw","database":"app","suspend_after_secs":300,"created_at":"2026-03-01T12:00:00Z"}]"#;
+        std::fs::write(&path, old).unwrap();
+        let b = JsonFileStore::new(&path).get("main").unwrap().unwrap();
+        assert!(!b.protected && b.expires_at.is_none() && b.checkpoints.is_empty());
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ramify_api::{StorageClient, TimelineInfo};
 use ramify_lifecycle::store::{BranchStore, JsonFileStore};
-use ramify_lifecycle::{Branch, CreateBranch, Lifecycle, LifecycleError, Runtime};
+use ramify_lifecycle::{
+    Branch, Checkpoint, CreateBranch, CreateCheckpoint, Expiry, HistoryPoint, Lifecycle,
+    LifecycleError, RestoreBranch, Runtime, UpdateBranch,
+};
 use ramify_storage::metrics::Metrics;
 use ramify_storage::node::{Node, NodeConfig};
 
@@ -166,7 +169,7 @@ async fn bad_requests_get_the_right_error() {
         (
             CreateBranch {
                 name: "dev".into(),
-                at: Some(ramify_api::At::Latest),
+                at: Some(ramify_api::At::Latest.into()),
                 ..Default::default()
             },
             400,
@@ -204,4 +207,246 @@ async fn delete_stops_unpublishes_and_removes_storage() {
     assert!(calls.ends_with(&["unpublish main".to_string(), "stop main".to_string()]));
     assert!(f.store.get("main").unwrap().is_none());
     assert!(f.storage.get_timeline(view.timeline_id).await.is_err());
+}
+
+/// Stores a branch `name` under `parent` on a timeline of its own, as a fork would (the
+/// fake runtime's roots have no data, so the storage node cannot really fork them).
+async fn put_child(f: &Fixture, name: &str, parent: &str) -> Branch {
+    let tl = f
+        .storage
+        .create_timeline(&ramify_api::CreateTimeline::default())
+        .await
+        .unwrap()
+        .value;
+    let mut b = f.store.get(parent).unwrap().unwrap();
+    b.name = name.into();
+    b.parent = Some(parent.into());
+    b.timeline = tl.id;
+    b.port = 40001;
+    b.expires_at = None;
+    b.protected = false;
+    f.store.put(&b).unwrap();
+    b
+}
+
+fn restore_at(at: Option<HistoryPoint>, from: Option<&str>) -> RestoreBranch {
+    RestoreBranch {
+        at,
+        from: from.map(Into::into),
+        backup: true,
+    }
+}
+
+#[tokio::test]
+async fn workflow_bad_input_is_refused_and_changes_nothing() {
+    let f = fixture().await;
+    f.lifecycle.create(create("main")).await.unwrap();
+    let dev = put_child(&f, "dev", "main").await;
+    let mut with_cp = dev.clone();
+    with_cp.checkpoints.push(Checkpoint {
+        name: "step-1".into(),
+        lsn: ramify_api::Lsn(0x1000),
+        time: chrono::Utc::now(),
+        timeline: dev.timeline,
+        snapshot: None,
+    });
+    f.store.put(&with_cp).unwrap();
+    let before_state = f.store.all().unwrap();
+    let before_timelines = f.storage.list_timelines().await.unwrap().len();
+    let calls_before = f.runtime.calls().len();
+    let l = &f.lifecycle;
+
+    let e = l.reset("main").await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(e.to_string().contains("is a root"), "{e}");
+    let e = l.reset("ghost").await.unwrap_err();
+    assert_eq!(e.status(), 404, "{e}");
+    let e = l.restore("main", restore_at(None, None)).await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(e.to_string().contains("needs --at"), "{e}");
+    let e = l
+        .restore("dev", restore_at(None, Some("nope")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 404, "{e}");
+    assert!(e.to_string().contains("unknown branch \"nope\""), "{e}");
+    let e = l
+        .restore(
+            "dev",
+            restore_at(Some(HistoryPoint::Checkpoint("step-9".into())), None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 404, "{e}");
+    assert!(e.to_string().contains("checkpoints: step-1"), "{e}");
+    let e = l
+        .create_checkpoint(
+            "dev",
+            CreateCheckpoint {
+                name: Some("step-1".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(e.to_string().contains("already has a checkpoint"), "{e}");
+    let e = l
+        .create_checkpoint(
+            "dev",
+            CreateCheckpoint {
+                name: Some("Step 2".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    let e = l
+        .update(
+            "dev",
+            UpdateBranch {
+                expiry: Some(Expiry::At(
+                    chrono::Utc::now() - chrono::Duration::seconds(5),
+                )),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(e.to_string().contains("not in the future"), "{e}");
+    // The storage node refuses the fork (main has no data): dev stays where it was, and
+    // its compute was never touched.
+    let e = l.reset("dev").await.unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+
+    assert_eq!(f.store.all().unwrap(), before_state);
+    assert_eq!(
+        f.storage.list_timelines().await.unwrap().len(),
+        before_timelines
+    );
+    let new_calls = &f.runtime.calls()[calls_before..];
+    assert!(
+        !new_calls
+            .iter()
+            .any(|c| c.starts_with("stop") || c.starts_with("unpublish")),
+        "{new_calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_protected_branch_refuses_delete_reset_restore_and_expiry() {
+    let f = fixture().await;
+    f.lifecycle
+        .create(CreateBranch {
+            name: "main".into(),
+            expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    put_child(&f, "dev", "main").await;
+    let l = &f.lifecycle;
+    let view = l
+        .update(
+            "dev",
+            UpdateBranch {
+                protected: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(view.protected);
+    let refused = |e: LifecycleError, what: &str| {
+        assert_eq!(e.status(), 409, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("protected: true"), "{msg}");
+        assert!(msg.contains(what), "{msg}");
+        assert!(msg.contains("ramify branch unprotect dev"), "{msg}");
+    };
+    refused(l.delete("dev", false).await.unwrap_err(), "deleted");
+    refused(l.reset("dev").await.unwrap_err(), "reset");
+    refused(
+        l.restore("dev", restore_at(Some(ramify_api::At::Latest.into()), None))
+            .await
+            .unwrap_err(),
+        "restored",
+    );
+    refused(
+        l.update(
+            "dev",
+            UpdateBranch {
+                expiry: Some(Expiry::At(chrono::Utc::now() + chrono::Duration::hours(1))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+        "expiry",
+    );
+    // A force delete of the parent would take dev with it: refused as a whole.
+    let e = l.delete("main", true).await.unwrap_err();
+    assert!(
+        e.to_string().contains("descendant \"dev\" is protected"),
+        "{e}"
+    );
+    assert!(f.store.get("main").unwrap().is_some());
+    assert!(f.store.get("dev").unwrap().is_some());
+    // Protecting clears an expiry: a protected branch never expires.
+    let main = l
+        .update(
+            "main",
+            UpdateBranch {
+                protected: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(main.expires_at, None);
+    l.update(
+        "dev",
+        UpdateBranch {
+            protected: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    l.delete("dev", false).await.unwrap();
+    assert!(f.store.get("dev").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn expired_branches_are_deleted_unless_protected_or_parents() {
+    let f = fixture().await;
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let l = &f.lifecycle;
+    for name in ["gone", "parent", "kept"] {
+        l.create(CreateBranch {
+            name: name.into(),
+            expires_at: Some(soon),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    put_child(&f, "child", "parent").await;
+    l.update(
+        "kept",
+        UpdateBranch {
+            protected: Some(true),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(l.reap_expired(chrono::Utc::now()).await.unwrap().is_empty());
+    let later = soon + chrono::Duration::seconds(1);
+    assert_eq!(l.reap_expired(later).await.unwrap(), ["gone"]);
+    let names: Vec<String> = f.store.all().unwrap().into_iter().map(|b| b.name).collect();
+    assert_eq!(names, ["parent", "kept", "child"]);
+    // Once its child is gone, the expired parent goes too.
+    l.delete("child", false).await.unwrap();
+    assert_eq!(l.reap_expired(later).await.unwrap(), ["parent"]);
 }

@@ -4,7 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use ramify_api::{ApiError, SnapshotInfo};
-use ramify_lifecycle::{BranchView, CreateBranch, CreateSnapshotReq, LocalStatus};
+use ramify_lifecycle::{
+    BranchView, CheckpointView, CreateBranch, CreateCheckpoint, CreateSnapshotReq, LocalStatus,
+    RestoreBranch, RestoreOutcome, UpdateBranch,
+};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -153,6 +156,74 @@ impl DaemonClient {
     pub async fn suspend(&self, name: &str) -> Result<BranchView, DaemonError> {
         self.call::<(), _>(Method::POST, &format!("/v1/branches/{name}/suspend"), None)
             .await
+    }
+
+    /// Makes a branch its parent's latest state.
+    pub async fn reset(&self, name: &str) -> Result<RestoreOutcome, DaemonError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/branches/{name}/reset"), None)
+            .await
+    }
+
+    /// Makes a branch itself (or another branch) as it was at a point.
+    pub async fn restore(
+        &self,
+        name: &str,
+        req: &RestoreBranch,
+    ) -> Result<RestoreOutcome, DaemonError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/branches/{name}/restore"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Changes a branch's protection or expiry.
+    pub async fn update_branch(
+        &self,
+        name: &str,
+        req: &UpdateBranch,
+    ) -> Result<BranchView, DaemonError> {
+        self.call(Method::PATCH, &format!("/v1/branches/{name}"), Some(req))
+            .await
+    }
+
+    /// Records a checkpoint of a branch now.
+    pub async fn create_checkpoint(
+        &self,
+        branch: &str,
+        name: Option<&str>,
+    ) -> Result<CheckpointView, DaemonError> {
+        let body = CreateCheckpoint {
+            name: name.map(Into::into),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/branches/{branch}/checkpoints"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// A branch's checkpoints, oldest first.
+    pub async fn list_checkpoints(&self, branch: &str) -> Result<Vec<CheckpointView>, DaemonError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/branches/{branch}/checkpoints"),
+            None,
+        )
+        .await
+    }
+
+    /// Forgets a checkpoint.
+    pub async fn delete_checkpoint(&self, branch: &str, name: &str) -> Result<(), DaemonError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/branches/{branch}/checkpoints/{name}"),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Takes a named snapshot of a branch.

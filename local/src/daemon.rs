@@ -16,7 +16,10 @@ use axum::{Json, Router};
 use ramify_api::{ApiError, StorageClient};
 use ramify_compute::{PgBin, PgUser};
 use ramify_lifecycle::store::JsonFileStore;
-use ramify_lifecycle::{CreateBranch, CreateSnapshotReq, Lifecycle, LifecycleError, LocalStatus};
+use ramify_lifecycle::{
+    CreateBranch, CreateCheckpoint, CreateSnapshotReq, Lifecycle, LifecycleError, LocalStatus,
+    RestoreBranch, UpdateBranch,
+};
 use ramify_proxy::{Proxy, ProxyOptions};
 use ramify_storage::metrics::Metrics;
 use ramify_storage::node::{Node, NodeConfig};
@@ -149,6 +152,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
     }
 
+    // Expired branches are deleted within about a second of their expiry.
+    let reaper = lifecycle.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(1));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            if let Err(e) = reaper.reap_expired(chrono::Utc::now()).await {
+                warn!(error = %e, "expiry pass failed");
+            }
+        }
+    });
+
     let token = random_token()?;
     let shutdown = Arc::new(Notify::new());
     let app = Arc::new(App {
@@ -256,9 +272,22 @@ fn router_for(app: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/branches", get(list).post(create))
-        .route("/v1/branches/{name}", get(get_one).delete(delete_one))
+        .route(
+            "/v1/branches/{name}",
+            get(get_one).delete(delete_one).patch(update),
+        )
         .route("/v1/branches/{name}/wake", post(wake))
         .route("/v1/branches/{name}/suspend", post(suspend))
+        .route("/v1/branches/{name}/reset", post(reset))
+        .route("/v1/branches/{name}/restore", post(restore))
+        .route(
+            "/v1/branches/{name}/checkpoints",
+            get(list_checkpoints).post(create_checkpoint),
+        )
+        .route(
+            "/v1/branches/{name}/checkpoints/{checkpoint}",
+            delete(delete_checkpoint),
+        )
         .route(
             "/v1/branches/{name}/snapshots",
             get(list_snapshots).post(create_snapshot),
@@ -267,6 +296,15 @@ fn router_for(app: AppState) -> Router {
             "/v1/branches/{name}/snapshots/{snap}",
             delete(delete_snapshot),
         )
+        .fallback(|| async {
+            HttpError(
+                StatusCode::NOT_FOUND,
+                ApiError {
+                    code: "not_found".into(),
+                    message: "no such branch or endpoint (branch names are lowercase letters, digits and '-')".into(),
+                },
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app)
 }
@@ -379,5 +417,58 @@ async fn delete_snapshot(
 ) -> Result<StatusCode> {
     let b = app.lifecycle.branch(&name)?;
     app.storage.delete_snapshot(b.timeline, &snap).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let req: UpdateBranch =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request: {e}")))?;
+    Ok(Json(app.lifecycle.update(&name, req).await?).into_response())
+}
+
+async fn reset(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    Ok(Json(app.lifecycle.reset(&name).await?).into_response())
+}
+
+async fn restore(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let req: RestoreBranch =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request: {e}")))?;
+    Ok(Json(app.lifecycle.restore(&name, req).await?).into_response())
+}
+
+async fn create_checkpoint(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let req: CreateCheckpoint = if body.is_empty() {
+        CreateCheckpoint::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request: {e}")))?
+    };
+    let c = app.lifecycle.create_checkpoint(&name, req).await?;
+    Ok((StatusCode::CREATED, Json(c)).into_response())
+}
+
+async fn list_checkpoints(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(app.lifecycle.checkpoints(&name)?).into_response())
+}
+
+async fn delete_checkpoint(
+    State(app): State<AppState>,
+    Path((name, checkpoint)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    app.lifecycle.delete_checkpoint(&name, &checkpoint).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -127,10 +127,32 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    async fn stop_now(&self, branch: &Branch) -> Result<(), String> {
+        let lock = self.lock_of(&branch.name);
+        let _g = lock.lock().await;
+        let Some(c) = self.computes.lock().await.remove(&branch.name) else {
+            return Ok(());
+        };
+        c.stop(&self.pg, &self.user, StopMode::Immediate)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(branch = %branch.name, "compute stopped (immediate)");
+        Ok(())
+    }
+
     async fn is_running(&self, branch: &Branch) -> bool {
         match self.computes.lock().await.get(&branch.name) {
             Some(c) => process::is_running(c.pgdata()).unwrap_or(false),
             None => false,
+        }
+    }
+
+    async fn address(&self, branch: &Branch) -> Option<SocketAddr> {
+        match self.computes.lock().await.get(&branch.name) {
+            Some(c) if process::is_running(c.pgdata()).unwrap_or(false) => {
+                Some(SocketAddr::from(([127, 0, 0, 1], c.port())))
+            }
+            _ => None,
         }
     }
 

@@ -216,8 +216,9 @@ async fn walk(ctx: &Context) -> anyhow::Result<()> {
         .create_branch(&CreateBranch {
             name: "dev-before".into(),
             parent: Some("dev".into()),
-            at: Some(At::Time(at)),
+            at: Some(At::Time(at).into()),
             suspend_after_secs: Some(0),
+            ..Default::default()
         })
         .await?;
     println!(

@@ -1,10 +1,12 @@
 //! One module per command group; each prints its own results.
 
 pub mod branch;
+pub mod checkpoint;
 pub mod completion;
 pub mod demo;
 pub mod local;
 pub mod psql;
+pub mod run;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -78,9 +80,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unreachable!("handled above")
             }
             Command::Branch(cmd) => branch::run(&ctx, cmd).await,
+            Command::Checkpoint(cmd) => checkpoint::run(&ctx, cmd).await,
+            // The command's own status is ours.
+            Command::Run(args) => return run::run(&ctx, args).await,
             Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
             Command::Psql { name, args } => psql::run(&ctx, &name, &args).await,
         }
-    })?;
-    Ok(ExitCode::SUCCESS)
+        .map(|()| ExitCode::SUCCESS)
+    })
 }
