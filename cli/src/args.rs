@@ -7,7 +7,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ramify_lifecycle::HistoryPoint;
 
 use crate::value_parsers::{
-    parse_duration, parse_image_size, parse_point, parse_suspend_after, parse_time,
+    parse_branch_ref, parse_duration, parse_image_size, parse_point, parse_suspend_after,
+    parse_time,
 };
 
 /// Copy-on-write Postgres branches on your own machine.
@@ -116,6 +117,29 @@ pub enum Command {
     ///
     /// Example: ramify run --from main --name-prefix ci -- cargo test
     Run(RunArgs),
+
+    /// Show how two branches differ: schema (as normalised DDL), and rows with --data.
+    ///
+    /// The first branch is the "before" side (`-` lines) and the second the "after" side
+    /// (`+` lines), like `git diff BEFORE AFTER`. With one branch, its parent is the
+    /// "before" side, so the branch's own changes show as `+`. Either branch may name a
+    /// point of its history as BRANCH@WHEN (WHEN as in `branch create --at`: an LSN, an
+    /// RFC 3339 time, -10m, snapshot:NAME, checkpoint:NAME); that side is read from a
+    /// throwaway branch forked there, deleted afterwards.
+    ///
+    /// Output: a unified diff grouped by object, then with --data one line per differing
+    /// table (by primary key: rows only in each side and changed rows; row counts for a
+    /// table without one). Empty when identical. -o json prints
+    /// {a, b, identical, summary, schema, data}.
+    ///
+    /// Exit status: 0, or with --exit-code 1 when the branches differ; 2 on errors.
+    ///
+    /// Example: ramify diff dev
+    ///
+    /// Example: ramify diff main dev --data --exit-code
+    ///
+    /// Example: ramify diff agent@checkpoint:step-3 agent
+    Diff(DiffArgs),
 
     /// Take, list and delete named snapshots of a branch.
     ///
@@ -408,6 +432,39 @@ pub enum CheckpointCommand {
         /// The checkpoint.
         name: String,
     },
+}
+
+/// A branch, optionally at a point of its history: `NAME` or `NAME@WHEN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchRef {
+    pub name: String,
+    pub at: Option<HistoryPoint>,
+    /// As typed, for labels.
+    pub label: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The "before" side (`-`): a branch, or BRANCH@WHEN. Alone, the "after" side, compared
+    /// with its parent.
+    #[arg(value_name = "A", value_parser = parse_branch_ref)]
+    pub a: BranchRef,
+
+    /// The "after" side (`+`): a branch, or BRANCH@WHEN.
+    #[arg(value_name = "B", value_parser = parse_branch_ref)]
+    pub b: Option<BranchRef>,
+
+    /// Also compare rows of the tables both sides have.
+    #[arg(long)]
+    pub data: bool,
+
+    /// Exit with 1 when the branches differ, 0 when identical.
+    #[arg(long)]
+    pub exit_code: bool,
+
+    /// Unchanged lines shown around each change.
+    #[arg(short = 'U', long, value_name = "LINES", default_value_t = 3)]
+    pub context: usize,
 }
 
 #[derive(Debug, Args)]
@@ -721,6 +778,41 @@ mod tests {
         }
         let err = parse(&["run", "--from", "main"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn diff_takes_branches_with_optional_points() {
+        let cli = parse(&[
+            "diff",
+            "agent@checkpoint:step-3",
+            "main",
+            "--data",
+            "--exit-code",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Diff(d) => {
+                assert_eq!(d.a.name, "agent");
+                assert_eq!(d.a.at, Some(HistoryPoint::Checkpoint("step-3".into())));
+                assert_eq!(d.a.label, "agent@checkpoint:step-3");
+                assert_eq!(
+                    d.b.as_ref().map(|b| (b.name.as_str(), b.at.is_none())),
+                    Some(("main", true))
+                );
+                assert!(d.data && d.exit_code);
+                assert_eq!(d.context, 3);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["diff", "dev"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Diff(DiffArgs { b: None, .. })
+        ));
+        let err = parse(&["diff", "dev@yesterday"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("checkpoint:NAME"), "{err}");
+        assert_eq!(parse(&["diff", "@-1h"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -18,13 +18,14 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the whole cause chain, joined.
-            let msg = format!("{e:#}");
-            eprintln!(
-                "error: {}",
-                msg.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error as one line: the whole cause chain, joined.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let msg = format!("{e:#}");
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }

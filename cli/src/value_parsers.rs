@@ -68,6 +68,24 @@ pub fn parse_point(s: &str) -> Result<HistoryPoint, String> {
     }
 }
 
+/// `NAME` or `NAME@WHEN` (WHEN as [`parse_point`] takes it) for `ramify diff`.
+pub fn parse_branch_ref(s: &str) -> Result<crate::args::BranchRef, String> {
+    let (name, at) = match s.split_once('@') {
+        Some((name, point)) => (name, Some(parse_point(point)?)),
+        None => (s, None),
+    };
+    if name.is_empty() {
+        return Err(format!(
+            "{s:?} names no branch (expected BRANCH or BRANCH@WHEN)"
+        ));
+    }
+    Ok(crate::args::BranchRef {
+        name: name.to_string(),
+        at,
+        label: s.to_string(),
+    })
+}
+
 /// A positive duration in whole seconds: `90s`, `30m`, `2h`, `7d`, or a bare number of
 /// seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {

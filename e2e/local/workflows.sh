@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the branch workflows in local mode, driven as a user drives them (the
 # `ramify` CLI, psql, pg_dump): reset, restore (at a time, --from, backup branch, range
-# errors), checkpoints and revert (to an earlier and then a "future" checkpoint), expiry,
-# protection, `ramify run`, and bad input. Run by `make test` (root: on a scratch XFS
-# image with reflinks; as a normal user on the plain filesystem in copy mode).
+# errors), checkpoints and revert (to an earlier and then a "future" checkpoint), `ramify
+# diff`, expiry, protection, `ramify run`, and bad input. Run by `make test` (root: on a
+# scratch XFS image with reflinks; as a normal user on the plain filesystem in copy mode).
 #
 #   e2e/local/workflows.sh [path/to/ramify]
 set -euo pipefail
@@ -156,6 +156,60 @@ check "then revert to step-7 (the future) gives exactly step 7" cmp -s "$WORK/st
 dump "$AGENT" >"$WORK/reverted2.sql"
 check "and back to step-2 (before the first revert) gives step 2" cmp -s "$WORK/step2.sql" "$WORK/reverted2.sql"
 echo "    checkpoint create, median of 10: $(median <"$WORK/checkpoint_ms") ms"
+
+echo "# 4. diff: schema and data differences between branches"
+diff_start=$SECONDS
+"$RAMIFY" branch create base --parent main --suspend-after 0 >/dev/null
+BASE=$("$RAMIFY" branch connect base)
+q "$BASE" -c "CREATE TABLE ledger (id int PRIMARY KEY, v int CONSTRAINT v_positive CHECK (v > 0));
+              INSERT INTO ledger SELECT g, g FROM generate_series(1, 100) g"
+"$RAMIFY" branch create same --parent base --suspend-after 0 >/dev/null
+"$RAMIFY" branch create feat --parent base >/dev/null
+FEAT=$("$RAMIFY" branch connect feat)
+"$RAMIFY" checkpoint create feat clean >/dev/null
+q "$FEAT" -c "ALTER TABLE items ADD COLUMN note text;
+              CREATE INDEX items_note ON items (note);
+              CREATE OR REPLACE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 43';
+              ALTER TABLE ledger DROP CONSTRAINT v_positive;
+              INSERT INTO ledger SELECT g, g FROM generate_series(101, 105) g;
+              UPDATE ledger SET v = v + 1000 WHERE id <= 7;
+              DELETE FROM ledger WHERE id > 97 AND id <= 100"
+"$RAMIFY" branch suspend feat >/dev/null
+rc=0; "$RAMIFY" diff feat --exit-code >"$WORK/diff.out" 2>"$WORK/diff.err" || rc=$?
+sed 's/^/    /' "$WORK/diff.out"
+check "diff of a changed branch exits 1 with --exit-code" test "$rc" = 1
+check "... compares its parent (---) with it (+++)" test "$(head -2 "$WORK/diff.out" | tr '\n' ' ')" = "--- base +++ feat "
+check "... says it woke the suspended branch" grep -qx "woke feat" "$WORK/diff.err"
+check "... shows the added column" grep -Eq '^\+ +note text' "$WORK/diff.out"
+check "... the new index" grep -Eq '^\+CREATE INDEX items_note ON public\.items' "$WORK/diff.out"
+check "... the changed function" bash -c "grep -q '^## function public.answer() (changed)' '$WORK/diff.out' && grep -q \"^-.*SELECT 42\" '$WORK/diff.out' && grep -q \"^+.*SELECT 43\" '$WORK/diff.out'"
+check "... and the dropped constraint" bash -c "grep -Eq '^## .*v_positive \(removed\)' '$WORK/diff.out' && grep -Eq '^-.*CHECK \(\(?v > 0' '$WORK/diff.out'"
+rc=0; "$RAMIFY" diff feat base --exit-code >"$WORK/rev.out" || rc=$?
+check "diff A B: A is the before side (the column shows as removed)" test "$rc/$(grep -Ec '^- +note text' "$WORK/rev.out")" = 1/1
+rc=0; out=$("$RAMIFY" diff base same --exit-code --data) || rc=$?
+check "identical branches: empty output, exit 0 with --exit-code" test "$rc/$out" = "0/"
+"$RAMIFY" diff base feat --data -o json >"$WORK/diff.json"
+ledger=$(json '["data"]' <"$WORK/diff.json" | python3 -c 'import ast,sys; t=[x for x in ast.literal_eval(sys.stdin.read()) if x["table"]=="public.ledger"][0]; print(t["comparison"], t["only_in_a"], t["only_in_b"], t["changed"], t["rows_a"], t["rows_b"])')
+check "--data counts exactly 3 deleted, 5 inserted, 7 updated rows (100 → 102)" test "$ledger" = "by_key 3 5 7 100 102"
+check "-o json names both sides and says they differ" test "$(json '["a"], d["b"], d["identical"]' <"$WORK/diff.json")" = "base feat False"
+check "--data text names the branches" grep -q "^public.ledger (key id): 3 only in base, 5 only in feat, 7 changed; 100 → 102 rows$" <<<"$("$RAMIFY" diff feat --data)"
+branches=$("$RAMIFY" branch list -o json | json '.__len__()')
+rc=0; out=$("$RAMIFY" diff feat@checkpoint:clean base --exit-code --data) || rc=$?
+check "BRANCH@checkpoint:NAME reads the branch at that checkpoint (identical to its parent)" test "$rc/$out" = "0/"
+check "... and its throwaway branch is deleted" test "$("$RAMIFY" branch list -o json | json '.__len__()')" = "$branches"
+"$RAMIFY" branch create doomed --parent base >/dev/null
+"$RAMIFY" branch delete doomed >/dev/null
+state >"$WORK/state.before"
+fails_with "diff of a deleted branch is one clear line" "does not exist" "$RAMIFY" diff doomed --exit-code
+rc=0; "$RAMIFY" diff base doomed --exit-code >/dev/null 2>&1 || rc=$?
+check "... exiting 2, not 1 (differ)" test "$rc" = 2
+fails_with "diff of a root without a second branch" "is a root" "$RAMIFY" diff main
+state >"$WORK/state.after"
+check "... and nothing changed" cmp -s "$WORK/state.before" "$WORK/state.after"
+"$RAMIFY" branch delete feat >/dev/null
+"$RAMIFY" branch delete same >/dev/null
+"$RAMIFY" branch delete base >/dev/null
+echo "    diff checks took $((SECONDS - diff_start)) s"
 
 echo "# 5. expiry and protection"
 "$RAMIFY" branch create short --parent main --expires-in 3s >/dev/null

@@ -4,6 +4,7 @@ pub mod branch;
 pub mod checkpoint;
 pub mod completion;
 pub mod demo;
+pub mod diff;
 pub mod local;
 pub mod psql;
 pub mod run;
@@ -83,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Checkpoint(cmd) => checkpoint::run(&ctx, cmd).await,
             // The command's own status is ours.
             Command::Run(args) => return run::run(&ctx, args).await,
+            // Exit 1 means "differ" (--exit-code); errors exit 2 and are printed there.
+            Command::Diff(args) => return Ok(diff::run(&ctx, args).await),
             Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
             Command::Psql { name, args } => psql::run(&ctx, &name, &args).await,
         }

@@ -57,7 +57,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `<prefix>-<8 random [a-z0-9]>`, checked as a branch name.
-fn branch_name(prefix: &str) -> anyhow::Result<String> {
+pub(super) fn branch_name(prefix: &str) -> anyhow::Result<String> {
     let random = ramify_lifecycle::password::generate()
         .map_err(|e| anyhow::anyhow!("cannot generate a branch name: {e}"))?;
     let suffix: String = random
@@ -170,7 +170,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 /// Deletes the run's branch; retried briefly, since the daemon may be busy.
-async fn delete(client: &DaemonClient, name: &str) -> anyhow::Result<()> {
+pub(super) async fn delete(client: &DaemonClient, name: &str) -> anyhow::Result<()> {
     let mut last = None;
     for attempt in 0..3 {
         if attempt > 0 {
