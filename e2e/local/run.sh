@@ -6,40 +6,9 @@
 #   e2e/local/run.sh [path/to/ramify]
 set -euo pipefail
 
-RAMIFY=${1:-target/debug/ramify}
-RAMIFY=$(readlink -f "$RAMIFY")
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-export PATH="$PGBIN:$PATH"
-WORK=$(mktemp -d /var/tmp/ramify-e2e-XXXXXX)
-chmod 755 "$WORK"
-export RAMIFY_DATA_DIR="$WORK/data"
-mkdir -p "$RAMIFY_DATA_DIR"
-PASS=0
-FAIL=0
-
-cleanup() {
-  "$RAMIFY" local down >/dev/null 2>&1 || true
-  if mountpoint -q "$RAMIFY_DATA_DIR"; then umount "$RAMIFY_DATA_DIR" || umount -l "$RAMIFY_DATA_DIR"; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ok()   { PASS=$((PASS + 1)); echo "ok   - $*"; }
-bad()  { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-# Runs a command that must fail with one clear line on stderr containing $2.
-fails_with() {
-  local what=$1 needle=$2; shift 2
-  local out rc=0
-  out=$("$@" 2>&1 >/dev/null) || rc=$?
-  # One line saying what is wrong (clap adds a "For more information, try '--help'." hint).
-  if [ "$rc" -ne 0 ] && grep -q -- "$needle" <<<"$out" && [ "$(grep -cv -e '^$' -e "try '--help'" <<<"$out")" -le 1 ]; then
-    ok "$what"
-  else
-    bad "$what (exit $rc, stderr: $out)"
-  fi
-}
-q() { psql -X -A -t -q "$@"; }
+E2E_NAME=e2e
+# shellcheck source=e2e/local/lib.sh
+. "$(dirname "$0")/lib.sh"
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
 
 if [ "$(id -u)" -eq 0 ]; then XFS=(--xfs-image 6G); else XFS=(); fi
