@@ -42,30 +42,10 @@ const DATA_ROWS_TEXT: i64 = 200_000;
 const DATA_RUNS: usize = 3;
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("schema_diff bench: cannot build the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = run() => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); cleaning up")),
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("schema_diff bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ramify_testkit::bench::main("schema_diff bench", async {
+        run().await?;
+        Ok(())
+    })
 }
 
 fn progress(msg: &str) {

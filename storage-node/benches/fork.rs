@@ -50,33 +50,11 @@ const LOAD_SECONDS: &str = "60";
 const LOAD_WARMUP: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fork bench: cannot build the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = run() => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); cleaning up")),
-        }
-    });
-    match result {
-        Ok(()) => {
-            progress("done");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fork bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ramify_testkit::bench::main("fork bench", async {
+        run().await?;
+        progress("done");
+        Ok(())
+    })
 }
 
 /// Prints a progress line to stderr with the time since the bench started.

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod apiserver;
+pub mod bench;
 pub mod compute;
 pub mod port;
 pub mod scratch;

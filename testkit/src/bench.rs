@@ -1,0 +1,36 @@
+//! The `main` of a `harness = false` benchmark: a two-worker runtime, Ctrl-C turned into
+//! an error (so the benchmark's fixtures are dropped and clean up), and an exit status.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Runs `bench` to completion; `name` prefixes the error line.
+pub fn main<F>(name: &str, bench: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot build the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = bench => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); cleaning up")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
