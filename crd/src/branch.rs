@@ -37,6 +37,8 @@ pub const DELETE_CHILDREN_ANNOTATION: &str = "ramify.dev/delete-children";
     printcolumn(name = "Fork LSN", type_ = "string", json_path = ".status.forkLsn"),
     printcolumn(name = "Compute", type_ = "string", json_path = ".status.compute.state"),
     printcolumn(name = "Exclusive", type_ = "string", json_path = ".status.exclusiveSize"),
+    printcolumn(name = "Protected", type_ = "boolean", json_path = ".spec.protected", priority = 1),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,52}[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 54 characters starting with a letter: it names the branch's Service (<name>-postgres)")
 )]
@@ -44,6 +46,7 @@ pub const DELETE_CHILDREN_ANNOTATION: &str = "ramify.dev/delete-children";
 #[x_kube(validation = Rule::new("!has(self.postgresVersion) || !has(self.parent)").message("spec.postgresVersion is only for roots: a fork runs its parent's version"))]
 #[x_kube(validation = Rule::new("has(self.parent) == has(oldSelf.parent) && (!has(self.parent) || self.parent == oldSelf.parent)").message("spec.parent is immutable: create a new branch instead"))]
 #[x_kube(validation = Rule::new("has(self.at) == has(oldSelf.at) && (!has(self.at) || self.at == oldSelf.at)").message("spec.at is immutable: create a new branch instead"))]
+#[x_kube(validation = Rule::new("!has(self.expiresAt) || !has(self.ttl)").message("spec.expiresAt and spec.ttl exclude each other: give an absolute time or a lifetime"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBranchSpec {
     /// The branch to fork; absent for a new, empty root. Immutable.
@@ -65,6 +68,20 @@ pub struct DatabaseBranchSpec {
     /// Which other namespaces may fork this branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharing: Option<SharingSpec>,
+    /// A protected branch is not deleted, reset, restored or expired: the API server
+    /// refuses its deletion (the chart's ValidatingAdmissionPolicy) and so does the
+    /// operator. Set it to false first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// When the operator deletes the branch (with its compute and storage), an RFC 3339
+    /// time. Can be set, moved or removed at any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The branch's lifetime from its creation (`2h`, `30m`, `168h`): another way to
+    /// write `expiresAt`; `status.expiresAt` shows the resulting time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub ttl: Option<String>,
 }
 
 /// Reference to the parent branch.
@@ -184,6 +201,9 @@ pub struct DatabaseBranchStatus {
     /// `exclusiveBytes` for people (`12Mi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclusive_size: Option<String>,
+    /// When the branch expires (`spec.expiresAt`, or creation + `spec.ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Summary of a branch's state.
@@ -262,6 +282,34 @@ impl DatabaseBranch {
         p.namespace
             .clone()
             .or_else(|| self.metadata.namespace.clone())
+    }
+
+    /// Whether `spec.protected` is true.
+    pub fn is_protected(&self) -> bool {
+        self.spec.protected == Some(true)
+    }
+
+    /// When the branch expires: `spec.expiresAt`, or its creation plus `spec.ttl`
+    /// (`Err` for a ttl that does not parse; `None` when neither is set or the object
+    /// has no creation time yet).
+    pub fn expires_at(&self) -> Result<Option<DateTime<Utc>>, String> {
+        if let Some(at) = self.spec.expires_at {
+            return Ok(Some(at));
+        }
+        let Some(ttl) = self.spec.ttl.as_deref() else {
+            return Ok(None);
+        };
+        let ttl = crate::duration::parse(ttl)?;
+        let Some(created) = self.metadata.creation_timestamp.as_ref() else {
+            return Ok(None);
+        };
+        let created = DateTime::<Utc>::from_timestamp(
+            created.0.as_second(),
+            created.0.subsec_nanosecond().max(0) as u32,
+        )
+        .ok_or_else(|| "creationTimestamp out of range".to_string())?;
+        let ttl = chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
+        Ok(created.checked_add_signed(ttl))
     }
 
     /// Whether the user asked that deleting this branch deletes its children first.

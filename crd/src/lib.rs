@@ -4,17 +4,26 @@
 #![forbid(unsafe_code)]
 
 pub mod branch;
+pub mod checkpoint;
 pub mod duration;
+pub mod restore;
 pub mod timeline;
 
 pub use branch::*;
+pub use checkpoint::*;
+pub use restore::*;
 pub use timeline::*;
 
 use kube::CustomResourceExt;
 
 /// Every CRD Ramify ships, as (file name, YAML), the way `crdgen` writes them.
 pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
-    let crds = [DatabaseBranch::crd(), Timeline::crd()];
+    let crds = [
+        DatabaseBranch::crd(),
+        Timeline::crd(),
+        BranchCheckpoint::crd(),
+        BranchRestore::crd(),
+    ];
     crds.into_iter()
         .map(|crd| {
             let name = crd

@@ -350,8 +350,19 @@ pub fn timeline_holding(
 /// `NAME-before-restore-<UTC time>`, shortened to fit a 63-character name, with `-2`,
 /// `-3`, … when taken.
 pub fn backup_name(branch: &str, now: DateTime<Utc>, taken: impl Fn(&str) -> bool) -> String {
+    backup_name_within(branch, now, 63, taken)
+}
+
+/// [`backup_name`] within `max_len` characters (at least 40; Kubernetes branch names
+/// have 54).
+pub fn backup_name_within(
+    branch: &str,
+    now: DateTime<Utc>,
+    max_len: usize,
+    taken: impl Fn(&str) -> bool,
+) -> String {
     let suffix = format!("-before-restore-{}", now.format("%Y%m%dt%H%M%Sz"));
-    let room = 63 - suffix.len() - 3;
+    let room = max_len.max(40) - suffix.len() - 3;
     let base: String = branch.chars().take(room).collect();
     let base = base.trim_end_matches('-');
     let name = format!("{base}{suffix}");

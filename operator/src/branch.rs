@@ -49,6 +49,10 @@ pub enum Error {
     Compute(#[from] ComputeError),
     #[error("{0}")]
     HasChildren(String),
+    #[error("{0}")]
+    Protected(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("cannot generate a password: {0}")]
     Random(String),
     #[error("no free proxy port in 20000-29999")]
@@ -66,6 +70,8 @@ impl Error {
             Error::NoStorageNode(_) => "NoStorageNode",
             Error::Compute(e) => e.kind(),
             Error::HasChildren(_) => "HasChildren",
+            Error::Protected(_) => "Protected",
+            Error::Conflict(_) => "Conflict",
             Error::Random(_) => "Random",
             Error::PortsExhausted => "PortsExhausted",
             Error::Finalizer(e) => match e.as_ref() {
@@ -81,24 +87,33 @@ impl Error {
 pub struct Backoff(Mutex<HashMap<String, u32>>);
 
 impl Backoff {
-    fn next(&self, key: &str) -> Duration {
+    /// The delay before retry number n of `key` (1 s, 2 s, 4 s, … 5 min).
+    pub fn next(&self, key: &str) -> Duration {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(key.to_string()).or_default();
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    fn reset(&self, key: &str) {
+    /// Forgets `key`'s failures (it succeeded).
+    pub fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
-/// Reconciles one branch.
+/// Reconciles one branch, holding its lock and working from a fresh read: a restore may
+/// have moved it to another timeline since the watch delivered it.
 #[instrument(skip_all, fields(branch = %branch.name_any(), namespace = %branch.namespace().unwrap_or_default()))]
 pub async fn reconcile(branch: Arc<DatabaseBranch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = branch.namespace().unwrap_or_default();
     let api: Api<DatabaseBranch> = Api::namespaced(ctx.client.clone(), &ns);
+    let lock = ctx.branch_lock(&ns, &branch.name_any());
+    let _guard = lock.lock().await;
+    let Some(branch) = api.get_opt(&branch.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let branch = Arc::new(branch);
     let key = branch.uid().unwrap_or_default();
     let result = finalizer(&api, FINALIZER, branch, |event| async {
         match event {
@@ -116,23 +131,44 @@ pub async fn reconcile(branch: Arc<DatabaseBranch>, ctx: Arc<Context>) -> Result
 }
 
 /// Requeues a failed reconcile with exponential backoff (1 s … 5 min) and reports it as a
-/// Warning event; a deletion waiting for children is retried every 5 s quietly.
+/// Warning event; a deletion waiting for children (or for `spec.protected` to be
+/// cleared) is retried quietly: its condition and one event already say why.
 pub fn error_policy(branch: Arc<DatabaseBranch>, err: &Error, ctx: Arc<Context>) -> Action {
     let kind = err.kind();
     ctx.metrics.reconcile_failed(kind);
-    if kind == "HasChildren" {
-        return Action::requeue(Duration::from_secs(5));
+    match kind {
+        "HasChildren" => return Action::requeue(Duration::from_secs(5)),
+        "Protected" => return Action::requeue(Duration::from_secs(30)),
+        _ => {}
     }
-    let delay = ctx.backoff.next(&branch.uid().unwrap_or_default());
-    warn!(branch = %branch.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    retry_with_event(branch, err, ctx)
+}
+
+/// Requeues a failed reconcile of any of the operator's objects with exponential backoff
+/// (1 s … 5 min) and reports it as a Warning event on the object.
+pub fn retry_with_event<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    let kind = err.kind();
+    let delay = ctx.backoff.next(&obj.uid().unwrap_or_default());
+    warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
     let note = err.to_string();
     tokio::spawn(async move {
-        publish(&ctx, &branch, EventType::Warning, kind, note).await;
+        publish(&ctx, obj.as_ref(), EventType::Warning, kind, note).await;
     });
     Action::requeue(delay)
 }
 
-async fn publish(ctx: &Context, b: &DatabaseBranch, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event about a branch, checkpoint or restore (failures to publish are
+/// logged, not returned).
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    b: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.to_string(),
@@ -145,7 +181,7 @@ async fn publish(ctx: &Context, b: &DatabaseBranch, type_: EventType, reason: &s
     }
 }
 
-fn storage_err(node: &str) -> impl FnOnce(ClientError) -> Error + '_ {
+pub(crate) fn storage_err(node: &str) -> impl FnOnce(ClientError) -> Error + '_ {
     move |source| Error::Storage {
         node: node.to_string(),
         source,
@@ -161,6 +197,10 @@ struct Outcome {
 async fn apply(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
     let old = b.status.clone().unwrap_or_default();
     let mut status = old.clone();
+    let expires = match expiry(b, ctx, &mut status).await? {
+        Expiry::Deleted => return Ok(Action::await_change()),
+        Expiry::At(at) => at,
+    };
     let outcome: Result<Outcome, Error> = match converge(b, ctx, &mut status).await {
         Ok(action) => Ok(Outcome { status, action }),
         Err(Step::Problem(p)) => {
@@ -218,9 +258,87 @@ async fn apply(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
             return Err(e);
         }
     };
-    let Outcome { status, action } = outcome?;
+    let Outcome { status, mut action } = outcome?;
     write_status(b, ctx, &old, &status).await?;
+    // Come back when the branch expires, if that is before the next periodic look.
+    if let Some(at) = expires {
+        let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        if left < Duration::from_secs(60) {
+            action = Action::requeue(left.max(Duration::from_millis(100)));
+        }
+    }
     Ok(action)
+}
+
+/// Whether the branch was deleted for its expiry, or when it expires.
+enum Expiry {
+    Deleted,
+    At(Option<chrono::DateTime<chrono::Utc>>),
+}
+
+/// Condition type set while an expired branch is kept because it is protected.
+pub const EXPIRED: &str = "Expired";
+
+/// Records when the branch expires and deletes it (with an Event saying why) once that
+/// time passed, unless it is protected: then an `Expired` condition and a Warning event
+/// say that it was kept and how to let it go.
+async fn expiry(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    status: &mut DatabaseBranchStatus,
+) -> Result<Expiry, Error> {
+    let at = match b.expires_at() {
+        Ok(at) => at,
+        Err(e) => {
+            warn!(error = %e, "spec.ttl cannot be used");
+            None
+        }
+    };
+    status.expires_at = at;
+    let now = chrono::Utc::now();
+    let Some(at) = at.filter(|at| *at <= now) else {
+        status.conditions.retain(|c| c.type_ != EXPIRED);
+        return Ok(Expiry::At(at));
+    };
+    let how = match (&b.spec.expires_at, &b.spec.ttl) {
+        (Some(_), _) | (None, None) => "spec.expiresAt".to_string(),
+        (None, Some(ttl)) => format!("spec.ttl {ttl}"),
+    };
+    if b.is_protected() {
+        let known = status.conditions.iter().any(|c| c.type_ == EXPIRED);
+        let message = format!(
+            "expired at {} ({how}) but kept: spec.protected is true; set it to false to let the branch be deleted",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        conditions::set(
+            &mut status.conditions,
+            EXPIRED,
+            true,
+            "Protected",
+            &message,
+            b.metadata.generation,
+        );
+        if !known {
+            publish(ctx, b, EventType::Warning, "ExpiryRefused", message).await;
+        }
+        return Ok(Expiry::At(Some(at)));
+    }
+    let api: Api<DatabaseBranch> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    publish(
+        ctx,
+        b,
+        EventType::Normal,
+        "Expired",
+        format!(
+            "expired at {} ({how}): deleting the branch with its compute and storage",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+    .await;
+    info!(expired_at = %at, "branch expired; deleting it");
+    delete_if_exists(&api, &b.name_any()).await?;
+    Ok(Expiry::Deleted)
 }
 
 /// Why `converge` stopped before the branch was ready.
@@ -286,7 +404,10 @@ async fn converge(
                 Err(e) => return Err(storage_err(&t.storage_node)(e).into()),
             }
         }
-        None => create_timeline(b, ctx, &spec, &uid).await?,
+        None => match b.annotations().get(ADOPT_TIMELINE_ANNOTATION) {
+            Some(id) => adopt_timeline(b, ctx, id, status).await?,
+            None => create_timeline(b, ctx, &spec, &uid).await?,
+        },
     };
     status.timeline = Some(timeline.clone());
     status.fork_lsn = info.fork_lsn.map(|l| l.to_string());
@@ -318,7 +439,7 @@ async fn converge(
         &timeline,
         proxy_port,
         &info.archive_command,
-        parent_timeline(b, ctx),
+        info.parent.map(|p| build::timeline_name(&p.to_string())),
     );
 
     // Build and apply the children.
@@ -516,11 +637,63 @@ fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &Br
     });
 }
 
-/// The parent's Timeline object name, for the Timeline's lineage.
-fn parent_timeline(b: &DatabaseBranch, ctx: &Context) -> Option<String> {
-    let p = b.spec.parent.as_ref()?;
-    let parent = ctx.branch(&b.parent_namespace()?, &p.name)?;
-    Some(parent.status.as_ref()?.timeline.as_ref()?.name.clone())
+/// Annotation of a branch created to take over an existing timeline (a restore's backup
+/// branch): the timeline id. It is adopted only once the operator handed that timeline's
+/// `Timeline` object over to this branch's uid, so the annotation alone grants nothing.
+pub const ADOPT_TIMELINE_ANNOTATION: &str = "ramify.dev/adopt-timeline";
+/// With [`ADOPT_TIMELINE_ANNOTATION`]: the branch's Secret was written with the password
+/// its role already has on that timeline, so no compute must start to set it.
+pub const ADOPT_CREDENTIALS_ANNOTATION: &str = "ramify.dev/adopt-credentials";
+
+/// Takes over timeline `id` (see [`ADOPT_TIMELINE_ANNOTATION`]).
+async fn adopt_timeline(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    id: &str,
+    status: &mut DatabaseBranchStatus,
+) -> Result<(TimelineRef, TimelineInfo), Step> {
+    let tl_name = build::timeline_name(id);
+    let tl = Api::<Timeline>::namespaced(ctx.client.clone(), &ctx.config.namespace)
+        .get_opt(&tl_name)
+        .await
+        .map_err(Error::from)?;
+    let handed_over = tl
+        .as_ref()
+        .is_some_and(|t| Some(&t.spec.branch.uid) == b.metadata.uid.as_ref());
+    let Some(tl) = tl.filter(|_| handed_over) else {
+        return Err(wait(
+            "TimelineHandover",
+            format!("waiting for timeline {id} to be handed over to this branch"),
+            Duration::from_secs(2),
+        ));
+    };
+    let tid: TimelineId = id.parse().map_err(|_| {
+        Step::Problem(Problem {
+            reason: "InvalidSpec",
+            message: format!("annotation {ADOPT_TIMELINE_ANNOTATION} {id:?} is not a UUID"),
+        })
+    })?;
+    let node = tl.spec.storage_node.clone();
+    let info = ctx
+        .storage(&node)
+        .get_timeline(tid)
+        .await
+        .map_err(storage_err(&node))?;
+    if b.annotations()
+        .get(ADOPT_CREDENTIALS_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        status.credentials_timeline = Some(id.to_string());
+    }
+    info!(timeline = %id, node = %node, "timeline adopted");
+    Ok((
+        TimelineRef {
+            id: id.to_string(),
+            name: tl_name,
+            storage_node: node,
+        },
+        info,
+    ))
 }
 
 /// The builders' input from the validated spec and the resolved timeline.
@@ -546,6 +719,60 @@ pub fn plan(
         archive_command: archive_command.to_string(),
         resources: spec.resources.clone(),
     }
+}
+
+/// Why a branch's compute cannot be started yet.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("branch {0} is still being created")]
+    NotReady(String),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("storage node {node}: {source}")]
+    Storage {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// The plan for starting the compute of a created branch (on its timeline, with its
+/// credentials set): what a wake, a suspend and a checkpoint act on.
+pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan, PlanError> {
+    let not_ready = || {
+        PlanError::NotReady(format!(
+            "{}/{}",
+            b.namespace().unwrap_or_default(),
+            b.name_any()
+        ))
+    };
+    let st = b.status.as_ref().ok_or_else(not_ready)?;
+    let tl = st.timeline.clone().ok_or_else(not_ready)?;
+    if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
+        return Err(not_ready());
+    }
+    let port = st
+        .proxy_port
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(not_ready)?;
+    let spec = validate_spec(b, &ctx.config).map_err(|p| PlanError::InvalidSpec(p.message))?;
+    let archive = match ctx.archive_command(&tl.id) {
+        Some(a) => a,
+        None => {
+            let id = tl.id.parse().map_err(|_| not_ready())?;
+            let info = ctx
+                .storage(&tl.storage_node)
+                .get_timeline(id)
+                .await
+                .map_err(|source| PlanError::Storage {
+                    node: tl.storage_node.clone(),
+                    source,
+                })?;
+            ctx.remember_archive_command(&tl.id, &info.archive_command);
+            info.archive_command
+        }
+    };
+    Ok(plan(b, &spec, &tl, port, &archive, None))
 }
 
 /// The password the branch's Secret already holds, or a new one.
@@ -787,6 +1014,27 @@ async fn write_status(
 async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
     let name = b.name_any();
     let ns = b.namespace().unwrap_or_default();
+    if b.is_protected() {
+        // The chart's ValidatingAdmissionPolicy refuses this deletion; a server without
+        // it (Kubernetes < 1.30, or the policy turned off) lets it through, and the
+        // finalizer holds it until the flag is cleared.
+        let old = b.status.clone().unwrap_or_default();
+        let mut status = old.clone();
+        status.phase = Some(Phase::Deleting);
+        let message = format!(
+            "not deleted: spec.protected is true; set it to false to let the deletion finish (kubectl patch databasebranch {name} -n {ns} --type merge -p '{{\"spec\":{{\"protected\":false}}}}')"
+        );
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Protected",
+            &message,
+            b.metadata.generation,
+        );
+        write_status(b, ctx, &old, &status).await?;
+        return Err(Error::Protected(message));
+    }
     let children: Vec<Arc<DatabaseBranch>> = ctx
         .branches
         .state()

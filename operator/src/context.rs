@@ -9,6 +9,7 @@ use kube::runtime::reflector::Store;
 use kube::Client;
 use ramify_api::StorageClient;
 use ramify_crd::DatabaseBranch;
+use ramify_lifecycle::locks::KeyedLocks;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -35,6 +36,9 @@ pub struct Context {
     pub backoff: crate::branch::Backoff,
     /// Becomes true when the controller's first list of branches arrived.
     pub synced: watch::Receiver<bool>,
+    /// One lock per branch (`ns/name`): its reconcile, a restore moving it to another
+    /// timeline, a checkpoint and a wake never interleave.
+    locks: KeyedLocks<String>,
 }
 
 impl Context {
@@ -66,7 +70,14 @@ impl Context {
             proxy_routes: Mutex::new(HashMap::new()),
             backoff: Default::default(),
             synced,
+            locks: KeyedLocks::default(),
         }
+    }
+
+    /// The lock of branch `namespace/name`; hold its guard while reading the branch and
+    /// acting on its timeline or compute.
+    pub fn branch_lock(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.of(&format!("{namespace}/{name}"))
     }
 
     /// The API client of a storage node (one connection pool per node).

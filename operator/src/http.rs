@@ -23,11 +23,10 @@ use ramify_crd::DatabaseBranch;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::branch;
+use crate::branch::{self, PlanError};
 use crate::build::BranchPlan;
 use crate::compute::{self, ComputeError};
 use crate::context::Context;
-use crate::validate::validate_spec;
 
 /// How long a wake may take: scheduling, image already present, Postgres start.
 pub const WAKE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -184,53 +183,36 @@ async fn routes(
     Ok(Json(table).into_response())
 }
 
-/// The plan of a created branch, for starting its compute.
+/// The plan of a created branch, for starting its compute, from a fresh read under the
+/// branch's lock (which the caller holds): a restore may have just moved it.
 async fn plan_of(ctx: &Context, ns: &str, name: &str) -> Result<BranchPlan, HttpError> {
-    let b = ctx.branch(ns, name).ok_or_else(|| {
-        err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("branch {ns}/{name} does not exist"),
-        )
-    })?;
-    let not_ready = || {
-        err(
-            StatusCode::CONFLICT,
-            "not_ready",
-            format!("branch {ns}/{name} is still being created"),
-        )
-    };
-    let st = b.status.as_ref().ok_or_else(not_ready)?;
-    let tl = st.timeline.clone().ok_or_else(not_ready)?;
-    if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
-        return Err(not_ready());
-    }
-    let port = st
-        .proxy_port
-        .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(not_ready)?;
-    let spec = validate_spec(&b, &ctx.config)
-        .map_err(|p| err(StatusCode::CONFLICT, "invalid_spec", p.message))?;
-    let archive = match ctx.archive_command(&tl.id) {
-        Some(a) => a,
-        None => {
-            let id = tl.id.parse().map_err(|_| not_ready())?;
-            let info = ctx
-                .storage(&tl.storage_node)
-                .get_timeline(id)
-                .await
-                .map_err(|e| {
-                    err(
-                        StatusCode::BAD_GATEWAY,
-                        "storage_unavailable",
-                        format!("storage node {}: {e}", tl.storage_node),
-                    )
-                })?;
-            ctx.remember_archive_command(&tl.id, &info.archive_command);
-            info.archive_command
-        }
-    };
-    Ok(branch::plan(&b, &spec, &tl, port, &archive, None))
+    let api: kube::Api<DatabaseBranch> = kube::Api::namespaced(ctx.client.clone(), ns);
+    let b = api
+        .get_opt(name)
+        .await
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kube",
+                format!("reading branch {ns}/{name}: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("branch {ns}/{name} does not exist"),
+            )
+        })?;
+    branch::ready_plan(ctx, &b).await.map_err(|e| match e {
+        PlanError::NotReady(_) => err(StatusCode::CONFLICT, "not_ready", e.to_string()),
+        PlanError::InvalidSpec(_) => err(StatusCode::CONFLICT, "invalid_spec", e.to_string()),
+        PlanError::Storage { .. } => err(
+            StatusCode::BAD_GATEWAY,
+            "storage_unavailable",
+            e.to_string(),
+        ),
+    })
 }
 
 async fn wake(
@@ -240,6 +222,8 @@ async fn wake(
 ) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
     let started = Instant::now();
+    let lock = ctx.branch_lock(&ns, &name);
+    let _guard = lock.lock().await;
     let plan = plan_of(&ctx, &ns, &name).await?;
     let result = compute::wake(&ctx, &plan, WAKE_TIMEOUT).await;
     ctx.metrics.woke(result.is_ok(), started.elapsed());
@@ -265,6 +249,8 @@ async fn suspend(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
+    let lock = ctx.branch_lock(&ns, &name);
+    let _guard = lock.lock().await;
     let plan = plan_of(&ctx, &ns, &name).await?;
     match compute::suspend(&ctx, &plan.timeline_id, Duration::from_secs(90)).await {
         Ok(existed) => {

@@ -1,9 +1,11 @@
-//! Ramify's Kubernetes operator: the DatabaseBranch controller, the compute lifecycle on
-//! Pods, and the HTTP API the proxy wakes branches through.
+//! Ramify's Kubernetes operator: the DatabaseBranch, BranchCheckpoint and BranchRestore
+//! controllers, the compute lifecycle on Pods, and the HTTP API the proxy wakes branches
+//! through.
 #![forbid(unsafe_code)]
 
 pub mod branch;
 pub mod build;
+pub mod checkpoint;
 pub mod compute;
 pub mod conditions;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod ports;
+pub mod restore;
 pub mod token;
 pub mod validate;
 
@@ -22,7 +25,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
-use ramify_crd::DatabaseBranch;
+use ramify_crd::{BranchCheckpoint, BranchRestore, DatabaseBranch};
 use tracing::warn;
 
 use crate::build::{COMPONENT_COMPUTE, LABEL_COMPONENT};
@@ -30,7 +33,8 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::metrics::Metrics;
 
-/// Runs the DatabaseBranch controller until SIGTERM/SIGINT. `on_context` receives the
+/// Runs the DatabaseBranch, BranchCheckpoint and BranchRestore controllers until
+/// SIGTERM/SIGINT. `on_context` receives the
 /// shared context as soon as it exists (the HTTP API serves from it).
 pub async fn run_controller(
     client: Client,
@@ -74,12 +78,30 @@ pub async fn run_controller(
             }
         }
     });
-    let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
     let computes =
         watcher::Config::default().labels(&format!("{LABEL_COMPONENT}={COMPONENT_COMPUTE}"));
     let proxies = watcher::Config::default().labels(&config.proxy_selector);
     let all_branches = store.clone();
-    controller
+    let checkpoints = Controller::new(
+        Api::<BranchCheckpoint>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(
+        checkpoint::reconcile,
+        checkpoint::error_policy,
+        Arc::clone(&ctx),
+    )
+    .for_each(log_controller_error);
+    let restores = Controller::new(
+        Api::<BranchRestore>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(restore::reconcile, restore::error_policy, Arc::clone(&ctx))
+    .for_each(log_controller_error);
+    let branches = controller
         // A compute Pod changing (ready, gone) changes its branch's status.
         .watches(pods.clone(), computes, |pod| {
             branch::branch_of_pod(pod.labels()).map(|(ns, name)| ObjectRef::new(&name).within(&ns))
@@ -94,13 +116,17 @@ pub async fn run_controller(
         })
         .shutdown_on_signal()
         .run(branch::reconcile, branch::error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                // Reconcile failures are reported by error_policy (log, metric, Event).
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => warn!(error = %e, "controller error"),
-                Ok(_) => {}
-            }
-        })
-        .await;
+        .for_each(log_controller_error);
+    tokio::join!(branches, checkpoints, restores);
+}
+
+/// Logs what a controller reports, except reconcile failures: error_policy reported
+/// those already (log, metric, Event).
+async fn log_controller_error<T, E: std::fmt::Debug>(
+    res: Result<T, kube::runtime::controller::Error<E, kube::runtime::watcher::Error>>,
+) {
+    match res {
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+        Err(e) => warn!(error = ?e, "controller error"),
+    }
 }

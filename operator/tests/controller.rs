@@ -28,10 +28,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use ramify_api::{
-    ApiError, ComputeState, CreateTimeline, Credentials, NodeStatus, RestoreWindow, TimelineId,
-    TimelineInfo, TimelineState,
+    ApiError, At, ComputeState, CreateRestorePoint, CreateTimeline, Credentials, Lsn, NodeStatus,
+    RestorePointInfo, RestoreWindow, TimelineId, TimelineInfo, TimelineState,
 };
-use ramify_crd::{DatabaseBranch, Phase, Timeline};
+use ramify_crd::{
+    BranchCheckpoint, BranchRestore, BranchRestoreStatus, CheckpointPhase, DatabaseBranch, Phase,
+    RestorePhase, Timeline,
+};
 use ramify_operator::config::Config;
 use ramify_operator::metrics::Metrics;
 use ramify_testkit::ApiServer;
@@ -46,7 +49,12 @@ struct FakeStorage {
     fail_creates: AtomicU32,
     credentials: Mutex<Vec<(TimelineId, Credentials)>>,
     deleted: Mutex<Vec<TimelineId>>,
+    /// Restore points written: (timeline, name).
+    restore_points: Mutex<Vec<(TimelineId, String)>>,
 }
+
+/// Fork points at or after this LSN are "outside the restore window".
+const WINDOW_END: u64 = 0xF_0000_0000;
 
 type Fake = Arc<FakeStorage>;
 
@@ -88,7 +96,7 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> axum::response::R
         .into_response()
 }
 
-async fn create(
+async fn create_timeline(
     State(f): State<Fake>,
     Json(req): Json<CreateTimeline>,
 ) -> axum::response::Response {
@@ -103,11 +111,23 @@ async fn create(
         );
     }
     let id = req.id.unwrap();
+    if let Some(At::Lsn(l)) = &req.at {
+        if l.0 >= WINDOW_END {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "out_of_range",
+                &format!("{l} is after the last flushed LSN 0/5000000 (restore window 0/1000000 - 0/5000000)"),
+            );
+        }
+    }
     let mut tls = f.timelines.lock().unwrap();
     let created = !tls.contains_key(&id);
     let tl = tls
         .entry(id)
-        .or_insert_with(|| info(id, req.parent))
+        .or_insert_with(|| TimelineInfo {
+            at: req.at.clone(),
+            ..info(id, req.parent)
+        })
         .clone();
     let status = if created {
         StatusCode::CREATED
@@ -141,6 +161,26 @@ async fn set_credentials(
     StatusCode::NO_CONTENT.into_response()
 }
 
+async fn restore_point(
+    State(f): State<Fake>,
+    Path(id): Path<TimelineId>,
+    Json(req): Json<CreateRestorePoint>,
+) -> axum::response::Response {
+    if !f.timelines.lock().unwrap().contains_key(&id) {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "no such timeline");
+    }
+    let mut points = f.restore_points.lock().unwrap();
+    points.push((id, req.name.clone()));
+    Json(RestorePointInfo {
+        name: req.name,
+        lsn: Lsn(0x400_0000 + points.len() as u64 * 0x100),
+        time: Utc::now(),
+        wal_since_snapshot: 0,
+        snapshot: None,
+    })
+    .into_response()
+}
+
 async fn status() -> Json<NodeStatus> {
     Json(NodeStatus {
         version: "test".into(),
@@ -159,9 +199,10 @@ async fn status() -> Json<NodeStatus> {
 
 async fn fake_storage(f: Fake) -> String {
     let app = Router::new()
-        .route("/v1/timelines", post(create))
+        .route("/v1/timelines", post(create_timeline))
         .route("/v1/timelines/{id}", get(get_one).delete(delete_one))
         .route("/v1/timelines/{id}/credentials", put(set_credentials))
+        .route("/v1/timelines/{id}/restore-points", post(restore_point))
         .route("/v1/status", get(status))
         .with_state(f);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -188,7 +229,9 @@ async fn install_crds(client: &Client) {
         let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
         api.create(&PostParams::default(), &crd).await.unwrap();
     }
-    for name in ["databasebranches.ramify.dev", "timelines.ramify.dev"] {
+    for (file, _) in ramify_crd::crd_files().unwrap() {
+        let name = file.trim_end_matches(".yaml").to_string();
+        let name = name.as_str();
         eventually("CRD established", Duration::from_secs(30), || async {
             let crd = api.get(name).await.ok()?;
             crd.status?
@@ -288,26 +331,30 @@ async fn wait_condition(client: &Client, ns: &str, name: &str, reason: &str) -> 
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn branches_on_a_real_api_server() {
+/// A real API server with the CRDs, namespaces, a storage StatefulSet, a fake storage
+/// node, a play-kubelet and the operator's controllers running; `None` when the machine
+/// has no etcd/kube-apiserver (a failure under `RAMIFY_REQUIRE_K8S=1`).
+struct Env {
+    _server: ApiServer,
+    client: Client,
+    storage: Fake,
+}
+
+async fn start_env(test: &str, namespaces: &[(&str, Vec<(&str, &str)>)]) -> Option<Env> {
     if let Err(e) = ApiServer::available() {
         assert!(
             std::env::var("RAMIFY_REQUIRE_K8S").as_deref() != Ok("1"),
             "RAMIFY_REQUIRE_K8S is set but: {e}"
         );
-        eprintln!("SKIPPED branches_on_a_real_api_server: {e}");
-        return;
+        eprintln!("SKIPPED {test}: {e}");
+        return None;
     }
     let server = ApiServer::start().unwrap();
     let client = client(&server).await;
     install_crds(&client).await;
-    for (ns, labels) in [
-        (STORAGE_NS, vec![]),
-        ("prod", vec![]),
-        ("dev", vec![("team", "web")]),
-        ("other", vec![]),
-    ] {
-        namespace(&client, ns, &labels).await;
+    namespace(&client, STORAGE_NS, &[]).await;
+    for (ns, labels) in namespaces {
+        namespace(&client, ns, labels).await;
     }
     let sts: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "ramify-storage", "namespace": STORAGE_NS},
@@ -352,6 +399,31 @@ async fn branches_on_a_real_api_server() {
         || async { ctx.synced.borrow().then_some(()) },
     )
     .await;
+    Some(Env {
+        _server: server,
+        client,
+        storage,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_on_a_real_api_server() {
+    let Some(Env {
+        _server,
+        client,
+        storage,
+    }) = start_env(
+        "branches_on_a_real_api_server",
+        &[
+            ("prod", vec![]),
+            ("dev", vec![("team", "web")]),
+            ("other", vec![]),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
 
     // CEL in the CRD schema: the API server itself refuses what cannot make sense.
     let err = apply_branch(
@@ -587,5 +659,486 @@ async fn branches_on_a_real_api_server() {
         pods.items.is_empty(),
         "compute Pods left: {}",
         pods.items.len()
+    );
+}
+
+async fn create<K>(client: &Client, ns: &str, body: serde_json::Value) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(body).unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+/// The restore's final status (Succeeded or Failed).
+async fn restore_done(client: &Client, ns: &str, name: &str) -> BranchRestoreStatus {
+    let api: Api<BranchRestore> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("BranchRestore {name} to finish"),
+        Duration::from_secs(60),
+        || async {
+            let st = api.get(name).await.ok()?.status?;
+            matches!(
+                st.phase,
+                Some(RestorePhase::Succeeded | RestorePhase::Failed)
+            )
+            .then_some(st)
+        },
+    )
+    .await
+}
+
+fn succeeded(st: &BranchRestoreStatus) -> (String, String) {
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+fn restore(name: &str, branch: &str, source: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "ramify.dev/v1alpha1", "kind": "BranchRestore",
+        "metadata": {"name": name},
+        "spec": {"branch": branch, "source": source}
+    })
+}
+
+async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Protection, expiry, checkpoints, restore (with a backup branch), reset, and every
+/// refusal of the workflow objects, against the real API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_on_a_real_api_server() {
+    let Some(Env {
+        _server,
+        client,
+        storage,
+    }) = start_env("workflows_on_a_real_api_server", &[("app", vec![])]).await
+    else {
+        return;
+    };
+    let ns = "app";
+    let branches: Api<DatabaseBranch> = Api::namespaced(client.clone(), ns);
+    let timeline_of = |b: &DatabaseBranch| b.status.as_ref().unwrap().timeline.clone().unwrap();
+    let branch = |name: &str, spec: serde_json::Value| json!({"apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch", "metadata": {"name": name}, "spec": spec});
+
+    // CEL: expiresAt and ttl exclude each other; a restore needs a meaningful source and
+    // is immutable.
+    let err = create::<DatabaseBranch>(
+        &client,
+        ns,
+        branch(
+            "x",
+            json!({"ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"}),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("exclude each other"), "{err}");
+    for (source, expect) in [
+        (json!({}), "source needs parent: true"),
+        (
+            json!({"parent": true, "lsn": "0/10"}),
+            "takes no other field",
+        ),
+        (
+            json!({"lsn": "0/10", "checkpoint": "c"}),
+            "at most one of lsn, time and checkpoint",
+        ),
+    ] {
+        let err = create::<BranchRestore>(&client, ns, restore("bad", "dev", source))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expect), "{err}");
+    }
+
+    create::<DatabaseBranch>(&client, ns, branch("main", json!({})))
+        .await
+        .unwrap();
+    let main = wait_condition(&client, ns, "main", "Ready").await;
+    create::<DatabaseBranch>(
+        &client,
+        ns,
+        branch("dev", json!({"parent": {"name": "main"}})),
+    )
+    .await
+    .unwrap();
+    let dev = wait_condition(&client, ns, "dev", "Ready").await;
+    let dev_tl0 = timeline_of(&dev);
+    let dev_password = {
+        let s = Api::<Secret>::namespaced(client.clone(), ns)
+            .get("dev-postgres")
+            .await
+            .unwrap();
+        String::from_utf8(s.data.unwrap()["password"].0.clone()).unwrap()
+    };
+
+    // Protection: the operator holds the deletion (no admission policy here) and says why.
+    create::<DatabaseBranch>(&client, ns, branch("keep", json!({"protected": true})))
+        .await
+        .unwrap();
+    let keep = wait_condition(&client, ns, "keep", "Ready").await;
+    branches
+        .delete("keep", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = wait_condition(&client, ns, "keep", "Protected").await;
+    let msg = held.status.unwrap().conditions[0..]
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("spec.protected is true"), "{msg}");
+    let keep_tl: TimelineId = timeline_of(&keep).id.parse().unwrap();
+    assert!(storage.timelines.lock().unwrap().contains_key(&keep_tl));
+    branches
+        .patch(
+            "keep",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"protected": false}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "keep deleted once unprotected",
+        Duration::from_secs(60),
+        || async { branches.get_opt("keep").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(storage.deleted.lock().unwrap().contains(&keep_tl));
+
+    // Expiry: a 3 s ttl is resolved in status and the branch is gone within 10 s, with
+    // an Event; an expired protected branch is kept, with a condition saying why.
+    let created = Instant::now();
+    create::<DatabaseBranch>(&client, ns, branch("tmp", json!({"ttl": "3s"})))
+        .await
+        .unwrap();
+    let tmp = wait_condition(&client, ns, "tmp", "Ready").await;
+    let tmp_tl: TimelineId = timeline_of(&tmp).id.parse().unwrap();
+    let expires = tmp.status.as_ref().unwrap().expires_at.unwrap();
+    let born = tmp
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .unwrap()
+        .0
+        .as_second();
+    assert_eq!(expires.timestamp() - born, 3);
+    eventually("tmp expired", Duration::from_secs(10), || async {
+        branches.get_opt("tmp").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(created.elapsed() < Duration::from_secs(12));
+    assert!(storage.deleted.lock().unwrap().contains(&tmp_tl));
+    let ev = events_of(&client, ns, "tmp").await;
+    assert!(
+        ev.iter()
+            .any(|(_, r, n)| r == "Expired" && n.contains("spec.ttl 3s")),
+        "{ev:?}"
+    );
+    create::<DatabaseBranch>(
+        &client,
+        ns,
+        branch(
+            "old",
+            json!({"protected": true, "expiresAt": "2020-01-01T00:00:00Z"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let old = eventually(
+        "old kept with an Expired condition",
+        Duration::from_secs(30),
+        || async {
+            let b = branches.get("old").await.ok()?;
+            let c = b
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Expired")?
+                .clone();
+            Some((b, c))
+        },
+    )
+    .await;
+    assert_eq!(old.1.reason, "Protected");
+    assert!(
+        old.1.message.contains("spec.protected is true"),
+        "{}",
+        old.1.message
+    );
+    branches
+        .patch(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"protected": false}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "old expired once unprotected",
+        Duration::from_secs(30),
+        || async { branches.get_opt("old").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+
+    // A checkpoint: a restore point on dev's timeline, owned by dev.
+    create::<BranchCheckpoint>(
+        &client,
+        ns,
+        json!({"apiVersion": "ramify.dev/v1alpha1", "kind": "BranchCheckpoint",
+               "metadata": {"name": "step-1"}, "spec": {"branch": "dev"}}),
+    )
+    .await
+    .unwrap();
+    let cps: Api<BranchCheckpoint> = Api::namespaced(client.clone(), ns);
+    let cp = eventually("checkpoint Ready", Duration::from_secs(30), || async {
+        let c = cps.get("step-1").await.ok()?;
+        (c.status.as_ref()?.phase == Some(CheckpointPhase::Ready)).then_some(c)
+    })
+    .await;
+    let cp_st = cp.status.clone().unwrap();
+    assert_eq!(cp_st.timeline.as_ref().unwrap().id, dev_tl0.id);
+    assert!(storage
+        .restore_points
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(t, n)| t.to_string() == dev_tl0.id && n == "step-1"));
+    assert_eq!(cp.owner_references()[0].name, "dev");
+    let cp_lsn: Lsn = cp_st.lsn.clone().unwrap().parse().unwrap();
+
+    // Restore to it: dev moves onto a new timeline forked at the checkpoint; its former
+    // timeline is handed to a backup branch that is Ready without starting a compute.
+    create::<BranchRestore>(
+        &client,
+        ns,
+        restore("undo", "dev", json!({"checkpoint": "step-1"})),
+    )
+    .await
+    .unwrap();
+    let st = restore_done(&client, ns, "undo").await;
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        succeeded(&st)
+    );
+    let undo_uid = Api::<BranchRestore>::namespaced(client.clone(), ns)
+        .get("undo")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    assert_eq!(st.timeline.as_deref(), Some(undo_uid.as_str()));
+    assert_eq!(st.previous_timeline.as_deref(), Some(dev_tl0.id.as_str()));
+    let dev = branches.get("dev").await.unwrap();
+    assert_eq!(timeline_of(&dev).id, undo_uid);
+    let new_tl: TimelineId = undo_uid.parse().unwrap();
+    {
+        let tls = storage.timelines.lock().unwrap();
+        assert_eq!(tls[&new_tl].parent.unwrap().to_string(), dev_tl0.id);
+        assert_eq!(tls[&new_tl].at, Some(At::Lsn(cp_lsn)));
+    }
+    // Same password on the new timeline.
+    assert!(storage
+        .credentials
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(t, c)| *t == new_tl && c.password == dev_password));
+    let backup = st.backup_branch.clone().unwrap();
+    assert!(backup.starts_with("dev-before-restore-"), "{backup}");
+    let b = wait_condition(&client, ns, &backup, "Ready").await;
+    assert_eq!(timeline_of(&b).id, dev_tl0.id);
+    assert!(b.spec.expires_at.is_some());
+    // Its password is the one dev's role has on that timeline: set once, when dev was
+    // created, never again for the backup.
+    assert_eq!(
+        storage
+            .credentials
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.to_string() == dev_tl0.id)
+            .count(),
+        1
+    );
+    let handed = Api::<Timeline>::namespaced(client.clone(), STORAGE_NS)
+        .get(&format!("tl-{}", dev_tl0.id))
+        .await
+        .unwrap();
+    assert_eq!(handed.spec.branch.name, backup);
+    let backup_secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{backup}-postgres"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(backup_secret.data.unwrap()["password"].0.clone()).unwrap(),
+        dev_password
+    );
+    let ev = events_of(&client, ns, "dev").await;
+    assert!(ev.iter().any(|(_, r, _)| r == "Restored"), "{ev:?}");
+
+    // Applying the same restore again changes nothing.
+    let forks = storage.timelines.lock().unwrap().len();
+    Api::<BranchRestore>::namespaced(client.clone(), ns)
+        .patch(
+            "undo",
+            &PatchParams::apply("test"),
+            &Patch::Apply(restore("undo", "dev", json!({"checkpoint": "step-1"}))),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(storage.timelines.lock().unwrap().len(), forks);
+    assert_eq!(
+        timeline_of(&branches.get("dev").await.unwrap()).id,
+        undo_uid
+    );
+    // The spec is immutable.
+    let err = Api::<BranchRestore>::namespaced(client.clone(), ns)
+        .patch(
+            "undo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"branch": "main"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spec is immutable"), "{err}");
+
+    // Reset to the parent: a fork of main's latest state; the timeline dev leaves is
+    // deleted, and no backup is kept.
+    create::<BranchRestore>(
+        &client,
+        ns,
+        restore("reset", "dev", json!({"parent": true})),
+    )
+    .await
+    .unwrap();
+    let st = restore_done(&client, ns, "reset").await;
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        succeeded(&st)
+    );
+    assert!(st.backup_branch.is_none());
+    let reset_tl: TimelineId = st.timeline.clone().unwrap().parse().unwrap();
+    {
+        let tls = storage.timelines.lock().unwrap();
+        assert_eq!(
+            tls[&reset_tl].parent.unwrap().to_string(),
+            timeline_of(&main).id
+        );
+        assert_eq!(tls[&reset_tl].at, Some(At::Latest));
+        assert!(
+            !tls.contains_key(&new_tl),
+            "the timeline reset left is deleted"
+        );
+    }
+    assert!(Api::<Timeline>::namespaced(client.clone(), STORAGE_NS)
+        .get_opt(&format!("tl-{new_tl}"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Refusals: each one Failed with a clear reason, and dev unchanged.
+    let dev_before = timeline_of(&branches.get("dev").await.unwrap()).id;
+    branches
+        .patch(
+            "dev",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"protected": true}})),
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "protected",
+            "dev",
+            json!({"parent": true}),
+            "Protected",
+            "spec.protected",
+        ),
+        (
+            "root",
+            "main",
+            json!({"parent": true}),
+            "IsRoot",
+            "is a root",
+        ),
+        (
+            "nocp",
+            "main",
+            json!({"checkpoint": "nope"}),
+            "CheckpointNotFound",
+            "no BranchCheckpoint app/nope",
+        ),
+        (
+            "window",
+            "main",
+            json!({"lsn": "F/0"}),
+            "InvalidPoint",
+            "restore window",
+        ),
+        (
+            "nobranch",
+            "ghost",
+            json!({"parent": true}),
+            "BranchNotFound",
+            "does not exist",
+        ),
+        (
+            "nosource",
+            "main",
+            json!({"branch": "ghost"}),
+            "SourceNotFound",
+            "ghost",
+        ),
+    ];
+    for (name, target, source, reason, text) in cases {
+        create::<BranchRestore>(&client, ns, restore(name, target, source))
+            .await
+            .unwrap();
+        let st = restore_done(&client, ns, name).await;
+        assert_eq!(st.phase, Some(RestorePhase::Failed), "{name}");
+        let (r, m) = succeeded(&st);
+        assert_eq!(r, reason, "{name}: {m}");
+        assert!(m.contains(text), "{name}: {m}");
+    }
+    assert_eq!(
+        timeline_of(&branches.get("dev").await.unwrap()).id,
+        dev_before
+    );
+    assert_eq!(
+        timeline_of(&branches.get("main").await.unwrap()).id,
+        timeline_of(&main).id
     );
 }
