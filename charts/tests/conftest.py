@@ -29,13 +29,16 @@ VALUE_SETS = {
 
 @pytest.fixture(scope="session", params=sorted(VALUE_SETS))
 def rendered(request) -> kube.Rendered:
-    """The ramify chart rendered with each value set."""
-    return kube.render(RAMIFY_CHART, VALUE_SETS[request.param], namespace=NAMESPACE)
+    """The ramify chart rendered with each value set, as `helm install` renders it on a
+    current cluster (one that serves ValidatingAdmissionPolicy)."""
+    return kube.render(
+        RAMIFY_CHART, VALUE_SETS[request.param], namespace=NAMESPACE, cluster=kube.CURRENT_CLUSTER
+    )
 
 
 @pytest.fixture(scope="session")
 def rendered_default() -> kube.Rendered:
-    return kube.render(RAMIFY_CHART, {}, namespace=NAMESPACE)
+    return kube.render(RAMIFY_CHART, {}, namespace=NAMESPACE, cluster=kube.CURRENT_CLUSTER)
 
 
 @pytest.fixture(scope="session")

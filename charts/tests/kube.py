@@ -5,6 +5,7 @@ the Pod templates in workloads."""
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +20,33 @@ import yaml
 # kubernetes-validate ships (it falls back to the nearest older one it has).
 KUBE_VERSION = "1.37.0"
 
+# The CRDs crdgen must write, at least; every *.ramify.dev.yaml it writes is loaded.
 CRD_FILES = ("databasebranches.ramify.dev.yaml", "timelines.ramify.dev.yaml")
+
+# The kind whose presence turns on the chart's admission policy. Helm's Capabilities list
+# every kind a cluster serves as group/version/Kind (besides group/version), but its
+# defaults without a cluster (`helm template`) hold group/versions only.
+VALIDATING_ADMISSION_POLICY = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Capabilities a chart is rendered with: what `helm install` learns from a
+    cluster's discovery, or `helm template --kube-version --api-versions` is told."""
+
+    kube_version: str
+    # Added to Helm's default group/versions.
+    api_versions: tuple[str, ...] = ()
+
+
+# A cluster of KUBE_VERSION, where ValidatingAdmissionPolicy is GA (1.30 and later).
+CURRENT_CLUSTER = Cluster(
+    f"v{KUBE_VERSION}",
+    (VALIDATING_ADMISSION_POLICY, VALIDATING_ADMISSION_POLICY + "Binding"),
+)
+# The oldest cluster the chart installs on (its Chart.yaml kubeVersion): 1.29 serves
+# admissionregistration.k8s.io/v1, but ValidatingAdmissionPolicy only as v1beta1 (off by default).
+OLDEST_CLUSTER = Cluster("v1.29.0")
 
 
 @dataclass
@@ -46,14 +73,25 @@ def parse_manifests(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def render(chart: Path, values: dict[str, Any], *, namespace: str, name: str = "ramify") -> Rendered:
+def render(
+    chart: Path,
+    values: dict[str, Any],
+    *,
+    namespace: str,
+    name: str = "ramify",
+    cluster: Cluster | None = None,
+) -> Rendered:
     """Renders `chart` the way `helm install` would (values checked against the chart's
-    values.schema.json first)."""
+    values.schema.json first), into `cluster`, or with the Helm SDK's default Capabilities
+    (those of `helm template`) when it is None."""
     out = Rendered()
     with helm.Chart.load(str(chart)) as loaded:
         loaded.validate_schema(values)
         out.values = loaded.merge_values(values)
-        manifests = loaded.render(values, name=name, namespace=namespace, is_install=True)
+        if cluster is None:
+            manifests = loaded.render(values, name=name, namespace=namespace, is_install=True)
+        else:
+            manifests = _render_into(loaded, values, name=name, namespace=namespace, cluster=cluster)
     for source, text in sorted(manifests.items()):
         if source.endswith("NOTES.txt"):
             out.notes = text
@@ -62,6 +100,26 @@ def render(chart: Path, values: dict[str, Any], *, namespace: str, name: str = "
             out.objects.append(obj)
             out.sources.append(source)
     return out
+
+
+def _render_into(
+    loaded: helm.Chart, values: dict[str, Any], *, name: str, namespace: str, cluster: Cluster
+) -> dict[str, str]:
+    """Chart.render with Capabilities. helm-c-sdk's helm_render takes `kube_version` and
+    `api_versions` options (as `helm template --kube-version --api-versions`), which
+    helm-python-sdk's Chart.render does not pass on, so this calls it directly; the native
+    library refuses an option it does not know, so an SDK without them fails loudly here."""
+    from helm_python import _native
+
+    opts = {
+        "name": name,
+        "namespace": namespace,
+        "is_install": True,
+        "kube_version": cluster.kube_version,
+        "api_versions": list(cluster.api_versions),
+    }
+    rendered = _native.call_string("helm_render", loaded._raw(), json.dumps(values), json.dumps(opts))
+    return json.loads(rendered)
 
 
 def lint(chart: Path, values: dict[str, Any], *, namespace: str) -> list[str]:
@@ -132,14 +190,15 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def load_crds(repo: Path) -> dict[str, dict[str, Any]]:
     """The CRDs crdgen writes, keyed by name. Both copies (crds/ for kubectl users, the
-    ramify-crds chart for Helm and Argo CD users) must exist and be identical."""
+    ramify-crds chart for Helm and Argo CD users) of each must exist and be identical."""
     generated = repo / "crds"
     in_chart = repo / "charts" / "ramify-crds" / "templates"
     command = "cargo run -p ramify-crd --bin crdgen"
     if not generated.is_dir() and not any((in_chart / f).exists() for f in CRD_FILES):
         pytest.skip(f"the CRDs were never generated (no crds/): run `{command}`")
     crds = {}
-    for file in CRD_FILES:
+    written = {p.name for folder in (generated, in_chart) for p in folder.glob("*.ramify.dev.yaml")}
+    for file in sorted(written | set(CRD_FILES)):
         source, copy_ = generated / file, in_chart / file
         assert source.exists(), f"{source.relative_to(repo)} is missing: run `{command}`"
         assert copy_.exists(), f"{copy_.relative_to(repo)} is missing: run `{command}`"

@@ -13,6 +13,9 @@ from conftest import NAMESPACE, RAMIFY_CHART, VALUE_SETS
 from pod_security import restricted_violations
 
 CONTAINER_ARGS = "args"
+CLUSTER_SCOPED = (
+    "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+)
 
 
 def container(obj: dict, name: str) -> dict:
@@ -91,12 +94,18 @@ def test_the_objects_are_the_contracts(rendered):
         ("ServiceAccount", "ramify-proxy"),
         ("ServiceAccount", "ramify-storage"),
         ("StatefulSet", "ramify-storage"),
+        ("ValidatingAdmissionPolicy", f"ramify-protected-branches-{NAMESPACE}"),
+        ("ValidatingAdmissionPolicyBinding", f"ramify-protected-branches-{NAMESPACE}"),
     ])
     for obj in rendered.objects:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "ramify"
         assert labels["app.kubernetes.io/instance"] == "ramify"
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] in CLUSTER_SCOPED:
+            # Named after the release namespace, so two installs do not collide.
+            assert obj["metadata"]["name"].endswith(f"-{NAMESPACE}")
+            assert "namespace" not in obj["metadata"]
+        else:
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
@@ -326,16 +335,31 @@ def test_operator_rbac_is_least_privilege(rendered_default):
     cluster_rules = rendered_default.get("ClusterRole", f"ramify-operator-{NAMESPACE}")["rules"]
     ns_rules = rendered_default.get("Role", "ramify-operator")["rules"]
     for rule in cluster_rules + ns_rules:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-        assert "*" not in rule["apiGroups"], rule
+        # No wildcard anywhere, "*/status" included.
+        for key in ("verbs", "resources", "apiGroups"):
+            assert not any("*" in x for x in rule[key]), rule
+        assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
     def verbs(rules, group, resource):
         return {v for r in rules if group in r["apiGroups"] and resource in r["resources"] for v in r["verbs"]}
 
-    # Branches everywhere, with their status and finalizers.
-    assert {"get", "list", "watch", "patch"} <= verbs(cluster_rules, "ramify.dev", "databasebranches")
-    assert {"patch"} <= verbs(cluster_rules, "ramify.dev", "databasebranches/status")
+    # Branches everywhere, with their status and finalizers: created as a restore's backup
+    # branch, deleted when their expiry passes.
+    assert verbs(cluster_rules, "ramify.dev", "databasebranches") == {
+        "get", "list", "watch", "patch", "update", "create", "delete"}
+    assert verbs(cluster_rules, "ramify.dev", "databasebranches/status") == {"get", "patch", "update"}
     assert verbs(cluster_rules, "ramify.dev", "databasebranches/finalizers") == {"update"}
+    # Checkpoints and restores everywhere: never created or deleted by the operator.
+    for plural in ("branchcheckpoints", "branchrestores"):
+        assert verbs(cluster_rules, "ramify.dev", plural) == {"get", "list", "watch", "patch", "update"}
+        assert verbs(cluster_rules, "ramify.dev", f"{plural}/status") == {"get", "patch", "update"}
+        assert verbs(cluster_rules, "ramify.dev", f"{plural}/finalizers") == {"update"}
+    # Nothing else of ramify.dev cluster-wide.
+    assert {res for r in cluster_rules if "ramify.dev" in r["apiGroups"] for res in r["resources"]} == {
+        f"{plural}{sub}" for plural in ("databasebranches", "branchcheckpoints", "branchrestores")
+        for sub in ("", "/status", "/finalizers")}
+    # Events for all three kinds, in any namespace.
+    assert verbs(cluster_rules, "events.k8s.io", "events") == {"create", "patch"}
     # Reading every Secret of the cluster is not needed to write a branch's own.
     assert not {"list", "watch"} & verbs(cluster_rules, "", "secrets")
     assert verbs(cluster_rules, "", "namespaces") == {"get", "list", "watch"}
@@ -344,6 +368,7 @@ def test_operator_rbac_is_least_privilege(rendered_default):
     assert not verbs(cluster_rules, "ramify.dev", "timelines")
     assert {"create", "delete"} <= verbs(ns_rules, "", "pods")
     assert {"create", "delete"} <= verbs(ns_rules, "ramify.dev", "timelines")
+    assert {"get", "list", "watch"} <= verbs(ns_rules, "ramify.dev", "timelines")
 
     bound = set()
     for binding in rendered_default.of_kind("RoleBinding") + rendered_default.of_kind("ClusterRoleBinding"):
@@ -351,6 +376,25 @@ def test_operator_rbac_is_least_privilege(rendered_default):
     assert bound == {"ramify-operator"}, "only the operator talks to the API server"
     for sa in ("ramify-proxy", "ramify-storage"):
         assert rendered_default.get("ServiceAccount", sa)["automountServiceAccountToken"] is False
+
+
+def test_operator_rbac_names_the_real_branch_kinds(rendered_default, crds):
+    """The ClusterRole's ramify.dev resources are the CRDs' own plurals: every namespaced
+    kind but Timeline (storage namespace only, the Role's), with its subresources."""
+    cluster_rules = rendered_default.get("ClusterRole", f"ramify-operator-{NAMESPACE}")["rules"]
+    in_role = {res for r in cluster_rules if "ramify.dev" in r["apiGroups"] for res in r["resources"]}
+    expected = set()
+    for crd in crds.values():
+        spec = crd["spec"]
+        if spec["group"] != "ramify.dev" or spec["names"]["kind"] == "Timeline":
+            continue
+        assert spec["scope"] == "Namespaced", crd["metadata"]["name"]
+        plural = spec["names"]["plural"]
+        expected |= {plural, f"{plural}/finalizers"}
+        [version] = [v for v in spec["versions"] if v["storage"]]
+        if "status" in version.get("subresources", {}):
+            expected.add(f"{plural}/status")
+    assert in_role == expected
 
 
 # --- network policies -------------------------------------------------------------------
@@ -405,6 +449,8 @@ def test_monitoring_peers_and_disabling_policies():
     ({"storage": {"size": "lots"}}, "size"),
     ({"logFormat": "xml"}, "logFormat"),
     ({"networkPolicy": {"monitoringFrom": [{"podSelektor": {}}]}}, "podSelektor"),
+    ({"admission": {"protectBranch": False}}, "protectBranch"),
+    ({"admission": {"protectBranches": "no"}}, "protectBranches"),
 ])
 def test_values_schema_refuses_mistakes(values, complaint):
     with helm.Chart.load(str(RAMIFY_CHART)) as chart:
