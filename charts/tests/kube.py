@@ -91,7 +91,7 @@ def render(
         if cluster is None:
             manifests = loaded.render(values, name=name, namespace=namespace, is_install=True)
         else:
-            manifests = _render_into(loaded, values, name=name, namespace=namespace, cluster=cluster)
+            manifests = render_into(loaded, values, name=name, namespace=namespace, cluster=cluster)
     for source, text in sorted(manifests.items()):
         if source.endswith("NOTES.txt"):
             out.notes = text
@@ -102,7 +102,7 @@ def render(
     return out
 
 
-def _render_into(
+def render_into(
     loaded: helm.Chart, values: dict[str, Any], *, name: str, namespace: str, cluster: Cluster
 ) -> dict[str, str]:
     """Chart.render with Capabilities. helm-c-sdk's helm_render takes `kube_version` and
