@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 
 /// Annotation that lets a branch with children be deleted: its children are deleted first.
 pub const DELETE_CHILDREN_ANNOTATION: &str = "ramify.dev/delete-children";
+/// Annotation asking the operator to start the branch's compute now (`kubectl ramify
+/// branch wake`); its value is the time of the request (RFC 3339). The operator removes
+/// it once the compute runs.
+pub const WAKE_REQUEST_ANNOTATION: &str = "ramify.dev/wake-request";
+/// Annotation asking the operator to stop the branch's compute now (`kubectl ramify
+/// branch suspend`); removed once it is stopped. The next connection wakes it again.
+pub const SUSPEND_REQUEST_ANNOTATION: &str = "ramify.dev/suspend-request";
 
 /// Desired state of a branch.
 // kube-derive takes one `printcolumn(...)` per column; clippy mistakes them for repeats.

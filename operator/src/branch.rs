@@ -18,7 +18,7 @@ use kube::{Api, Resource, ResourceExt};
 use ramify_api::{ClientError, CreateTimeline, Credentials, TimelineId, TimelineInfo};
 use ramify_crd::{
     ComputeState, ComputeStatus, ConnectionStatus, DatabaseBranch, DatabaseBranchStatus, Phase,
-    Timeline, TimelineRef,
+    Timeline, TimelineRef, SUSPEND_REQUEST_ANNOTATION, WAKE_REQUEST_ANNOTATION,
 };
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -260,6 +260,7 @@ async fn apply(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
     };
     let Outcome { status, mut action } = outcome?;
     write_status(b, ctx, &old, &status).await?;
+    done_requests(b, ctx, &status).await?;
     // Come back when the branch expires, if that is before the next periodic look.
     if let Some(at) = expires {
         let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -268,6 +269,39 @@ async fn apply(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(action)
+}
+
+/// Removes a wake or suspend request annotation once the status shows it done, so whoever
+/// asked sees the state it wanted when the annotation is gone.
+async fn done_requests(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    status: &DatabaseBranchStatus,
+) -> Result<(), Error> {
+    let state = status.compute.as_ref().map(|c| c.state);
+    let done: Vec<&str> = [
+        (WAKE_REQUEST_ANNOTATION, ComputeState::Running),
+        (SUSPEND_REQUEST_ANNOTATION, ComputeState::Suspended),
+    ]
+    .into_iter()
+    .filter(|(a, want)| b.annotations().contains_key(*a) && state == Some(*want))
+    .map(|(a, _)| a)
+    .collect();
+    if done.is_empty() {
+        return Ok(());
+    }
+    let remove: serde_json::Map<String, serde_json::Value> = done
+        .iter()
+        .map(|a| (a.to_string(), serde_json::Value::Null))
+        .collect();
+    Api::<DatabaseBranch>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .patch(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": remove}})),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Whether the branch was deleted for its expiry, or when it expires.
@@ -558,6 +592,19 @@ async fn converge(
         }
     }
 
+    // A wake or suspend asked for through an annotation (`kubectl ramify branch wake`).
+    let annotations = b.annotations();
+    if annotations.contains_key(WAKE_REQUEST_ANNOTATION) {
+        info!("waking the compute on request");
+        compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
+            .await
+            .map_err(Error::from)?;
+    } else if annotations.contains_key(SUSPEND_REQUEST_ANNOTATION) {
+        info!("suspending the compute on request");
+        compute::suspend(ctx, &timeline.id, Duration::from_secs(90))
+            .await
+            .map_err(Error::from)?;
+    }
     let state = match compute::state(ctx, &timeline.id)
         .await
         .map_err(Error::from)?

@@ -32,8 +32,8 @@ use ramify_api::{
     RestorePointInfo, RestoreWindow, TimelineId, TimelineInfo, TimelineState,
 };
 use ramify_crd::{
-    BranchCheckpoint, BranchRestore, BranchRestoreStatus, CheckpointPhase, DatabaseBranch, Phase,
-    RestorePhase, Timeline,
+    BranchCheckpoint, BranchRestore, BranchRestoreStatus, CheckpointPhase,
+    ComputeState as BranchComputeState, DatabaseBranch, Phase, RestorePhase, Timeline,
 };
 use ramify_operator::config::Config;
 use ramify_operator::metrics::Metrics;
@@ -907,6 +907,41 @@ async fn workflows_on_a_real_api_server() {
         || async { branches.get_opt("old").await.ok()?.is_none().then_some(()) },
     )
     .await;
+
+    // Suspend and wake asked for by annotation (`kubectl ramify branch suspend|wake`):
+    // done, then the annotation is removed and the status shows the new state.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), STORAGE_NS);
+    let dev_pod = format!("compute-{}", dev_tl0.id);
+    for (annotation, state, pod_exists) in [
+        (
+            "ramify.dev/suspend-request",
+            BranchComputeState::Suspended,
+            false,
+        ),
+        ("ramify.dev/wake-request", BranchComputeState::Running, true),
+    ] {
+        branches
+            .patch(
+                "dev",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {annotation: Utc::now().to_rfc3339()}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let b = eventually(annotation, Duration::from_secs(30), || async {
+            let b = branches.get("dev").await.ok()?;
+            (!b.annotations().contains_key(annotation)).then_some(b)
+        })
+        .await;
+        assert_eq!(
+            b.status.unwrap().compute.unwrap().state,
+            state,
+            "{annotation}"
+        );
+        assert_eq!(pods.get_opt(&dev_pod).await.unwrap().is_some(), pod_exists);
+    }
 
     // A checkpoint: a restore point on dev's timeline, owned by dev.
     create::<BranchCheckpoint>(
