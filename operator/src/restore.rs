@@ -34,13 +34,14 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::branch::{
-    delete_if_exists, publish, retry_with_event, storage_err, Error, ADOPT_CREDENTIALS_ANNOTATION,
+    self, delete_if_exists, publish, retry_with_event, storage_err, Error, ADOPT_CREDENTIALS_ANNOTATION,
     ADOPT_TIMELINE_ANNOTATION,
 };
 use crate::build::{self, FIELD_MANAGER};
 use crate::compute;
 use crate::conditions::{self, READY};
 use crate::context::Context;
+use crate::validate::validate_spec;
 
 /// The restore's condition.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -509,7 +510,18 @@ async fn switch(
     };
     let node = on.storage_node.clone();
     if on.id == prev {
-        compute::suspend(ctx, &prev, Duration::from_secs(90)).await?;
+        // The old compute stops (its sessions end) while the new one starts: the branch
+        // reconciler would only create the new Pod after the switch below.
+        let new_ref = TimelineRef {
+            id: new.clone(),
+            name: build::timeline_name(&new),
+            storage_node: node.clone(),
+        };
+        let (stopped, ()) = tokio::join!(
+            compute::suspend(ctx, &prev, Duration::from_secs(90)),
+            start_early(ctx, b, &new_ref)
+        );
+        stopped?;
         let now = Utc::now();
         Api::<DatabaseBranch>::namespaced(ctx.client.clone(), &ns)
             .patch_status(
@@ -622,6 +634,31 @@ async fn switch(
         .await;
     }
     Ok(Action::await_change())
+}
+
+/// Creates the compute Pod of the branch on `timeline` ahead of the switch. Best effort:
+/// the branch reconciler creates it anyway once the branch points there.
+async fn start_early(ctx: &Context, b: &DatabaseBranch, timeline: &TimelineRef) {
+    let started = async {
+        let spec = validate_spec(b, &ctx.config).map_err(|p| p.message)?;
+        let id: TimelineId = timeline.id.parse().map_err(|_| "bad timeline id".to_string())?;
+        let info = ctx
+            .storage(&timeline.storage_node)
+            .get_timeline(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = b
+            .status
+            .as_ref()
+            .and_then(|s| s.proxy_port)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or("no proxy port")?;
+        let plan = branch::plan(b, &spec, timeline, port, &info.archive_command, None);
+        compute::ensure(ctx, &plan).await.map_err(|e| e.to_string())
+    };
+    if let Err(e) = started.await {
+        warn!(error = %e, "cannot start the new compute early; the branch reconciler will");
+    }
 }
 
 /// Deletes a timeline nothing needs any more (its compute is stopped) and its object.
