@@ -48,6 +48,10 @@ pub struct RouteInfo {
     pub port: u16,
     /// 0 = never suspend.
     pub suspend_after_secs: u64,
+    /// The branch's current timeline id (`status.timeline.id`). A restore moves the
+    /// branch to a new timeline and starts a compute there itself; the proxy sees the
+    /// change and suspends that compute after the idle time like any other.
+    pub timeline: String,
 }
 
 /// The wake answer.
@@ -149,7 +153,7 @@ pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) 
         .filter(|b| b.metadata.deletion_timestamp.is_none())
         .filter_map(|b| {
             let st = b.status.as_ref()?;
-            st.timeline.as_ref()?;
+            let timeline = st.timeline.as_ref()?;
             let port = u16::try_from(st.proxy_port?).ok()?;
             let suspend = match b
                 .spec
@@ -164,6 +168,7 @@ pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) 
                 branch: format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()),
                 port,
                 suspend_after_secs: suspend.as_secs(),
+                timeline: timeline.id.clone(),
             })
         })
         .collect();
@@ -305,11 +310,21 @@ mod tests {
 
     #[test]
     fn routes_only_for_created_branches() {
+        // b was restored: it now runs on timeline t2, its credentials not yet set there.
+        let mut restored = (*branch("b", Some(20001), false, Some("0s"))).clone();
+        if let Some(tl) = restored.status.as_mut().and_then(|s| s.timeline.as_mut()) {
+            tl.id = "t2".into();
+        }
+        let mut creating = (*branch("creating", Some(20002), false, None)).clone();
+        if let Some(st) = creating.status.as_mut() {
+            st.timeline = None;
+        }
         let table = route_table(
             &[
-                branch("b", Some(20001), true, Some("0s")),
+                Arc::new(restored),
                 branch("a", Some(20000), true, None),
                 branch("no-port", None, true, None),
+                Arc::new(creating),
             ],
             Duration::from_secs(300),
         );
@@ -319,14 +334,26 @@ mod tests {
                 RouteInfo {
                     branch: "dev/a".into(),
                     port: 20000,
-                    suspend_after_secs: 300
+                    suspend_after_secs: 300,
+                    timeline: "t1".into(),
                 },
                 RouteInfo {
                     branch: "dev/b".into(),
                     port: 20001,
-                    suspend_after_secs: 0
+                    suspend_after_secs: 0,
+                    timeline: "t2".into(),
                 },
             ]
+        );
+        // The wire format the proxy decodes (proxy/src/operator.rs `RouteEntry`).
+        assert_eq!(
+            serde_json::to_value(&table[1]).unwrap(),
+            serde_json::json!({
+                "branch": "dev/b",
+                "port": 20001,
+                "suspendAfterSecs": 0,
+                "timeline": "t2"
+            })
         );
     }
 

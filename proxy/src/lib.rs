@@ -40,8 +40,8 @@ pub trait Control: Send + Sync + 'static {
 
     /// No client was connected for the route's `suspend_after`: stops the compute cleanly
     /// (fast shutdown). Never called concurrently with `wake` for the same branch; may
-    /// find the compute already stopped (a new route, a failed wake) and should then
-    /// succeed as a no-op.
+    /// find the compute already stopped (a new route, a failed wake, a replaced compute)
+    /// and should then succeed as a no-op.
     async fn suspend(&self, branch: &str) -> Result<(), String>;
 }
 
@@ -204,6 +204,16 @@ impl Proxy {
     /// The route's counters, or `None` for an unknown branch.
     pub fn route_stats(&self, branch: &str) -> Option<RouteStats> {
         self.routes().get(branch).map(|t| t.route.stats())
+    }
+
+    /// Tells the route that its compute was replaced or started without this proxy (the
+    /// control plane moved the branch to another timeline): like the compute of a new
+    /// route, it is suspended after `suspend_after` without clients, even if this proxy
+    /// had suspended the branch before.
+    pub fn compute_replaced(&self, branch: &str) {
+        if let Some(tasks) = self.routes().get(branch) {
+            tasks.route.compute_replaced();
+        }
     }
 
     /// Changes the branch's idle policy (`None` or zero: never suspend); takes effect at once.

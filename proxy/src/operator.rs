@@ -39,6 +39,11 @@ pub struct RouteEntry {
     pub port: u32,
     /// Idle time before the compute is suspended; 0 means never.
     pub suspend_after_secs: u64,
+    /// The branch's current timeline id. It changes when a restore moves the branch,
+    /// and the operator then starts a compute on the new timeline itself. Empty when
+    /// unknown (an operator that does not report it yet).
+    #[serde(default)]
+    pub timeline: String,
 }
 
 /// The operator's error body.
@@ -422,7 +427,8 @@ fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// never arrived), a wake falls back to the address this proxy last woke the branch at,
 /// so that computes that run keep taking new clients while the operator restarts. The
 /// fallback is dropped when this proxy suspends the branch, when the operator answers
-/// a wake with an error, and when the route is removed.
+/// a wake with an error, when the route is removed, and when the branch moves to
+/// another timeline (its compute is then another Pod at another address).
 pub struct OperatorControl {
     client: OperatorClient,
     last_address: Mutex<HashMap<String, SocketAddr>>,
@@ -444,7 +450,7 @@ impl OperatorControl {
         &self.client
     }
 
-    /// Forgets the branch's last address (its route is gone).
+    /// Forgets the branch's last address (its route is gone or its compute replaced).
     pub fn forget(&self, branch: &str) {
         self.addresses().remove(branch);
     }
@@ -635,7 +641,9 @@ mod tests {
                         return denied();
                     }
                     Json(serde_json::json!([
-                        {"branch": "dev/alice", "port": 20001, "suspendAfterSecs": 300, "extra": true}
+                        {"branch": "dev/alice", "port": 20001, "suspendAfterSecs": 300, "timeline": "t1", "extra": true},
+                        // From an operator that does not report timelines.
+                        {"branch": "dev/bob", "port": 20002, "suspendAfterSecs": 0}
                     ]))
                     .into_response()
                 }),
@@ -659,18 +667,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn routes_are_decoded_and_unknown_fields_ignored() {
+    async fn routes_are_decoded_unknown_fields_ignored_and_missing_timelines_empty() {
         let server =
             fake_operator(WakeAnswer::Address("10.1.2.3:5432"), StatusCode::NO_CONTENT).await;
         let url = server.url.clone();
         let routes = client(&url, "t0ken").routes().await.unwrap();
         assert_eq!(
             routes,
-            [RouteEntry {
-                branch: "dev/alice".into(),
-                port: 20001,
-                suspend_after_secs: 300
-            }]
+            [
+                RouteEntry {
+                    branch: "dev/alice".into(),
+                    port: 20001,
+                    suspend_after_secs: 300,
+                    timeline: "t1".into(),
+                },
+                RouteEntry {
+                    branch: "dev/bob".into(),
+                    port: 20002,
+                    suspend_after_secs: 0,
+                    timeline: String::new(),
+                },
+            ]
         );
         let err = client(&url, "wrong").routes().await.unwrap_err();
         assert!(matches!(err, OperatorError::Unauthorized { .. }), "{err}");

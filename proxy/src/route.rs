@@ -23,7 +23,8 @@ type WakeOutcome = Result<SocketAddr, String>;
 /// Where the route believes its compute is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Woken (or never suspended by this proxy): it may be running.
+    /// Woken, never suspended by this proxy, or replaced by the control plane: it may
+    /// be running.
     MaybeRunning,
     /// `Control::suspend` is in progress.
     Suspending,
@@ -49,6 +50,9 @@ pub(crate) struct RouteState {
     phase: Phase,
     active: usize,
     idle_since: Option<Instant>,
+    /// The compute was replaced while a suspend ran, which may have stopped only the old
+    /// one: the route must not end up `Suspended`.
+    replaced_while_suspending: bool,
     last_activity: SystemTime,
     wake_in_flight: Option<watch::Receiver<Option<WakeOutcome>>>,
     cancel_keys: HashMap<CancelKey, SocketAddr>,
@@ -67,6 +71,7 @@ impl RouteState {
             phase: Phase::MaybeRunning,
             active: 0,
             idle_since: Some(now),
+            replaced_while_suspending: false,
             last_activity: SystemTime::now(),
             wake_in_flight: None,
             cancel_keys: HashMap::new(),
@@ -119,14 +124,36 @@ impl RouteState {
         SuspendDecision::Suspend
     }
 
-    /// Records the end of a suspend; a failed one is retried after another idle period.
+    /// Records the end of a suspend; a failed one is retried after another idle period,
+    /// and so is one that may have missed a compute replaced meanwhile.
     pub(crate) fn finish_suspend(&mut self, ok: bool, now: Instant) {
+        let replaced = std::mem::take(&mut self.replaced_while_suspending);
         if ok {
-            self.phase = Phase::Suspended;
+            self.phase = if replaced {
+                Phase::MaybeRunning
+            } else {
+                Phase::Suspended
+            };
             self.suspends += 1;
         } else {
             self.phase = Phase::MaybeRunning;
             self.suspend_failures += 1;
+        }
+        if self.active == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// The control plane replaced the compute (the branch moved to another timeline and
+    /// a compute may run there that no client asked for): from here on the route is
+    /// like a new one, idle from `now` unless a client is connected. Sessions with the
+    /// old compute are ended by it, not by the proxy; the idle period starts when the
+    /// last one closes.
+    pub(crate) fn compute_replaced(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Suspended => self.phase = Phase::MaybeRunning,
+            Phase::Suspending => self.replaced_while_suspending = true,
+            Phase::MaybeRunning => {}
         }
         if self.active == 0 {
             self.idle_since = Some(now);
@@ -242,6 +269,11 @@ impl LiveRoute {
 
     pub(crate) fn cancel_target(&self, key: CancelKey) -> Option<SocketAddr> {
         self.state().cancel_target(key)
+    }
+
+    pub(crate) fn compute_replaced(&self) {
+        self.state().compute_replaced(Instant::now());
+        self.changed.notify_waiters();
     }
 
     /// Asks every task of the route to stop.
@@ -519,6 +551,64 @@ mod tests {
             SuspendDecision::SleepUntil(t0 + 3 * SEC)
         );
         assert_eq!(s.stats(addr()).suspend_failures, 1);
+    }
+
+    /// A restore moved the branch after this proxy suspended it, and the operator
+    /// started a compute on the new timeline: it is suspended after the idle period.
+    #[test]
+    fn a_replaced_compute_is_suspended_again_after_the_idle_period() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(10 * SEC), t0);
+        assert_eq!(s.decide_suspend(t0 + 10 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 11 * SEC);
+        assert_eq!(s.decide_suspend(t0 + 100 * SEC), SuspendDecision::Wait);
+
+        s.compute_replaced(t0 + 100 * SEC);
+        assert!(!s.stats(addr()).suspended);
+        assert_eq!(
+            s.decide_suspend(t0 + 101 * SEC),
+            SuspendDecision::SleepUntil(t0 + 110 * SEC)
+        );
+        assert_eq!(s.decide_suspend(t0 + 110 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 111 * SEC);
+        let stats = s.stats(addr());
+        assert!(stats.suspended);
+        assert_eq!((stats.suspends, stats.wakes), (2, 0));
+    }
+
+    #[test]
+    fn a_replaced_compute_waits_for_connected_clients() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(10 * SEC), t0);
+        assert!(s.try_admit());
+        assert!(s.join_or_start_wake(rx()).is_none());
+        s.finish_wake(true, t0 + SEC);
+        s.compute_replaced(t0 + 50 * SEC);
+        assert_eq!(s.decide_suspend(t0 + 100 * SEC), SuspendDecision::Wait);
+        // The old compute ends the session; the idle period starts then.
+        s.release(t0 + 120 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 121 * SEC),
+            SuspendDecision::SleepUntil(t0 + 130 * SEC)
+        );
+    }
+
+    #[test]
+    fn a_compute_replaced_during_a_suspend_is_suspended_too() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(SEC), t0);
+        assert_eq!(s.decide_suspend(t0 + SEC), SuspendDecision::Suspend);
+        // The suspend may have stopped the old compute only.
+        s.compute_replaced(t0 + 2 * SEC);
+        s.finish_suspend(true, t0 + 3 * SEC);
+        assert!(!s.stats(addr()).suspended);
+        assert_eq!(
+            s.decide_suspend(t0 + 3 * SEC),
+            SuspendDecision::SleepUntil(t0 + 4 * SEC)
+        );
+        assert_eq!(s.decide_suspend(t0 + 4 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 5 * SEC);
+        assert!(s.stats(addr()).suspended);
     }
 
     #[test]

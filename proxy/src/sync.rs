@@ -17,12 +17,14 @@ use tracing::{debug, info, warn};
 use crate::operator::{split_branch, OperatorControl, OperatorError, RouteEntry};
 
 /// A route as the operator wants it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Listener port.
     pub port: u16,
     /// Idle time before suspend; `None` means never (the operator's 0).
     pub suspend_after: Option<Duration>,
+    /// The branch's timeline id; empty when the operator does not report it.
+    pub timeline: String,
 }
 
 /// One step that brings the proxy's routes to what the operator wants.
@@ -40,11 +42,27 @@ pub enum Action {
         /// The new idle time; `None` means never.
         suspend_after: Option<Duration>,
     },
+    /// The branch moved to another timeline (a restore) and the operator may have
+    /// started a compute there that no client uses: its idle time starts over.
+    ComputeReplaced {
+        /// `"namespace/name"`.
+        branch: String,
+        /// The new timeline id.
+        timeline: String,
+    },
+    /// The branch's timeline became known (the operator did not report it before):
+    /// only recorded, so that a later change is recognised.
+    RecordTimeline {
+        /// `"namespace/name"`.
+        branch: String,
+        /// The timeline id.
+        timeline: String,
+    },
     /// Start listening for the branch.
     Add {
         /// `"namespace/name"`.
         branch: String,
-        /// Port and idle policy.
+        /// Port, idle policy and timeline.
         spec: RouteSpec,
     },
 }
@@ -93,6 +111,7 @@ pub fn desired_routes(entries: &[RouteEntry]) -> (BTreeMap<String, RouteSpec>, V
             RouteSpec {
                 port,
                 suspend_after,
+                timeline: e.timeline.clone(),
             },
         );
     }
@@ -100,9 +119,10 @@ pub fn desired_routes(entries: &[RouteEntry]) -> (BTreeMap<String, RouteSpec>, V
 }
 
 /// The actions that turn `current` into `desired`: removals first (they free ports a new
-/// route may want, including a moved route's own), then idle-policy changes, then
-/// additions; each group in branch order. A route whose port changed is removed and
-/// added again.
+/// route may want, including a moved route's own), then in-place changes (idle policy,
+/// then timeline), then additions; each group in branch order. A route whose port
+/// changed is removed and added again, which also makes it idle-tracked from scratch.
+/// An empty timeline is unknown: it never counts as a change, in either direction.
 pub fn diff(
     current: &BTreeMap<String, RouteSpec>,
     desired: &BTreeMap<String, RouteSpec>,
@@ -121,23 +141,25 @@ pub fn diff(
                 });
                 adds.push(Action::Add {
                     branch: branch.clone(),
-                    spec: *want,
+                    spec: want.clone(),
                 });
             }
-            Some(want) if want.suspend_after != cur.suspend_after => {
-                updates.push(Action::SetSuspendAfter {
-                    branch: branch.clone(),
-                    suspend_after: want.suspend_after,
-                })
+            Some(want) => {
+                if want.suspend_after != cur.suspend_after {
+                    updates.push(Action::SetSuspendAfter {
+                        branch: branch.clone(),
+                        suspend_after: want.suspend_after,
+                    });
+                }
+                updates.extend(timeline_change(branch, &cur.timeline, &want.timeline));
             }
-            Some(_) => {}
         }
     }
     for (branch, want) in desired {
         if !current.contains_key(branch) {
             adds.push(Action::Add {
                 branch: branch.clone(),
-                spec: *want,
+                spec: want.clone(),
             });
         }
     }
@@ -145,10 +167,31 @@ pub fn diff(
     removes.into_iter().chain(updates).chain(adds).collect()
 }
 
+/// What a timeline reported as `want` means for a route on `cur`. Learning the first
+/// one is no replacement; an operator that stops reporting it (a rollback) leaves the
+/// last known one in place, so a restore meanwhile is still noticed later.
+fn timeline_change(branch: &str, cur: &str, want: &str) -> Option<Action> {
+    if want.is_empty() || want == cur {
+        None
+    } else if cur.is_empty() {
+        Some(Action::RecordTimeline {
+            branch: branch.to_owned(),
+            timeline: want.to_owned(),
+        })
+    } else {
+        Some(Action::ComputeReplaced {
+            branch: branch.to_owned(),
+            timeline: want.to_owned(),
+        })
+    }
+}
+
 fn action_branch(a: &Action) -> &str {
     match a {
         Action::Remove { branch }
         | Action::SetSuspendAfter { branch, .. }
+        | Action::ComputeReplaced { branch, .. }
+        | Action::RecordTimeline { branch, .. }
         | Action::Add { branch, .. } => branch,
     }
 }
@@ -315,6 +358,19 @@ impl Syncer {
                 info!(%branch, ?suspend_after, "idle time changed");
                 Ok(())
             }
+            Action::ComputeReplaced { branch, timeline } => {
+                self.proxy.compute_replaced(&branch);
+                // The last address is the old compute's, useless as a fallback now.
+                self.control.forget(&branch);
+                self.record_timeline(&branch, &timeline);
+                info!(%branch, %timeline, "branch moved to another timeline: its compute is idle-tracked like a new route's");
+                Ok(())
+            }
+            Action::RecordTimeline { branch, timeline } => {
+                self.record_timeline(&branch, &timeline);
+                debug!(%branch, %timeline, "timeline known");
+                Ok(())
+            }
             Action::Add { branch, spec } => {
                 let route = Route {
                     branch: branch.clone(),
@@ -330,6 +386,12 @@ impl Syncer {
                     Err(err) => Err(format!("route for branch {branch} not added: {err}")),
                 }
             }
+        }
+    }
+
+    fn record_timeline(&self, branch: &str, timeline: &str) {
+        if let Some(spec) = self.status.lock_routes().get_mut(branch) {
+            timeline.clone_into(&mut spec.timeline);
         }
     }
 
@@ -404,13 +466,35 @@ mod tests {
             branch: branch.to_owned(),
             port,
             suspend_after_secs: secs,
+            timeline: "t1".into(),
         }
     }
 
+    /// A route on timeline `t1`.
     fn spec(port: u16, secs: u64) -> RouteSpec {
         RouteSpec {
             port,
             suspend_after: (secs > 0).then(|| Duration::from_secs(secs)),
+            timeline: "t1".into(),
+        }
+    }
+
+    /// `routes` with `branch` on `timeline` ("" = not reported).
+    fn on(
+        mut routes: BTreeMap<String, RouteSpec>,
+        branch: &str,
+        timeline: &str,
+    ) -> BTreeMap<String, RouteSpec> {
+        if let Some(spec) = routes.get_mut(branch) {
+            spec.timeline = timeline.to_owned();
+        }
+        routes
+    }
+
+    fn replaced(branch: &str, timeline: &str) -> Action {
+        Action::ComputeReplaced {
+            branch: branch.to_owned(),
+            timeline: timeline.to_owned(),
         }
     }
 
@@ -470,6 +554,66 @@ mod tests {
     }
 
     #[test]
+    fn a_new_timeline_replaces_the_compute_in_place() {
+        let current = routes(&[("dev/alice", 20001, 300), ("dev/bob", 20002, 300)]);
+        let desired = on(current.clone(), "dev/bob", "t2");
+        assert_eq!(diff(&current, &desired), [replaced("dev/bob", "t2")]);
+    }
+
+    #[test]
+    fn a_new_timeline_with_a_new_idle_time_does_both() {
+        let current = routes(&[("dev/alice", 20001, 300)]);
+        let desired = on(routes(&[("dev/alice", 20001, 60)]), "dev/alice", "t2");
+        assert_eq!(
+            diff(&current, &desired),
+            [
+                Action::SetSuspendAfter {
+                    branch: "dev/alice".into(),
+                    suspend_after: Some(Duration::from_secs(60))
+                },
+                replaced("dev/alice", "t2"),
+            ]
+        );
+        // With a new port the route is added afresh, on the new timeline.
+        let desired = on(routes(&[("dev/alice", 20003, 60)]), "dev/alice", "t2");
+        let mut fresh = spec(20003, 60);
+        fresh.timeline = "t2".into();
+        assert_eq!(
+            diff(&current, &desired),
+            [
+                remove("dev/alice"),
+                Action::Add {
+                    branch: "dev/alice".into(),
+                    spec: fresh
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_timeline_never_replaces_a_compute() {
+        let known = routes(&[("dev/alice", 20001, 300)]);
+        let unknown = on(known.clone(), "dev/alice", "");
+        // An operator that does not report timelines.
+        assert_eq!(diff(&unknown, &unknown), []);
+        // It starts reporting them: recorded, nothing else.
+        assert_eq!(
+            diff(&unknown, &known),
+            [Action::RecordTimeline {
+                branch: "dev/alice".into(),
+                timeline: "t1".into()
+            }]
+        );
+        // It stops again (a rollback): the last known one stays, so that a restore
+        // meanwhile is noticed once it reports them again.
+        assert_eq!(diff(&known, &unknown), []);
+        assert_eq!(
+            diff(&known, &on(known.clone(), "dev/alice", "t2")),
+            [replaced("dev/alice", "t2")]
+        );
+    }
+
+    #[test]
     fn a_moved_route_is_re_added_after_every_removal() {
         // bob takes the port alice leaves: alice's removal must come first.
         let current = routes(&[("dev/alice", 20001, 300), ("dev/bob", 20002, 300)]);
@@ -503,6 +647,7 @@ mod tests {
             routes(&[("dev/alice", 20001, 300), ("prod/main", 20000, 0)])
         );
         assert_eq!(r["prod/main"].suspend_after, None);
+        assert_eq!(r["prod/main"].timeline, "t1");
         assert!(problems.is_empty());
     }
 

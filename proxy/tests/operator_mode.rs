@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use fake_operator::{Call, FakeOperator};
 use pg_control::PgControl;
 use proxy_process::{ProxyProcess, SYNC_INTERVAL};
+use ramify_proxy::Control;
 use ramify_testkit::free_port;
 use tokio::net::TcpStream;
 use tokio_postgres::error::{DbError, SqlState};
@@ -313,6 +314,49 @@ async fn an_idle_branch_is_suspended_through_the_operator() {
         Some(0)
     );
     terminate(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compute_started_on_a_restored_timeline_is_suspended_when_idle() {
+    let control = PgControl::new().await;
+    let op = FakeOperator::start(TOKEN, Some(control.clone())).await;
+    let port = free_port();
+    op.set_routes_on_timelines(&[("dev/alice", port, 1, "t1")]);
+    let proxy = ProxyProcess::spawn(&op.url(), TOKEN).await;
+    proxy.wait_ready().await;
+    // A new route's compute may run: it is suspended once, then left alone.
+    proxy
+        .wait_metric(&series("ramify_proxy_suspended", "dev/alice"), |v| {
+            v == Some(1)
+        })
+        .await;
+
+    // A restore: the operator moves the branch onto a new timeline and starts its
+    // compute there itself (to set the password), without any client.
+    control.wake("dev/alice").await.unwrap();
+    assert!(control.postgres_running());
+    op.set_routes_on_timelines(&[("dev/alice", port, 1, "t2")]);
+    proxy
+        .wait_metric(&series("ramify_proxy_suspends_total", "dev/alice"), |v| {
+            v == Some(2)
+        })
+        .await;
+    assert!(
+        !control.postgres_running(),
+        "the restored timeline's compute still runs"
+    );
+    assert_eq!(
+        proxy
+            .metric(&series("ramify_proxy_suspended", "dev/alice"))
+            .await,
+        Some(1)
+    );
+    assert!(
+        !op.branch_calls().contains(&Call::Wake("dev/alice".into())),
+        "no client came, so the proxy woke nothing"
+    );
+    let log = terminate(proxy).await;
+    assert!(log.contains("branch moved to another timeline"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

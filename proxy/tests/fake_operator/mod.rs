@@ -79,6 +79,18 @@ impl FakeOperator {
             .collect();
     }
 
+    /// Replaces the routes, reporting each branch's timeline: `(branch, port,
+    /// suspendAfterSecs, timeline)`. [`FakeOperator::set_routes`] reports none, like an
+    /// operator from before timelines were part of the routes.
+    pub fn set_routes_on_timelines(&self, routes: &[(&str, u16, u64, &str)]) {
+        *self.shared.routes.lock().unwrap() = routes
+            .iter()
+            .map(|&(branch, port, secs, timeline)| {
+                json!({"branch": branch, "port": port, "suspendAfterSecs": secs, "timeline": timeline})
+            })
+            .collect();
+    }
+
     /// Changes the token the operator accepts (a rotated Secret).
     pub fn set_token(&self, token: &str) {
         *self.shared.token.lock().unwrap() = token.to_owned();
