@@ -268,6 +268,10 @@ pub struct ComputeStatus {
     /// When the compute was last started or stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<DateTime<Utc>>,
+    /// When the compute was last started on request (`ramify.dev/wake-request`) rather
+    /// than by a client through the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woken_on_request: Option<DateTime<Utc>>,
 }
 
 /// Whether a branch's Postgres runs.

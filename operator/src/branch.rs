@@ -599,6 +599,11 @@ async fn converge(
         compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
             .await
             .map_err(Error::from)?;
+        // The proxy did not wake it, so it must be told to idle-track it (the route
+        // table's compute marker changes).
+        let mut c = status.compute.clone().unwrap_or_default();
+        c.woken_on_request = Some(chrono::Utc::now());
+        status.compute = Some(c);
     } else if annotations.contains_key(SUSPEND_REQUEST_ANNOTATION) {
         info!("suspending the compute on request");
         compute::suspend(ctx, &timeline.id, Duration::from_secs(90))
@@ -681,6 +686,7 @@ fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &Br
         } else {
             Some(chrono::Utc::now())
         },
+        woken_on_request: previous.woken_on_request,
     });
 }
 

@@ -48,9 +48,11 @@ pub struct RouteInfo {
     pub port: u16,
     /// 0 = never suspend.
     pub suspend_after_secs: u64,
-    /// The branch's current timeline id (`status.timeline.id`). A restore moves the
-    /// branch to a new timeline and starts a compute there itself; the proxy sees the
-    /// change and suspends that compute after the idle time like any other.
+    /// Which compute serves the branch: its timeline id (`status.timeline.id`), with
+    /// `@<time>` once a compute was started on request (`ramify.dev/wake-request`). It
+    /// changes when the operator starts a compute the proxy did not wake — a restore
+    /// moving the branch to a new timeline, or a wake request — so the proxy suspends
+    /// that compute after the idle time like any other.
     pub timeline: String,
 }
 
@@ -168,7 +170,14 @@ pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) 
                 branch: format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()),
                 port,
                 suspend_after_secs: suspend.as_secs(),
-                timeline: timeline.id.clone(),
+                timeline: match st.compute.as_ref().and_then(|c| c.woken_on_request) {
+                    Some(t) => format!(
+                        "{}@{}",
+                        timeline.id,
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                    None => timeline.id.clone(),
+                },
             })
         })
         .collect();
@@ -355,6 +364,21 @@ mod tests {
                 "timeline": "t2"
             })
         );
+    }
+
+    #[test]
+    fn a_wake_on_request_changes_the_compute_marker() {
+        let mut woken = (*branch("w", Some(20003), true, None)).clone();
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        woken.status.as_mut().unwrap().compute = Some(ramify_crd::ComputeStatus {
+            state: ramify_crd::ComputeState::Running,
+            woken_on_request: Some(at),
+            ..Default::default()
+        });
+        let table = route_table(&[Arc::new(woken)], Duration::from_secs(300));
+        assert_eq!(table[0].timeline, "t1@2026-11-28T12:00:00.000Z");
     }
 
     #[test]

@@ -39,9 +39,10 @@ pub struct RouteEntry {
     pub port: u32,
     /// Idle time before the compute is suspended; 0 means never.
     pub suspend_after_secs: u64,
-    /// The branch's current timeline id. It changes when a restore moves the branch,
-    /// and the operator then starts a compute on the new timeline itself. Empty when
-    /// unknown (an operator that does not report it yet).
+    /// Which compute serves the branch (opaque; the branch's timeline id, plus a mark
+    /// when a compute was started on request). It changes when the operator starts a
+    /// compute the proxy did not wake: a restore moves the branch to a new timeline, or
+    /// a wake request. Empty when unknown (an operator that does not report it yet).
     #[serde(default)]
     pub timeline: String,
 }

@@ -363,7 +363,7 @@ impl Syncer {
                 // The last address is the old compute's, useless as a fallback now.
                 self.control.forget(&branch);
                 self.record_timeline(&branch, &timeline);
-                info!(%branch, %timeline, "branch moved to another timeline: its compute is idle-tracked like a new route's");
+                info!(%branch, %timeline, "the control plane replaced or started the branch's compute (a restore or a wake request): it is idle-tracked like a new route's");
                 Ok(())
             }
             Action::RecordTimeline { branch, timeline } => {
