@@ -1176,4 +1176,41 @@ async fn workflows_on_a_real_api_server() {
         timeline_of(&branches.get("main").await.unwrap()).id,
         timeline_of(&main).id
     );
+
+    // Restore from another branch (its latest state), without a backup: main takes
+    // dev's state; dev, its child, keeps its own timeline.
+    create::<BranchRestore>(
+        &client,
+        ns,
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "BranchRestore",
+            "metadata": {"name": "from-dev"},
+            "spec": {"branch": "main", "source": {"branch": "dev"}, "keepBackup": false}
+        }),
+    )
+    .await
+    .unwrap();
+    let st = restore_done(&client, ns, "from-dev").await;
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        succeeded(&st)
+    );
+    let main_tl: TimelineId = st.timeline.clone().unwrap().parse().unwrap();
+    {
+        let tls = storage.timelines.lock().unwrap();
+        assert_eq!(tls[&main_tl].parent.unwrap().to_string(), dev_before);
+        assert_eq!(tls[&main_tl].at, Some(At::Latest));
+        assert!(!tls.contains_key(&timeline_of(&main).id.parse().unwrap()));
+    }
+    assert_eq!(
+        timeline_of(&branches.get("dev").await.unwrap()).id,
+        dev_before
+    );
+    assert!(
+        succeeded(&st).1.contains("dev latest"),
+        "{:?}",
+        succeeded(&st)
+    );
 }
