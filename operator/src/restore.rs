@@ -34,8 +34,8 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::branch::{
-    self, delete_if_exists, publish, retry_with_event, storage_err, Error, ADOPT_CREDENTIALS_ANNOTATION,
-    ADOPT_TIMELINE_ANNOTATION,
+    self, delete_if_exists, publish, retry_with_event, storage_err, Error,
+    ADOPT_CREDENTIALS_ANNOTATION, ADOPT_TIMELINE_ANNOTATION,
 };
 use crate::build::{self, FIELD_MANAGER};
 use crate::compute;
@@ -641,7 +641,10 @@ async fn switch(
 async fn start_early(ctx: &Context, b: &DatabaseBranch, timeline: &TimelineRef) {
     let started = async {
         let spec = validate_spec(b, &ctx.config).map_err(|p| p.message)?;
-        let id: TimelineId = timeline.id.parse().map_err(|_| "bad timeline id".to_string())?;
+        let id: TimelineId = timeline
+            .id
+            .parse()
+            .map_err(|_| "bad timeline id".to_string())?;
         let info = ctx
             .storage(&timeline.storage_node)
             .get_timeline(id)
