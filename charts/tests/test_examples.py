@@ -85,6 +85,22 @@ def test_database_branches_are_valid(crds):
         kube.validate_custom(branch, crds)
 
 
+def test_checkpoint_and_restore_are_valid_and_name_their_branch(crds):
+    everything = all_example_objects()
+    found = [o for o in everything if o["kind"] in ("BranchCheckpoint", "BranchRestore")]
+    assert sorted(o["kind"] for o in found) == ["BranchCheckpoint", "BranchRestore"]
+    branches = {(o["metadata"]["namespace"], o["metadata"]["name"])
+                for o in everything if o["kind"] == "DatabaseBranch"}
+    checkpoints = {(o["metadata"]["namespace"], o["metadata"]["name"])
+                   for o in found if o["kind"] == "BranchCheckpoint"}
+    for obj in found:
+        kube.validate_custom(obj, crds)
+        ns = obj["metadata"]["namespace"]
+        assert (ns, obj["spec"]["branch"]) in branches, obj["metadata"]["name"]
+        if "checkpoint" in obj["spec"].get("source", {}):
+            assert (ns, obj["spec"]["source"]["checkpoint"]) in checkpoints
+
+
 def test_workloads_pass_the_restricted_profile():
     for obj in all_example_objects():
         for name, template in kube.pod_templates(obj):
