@@ -8,7 +8,7 @@ CARGO ?= cargo
 # Heavy tests run real Postgres servers; two at a time is what two cores allow.
 TEST_THREADS ?= 2
 
-.PHONY: all deps build demo test lint fmt-check clippy unit bench clean crds-check k8s-binaries
+.PHONY: all deps build demo test lint fmt-check clippy unit bench clean crds-check k8s-binaries install krew
 
 all: build
 
@@ -58,6 +58,19 @@ bench: deps
 	bash e2e/local/bench.sh target/release/ramify
 	bash e2e/local/bench-workflows.sh target/release/ramify
 	$(CARGO) bench -p ramify-diff --bench schema_diff
+
+# `ramify` and its kubectl plugin name (`kubectl ramify …` drives the current kubeconfig
+# context): PREFIX=/usr/local by default.
+PREFIX ?= /usr/local
+install:
+	$(CARGO) build --release -p ramify-cli
+	install -D -m 0755 target/release/ramify $(DESTDIR)$(PREFIX)/bin/ramify
+	ln -sf ramify $(DESTDIR)$(PREFIX)/bin/kubectl-ramify
+
+# The krew archive and manifest of this build (target/krew/).
+krew:
+	$(CARGO) build --release -p ramify-cli
+	bash plugins/package.sh target/release/ramify target/krew
 
 clean:
 	$(CARGO) clean

@@ -11,7 +11,7 @@ use crate::value_parsers::{
     parse_time,
 };
 
-/// Copy-on-write Postgres branches on your own machine.
+/// Copy-on-write Postgres branches, on your own machine or on a Kubernetes cluster.
 ///
 /// Ramify runs stock Postgres and branches it one layer below, in a reflink filesystem
 /// (XFS or btrfs): a branch is a full, isolated Postgres forked from its parent at a
@@ -24,6 +24,16 @@ use crate::value_parsers::{
 ///     ramify branch create main
 ///     ramify branch create dev --parent main
 ///     psql "$(ramify branch connect dev)"
+///
+/// Local mode or a Kubernetes cluster: the same commands drive either. Run as `ramify`,
+/// they drive local mode unless --kube, --context or --kubeconfig is given; installed
+/// (or symlinked) as `kubectl-ramify`, i.e. run as `kubectl ramify`, they always drive
+/// the cluster of the current kubeconfig context. -n and -A only mean something for a
+/// cluster, so `ramify -n NS` without --kube is refused rather than ignored.
+///
+///     kubectl ramify branch create dev --parent main -n team-a --wait
+///     kubectl ramify branch list -A
+///     ramify --context prod-eu branch list -n team-a
 #[derive(Debug, Parser)]
 #[command(
     name = "ramify",
@@ -44,8 +54,48 @@ pub struct Cli {
     #[arg(long, global = true, env = "RAMIFY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Flags that pick and address a Kubernetes cluster (kubectl's own names).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Kubernetes")]
+pub struct KubeArgs {
+    /// Drive the cluster of the current kubeconfig context instead of local mode
+    /// (implied by --context and --kubeconfig, and when run as `kubectl ramify`).
+    #[arg(long, global = true)]
+    pub kube: bool,
+
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config). Implies --kube.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (default: its current context). Implies --kube.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The namespace of the branches (default: the context's namespace, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// List branches of every namespace, as one tree (branch list, checkpoint list).
+    #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+
+    /// Namespace Ramify (operator, storage nodes, proxy) is installed in; port-forwards go
+    /// to its proxy Pods there.
+    #[arg(
+        long,
+        global = true,
+        env = "RAMIFY_NAMESPACE",
+        value_name = "NAMESPACE",
+        default_value = "ramify-system"
+    )]
+    pub storage_namespace: String,
 }
 
 /// How results are printed.
@@ -53,9 +103,9 @@ pub struct Cli {
 pub enum OutputFormat {
     /// Aligned text for people.
     Table,
-    /// JSON, the daemon's own field names.
+    /// JSON: local mode's own field names; on a cluster, the Kubernetes objects.
     Json,
-    /// YAML, the daemon's own field names.
+    /// YAML: local mode's own field names; on a cluster, the Kubernetes objects.
     Yaml,
 }
 
@@ -83,10 +133,14 @@ pub enum Command {
     /// Run psql connected to a branch.
     ///
     /// Wakes the branch if it is suspended (connecting through the proxy does that) and
-    /// replaces this process with `psql`, so its exit code is psql's. Arguments after `--`
-    /// go to psql. The password travels in PGPASSWORD, not on the command line.
+    /// runs `psql`; its exit code is psql's. Arguments after `--` go to psql. The password
+    /// travels in PGPASSWORD, not on the command line. On a cluster, psql connects
+    /// through a port-forward to a proxy Pod (it needs `create` on `pods/portforward` in
+    /// the storage namespace), closed when psql exits.
     ///
     /// Example: ramify psql dev -- -c 'select count(*) from orders'
+    ///
+    /// Example: kubectl ramify psql dev -n team-a -- -c 'select 1'
     Psql {
         /// Branch to connect to.
         name: String,
@@ -149,6 +203,15 @@ pub enum Command {
     /// Example: ramify snapshot create main before-migration
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+
+    /// Show whether Ramify is healthy, and what is not and why.
+    ///
+    /// Local mode: the same as `ramify local status`. On a cluster: the operator, each
+    /// storage node (clone method, used and total space, read through the API server's
+    /// Pod proxy), the proxy, and the branches that are not Ready, with their reasons.
+    ///
+    /// Example: kubectl ramify status
+    Status,
 
     /// Show Ramify end to end in about a minute, on a data directory of its own.
     ///
@@ -250,14 +313,24 @@ pub enum BranchCommand {
     /// -1h, -10m or -90s, or a snapshot of the parent as snapshot:NAME. A time forks after
     /// the last transaction committed at or before it.
     ///
+    /// On a cluster this writes a DatabaseBranch; --wait waits until it is Ready, printing
+    /// its conditions as they change (local mode's create returns once it is ready).
+    ///
     /// Example: ramify branch create before-deploy --parent main --at -15m
+    ///
+    /// Example: kubectl ramify branch create dev --parent main -n team-a --wait
     Create(CreateArgs),
 
     /// List branches as a tree: each fork under its parent.
     ///
-    /// With -o json or -o yaml, prints the flat list with every field.
+    /// With -o json or -o yaml, prints the flat list with every field (on a cluster: the
+    /// DatabaseBranch objects, like kubectl). On a cluster STATE is the compute's state
+    /// once the branch is Ready, else its phase; PORT is its proxy port; -A lists every
+    /// namespace as one tree (forks across namespaces under their parent).
     ///
     /// Example: ramify branch list
+    ///
+    /// Example: kubectl ramify branch list -A
     List,
 
     /// Show one branch: connection, fork point, space and snapshots.
@@ -274,40 +347,75 @@ pub enum BranchCommand {
     /// Delete a branch, its Postgres and its storage.
     ///
     /// A branch with children is kept unless --force, which deletes the children first.
+    /// On a cluster the deletion is done by the operator; --wait waits until the branch is
+    /// gone (local mode's delete returns when it is).
     ///
     /// Example: ramify branch delete dev --force
+    ///
+    /// Example: kubectl ramify branch delete pr-42 -n previews --wait
     Delete {
         /// The branch.
         name: String,
         /// Also delete every branch forked from it.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 
     /// Print a branch's connection URI, and nothing else.
     ///
-    /// Connecting through it wakes a suspended branch.
+    /// Connecting through it wakes a suspended branch. On a cluster the URI (from the
+    /// branch's Secret) names the branch's Service, reachable inside the cluster;
+    /// --port-forward instead opens a local port to the branch through the API server
+    /// (a port-forward to a proxy Pod), prints a 127.0.0.1 URI and forwards until Ctrl-C.
+    /// Local mode's URI is on this machine already, so --port-forward just prints it.
     ///
     /// Example: psql "$(ramify branch connect dev)"
+    ///
+    /// Example: kubectl ramify branch connect dev -n team-a --port-forward --local-port 5433
     Connect {
         /// The branch.
         name: String,
+        /// Forward a local port to the branch and print a URI on 127.0.0.1.
+        #[arg(long)]
+        port_forward: bool,
+        /// The local port of --port-forward (default: a free one).
+        #[arg(
+            long,
+            value_name = "PORT",
+            requires = "port_forward",
+            default_value_t = 0
+        )]
+        local_port: u16,
     },
 
     /// Start a branch's Postgres now rather than on the first connection.
+    ///
+    /// On a cluster this asks the operator (annotation ramify.dev/wake-request) and waits
+    /// until it is done.
     ///
     /// Example: ramify branch wake dev
     Wake {
         /// The branch.
         name: String,
+        /// How long to wait for the operator (cluster only): 90s, 5m.
+        #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+        timeout: u64,
     },
 
     /// Stop a branch's Postgres now; the next connection starts it again.
+    ///
+    /// On a cluster this asks the operator (annotation ramify.dev/suspend-request) and
+    /// waits until it is done.
     ///
     /// Example: ramify branch suspend dev
     Suspend {
         /// The branch.
         name: String,
+        /// How long to wait for the operator (cluster only): 90s, 5m.
+        #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+        timeout: u64,
     },
 
     /// Make a branch its parent's latest state again.
@@ -316,10 +424,16 @@ pub enum BranchCommand {
     /// "terminating connection due to …" error) and new ones see the parent's data.
     /// What the branch had is deleted; its child branches keep working.
     ///
+    /// On a cluster this creates a BranchRestore (source parent: true) and waits until it
+    /// has Succeeded or Failed.
+    ///
     /// Example: ramify branch reset dev
     Reset {
         /// The branch.
         name: String,
+        /// How long to wait for a cluster's operator: 90s, 5m.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: u64,
     },
 
     /// Make a branch what it (or --from) was at a point of history.
@@ -328,6 +442,9 @@ pub enum BranchCommand {
     /// before is kept as a suspended backup branch NAME-before-restore-<UTC time> that
     /// expires after the restore window (--no-backup: not kept). A point outside the
     /// restore window is refused and nothing changes.
+    ///
+    /// On a cluster this creates a BranchRestore and waits until it has Succeeded or
+    /// Failed.
     ///
     /// Example: ramify branch restore main --at -10m
     ///
@@ -379,6 +496,10 @@ pub struct RestoreArgs {
     /// Do not keep the state before the restore as a backup branch.
     #[arg(long)]
     pub no_backup: bool,
+
+    /// How long to wait for a cluster's operator: 90s, 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -406,12 +527,18 @@ pub enum CheckpointCommand {
     ///
     /// Without NAME the checkpoint is called cp-N, N one more than the highest so far.
     ///
+    /// On a cluster this creates a BranchCheckpoint (its name is the checkpoint's, unique
+    /// in the namespace; cp-N counts over the namespace) and waits until it is Ready.
+    ///
     /// Example: ramify checkpoint create agent-7 step-3
     Create {
         /// The branch.
         branch: String,
         /// Name of the checkpoint (1–63 of a-z 0-9 - _ .).
         name: Option<String>,
+        /// How long to wait for a cluster's operator: 90s, 5m.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: u64,
     },
 
     /// List a branch's checkpoints, oldest first, and which branch holds each one's
@@ -462,9 +589,15 @@ pub struct DiffArgs {
     #[arg(long)]
     pub exit_code: bool,
 
-    /// Unchanged lines shown around each change.
-    #[arg(short = 'U', long, value_name = "LINES", default_value_t = 3)]
-    pub context: usize,
+    /// Unchanged lines shown around each change (like `git diff -U`; the long form is not
+    /// --context, which names a kubeconfig context).
+    #[arg(
+        short = 'U',
+        long = "unified",
+        value_name = "LINES",
+        default_value_t = 3
+    )]
+    pub unified: usize,
 }
 
 #[derive(Debug, Args)]
@@ -497,7 +630,8 @@ pub struct CreateArgs {
     /// Name of the new branch (lower-case letters, digits and '-').
     pub name: String,
 
-    /// Branch to fork from; without it the new branch is an empty root.
+    /// Branch to fork from; without it the new branch is an empty root. On a cluster,
+    /// NAMESPACE/NAME forks a branch of another namespace (its spec.sharing must allow it).
     #[arg(long, value_name = "BRANCH")]
     pub parent: Option<String>,
 
@@ -529,6 +663,21 @@ pub struct CreateArgs {
     /// Create it protected: delete, reset, restore and expiry are refused.
     #[arg(long)]
     pub protected: bool,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `--wait` and `--timeout` of the verbs a cluster's operator completes later.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// On a cluster, wait until the operator is done (local mode always is on return).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits: 90s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -800,7 +949,7 @@ mod tests {
                     Some(("main", true))
                 );
                 assert!(d.data && d.exit_code);
-                assert_eq!(d.context, 3);
+                assert_eq!(d.unified, 3);
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod backend;
 mod commands;
 mod data_dir;
 mod privileges;
@@ -11,11 +12,21 @@ mod xfs_image;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
-    match commands::run(cli) {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let plugin = backend::invoked_as_plugin(&argv0);
+    let mut command = args::Cli::command();
+    if plugin {
+        // Help and usage errors name the command the way it was typed.
+        command = command.bin_name("kubectl ramify");
+    }
+    let cli = match args::Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match commands::run(cli, plugin) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));

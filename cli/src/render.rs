@@ -11,6 +11,7 @@ use ramify_lifecycle::{BranchView, CheckpointView, ComputeStatus, LocalStatus, R
 use serde::Serialize;
 
 use crate::args::OutputFormat;
+use crate::backend::BranchRow;
 
 /// `value` as JSON (pretty) or YAML; `None` for the table format, which each command
 /// renders its own way.
@@ -65,7 +66,7 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 /// A moment to the second, in UTC, for tables (`2026-03-01T11:59:58Z`).
-fn timestamp_secs(t: DateTime<Utc>) -> String {
+pub fn timestamp_secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -103,7 +104,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Key/value lines with the values aligned.
-fn fields(pairs: &[(&str, String)]) -> String {
+pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs
         .iter()
@@ -112,17 +113,28 @@ fn fields(pairs: &[(&str, String)]) -> String {
 }
 
 /// Branches in tree order, each with the prefix that draws its place in the tree
-/// (`├─ `, `└─ `, `│  ` …). Roots are branches without a parent, or whose parent is gone;
-/// siblings are ordered by creation time, then name.
-pub fn tree_order(branches: &[BranchView]) -> Vec<(String, &BranchView)> {
-    let names: HashSet<&str> = branches.iter().map(|b| b.name.as_str()).collect();
-    let mut children: BTreeMap<Option<&str>, Vec<&BranchView>> = BTreeMap::new();
+/// (`├─ `, `└─ `, `│  ` …). Roots are branches without a parent, or whose parent is not
+/// listed (gone, or in another namespace); siblings are ordered by creation time, then
+/// namespace and name.
+pub fn tree_order(branches: &[BranchRow]) -> Vec<(String, &BranchRow)> {
+    type Key<'a> = (Option<&'a str>, &'a str);
+    let keys: HashSet<Key<'_>> = branches.iter().map(BranchRow::key).collect();
+    let mut children: BTreeMap<Option<Key<'_>>, Vec<&BranchRow>> = BTreeMap::new();
     for b in branches {
-        let parent = b.parent.as_deref().filter(|p| names.contains(p));
+        let parent = b
+            .parent
+            .as_ref()
+            .map(|(ns, name)| (ns.as_deref(), name.as_str()))
+            .filter(|p| keys.contains(p));
         children.entry(parent).or_default().push(b);
     }
     for siblings in children.values_mut() {
-        siblings.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        siblings.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.namespace.cmp(&b.namespace))
+                .then(a.name.cmp(&b.name))
+        });
     }
     let mut out = Vec::with_capacity(branches.len());
     let mut visited = HashSet::new();
@@ -131,22 +143,24 @@ pub fn tree_order(branches: &[BranchView]) -> Vec<(String, &BranchView)> {
     }
     // A parent cycle has no root to start from; show those branches flat rather than lose them.
     for b in branches {
-        if !visited.contains(b.name.as_str()) {
+        if !visited.contains(&b.key()) {
             visit(b, "", None, &children, &mut visited, &mut out);
         }
     }
     out
 }
 
+type Children<'a> = BTreeMap<Option<(Option<&'a str>, &'a str)>, Vec<&'a BranchRow>>;
+
 fn visit<'a>(
-    b: &'a BranchView,
+    b: &'a BranchRow,
     indent: &str,
     last: Option<bool>,
-    children: &BTreeMap<Option<&str>, Vec<&'a BranchView>>,
-    visited: &mut HashSet<&'a str>,
-    out: &mut Vec<(String, &'a BranchView)>,
+    children: &Children<'a>,
+    visited: &mut HashSet<(Option<&'a str>, &'a str)>,
+    out: &mut Vec<(String, &'a BranchRow)>,
 ) {
-    if !visited.insert(b.name.as_str()) {
+    if !visited.insert(b.key()) {
         return;
     }
     let (prefix, child_indent) = match last {
@@ -156,7 +170,7 @@ fn visit<'a>(
     };
     out.push((prefix, b));
     let kids = children
-        .get(&Some(b.name.as_str()))
+        .get(&Some(b.key()))
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     for (i, kid) in kids.iter().enumerate() {
@@ -178,10 +192,14 @@ fn state(c: ComputeStatus) -> &'static str {
     }
 }
 
-/// When the branch is deleted by itself, as time left: `-` (never), `protected`,
-/// `1h59m`, or `now` (expired; kept while it has children).
-pub fn expires(b: &BranchView, now: DateTime<Utc>) -> String {
-    match (b.protected, b.expires_at) {
+/// When a branch is deleted by itself, as time left: `-` (never), `protected`, `1h59m`,
+/// or `now` (expired; kept while it has children).
+pub fn expiry_left(
+    protected: bool,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> String {
+    match (protected, expires_at) {
         (true, _) => "protected".to_string(),
         (false, None) => "-".to_string(),
         (false, Some(t)) if t <= now => "now".to_string(),
@@ -190,39 +208,52 @@ pub fn expires(b: &BranchView, now: DateTime<Utc>) -> String {
     }
 }
 
-/// `ramify branch list`: the tree with NAME, STATE, FORK LSN, EXCLUSIVE, PORT, AGE,
-/// EXPIRES (time left).
-pub fn branch_list(branches: &[BranchView], now: DateTime<Utc>) -> String {
+/// [`expiry_left`] of a local branch.
+pub fn expires(b: &BranchView, now: DateTime<Utc>) -> String {
+    expiry_left(b.protected, b.expires_at, now)
+}
+
+/// `branch list`: the tree with NAME, STATE, FORK LSN, EXCLUSIVE, PORT, AGE, EXPIRES
+/// (time left), the same for both backends; NAMESPACE first when the rows carry one
+/// (`-A`). `empty` is printed when there are no branches.
+pub fn branch_list(branches: &[BranchRow], now: DateTime<Utc>, empty: &str) -> String {
     if branches.is_empty() {
-        return "no branches yet: create one with `ramify branch create main`\n".to_string();
+        return format!("{empty}\n");
     }
+    let with_ns = branches.iter().any(|b| b.namespace.is_some());
+    let dash = || "-".to_string();
     let rows: Vec<Vec<String>> = tree_order(branches)
         .into_iter()
         .map(|(prefix, b)| {
-            vec![
+            let mut row = Vec::with_capacity(8);
+            if with_ns {
+                row.push(b.namespace.clone().unwrap_or_else(dash));
+            }
+            row.extend([
                 format!("{prefix}{}", b.name),
-                state(b.compute).to_string(),
-                b.fork_lsn
-                    .map_or_else(|| "-".to_string(), |l| l.to_string()),
-                human_bytes(b.exclusive_bytes),
-                b.port.to_string(),
+                b.state.clone(),
+                b.fork_lsn.clone().unwrap_or_else(dash),
+                b.exclusive_bytes.map_or_else(dash, human_bytes),
+                b.port.map_or_else(dash, |p| p.to_string()),
                 age(b.created_at, now),
-                expires(b, now),
-            ]
+                expiry_left(b.protected, b.expires_at, now),
+            ]);
+            row
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "STATE",
-            "FORK LSN",
-            "EXCLUSIVE",
-            "PORT",
-            "AGE",
-            "EXPIRES",
-        ],
-        &rows,
-    )
+    let mut headers = vec![
+        "NAME",
+        "STATE",
+        "FORK LSN",
+        "EXCLUSIVE",
+        "PORT",
+        "AGE",
+        "EXPIRES",
+    ];
+    if with_ns {
+        headers.insert(0, "NAMESPACE");
+    }
+    table(&headers, &rows)
 }
 
 fn fork_point(b: &BranchView) -> String {
@@ -643,9 +674,12 @@ mod tests {
         let mut orphan = branch("orphan", Some("deleted-parent"), 2);
         orphan.fork_lsn = Some(Lsn(0x1000));
         orphan.port = 55437;
-        let all = vec![pr, other, fix, main, orphan, dev];
+        let all: Vec<BranchRow> = [pr, other, fix, main, orphan, dev]
+            .iter()
+            .map(crate::backend::local::row)
+            .collect();
         assert_eq!(
-            branch_list(&all, now()),
+            branch_list(&all, now(), LOCAL_EMPTY),
             "\
 NAME           STATE      FORK LSN   EXCLUSIVE  PORT   AGE  EXPIRES
 main           running    -          24.1 MiB   55432  3h   protected
@@ -660,14 +694,14 @@ scratch        running    -          0 B        55436  1m   now
 
     #[test]
     fn deep_tree_keeps_ancestor_rails() {
-        let all = vec![
+        let all = rows(vec![
             branch("a", None, 10),
             branch("b", Some("a"), 9),
             branch("c", Some("b"), 8),
             branch("d", Some("a"), 7),
             branch("e", Some("c"), 6),
             branch("f", Some("c"), 5),
-        ];
+        ]);
         let lines: Vec<String> = tree_order(&all)
             .into_iter()
             .map(|(p, b)| format!("{p}{}", b.name))
@@ -680,7 +714,7 @@ scratch        running    -          0 B        55436  1m   now
 
     #[test]
     fn parent_cycles_do_not_lose_branches() {
-        let all = vec![branch("x", Some("y"), 2), branch("y", Some("x"), 1)];
+        let all = rows(vec![branch("x", Some("y"), 2), branch("y", Some("x"), 1)]);
         let names: Vec<&str> = tree_order(&all)
             .iter()
             .map(|(_, b)| b.name.as_str())
@@ -690,7 +724,51 @@ scratch        running    -          0 B        55436  1m   now
 
     #[test]
     fn empty_list_says_how_to_start() {
-        assert!(branch_list(&[], now()).contains("ramify branch create"));
+        assert_eq!(branch_list(&[], now(), "nothing here"), "nothing here\n");
+    }
+
+    const LOCAL_EMPTY: &str = "no branches yet";
+
+    fn rows(bs: Vec<BranchView>) -> Vec<BranchRow> {
+        bs.iter().map(crate::backend::local::row).collect()
+    }
+
+    /// A cluster's branches with -A: one tree across namespaces, NAMESPACE first, and
+    /// branches not Ready yet showing their phase.
+    #[test]
+    fn tree_across_namespaces_golden() {
+        let k = |ns: &str, name: &str, parent: Option<(&str, &str)>, state: &str, mins: i64| {
+            BranchRow {
+                namespace: Some(ns.into()),
+                name: name.into(),
+                parent: parent.map(|(pns, p)| (Some(pns.into()), p.into())),
+                state: state.into(),
+                fork_lsn: parent.map(|_| "0/16B3748".into()),
+                exclusive_bytes: (state != "pending").then_some(4096),
+                port: (state != "pending").then_some(20001 + mins as u16),
+                created_at: now() - chrono::Duration::minutes(mins),
+                protected: name == "main",
+                expires_at: None,
+            }
+        };
+        let all = vec![
+            k("team-a", "dev", Some(("prod", "main")), "running", 30),
+            k("prod", "main", None, "suspended", 300),
+            k("team-b", "pr-7", Some(("prod", "main")), "pending", 1),
+            k("team-a", "dev-fix", Some(("team-a", "dev")), "creating", 2),
+            k("team-a", "main", None, "running", 100),
+        ];
+        assert_eq!(
+            branch_list(&all, now(), LOCAL_EMPTY),
+            "\
+NAMESPACE  NAME           STATE      FORK LSN   EXCLUSIVE  PORT   AGE    EXPIRES
+prod       main           suspended  -          4.0 KiB    20301  5h     protected
+team-a     ├─ dev         running    0/16B3748  4.0 KiB    20031  30m    -
+team-a     │  └─ dev-fix  creating   0/16B3748  4.0 KiB    20003  2m     -
+team-b     └─ pr-7        pending    0/16B3748  -          -      1m     -
+team-a     main           running    -          4.0 KiB    20101  1h40m  protected
+"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ if [ -n "$reason" ]; then
   exit 0
 fi
 CARGO="${CARGO:-cargo}"
-"$CARGO" build -p ramify-operator -p ramify-proxy -p ramify-storage
+"$CARGO" build -p ramify-operator -p ramify-proxy -p ramify-storage -p ramify-cli
 bash e2e/cluster/build.sh
 bash e2e/cluster/images.sh --strict --no-import --bin-dir target/debug
 exec bash e2e/cluster/with-cluster.sh e2e/k8s/run.sh

@@ -2,7 +2,8 @@
 # Ramify's end-to-end scenario on a real Kubernetes cluster ($KUBECONFIG): install the
 # charts, a root branch with data, a child branch in another namespace with its Secret
 # and Service, psql through the Service from a Pod and from outside by port-forward,
-# suspend and wake, checkpoint and restore (with a backup branch), reset, deletion
+# suspend and wake, `kubectl ramify` (create --wait, psql by port-forward, list -A,
+# status, reset, protect, delete --wait), checkpoint and restore (with a backup branch), reset, deletion
 # protection, expiry, delete everything and check the storage was freed. Prints the time
 # of every step. Leaves nothing behind (also on failure).
 #
@@ -14,6 +15,8 @@
 #   STORAGE_CLASS   StorageClass of the storage node's volume (default ramify-xfs; use an
 #                   XFS-backed class on kind/k3d, see e2e/k8s/README.md)
 #   PYTHON          Python with helm-python-sdk (default target/pyenv/bin/python)
+#   RAMIFY          the `ramify` CLI, used as the kubectl plugin `kubectl ramify` for the
+#                   steps a user would type (default target/debug/ramify)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,6 +36,13 @@ WORK="$(mktemp -d)"
 PF_PID=""
 
 k() { "$KUBECTL" "$@"; }
+# `kubectl ramify`: the CLI under its plugin name, found by kubectl on PATH.
+RAMIFY="${RAMIFY:-target/debug/ramify}"
+[ -x "$RAMIFY" ] || { echo "error: $RAMIFY is missing: cargo build -p ramify-cli" >&2; exit 2; }
+mkdir -p "$WORK/bin"
+ln -s "$(readlink -f "$RAMIFY")" "$WORK/bin/kubectl-ramify"
+export PATH="$WORK/bin:$PATH"
+kr() { "$KUBECTL" ramify --storage-namespace "$SYS" "$@"; }
 t0=$(date +%s.%N)
 step_start=$t0
 declare -a TIMES=()
@@ -191,16 +201,12 @@ client_pod "$NS_A" main
 psql_in "$NS_A" -c "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50000) g;"
 [ "$(psql_in "$NS_A" -c 'SELECT count(*) FROM items')" = 50000 ] || fail "main does not hold 50000 rows"
 
-step "create child branch alice in namespace $NS_B and wait until Ready"
-cat <<EOF | k apply -f - >/dev/null
-apiVersion: ramify.dev/v1alpha1
-kind: DatabaseBranch
-metadata: {name: alice, namespace: $NS_B}
-spec:
-  parent: {name: main, namespace: $NS_A}
-  compute: {suspendAfter: 15s}
-EOF
-k -n "$NS_B" wait --for=condition=Ready databasebranch/alice --timeout=240s >/dev/null
+step "kubectl ramify branch create alice --parent $NS_A/main -n $NS_B --wait"
+kr branch create alice --parent "$NS_A/main" -n "$NS_B" --suspend-after 15s --wait --timeout 4m \
+  >"$WORK/create.out" 2>"$WORK/create.err" || fail "create failed: $(cat "$WORK/create.err")"
+sed 's/^/    /' "$WORK/create.err" | tail -3
+[ "$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ] \
+  || fail "kubectl ramify branch create --wait returned before alice was Ready"
 k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.uri}' | base64 -d | grep -q "^postgresql://app:.*@alice-postgres.$NS_B.svc" \
   || fail "alice's Secret has no proper uri"
 k -n "$NS_B" get service alice-postgres >/dev/null
@@ -218,22 +224,21 @@ if k -n "$NS_B" exec psql -- env PGPASSWORD="$MAIN_PW" psql -X -At -c 'SELECT 1'
   fail "main's password opens alice"
 fi
 
-step "psql from outside the cluster through kubectl port-forward"
-PORT=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.proxyPort}')
-PROXY_POD=$(k -n "$SYS" get pods -l app.kubernetes.io/component=proxy -o jsonpath='{.items[0].metadata.name}')
-LOCAL_PORT=$(( 30000 + RANDOM % 20000 ))
-k -n "$SYS" port-forward "pod/$PROXY_POD" "$LOCAL_PORT:$PORT" >"$WORK/pf.log" 2>&1 &
-PF_PID=$!
-ALICE_PW=$(k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.password}' | base64 -d)
-ok=""
-for _ in $(seq 1 40); do
-  if got=$(PGPASSWORD="$ALICE_PW" psql -X -At -h 127.0.0.1 -p "$LOCAL_PORT" -U app -d app -c 'SELECT count(*) FROM items' 2>/dev/null); then
-    ok=1; break
-  fi
-  sleep 0.25
-done
-[ -n "$ok" ] && [ "$got" = 49001 ] || fail "port-forward psql failed: $(cat "$WORK/pf.log")"
-kill "$PF_PID"; PF_PID=""
+step "kubectl ramify psql alice: from outside the cluster through a port-forward"
+got=$(kr psql alice -n "$NS_B" -- -At -c 'SELECT count(*) FROM items' 2>"$WORK/psql.err") \
+  || fail "kubectl ramify psql failed: $(cat "$WORK/psql.err")"
+[ "$got" = 49001 ] || fail "kubectl ramify psql saw $got rows"
+
+step "kubectl ramify branch list -A: the tree across namespaces"
+kr branch list -A >"$WORK/list.out" || fail "branch list -A failed"
+sed 's/^/    /' "$WORK/list.out"
+grep -Eq "^$NS_A +main " "$WORK/list.out" || fail "main is not a root of the tree"
+grep -Eq "^$NS_B +[^a-z]+alice " "$WORK/list.out" || fail "alice is not drawn under main"
+
+step "kubectl ramify status: operator, storage node, proxy"
+kr status >"$WORK/status.out" || fail "status failed: $(cat "$WORK/status.out")"
+sed 's/^/    /' "$WORK/status.out"
+grep -q "reflink" "$WORK/status.out" || fail "status does not show the storage node's clone method"
 
 step "alice suspends after 15 s idle (compute Pod deleted)"
 k -n "$NS_B" delete pod psql --wait=true --timeout=60s >/dev/null
@@ -248,6 +253,15 @@ wake_start=$(date +%s.%N)
 WAKE_S=$(echo "$(date +%s.%N) - $wake_start" | bc)
 printf '    woke and answered in %.2f s\n' "$WAKE_S"
 wait_for "alice running" '{.status.compute.state}' '^Running$' 30 -n "$NS_B" databasebranch alice
+
+step "kubectl ramify branch suspend alice, then branch wake alice"
+kr branch suspend alice -n "$NS_B" >"$WORK/suspend.out" || fail "suspend failed"
+[ "$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.compute.state}')" = Suspended ] \
+  || fail "alice is not Suspended after kubectl ramify branch suspend: $(cat "$WORK/suspend.out")"
+kr branch wake alice -n "$NS_B" >"$WORK/wake.out" || fail "wake failed"
+[ "$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.compute.state}')" = Running ] \
+  || fail "alice is not Running after kubectl ramify branch wake: $(cat "$WORK/wake.out")"
+sed 's/^/    /' "$WORK/wake.out"
 
 step "checkpoint alice (BranchCheckpoint), then drop a table by mistake"
 cat <<EOF | k apply -f - >/dev/null
@@ -285,25 +299,16 @@ k -n "$NS_B" wait --for=condition=Ready "databasebranch/$BACKUP" --timeout=60s >
   || fail "the backup branch $BACKUP does not hold the state after the DROP"
 k -n "$NS_B" delete databasebranch "$BACKUP" --timeout=120s >/dev/null
 
-step "reset alice to main (BranchRestore source.parent)"
-cat <<EOF | k apply -f - >/dev/null
-apiVersion: ramify.dev/v1alpha1
-kind: BranchRestore
-metadata: {name: reset, namespace: $NS_B}
-spec:
-  branch: alice
-  source: {parent: true}
-EOF
-wait_for "reset finished" '{.status.phase}' '^(Succeeded|Failed)$' 120 -n "$NS_B" branchrestore reset
-[ "$(k -n "$NS_B" get branchrestore reset -o jsonpath='{.status.phase}')" = Succeeded ] \
-  || fail "reset failed: $(k -n "$NS_B" get branchrestore reset -o jsonpath='{.status.conditions[0].message}')"
+step "kubectl ramify branch reset alice (a BranchRestore from the parent)"
+kr branch reset alice -n "$NS_B" >"$WORK/reset.out" 2>"$WORK/reset.err" || fail "reset failed: $(cat "$WORK/reset.err")"
+sed 's/^/    /' "$WORK/reset.out"
 [ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items')" = 50000 ] || fail "alice does not have main's rows after the reset"
 [ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items WHERE id = 100001')" = 0 ] || fail "alice's own row survived the reset"
 [ "$(k -n "$SYS" get timelines.ramify.dev -o name | wc -l)" = 2 ] \
   || fail "timelines left by the restores: $(k -n "$SYS" get timelines.ramify.dev -o name)"
 
 step "a protected branch: deletion and restore are refused"
-k -n "$NS_B" patch databasebranch alice --type merge -p '{"spec":{"protected":true}}' >/dev/null
+kr branch protect alice -n "$NS_B" >/dev/null
 if [ -n "$HAVE_VAP" ]; then
   denied=""
   for _ in $(seq 1 40); do # the policy takes effect once the API server compiled it
@@ -313,6 +318,9 @@ if [ -n "$HAVE_VAP" ]; then
   done
   [ -n "$denied" ] || fail "deleting a protected branch was not refused"
   echo "    $out"
+  if out=$(kr branch delete alice -n "$NS_B" 2>&1); then fail "kubectl ramify deleted a protected branch"; fi
+  echo "$out" | grep -q "is protected" || fail "kubectl ramify branch delete said: $out"
+  [ "$(echo "$out" | wc -l)" = 1 ] || fail "the refusal is not one line: $out"
 else
   echo "    (no ValidatingAdmissionPolicy API: the operator's finalizer holds the deletion instead)"
 fi
@@ -325,7 +333,7 @@ spec:
   source: {parent: true}
 EOF
 wait_for "restore of a protected branch refused" '{.status.conditions[?(@.type=="Succeeded")].reason}' '^Protected$' 60 -n "$NS_B" branchrestore refused
-k -n "$NS_B" patch databasebranch alice --type merge -p '{"spec":{"protected":false}}' >/dev/null
+kr branch unprotect alice -n "$NS_B" >/dev/null
 
 step "a branch with a 5 s ttl is deleted by the operator, with an Event"
 cat <<EOF | k apply -f - >/dev/null
@@ -349,7 +357,7 @@ k -n "$NS_A" get databasebranch main -o jsonpath='{.status.conditions[?(@.type==
 step "delete alice, then main follows; storage freed"
 k -n "$NS_B" delete pod psql --wait=false >/dev/null
 k -n "$NS_A" delete pod psql --wait=false >/dev/null
-k -n "$NS_B" delete databasebranch alice --timeout=120s >/dev/null
+kr branch delete alice -n "$NS_B" --wait >/dev/null || fail "kubectl ramify branch delete --wait failed"
 k -n "$NS_A" wait --for=delete databasebranch/main --timeout=120s >/dev/null 2>&1 || true
 [ -z "$(k -n "$NS_A" get databasebranch -o name)" ] || fail "main was not deleted after its child"
 [ -z "$(k -n "$SYS" get timelines.ramify.dev -o name)" ] || fail "Timeline objects left"

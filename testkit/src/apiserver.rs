@@ -41,6 +41,9 @@ pub struct ApiServer {
     pub url: String,
     /// Bearer token of a `system:masters` user.
     pub token: String,
+    /// Bearer token of a plain user ([`ApiServer::UNPRIVILEGED_USER`], no groups) that
+    /// RBAC grants nothing, for testing what a denied request looks like.
+    pub unprivileged_token: String,
     etcd: Child,
     apiserver: Child,
     dir: tempfile::TempDir,
@@ -60,6 +63,9 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl ApiServer {
+    /// The user name of [`ApiServer::unprivileged_token`].
+    pub const UNPRIVILEGED_USER: &'static str = "bob";
+
     /// Whether the binaries exist (tests print why they skip otherwise).
     pub fn available() -> Result<(), ApiServerError> {
         for b in ["etcd", "kube-apiserver"] {
@@ -97,9 +103,13 @@ impl ApiServer {
         openssl(&["genrsa", "-out", "sa.key", "2048"])?;
         openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
         let token = format!("ramify-test-{}", std::process::id());
+        let unprivileged_token = format!("ramify-test-unprivileged-{}", std::process::id());
         std::fs::write(
             d.join("tokens.csv"),
-            format!("{token},admin,admin,system:masters\n"),
+            format!(
+                "{token},admin,admin,system:masters\n{unprivileged_token},{user},{user}\n",
+                user = Self::UNPRIVILEGED_USER
+            ),
         )
         .map_err(|e| failed("write tokens", e))?;
 
@@ -153,6 +163,7 @@ impl ApiServer {
         let mut server = ApiServer {
             url: format!("https://127.0.0.1:{api_port}"),
             token,
+            unprivileged_token,
             etcd,
             apiserver,
             dir,

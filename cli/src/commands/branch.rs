@@ -2,19 +2,15 @@
 //! protect, unprotect, expire.
 
 use chrono::{DateTime, Utc};
-use ramify_lifecycle::{BranchView, CreateBranch, Expiry, RestoreBranch, UpdateBranch};
+use ramify_lifecycle::{CreateBranch, Expiry, RestoreBranch, UpdateBranch};
 use serde::Serialize;
+
+use anyhow::Context as _;
 
 use super::Context;
 use crate::args::{BranchCommand, CreateArgs, ExpireArgs, RestoreArgs};
+use crate::backend::Backend;
 use crate::render;
-
-/// `-o json|yaml` answer of `branch delete`.
-#[derive(Debug, Serialize)]
-struct Deleted<'a> {
-    deleted: &'a str,
-    force: bool,
-}
 
 /// `-o json|yaml` answer of `branch connect`.
 #[derive(Debug, Serialize)]
@@ -63,98 +59,73 @@ fn seconds(s: u64) -> chrono::Duration {
     chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
 }
 
-pub async fn run(ctx: &Context, cmd: BranchCommand) -> anyhow::Result<()> {
-    let client = ctx.client()?;
-    let now = chrono::Utc::now();
+pub async fn run(ctx: &Context, backend: &dyn Backend, cmd: BranchCommand) -> anyhow::Result<()> {
     match cmd {
-        BranchCommand::Create(args) => {
-            let b = client.create_branch(&create_request(args, now)).await?;
-            ctx.print(&b, || render::created_branch(&b))
-        }
+        BranchCommand::Create(args) => ctx.show(backend.create_branch(args).await?),
         BranchCommand::List => {
-            let list = client.list_branches().await?;
-            ctx.print(&list, || render::branch_list(&list, now))
+            let list = backend.list_branches().await?;
+            let text = render::branch_list(&list.rows, chrono::Utc::now(), &list.empty);
+            ctx.show(list.shown.with_text(text))
         }
-        BranchCommand::Get { name } => {
-            let b = client.get_branch(&name).await?;
-            ctx.print(&b, || render::branch_details(&b, now))
+        BranchCommand::Get { name } => ctx.show(backend.get_branch(&name).await?),
+        BranchCommand::Delete { name, force, wait } => {
+            ctx.show(backend.delete_branch(&name, force, wait).await?)
         }
-        BranchCommand::Delete { name, force } => {
-            client.delete_branch(&name, force).await?;
-            let report = Deleted {
-                deleted: &name,
-                force,
-            };
-            ctx.print(&report, || format!("deleted branch {name}\n"))
-        }
-        BranchCommand::Connect { name } => {
-            let b = client.get_branch(&name).await?;
+        BranchCommand::Connect {
+            name,
+            port_forward,
+            local_port,
+        } => {
+            if port_forward {
+                return connect_forwarded(ctx, backend, &name, local_port).await;
+            }
+            let c = backend.connection(&name).await?;
             let conn = Connection {
-                name: &b.name,
-                uri: &b.uri,
+                name: &c.name,
+                uri: &c.uri,
             };
-            ctx.print(&conn, || format!("{}\n", b.uri))
+            ctx.print(&conn, || format!("{}\n", c.uri))
         }
-        BranchCommand::Wake { name } => {
-            let b = client.wake(&name).await?;
-            ctx.print(&b, || state_line(&b))
+        BranchCommand::Wake { name, timeout } => ctx.show(backend.wake(&name, timeout).await?),
+        BranchCommand::Suspend { name, timeout } => {
+            ctx.show(backend.suspend(&name, timeout).await?)
         }
-        BranchCommand::Suspend { name } => {
-            let b = client.suspend(&name).await?;
-            ctx.print(&b, || state_line(&b))
-        }
-        BranchCommand::Reset { name } => {
-            let o = client.reset(&name).await?;
-            ctx.print(&o, || render::reset_done(&o))
-        }
-        BranchCommand::Restore(args) => {
-            let o = client.restore(&args.name, &restore_request(&args)).await?;
-            ctx.print(&o, || render::restore_done(&o))
-        }
-        BranchCommand::Protect { name } => {
-            let before = client.get_branch(&name).await?;
-            let b = client
-                .update_branch(
-                    &name,
-                    &UpdateBranch {
-                        protected: Some(true),
-                        expiry: None,
-                    },
-                )
-                .await?;
-            ctx.print(&b, || render::protection_changed(&b, before.expires_at))
-        }
-        BranchCommand::Unprotect { name } => {
-            let b = client
-                .update_branch(
-                    &name,
-                    &UpdateBranch {
-                        protected: Some(false),
-                        expiry: None,
-                    },
-                )
-                .await?;
-            ctx.print(&b, || render::protection_changed(&b, None))
-        }
-        BranchCommand::Expire(args) => {
-            let b = client
-                .update_branch(&args.name, &expire_request(&args, now))
-                .await?;
-            ctx.print(&b, || render::expiry_changed(&b, now))
-        }
+        BranchCommand::Reset { name, timeout } => ctx.show(backend.reset(&name, timeout).await?),
+        BranchCommand::Restore(args) => ctx.show(backend.restore(&args).await?),
+        BranchCommand::Protect { name } => ctx.show(backend.protect(&name, true).await?),
+        BranchCommand::Unprotect { name } => ctx.show(backend.protect(&name, false).await?),
+        BranchCommand::Expire(args) => ctx.show(backend.expire(&args).await?),
     }
 }
 
-fn state_line(b: &BranchView) -> String {
-    match b.compute {
-        ramify_lifecycle::ComputeStatus::Running => {
-            format!("branch {} is running on port {}\n", b.name, b.port)
-        }
-        ramify_lifecycle::ComputeStatus::Suspended => format!(
-            "branch {} is suspended; connecting to port {} wakes it\n",
-            b.name, b.port
-        ),
-    }
+/// `branch connect --port-forward`: the URI on stdout, then forwarding until Ctrl-C (local
+/// mode's URI is on this machine already: printed, nothing to forward).
+async fn connect_forwarded(
+    ctx: &Context,
+    backend: &dyn Backend,
+    name: &str,
+    local_port: u16,
+) -> anyhow::Result<()> {
+    let reach = backend.reach(name, local_port).await?;
+    let conn = Connection {
+        name: &reach.conn.name,
+        uri: &reach.conn.uri,
+    };
+    ctx.print(&conn, || format!("{}\n", reach.conn.uri))?;
+    let Some(forward) = &reach.forward else {
+        return Ok(());
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "forwarding {} to branch {name} through proxy Pod {} (via the API server); Ctrl-C stops",
+        forward.local, forward.pod
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("stopped forwarding");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -176,6 +147,10 @@ mod tests {
                 expires_in: Some(3),
                 expires_at: None,
                 protected: false,
+                wait: crate::args::WaitArgs {
+                    wait: false,
+                    timeout: 300,
+                },
             },
             now,
         );
@@ -192,6 +167,10 @@ mod tests {
                 expires_in: None,
                 expires_at: None,
                 protected: true,
+                wait: crate::args::WaitArgs {
+                    wait: false,
+                    timeout: 300,
+                },
             },
             now,
         );
@@ -209,6 +188,7 @@ mod tests {
             at: Some(ramify_lifecycle::HistoryPoint::Checkpoint("step-3".into())),
             from: None,
             no_backup: true,
+            timeout: 300,
         });
         assert_eq!(
             serde_json::to_value(&req).unwrap(),

@@ -248,9 +248,15 @@ async fn walk(ctx: &Context) -> anyhow::Result<()> {
         t.elapsed().as_millis()
     );
     println!();
+    let rows: Vec<_> = api
+        .list_branches()
+        .await?
+        .iter()
+        .map(crate::backend::local::row)
+        .collect();
     print!(
         "{}",
-        render::branch_list(&api.list_branches().await?, chrono::Utc::now())
+        render::branch_list(&rows, chrono::Utc::now(), "no branches")
     );
     Ok(())
 }

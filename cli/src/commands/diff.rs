@@ -7,13 +7,11 @@
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
-use ramify_diff::{DataDiffOptions, DiffOptions, RenderOptions};
-use ramify_lifecycle::{BranchView, ComputeStatus, CreateBranch};
-use ramify_local::DaemonClient;
-
 use super::Context;
 use crate::args::{BranchRef, DiffArgs, OutputFormat};
+use crate::backend::{Backend, Reach};
+use anyhow::{bail, Context as _};
+use ramify_diff::{DataDiffOptions, DiffOptions, RenderOptions};
 
 /// Exit status when the branches differ and --exit-code was given.
 const DIFFER: u8 = 1;
@@ -22,11 +20,11 @@ const ERROR: u8 = 2;
 
 /// How long a throwaway branch for `NAME@WHEN` lives if `ramify` is killed before it
 /// can delete it.
-const SCRATCH_TTL_SECS: i64 = 3600;
+const SCRATCH_TTL_SECS: u64 = 3600;
 
 /// Runs the diff; errors are printed here (one line) and exit with 2.
-pub async fn run(ctx: &Context, args: DiffArgs) -> ExitCode {
-    match diff(ctx, args).await {
+pub async fn run(ctx: &Context, backend: &dyn Backend, args: DiffArgs) -> ExitCode {
+    match diff(ctx, backend, args).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::error_line(&e));
@@ -61,38 +59,25 @@ pub fn sides(
     }
 }
 
-async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let client = ctx.client()?;
-    let a_view = client.get_branch(&args.a.name).await?;
-    let b_view = match &args.b {
-        Some(b) => Some(client.get_branch(&b.name).await?),
-        None => None,
+async fn diff(ctx: &Context, backend: &dyn Backend, args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let a_parent = match &args.b {
+        Some(_) => None,
+        None => backend.parent_of(&args.a.name).await?,
     };
-    let (before, after) = sides(args.a, args.b, a_view.parent.as_deref())?;
-    let view_of = |r: &BranchRef| -> Option<BranchView> {
-        [&a_view]
-            .into_iter()
-            .chain(b_view.as_ref())
-            .find(|v| v.name == r.name)
-            .cloned()
-    };
-    let before_view = match view_of(&before) {
-        Some(v) => v,
-        None => client.get_branch(&before.name).await?,
-    };
-    let after_view = view_of(&after).context("internal: the after side was not looked up")?;
+    let (before, after) = sides(args.a, args.b, a_parent.as_deref())?;
 
     let mut scratch = Vec::new();
     let result = async {
-        let before_conn = side(&client, &before, &before_view, &mut scratch).await?;
-        let after_conn = side(&client, &after, &after_view, &mut scratch).await?;
+        // Both kept until the diff is done: on a cluster each holds a port-forward.
+        let before_side = side(backend, &before, &mut scratch).await?;
+        let after_side = side(backend, &after, &mut scratch).await?;
         let (mut a, mut b) = tokio::try_join!(
-            ramify_diff::connect(&before_conn),
-            ramify_diff::connect(&after_conn)
+            ramify_diff::connect(&before_side.conn.uri),
+            ramify_diff::connect(&after_side.conn.uri)
         )?;
-        for (r, v) in [(&before, &before_view), (&after, &after_view)] {
-            if r.at.is_none() && v.compute == ComputeStatus::Suspended {
-                eprintln!("woke {}", v.name);
+        for (r, s) in [(&before, &before_side), (&after, &after_side)] {
+            if r.at.is_none() && s.was_suspended {
+                eprintln!("woke {}", r.name);
             }
         }
         let opts = DiffOptions {
@@ -102,9 +87,9 @@ async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCode> {
     }
     .await;
     for name in scratch {
-        if let Err(e) = super::run::delete(&client, &name).await {
+        if let Err(e) = backend.delete_scratch(&name).await {
             eprintln!(
-                "warning: could not delete the throwaway branch {name}: {}; local mode deletes it within the hour anyway",
+                "warning: could not delete the throwaway branch {name}: {}; it expires within the hour and is deleted then anyway",
                 crate::error_line(&e)
             );
         }
@@ -114,7 +99,7 @@ async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCode> {
     let render = RenderOptions {
         a_label: before.label.clone(),
         b_label: after.label.clone(),
-        context: args.context,
+        context: args.unified,
         color: ctx.output == OutputFormat::Table
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none(),
@@ -136,31 +121,23 @@ async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The connection string of one side: the branch itself, or a throwaway branch forked
-/// from it at `r.at` (its name pushed on `scratch` for deletion).
+/// One side, reachable from here: the branch itself, or a throwaway branch forked from it
+/// at `r.at` (its name pushed on `scratch` for deletion).
 async fn side(
-    client: &DaemonClient,
+    backend: &dyn Backend,
     r: &BranchRef,
-    view: &BranchView,
     scratch: &mut Vec<String>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Reach> {
     let Some(at) = &r.at else {
-        return Ok(view.uri.clone());
+        return backend.reach(&r.name, 0).await;
     };
     let name = super::run::branch_name("diff")?;
-    let created = client
-        .create_branch(&CreateBranch {
-            name: name.clone(),
-            parent: Some(r.name.clone()),
-            at: Some(at.clone()),
-            suspend_after_secs: None,
-            expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(SCRATCH_TTL_SECS)),
-            protected: false,
-        })
+    backend
+        .create_scratch(&name, &r.name, Some(at), SCRATCH_TTL_SECS)
         .await
         .with_context(|| format!("cannot read {} at {at}", r.name))?;
-    scratch.push(name);
-    Ok(created.uri)
+    scratch.push(name.clone());
+    backend.reach(&name, 0).await
 }
 
 #[cfg(test)]

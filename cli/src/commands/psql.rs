@@ -4,9 +4,11 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+use std::process::ExitCode;
+
 use ramify_compute::PgBin;
 
-use super::Context;
+use crate::backend::Backend;
 
 /// `uri` with the password of its user-info part removed: the password travels in
 /// PGPASSWORD instead, out of `ps` and shell history.
@@ -31,19 +33,36 @@ fn psql_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("psql"))
 }
 
-pub async fn run(ctx: &Context, name: &str, args: &[String]) -> anyhow::Result<()> {
-    let b = ctx.client()?.get_branch(name).await?;
+pub async fn run(backend: &dyn Backend, name: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    let reach = backend.reach(name, 0).await?;
     let program = psql_program();
-    // exec only returns on failure; on success psql's exit code is ours.
-    let err = Command::new(&program)
-        .arg(uri_without_password(&b.uri))
+    let mut cmd = Command::new(&program);
+    cmd.arg(uri_without_password(&reach.conn.uri))
         .args(args)
-        .env("PGPASSWORD", &b.password)
-        .exec();
-    anyhow::bail!(
-        "cannot run {}: {err}; install the Postgres client (apt-get install postgresql-client-15)",
-        program.display()
-    )
+        .env("PGPASSWORD", &reach.conn.password);
+    let cannot = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot run {}: {e}; install the Postgres client (apt-get install postgresql-client-15)",
+            program.display()
+        )
+    };
+    if reach.forward.is_none() {
+        // Nothing of ours must outlive the call: exec only returns on failure, and on
+        // success psql's exit code is ours.
+        return Err(cannot(cmd.exec()));
+    }
+    // The port-forward lives in this process, so psql runs as a child. Ctrl-C is for psql
+    // (it cancels the query): caught here so that it does not end the forward.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGINT: {e}"))?;
+    tokio::spawn(async move { while interrupts.recv().await.is_some() {} });
+    let mut child = tokio::process::Command::from(cmd).spawn().map_err(cannot)?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| anyhow::anyhow!("waiting for psql: {e}"))?;
+    drop(reach);
+    Ok(ExitCode::from(super::run::exit_code(status)))
 }
 
 #[cfg(test)]

@@ -8,13 +8,11 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ramify_lifecycle::names::validate_branch_name;
-use ramify_lifecycle::{BranchView, CreateBranch};
-use ramify_local::DaemonClient;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::Context;
 use crate::args::RunArgs;
+use crate::backend::{Backend, Conn};
 
 /// After forwarding a signal, how long the command gets to exit before it is killed.
 const GRACE: Duration = Duration::from_secs(10);
@@ -27,29 +25,26 @@ const FORWARDED: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
-pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(backend: &dyn Backend, args: RunArgs) -> anyhow::Result<ExitCode> {
     let name = branch_name(&args.name_prefix)?;
     // Caught from here on: a Ctrl-C while the branch is being created still deletes it.
     let mut signals = catch_signals()?;
-    let client = ctx.client()?;
     let expires_at = chrono::Utc::now()
         + chrono::Duration::seconds(i64::try_from(args.expires_in).unwrap_or(i64::MAX / 1000));
-    let branch = client
-        .create_branch(&CreateBranch {
-            name: name.clone(),
-            parent: Some(args.from.clone()),
-            at: args.at.clone(),
-            suspend_after_secs: None,
-            expires_at: Some(expires_at),
-            protected: false,
-        })
+    backend
+        .create_scratch(&name, &args.from, args.at.as_ref(), args.expires_in)
         .await?;
-    let outcome = supervise(&branch, &args.command, &mut signals).await;
-    let deleted = delete(&client, &name).await;
+    let outcome = async {
+        // On a cluster: a port-forward, open until the command is done.
+        let reach = backend.reach(&name, 0).await?;
+        supervise(&reach.conn, &args.command, &mut signals).await
+    }
+    .await;
+    let deleted = backend.delete_scratch(&name).await;
     let status = outcome?;
     if let Err(e) = deleted {
         eprintln!(
-            "warning: could not delete branch {name}: {e:#}; local mode deletes it at {} anyway",
+            "warning: could not delete branch {name}: {e:#}; it expires at {} and is deleted then anyway",
             expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
@@ -93,7 +88,7 @@ fn catch_signals() -> anyhow::Result<mpsc::UnboundedReceiver<Signal>> {
 }
 
 /// The environment that points a command at `b`.
-pub fn command_env(b: &BranchView) -> Vec<(&'static str, String)> {
+pub fn command_env(b: &Conn) -> Vec<(&'static str, String)> {
     vec![
         ("DATABASE_URL", b.uri.clone()),
         ("PGHOST", b.host.clone()),
@@ -109,7 +104,7 @@ pub fn command_env(b: &BranchView) -> Vec<(&'static str, String)> {
 /// by signal N). Signals ramify receives are passed on; a command still running
 /// [`GRACE`] after one is killed.
 async fn supervise(
-    b: &BranchView,
+    b: &Conn,
     command: &[String],
     signals: &mut mpsc::UnboundedReceiver<Signal>,
 ) -> anyhow::Result<u8> {
@@ -160,31 +155,13 @@ async fn supervise(
 }
 
 /// A shell's view of a status: the exit code, or 128+N for death by signal N.
-fn exit_code(status: std::process::ExitStatus) -> u8 {
+pub(super) fn exit_code(status: std::process::ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c).unwrap_or(1),
         (None, Some(s)) => u8::try_from(128 + s).unwrap_or(255),
         (None, None) => 1,
     }
-}
-
-/// Deletes the run's branch; retried briefly, since the daemon may be busy.
-pub(super) async fn delete(client: &DaemonClient, name: &str) -> anyhow::Result<()> {
-    let mut last = None;
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        match client.delete_branch(name, true).await {
-            Ok(()) => return Ok(()),
-            Err(ramify_local::DaemonError::Api { status, .. }) if status.as_u16() == 404 => {
-                return Ok(())
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow::anyhow!("unknown error"), Into::into))
 }
 
 #[cfg(test)]
