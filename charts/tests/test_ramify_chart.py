@@ -78,6 +78,8 @@ def test_the_objects_are_the_contracts(rendered):
     names = sorted((o["kind"], o["metadata"]["name"]) for o in rendered.objects)
     assert names == sorted([
         ("ClusterRole", f"ramify-operator-{NAMESPACE}"),
+        ("ClusterRole", f"ramify-{NAMESPACE}-edit"),
+        ("ClusterRole", f"ramify-{NAMESPACE}-view"),
         ("ClusterRoleBinding", f"ramify-operator-{NAMESPACE}"),
         ("Deployment", "ramify-operator"),
         ("Deployment", "ramify-proxy"),
@@ -85,6 +87,7 @@ def test_the_objects_are_the_contracts(rendered):
         ("NetworkPolicy", "ramify-operator"),
         ("NetworkPolicy", "ramify-proxy"),
         ("NetworkPolicy", "ramify-storage"),
+        ("Role", "ramify-connect"),
         ("Role", "ramify-operator"),
         ("RoleBinding", "ramify-operator"),
         ("Service", "ramify-operator"),
@@ -103,7 +106,8 @@ def test_the_objects_are_the_contracts(rendered):
         assert labels["app.kubernetes.io/instance"] == "ramify"
         if obj["kind"] in CLUSTER_SCOPED:
             # Named after the release namespace, so two installs do not collide.
-            assert obj["metadata"]["name"].endswith(f"-{NAMESPACE}")
+            name = obj["metadata"]["name"]
+            assert name.endswith(f"-{NAMESPACE}") or name.startswith(f"ramify-{NAMESPACE}-"), name
             assert "namespace" not in obj["metadata"]
         else:
             assert obj["metadata"]["namespace"] == NAMESPACE
@@ -321,14 +325,15 @@ def test_pull_secrets_reach_every_pod():
 # --- RBAC -------------------------------------------------------------------------------
 
 
-def test_every_rbac_rule_says_why():
+@pytest.mark.parametrize("template, at_least", [("rbac.yaml", 10), ("user-rbac.yaml", 7)])
+def test_every_rbac_rule_says_why(template, at_least):
     """A rule without a comment right above it is a rule nobody can review."""
-    lines = (RAMIFY_CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    lines = (RAMIFY_CHART / "templates" / template).read_text().splitlines()
     rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
-    assert len(rules) >= 10
+    assert len(rules) >= at_least
     for i in rules:
         above = lines[i - 1].strip()
-        assert above.startswith("#"), f"rbac.yaml:{i + 1}: rule without a comment above it"
+        assert above.startswith("#"), f"{template}:{i + 1}: rule without a comment above it"
 
 
 def test_operator_rbac_is_least_privilege(rendered_default):
@@ -451,6 +456,10 @@ def test_monitoring_peers_and_disabling_policies():
     ({"networkPolicy": {"monitoringFrom": [{"podSelektor": {}}]}}, "podSelektor"),
     ({"admission": {"protectBranch": False}}, "protectBranch"),
     ({"admission": {"protectBranches": "no"}}, "protectBranches"),
+    ({"rbac": {"aggregateToDefaultRole": False}}, "aggregateToDefaultRole"),
+    ({"rbac": {"aggregateToDefaultRoles": "yes"}}, "aggregateToDefaultRoles"),
+    ({"rbac": {"connect": {"subject": []}}}, "subject"),
+    ({"rbac": {"connect": {"subjects": {"kind": "Group", "name": "developers"}}}}, "/rbac/connect/subjects"),
 ])
 def test_values_schema_refuses_mistakes(values, complaint):
     with helm.Chart.load(str(RAMIFY_CHART)) as chart:
