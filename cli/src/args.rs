@@ -135,8 +135,8 @@ pub enum Command {
     /// Wakes the branch if it is suspended (connecting through the proxy does that) and
     /// runs `psql`; its exit code is psql's. Arguments after `--` go to psql. The password
     /// travels in PGPASSWORD, not on the command line. On a cluster, psql connects
-    /// through a port-forward to a proxy Pod (it needs `create` on `pods/portforward` in
-    /// the storage namespace), closed when psql exits.
+    /// through a port-forward to a proxy Pod (it needs `get` and `create` on `pods/portforward` in
+    /// the storage namespace: the chart's Role ramify-connect), closed when psql exits.
     ///
     /// Example: ramify psql dev -- -c 'select count(*) from orders'
     ///

@@ -307,6 +307,35 @@ sed 's/^/    /' "$WORK/reset.out"
 [ "$(k -n "$SYS" get timelines.ramify.dev -o name | wc -l)" = 2 ] \
   || fail "timelines left by the restores: $(k -n "$SYS" get timelines.ramify.dev -o name)"
 
+step "kubectl ramify diff alice: identical to its parent after the reset, then not"
+kr diff alice -n "$NS_B" --exit-code >"$WORK/diff0.out" 2>"$WORK/diff0.err" \
+  || fail "alice differs from main right after a reset: $(cat "$WORK/diff0.out" "$WORK/diff0.err")"
+psql_in "$NS_B" -c "ALTER TABLE items ADD COLUMN tag text; INSERT INTO items VALUES (200000, 'new', 'x'); UPDATE items SET note = 'changed' WHERE id = 7; DELETE FROM items WHERE id = 8;"
+set +e
+kr diff alice -n "$NS_B" --data --exit-code >"$WORK/diff1.out" 2>"$WORK/diff1.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "diff --exit-code gave $rc: $(cat "$WORK/diff1.out" "$WORK/diff1.err")"
+sed 's/^/    /' "$WORK/diff1.out" | head -12
+grep -q "tag text" "$WORK/diff1.out" || fail "the added column is not in the diff"
+grep -Eq "^public.items \(key id\): 1 only in .+, 1 only in .+, [0-9]+ changed; 50000 → 50000 rows$" "$WORK/diff1.out" \
+  || fail "the data diff of items is not 1 deleted, 1 inserted, some changed"
+
+step "kubectl ramify run --from alice: a throwaway branch for one command"
+got=$(kr run --from alice -n "$NS_B" --name-prefix e2e -- sh -c 'psql "$DATABASE_URL" -X -At -c "SELECT count(*) FROM items"' 2>"$WORK/run.err") \
+  || fail "run failed: $(cat "$WORK/run.err")"
+[ "$got" = 50000 ] || fail "the run's branch saw $got rows, not alice's 50000"
+set +e
+kr run --from alice -n "$NS_B" --name-prefix e2e -- sh -c 'exit 3' 2>>"$WORK/run.err"
+rc=$?
+set -e
+[ "$rc" = 3 ] || fail "run did not return the command's status 3 but $rc"
+[ -z "$(k -n "$NS_B" get databasebranches -o name | grep '/e2e-')" ] || fail "a run's branch was left behind"
+
+step "kubectl ramify checkpoint create and list"
+kr checkpoint create alice cli-cp -n "$NS_B" >/dev/null || fail "checkpoint create failed"
+kr checkpoint list alice -n "$NS_B" | grep -q "cli-cp" || fail "checkpoint list does not show cli-cp"
+
 step "a protected branch: deletion and restore are refused"
 kr branch protect alice -n "$NS_B" >/dev/null
 if [ -n "$HAVE_VAP" ]; then

@@ -79,7 +79,7 @@ pub fn classify(status: &Status, op: Op<'_>, server: &str) -> KubeError {
                     None => "at the cluster scope (all namespaces)".to_string(),
                 },
                 hint: if op.resource == "pods/portforward" {
-                    "; port-forwarding to a branch needs create on pods/portforward in the storage namespace (--storage-namespace)".to_string()
+                    "; port-forwarding to a branch needs get and create on pods/portforward in the storage namespace (--storage-namespace; the chart's Role ramify-connect grants it)".to_string()
                 } else {
                     String::new()
                 },

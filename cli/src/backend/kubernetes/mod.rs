@@ -178,12 +178,29 @@ impl Kube {
         }
     }
 
+    /// A branch of the namespace, or `NAMESPACE/NAME` of another one (a parent across
+    /// namespaces, as `diff` names it).
     async fn get_branch_obj(&self, name: &str) -> anyhow::Result<DatabaseBranch> {
-        match self.api::<DatabaseBranch>().get(name).await {
+        let Some((ns, other)) = name.split_once('/') else {
+            return match self.api::<DatabaseBranch>().get(name).await {
+                Ok(b) => Ok(b),
+                Err(e) => Err(self
+                    .fail(e, self.op("get", BRANCHES), Some(("branch", name)))
+                    .await),
+            };
+        };
+        let api: Api<DatabaseBranch> = Api::namespaced(self.client.clone(), ns);
+        match api.get(other).await {
             Ok(b) => Ok(b),
-            Err(e) => Err(self
-                .fail(e, self.op("get", BRANCHES), Some(("branch", name)))
-                .await),
+            Err(e) if is_not_found(&e) => bail!("branch {other:?} not found in namespace {ns:?}"),
+            Err(e) => {
+                let op = Op {
+                    verb: "get",
+                    resource: BRANCHES,
+                    namespace: Some(ns),
+                };
+                Err(from_kube(e, op, &self.server).into())
+            }
         }
     }
 
@@ -301,7 +318,9 @@ impl Kube {
             .as_ref()
             .and_then(|s| s.connection.as_ref())
             .map_or_else(|| format!("{name}-postgres"), |c| c.secret_name.clone());
-        let secret = match self.api::<Secret>().get(&secret_name).await {
+        let ns = b.namespace().unwrap_or_else(|| self.namespace.clone());
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let secret = match secrets.get(&secret_name).await {
             Ok(s) => s,
             Err(e) if is_not_found(&e) => bail!(
                 "branch {name} has no connection Secret {secret_name} yet ({}): wait until it is Ready",
@@ -1222,10 +1241,10 @@ impl Backend for Kube {
     async fn parent_of(&self, name: &str) -> anyhow::Result<Option<String>> {
         let b = self.get_branch_obj(name).await?;
         Ok(match &b.spec.parent {
-            Some(p) if b.parent_namespace().as_deref() != Some(self.namespace.as_str()) => bail!(
-                "branch {name}'s parent {}/{} is in another namespace: name both sides of the diff",
-                b.parent_namespace().unwrap_or_default(),
-                p.name
+            // A parent in another namespace is named NAMESPACE/NAME, which the other verbs
+            // that take a branch reached this way (reach, connection) understand.
+            Some(p) if b.parent_namespace().as_deref() != Some(self.namespace.as_str()) => Some(
+                format!("{}/{}", b.parent_namespace().unwrap_or_default(), p.name),
             ),
             Some(p) => Some(p.name.clone()),
             None => None,

@@ -157,7 +157,7 @@ fn upgrade_error(e: kube::Error, op: Op<'_>, server: &str) -> KubeError {
             verb: op.verb.to_string(),
             resource: op.resource.to_string(),
             scope: format!("in namespace \"{}\"", op.namespace.unwrap_or_default()),
-            hint: "; port-forwarding to a branch needs create on pods/portforward in the storage namespace (--storage-namespace)".to_string(),
+            hint: "; port-forwarding to a branch needs get and create on pods/portforward in the storage namespace (--storage-namespace; the chart's Role ramify-connect grants it)".to_string(),
         };
     }
     KubeError::Other(format!(
