@@ -125,6 +125,11 @@ pub fn list(dir: &Path) -> Result<BTreeMap<String, WalFile>, WalError> {
 /// Puts into `pg_wal` every segment with number in `segs` and every history file found in
 /// `sources` (earlier sources win), cloned, each marked `.done` so the new timeline does
 /// not archive its parent's WAL again. Returns how many files were added.
+///
+/// A file `pg_wal` already holds (cloned with a snapshot) is replaced by a source's copy:
+/// the snapshot of a stopped compute holds its last segment as it was then, and the
+/// compute may have written on into that segment after a restart; the source's copy holds
+/// all of it.
 pub fn gather(
     pg_wal: &Path,
     sources: &[&Path],
@@ -138,15 +143,26 @@ pub fn gather(
         source,
     })?;
     let mut added = 0;
+    let mut placed = std::collections::HashSet::new();
     for src in sources {
         for (name, f) in list(src)? {
             let wanted = match f {
                 WalFile::Segment { segno, .. } => segs.contains(&segno),
                 WalFile::History { .. } => true,
             };
-            let dst = pg_wal.join(&name);
-            if !wanted || dst.exists() {
+            if !wanted || placed.contains(&name) {
                 continue;
+            }
+            let dst = pg_wal.join(&name);
+            match fs::remove_file(&dst) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(WalError::Io {
+                        op: "replace",
+                        path: dst,
+                        source: e,
+                    })
+                }
+                _ => {}
             }
             match clone::clone_file(&src.join(&name), &dst, method) {
                 Ok(_) => {}
@@ -164,6 +180,8 @@ pub fn gather(
                 path: done,
                 source,
             })?;
+            let _ = fs::remove_file(status.join(format!("{name}.ready")));
+            placed.insert(name);
             added += 1;
         }
     }
@@ -373,5 +391,29 @@ rmgr: Transaction len (rec/tot):     82/    82, tx:        737, lsn: 0/0154A500,
         assert_eq!(newest_timeline(&wal), 2);
         check_complete(&wal, Lsn(SEGMENT_SIZE), Lsn(3 * SEGMENT_SIZE + 5), 1).unwrap();
         assert!(check_complete(&wal, Lsn(0), Lsn(SEGMENT_SIZE), 1).is_err());
+    }
+
+    #[test]
+    fn gathered_segments_replace_what_a_snapshot_held() {
+        let t = tempfile::tempdir().unwrap();
+        let (archive, live, wal) = (t.path().join("a"), t.path().join("l"), t.path().join("w"));
+        for d in [&archive, &live, &wal] {
+            fs::create_dir_all(d).unwrap();
+        }
+        // The snapshot of a stopped compute holds segment 2 as it was at its shutdown;
+        // the compute wrote on into it after a restart (live), and finished segment 1
+        // (archive, which wins over live).
+        fs::write(wal.join(segment_name(1, 1)), b"old1").unwrap();
+        fs::write(wal.join(segment_name(1, 2)), b"shutdown").unwrap();
+        fs::write(wal.join(segment_name(1, 5)), b"outside").unwrap();
+        fs::write(archive.join(segment_name(1, 1)), b"archived1").unwrap();
+        fs::write(live.join(segment_name(1, 1)), b"live1").unwrap();
+        fs::write(live.join(segment_name(1, 2)), b"shutdown+more").unwrap();
+        let n = gather(&wal, &[&archive, &live], 1..=3, CloneMethod::Copy).unwrap();
+        assert_eq!(n, 2);
+        let read = |s| fs::read(wal.join(segment_name(1, s))).unwrap();
+        assert_eq!(read(1), b"archived1");
+        assert_eq!(read(2), b"shutdown+more");
+        assert_eq!(read(5), b"outside", "segments outside the range stay");
     }
 }
