@@ -129,10 +129,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // Branches keep their ports across restarts; computes stay suspended until used. A
     // compute left running by a daemon that died is stopped cleanly first: nothing would
     // route to it, and it holds its PGDATA.
+    // One listing: every timeline answer carries the node's space accounting, a sweep
+    // over all extents, which asking per branch would repeat for each.
+    let pgdata_of: std::collections::HashMap<_, _> = match storage.list_timelines().await {
+        Ok(tls) => tls.into_iter().map(|t| (t.id, t.pgdata)).collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list timelines to find computes left running");
+            Default::default()
+        }
+    };
     for b in lifecycle.branches()? {
         use ramify_lifecycle::Runtime;
-        if let Ok(tl) = storage.get_timeline(b.timeline).await {
-            let pgdata = PathBuf::from(&tl.pgdata);
+        if let Some(pgdata) = pgdata_of.get(&b.timeline) {
+            let pgdata = PathBuf::from(pgdata);
             if ramify_compute::process::is_running(&pgdata).unwrap_or(false) {
                 warn!(branch = %b.name, "stopping a compute left running by an earlier daemon");
                 if let Err(e) = ramify_compute::process::stop(

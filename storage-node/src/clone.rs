@@ -18,7 +18,12 @@ const FICLONE: libc::c_ulong = 0x4004_9409;
 /// `_IOWR('f', 11, struct fiemap)`.
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
+/// Location not known yet (delayed allocation, …): the mapping will still change.
+const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
+const FIEMAP_EXTENT_DELALLOC: u32 = 0x4;
 const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// `fm_flags`: write the file's dirty pages back before mapping it.
+const FIEMAP_FLAG_SYNC: u64 = 0x1;
 /// Size of `struct fiemap` without its extent array, and of one `struct fiemap_extent`.
 const FIEMAP_HEADER: usize = 32;
 const FIEMAP_EXTENT: usize = 56;
@@ -202,8 +207,24 @@ pub struct Extent {
 /// a running compute's files just to count them would disturb it, and data not yet
 /// allocated (delalloc) is new, hence unshared, which is how it is reported anyway.
 pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
+    Ok(map_file(path, false)?.extents)
+}
+
+/// A file's extents, and whether the mapping is final.
+#[derive(Debug, Clone)]
+pub struct FileMap {
+    /// The extents, in file order.
+    pub extents: Vec<Extent>,
+    /// No extent awaits allocation: with `sync` and no write since, the mapping stays.
+    pub settled: bool,
+}
+
+/// [`file_extents`], writing the file's dirty pages back first when `sync` (on XFS a
+/// copy-on-write remap happens only when the data reaches the disk).
+pub fn map_file(path: &Path, sync: bool) -> Result<FileMap, CloneError> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let mut out = Vec::new();
+    let mut settled = true;
     let mut start: u64 = 0;
     // u64 words keep the buffer aligned for the kernel's u64 fields.
     let words = (FIEMAP_HEADER + FIEMAP_EXTENT * EXTENTS_PER_CALL) / 8;
@@ -212,7 +233,10 @@ pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
         buf.iter_mut().for_each(|w| *w = 0);
         buf[0] = start; // fm_start
         buf[1] = u64::MAX; // fm_length
-                           // fm_flags (low half of word 2) stays 0; fm_extent_count is the low half of word 3.
+                           // fm_flags is the low half of word 2; fm_extent_count is the low half of word 3.
+        if sync {
+            buf[2] = FIEMAP_FLAG_SYNC;
+        }
         buf[3] = EXTENTS_PER_CALL as u64;
         // SAFETY: `buf` is a writable, 8-byte aligned buffer of exactly the size the
         // kernel expects for `fm_extent_count` extents, alive for the whole call.
@@ -222,7 +246,10 @@ pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
         }
         let mapped = (buf[2] >> 32) as usize; // fm_mapped_extents
         if mapped == 0 {
-            return Ok(out);
+            return Ok(FileMap {
+                extents: out,
+                settled,
+            });
         }
         let mut last = false;
         for i in 0..mapped.min(EXTENTS_PER_CALL) {
@@ -234,11 +261,15 @@ pub fn file_extents(path: &Path) -> Result<Vec<Extent>, CloneError> {
                 length: buf[base + 2],
                 shared: flags & FIEMAP_EXTENT_SHARED != 0,
             });
+            settled &= flags & (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC) == 0;
             start = logical + buf[base + 2];
             last |= flags & FIEMAP_EXTENT_LAST != 0;
         }
         if last || mapped < EXTENTS_PER_CALL {
-            return Ok(out);
+            return Ok(FileMap {
+                extents: out,
+                settled,
+            });
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Node {
     creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
     /// Timelines with a periodic snapshot in flight.
     snapshotting: StdMutex<HashSet<TimelineId>>,
+    /// Extent maps of unchanged files, reused by every accounting sweep.
+    extent_cache: Arc<accounting::ExtentCache>,
 }
 
 /// What a compute looks like from the storage side.
@@ -158,6 +160,7 @@ impl Node {
             locks: StdMutex::new(HashMap::new()),
             creating: StdMutex::new(HashMap::new()),
             snapshotting: StdMutex::new(HashSet::new()),
+            extent_cache: Arc::default(),
         };
         node.recover()?;
         Ok(node)
@@ -366,6 +369,7 @@ impl Node {
                     .await?
             }
         };
+        let build_ms = t0.elapsed().as_millis() as u64;
         // The fork's starting state is also its first snapshot: its own history (and
         // its restore window) begins at the fork point.
         let snap_dir = dir.snapshots().join("fork");
@@ -376,6 +380,7 @@ impl Node {
             clone::clone_tree(&src, &dst, method, &|_: &Path, _| false)
         })
         .await??;
+        let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
             .map_err(io_op("write recovery settings"))?;
         rec.fork_lsn = Some(fork.lsn);
@@ -393,10 +398,12 @@ impl Node {
             after_lsn: None,
             plain_start: fork.recovery == RecoveryTarget::None,
         });
+        let t_commit = Instant::now();
         let rec = self.commit(rec)?;
         info!(
             timeline = %id, parent = %parent, at = %at, fork_lsn = %fork.lsn,
             clone_method = %self.clone_method, elapsed_ms = t0.elapsed().as_millis() as u64,
+            build_ms, snapshot_ms, commit_ms = t_commit.elapsed().as_millis() as u64,
             "forked timeline"
         );
         if self.clone_method == CloneMethod::Copy {
@@ -801,7 +808,9 @@ impl Node {
                 }
             })
             .collect();
-        let usage = tokio::task::spawn_blocking(move || accounting::account(&scopes)).await??;
+        let cache = self.extent_cache.clone();
+        let usage =
+            tokio::task::spawn_blocking(move || accounting::account(&scopes, &cache)).await??;
         Ok(ids.into_iter().zip(usage).collect())
     }
 
