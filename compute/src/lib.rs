@@ -5,11 +5,14 @@
 //! * [`ComputeSettings`] renders Ramify's generated `ramify.conf` include file.
 //! * [`process`] runs `initdb`, starts Postgres (returning only once it accepts
 //!   connections), stops it, and kills it for crash tests.
+//! * [`promote`] promotes a fork's first start fast, without an end-of-recovery
+//!   checkpoint.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bin;
 pub mod process;
+pub mod promote;
 pub mod settings;
 pub mod tail;
 pub mod user;

@@ -16,6 +16,7 @@ use nix::unistd::{getpgid, Pid};
 use tracing::{info, instrument, warn};
 
 use crate::bin::PgBin;
+use crate::promote::{Promoter, FIRST_START_ARGS};
 use crate::settings::{ensure_include, ComputeSettings, SettingsError, RAMIFY_CONF};
 use crate::tail::{file_tail, last_lines, TAIL_LINES};
 use crate::user::{PgUser, UserError};
@@ -316,10 +317,23 @@ pub async fn start(
     let log_offset = log_file.metadata().map_err(io_err("stat", &log))?.len();
     let log_err = log_file.try_clone().map_err(io_err("open", &log))?;
 
+    // A fork's first start recovers and then promotes. While it replays, the postmaster
+    // reports `standby` (hot_standby = off) or even `ready` (hot_standby = on, read-only),
+    // so a start that began with recovery.signal is up only once Postgres removed it, i.e.
+    // promoted and writable. Only a real standby (standby.signal) is up while in recovery.
+    let standby = pgdata.join("standby.signal").exists();
+    let signal = pgdata.join("recovery.signal");
+    let promoting = signal.exists();
+    // A real standby stays one; only a fork's archive recovery is promoted fast.
+    let promote_fast = promoting && !standby;
+
     let mut cmd = tokio::process::Command::new(bin.postgres());
-    cmd.arg("-D")
-        .arg(&pgdata)
-        .stdin(Stdio::null())
+    cmd.arg("-D").arg(&pgdata);
+    if promote_fast {
+        // Pause at the target and promote fast (see `promote`), for this start only.
+        cmd.args(FIRST_START_ARGS);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
         // Own process group: a terminal's ^C does not reach it and kill9 can signal it whole.
@@ -338,19 +352,17 @@ pub async fn start(
             source: std::io::Error::other("postgres exited before its pid was read"),
         })?;
 
-    // A fork's first start recovers and then promotes. While it replays, the postmaster
-    // reports `standby` (hot_standby = off) or even `ready` (hot_standby = on, read-only),
-    // so a start that began with recovery.signal is up only once Postgres removed it, i.e.
-    // promoted and writable. Only a real standby (standby.signal) is up while in recovery.
-    let standby = pgdata.join("standby.signal").exists();
-    let signal = pgdata.join("recovery.signal");
-    let promoting = signal.exists();
+    let mut promoter = promote_fast
+        .then(|| Promoter::new(pgdata.clone(), pid, settings.run_dir.clone(), settings.port));
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child
             .try_wait()
             .map_err(io_err("wait for", &bin.postgres()))?
         {
+            if let Some(p) = &promoter {
+                p.clean_up();
+            }
             return Err(ProcessError::StartFailed {
                 pgdata,
                 status,
@@ -358,9 +370,29 @@ pub async fn start(
                 log,
             });
         }
-        if read_pid_file(&pgdata)?.is_some_and(|f| f.pid == pid && f.is_up(standby))
-            && !(promoting && signal.exists())
-        {
+        let pid_file = read_pid_file(&pgdata)?.filter(|f| f.pid == pid);
+        let up = pid_file.as_ref().is_some_and(|f| f.is_up(standby));
+        let recovering = promoting && signal.exists();
+        if let Some(p) = promoter.as_mut() {
+            // Once the postmaster reports a status, stale promote files are gone.
+            if recovering && pid_file.as_ref().is_some_and(|f| f.status.is_some()) {
+                if let Err(e) = p.request() {
+                    warn!(pid, error = %e, "cannot request promotion; Postgres promotes after a checkpoint instead");
+                    p.clean_up();
+                    promoter = None;
+                }
+            }
+        }
+        // Under hot standby the postmaster is `ready` before promotion, and
+        // recovery.signal goes a moment before writes are allowed: ask the server.
+        let writable = match promoter.as_mut() {
+            Some(p) if up && !recovering => p.writable().await,
+            _ => true,
+        };
+        if up && !recovering && writable {
+            if let Some(p) = &promoter {
+                p.clean_up();
+            }
             info!(pid, "Postgres accepts connections");
             return Ok(RunningCompute {
                 pid,
@@ -376,6 +408,9 @@ pub async fn start(
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = child.wait().await;
             let _ = remove_stale_pid_file(&pgdata, pid);
+            if let Some(p) = &promoter {
+                p.clean_up();
+            }
             return Err(ProcessError::StartTimeout {
                 pgdata,
                 timeout,

@@ -33,6 +33,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stop_now(&self, branch: &Branch) -> Result<(), String> {
         self.stop(branch).await
     }
+    /// Takes the running compute off the branch and shuts it down cleanly (fast) in the
+    /// background, so that a compute on another timeline can start for the branch at
+    /// once; its sessions end as with `stop`. A later start on the detached compute's
+    /// timeline waits for that shutdown. By default the compute is stopped right here.
+    async fn detach(&self, branch: &Branch) -> Result<(), String> {
+        self.stop(branch).await
+    }
     /// Whether the compute runs now.
     async fn is_running(&self, branch: &Branch) -> bool;
     /// Where the compute listens if it runs now, when the runtime can tell cheaply (it is

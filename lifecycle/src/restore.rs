@@ -91,22 +91,9 @@ impl<R: Runtime> Lifecycle<R> {
             }
         };
         let (from_timeline, at) = self.resolve_point(&source, &point).await?;
-        let timeline = if req.backup && self.runtime.address(&branch).await.is_some() {
-            // The old compute is stopped cleanly below; checkpointing it while the fork
-            // runs leaves that shutdown little to write.
-            let checkpoint = async {
-                if let Err(e) = self
-                    .runtime
-                    .admin_sql(&branch, &["CHECKPOINT".to_string()])
-                    .await
-                {
-                    warn!(branch = name, error = %e, "checkpoint before the switch failed");
-                }
-            };
-            tokio::join!(self.fork(from_timeline, at), checkpoint).0?
-        } else {
-            self.fork(from_timeline, at).await?
-        };
+        // The old compute's shutdown checkpoint is written in the background, after the
+        // switch: nothing here waits for it.
+        let timeline = self.fork(from_timeline, at).await?;
         let leaving = if req.backup {
             Leaving::Keep
         } else {
@@ -226,10 +213,11 @@ impl<R: Runtime> Lifecycle<R> {
         next.password_pending = false;
         let switched = async {
             // A timeline kept as a backup is stopped cleanly, so that it ends at a
-            // shutdown checkpoint (its whole history stays forkable); one deleted next
-            // needs no checkpoint.
+            // shutdown checkpoint (its whole history stays forkable); that checkpoint is
+            // written in the background while the new compute starts, since the two
+            // share nothing but the branch's name. One deleted next needs no checkpoint.
             match leaving {
-                Leaving::Keep => self.runtime.stop(branch).await,
+                Leaving::Keep => self.runtime.detach(branch).await,
                 Leaving::Delete => {
                     self.end_sessions(branch).await;
                     self.runtime.stop_now(branch).await

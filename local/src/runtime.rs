@@ -28,6 +28,10 @@ pub struct LocalRuntime {
     computes: Mutex<HashMap<String, RunningCompute>>,
     /// Per-branch start/stop serialisation.
     locks: KeyedLocks<String>,
+    /// Per-PGDATA: held while a detached compute shuts down, taken by every start.
+    pgdata_locks: KeyedLocks<PathBuf>,
+    /// Shutdowns of detached computes still under way.
+    stopping: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl LocalRuntime {
@@ -38,6 +42,8 @@ impl LocalRuntime {
             proxy,
             computes: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
+            pgdata_locks: KeyedLocks::default(),
+            stopping: Mutex::new(Vec::new()),
         }
     }
 
@@ -64,13 +70,17 @@ impl LocalRuntime {
         n
     }
 
-    /// Stops every compute (daemon shutdown).
+    /// Stops every compute (daemon shutdown), detached ones included.
     pub async fn stop_all(&self) {
         let all: Vec<(String, RunningCompute)> = self.computes.lock().await.drain().collect();
         for (name, c) in all {
             if let Err(e) = c.stop(&self.pg, &self.user, StopMode::Fast).await {
                 warn!(branch = %name, error = %e, "stopping compute failed");
             }
+        }
+        let stopping: Vec<_> = self.stopping.lock().await.drain(..).collect();
+        for task in stopping {
+            let _ = task.await;
         }
     }
 }
@@ -90,6 +100,9 @@ impl Runtime for LocalRuntime {
         }
         drop(computes);
         let pgdata = PathBuf::from(&tl.pgdata);
+        // A compute detached from this timeline may still be shutting down.
+        let pgdata_lock = self.pgdata_locks.of(&pgdata);
+        let _pg = pgdata_lock.lock().await;
         if tl.state == TimelineState::Empty {
             process::initdb(&self.pg, &self.user, &pgdata)
                 .await
@@ -124,6 +137,32 @@ impl Runtime for LocalRuntime {
             .await
             .map_err(|e| e.to_string())?;
         info!(branch = %branch.name, "compute stopped");
+        Ok(())
+    }
+
+    async fn detach(&self, branch: &Branch) -> Result<(), String> {
+        let lock = self.lock_of(&branch.name);
+        let _g = lock.lock().await;
+        let Some(c) = self.computes.lock().await.remove(&branch.name) else {
+            return Ok(());
+        };
+        // Held until Postgres has exited: a start on this PGDATA waits for it.
+        let pgdata = self
+            .pgdata_locks
+            .of(&c.pgdata().to_path_buf())
+            .lock_owned()
+            .await;
+        let (pg, user, name) = (self.pg.clone(), self.user.clone(), branch.name.clone());
+        let task = tokio::spawn(async move {
+            match c.stop(&pg, &user, StopMode::Fast).await {
+                Ok(()) => info!(branch = %name, "detached compute stopped"),
+                Err(e) => warn!(branch = %name, error = %e, "stopping a detached compute failed"),
+            }
+            drop(pgdata);
+        });
+        let mut stopping = self.stopping.lock().await;
+        stopping.retain(|t| !t.is_finished());
+        stopping.push(task);
         Ok(())
     }
 
