@@ -42,6 +42,9 @@ const RESTORES: &str = "branchrestores.ramify.dev";
 const POLL: Duration = Duration::from_millis(500);
 /// How long `run` and `diff` wait for a throwaway branch to be Ready.
 const SCRATCH_READY: Duration = Duration::from_secs(300);
+/// How long deleting a throwaway branch may take before `run`/`diff` give up waiting
+/// (the branch still goes; its ttl is the last safety net).
+const SCRATCH_GONE: Duration = Duration::from_secs(120);
 
 /// A cluster, a namespace and the namespace Ramify runs in.
 pub struct Kube {
@@ -1294,15 +1297,27 @@ impl Backend for Kube {
         Ok(())
     }
 
+    /// Deletes a throwaway branch and waits until the operator removed it with its
+    /// compute and storage, so that nothing of a `run` or `diff` outlives the command.
     async fn delete_scratch(&self, name: &str) -> anyhow::Result<()> {
-        match self
-            .api::<DatabaseBranch>()
-            .delete(name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(from_kube(e, self.op("delete", BRANCHES), &self.server).into()),
+        let api = self.api::<DatabaseBranch>();
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(from_kube(e, self.op("delete", BRANCHES), &self.server).into()),
+        }
+        let deadline = Instant::now() + SCRATCH_GONE;
+        loop {
+            match api.get(name).await {
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(from_kube(e, self.op("get", BRANCHES), &self.server).into()),
+                Ok(b) if Instant::now() >= deadline => bail!(
+                    "branch {name} is still being deleted after {}: {}",
+                    humantime::format_duration(SCRATCH_GONE),
+                    view::progress(&b)
+                ),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
     }
 }
