@@ -10,84 +10,22 @@
 //! and pass, unless `RAMIFY_REQUIRE_K8S=1`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use ramify_crd::{DatabaseBranch, WAKE_REQUEST_ANNOTATION};
-use ramify_testkit::ApiServer;
+use ramify_testkit::{kube_env, ApiServer};
 use serde_json::json;
 
-fn skip(test: &str) -> bool {
-    if let Err(e) = ApiServer::available() {
-        assert!(
-            std::env::var("RAMIFY_REQUIRE_K8S").as_deref() != Ok("1"),
-            "RAMIFY_REQUIRE_K8S is set but: {e}"
-        );
-        eprintln!("SKIPPED {test}: {e}");
-        return true;
-    }
-    false
-}
-
-fn kubeconfig(server: &ApiServer, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n    namespace: team-a\ncurrent-context: t\n",
-        server.url
-    )
-}
-
-async fn client(server: &ApiServer) -> Client {
-    let kc = Kubeconfig::from_yaml(&kubeconfig(server, &server.token)).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (file, yaml) in ramify_crd::crd_files().unwrap() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-        api.create(&PostParams::default(), &crd).await.unwrap();
-        let name = file.trim_end_matches(".yaml").to_string();
-        eventually("CRD established", || async {
-            let crd = api.get(&name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    kube_env::eventually(what, Duration::from_secs(30), f).await
 }
 
 /// The operator's part, as far as the CLI can see it: a finalizer, phase Creating and then
@@ -244,19 +182,19 @@ fn one_line_error(o: &Out) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_verbs_against_a_real_api_server() {
-    if skip("branch_verbs_against_a_real_api_server") {
+    if kube_env::skip_without_api_server("branch_verbs_against_a_real_api_server") {
         return;
     }
     let server = ApiServer::start().unwrap();
-    let client = client(&server).await;
-    install_crds(&client).await;
+    let client = server.client().await;
+    kube_env::install_crds(&client).await;
     for ns in ["team-a", "team-b", "prod"] {
-        namespace(&client, ns).await;
+        kube_env::create_namespace(&client, ns, &[]).await;
     }
     play_operator(client.clone());
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, kubeconfig(&server, &server.token)).unwrap();
+    std::fs::write(&kc, server.kubeconfig(&server.token, Some("team-a"))).unwrap();
     let plugin = binary(dir.path(), "kubectl-ramify");
     let ramify = binary(dir.path(), "ramify");
 
@@ -478,7 +416,11 @@ async fn branch_verbs_against_a_real_api_server() {
     let o = cli(&ramify, &kc, &["branch", "list", "-n", "team-a"]).await;
     assert!(one_line_error(&o).contains("add --kube"), "{}", o.stderr);
     let bob = dir.path().join("bob");
-    std::fs::write(&bob, kubeconfig(&server, &server.unprivileged_token)).unwrap();
+    std::fs::write(
+        &bob,
+        server.kubeconfig(&server.unprivileged_token, Some("team-a")),
+    )
+    .unwrap();
     let o = cli(
         &plugin,
         &bob,
@@ -536,15 +478,17 @@ async fn branch_verbs_against_a_real_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_crds_the_cli_says_the_operator_is_not_installed() {
-    if skip("without_the_crds_the_cli_says_the_operator_is_not_installed") {
+    if kube_env::skip_without_api_server(
+        "without_the_crds_the_cli_says_the_operator_is_not_installed",
+    ) {
         return;
     }
     let server = ApiServer::start().unwrap();
-    let client = client(&server).await;
-    namespace(&client, "team-a").await;
+    let client = server.client().await;
+    kube_env::create_namespace(&client, "team-a", &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, kubeconfig(&server, &server.token)).unwrap();
+    std::fs::write(&kc, server.kubeconfig(&server.token, Some("team-a"))).unwrap();
     let plugin = binary(dir.path(), "kubectl-ramify");
     for args in [
         &["branch", "list"][..],

@@ -20,12 +20,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use ramify_api::{
     ApiError, At, ComputeState, CreateRestorePoint, CreateTimeline, Credentials, Lsn, NodeStatus,
@@ -37,6 +35,9 @@ use ramify_crd::{
 };
 use ramify_operator::config::Config;
 use ramify_operator::metrics::Metrics;
+use ramify_testkit::kube_env::{
+    create_namespace, eventually, install_crds, skip_without_api_server,
+};
 use ramify_testkit::ApiServer;
 use serde_json::json;
 
@@ -211,65 +212,6 @@ async fn fake_storage(f: Fake) -> String {
     url
 }
 
-async fn client(server: &ApiServer) -> Client {
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n",
-        server.url, server.token
-    );
-    let kc = Kubeconfig::from_yaml(&kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in ramify_crd::crd_files().unwrap() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-        api.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    for (file, _) in ramify_crd::crd_files().unwrap() {
-        let name = file.trim_end_matches(".yaml").to_string();
-        let name = name.as_str();
-        eventually("CRD established", Duration::from_secs(30), || async {
-            let crd = api.get(name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
 /// The kubelet's part: every compute Pod becomes Running and Ready with an IP.
 fn play_kubelet(client: Client) {
     tokio::spawn(async move {
@@ -341,20 +283,15 @@ struct Env {
 }
 
 async fn start_env(test: &str, namespaces: &[(&str, Vec<(&str, &str)>)]) -> Option<Env> {
-    if let Err(e) = ApiServer::available() {
-        assert!(
-            std::env::var("RAMIFY_REQUIRE_K8S").as_deref() != Ok("1"),
-            "RAMIFY_REQUIRE_K8S is set but: {e}"
-        );
-        eprintln!("SKIPPED {test}: {e}");
+    if skip_without_api_server(test) {
         return None;
     }
     let server = ApiServer::start().unwrap();
-    let client = client(&server).await;
+    let client = server.client().await;
     install_crds(&client).await;
-    namespace(&client, STORAGE_NS, &[]).await;
+    create_namespace(&client, STORAGE_NS, &[]).await;
     for (ns, labels) in namespaces {
-        namespace(&client, ns, labels).await;
+        create_namespace(&client, ns, labels).await;
     }
     let sts: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "ramify-storage", "namespace": STORAGE_NS},

@@ -5,7 +5,8 @@
 //! * [`free_port`]: a TCP port nobody listens on.
 //! * [`Compute`]: a Postgres started through `ramify-compute`, with query helpers,
 //!   `pg_amcheck` and `pgbench`; stopped when dropped.
-//! * [`ApiServer`]: etcd + kube-apiserver for controller tests.
+//! * [`ApiServer`]: etcd + kube-apiserver for controller tests; [`kube_env`]: its client,
+//!   Ramify's CRDs, namespaces, waiting for a condition.
 //! * [`StorageNodeProcess`]: a `ramify-storage` process, health-checked, killable and
 //!   restartable.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod compute;
+pub mod kube_env;
 pub mod port;
 pub mod scratch;
 pub mod storage_node;
