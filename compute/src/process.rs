@@ -488,6 +488,7 @@ pub fn kill9(pgdata: &Path) -> Result<(), ProcessError> {
         return Ok(());
     };
     let target = Pid::from_raw(pid);
+    let shm = shm_id(pgdata);
     let group_leader = getpgid(Some(target)).is_ok_and(|g| g == target);
     let result = if group_leader {
         killpg(target, Signal::SIGKILL)
@@ -513,7 +514,10 @@ pub fn kill9(pgdata: &Path) -> Result<(), ProcessError> {
         if group_leader {
             alive.extend(group_members(pid).into_iter().filter(|&p| p != pid));
         }
-        if alive.is_empty() {
+        // A process that is gone from the group may still be detaching the shared memory
+        // as it exits; the next start refuses a segment still in use ("pre-existing
+        // shared memory block is still in use"), so wait for that too.
+        if alive.is_empty() && shm.is_none_or(|id| shm_attached(id).unwrap_or(0) == 0) {
             break;
         }
         if Instant::now() >= deadline {
@@ -527,6 +531,23 @@ pub fn kill9(pgdata: &Path) -> Result<(), ProcessError> {
     remove_stale_pid_file(pgdata, pid)?;
     warn!(pid, pgdata = %pgdata.display(), "Postgres killed with SIGKILL");
     Ok(())
+}
+
+/// The SysV shared memory id the postmaster recorded in `postmaster.pid` (line 7: key and
+/// id), if any.
+fn shm_id(pgdata: &Path) -> Option<i64> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    text.lines().nth(6)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How many processes have SysV segment `id` attached (`/proc/sysvipc/shm`); `None` when
+/// the segment is gone or the table cannot be read.
+fn shm_attached(id: i64) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1)?.parse::<i64>().ok()? == id).then(|| f.get(6)?.parse().ok())?
+    })
 }
 
 /// True when a live postmaster owns `pgdata`.
@@ -717,6 +738,20 @@ fn describe_std(cmd: &std::process::Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_memory_id_comes_from_line_7_of_the_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            "4242\n/data\n1795898054\n5432\n/run\nlocalhost\n       131   3670035\nready   \n",
+        )
+        .unwrap();
+        assert_eq!(shm_id(dir.path()), Some(3670035));
+        assert_eq!(shm_id(&dir.path().join("none")), None);
+        // No segment has a negative id: gone.
+        assert_eq!(shm_attached(-1), None);
+    }
 
     #[test]
     fn stat_fields_skip_the_command_name() {
