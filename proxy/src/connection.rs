@@ -1,16 +1,22 @@
-//! One client connection: startup negotiation, cancel forwarding, wake, splice.
+//! One client connection: startup negotiation (TLS included), cancel forwarding, wake,
+//! splice.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
     self, BackendStartupScanner, CancelKey, FrontendStartup, MAX_STARTUP_PACKET,
 };
 use crate::route::{LiveRoute, Session};
+use crate::tls::RouteTls;
 use crate::ProxyError;
 
 /// What the client asked for in its startup phase.
@@ -22,22 +28,88 @@ enum Request {
     },
 }
 
+/// The client's connection: plaintext, or TLS after an accepted `SSLRequest`.
+pub(crate) enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Serves one accepted client until either side closes; errors end up in the log and,
-/// where a client can understand them, in an `ErrorResponse`.
-pub(crate) async fn serve(route: Arc<LiveRoute>, mut client: TcpStream) {
+/// where a client can understand them, in an `ErrorResponse` (inside TLS when the
+/// client negotiated it).
+pub(crate) async fn serve(route: Arc<LiveRoute>, tls: Option<RouteTls>, client: TcpStream) {
     // Postgres sets TCP_NODELAY on its sockets; a proxy that does not adds 40 ms stalls.
     let _ = client.set_nodelay(true);
-    match handle(&route, &mut client).await {
+    let timeout = route.opts.startup_timeout;
+    let negotiated = tokio::time::timeout(timeout, negotiate(&route, tls.as_ref(), client))
+        .await
+        .unwrap_or(Err((None, ProxyError::StartupTimeout { timeout })));
+    let result = match negotiated {
+        Ok((mut client, request)) => match handle(&route, &mut client, request).await {
+            Ok(()) => Ok(()),
+            Err(err) => Err((Some(client), err)),
+        },
+        Err(failed) => Err(failed),
+    };
+    match result {
         Ok(()) => debug!("connection closed"),
-        Err(err) => {
-            if let Some(code) = err.sqlstate() {
+        Err((client, err)) => {
+            if let (Some(code), Some(mut client)) = (err.sqlstate(), client) {
                 let msg = protocol::error_response(code, &err.to_string());
                 // The client may already be gone; there is nobody else to tell.
                 let _ = client.write_all(&msg).await;
                 let _ = client.shutdown().await;
             }
             match err {
-                ProxyError::ClientIo(_) | ProxyError::StartupTimeout { .. } => {
+                ProxyError::ClientIo(_)
+                | ProxyError::StartupTimeout { .. }
+                | ProxyError::TlsHandshake(_) => {
                     debug!(error = %err, "connection ended")
                 }
                 ProxyError::WakeFailed { .. }
@@ -50,11 +122,11 @@ pub(crate) async fn serve(route: Arc<LiveRoute>, mut client: TcpStream) {
     }
 }
 
-async fn handle(route: &Arc<LiveRoute>, client: &mut TcpStream) -> Result<(), ProxyError> {
-    let timeout = route.opts.startup_timeout;
-    let request = tokio::time::timeout(timeout, read_startup(client))
-        .await
-        .map_err(|_| ProxyError::StartupTimeout { timeout })??;
+async fn handle(
+    route: &Arc<LiveRoute>,
+    client: &mut ClientStream,
+    request: Request,
+) -> Result<(), ProxyError> {
     match request {
         Request::Cancel(key) => forward_cancel(route, key).await,
         Request::Session { packet, params } => {
@@ -65,47 +137,103 @@ async fn handle(route: &Arc<LiveRoute>, client: &mut TcpStream) -> Result<(), Pr
                     .map_or("", |(_, v)| v.as_str())
                     .to_owned()
             };
-            debug!(user = %param("user"), database = %param("database"), "startup");
+            debug!(user = %param("user"), database = %param("database"), tls = client.is_tls(), "startup");
             session(route, client, &packet).await
         }
     }
 }
 
-/// Reads packets until a `StartupMessage` or `CancelRequest`, refusing encryption
-/// requests with `N` (each at most once, as Postgres does) so `sslmode=prefer` and
-/// `gssencmode=prefer` clients go on in plaintext.
-async fn read_startup(client: &mut TcpStream) -> Result<Request, ProxyError> {
-    let mut ssl_refused = false;
+/// A failed negotiation, with the client stream when one is still usable for telling
+/// the client why.
+type Failed = (Option<ClientStream>, ProxyError);
+
+/// Reads packets until a `StartupMessage` or `CancelRequest`. An `SSLRequest` is
+/// answered `S` and followed by the TLS handshake when the route has a certificate,
+/// else `N`; `GSSENCRequest` is always refused with `N`; each at most once, as Postgres
+/// does. A plaintext `StartupMessage` is refused when the route requires TLS.
+async fn negotiate(
+    route: &LiveRoute,
+    tls: Option<&RouteTls>,
+    client: TcpStream,
+) -> Result<(ClientStream, Request), Failed> {
+    let mut client = ClientStream::Plain(client);
+    let mut ssl_answered = false;
     let mut gss_refused = false;
-    let mut body = Vec::with_capacity(128);
     loop {
-        let mut len = [0u8; 4];
-        client
-            .read_exact(&mut len)
-            .await
-            .map_err(ProxyError::ClientIo)?;
-        let body_len = protocol::startup_body_len(len)?;
-        debug_assert!(body_len <= MAX_STARTUP_PACKET);
-        body.resize(body_len, 0);
-        client
-            .read_exact(&mut body)
-            .await
-            .map_err(ProxyError::ClientIo)?;
-        match protocol::parse_frontend_startup(&body)? {
-            FrontendStartup::SslRequest if !ssl_refused => ssl_refused = true,
-            FrontendStartup::GssEncRequest if !gss_refused => gss_refused = true,
-            FrontendStartup::SslRequest | FrontendStartup::GssEncRequest => {
-                return Err(ProxyError::Protocol {
-                    reason: "encryption requested twice".to_owned(),
-                })
+        let packet = match read_startup_packet(&mut client).await {
+            Ok(p) => p,
+            Err(err) => return Err((Some(client), err)),
+        };
+        match packet {
+            FrontendStartup::SslRequest if !ssl_answered && !client.is_tls() => {
+                ssl_answered = true;
+                let Some(tls) = tls else {
+                    if let Err(err) = client.write_all(b"N").await {
+                        return Err((None, ProxyError::ClientIo(err)));
+                    }
+                    continue;
+                };
+                let mut tcp = match client {
+                    ClientStream::Plain(tcp) => tcp,
+                    tls @ ClientStream::Tls(_) => {
+                        let err = ProxyError::Protocol {
+                            reason: "SSLRequest inside TLS".to_owned(),
+                        };
+                        return Err((Some(tls), err));
+                    }
+                };
+                // Every byte of the SSLRequest was consumed with read_exact and nothing
+                // more: bytes a client sent after it (an injection attempt) are read by
+                // the handshake, not taken as plaintext protocol.
+                if let Err(err) = tcp.write_all(b"S").await {
+                    return Err((None, ProxyError::ClientIo(err)));
+                }
+                match tls.acceptor.accept(tcp).await {
+                    Ok(stream) => client = ClientStream::Tls(Box::new(stream)),
+                    Err(err) => return Err((None, ProxyError::TlsHandshake(err))),
+                }
             }
-            FrontendStartup::Cancel(key) => return Ok(Request::Cancel(key)),
+            FrontendStartup::GssEncRequest if !gss_refused && !client.is_tls() => {
+                gss_refused = true;
+                if let Err(err) = client.write_all(b"N").await {
+                    return Err((None, ProxyError::ClientIo(err)));
+                }
+            }
+            FrontendStartup::SslRequest | FrontendStartup::GssEncRequest => {
+                let err = ProxyError::Protocol {
+                    reason: "encryption requested twice".to_owned(),
+                };
+                return Err((Some(client), err));
+            }
+            FrontendStartup::Cancel(key) => return Ok((client, Request::Cancel(key))),
             FrontendStartup::Startup { packet, params } => {
-                return Ok(Request::Session { packet, params })
+                if tls.is_some_and(|t| t.required) && !client.is_tls() {
+                    let err = ProxyError::TlsRequired {
+                        branch: route.branch.clone(),
+                    };
+                    return Err((Some(client), err));
+                }
+                return Ok((client, Request::Session { packet, params }));
             }
         }
-        client.write_all(b"N").await.map_err(ProxyError::ClientIo)?;
     }
+}
+
+/// Reads and classifies one startup-phase packet.
+async fn read_startup_packet(client: &mut ClientStream) -> Result<FrontendStartup, ProxyError> {
+    let mut len = [0u8; 4];
+    client
+        .read_exact(&mut len)
+        .await
+        .map_err(ProxyError::ClientIo)?;
+    let body_len = protocol::startup_body_len(len)?;
+    debug_assert!(body_len <= MAX_STARTUP_PACKET);
+    let mut body = vec![0u8; body_len];
+    client
+        .read_exact(&mut body)
+        .await
+        .map_err(ProxyError::ClientIo)?;
+    protocol::parse_frontend_startup(&body)
 }
 
 /// Relays a `CancelRequest` to the compute that issued the key; unknown keys are
@@ -151,7 +279,7 @@ async fn connect(route: &LiveRoute, backend: SocketAddr) -> Result<TcpStream, Pr
 /// startup phase for the cancel key, then splices until either side closes.
 async fn session(
     route: &Arc<LiveRoute>,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     startup_packet: &[u8],
 ) -> Result<(), ProxyError> {
     let deadline = tokio::time::Instant::now() + route.opts.wake_timeout;
@@ -177,13 +305,13 @@ async fn session(
 /// the `BackendKeyData` key. Returns `true` at the first `ReadyForQuery`, `false` when
 /// either side closed first (failed authentication, client gone).
 async fn relay_startup_phase(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     server: &mut TcpStream,
     session: &mut Session,
     backend: SocketAddr,
 ) -> Result<bool, ProxyError> {
     let mut scanner = BackendStartupScanner::default();
-    let (mut client_rd, mut client_wr) = client.split();
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut server_rd, mut server_wr) = server.split();
     let mut up = vec![0u8; 8192];
     let mut down = vec![0u8; 8192];

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::protocol::{
     SQLSTATE_CANNOT_CONNECT_NOW, SQLSTATE_CONNECTION_FAILURE, SQLSTATE_FEATURE_NOT_SUPPORTED,
-    SQLSTATE_PROTOCOL_VIOLATION,
+    SQLSTATE_INVALID_AUTHORIZATION, SQLSTATE_PROTOCOL_VIOLATION,
 };
+use crate::tls::TlsError;
 
 /// Everything that can go wrong in the proxy; variant names double as log/metric labels.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,28 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// The route requires TLS and the client sent its `StartupMessage` in plaintext.
+    #[error(
+        "branch \"{branch}\" requires TLS: connect with sslmode=require, or with \
+         sslmode=verify-full and sslrootcert=<the Ramify CA certificate, ca.crt>"
+    )]
+    TlsRequired {
+        /// The branch.
+        branch: String,
+    },
+    /// The client asked for TLS but the handshake failed (wrong protocol version, the
+    /// client rejected the certificate, the connection dropped).
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] std::io::Error),
+    /// No server certificate could be made for the branch (`add_route`).
+    #[error("branch \"{branch}\" cannot serve TLS: {source}")]
+    Certificate {
+        /// The branch.
+        branch: String,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
     /// Reading from or writing to the client failed.
     #[error("client connection failed: {0}")]
     ClientIo(#[source] std::io::Error),
@@ -96,9 +119,12 @@ impl ProxyError {
             Self::BackendConnect { .. } => Some(SQLSTATE_CONNECTION_FAILURE),
             Self::Protocol { .. } => Some(SQLSTATE_PROTOCOL_VIOLATION),
             Self::UnsupportedProtocol { .. } => Some(SQLSTATE_FEATURE_NOT_SUPPORTED),
+            Self::TlsRequired { .. } => Some(SQLSTATE_INVALID_AUTHORIZATION),
             Self::RouteExists { .. }
             | Self::Bind { .. }
             | Self::StartupTimeout { .. }
+            | Self::TlsHandshake(_)
+            | Self::Certificate { .. }
             | Self::ClientIo(_)
             | Self::BackendIo(_) => None,
         }

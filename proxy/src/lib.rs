@@ -16,6 +16,7 @@ mod connection;
 mod error;
 pub mod protocol;
 mod route;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 pub use error::ProxyError;
 use route::LiveRoute;
+pub use tls::{CertificateAuthority, ProxyTls, ServerNames, TlsError};
+use tls::{LeafCache, RouteTls};
 
 /// What the proxy asks of the control plane (the local runtime now, the operator later).
 #[async_trait::async_trait]
@@ -114,6 +117,7 @@ struct Inner {
     control: Arc<dyn Control>,
     opts: ProxyOptions,
     routes: Mutex<HashMap<String, RouteTasks>>,
+    tls: Option<(ProxyTls, Arc<LeafCache>)>,
 }
 
 /// A route and the tasks serving it.
@@ -131,8 +135,28 @@ impl Proxy {
                 control,
                 opts,
                 routes: Mutex::new(HashMap::new()),
+                tls: None,
             }),
         }
+    }
+
+    /// A proxy without routes whose listeners offer TLS: each branch gets a server
+    /// certificate for its names, signed by `tls.ca`.
+    pub fn with_tls(control: Arc<dyn Control>, opts: ProxyOptions, tls: ProxyTls) -> Self {
+        let cache = Arc::new(LeafCache::new(Arc::clone(&tls.ca)));
+        Self {
+            inner: Arc::new(Inner {
+                control,
+                opts,
+                routes: Mutex::new(HashMap::new()),
+                tls: Some((tls, cache)),
+            }),
+        }
+    }
+
+    /// Whether this proxy offers TLS, and whether it requires it.
+    pub fn tls(&self) -> Option<&ProxyTls> {
+        self.inner.tls.as_ref().map(|(tls, _)| tls)
     }
 
     fn routes(&self) -> MutexGuard<'_, HashMap<String, RouteTasks>> {
@@ -151,6 +175,15 @@ impl Proxy {
         if self.routes().contains_key(&route.branch) {
             return Err(exists());
         }
+        let tls = match &self.inner.tls {
+            Some((tls, cache)) => Some(RouteTls::for_branch(tls, cache, &route.branch).map_err(
+                |source| ProxyError::Certificate {
+                    branch: route.branch.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let bind_err = |source| ProxyError::Bind {
             branch: route.branch.clone(),
             addr: route.listen,
@@ -171,7 +204,7 @@ impl Proxy {
         }
         let span = info_span!("route", branch = %route.branch, %listen);
         let acceptor =
-            tokio::spawn(accept_loop(Arc::clone(&live), listener).instrument(span.clone()));
+            tokio::spawn(accept_loop(Arc::clone(&live), tls, listener).instrument(span.clone()));
         let suspender = tokio::spawn(Arc::clone(&live).run_suspender().instrument(span.clone()));
         span.in_scope(|| info!(suspend_after = ?route.suspend_after, "route added"));
         routes.insert(
@@ -239,7 +272,7 @@ impl Drop for Inner {
 
 /// Accepts clients until the route is shut down, then closes the listener and aborts
 /// (closes) every connection.
-async fn accept_loop(route: Arc<LiveRoute>, listener: TcpListener) {
+async fn accept_loop(route: Arc<LiveRoute>, tls: Option<RouteTls>, listener: TcpListener) {
     let mut connections = JoinSet::new();
     let shutdown = route.shutdown_requested();
     tokio::pin!(shutdown);
@@ -248,7 +281,7 @@ async fn accept_loop(route: Arc<LiveRoute>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let span = info_span!("client", branch = %route.branch, %peer);
-                    connections.spawn(connection::serve(Arc::clone(&route), client).instrument(span));
+                    connections.spawn(connection::serve(Arc::clone(&route), tls.clone(), client).instrument(span));
                 }
                 Err(err) => {
                     // Out of file descriptors or similar: back off instead of spinning.

@@ -22,6 +22,9 @@ pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 pub const SQLSTATE_CONNECTION_FAILURE: &str = "08006";
 /// SQLSTATE `protocol_violation`.
 pub const SQLSTATE_PROTOCOL_VIOLATION: &str = "08P01";
+/// SQLSTATE `invalid_authorization_specification`: what Postgres answers when no
+/// `pg_hba.conf` line allows the connection, e.g. plaintext where TLS is required.
+pub const SQLSTATE_INVALID_AUTHORIZATION: &str = "28000";
 /// SQLSTATE `feature_not_supported` (protocol 2 clients).
 pub const SQLSTATE_FEATURE_NOT_SUPPORTED: &str = "0A000";
 
@@ -37,7 +40,8 @@ pub struct CancelKey {
 /// A client's first packet (after the length word), classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendStartup {
-    /// `SSLRequest`: answer `N` and read the next packet.
+    /// `SSLRequest`: answer `S` and run the TLS handshake when the route has a
+    /// certificate, else `N`; then read the next packet.
     SslRequest,
     /// `GSSENCRequest`: answer `N` and read the next packet.
     GssEncRequest,
