@@ -7,13 +7,14 @@ mod sync;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ramify_proxy::{Proxy, ProxyOptions};
+use ramify_proxy::{CertificateAuthority, Proxy, ProxyOptions, ProxyTls, ServerNames};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -89,6 +90,33 @@ struct Args {
     /// error; the operator goes on starting the compute for the next client.
     #[arg(long, env = "RAMIFY_WAKE_TIMEOUT", default_value = "60s", value_parser = parse_interval, value_name = "DURATION")]
     wake_timeout: Duration,
+
+    /// CA certificate (PEM) that signs each branch's TLS server certificate; clients
+    /// verify against it (`sslrootcert`, the `ca.crt` key of every branch's connection
+    /// Secret). The chart mounts it from the Secret named by `tls.caSecretName`. Without
+    /// it the proxy answers SSLRequest with `N` (plaintext only).
+    #[arg(long, env = "RAMIFY_TLS_CA_CERT", value_name = "FILE", requires = "tls_ca_key")]
+    tls_ca_cert: Option<PathBuf>,
+
+    /// The CA's private key (PEM: PKCS#8, SEC1 or PKCS#1), paired with --tls-ca-cert.
+    #[arg(long, env = "RAMIFY_TLS_CA_KEY", value_name = "FILE", requires = "tls_ca_cert")]
+    tls_ca_key: Option<PathBuf>,
+
+    /// Refuse sessions that did not negotiate TLS (SQLSTATE 28000, telling the client to
+    /// use sslmode=require or verify-full). Cancel requests are still accepted in
+    /// plaintext: libpq before Postgres 17 never encrypts them.
+    #[arg(long, env = "RAMIFY_TLS_REQUIRED", requires = "tls_ca_cert")]
+    tls_required: bool,
+
+    /// The cluster's DNS domain: certificates name `<branch>-postgres.<ns>.svc.<domain>`
+    /// besides the shorter Service names.
+    #[arg(
+        long,
+        env = "RAMIFY_CLUSTER_DOMAIN",
+        default_value = "cluster.local",
+        value_name = "DOMAIN"
+    )]
+    cluster_domain: String,
 
     /// Log format: `text` for people, `json` for log pipelines. The level is set with
     /// RUST_LOG (default `info`, e.g. RUST_LOG=ramify_proxy=debug).
@@ -177,13 +205,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let client = OperatorClient::new(&args.operator_url, &args.token, args.wake_timeout)?;
     let control = Arc::new(OperatorControl::new(client));
-    let proxy = Proxy::new(
-        control.clone(),
-        ProxyOptions {
-            wake_timeout: args.wake_timeout,
-            ..ProxyOptions::default()
-        },
-    );
+    let opts = ProxyOptions {
+        wake_timeout: args.wake_timeout,
+        ..ProxyOptions::default()
+    };
+    let proxy = match (&args.tls_ca_cert, &args.tls_ca_key) {
+        (Some(cert), Some(key)) => {
+            let tls = ProxyTls {
+                ca: Arc::new(load_ca(cert, key)?),
+                names: ServerNames::Cluster {
+                    domain: args.cluster_domain.clone(),
+                },
+                required: args.tls_required,
+            };
+            info!(ca = %cert.display(), required = tls.required, "TLS on branch endpoints");
+            Proxy::with_tls(control.clone(), opts, tls)
+        }
+        _ => {
+            warn!("no --tls-ca-cert: branch endpoints answer SSLRequest with N (plaintext only)");
+            Proxy::new(control.clone(), opts)
+        }
+    };
     let status = Arc::new(SyncStatus::default());
 
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
@@ -247,6 +289,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the CA from its PEM files, saying which file is wrong.
+fn load_ca(cert: &Path, key: &Path) -> anyhow::Result<CertificateAuthority> {
+    let read = |path: &Path, flag: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {} ({flag})", path.display()))
+    };
+    let cert_pem = read(cert, "--tls-ca-cert")?;
+    let key_pem = read(key, "--tls-ca-key")?;
+    CertificateAuthority::from_pem(&cert_pem, &key_pem).with_context(|| {
+        format!(
+            "--tls-ca-cert {} / --tls-ca-key {}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -281,5 +340,41 @@ mod tests {
         assert_eq!(args.sync_interval, Duration::from_secs(2));
         assert_eq!(args.wake_timeout, Duration::from_secs(60));
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.tls_ca_cert, None);
+        assert!(!args.tls_required);
+        assert_eq!(args.cluster_domain, "cluster.local");
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_pair_and_required_needs_them() {
+        let base = ["ramify-proxy", "--operator-url", "http://op:8080", "--token", "t"];
+        let with = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra));
+        assert!(with(&["--tls-ca-cert", "/ca.crt"]).is_err());
+        assert!(with(&["--tls-required"]).is_err());
+        let args = with(&[
+            "--tls-ca-cert",
+            "/ca.crt",
+            "--tls-ca-key",
+            "/ca.key",
+            "--tls-required",
+        ])
+        .unwrap();
+        assert!(args.tls_required);
+    }
+
+    #[test]
+    fn ca_files_are_loaded_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("t").unwrap();
+        let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        std::fs::write(&cert, ca.cert_pem()).unwrap();
+        std::fs::write(&key, ca.key_pem()).unwrap();
+        let loaded = load_ca(&cert, &key).unwrap();
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        let err = load_ca(&cert, &dir.path().join("missing")).unwrap_err();
+        assert!(format!("{err:#}").contains("--tls-ca-key"), "{err:#}");
+        std::fs::write(&key, "garbage").unwrap();
+        let err = load_ca(&cert, &key).unwrap_err();
+        assert!(format!("{err:#}").contains("private key"), "{err:#}");
     }
 }
