@@ -20,11 +20,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::beneath::{Dir, Entry, Kind as EntryKind};
 use crate::clone::{self, CloneError};
 
 /// Directories of one timeline, by what they hold.
@@ -77,7 +77,19 @@ struct FileStamp {
 }
 
 impl FileStamp {
+    fn of_stat(st: &rustix::fs::Stat) -> FileStamp {
+        FileStamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+
+    #[cfg(test)]
     fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
         FileStamp {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -139,27 +151,43 @@ enum Mapped {
 }
 
 /// Accounts every timeline of `scopes` (index-aligned result), reusing and refreshing
-/// `cache`.
+/// `cache`. `data` is the data directory, open, and `root` its path: every directory of
+/// a scope is below it, and is walked and opened without following links.
 ///
 /// Files are listed first and those the cache cannot answer are mapped on a few threads.
-pub fn account(scopes: &[Scope], cache: &ExtentCache) -> Result<Vec<Usage>, CloneError> {
+pub fn account(
+    data: &Dir,
+    root: &Path,
+    scopes: &[Scope],
+    cache: &ExtentCache,
+) -> Result<Vec<Usage>, CloneError> {
     let mut usage = vec![Usage::default(); scopes.len()];
     let mut files: Vec<FileRef> = Vec::new();
     for (owner, scope) in scopes.iter().enumerate() {
         let dirs = std::iter::once((scope.pgdata.as_path(), Kind::Live))
             .chain(scope.history.iter().map(|d| (d.as_path(), Kind::History)));
         for (dir, kind) in dirs {
-            walk(dir, &mut |path, meta| {
+            let open = match data.open_dir_at(root, dir) {
+                Ok(d) => d,
+                Err(e) if e.is_not_found() => continue,
+                // A timeline whose directory a compute replaced by a link: its figures
+                // leave that directory out rather than deny every timeline's accounting.
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(error = %e, "space accounting skips a directory");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            walk(&open, dir, &mut |path, entry| {
                 if kind == Kind::Live {
-                    usage[owner].logical += meta.len();
+                    usage[owner].logical += entry.len;
                 }
                 files.push(FileRef {
                     path: path.to_path_buf(),
                     owner,
                     kind,
-                    stamp: FileStamp::of(meta),
+                    stamp: FileStamp::of_stat(&entry.stat),
                 });
-                Ok(())
             })?;
         }
     }
@@ -179,7 +207,7 @@ pub fn account(scopes: &[Scope], cache: &ExtentCache) -> Result<Vec<Usage>, Clon
             }
         }
     }
-    for (f, map) in map_files(&to_map, now)? {
+    for (f, map) in map_files(data, root, &to_map, now)? {
         if f.stamp.settled(now) && map.settled {
             keep.insert(
                 f.path.clone(),
@@ -240,6 +268,8 @@ const MAX_MAP_THREADS: usize = 4;
 /// would disturb it). Files that vanished meanwhile (Postgres removes temporary files)
 /// are left out.
 fn map_files<'a>(
+    data: &Dir,
+    root: &Path,
     files: &[&'a FileRef],
     now: SystemTime,
 ) -> Result<Vec<(&'a FileRef, clone::FileMap)>, CloneError> {
@@ -255,9 +285,12 @@ fn map_files<'a>(
             let Some(&f) = files.get(i) else {
                 return Ok(out);
             };
-            match clone::map_file(&f.path, f.stamp.settled(now)) {
+            match map_beneath(data, root, &f.path, f.stamp.settled(now)) {
                 Ok(map) => out.push((f, map)),
                 Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(CloneError::Beneath(e)) if e.is_not_found() => {}
+                // Swapped for a link (or hard-linked) since it was listed: not counted.
+                Err(CloneError::Beneath(e)) if e.is_refusal() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -338,34 +371,38 @@ fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
         .collect()
 }
 
-/// Calls `f(path, metadata)` for every regular file below `dir`; files and directories
-/// that vanish meanwhile (Postgres removes temporary files) are skipped.
-fn walk(
-    dir: &Path,
-    f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), CloneError>,
-) -> Result<(), CloneError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(CloneError::Io {
-                op: "read dir",
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+/// Maps the file at `path` (below `root`), opened beneath `data` without following links.
+fn map_beneath(
+    data: &Dir,
+    root: &Path,
+    path: &Path,
+    sync: bool,
+) -> Result<clone::FileMap, CloneError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(CloneError::Io {
+            op: "map",
+            path: path.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
     };
-    for entry in rd.flatten() {
-        let Ok(ft) = entry.file_type() else { continue };
-        let path = entry.path();
-        if ft.is_dir() {
-            walk(&path, f)?;
-        } else if ft.is_file() {
-            let Ok(meta) = entry.metadata() else { continue };
-            match f(&path, &meta) {
-                Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                other => other?,
-            }
+    let (file, _) = data.open_dir_at(root, parent)?.open_file(name)?;
+    clone::map_open_file(&file, path, sync)
+}
+
+/// Calls `f(path, entry)` for every regular file below the open directory `dir` (at
+/// `path`), through directory descriptors. Links, special files and files with several
+/// hard links are not followed and not counted; directories that vanish meanwhile
+/// (Postgres removes temporary files) are skipped.
+fn walk(dir: &Dir, path: &Path, f: &mut dyn FnMut(&Path, &Entry)) -> Result<(), CloneError> {
+    for e in dir.entries()? {
+        match e.kind {
+            EntryKind::Dir => match dir.open_dir(Path::new(&e.name)) {
+                Ok(sub) => walk(&sub, &path.join(&e.name), f)?,
+                Err(err) if err.is_not_found() || err.is_refusal() => {}
+                Err(err) => return Err(err.into()),
+            },
+            EntryKind::File if e.nlink == 1 => f(&path.join(&e.name), &e),
+            _ => {}
         }
     }
     Ok(())
@@ -426,12 +463,24 @@ mod tests {
                 extents: Arc::from(vec![(1u64 << 40, 8192u64)]),
             },
         );
-        let u = account(&scopes, &cache).unwrap();
+        let u = account(
+            &Dir::open_root(t.path()).unwrap(),
+            t.path(),
+            &scopes,
+            &cache,
+        )
+        .unwrap();
         assert_eq!((u[0].logical, u[0].exclusive), (64 * 1024, 8192));
         assert_eq!(cache.len(), 1, "a reused map stays");
         // Written since: mapped again, and (just written) not kept.
         std::fs::write(&file, vec![2u8; 128 * 1024]).unwrap();
-        let u = account(&scopes, &cache).unwrap();
+        let u = account(
+            &Dir::open_root(t.path()).unwrap(),
+            t.path(),
+            &scopes,
+            &cache,
+        )
+        .unwrap();
         assert!(u[0].exclusive >= 128 * 1024, "{u:?}");
         assert!(cache.is_empty());
     }
@@ -463,6 +512,8 @@ mod tests {
         std::fs::write(pg.join("base/1"), vec![1u8; 64 * 1024]).unwrap();
         std::fs::write(wal.join("seg"), vec![2u8; 32 * 1024]).unwrap();
         let u = account(
+            &Dir::open_root(t.path()).unwrap(),
+            t.path(),
             &[Scope {
                 pgdata: pg,
                 history: vec![wal],

@@ -5,13 +5,15 @@
 //! on file descriptors we own, with buffers sized and aligned for the kernel structs.
 #![allow(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ramify_api::CloneMethod;
+
+use crate::beneath::{BeneathError, Dir, Kind};
 
 /// `_IOW(0x94, 9, int)`: make the destination share the source's extents.
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -43,6 +45,8 @@ pub enum CloneError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Beneath(#[from] BeneathError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CloneError + 'a {
@@ -81,26 +85,28 @@ pub fn detect_clone_method(dir: &Path) -> Result<CloneMethod, CloneError> {
     Ok(method)
 }
 
-/// Clones one file (reflink or copy), keeping its permission bits.
-pub fn clone_file(src: &Path, dst: &Path, method: CloneMethod) -> Result<u64, CloneError> {
-    let meta = fs::metadata(src).map_err(io_err("stat", src))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    let from = File::open(src).map_err(io_err("open", src))?;
-    let to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dst)
-        .map_err(io_err("create", dst))?;
+/// Clones the regular file `name` of `src` to the new file `dst_name` of `dst` (reflink or
+/// copy), keeping its permission bits. Both ends are resolved without following links:
+/// a link, a special file or a file with several hard links as the source is refused,
+/// and anything already at the destination makes it fail. Returns the bytes cloned.
+pub fn clone_file(
+    src: &Dir,
+    name: &OsStr,
+    dst: &Dir,
+    dst_name: &OsStr,
+    method: CloneMethod,
+) -> Result<u64, CloneError> {
+    let (from, st) = src.open_file(name)?;
+    let to = dst.create_file(dst_name, st.st_mode & 0o7777)?;
+    let dst_path = dst.path_of(dst_name);
     match method {
-        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", dst))?,
+        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", &dst_path))?,
         CloneMethod::Copy => {
-            let mut from = from;
-            let mut to = to;
-            io::copy(&mut from, &mut to).map_err(io_err("copy", dst))?;
+            let (mut from, mut to) = (from, to);
+            io::copy(&mut from, &mut to).map_err(io_err("copy", &dst_path))?;
         }
     }
-    Ok(meta.len())
+    Ok(st.st_size as u64)
 }
 
 /// What `clone_tree` leaves out, as paths relative to the source root.
@@ -122,71 +128,58 @@ pub struct CloneStats {
     pub bytes: u64,
 }
 
-/// Clones the tree at `src` into the new directory `dst`, file by file, keeping modes.
-/// Sockets and FIFOs are skipped; symlinks are recreated.
+/// Clones the tree `src` into the new directory `dst_name` of `dst_parent`, file by file,
+/// keeping modes. The walk goes through directory descriptors (see [`crate::beneath`]):
+/// an entry that is not excluded and is not a regular file or a directory — a symlink
+/// (a `pg_tblspc` tablespace link included), FIFO, socket or device — or is a file with
+/// several hard links makes the whole clone fail, naming it. Excluded entries are skipped
+/// whatever they are, and never followed.
 pub fn clone_tree(
-    src: &Path,
-    dst: &Path,
+    src: &Dir,
+    dst_parent: &Dir,
+    dst_name: impl AsRef<OsStr>,
     method: CloneMethod,
     exclude: &dyn Exclude,
 ) -> Result<CloneStats, CloneError> {
     let mut stats = CloneStats::default();
-    let mode = fs::metadata(src).map_err(io_err("stat", src))?.mode() & 0o7777;
-    fs::create_dir(dst).map_err(io_err("mkdir", dst))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dst))?;
-    clone_dir(src, dst, Path::new(""), method, exclude, &mut stats)?;
+    let dst = dst_parent.create_dir(dst_name, src.mode()?)?;
+    clone_dir(src, &dst, Path::new(""), method, exclude, &mut stats)?;
     Ok(stats)
 }
 
 fn clone_dir(
-    src_root: &Path,
-    dst_root: &Path,
+    src: &Dir,
+    dst: &Dir,
     rel: &Path,
     method: CloneMethod,
     exclude: &dyn Exclude,
     stats: &mut CloneStats,
 ) -> Result<(), CloneError> {
-    let dir = src_root.join(rel);
-    for entry in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
-        let entry = entry.map_err(io_err("read dir", &dir))?;
-        let child_rel = rel.join(entry.file_name());
-        let src = src_root.join(&child_rel);
-        let dst = dst_root.join(&child_rel);
-        let ft = match entry.file_type() {
-            Ok(ft) => ft,
-            // A file Postgres removed while we walk (temporary files) is simply not cloned.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("stat", &src)(e)),
-        };
-        if exclude.skip(&child_rel, ft.is_dir()) {
+    for e in src.entries()? {
+        let child_rel = rel.join(&e.name);
+        if exclude.skip(&child_rel, e.kind == Kind::Dir) {
             continue;
         }
-        if ft.is_dir() {
-            let mode = match fs::metadata(&src) {
-                Ok(m) => m.mode() & 0o7777,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("stat", &src)(e)),
+        src.check(&e.name, e.kind, e.nlink)?;
+        if e.kind == Kind::Dir {
+            let sub = match src.open_dir(Path::new(&e.name)) {
+                Ok(d) => d,
+                // Removed by Postgres while we walk (temporary directories).
+                Err(err) if err.is_not_found() => continue,
+                Err(err) => return Err(err.into()),
             };
-            fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-                .map_err(io_err("chmod", &dst))?;
-            clone_dir(src_root, dst_root, &child_rel, method, exclude, stats)?;
-        } else if ft.is_file() {
-            match clone_file(&src, &dst, method) {
+            let d = dst.create_dir(&e.name, sub.mode()?)?;
+            clone_dir(&sub, &d, &child_rel, method, exclude, stats)?;
+        } else {
+            match clone_file(src, &e.name, dst, &e.name, method) {
                 Ok(n) => {
                     stats.files += 1;
                     stats.bytes += n;
                 }
-                Err(CloneError::Io { source, op, .. })
-                    if op != "reflink" && source.kind() == io::ErrorKind::NotFound =>
-                {
-                    let _ = fs::remove_file(&dst);
-                }
-                Err(e) => return Err(e),
+                // A file Postgres removed while we walk (temporary files) is not cloned.
+                Err(CloneError::Beneath(err)) if err.is_not_found() => {}
+                Err(err) => return Err(err),
             }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&src).map_err(io_err("readlink", &src))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
         }
     }
     Ok(())
@@ -223,6 +216,11 @@ pub struct FileMap {
 /// copy-on-write remap happens only when the data reaches the disk).
 pub fn map_file(path: &Path, sync: bool) -> Result<FileMap, CloneError> {
     let file = File::open(path).map_err(io_err("open", path))?;
+    map_open_file(&file, path, sync)
+}
+
+/// [`map_file`] of a file already open (`path` names it in errors).
+pub fn map_open_file(file: &File, path: &Path, sync: bool) -> Result<FileMap, CloneError> {
     let mut out = Vec::new();
     let mut settled = true;
     let mut start: u64 = 0;
@@ -375,7 +373,9 @@ mod tests {
         fs::write(src.join("top"), vec![1u8; 100_000]).unwrap();
         let method = detect_clone_method(t.path()).unwrap();
         let skip = |rel: &Path, _dir: bool| rel.starts_with("skipme") && rel != Path::new("skipme");
-        let stats = clone_tree(&src, &t.path().join("dst"), method, &skip).unwrap();
+        let root = Dir::open_root(t.path()).unwrap();
+        let stats =
+            clone_tree(&root.open_dir("src").unwrap(), &root, "dst", method, &skip).unwrap();
         assert_eq!(stats.files, 2);
         assert_eq!(stats.bytes, 100_005);
         assert_eq!(fs::read(t.path().join("dst/keep/sub/a")).unwrap(), b"hello");
@@ -387,6 +387,74 @@ mod tests {
             assert!(
                 ext.iter().all(|e| e.shared),
                 "a reflinked file shares its extents"
+            );
+        }
+    }
+
+    /// Each planted entry — a link to another timeline's file, a link to a directory, a
+    /// hard link, a FIFO, a tablespace link — makes the clone fail naming it, and the
+    /// other timeline's file is left as it was.
+    #[test]
+    fn clone_tree_refuses_links_and_special_files() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("other/pgdata/base/1/1234");
+        fs::create_dir_all(victim.parent().unwrap()).unwrap();
+        fs::write(&victim, b"other tenant's rows").unwrap();
+        let method = detect_clone_method(t.path()).unwrap();
+        let root = Dir::open_root(t.path()).unwrap();
+        type Plant<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, &'a str);
+        let plant: Vec<Plant> = vec![
+            (
+                "base/1/99999",
+                Box::new(|p| symlink(&victim, p).unwrap()),
+                "is a symbolic link",
+            ),
+            (
+                "base/2",
+                Box::new(|p| symlink(victim.parent().unwrap(), p).unwrap()),
+                "is a symbolic link",
+            ),
+            (
+                "base/1/88888",
+                Box::new(|p| fs::hard_link(&victim, p).unwrap()),
+                "has 2 hard links",
+            ),
+            (
+                "base/1/fifo",
+                Box::new(|p| nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap()),
+                "is a FIFO",
+            ),
+            (
+                "pg_tblspc/16390",
+                Box::new(|p| symlink(victim.parent().unwrap(), p).unwrap()),
+                "is a tablespace",
+            ),
+        ];
+        for (i, (at, make, says)) in plant.iter().enumerate() {
+            let src = t.path().join(format!("tl{i}/pgdata"));
+            fs::create_dir_all(src.join("base/1")).unwrap();
+            fs::create_dir_all(src.join("pg_tblspc")).unwrap();
+            fs::write(src.join("base/1/100"), b"mine").unwrap();
+            make(&src.join(at));
+            let e = clone_tree(
+                &root.open_dir(format!("tl{i}/pgdata")).unwrap(),
+                &root,
+                format!("fork{i}"),
+                method,
+                &|_: &Path, _| false,
+            )
+            .unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("tl{i}/pgdata/{at} {says}")),
+                "{msg}"
+            );
+            assert_eq!(fs::read(&victim).unwrap(), b"other tenant's rows");
+            let planted = t.path().join(format!("fork{i}")).join(at);
+            assert!(
+                fs::symlink_metadata(&planted).is_err(),
+                "{at} was not cloned"
             );
         }
     }

@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 use tracing::{info, instrument, warn};
 
 use crate::accounting::{self, Scope, Usage};
+use crate::beneath::Dir;
 use crate::clone::{self, CloneError};
 use crate::control::{self, ControlError};
 use crate::layout::{Layout, TimelineDir};
@@ -82,6 +83,22 @@ impl NodeError {
         }
     }
 
+    /// A file a timeline must not contain (a link, a special file, a hard link, a
+    /// tablespace; see [`crate::beneath`]) is the state of that timeline, not a failure of
+    /// the node: a conflict, with the message naming the file.
+    pub fn refusal_is_conflict(self) -> NodeError {
+        let b = match &self {
+            NodeError::Fs(CloneError::Beneath(b)) => b,
+            NodeError::Wal(WalError::Fs(CloneError::Beneath(b))) => b,
+            _ => return self,
+        };
+        if b.is_refusal() {
+            NodeError::Conflict(b.to_string())
+        } else {
+            self
+        }
+    }
+
     fn is_disk_full(&self) -> bool {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
@@ -118,6 +135,9 @@ pub struct Node {
     snapshotting: StdMutex<HashSet<TimelineId>>,
     /// Extent maps of unchanged files, reused by every accounting sweep.
     extent_cache: Arc<accounting::ExtentCache>,
+    /// The data directory, open: every path inside a timeline is resolved beneath it
+    /// without following links (see [`crate::beneath`]).
+    data: Arc<Dir>,
 }
 
 /// What a compute looks like from the storage side.
@@ -150,7 +170,9 @@ impl Node {
             );
         }
         let meta = Meta::open(&layout.meta_db())?;
+        let data = Arc::new(Dir::open_root(layout.root()).map_err(CloneError::from)?);
         let node = Node {
+            data,
             cfg,
             layout,
             meta,
@@ -184,27 +206,33 @@ impl Node {
         for r in &records {
             if r.phase == Phase::Creating {
                 warn!(timeline = %r.id, "removing a timeline whose creation was interrupted");
-                remove_dir_if_exists(&self.layout.creating(r.id))?;
-                remove_dir_if_exists(&self.layout.timeline(r.id))?;
+                self.remove_tree(&self.layout.creating(r.id))?;
+                self.remove_tree(&self.layout.timeline(r.id))?;
                 self.meta.remove(r.id)?;
             }
         }
         let known: Vec<String> = self.meta.all()?.iter().map(|r| r.id.to_string()).collect();
-        let rd = std::fs::read_dir(self.layout.timelines()).map_err(io_op("list timelines"))?;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+        let timelines = self.open_dir(&self.layout.timelines())?;
+        for e in timelines.entries().map_err(CloneError::from)? {
+            let name = e.name.to_string_lossy().into_owned();
             if !known.contains(&name) {
                 warn!(dir = %name, "removing a directory no timeline owns (interrupted create or delete)");
-                remove_dir_if_exists(&e.path())?;
-            } else {
-                let snaps = TimelineDir(e.path()).snapshots();
-                if let Ok(rd) = std::fs::read_dir(&snaps) {
-                    for s in rd.flatten() {
-                        if s.file_name().to_string_lossy().starts_with(".creating-") {
-                            remove_dir_if_exists(&s.path())?;
+                timelines.remove_tree(&e.name).map_err(CloneError::from)?;
+                continue;
+            }
+            // A half-taken snapshot. A timeline whose snapshots/ a compute replaced by a
+            // link is left alone here (its forks and snapshots are refused, naming it):
+            // one tenant must not keep the node from starting.
+            match timelines.open_dir_if_exists(Path::new(&e.name).join("snapshots")) {
+                Ok(Some(snaps)) => {
+                    for s in snaps.entries().map_err(CloneError::from)? {
+                        if s.name.to_string_lossy().starts_with(".creating-") {
+                            snaps.remove_tree(&s.name).map_err(CloneError::from)?;
                         }
                     }
                 }
+                Ok(None) => {}
+                Err(err) => warn!(timeline = %name, error = %err, "cannot clean up snapshots"),
             }
         }
         Ok(())
@@ -270,13 +298,14 @@ impl Node {
         let result = match req.parent {
             None => self.create_root(id, &req).await,
             Some(parent) => self.fork(id, parent, &req).await,
-        };
+        }
+        .map_err(NodeError::refusal_is_conflict);
         match &result {
             Ok(_) => self.metrics.fork_ok(req.at.as_ref(), started.elapsed()),
             Err(e) => {
                 self.metrics.fork_failed(e.code());
                 // Leave nothing half-made behind a failed create.
-                let _ = remove_dir_if_exists(&self.layout.creating(id));
+                let _ = self.remove_tree(&self.layout.creating(id));
                 if matches!(self.meta.get(id), Ok(Some(r)) if r.phase == Phase::Creating) {
                     let _ = self.meta.remove(id);
                 }
@@ -300,7 +329,7 @@ impl Node {
         };
         self.meta.put(&rec)?;
         let staging = self.layout.creating(id);
-        remove_dir_if_exists(&staging)?;
+        self.remove_tree(&staging)?;
         let dir = TimelineDir(staging);
         for d in [dir.0.clone(), dir.archive(), dir.snapshots(), dir.run()] {
             std::fs::create_dir(&d).map_err(io_op(format!("create {}", d.display())))?;
@@ -346,14 +375,16 @@ impl Node {
             .record(parent)
             .map_err(|_| NodeError::NotFound(format!("parent timeline {parent} does not exist")))?;
         let pdir = self.dir(parent);
-        if !pdir.pgdata().join("PG_VERSION").exists() {
+        let ppg = self.open_dir(&pdir.pgdata())?;
+        if !ppg.has_file("PG_VERSION") {
             return Err(NodeError::Conflict(format!(
                 "parent timeline {parent} has no data yet: start its compute once (it runs initdb) before forking it"
             )));
         }
         let at = req.at.clone().unwrap_or(At::Latest);
         let running = self.running(parent).await;
-        let never_started = pdir.pgdata().join("recovery.signal").exists();
+        let never_started = ppg.has_file("recovery.signal");
+        drop(ppg);
         // Validate before doing any work, so a bad target costs nothing.
         let plan = self
             .plan(&prec, &at, running.as_ref(), never_started)
@@ -372,12 +403,14 @@ impl Node {
         let build_ms = t0.elapsed().as_millis() as u64;
         // The fork's starting state is also its first snapshot: its own history (and
         // its restore window) begins at the fork point.
-        let snap_dir = dir.snapshots().join("fork");
-        std::fs::create_dir(&snap_dir).map_err(io_op("create fork snapshot"))?;
+        let snap_dir = self
+            .open_dir(&dir.snapshots())?
+            .create_dir("fork", 0o700)
+            .map_err(CloneError::from)?;
         let method = self.clone_method;
-        let (src, dst) = (dir.pgdata(), snap_dir.join("pgdata"));
+        let src = self.open_dir(&dir.pgdata())?;
         tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, method, &|_: &Path, _| false)
+            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
         })
         .await??;
         let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
@@ -584,24 +617,30 @@ impl Node {
         let client = control::connect(&run, port).await?;
         let (start_lsn, pg_timeline) = control::backup_start(&client, label, fast).await?;
         let method = self.clone_method;
-        let (src, dst) = (pdir.pgdata(), dest.to_path_buf());
+        let (parent, name) = self.open_parent(dest)?;
+        let src = self.open_dir(&pdir.pgdata());
         let cloned = tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, method, &pgdata::backup_exclude)
+            let dest = clone::clone_tree(&src?, &parent, &name, method, &pgdata::backup_exclude)?;
+            Ok::<_, NodeError>((dest, parent.open_dir(&name).map_err(CloneError::from)?))
         })
         .await;
         // Any failure above drops `client`, which makes Postgres abort the backup.
-        let cloned = cloned??;
+        let (cloned, dest_dir) = cloned??;
         let stop = control::backup_stop(&client).await?;
         let time = control::now(&client).await?;
         drop(client);
-        pgdata::write_backup_files(dest, &stop.label, &stop.tablespace_map)
-            .map_err(io_op("write backup_label"))?;
-        let pg_wal = dest.join("pg_wal");
+        pgdata::write_backup_files(&dest_dir, &stop.label, &stop.tablespace_map)
+            .map_err(CloneError::from)?;
         let range = start_lsn.segment(SEGMENT_SIZE)..=stop.lsn.segment(SEGMENT_SIZE);
-        let (live, archive) = (pdir.pg_wal(), pdir.archive());
-        let pw = pg_wal.clone();
-        tokio::task::spawn_blocking(move || wal::gather(&pw, &[&live, &archive], range, method))
-            .await??;
+        let pg_wal = dest_dir
+            .ensure_dir("pg_wal", 0o700)
+            .map_err(CloneError::from)?;
+        let sources = self.wal_sources(&[pdir.pg_wal(), pdir.archive()])?;
+        let pg_wal = tokio::task::spawn_blocking(move || {
+            let sources: Vec<&Dir> = sources.iter().collect();
+            wal::gather(&pg_wal, &sources, range, method).map(|_| pg_wal)
+        })
+        .await??;
         wal::check_complete(&pg_wal, start_lsn, stop.lsn, pg_timeline)?;
         tracing::debug!(files = cloned.files, bytes = cloned.bytes, %start_lsn, stop_lsn = %stop.lsn, "backup clone done");
         Ok(Backup {
@@ -617,12 +656,12 @@ impl Node {
     /// an archive of its own.
     async fn fork_stopped(&self, pdir: &TimelineDir, dir: &TimelineDir) -> Result<Fork, NodeError> {
         let method = self.clone_method;
-        let (src, dst) = (pdir.pgdata(), dir.pgdata());
+        let (src, dst) = (self.open_dir(&pdir.pgdata())?, self.open_dir(&dir.0)?);
         tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, method, &pgdata::stopped_exclude)
+            clone::clone_tree(&src, &dst, "pgdata", method, &pgdata::stopped_exclude)
         })
         .await??;
-        let c = pgcontrol::read(&dir.pgdata())?;
+        let c = self.read_pg_control(&dir.pgdata())?;
         let (mut lsn, mut time) = (c.checkpoint, c.time);
         if c.state != pgcontrol::ClusterState::ShutDown {
             // Unclean stop: the clone holds commits after its last checkpoint, which crash
@@ -669,9 +708,12 @@ impl Node {
             .await?;
         }
         let method = self.clone_method;
-        let (src, dst) = (pdir.snapshot_pgdata(&base.info.name), dir.pgdata());
+        let (src, dst) = (
+            self.open_dir(&pdir.snapshot_pgdata(&base.info.name))?,
+            self.open_dir(&dir.0)?,
+        );
         tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, method, &|_: &Path, _| false)
+            clone::clone_tree(&src, &dst, "pgdata", method, &|_: &Path, _| false)
         })
         .await??;
         let last_seg = match target {
@@ -679,15 +721,22 @@ impl Node {
             Target::Time(_) => u64::MAX,
         };
         let range = base.info.start_lsn.segment(SEGMENT_SIZE)..=last_seg;
-        let (pg_wal, archive, live) = (dir.pg_wal(), pdir.archive(), pdir.pg_wal());
-        let pw = pg_wal.clone();
-        tokio::task::spawn_blocking(move || wal::gather(&pw, &[&archive, &live], range, method))
-            .await??;
-        let tli = wal::newest_timeline(&pg_wal);
+        let pg_wal = dir.pg_wal();
+        let pw = self
+            .open_dir(&dir.pgdata())?
+            .ensure_dir("pg_wal", 0o700)
+            .map_err(CloneError::from)?;
+        let sources = self.wal_sources(&[pdir.archive(), pdir.pg_wal()])?;
+        let pw = tokio::task::spawn_blocking(move || {
+            let sources: Vec<&Dir> = sources.iter().collect();
+            wal::gather(&pw, &sources, range, method).map(|_| pw)
+        })
+        .await??;
+        let tli = wal::newest_timeline(&pw);
         let scan_from = base.info.end_lsn.max(prec.fork_lsn.unwrap_or_default());
         let (lsn, time) = match target {
             Target::Lsn(l) => {
-                wal::check_complete(&pg_wal, base.info.start_lsn, l, tli)?;
+                wal::check_complete(&pw, base.info.start_lsn, l, tli)?;
                 let t = self.commit_time_before(&pg_wal, tli, scan_from, l).await?;
                 (l, t.unwrap_or(base.info.time))
             }
@@ -758,7 +807,68 @@ impl Node {
     // ----- read ---------------------------------------------------------------------
 
     fn wal_kept_from(&self, rec: &TimelineRecord) -> Option<Lsn> {
-        read_wal_kept_from(&self.dir(rec.id))
+        let archive = self.open_dir(&self.dir(rec.id).archive()).ok()?;
+        read_wal_kept_from(&archive)
+    }
+
+    // ----- paths inside timelines -----------------------------------------------------
+
+    /// Opens directory `path` (below the data directory) without following any link.
+    fn open_dir(&self, path: &Path) -> Result<Dir, NodeError> {
+        Ok(self
+            .data
+            .open_dir_at(self.layout.root(), path)
+            .map_err(CloneError::from)?)
+    }
+
+    /// The directory holding `path`, opened as [`Node::open_dir`] does, and `path`'s name in it.
+    fn open_parent(&self, path: &Path) -> Result<(Dir, std::ffi::OsString), NodeError> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(NodeError::Invalid(format!(
+                "{} has no parent directory",
+                path.display()
+            )));
+        };
+        Ok((self.open_dir(parent)?, name.to_os_string()))
+    }
+
+    /// Removes `path` and everything below it; a link is removed, never followed.
+    fn remove_tree(&self, path: &Path) -> Result<(), NodeError> {
+        let (parent, name) = match self.open_parent(path) {
+            Ok(p) => p,
+            Err(NodeError::Fs(CloneError::Beneath(e))) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        parent.remove_tree(&name).map_err(CloneError::from)?;
+        Ok(())
+    }
+
+    /// Whether `name` is a regular file in the timeline's PGDATA (a link is not).
+    fn pg_has(&self, id: TimelineId, name: &str) -> bool {
+        self.open_dir(&self.dir(id).pgdata())
+            .is_ok_and(|d| d.has_file(name))
+    }
+
+    /// `global/pg_control` of the PGDATA at `pgdata`, read without following links.
+    fn read_pg_control(&self, pgdata: &Path) -> Result<pgcontrol::PgControl, NodeError> {
+        let bytes = self
+            .open_dir(&pgdata.join("global"))?
+            .read("pg_control")
+            .map_err(CloneError::from)?;
+        Ok(pgcontrol::parse(&bytes, &pgdata.join("global/pg_control"))?)
+    }
+
+    /// The WAL directories a fork reads from, opened; one that does not exist is left out.
+    fn wal_sources(&self, paths: &[PathBuf]) -> Result<Vec<Dir>, NodeError> {
+        let mut out = Vec::new();
+        for p in paths {
+            match self.open_dir(p) {
+                Ok(d) => out.push(d),
+                Err(NodeError::Fs(CloneError::Beneath(e))) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     async fn window(
@@ -773,8 +883,8 @@ impl Node {
                 Ok(c) => (Some(control::flush_lsn(&c).await?), Some(Utc::now())),
                 Err(_) => (None, None),
             },
-            None => match pgcontrol::read(&self.dir(rec.id).pgdata()) {
-                Ok(c) if !self.dir(rec.id).pgdata().join("recovery.signal").exists() => {
+            None => match self.read_pg_control(&self.dir(rec.id).pgdata()) {
+                Ok(c) if !self.pg_has(rec.id, "recovery.signal") => {
                     (Some(c.checkpoint), Some(c.time))
                 }
                 _ => (rec.fork_lsn, rec.fork_time),
@@ -809,8 +919,10 @@ impl Node {
             })
             .collect();
         let cache = self.extent_cache.clone();
+        let (data, root) = (self.data.clone(), self.layout.root().to_path_buf());
         let usage =
-            tokio::task::spawn_blocking(move || accounting::account(&scopes, &cache)).await??;
+            tokio::task::spawn_blocking(move || accounting::account(&data, &root, &scopes, &cache))
+                .await??;
         Ok(ids.into_iter().zip(usage).collect())
     }
 
@@ -829,7 +941,7 @@ impl Node {
         let dir = self.dir(rec.id);
         let running = self.running(rec.id).await;
         let restore_window = self.window(rec, running.as_ref()).await?;
-        let state = if dir.pgdata().join("PG_VERSION").exists() {
+        let state = if self.pg_has(rec.id, "PG_VERSION") {
             TimelineState::Ready
         } else {
             TimelineState::Empty
@@ -918,7 +1030,7 @@ impl Node {
             }
             // Stopped before taking the lock: a snapshot waiting on this compute's
             // checkpoint then fails at once and lets go of the timeline.
-            stop_postmaster(&dir.pgdata()).await?;
+            stop_postmaster(&dir.pgdata(), self.open_dir(&dir.pgdata())?).await?;
         }
         let lock = self.lock_of(id);
         let _w = lock.write().await;
@@ -931,7 +1043,8 @@ impl Node {
         let gone = self.layout.deleting(id);
         std::fs::rename(&dir.0, &gone).map_err(io_op(format!("retire timeline {id}")))?;
         self.meta.remove(id)?;
-        tokio::task::spawn_blocking(move || remove_dir_if_exists(&gone)).await??;
+        let timelines = self.open_dir(&self.layout.timelines())?;
+        tokio::task::spawn_blocking(move || remove_tree_in(&timelines, &gone)).await??;
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1068,7 +1181,9 @@ impl Node {
                 "snapshot name \"fork\" is reserved for the fork point".into(),
             ));
         }
-        self.snapshot(id, name, SnapshotKind::Manual, true).await
+        self.snapshot(id, name, SnapshotKind::Manual, true)
+            .await
+            .map_err(NodeError::refusal_is_conflict)
     }
 
     async fn snapshot(
@@ -1086,16 +1201,18 @@ impl Node {
             )));
         }
         let dir = self.dir(id);
-        if !dir.pgdata().join("PG_VERSION").exists()
-            || dir.pgdata().join("recovery.signal").exists()
-        {
+        if !self.pg_has(id, "PG_VERSION") || self.pg_has(id, "recovery.signal") {
             return Err(NodeError::Conflict(format!(
                 "timeline {id} has not been started yet; its fork snapshot already holds its only state"
             )));
         }
         let staging = dir.snapshot_staging(name);
-        remove_dir_if_exists(&staging)?;
-        std::fs::create_dir(&staging).map_err(io_op("create snapshot staging"))?;
+        let snaps = self.open_dir(&dir.snapshots())?;
+        let staging_name = format!(".creating-{name}");
+        snaps.remove_tree(&staging_name).map_err(CloneError::from)?;
+        let staging_dir = snaps
+            .create_dir(&staging_name, 0o700)
+            .map_err(CloneError::from)?;
         let pg = staging.join("pgdata");
         let running = self.running(id).await;
         let stopped = running.is_none();
@@ -1113,12 +1230,18 @@ impl Node {
                 }
                 None => {
                     let method = self.clone_method;
-                    let (src, dst) = (dir.pgdata(), pg.clone());
+                    let src = self.open_dir(&dir.pgdata())?;
                     tokio::task::spawn_blocking(move || {
-                        clone::clone_tree(&src, &dst, method, &pgdata::stopped_exclude)
+                        clone::clone_tree(
+                            &src,
+                            &staging_dir,
+                            "pgdata",
+                            method,
+                            &pgdata::stopped_exclude,
+                        )
                     })
                     .await??;
-                    let c = pgcontrol::read(&pg)?;
+                    let c = self.read_pg_control(&pg)?;
                     Ok((c.redo, c.checkpoint, c.time, c.timeline, Some(c.checkpoint)))
                 }
             }
@@ -1127,13 +1250,14 @@ impl Node {
         let (start, end, time, tli, after) = match taken {
             Ok(v) => v,
             Err(e) => {
-                let _ = remove_dir_if_exists(&staging);
+                let _ = snaps.remove_tree(&staging_name);
                 return Err(e);
             }
         };
-        clone::syncfs(&staging)?;
-        let final_dir = dir.snapshots().join(name);
-        std::fs::rename(&staging, &final_dir).map_err(io_op("publish snapshot"))?;
+        clone::syncfs(self.layout.root())?;
+        snaps
+            .rename(&staging_name, &snaps, name)
+            .map_err(CloneError::from)?;
         let info = SnapshotInfo {
             name: name.to_string(),
             kind,
@@ -1176,8 +1300,10 @@ impl Node {
         self.snapshot_named(&rec, name)?;
         rec.snapshots.retain(|s| s.info.name != name);
         self.meta.put(&rec)?;
-        let path = self.dir(id).snapshots().join(name);
-        tokio::task::spawn_blocking(move || remove_dir_if_exists(&path)).await??;
+        let snaps = self.open_dir(&self.dir(id).snapshots())?;
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || snaps.remove_tree(&name).map_err(CloneError::from))
+            .await??;
         Ok(())
     }
 
@@ -1222,9 +1348,7 @@ impl Node {
             return Ok(());
         }
         let dir = self.dir(rec.id);
-        if !dir.pgdata().join("PG_VERSION").exists()
-            || dir.pgdata().join("recovery.signal").exists()
-        {
+        if !self.pg_has(rec.id, "PG_VERSION") || self.pg_has(rec.id, "recovery.signal") {
             return Ok(());
         }
         let newest = rec.snapshots.iter().max_by_key(|s| s.info.end_lsn);
@@ -1233,7 +1357,7 @@ impl Node {
                 Ok(c) => control::flush_lsn(&c).await?,
                 Err(_) => return Ok(()), // starting up; next tick
             },
-            None => pgcontrol::read(&dir.pgdata())?.checkpoint,
+            None => self.read_pg_control(&dir.pgdata())?.checkpoint,
         };
         let due = match newest {
             None => true,
@@ -1273,7 +1397,7 @@ impl Node {
             }
             // Record first: from now on nothing will use what is deleted below.
             if let Some(k) = plan.wal_kept_from {
-                write_wal_kept_from(&dir, k)?;
+                write_wal_kept_from(&self.open_dir(&dir.archive())?, k)?;
             }
             rec.snapshots
                 .retain(|s| !plan.snapshots.contains(&s.info.name));
@@ -1281,26 +1405,30 @@ impl Node {
             plan
         };
         let mut freed_files = 0;
+        // Removing goes through descriptors: a link planted in place of a snapshot or a
+        // segment is removed itself, never what it points to.
+        let snaps = self.open_dir(&dir.snapshots())?;
         for name in &plan.snapshots {
-            remove_dir_if_exists(&dir.snapshots().join(name))?;
+            snaps.remove_tree(name).map_err(CloneError::from)?;
         }
         if let Some(first) = plan.first_needed_segment() {
-            for (name, f) in wal::list(&dir.archive())? {
+            let archive = self.open_dir(&dir.archive())?;
+            for (name, f) in wal::list(&archive)? {
                 if let wal::WalFile::Segment { segno, .. } = f {
                     if segno < first {
-                        std::fs::remove_file(dir.archive().join(&name)).map_err(io_op("gc wal"))?;
+                        archive
+                            .remove_file_if_exists(&name)
+                            .map_err(CloneError::from)?;
                         freed_files += 1;
                     }
                 }
             }
             // Old timelines' partial segments are never needed once their range is gone.
-            if let Ok(rd) = std::fs::read_dir(dir.archive()) {
-                for e in rd.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if let Some(seg) = n.strip_suffix(".partial").and_then(wal::parse_name) {
-                        if matches!(seg, wal::WalFile::Segment { segno, .. } if segno < first) {
-                            let _ = std::fs::remove_file(e.path());
-                        }
+            for e in archive.entries().map_err(CloneError::from)? {
+                let n = e.name.to_string_lossy().into_owned();
+                if let Some(seg) = n.strip_suffix(".partial").and_then(wal::parse_name) {
+                    if matches!(seg, wal::WalFile::Segment { segno, .. } if segno < first) {
+                        let _ = archive.remove_file_if_exists(&e.name);
                     }
                 }
             }
@@ -1365,28 +1493,31 @@ fn describe_window(w: &RestoreWindow) -> String {
 
 const WAL_KEPT_FROM: &str = "wal-kept-from";
 
-fn read_wal_kept_from(dir: &TimelineDir) -> Option<Lsn> {
-    std::fs::read_to_string(dir.archive().join(WAL_KEPT_FROM))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+fn read_wal_kept_from(archive: &Dir) -> Option<Lsn> {
+    let bytes = archive.read(WAL_KEPT_FROM).ok()?;
+    String::from_utf8_lossy(&bytes).trim().parse().ok()
 }
 
 /// Written before any WAL is deleted, durably, so forks never pick a base whose WAL is gone.
-fn write_wal_kept_from(dir: &TimelineDir, lsn: Lsn) -> Result<(), NodeError> {
-    let tmp = dir.archive().join(format!("{WAL_KEPT_FROM}.tmp"));
-    std::fs::write(&tmp, lsn.to_string()).map_err(io_op("write wal-kept-from"))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_op("sync wal-kept-from"))?;
-    std::fs::rename(&tmp, dir.archive().join(WAL_KEPT_FROM))
-        .map_err(io_op("publish wal-kept-from"))?;
-    fsync_dir(&dir.archive())
+/// The temporary file is created new (`O_EXCL | O_NOFOLLOW`): a link planted under its
+/// name is replaced, never written through.
+fn write_wal_kept_from(archive: &Dir, lsn: Lsn) -> Result<(), NodeError> {
+    let tmp = format!("{WAL_KEPT_FROM}.tmp");
+    archive
+        .write(&tmp, lsn.to_string().as_bytes(), true)
+        .map_err(CloneError::from)?;
+    archive
+        .rename(&tmp, archive, WAL_KEPT_FROM)
+        .map_err(CloneError::from)?;
+    archive.fsync().map_err(CloneError::from)?;
+    Ok(())
 }
 
-async fn stop_postmaster(pgdata: &Path) -> Result<(), NodeError> {
-    let pidfile = pgdata.join("postmaster.pid");
-    let Some(pid) = std::fs::read_to_string(&pidfile)
+async fn stop_postmaster(pgdata: &Path, pgdata_dir: Dir) -> Result<(), NodeError> {
+    let Some(pid) = pgdata_dir
+        .read("postmaster.pid")
         .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
     else {
         return Err(NodeError::Conflict(
@@ -1428,12 +1559,12 @@ async fn stop_postmaster(pgdata: &Path) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn remove_dir_if_exists(p: &Path) -> Result<(), NodeError> {
-    match std::fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_op(format!("remove {}", p.display()))(e)),
-    }
+/// Removes `path`, a child of the open directory `parent`, with everything below it; a
+/// link is removed, never followed.
+fn remove_tree_in(parent: &Dir, path: &Path) -> Result<(), NodeError> {
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    parent.remove_tree(name).map_err(CloneError::from)?;
+    Ok(())
 }
 
 fn fsync_dir(p: &Path) -> Result<(), NodeError> {

@@ -6,6 +6,8 @@ use std::path::{Component, Path};
 
 use ramify_api::Lsn;
 
+use crate::beneath::{BeneathError, Dir};
+
 /// File names left out of every clone.
 const NEVER: &[&str] = &[
     "postmaster.pid",
@@ -128,11 +130,17 @@ pub fn prepare_recovery(pgdata: &Path, target: RecoveryTarget) -> io::Result<()>
     Ok(())
 }
 
-/// Writes the `backup_label` (and `tablespace_map`, when non-empty) `pg_backup_stop` returned.
-pub fn write_backup_files(pgdata: &Path, label: &str, tablespace_map: &str) -> io::Result<()> {
-    fs::write(pgdata.join("backup_label"), label)?;
+/// Writes the `backup_label` (and `tablespace_map`, when non-empty) `pg_backup_stop` returned
+/// into the open PGDATA `pgdata`. A snapshot's staging directory lies inside the compute's
+/// mount, so the files are created new, never written through a planted link.
+pub fn write_backup_files(
+    pgdata: &Dir,
+    label: &str,
+    tablespace_map: &str,
+) -> Result<(), BeneathError> {
+    pgdata.write("backup_label", label.as_bytes(), false)?;
     if !tablespace_map.is_empty() {
-        fs::write(pgdata.join("tablespace_map"), tablespace_map)?;
+        pgdata.write("tablespace_map", tablespace_map.as_bytes(), false)?;
     }
     Ok(())
 }

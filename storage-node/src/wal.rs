@@ -2,7 +2,6 @@
 //! replays, and reading commit times with `pg_waldump`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +9,7 @@ use std::process::Command;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ramify_api::{CloneMethod, Lsn};
 
+use crate::beneath::Dir;
 use crate::clone::{self, CloneError};
 
 /// Postgres's default (and Ramify's only supported) WAL segment size.
@@ -86,7 +86,7 @@ pub fn segment_name(tli: u32, segno: u64) -> String {
 }
 
 /// The newest Postgres timeline id with a history file in `dir` (1 when there is none).
-pub fn newest_timeline(dir: &Path) -> u32 {
+pub fn newest_timeline(dir: &Dir) -> u32 {
     list(dir)
         .unwrap_or_default()
         .into_values()
@@ -98,22 +98,12 @@ pub fn newest_timeline(dir: &Path) -> u32 {
         .unwrap_or(1)
 }
 
-/// WAL files in `dir` by name (empty when the directory does not exist).
-pub fn list(dir: &Path) -> Result<BTreeMap<String, WalFile>, WalError> {
+/// WAL files in `dir` by name, read from its descriptor. Only names are looked at here;
+/// whatever is cloned from the list is checked when it is opened.
+pub fn list(dir: &Dir) -> Result<BTreeMap<String, WalFile>, WalError> {
     let mut out = BTreeMap::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
-            return Err(WalError::Io {
-                op: "read dir",
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    for e in rd.flatten() {
-        if let Some(name) = e.file_name().to_str() {
+    for e in dir.entries().map_err(CloneError::from)? {
+        if let Some(name) = e.name.to_str() {
             if let Some(f) = parse_name(name) {
                 out.insert(name.to_string(), f);
             }
@@ -130,18 +120,18 @@ pub fn list(dir: &Path) -> Result<BTreeMap<String, WalFile>, WalError> {
 /// the snapshot of a stopped compute holds its last segment as it was then, and the
 /// compute may have written on into that segment after a restart; the source's copy holds
 /// all of it.
+///
+/// Sources are a compute's own directories: a WAL-named symlink, special file or hard
+/// link there is refused (see [`crate::beneath`]), never cloned.
 pub fn gather(
-    pg_wal: &Path,
-    sources: &[&Path],
+    pg_wal: &Dir,
+    sources: &[&Dir],
     segs: std::ops::RangeInclusive<u64>,
     method: CloneMethod,
 ) -> Result<usize, WalError> {
-    let status = pg_wal.join("archive_status");
-    fs::create_dir_all(&status).map_err(|source| WalError::Io {
-        op: "mkdir",
-        path: status.clone(),
-        source,
-    })?;
+    let status = pg_wal
+        .ensure_dir("archive_status", 0o700)
+        .map_err(CloneError::from)?;
     let mut added = 0;
     let mut placed = std::collections::HashSet::new();
     for src in sources {
@@ -153,34 +143,23 @@ pub fn gather(
             if !wanted || placed.contains(&name) {
                 continue;
             }
-            let dst = pg_wal.join(&name);
-            match fs::remove_file(&dst) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(WalError::Io {
-                        op: "replace",
-                        path: dst,
-                        source: e,
-                    })
-                }
-                _ => {}
-            }
-            match clone::clone_file(&src.join(&name), &dst, method) {
+            pg_wal
+                .remove_file_if_exists(&name)
+                .map_err(CloneError::from)?;
+            let n = std::ffi::OsStr::new(&name);
+            match clone::clone_file(src, n, pg_wal, n, method) {
                 Ok(_) => {}
                 // Recycled by a running parent between listing and cloning: an older
                 // source, or a later check, decides whether it mattered.
-                Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                    let _ = fs::remove_file(&dst);
-                    continue;
-                }
+                Err(CloneError::Beneath(e)) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             }
-            let done = status.join(format!("{name}.done"));
-            fs::write(&done, b"").map_err(|source| WalError::Io {
-                op: "write",
-                path: done,
-                source,
-            })?;
-            let _ = fs::remove_file(status.join(format!("{name}.ready")));
+            status
+                .write(format!("{name}.done"), b"", false)
+                .map_err(CloneError::from)?;
+            status
+                .remove_file_if_exists(format!("{name}.ready"))
+                .map_err(CloneError::from)?;
             placed.insert(name);
             added += 1;
         }
@@ -189,7 +168,7 @@ pub fn gather(
 }
 
 /// Checks that `pg_wal` holds every segment from `from` to `to` on some timeline.
-pub fn check_complete(pg_wal: &Path, from: Lsn, to: Lsn, tli: u32) -> Result<(), WalError> {
+pub fn check_complete(pg_wal: &Dir, from: Lsn, to: Lsn, tli: u32) -> Result<(), WalError> {
     let have: Vec<u64> = list(pg_wal)?
         .into_values()
         .filter_map(|f| match f {
@@ -294,6 +273,11 @@ pub fn commits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn dir(p: &Path) -> Dir {
+        Dir::open_root(p).unwrap()
+    }
 
     #[test]
     fn names() {
@@ -381,16 +365,16 @@ rmgr: Transaction len (rec/tot):     82/    82, tx:        737, lsn: 0/0154A500,
         }
         fs::write(arch.join("00000002.history"), b"1\t0/3000000\tx\n").unwrap();
         fs::write(arch.join("000000010000000000000004.partial"), b"p").unwrap();
-        let n = gather(&wal, &[&arch], 1..=3, CloneMethod::Copy).unwrap();
+        let n = gather(&dir(&wal), &[&dir(&arch)], 1..=3, CloneMethod::Copy).unwrap();
         assert_eq!(n, 4);
         assert!(wal.join(segment_name(1, 3)).exists());
         assert!(!wal.join(segment_name(1, 4)).exists());
         assert!(wal
             .join("archive_status/000000010000000000000002.done")
             .exists());
-        assert_eq!(newest_timeline(&wal), 2);
-        check_complete(&wal, Lsn(SEGMENT_SIZE), Lsn(3 * SEGMENT_SIZE + 5), 1).unwrap();
-        assert!(check_complete(&wal, Lsn(0), Lsn(SEGMENT_SIZE), 1).is_err());
+        assert_eq!(newest_timeline(&dir(&wal)), 2);
+        check_complete(&dir(&wal), Lsn(SEGMENT_SIZE), Lsn(3 * SEGMENT_SIZE + 5), 1).unwrap();
+        assert!(check_complete(&dir(&wal), Lsn(0), Lsn(SEGMENT_SIZE), 1).is_err());
     }
 
     #[test]
@@ -409,11 +393,59 @@ rmgr: Transaction len (rec/tot):     82/    82, tx:        737, lsn: 0/0154A500,
         fs::write(archive.join(segment_name(1, 1)), b"archived1").unwrap();
         fs::write(live.join(segment_name(1, 1)), b"live1").unwrap();
         fs::write(live.join(segment_name(1, 2)), b"shutdown+more").unwrap();
-        let n = gather(&wal, &[&archive, &live], 1..=3, CloneMethod::Copy).unwrap();
+        let n = gather(
+            &dir(&wal),
+            &[&dir(&archive), &dir(&live)],
+            1..=3,
+            CloneMethod::Copy,
+        )
+        .unwrap();
         assert_eq!(n, 2);
         let read = |s| fs::read(wal.join(segment_name(1, s))).unwrap();
         assert_eq!(read(1), b"archived1");
         assert_eq!(read(2), b"shutdown+more");
         assert_eq!(read(5), b"outside", "segments outside the range stay");
+    }
+
+    /// A WAL-named symlink or hard link in an archive, pointing at another timeline's
+    /// file, is refused by name; the other file is untouched and nothing is placed.
+    #[test]
+    fn gather_refuses_links_in_a_source() {
+        let t = tempfile::tempdir().unwrap();
+        let (arch, wal) = (t.path().join("arch"), t.path().join("pg_wal"));
+        fs::create_dir_all(&arch).unwrap();
+        fs::create_dir_all(&wal).unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, b"another timeline's relation").unwrap();
+        let seg = segment_name(1, 2);
+        std::os::unix::fs::symlink(&victim, arch.join(&seg)).unwrap();
+        let e = gather(
+            &dir(&wal),
+            &[&dir(t.path()).open_dir("arch").unwrap()],
+            1..=3,
+            CloneMethod::Copy,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("arch/{seg} is a symbolic link")),
+            "{e}"
+        );
+        assert!(!wal.join(&seg).exists());
+        fs::remove_file(arch.join(&seg)).unwrap();
+        fs::hard_link(&victim, arch.join(&seg)).unwrap();
+        let e = gather(
+            &dir(&wal),
+            &[&dir(t.path()).open_dir("arch").unwrap()],
+            1..=3,
+            CloneMethod::Copy,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("arch/{seg} has 2 hard links")),
+            "{e}"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"another timeline's relation");
     }
 }
