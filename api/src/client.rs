@@ -10,6 +10,7 @@ use crate::timeline::{
     ApiError, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, NodeStatus,
     RestorePointInfo, SnapshotInfo, TimelineId, TimelineInfo,
 };
+use crate::token::ApiToken;
 
 /// Why a call failed: the node said no (with its code and message), or it could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +52,28 @@ impl ClientError {
     }
 }
 
-/// Client of one storage node, e.g. `StorageClient::new("http://127.0.0.1:7100")`.
+/// Client of one storage node, e.g.
+/// `StorageClient::new("http://127.0.0.1:7100").with_token(token)`.
 #[derive(Debug, Clone)]
 pub struct StorageClient {
     base: String,
     http: reqwest::Client,
+    token: Option<ApiToken>,
 }
+
+/// How long a call that copies or removes a timeline's files may take in all: a fork at
+/// an LSN or time replays up to `--snapshot-wal-bytes` of WAL, a snapshot or a copy-mode
+/// fork copies a whole PGDATA, a delete unlinks every file of a timeline. On a large
+/// database those run for minutes; a stuck node must still not hang the caller forever.
+pub const SLOW_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// How long a read or a call into a running compute may take: listing and reading
+/// timelines sweeps their extents for the space accounting (seconds on a node with many
+/// large timelines), credentials and restore points wait for the compute's SQL.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+
+/// How long `GET /v1/status` may take: it only reads the filesystem's counters.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A successful create: the timeline and whether this call made it (`201`) or found it (`200`).
 #[derive(Debug, Clone)]
@@ -75,7 +92,15 @@ impl StorageClient {
         StorageClient {
             base: base.into().trim_end_matches('/').to_string(),
             http,
+            token: None,
         }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every call (the node
+    /// refuses calls without it).
+    pub fn with_token(mut self, token: ApiToken) -> StorageClient {
+        self.token = Some(token);
+        self
     }
 
     /// The node's base URL.
@@ -88,9 +113,13 @@ impl StorageClient {
         method: Method,
         path: &str,
         body: Option<&B>,
+        timeout: Duration,
     ) -> Result<(StatusCode, T), ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -132,7 +161,9 @@ impl StorageClient {
         &self,
         req: &CreateTimeline,
     ) -> Result<Created<TimelineInfo>, ClientError> {
-        let (status, value) = self.call(Method::POST, "/v1/timelines", Some(req)).await?;
+        let (status, value) = self
+            .call(Method::POST, "/v1/timelines", Some(req), SLOW_CALL_TIMEOUT)
+            .await?;
         Ok(Created {
             value,
             created: status == StatusCode::CREATED,
@@ -142,13 +173,16 @@ impl StorageClient {
     /// `GET /v1/timelines/{id}`.
     pub async fn get_timeline(&self, id: TimelineId) -> Result<TimelineInfo, ClientError> {
         let path = format!("/v1/timelines/{id}");
-        Ok(self.call::<(), _>(Method::GET, &path, None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::GET, &path, None, READ_TIMEOUT)
+            .await?
+            .1)
     }
 
     /// `GET /v1/timelines`.
     pub async fn list_timelines(&self) -> Result<Vec<TimelineInfo>, ClientError> {
         Ok(self
-            .call::<(), _>(Method::GET, "/v1/timelines", None)
+            .call::<(), _>(Method::GET, "/v1/timelines", None, READ_TIMEOUT)
             .await?
             .1)
     }
@@ -156,7 +190,7 @@ impl StorageClient {
     /// `DELETE /v1/timelines/{id}`; `force` also deletes under a running compute.
     pub async fn delete_timeline(&self, id: TimelineId, force: bool) -> Result<(), ClientError> {
         let path = format!("/v1/timelines/{id}?force={force}");
-        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None, SLOW_CALL_TIMEOUT)
             .await
             .map(|_| ())
     }
@@ -169,19 +203,25 @@ impl StorageClient {
     ) -> Result<SnapshotInfo, ClientError> {
         let path = format!("/v1/timelines/{id}/snapshots");
         let body = CreateSnapshot { name: name.into() };
-        Ok(self.call(Method::POST, &path, Some(&body)).await?.1)
+        Ok(self
+            .call(Method::POST, &path, Some(&body), SLOW_CALL_TIMEOUT)
+            .await?
+            .1)
     }
 
     /// `GET /v1/timelines/{id}/snapshots`.
     pub async fn list_snapshots(&self, id: TimelineId) -> Result<Vec<SnapshotInfo>, ClientError> {
         let path = format!("/v1/timelines/{id}/snapshots");
-        Ok(self.call::<(), _>(Method::GET, &path, None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::GET, &path, None, READ_TIMEOUT)
+            .await?
+            .1)
     }
 
     /// `DELETE /v1/timelines/{id}/snapshots/{name}`.
     pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), ClientError> {
         let path = format!("/v1/timelines/{id}/snapshots/{name}");
-        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None, SLOW_CALL_TIMEOUT)
             .await
             .map(|_| ())
     }
@@ -193,7 +233,10 @@ impl StorageClient {
         req: &CreateRestorePoint,
     ) -> Result<RestorePointInfo, ClientError> {
         let path = format!("/v1/timelines/{id}/restore-points");
-        Ok(self.call(Method::POST, &path, Some(req)).await?.1)
+        Ok(self
+            .call(Method::POST, &path, Some(req), READ_TIMEOUT)
+            .await?
+            .1)
     }
 
     /// `PUT /v1/timelines/{id}/credentials`: needs the timeline's compute running.
@@ -203,13 +246,16 @@ impl StorageClient {
         creds: &Credentials,
     ) -> Result<(), ClientError> {
         let path = format!("/v1/timelines/{id}/credentials");
-        self.call::<_, serde_json::Value>(Method::PUT, &path, Some(creds))
+        self.call::<_, serde_json::Value>(Method::PUT, &path, Some(creds), READ_TIMEOUT)
             .await
             .map(|_| ())
     }
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        Ok(self.call::<(), _>(Method::GET, "/v1/status", None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/status", None, STATUS_TIMEOUT)
+            .await?
+            .1)
     }
 }

@@ -8,7 +8,9 @@ pub mod client;
 pub mod lsn;
 pub mod names;
 pub mod timeline;
+pub mod token;
 
 pub use client::{ClientError, StorageClient};
 pub use lsn::{Lsn, LsnParseError};
 pub use timeline::*;
+pub use token::{ApiToken, TokenError};

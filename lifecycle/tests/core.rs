@@ -89,8 +89,10 @@ async fn fixture() -> Fixture {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, ramify_storage::api::router(node)).await });
-    let storage = StorageClient::new(url);
+    let token = ramify_api::ApiToken::generate().unwrap();
+    let api = ramify_storage::api::router(node, token.clone(), "the test's");
+    tokio::spawn(async move { axum::serve(listener, api).await });
+    let storage = StorageClient::new(url).with_token(token);
     let runtime = Arc::new(FakeRuntime::default());
     let store = Arc::new(JsonFileStore::new(dir.path().join("branches.json")));
     let lifecycle = Lifecycle::new(storage.clone(), runtime.clone(), store.clone(), "127.0.0.1");

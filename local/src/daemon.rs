@@ -94,9 +94,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         },
         Arc::new(Metrics::default()),
     )?);
+    // Its API is on a loopback port any local user can connect to: it requires its own
+    // random token, kept only in the 0600 daemon file.
+    let storage_token = ramify_api::ApiToken::generate()?;
     let storage_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let storage_url = format!("http://{}", storage_listener.local_addr()?);
-    let router = ramify_storage::api::router(node.clone());
+    let router = ramify_storage::api::router(
+        node.clone(),
+        storage_token.clone(),
+        &format!(
+            "`storage_token` in {}, readable by the daemon's user only",
+            DaemonFile::path(&data_dir).display()
+        ),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(storage_listener, router).await {
             warn!(error = %e, "storage API stopped");
@@ -117,7 +127,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let control = Arc::new(LocalControl::default());
     let proxy = Proxy::new(control.clone(), ProxyOptions::default());
     let runtime = Arc::new(LocalRuntime::new(pg, user, proxy));
-    let storage = StorageClient::new(storage_url.clone());
+    let storage = StorageClient::new(storage_url.clone()).with_token(storage_token.clone());
     let store = Arc::new(JsonFileStore::new(files::state_path(&data_dir)));
     let lifecycle = Arc::new(Lifecycle::new(
         storage.clone(),
@@ -193,6 +203,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             api: api.clone(),
             token,
             storage_url: storage_url.clone(),
+            storage_token: storage_token.expose().to_string(),
         },
     )?;
     info!(%api, %storage_url, data_dir = %data_dir.display(), clone_method = %node.clone_method(), "ramify local mode ready");

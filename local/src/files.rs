@@ -36,6 +36,10 @@ pub struct DaemonFile {
     pub token: String,
     /// Base URL of its storage node's API (loopback).
     pub storage_url: String,
+    /// Bearer token the storage node's API requires: any local user can reach a loopback
+    /// port, only the daemon's owner can read this file.
+    #[serde(default)]
+    pub storage_token: String,
 }
 
 impl DaemonFile {

@@ -27,6 +27,24 @@ pub struct Config {
     #[arg(long, env = "RAMIFY_STORAGE_URL")]
     pub storage_url: Option<String>,
 
+    /// Secret (key `token`) holding the storage nodes' API bearer token; created when
+    /// missing. The storage StatefulSet reads the same Secret.
+    #[arg(
+        long,
+        env = "RAMIFY_STORAGE_TOKEN_SECRET",
+        default_value = "ramify-storage-token"
+    )]
+    pub storage_token_secret: String,
+
+    /// File holding the storage API token (mode 0600), used instead of the Secret: for an
+    /// operator run outside the cluster or with the token mounted by other means.
+    #[arg(long, env = "RAMIFY_STORAGE_TOKEN_FILE")]
+    pub storage_token_file: Option<std::path::PathBuf>,
+
+    /// The storage API token in use, resolved at start-up from the file or the Secret.
+    #[arg(skip)]
+    pub storage_token: Option<ramify_api::ApiToken>,
+
     /// Postgres image of the compute Pods (official `postgres` layout).
     #[arg(long, env = "RAMIFY_COMPUTE_IMAGE", default_value = "postgres:15")]
     pub compute_image: String,

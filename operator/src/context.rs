@@ -86,7 +86,13 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(node.to_string())
-            .or_insert_with(|| StorageClient::new(self.config.storage_url(node)))
+            .or_insert_with(|| {
+                let client = StorageClient::new(self.config.storage_url(node));
+                match &self.config.storage_token {
+                    Some(t) => client.with_token(t.clone()),
+                    None => client,
+                }
+            })
             .clone()
     }
 

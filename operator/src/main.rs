@@ -71,6 +71,27 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("cannot read or create the proxy token Secret")?;
+    let storage_token = match &config.storage_token_file {
+        Some(path) => ramify_api::ApiToken::from_file(path)?,
+        None => {
+            let value = ramify_operator::token::ensure(
+                client.clone(),
+                &config.namespace,
+                &config.storage_token_secret,
+            )
+            .await
+            .context("cannot read or create the storage token Secret")?;
+            ramify_api::ApiToken::new(
+                &value,
+                &format!(
+                    "Secret {}/{}",
+                    config.namespace, config.storage_token_secret
+                ),
+            )?
+        }
+    };
+    let mut config = config;
+    config.storage_token = Some(storage_token);
     let cell = Arc::clone(&state.ctx);
     ramify_operator::run_controller(client, config, metrics, token, move |ctx| {
         let _ = cell.set(ctx);

@@ -119,7 +119,7 @@ impl Bench {
         let node = StorageNodeProcess::start(&bin, &scratch.path().join("data"), &args)
             .await
             .context("start ramify-storage")?;
-        let client = StorageClient::new(node.url());
+        let client = node.client();
         Ok(Bench {
             node,
             client,

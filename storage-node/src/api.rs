@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use ramify_api::{
-    ApiError, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, TimelineId,
+    ApiError, ApiToken, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, TimelineId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -84,8 +85,14 @@ fn parse_id(s: &str) -> Result<TimelineId> {
         .map_err(|_| HttpError::bad(format!("invalid timeline id {s:?}: expected a UUID")))
 }
 
-/// The router of the whole API.
-pub fn router(node: AppState) -> Router {
+/// The router of the control API (`/v1`): every route but `/healthz` answers 401 unless
+/// the request carries `Authorization: Bearer <token>`. `token_source` tells a refused
+/// caller where the token is kept (a flag, a file, the daemon file).
+pub fn router(node: AppState, token: ApiToken, token_source: &str) -> Router {
+    let auth = Arc::new(Auth {
+        token,
+        source: token_source.to_string(),
+    });
     Router::new()
         .route("/v1/timelines", get(list).post(create))
         .route("/v1/timelines/{id}", get(get_one).delete(delete_one))
@@ -103,19 +110,84 @@ pub fn router(node: AppState) -> Router {
             delete(delete_snapshot),
         )
         .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             HttpError(
                 StatusCode::NOT_FOUND,
                 ApiError {
                     code: "not_found".into(),
-                    message: "no such endpoint; see /v1/timelines, /v1/status, /metrics, /healthz"
+                    message: "no such endpoint; see /v1/timelines, /v1/status, /healthz (/metrics is served on the metrics listener)"
                         .into(),
                 },
             )
         })
+        // Also guards the fallback: an unauthenticated caller learns nothing, not even
+        // which paths exist.
+        .layer(axum::middleware::from_fn_with_state(auth, require_token))
+        .route("/healthz", get(healthz))
         .with_state(node)
+}
+
+/// The router of the metrics listener: `/metrics` (Prometheus text), `/healthz` and
+/// `/v1/status` (the node's filesystem and counts, what `kubectl ramify status` shows), no
+/// credential. It reveals counters and the node's space, never a timeline or a route
+/// that changes anything, so a monitoring peer can be let in without the API token.
+pub fn metrics_router(node: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            HttpError(
+                StatusCode::NOT_FOUND,
+                ApiError {
+                    code: "not_found".into(),
+                    message: "the metrics listener serves only /metrics, /v1/status and /healthz; the control API is on --listen, with a token".into(),
+                },
+            )
+        })
+        .with_state(node)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The control API's credential and where it comes from.
+struct Auth {
+    token: ApiToken,
+    source: String,
+}
+
+async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if auth.token.matches_header(presented) {
+        return next.run(req).await;
+    }
+    let why = if presented.is_some() {
+        "wrong bearer token"
+    } else {
+        "missing Authorization header"
+    };
+    tracing::warn!(method = %req.method(), path = %req.uri().path(), why, "refused an unauthenticated storage API call");
+    let mut resp = HttpError(
+        StatusCode::UNAUTHORIZED,
+        ApiError {
+            code: "unauthorized".into(),
+            message: format!(
+                "{why}: the storage API needs `Authorization: Bearer <token>`, the token being {}",
+                auth.source
+            ),
+        },
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"ramify-storage\""),
+    );
+    resp
 }
 
 async fn create(State(node): State<AppState>, body: Bytes) -> Result<Response> {
@@ -231,4 +303,196 @@ async fn metrics(State(node): State<AppState>) -> Result<Response> {
         ),
     ];
     Ok(node.metrics().render(&gauges).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::node::NodeConfig;
+    use std::time::Duration;
+
+    const TOKEN: &str = "test-token-0123456789-abcdefghijklmnop";
+    const NOBODY: &str = "00000000-0000-4000-8000-000000000000";
+
+    /// Every route of the control API with a method it serves.
+    fn routes() -> Vec<(reqwest::Method, String)> {
+        use reqwest::Method as M;
+        let tl = format!("/v1/timelines/{NOBODY}");
+        vec![
+            (M::GET, "/v1/timelines".into()),
+            (M::POST, "/v1/timelines".into()),
+            (M::GET, tl.clone()),
+            (M::DELETE, format!("{tl}?force=true")),
+            (M::PUT, format!("{tl}/credentials")),
+            (M::POST, format!("{tl}/restore-points")),
+            (M::GET, format!("{tl}/snapshots")),
+            (M::POST, format!("{tl}/snapshots")),
+            (M::DELETE, format!("{tl}/snapshots/s1")),
+            (M::GET, "/v1/status".into()),
+        ]
+    }
+
+    struct Served {
+        _dir: tempfile::TempDir,
+        api: String,
+        metrics: String,
+        http: reqwest::Client,
+    }
+
+    async fn serve() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(
+            Node::open(
+                NodeConfig {
+                    data_dir: dir.path().join("data"),
+                    restore_window: Duration::from_secs(3600),
+                    snapshot_interval: Duration::ZERO,
+                    snapshot_wal_bytes: 0,
+                    waldump: None,
+                },
+                Arc::new(Metrics::default()),
+            )
+            .unwrap(),
+        );
+        let token = ApiToken::new(TOKEN, "test").unwrap();
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let urls = (
+            format!("http://{}", api.local_addr().unwrap()),
+            format!("http://{}", metrics.local_addr().unwrap()),
+        );
+        let r = router(node.clone(), token, "in the test's constant");
+        tokio::spawn(async move { axum::serve(api, r).await });
+        let m = metrics_router(node);
+        tokio::spawn(async move { axum::serve(metrics, m).await });
+        Served {
+            _dir: dir,
+            api: urls.0,
+            metrics: urls.1,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(
+        s: &Served,
+        method: reqwest::Method,
+        url: String,
+        auth: Option<&str>,
+    ) -> (reqwest::StatusCode, Option<String>, serde_json::Value) {
+        let mut req = s.http.request(method, url).json(&serde_json::json!({}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        (status, www, json)
+    }
+
+    #[tokio::test]
+    async fn every_route_refuses_a_missing_or_wrong_token() {
+        let s = serve().await;
+        let wrong_same_length = format!("Bearer {}", "x".repeat(TOKEN.len()));
+        let bad_auth = [
+            None,
+            Some("Bearer"),
+            Some("Bearer wrong"),
+            Some(wrong_same_length.as_str()),
+            Some("Basic dGVzdDp0ZXN0"),
+        ];
+        for (method, path) in routes() {
+            for auth in bad_auth {
+                let (status, www, body) =
+                    send(&s, method.clone(), format!("{}{path}", s.api), auth).await;
+                assert_eq!(status, 401, "{method} {path} with {auth:?}: {body}");
+                assert!(
+                    www.unwrap_or_default().starts_with("Bearer"),
+                    "{method} {path}"
+                );
+                assert_eq!(body["code"], "unauthorized", "{body}");
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("in the test's constant"),
+                    "the message says where the token is: {body}"
+                );
+            }
+            // With the token the same request reaches its handler, not the fallback:
+            // the list above names real routes.
+            let (status, _, body) = send(
+                &s,
+                method.clone(),
+                format!("{}{path}", s.api),
+                Some(&format!("Bearer {TOKEN}")),
+            )
+            .await;
+            assert_ne!(status, 401, "{method} {path}: {body}");
+            assert!(
+                !body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("no such endpoint"),
+                "{method} {path} is not a route: {body}"
+            );
+        }
+        // Unknown paths are hidden behind the token too.
+        let (status, _, _) = send(&s, reqwest::Method::GET, format!("{}/v2/x", s.api), None).await;
+        assert_eq!(status, 401);
+    }
+
+    #[tokio::test]
+    async fn healthz_is_open_and_metrics_only_on_the_metrics_listener() {
+        let s = serve().await;
+        for base in [&s.api, &s.metrics] {
+            let resp = reqwest::get(format!("{base}/healthz")).await.unwrap();
+            assert_eq!(resp.status(), 200, "{base}/healthz");
+        }
+        let auth = format!("Bearer {TOKEN}");
+        // The control port no longer serves /metrics, with or without the token.
+        let (status, _, _) =
+            send(&s, reqwest::Method::GET, format!("{}/metrics", s.api), None).await;
+        assert_eq!(status, 401);
+        let (status, _, body) = send(
+            &s,
+            reqwest::Method::GET,
+            format!("{}/metrics", s.api),
+            Some(&auth),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        let resp = reqwest::get(format!("{}/metrics", s.metrics))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp
+            .text()
+            .await
+            .unwrap()
+            .contains("ramify_storage_timelines "));
+        // ...and nothing of the control API but the read-only node status.
+        let resp = reqwest::get(format!("{}/v1/status", s.metrics))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        for (method, path) in routes().into_iter().filter(|(_, p)| p != "/v1/status") {
+            let (status, _, body) = send(
+                &s,
+                method.clone(),
+                format!("{}{path}", s.metrics),
+                Some(&auth),
+            )
+            .await;
+            assert_eq!(
+                status, 404,
+                "{method} {path} on the metrics listener: {body}"
+            );
+        }
+    }
 }

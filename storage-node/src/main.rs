@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ramify_api::ApiToken;
 use ramify_storage::metrics::Metrics;
 use ramify_storage::node::{Node, NodeConfig};
 use tracing::{info, warn};
@@ -15,8 +16,14 @@ use tracing::{info, warn};
 /// reflink filesystem and forks them copy-on-write at the latest state, an LSN, a time or
 /// a snapshot. Serves a JSON API under /v1 (see the project's docs/storage-api.md).
 ///
+/// Every call but /healthz needs `Authorization: Bearer <token>`; the token comes from
+/// --token-file (preferred) or $RAMIFY_STORAGE_TOKEN, and the node does not start without
+/// one. Prometheus metrics are served, without a credential, only on --metrics-listen.
+///
 /// Example:
-///   ramify-storage --data-dir /var/lib/ramify --listen 127.0.0.1:7100 --restore-window 7d
+///   head -c 32 /dev/urandom | base64 > token && chmod 600 token
+///   ramify-storage --data-dir /var/lib/ramify --listen 127.0.0.1:7100 --token-file token \
+///     --metrics-listen 127.0.0.1:7101 --restore-window 7d
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -26,6 +33,17 @@ struct Args {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7100", env = "RAMIFY_STORAGE_LISTEN")]
     listen: SocketAddr,
+    /// File holding the API's bearer token (at least 32 printable characters; one trailing
+    /// newline is ignored). Must not be readable by its group or others (mode 0600/0400).
+    /// Without it the token is read from the environment variable RAMIFY_STORAGE_TOKEN
+    /// (for a Kubernetes Secret, whose files the Pod's fsGroup makes group-readable);
+    /// there is no flag for the token itself, which `ps` would show.
+    #[arg(long, env = "RAMIFY_STORAGE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Address of a second listener serving only /metrics (Prometheus text) and /healthz,
+    /// without a credential, for monitoring. Default: none (metrics are not served).
+    #[arg(long, env = "RAMIFY_STORAGE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How far back forks at an LSN or time can reach (e.g. 7d, 12h, 30m). Older
     /// snapshots and WAL are garbage-collected.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
@@ -101,9 +119,32 @@ fn find_waldump(explicit: Option<&PathBuf>) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Environment variable holding the API token when no --token-file is given.
+const TOKEN_ENV: &str = "RAMIFY_STORAGE_TOKEN";
+
+/// The API token and, for refused callers, a phrase saying where it is kept.
+fn api_token(args: &Args) -> anyhow::Result<(ApiToken, String)> {
+    if let Some(path) = &args.token_file {
+        let token = ApiToken::from_file(path)?;
+        return Ok((
+            token,
+            format!("in the node's --token-file ({})", path.display()),
+        ));
+    }
+    if let Ok(value) = std::env::var(TOKEN_ENV) {
+        let token = ApiToken::new(&value, TOKEN_ENV)?;
+        return Ok((token, "the node's RAMIFY_STORAGE_TOKEN".to_string()));
+    }
+    anyhow::bail!(
+        "no API token: pass --token-file PATH (a file of mode 0600 holding at least 32 printable characters) or set RAMIFY_STORAGE_TOKEN; every caller then sends it as `Authorization: Bearer <token>`"
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before anything else: a node that would serve without a credential must not start.
+    let (token, token_source) = api_token(&args)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
@@ -152,8 +193,20 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    let app =
-        ramify_storage::api::router(node.clone()).layer(axum::middleware::from_fn_with_state(
+    if let Some(addr) = args.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+        info!(metrics_listen = %addr, "serving /metrics");
+        let metrics_app = ramify_storage::api::metrics_router(node.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+                warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let app = ramify_storage::api::router(node.clone(), token, &token_source).layer(
+        axum::middleware::from_fn_with_state(
             node,
             |axum::extract::State(n): axum::extract::State<Arc<Node>>,
              req: axum::extract::Request,
@@ -161,7 +214,8 @@ async fn main() -> anyhow::Result<()> {
                 n.metrics().request();
                 next.run(req).await
             },
-        ));
+        ),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

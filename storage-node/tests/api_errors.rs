@@ -15,7 +15,9 @@ async fn call(
     body: Option<&str>,
 ) -> (StatusCode, Value) {
     let http = reqwest::Client::new();
-    let mut req = http.request(method, format!("{}{}", env.node.url(), path));
+    let mut req = http
+        .request(method, format!("{}{}", env.node.url(), path))
+        .bearer_auth(env.node.token().expose());
     if let Some(b) = body {
         req = req
             .header("content-type", "application/json")
@@ -290,12 +292,14 @@ async fn every_error_code_is_answered_as_json() {
     assert_eq!(s, StatusCode::OK);
     let listed = env.client.list_timelines().await.unwrap();
     assert_eq!(listed.len(), 3);
-    let (s, metrics) = call(&env, M::GET, "/metrics", None).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        metrics,
-        Value::Null,
-        "metrics are Prometheus text, not JSON"
+    let metrics = reqwest::get(format!("{}/metrics", env.node.metrics_url()))
+        .await
+        .expect("metrics listener");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let metrics = metrics.text().await.unwrap_or_default();
+    assert!(
+        metrics.contains("ramify_storage_timelines 3"),
+        "metrics are Prometheus text counting the timelines: {metrics}"
     );
     let st = env.client.status().await.unwrap();
     assert_eq!(st.timelines, 3);

@@ -1,5 +1,6 @@
-//! A `ramify-storage` process for a test: spawned as the Postgres user, health-checked,
-//! killable with SIGKILL, restartable with the same arguments, stopped on drop.
+//! A `ramify-storage` process for a test: spawned as the Postgres user with its own random
+//! API token and a metrics listener, health-checked, killable with SIGKILL, restartable
+//! with the same arguments, stopped on drop.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use ramify_api::{ApiToken, StorageClient};
 use ramify_compute::tail::{file_tail, TAIL_LINES};
 use ramify_compute::PgUser;
 
@@ -68,6 +70,9 @@ pub enum StorageNodeError {
         /// The end of its log.
         log_tail: String,
     },
+    /// No random token could be made.
+    #[error(transparent)]
+    Token(#[from] ramify_api::TokenError),
     /// Signalling or waiting for the process failed.
     #[error("could not {action} storage node pid {pid}: {source}")]
     Signal {
@@ -87,6 +92,8 @@ pub struct StorageNodeProcess {
     bin: PathBuf,
     args: Vec<OsString>,
     port: u16,
+    metrics_port: u16,
+    token: ApiToken,
     user: PgUser,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
@@ -94,9 +101,10 @@ pub struct StorageNodeProcess {
 }
 
 impl StorageNodeProcess {
-    /// Spawns `bin --data-dir DATA_DIR --listen 127.0.0.1:PORT EXTRA_ARGS…` as the
-    /// Postgres user (creating `data_dir` for it when missing) and waits until
-    /// `/healthz` answers 200.
+    /// Spawns `bin --data-dir DATA_DIR --listen 127.0.0.1:PORT --token-file FILE
+    /// --metrics-listen 127.0.0.1:PORT2 EXTRA_ARGS…` as the Postgres user (creating
+    /// `data_dir` for it when missing; FILE holds a fresh random token, mode 0600) and
+    /// waits until `/healthz` answers 200.
     pub async fn start(
         bin: &Path,
         data_dir: &Path,
@@ -111,14 +119,6 @@ impl StorageNodeProcess {
             })?;
             user.chown(data_dir)?;
         }
-        let port = free_port();
-        let mut args: Vec<OsString> = vec![
-            "--data-dir".into(),
-            data_dir.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-        ];
-        args.extend(extra_args.iter().map(OsString::from));
         let log_dir = tempfile::Builder::new()
             .prefix("ramify-storage-log-")
             .tempdir()
@@ -127,11 +127,36 @@ impl StorageNodeProcess {
                 path: PathBuf::from("the storage node log"),
                 source,
             })?;
+        let token = ApiToken::generate()?;
+        let token_file = log_dir.path().join("token");
+        write_private(&token_file, token.expose()).map_err(|source| StorageNodeError::Io {
+            action: "write",
+            path: token_file.clone(),
+            source,
+        })?;
+        // The node runs as the Postgres user: it must be able to reach and read the file.
+        user.chown(log_dir.path())?;
+        user.chown(&token_file)?;
+        let port = free_port();
+        let metrics_port = free_port();
+        let mut args: Vec<OsString> = vec![
+            "--data-dir".into(),
+            data_dir.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--token-file".into(),
+            token_file.into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}").into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
         let log = log_dir.path().join("storage.log");
         let mut node = Self {
             bin: bin.to_path_buf(),
             args,
             port,
+            metrics_port,
+            token,
             user,
             log,
             _log_dir: log_dir,
@@ -149,6 +174,21 @@ impl StorageNodeProcess {
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The base URL of the metrics listener (`/metrics`, `/healthz`).
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+
+    /// The node's API token.
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    /// A client of the node's API that sends its token.
+    pub fn client(&self) -> StorageClient {
+        StorageClient::new(self.url()).with_token(self.token.clone())
     }
 
     /// The process id while running.
@@ -282,6 +322,18 @@ impl StorageNodeProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Creates `path` with mode 0600 from the start (never briefly readable by others).
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content.as_bytes())
 }
 
 impl Drop for StorageNodeProcess {

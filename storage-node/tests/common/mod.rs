@@ -32,7 +32,7 @@ impl Env {
         )
         .await
         .expect("storage node");
-        let client = StorageClient::new(node.url());
+        let client = node.client();
         Env {
             node,
             client,
