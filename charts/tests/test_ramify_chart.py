@@ -132,6 +132,7 @@ def test_operator_deployment(rendered):
         "postgres-version": "15",
         "default-suspend-after": "5m",
         "proxy-token-secret": "ramify-proxy-token",
+        "storage-token-secret": "ramify-storage-token",
         "listen": "0.0.0.0:8080",
         "cluster-domain": "cluster.local",
         "log-format": "text",
@@ -199,6 +200,7 @@ def test_storage_statefulset(rendered):
     assert flags(c) == {
         "data-dir": "/var/lib/ramify",
         "listen": "0.0.0.0:7070",
+        "metrics-listen": "0.0.0.0:7071",
         "pg-bin": "/usr/lib/postgresql/15/bin",
         "restore-window": values["storage"]["restoreWindow"],
         "snapshot-interval": values["storage"]["snapshotInterval"],
@@ -208,7 +210,10 @@ def test_storage_statefulset(rendered):
     assert {"name": "data", "mountPath": "/var/lib/ramify"} in c["volumeMounts"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
-    assert c["ports"] == [{"name": "http", "containerPort": 7070, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 7070, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 7071, "protocol": "TCP"},
+    ]
     [claim] = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == values["storage"]["size"]
@@ -216,8 +221,23 @@ def test_storage_statefulset(rendered):
 
     service = rendered.get("Service", "ramify-storage")
     assert service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["ports"][0]["port"] == 7070
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 7070), ("metrics", 7071)]
     assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+
+
+def test_storage_api_token_is_the_operators_secret(rendered):
+    """The storage node refuses to start without a token; it reads the one Secret the
+    operator creates and uses, and the chart itself renders no token (a random value in a
+    template would change on every upgrade and under Argo CD)."""
+    c = container(rendered.get("StatefulSet", "ramify-storage"), "storage")
+    assert {"name": "RAMIFY_STORAGE_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "ramify-storage-token", "key": "token"}}} in c["env"]
+    assert "token-file" not in flags(c), "Secret files are group-readable under fsGroup"
+    op = flags(container(rendered.get("Deployment", "ramify-operator"), "operator"))
+    assert op["storage-token-secret"] == "ramify-storage-token"
+    assert [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == "ramify-storage-token"] == []
+    # No token value is rendered anywhere: every environment variable comes from a reference.
+    assert all("value" not in e for e in c["env"]), c["env"]
 
 
 def test_storage_class_and_size_come_from_values():
@@ -421,6 +441,8 @@ def test_network_policies(rendered):
     assert from_component(rule) == ["proxy"]
     assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
 
+    # The API port is the operator's alone; no one is let in on the metrics port unless
+    # monitoringFrom names them.
     [rule] = policy("ramify-storage")["ingress"]
     assert from_component(rule) == ["operator"]
     assert rule["ports"] == [{"port": 7070, "protocol": "TCP"}]
@@ -436,8 +458,11 @@ def test_network_policies(rendered):
 def test_monitoring_peers_and_disabling_policies():
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     out = kube.render(RAMIFY_CHART, {"networkPolicy": {"monitoringFrom": [peer]}}, namespace=NAMESPACE)
-    for name in ("ramify-storage", "ramify-operator"):
-        assert peer in out.get("NetworkPolicy", name)["spec"]["ingress"][0]["from"]
+    assert peer in out.get("NetworkPolicy", "ramify-operator")["spec"]["ingress"][0]["from"]
+    # Storage: monitoring reaches the metrics port only, never the API port.
+    api, metrics = out.get("NetworkPolicy", "ramify-storage")["spec"]["ingress"]
+    assert peer not in api["from"] and api["ports"] == [{"port": 7070, "protocol": "TCP"}]
+    assert metrics == {"from": [peer], "ports": [{"port": 7071, "protocol": "TCP"}]}
     for obj in out.of_kind("NetworkPolicy"):
         kube.validate(obj)
     out = kube.render(RAMIFY_CHART, {"networkPolicy": {"enabled": False}}, namespace=NAMESPACE)

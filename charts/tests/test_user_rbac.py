@@ -43,7 +43,7 @@ def connect_rules(storage_replicas: int = 1) -> list[dict[str, Any]]:
         {
             "apiGroups": [""],
             "resources": ["pods/proxy"],
-            "resourceNames": [f"ramify-storage-{i}:7070" for i in range(storage_replicas)],
+            "resourceNames": [f"ramify-storage-{i}:7071" for i in range(storage_replicas)],
             "verbs": ["get"],
         },
         {
@@ -260,8 +260,9 @@ def test_aggregated_roles_name_every_kind_users_write(crds):
 
 
 def test_pod_proxy_names_match_the_clis_requests():
-    """The CLI reads storage nodes through /pods/<pod>:7070/proxy/...; RBAC authorizes such a
-    request for the name `<pod>:7070`, which is what the connect role lists."""
+    """The CLI reads storage nodes through /pods/<pod>:7071/proxy/... (the metrics listener,
+    never the token-guarded API on 7070); RBAC authorizes such a request for the name
+    `<pod>:7071`, which is what the connect role lists."""
     sources = "\n".join(p.read_text() for p in (REPO / "cli" / "src").rglob("*.rs"))
     ports = set(re.findall(r"/pods/\{\w+\}:(\d+)/proxy", sources))
-    assert ports == {"7070"}, ports
+    assert ports == {"7071"}, ports

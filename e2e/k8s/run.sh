@@ -141,7 +141,7 @@ compute_image() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES'
 pull_policy() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('pullPolicy') or 'IfNotPresent')"; }
 
 storage_status() { # GET /v1/status of storage node 0, through the API server's proxy
-  k get --raw "/api/v1/namespaces/$SYS/pods/ramify-storage-0:7070/proxy/v1/status"
+  k get --raw "/api/v1/namespaces/$SYS/pods/ramify-storage-0:7071/proxy/v1/status"
 }
 
 step "install CRDs (server-side apply) and wait until established"

@@ -589,7 +589,7 @@ impl Kube {
                 problems.push(format!("storage Pod {pod}: {}", pod_problem(p)));
             }
             let req =
-                kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods/{pod}:7070/proxy"))
+                kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods/{pod}:7071/proxy"))
                     .get_subresource("status", "v1");
             let node: Result<ramify_api::NodeStatus, String> = match req {
                 Ok(req) => self.client.request(req).await.map_err(|e| {
