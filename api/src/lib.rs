@@ -7,6 +7,7 @@
 pub mod client;
 pub mod lsn;
 pub mod names;
+pub mod parameters;
 pub mod timeline;
 pub mod token;
 

@@ -17,23 +17,6 @@ pub fn include_line(file: &str) -> String {
 /// Longest Unix socket path Postgres accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Settings Ramify owns; a user parameter may not override them.
-const RESERVED: [&str; 13] = [
-    "port",
-    "listen_addresses",
-    "unix_socket_directories",
-    "unix_socket_permissions",
-    "archive_mode",
-    "archive_command",
-    "archive_library",
-    "data_directory",
-    "config_file",
-    "hba_file",
-    "ident_file",
-    "include",
-    "include_dir",
-];
-
 /// Errors rendering settings or editing `postgresql.conf`.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -46,11 +29,15 @@ pub enum SettingsError {
         /// The offending name.
         name: String,
     },
-    /// A parameter would override a setting Ramify controls.
-    #[error("Postgres parameter `{name}` is managed by Ramify and cannot be set")]
-    Reserved {
+    /// A parameter the one list in `ramify_api::parameters` refuses: it would run a
+    /// program, load code, name a server file, change recovery, replication or
+    /// archiving, or override a setting Ramify controls.
+    #[error("{}", ramify_api::parameters::refusal_message(name, *why))]
+    Refused {
         /// The offending name.
         name: String,
+        /// Why it is refused.
+        why: ramify_api::parameters::Refusal,
     },
     /// A value contains a NUL byte, which a configuration file cannot hold.
     #[error("value of Postgres parameter `{name}` contains a NUL byte")]
@@ -202,9 +189,10 @@ fn validate_parameter(name: &str, value: &str) -> Result<(), SettingsError> {
     if !first_ok || !all_ok || name.ends_with('.') || name.contains("..") {
         return Err(invalid());
     }
-    if RESERVED.contains(&name) || name == "include_if_exists" {
-        return Err(SettingsError::Reserved {
+    if let Some(why) = ramify_api::parameters::refusal(name) {
+        return Err(SettingsError::Refused {
             name: name.to_owned(),
+            why,
         });
     }
     if value.contains('\0') {
@@ -355,15 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn rejects_reserved_parameters() {
-        for name in ["port", "archive_command", "include", "include_if_exists"] {
+    fn rejects_refused_parameters() {
+        for name in [
+            "port",
+            "archive_command",
+            "include",
+            "include_if_exists",
+            "restore_command",
+            "shared_preload_libraries",
+            "ssl_passphrase_command",
+            "recovery_target_lsn",
+        ] {
             let mut s = settings();
             s.parameters.insert(name.into(), "1".into());
             let err = s.render().unwrap_err();
             assert!(
-                matches!(err, SettingsError::Reserved { .. }),
+                matches!(err, SettingsError::Refused { .. }),
                 "{name}: {err}"
             );
+            assert!(err.to_string().contains(&format!("`{name}`")), "{err}");
+            // The command-line form (a compute Pod) refuses the same way.
+            assert!(s.args().is_err(), "{name}");
         }
     }
 

@@ -96,14 +96,13 @@ async fn initdb_start_crash_recover_stop() {
     assert!(msg.contains(SERVER_LOG), "{msg}");
     assert!(!process::is_running(&pgdata).unwrap());
 
-    // So does an archive recovery that ends in FATAL.
-    let mut unreachable = s.clone();
-    unreachable
-        .parameters
-        .insert("restore_command".into(), "false".into());
-    unreachable
-        .parameters
-        .insert("recovery_target_lsn".into(), "FFFF/0".into());
+    // So does an archive recovery that ends in FATAL. Recovery settings are never user
+    // parameters (they are refused); the storage node writes them into PGDATA, as here.
+    let conf = pgdata.join("postgresql.auto.conf");
+    let mut auto = std::fs::read_to_string(&conf).unwrap();
+    auto.push_str("restore_command = 'false'\nrecovery_target_lsn = 'FFFF/0'\n");
+    std::fs::write(&conf, auto).unwrap();
+    let unreachable = s.clone();
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, "").unwrap();
     user.chown(&signal).unwrap();

@@ -134,8 +134,12 @@ pub struct ComputeSpec {
     /// Resources of the Postgres container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Postgres settings (`work_mem: 64MB`). Settings Ramify manages are refused.
+    /// Postgres settings (`work_mem: 64MB`). Refused, by name: anything that runs a
+    /// program, loads code, names a server file, changes recovery, replication or
+    /// archiving, or that Ramify manages (one list, `ramify_api::parameters`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
+    #[x_kube(validation = Rule::new(ramify_api::parameters::cel_rule()).message(Message::Expression(ramify_api::parameters::cel_message())))]
     pub postgres_parameters: BTreeMap<String, String>,
 }
 

@@ -241,7 +241,48 @@ mod tests {
             ..Default::default()
         });
         let p = validate_spec(&branch("dev", reserved), &cfg).unwrap_err();
-        assert!(p.message.contains("`port` is managed by Ramify"), "{p:?}");
+        assert!(
+            p.message
+                .contains("`port` cannot be set: Ramify manages it"),
+            "{p:?}"
+        );
+
+        // What a tenant would try first to get a shell or load code in the compute: the
+        // operator refuses it too (the CRD's CEL rule refuses it before, see crds/).
+        for (name, why) in [
+            ("restore_command", "runs a program"),
+            ("shared_preload_libraries", "loads code"),
+            ("ssl_passphrase_command", "runs a program"),
+            ("log_directory", "names a file or directory"),
+            (
+                "recovery_target_action",
+                "recovery, replication or archiving",
+            ),
+        ] {
+            let mut spec = fork_spec();
+            spec.compute = Some(ComputeSpec {
+                postgres_parameters: BTreeMap::from([(name.into(), "x".into())]),
+                ..Default::default()
+            });
+            let p = validate_spec(&branch("dev", spec), &cfg).unwrap_err();
+            assert_eq!(p.reason, "InvalidSpec");
+            assert!(
+                p.message.starts_with("spec.compute.postgresParameters: ")
+                    && p.message.contains(&format!("`{name}`"))
+                    && p.message.contains(why),
+                "{p:?}"
+            );
+        }
+        let mut fine = fork_spec();
+        fine.compute = Some(ComputeSpec {
+            postgres_parameters: BTreeMap::from([
+                ("work_mem".into(), "64MB".into()),
+                ("log_min_duration_statement".into(), "250ms".into()),
+                ("auto_explain.log_min_duration".into(), "1s".into()),
+            ]),
+            ..Default::default()
+        });
+        validate_spec(&branch("dev", fine), &cfg).unwrap();
 
         let mut bad_lsn = fork_spec();
         bad_lsn.at = Some(BranchPoint {

@@ -392,6 +392,30 @@ async fn branches_on_a_real_api_server() {
             .contains("metadata.name must be a DNS label"),
         "{err}"
     );
+    // Postgres parameters that run programs or load code: refused by the API server,
+    // naming each one; an ordinary one next to them passes the same rule.
+    let err = apply_branch(
+        &client,
+        "prod",
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+            "metadata": {"name": "bad"},
+            "spec": {"compute": {"postgresParameters": {
+                "restore_command": "id > /tmp/x", "shared_preload_libraries": "evil",
+                "work_mem": "64MB"}}}
+        }),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot set ")
+            && err.contains("restore_command")
+            && err.contains("shared_preload_libraries")
+            && !err.contains("work_mem")
+            && err.contains(": each runs a program"),
+        "{err}"
+    );
 
     // A root: storage first fails twice, then the branch becomes Ready.
     storage.fail_creates.store(2, Ordering::SeqCst);
