@@ -13,6 +13,7 @@
 pub mod bin;
 pub mod process;
 pub mod promote;
+pub mod roles;
 pub mod settings;
 pub mod tail;
 pub mod user;

@@ -266,23 +266,17 @@ impl<R: Runtime> Lifecycle<R> {
             .start(branch, timeline)
             .await
             .map_err(LifecycleError::Runtime)?;
-        // Passwords are generated from [A-Za-z0-9], so they need no quoting beyond '…'.
-        let statements = if root {
-            vec![
-                format!(
-                    "CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD '{}'",
-                    branch.user, branch.password
-                ),
-                format!("CREATE DATABASE {} OWNER {}", branch.database, branch.user),
-            ]
-        } else {
-            // The fork inherited its parent's role and password hash: replace it, so the
-            // parent's password never opens this branch.
-            vec![format!(
-                "ALTER ROLE {} PASSWORD '{}'",
-                branch.user, branch.password
-            )]
-        };
+        // The password travels only as a SCRAM verifier, in a session that logs nothing.
+        use ramify_compute::roles;
+        let verifier = roles::scram_verifier(&branch.password);
+        let mut statements = vec![roles::QUIET_SESSION.to_owned()];
+        // A fork inherited its parent's role and password hash: it is reset to the branch
+        // role's attributes with a new password, so the parent's never opens this branch.
+        statements.extend(roles::login_statements(&branch.user, &verifier, !root));
+        statements.push(roles::revoke_escapes());
+        if root {
+            statements.push(roles::create_database(&branch.database, &branch.user));
+        }
         self.runtime
             .admin_sql(branch, &statements)
             .await

@@ -142,29 +142,33 @@ pub async fn restore_point(c: &Client, label: &str) -> Result<(Lsn, DateTime<Utc
     Ok((parse_lsn("restore point LSN", lsn)?, time))
 }
 
-/// Makes `user` a login role with `password` (creating it, or resetting the password of
-/// the role a fork inherited from its parent) and `database` a database it owns.
-/// The names must be validated identifiers and the password free of quotes
-/// (`ramify_api::names`): they are written into the statements as they are.
+/// Makes `user` the branch role (`ramify_compute::roles`) with `password` — creating it,
+/// or resetting the role a fork inherited — and `database` a database it owns; takes
+/// from every other non-superuser role what would reach the OS or other roles. The
+/// password travels as a SCRAM verifier in a session that logs nothing.
+/// The names must be validated identifiers (`ramify_api::names`): they are written into
+/// the statements as they are.
 pub async fn ensure_login(
     c: &Client,
     user: &str,
     password: &str,
     database: &str,
 ) -> Result<(), ControlError> {
+    use ramify_compute::roles;
     let what = "setting the branch's credentials";
     let q = |source| ControlError::Query { what, source };
+    c.batch_execute(roles::QUIET_SESSION).await.map_err(q)?;
     let role_exists = !c
         .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
         .await
         .map_err(q)?
         .is_empty();
-    let verb = if role_exists { "ALTER" } else { "CREATE" };
-    c.batch_execute(&format!(
-        "{verb} ROLE {user} LOGIN CREATEDB CREATEROLE PASSWORD '{password}'"
-    ))
-    .await
-    .map_err(q)?;
+    let verifier = roles::scram_verifier(password);
+    let mut tx = roles::login_statements(user, &verifier, role_exists);
+    tx.push(roles::revoke_escapes());
+    c.batch_execute(&format!("BEGIN; {}; COMMIT", tx.join("; ")))
+        .await
+        .map_err(q)?;
     let db_exists = !c
         .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
         .await
@@ -172,7 +176,7 @@ pub async fn ensure_login(
         .is_empty();
     if !db_exists {
         // CREATE DATABASE cannot run inside a transaction block: its own statement.
-        c.batch_execute(&format!("CREATE DATABASE {database} OWNER {user}"))
+        c.batch_execute(&roles::create_database(database, user))
             .await
             .map_err(q)?;
     }

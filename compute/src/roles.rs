@@ -1,0 +1,142 @@
+//! The branch role: what a branch's login role may do inside its Postgres, as the SQL
+//! that makes it so. Pure (statements in, nothing executed); the storage node runs them
+//! over the compute's Unix socket as the bootstrap superuser.
+//!
+//! The role owns its database and may create databases and trusted extensions, read
+//! every statistics view and setting (`pg_monitor`) and see and cancel its own sessions.
+//! It is never a superuser and never holds CREATEROLE (on Postgres 15 and older,
+//! CREATEROLE may grant any non-superuser role, predefined ones included), REPLICATION
+//! or BYPASSRLS, and no role but a superuser is a member of the predefined roles that
+//! reach the OS: running programs and reading or writing server files.
+//!
+//! Passwords are set as SCRAM-SHA-256 verifiers computed here, so the password itself
+//! never reaches Postgres — not its log (`log_statement = all`), not an error message.
+
+/// Predefined roles that reach the server's OS: never granted to anyone but a superuser.
+pub const OS_ROLES: [&str; 3] = [
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+];
+
+/// Predefined roles the branch role is given: statistics and settings views.
+pub const GRANTED_ROLES: [&str; 1] = ["pg_monitor"];
+
+/// Attributes of the branch role, every one stated so an inherited role is reset too.
+const ATTRIBUTES: &str = "LOGIN CREATEDB NOCREATEROLE NOSUPERUSER NOREPLICATION NOBYPASSRLS";
+
+/// The SCRAM-SHA-256 verifier of `password` with a fresh random salt, in the form
+/// Postgres stores (`SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>`). Postgres takes
+/// a password that already has this form as the verifier itself.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// Session settings for the control connection before any statement that carries a
+/// verifier: nothing it runs is logged, whatever the branch's `postgresParameters` say.
+pub const QUIET_SESSION: &str = "SET log_statement = 'none'; \
+     SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'; \
+     SET log_duration = off";
+
+/// Makes `user` the branch role with the password whose verifier is `verifier`: created,
+/// or (a fork's inherited role) altered back to exactly the branch role's attributes.
+/// `user` must be a validated SQL identifier (`ramify_api::names`).
+pub fn login_statements(user: &str, verifier: &str, role_exists: bool) -> Vec<String> {
+    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    let mut out = vec![format!(
+        "{verb} ROLE {user} {ATTRIBUTES} PASSWORD '{}'",
+        verifier.replace('\'', "''")
+    )];
+    for role in GRANTED_ROLES {
+        out.push(format!("GRANT {role} TO {user}"));
+    }
+    out
+}
+
+/// One statement that takes away, from every role that is not a superuser, what a role
+/// made before these rules (or by a tenant that had CREATEROLE) may still hold: the OS
+/// roles (directly or through another role) and CREATEROLE, REPLICATION and BYPASSRLS.
+/// Run on every start of a branch's credentials, so a fork of an old parent is safe too.
+pub fn revoke_escapes() -> String {
+    let os_roles = OS_ROLES
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "DO $ramify$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT g.rolname AS grp, m.rolname AS member, gr.rolname AS grantor
+    FROM pg_auth_members a
+    JOIN pg_roles g ON g.oid = a.roleid
+    JOIN pg_roles m ON m.oid = a.member
+    LEFT JOIN pg_roles gr ON gr.oid = a.grantor
+    WHERE g.rolname IN ({os_roles}) AND NOT m.rolsuper
+  LOOP
+    IF current_setting('server_version_num')::int >= 160000 AND r.grantor IS NOT NULL THEN
+      EXECUTE format('REVOKE %I FROM %I GRANTED BY %I', r.grp, r.member, r.grantor);
+    ELSE
+      EXECUTE format('REVOKE %I FROM %I', r.grp, r.member);
+    END IF;
+  END LOOP;
+  FOR r IN
+    SELECT rolname FROM pg_roles
+    WHERE NOT rolsuper AND rolname !~ '^pg_' AND (rolcreaterole OR rolreplication OR rolbypassrls)
+  LOOP
+    EXECUTE format('ALTER ROLE %I NOCREATEROLE NOREPLICATION NOBYPASSRLS', r.rolname);
+  END LOOP;
+END
+$ramify$"
+    )
+}
+
+/// `CREATE DATABASE` for the branch's database, owned by its role (its own statement:
+/// it cannot run in a transaction block).
+pub fn create_database(database: &str, user: &str) -> String {
+    format!("CREATE DATABASE {database} OWNER {user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_has_postgres_form_and_hides_the_password() {
+        let v = scram_verifier("s3cretPassw0rd");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("s3cretPassw0rd"));
+        // A fresh salt every time.
+        assert_ne!(v, scram_verifier("s3cretPassw0rd"));
+    }
+
+    #[test]
+    fn role_gets_exactly_the_branch_attributes() {
+        let s = login_statements("app", "SCRAM-SHA-256$4096:abc$def:ghi", false);
+        assert_eq!(
+            s,
+            vec![
+                "CREATE ROLE app LOGIN CREATEDB NOCREATEROLE NOSUPERUSER NOREPLICATION \
+                 NOBYPASSRLS PASSWORD 'SCRAM-SHA-256$4096:abc$def:ghi'",
+                "GRANT pg_monitor TO app",
+            ]
+        );
+        let s = login_statements("app", "v", true);
+        assert!(s[0].starts_with("ALTER ROLE app LOGIN CREATEDB NOCREATEROLE"));
+        for stmt in &s {
+            for os in OS_ROLES {
+                assert!(!stmt.contains(os), "{stmt}");
+            }
+        }
+    }
+
+    #[test]
+    fn revoke_covers_every_os_role() {
+        let sql = revoke_escapes();
+        for os in OS_ROLES {
+            assert!(sql.contains(&format!("'{os}'")), "{os}");
+        }
+        assert!(sql.contains("NOCREATEROLE NOREPLICATION NOBYPASSRLS"));
+    }
+}
