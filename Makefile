@@ -41,6 +41,7 @@ test: deps lint crds-check chart-test k8s-binaries
 	$(CARGO) build -p ramify-cli
 	bash e2e/local/run.sh target/debug/ramify
 	bash e2e/local/workflows.sh target/debug/ramify
+	bash e2e/local/attacks.sh target/debug/ramify
 	CARGO="$(CARGO)" bash e2e/k8s/make-test.sh
 
 # The CRD YAML in crds/ and charts/ramify-crds must be what the Rust types generate.
