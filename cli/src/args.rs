@@ -298,6 +298,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "USER")]
     pub pg_user: Option<String>,
 
+    /// Refuse plaintext connections to branches: clients must use TLS (sslmode=require,
+    /// or verify-full with sslrootcert=<DATA_DIR>/tls/ca.crt as `branch connect` prints).
+    /// Without it TLS is offered and plaintext still accepted.
+    #[arg(long)]
+    pub tls_required: bool,
+
     /// Set by `local up` on the background daemon it starts: the data directory is
     /// already prepared and output already goes to the log.
     #[arg(long, hide = true, requires = "foreground")]
@@ -844,6 +850,14 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+        let cli = parse(&["local", "up", "--tls-required"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Local(LocalCommand::Up(UpArgs {
+                tls_required: true,
+                ..
+            }))
+        ));
         // --detached is internal and only means something with --foreground.
         assert!(parse(&["local", "up", "--detached"]).is_err());
     }

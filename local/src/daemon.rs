@@ -20,7 +20,7 @@ use ramify_lifecycle::{
     CreateBranch, CreateCheckpoint, CreateSnapshotReq, Lifecycle, LifecycleError, LocalStatus,
     RestoreBranch, UpdateBranch,
 };
-use ramify_proxy::{Proxy, ProxyOptions};
+use ramify_proxy::{Proxy, ProxyOptions, ProxyTls, ServerNames};
 use ramify_storage::metrics::Metrics;
 use ramify_storage::node::{Node, NodeConfig};
 use serde::Deserialize;
@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub pg_bin: Option<PathBuf>,
     /// OS user for Postgres (must be the current user; the CLI switches to it).
     pub pg_user: Option<String>,
+    /// Refuse plaintext sessions on branch endpoints (TLS is always offered, with the
+    /// CA under `<data>/tls/`).
+    pub tls_required: bool,
 }
 
 struct App {
@@ -125,7 +128,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // Proxy + runtime + lifecycle.
     let control = Arc::new(LocalControl::default());
-    let proxy = Proxy::new(control.clone(), ProxyOptions::default());
+    // Branch endpoints offer TLS with certificates from the data directory's CA.
+    let ca = crate::ca::load_or_create(&data_dir)?;
+    info!(ca = %files::ca_cert_path(&data_dir).display(), required = cfg.tls_required, "branch endpoints offer TLS");
+    let proxy = Proxy::with_tls(
+        control.clone(),
+        ProxyOptions::default(),
+        ProxyTls {
+            ca: Arc::new(ca),
+            names: ServerNames::Loopback,
+            required: cfg.tls_required,
+        },
+    );
     let runtime = Arc::new(LocalRuntime::new(pg, user, proxy));
     let storage = StorageClient::new(storage_url.clone()).with_token(storage_token.clone());
     let store = Arc::new(JsonFileStore::new(files::state_path(&data_dir)));

@@ -15,6 +15,21 @@ pub fn storage_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("storage")
 }
 
+/// `<data>/tls/`: local mode's TLS certificate authority.
+pub fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+/// The CA certificate clients verify branch endpoints with (`sslrootcert`), mode 0644.
+pub fn ca_cert_path(data_dir: &Path) -> PathBuf {
+    tls_dir(data_dir).join("ca.crt")
+}
+
+/// The CA's private key, mode 0600, owned by the daemon's user.
+pub fn ca_key_path(data_dir: &Path) -> PathBuf {
+    tls_dir(data_dir).join("ca.key")
+}
+
 /// The daemon's log.
 pub fn log_path(data_dir: &Path) -> PathBuf {
     local_dir(data_dir).join("daemon.log")

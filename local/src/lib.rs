@@ -3,6 +3,7 @@
 //! `ramify` CLI talks to.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod client;
 pub mod daemon;
 pub mod files;

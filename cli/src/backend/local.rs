@@ -1,7 +1,7 @@
 //! The local-mode backend: every verb is one call to the daemon of the data directory,
 //! printed exactly as before (e2e/local parses its JSON).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use ramify_lifecycle::{BranchView, ComputeStatus, CreateBranch, HistoryPoint, UpdateBranch};
@@ -59,7 +59,7 @@ pub fn row(b: &BranchView) -> BranchRow {
     }
 }
 
-fn conn(b: &BranchView) -> Conn {
+fn conn(b: &BranchView, data_dir: &Path) -> Conn {
     Conn {
         name: b.name.clone(),
         host: b.host.clone(),
@@ -67,7 +67,50 @@ fn conn(b: &BranchView) -> Conn {
         user: b.user.clone(),
         password: b.password.clone(),
         database: b.database.clone(),
-        uri: b.uri.clone(),
+        uri: tls_uri(&b.uri, &ramify_local::files::ca_cert_path(data_dir)),
+    }
+}
+
+/// `uri` asking for TLS verified against local mode's CA (`sslmode=verify-full`,
+/// `sslrootcert`), once the daemon has created that CA; `uri` itself before (a data
+/// directory of an older daemon). 127.0.0.1 is in every local certificate.
+pub fn tls_uri(uri: &str, ca_cert: &Path) -> String {
+    if !ca_cert.exists() {
+        return uri.to_string();
+    }
+    let root: String = ca_cert
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}sslmode=verify-full&sslrootcert={root}")
+}
+
+/// A local branch for `-o json|yaml`: the daemon's view, its URI asking for TLS, and the
+/// CA certificate path clients verify with.
+#[derive(Serialize)]
+struct LocalBranch {
+    #[serde(flatten)]
+    view: BranchView,
+    /// `<data>/tls/ca.crt`, when local mode has its CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_cert: Option<String>,
+}
+
+impl LocalBranch {
+    fn new(mut view: BranchView, data_dir: &Path) -> Self {
+        let ca = ramify_local::files::ca_cert_path(data_dir);
+        view.uri = tls_uri(&view.uri, &ca);
+        Self {
+            view,
+            ca_cert: ca.exists().then(|| ca.display().to_string()),
+        }
     }
 }
 
@@ -78,6 +121,30 @@ fn state_line(b: &BranchView) -> String {
             "branch {} is suspended; connecting to port {} wakes it\n",
             b.name, b.port
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uri_asks_for_verify_full_once_the_ca_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my data").join("ca.crt");
+        let uri = "postgresql://app:pw@127.0.0.1:20001/app";
+        assert_eq!(tls_uri(uri, &ca), uri);
+        std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+        std::fs::write(&ca, "pem").unwrap();
+        let root = ca.display().to_string().replace(' ', "%20");
+        assert_eq!(
+            tls_uri(uri, &ca),
+            format!("{uri}?sslmode=verify-full&sslrootcert={root}")
+        );
+        assert_eq!(
+            tls_uri(&format!("{uri}?x=1"), &ca),
+            format!("{uri}?x=1&sslmode=verify-full&sslrootcert={root}")
+        );
     }
 }
 
@@ -103,8 +170,8 @@ impl Backend for Local {
     }
 
     async fn get_branch(&self, name: &str) -> anyhow::Result<Shown> {
-        let b = self.client()?.get_branch(name).await?;
-        let text = render::branch_details(&b, chrono::Utc::now());
+        let b = LocalBranch::new(self.client()?.get_branch(name).await?, &self.data_dir);
+        let text = render::branch_details(&b.view, chrono::Utc::now());
         Ok(Shown::new(b, text))
     }
 
@@ -125,13 +192,16 @@ impl Backend for Local {
     }
 
     async fn connection(&self, name: &str) -> anyhow::Result<Conn> {
-        Ok(conn(&self.client()?.get_branch(name).await?))
+        Ok(conn(
+            &self.client()?.get_branch(name).await?,
+            &self.data_dir,
+        ))
     }
 
     async fn reach(&self, name: &str, _local_port: u16) -> anyhow::Result<Reach> {
         let b = self.client()?.get_branch(name).await?;
         Ok(Reach {
-            conn: conn(&b),
+            conn: conn(&b, &self.data_dir),
             was_suspended: b.compute == ComputeStatus::Suspended,
             forward: None,
         })

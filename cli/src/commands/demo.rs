@@ -53,6 +53,8 @@ pub fn run(ctx: &Context, keep: bool) -> anyhow::Result<()> {
             xfs_image: root.then_some(6 << 30),
             pg_bin: None,
             pg_user: None,
+            // The demo's own queries use the plain connection on loopback.
+            tls_required: false,
             detached: false,
         },
     )?;

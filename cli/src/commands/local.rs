@@ -104,6 +104,7 @@ fn run_foreground(dir: &Path, args: &UpArgs, bin: PgBin, user: &PgUser) -> anyho
         data_dir: dir.to_path_buf(),
         pg_bin: Some(bin.dir().to_path_buf()),
         pg_user: args.pg_user.clone(),
+        tls_required: args.tls_required,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,6 +161,9 @@ fn start_detached(ctx: &Context, args: &UpArgs, bin: &PgBin, user: &PgUser) -> a
         .arg(bin.dir());
     if let Some(u) = &args.pg_user {
         cmd.arg("--pg-user").arg(u);
+    }
+    if args.tls_required {
+        cmd.arg("--tls-required");
     }
     let out = log.try_clone().context("cannot share the daemon log")?;
     let child = cmd
