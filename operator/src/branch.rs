@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
@@ -118,7 +118,7 @@ pub async fn reconcile(branch: Arc<DatabaseBranch>, ctx: Arc<Context>) -> Result
     let result = finalizer(&api, FINALIZER, branch, |event| async {
         match event {
             finalizer::Event::Apply(b) => apply(&b, &ctx).await,
-            finalizer::Event::Cleanup(b) => cleanup(&b, &ctx).await,
+            finalizer::Event::Cleanup(b) => crate::cleanup::cleanup(&b, &ctx).await,
         }
     })
     .await
@@ -371,7 +371,7 @@ async fn expiry(
     )
     .await;
     info!(expired_at = %at, "branch expired; deleting it");
-    delete_if_exists(&api, &b.name_any()).await?;
+    crate::cleanup::delete_if_exists(&api, &b.name_any()).await?;
     Ok(Expiry::Deleted)
 }
 
@@ -978,7 +978,7 @@ async fn dereference_parent(
 }
 
 /// The storage nodes: the Pods of the storage StatefulSet.
-async fn storage_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
+pub(crate) async fn storage_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
     let cfg = &ctx.config;
     let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &cfg.namespace)
         .get_opt(&cfg.storage_service)
@@ -1024,7 +1024,7 @@ async fn choose_node(ctx: &Context) -> Result<String, Error> {
 
 /// Patches the status subresource when it changed, and publishes an Event when the phase
 /// or the Ready condition's reason changed.
-async fn write_status(
+pub(crate) async fn write_status(
     b: &DatabaseBranch,
     ctx: &Context,
     old: &DatabaseBranchStatus,
@@ -1062,134 +1062,6 @@ async fn write_status(
         }
     }
     Ok(())
-}
-
-async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
-    let name = b.name_any();
-    let ns = b.namespace().unwrap_or_default();
-    if b.is_protected() {
-        // The chart's ValidatingAdmissionPolicy refuses this deletion; a server without
-        // it (Kubernetes < 1.30, or the policy turned off) lets it through, and the
-        // finalizer holds it until the flag is cleared.
-        let old = b.status.clone().unwrap_or_default();
-        let mut status = old.clone();
-        status.phase = Some(Phase::Deleting);
-        let message = format!(
-            "not deleted: spec.protected is true; set it to false to let the deletion finish (kubectl patch databasebranch {name} -n {ns} --type merge -p '{{\"spec\":{{\"protected\":false}}}}')"
-        );
-        conditions::set(
-            &mut status.conditions,
-            READY,
-            false,
-            "Protected",
-            &message,
-            b.metadata.generation,
-        );
-        write_status(b, ctx, &old, &status).await?;
-        return Err(Error::Protected(message));
-    }
-    let children: Vec<Arc<DatabaseBranch>> = ctx
-        .branches
-        .state()
-        .into_iter()
-        .filter(|c| {
-            c.spec.parent.as_ref().is_some_and(|p| p.name == name)
-                && c.parent_namespace().as_deref() == Some(ns.as_str())
-        })
-        .collect();
-    if !children.is_empty() {
-        let list: Vec<String> = children
-            .iter()
-            .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
-            .collect();
-        if b.deletes_children() {
-            for c in &children {
-                let api: Api<DatabaseBranch> =
-                    Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-                delete_if_exists(&api, &c.name_any()).await?;
-            }
-            return Err(Error::HasChildren(format!(
-                "deleting child branches first: {}",
-                list.join(", ")
-            )));
-        }
-        let old = b.status.clone().unwrap_or_default();
-        let mut status = old.clone();
-        status.phase = Some(Phase::Deleting);
-        conditions::set(
-            &mut status.conditions,
-            READY,
-            false,
-            "HasChildren",
-            format!(
-                "not deleted while child branches exist ({}); delete them first, or annotate this branch {}=true to delete them with it",
-                list.join(", "),
-                ramify_crd::DELETE_CHILDREN_ANNOTATION
-            ),
-            b.metadata.generation,
-        );
-        write_status(b, ctx, &old, &status).await?;
-        return Err(Error::HasChildren(list.join(", ")));
-    }
-
-    let timeline = b.status.as_ref().and_then(|s| s.timeline.clone());
-    let uid = b.uid().unwrap_or_default();
-    let timeline_id = timeline.as_ref().map(|t| t.id.clone()).unwrap_or(uid);
-    compute::suspend(ctx, &timeline_id, Duration::from_secs(90)).await?;
-    // The timeline's node; when the status never recorded it, every node is asked (the
-    // id is the uid, so a create that succeeded unrecorded is still found).
-    let nodes = match &timeline {
-        Some(t) => vec![t.storage_node.clone()],
-        None => storage_nodes(ctx).await.unwrap_or_default(),
-    };
-    if let Ok(id) = timeline_id.parse::<TimelineId>() {
-        for node in nodes {
-            match ctx.storage(&node).delete_timeline(id, false).await {
-                Ok(()) => info!(timeline = %id, node = %node, "timeline deleted"),
-                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-                Err(e) => return Err(storage_err(&node)(e)),
-            }
-        }
-    }
-    let client = &ctx.client;
-    let storage_ns = &ctx.config.namespace;
-    let tl_name = build::timeline_name(&timeline_id);
-    let conn = build::connection_name(&name);
-    delete_if_exists(
-        &Api::<Timeline>::namespaced(client.clone(), storage_ns),
-        &tl_name,
-    )
-    .await?;
-    let slice = build::endpoint_slice_name(&name);
-    delete_if_exists(
-        &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
-        &slice,
-    )
-    .await?;
-    delete_if_exists(&Api::<Service>::namespaced(client.clone(), &ns), &conn).await?;
-    delete_if_exists(&Api::<Secret>::namespaced(client.clone(), &ns), &conn).await?;
-    publish(
-        ctx,
-        b,
-        EventType::Normal,
-        "Deleted",
-        format!("compute, timeline {timeline_id} and connection objects deleted"),
-    )
-    .await;
-    info!("branch deleted");
-    Ok(Action::await_change())
-}
-
-/// Deletes an object; one already gone is fine.
-pub async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Labels of a compute Pod → the branch it serves (for the controller's watch).

@@ -5,7 +5,9 @@
 
 pub mod branch;
 pub mod build;
+pub mod ca;
 pub mod checkpoint;
+pub mod cleanup;
 pub mod compute;
 pub mod conditions;
 pub mod config;

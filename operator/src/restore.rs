@@ -34,10 +34,11 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::branch::{
-    self, delete_if_exists, publish, retry_with_event, storage_err, Error,
-    ADOPT_CREDENTIALS_ANNOTATION, ADOPT_TIMELINE_ANNOTATION,
+    self, publish, retry_with_event, storage_err, Error, ADOPT_CREDENTIALS_ANNOTATION,
+    ADOPT_TIMELINE_ANNOTATION,
 };
 use crate::build::{self, FIELD_MANAGER};
+use crate::cleanup::delete_if_exists;
 use crate::compute;
 use crate::conditions::{self, READY};
 use crate::context::Context;
