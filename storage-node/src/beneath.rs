@@ -226,7 +226,9 @@ impl Dir {
     fn explain(&self, rel: &Path, e: rustix::io::Errno, op: &'static str) -> BeneathError {
         let path = self.path_of(rel);
         match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => BeneathError::Symlink { path },
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => BeneathError::Symlink {
+                path: self.first_link(rel).map_or(path, |l| self.path_of(l)),
+            },
             rustix::io::Errno::NOTDIR => {
                 // Name what the last component is, if it is still there.
                 let kind = rel
@@ -258,6 +260,25 @@ impl Dir {
                 source: e.into(),
             },
         }
+    }
+
+    /// The first component of `rel` that is a symbolic link, to name it in the error.
+    fn first_link(&self, rel: &Path) -> Option<PathBuf> {
+        let mut cur = rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty()).ok()?;
+        let mut so_far = PathBuf::new();
+        for c in rel.components() {
+            let Component::Normal(name) = c else { continue };
+            so_far.push(name);
+            match rustix::fs::openat(&cur, name, dir_flags(), Mode::empty()) {
+                Ok(fd) => cur = fd,
+                Err(_) => {
+                    let st = rustix::fs::statat(&cur, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                    return (FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+                        .then_some(so_far);
+                }
+            }
+        }
+        None
     }
 
     /// Opens directory `rel` below this one, or `None` when it does not exist.
@@ -539,7 +560,10 @@ mod tests {
             "{e}"
         );
         let e = root.open_dir("tl/link/x").unwrap_err();
-        assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with("tl/link is a symbolic link"),
+            "{e}"
+        );
         assert!(matches!(
             root.open_dir("tl/../tl"),
             Err(BeneathError::Outside { .. })
