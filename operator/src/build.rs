@@ -110,7 +110,8 @@ fn branch_meta(branch: &DatabaseBranch, plan: &BranchPlan, name: String) -> Obje
     }
 }
 
-/// The connection Secret: host, port, database, user, password and a `postgresql://` URI.
+/// The connection Secret: host, port, database, user, password, a `postgresql://` URI and,
+/// when the proxy has a TLS CA, its certificate `ca.crt`.
 pub fn secret(branch: &DatabaseBranch, plan: &BranchPlan, password: &str, cfg: &Config) -> Secret {
     let host = service_host(&plan.name, &plan.namespace, &cfg.cluster_domain);
     let uri = format!(
@@ -125,6 +126,12 @@ pub fn secret(branch: &DatabaseBranch, plan: &BranchPlan, password: &str, cfg: &
         ("password".to_string(), password.to_string()),
         ("uri".to_string(), uri),
     ]);
+    // The CA the proxy's certificate for this branch chains to: mounted as a file, it is
+    // the `sslrootcert` of sslmode=verify-full.
+    let mut data = data;
+    if let Some(ca) = &cfg.tls_ca_cert {
+        data.insert("ca.crt".to_string(), ca.clone());
+    }
     Secret {
         metadata: branch_meta(branch, plan, connection_name(&plan.name)),
         type_: Some("Opaque".into()),
@@ -558,6 +565,18 @@ mod tests {
             "postgresql://app:pw0123456789abcdefghijklmnopqrs@alice-postgres.dev.svc.cluster.local:5432/app"
         );
         assert_eq!(s.metadata.labels.unwrap()[LABEL_BRANCH_NAME], "alice");
+        assert!(!d.contains_key("ca.crt"), "no CA configured");
+    }
+
+    #[test]
+    fn the_secret_publishes_the_proxy_ca_for_verify_full() {
+        let mut cfg = Config::for_namespace("ramify-system");
+        cfg.tls_ca_cert = Some("-----BEGIN CERTIFICATE-----\n…".to_string());
+        let s = secret(&branch(), &plan(), "pw0123456789abcdefghijklmnopqrs", &cfg);
+        assert_eq!(
+            s.string_data.unwrap()["ca.crt"],
+            "-----BEGIN CERTIFICATE-----\n…"
+        );
     }
 
     #[test]

@@ -82,6 +82,17 @@ pub struct Config {
     )]
     pub proxy_token_secret: String,
 
+    /// Secret (`kubernetes.io/tls`: tls.crt, tls.key) holding the CA that signs the
+    /// proxy's per-branch TLS certificates; created when missing (or issued by
+    /// cert-manager). Its certificate is published as `ca.crt` in every branch's
+    /// connection Secret. Empty: no TLS CA, connection Secrets carry no `ca.crt`.
+    #[arg(long, env = "RAMIFY_TLS_CA_SECRET", default_value = "ramify-ca")]
+    pub tls_ca_secret: String,
+
+    /// The CA certificate (PEM) in use, resolved at start-up from `tls_ca_secret`.
+    #[arg(skip)]
+    pub tls_ca_cert: Option<String>,
+
     /// Address of the HTTP server: wake API, /metrics, /livez, /readyz.
     #[arg(long, env = "RAMIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

@@ -92,6 +92,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = config;
     config.storage_token = Some(storage_token);
+    if !config.tls_ca_secret.is_empty() {
+        let ca =
+            ramify_operator::ca::ensure(client.clone(), &config.namespace, &config.tls_ca_secret)
+                .await
+                .context("cannot read or create the TLS CA Secret")?;
+        config.tls_ca_cert = Some(ca);
+    }
     let cell = Arc::clone(&state.ctx);
     ramify_operator::run_controller(client, config, metrics, token, move |ctx| {
         let _ = cell.set(ctx);

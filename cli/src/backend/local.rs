@@ -156,7 +156,8 @@ impl Backend for Local {
             .client()?
             .create_branch(&create_request(args, chrono::Utc::now()))
             .await?;
-        let text = render::created_branch(&b);
+        let b = LocalBranch::new(b, &self.data_dir);
+        let text = render::created_branch(&b.view);
         Ok(Shown::new(b, text))
     }
 
