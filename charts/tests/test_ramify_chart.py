@@ -133,6 +133,7 @@ def test_operator_deployment(rendered):
         "default-suspend-after": "5m",
         "proxy-token-secret": "ramify-proxy-token",
         "storage-token-secret": "ramify-storage-token",
+        "tls-ca-secret": "ramify-ca",
         "listen": "0.0.0.0:8080",
         "cluster-domain": "cluster.local",
         "log-format": "text",
@@ -281,7 +282,16 @@ def test_proxy(rendered):
         "listen-address": "0.0.0.0",
         "metrics-listen": "0.0.0.0:9090",
         "sync-interval": "2s",
+        "tls-ca-cert": "/etc/ramify/tls-ca/tls.crt",
+        "tls-ca-key": "/etc/ramify/tls-ca/tls.key",
+        "cluster-domain": "cluster.local",
     }
+    # The CA the operator creates (or cert-manager issues), key readable by the proxy only.
+    assert c["volumeMounts"] == [{"name": "tls-ca", "mountPath": "/etc/ramify/tls-ca", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "tls-ca", "secret": {
+        "secretName": "ramify-ca", "defaultMode": 0o400,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }}]
     assert c["env"] == [{
         "name": "RAMIFY_PROXY_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "ramify-proxy-token", "key": "token"}},
@@ -292,6 +302,15 @@ def test_proxy(rendered):
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
     ]
+
+
+def test_tls_required_and_a_custom_ca_secret_reach_proxy_and_operator():
+    out = kube.render(RAMIFY_CHART, {"tls": {"required": True, "caSecretName": "my-ca"}}, namespace=NAMESPACE)
+    proxy = out.get("Deployment", "ramify-proxy")
+    assert "tls-required" in flags(container(proxy, "proxy"))
+    assert proxy["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "my-ca"
+    operator = out.get("Deployment", "ramify-operator")
+    assert flags(container(operator, "operator"))["tls-ca-secret"] == "my-ca"
 
 
 # --- images -----------------------------------------------------------------------------
