@@ -138,8 +138,8 @@ pub struct ComputeSpec {
     /// program, loads code, names a server file, changes recovery, replication or
     /// archiving, or that Ramify manages (one list, `ramify_api::parameters`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 100))]
-    #[x_kube(validation = Rule::new(ramify_api::parameters::cel_rule()).message(Message::Expression(ramify_api::parameters::cel_message())))]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(ramify_api::parameters::cel_rule()).message(ramify_api::parameters::CEL_MESSAGE))]
     pub postgres_parameters: BTreeMap<String, String>,
 }
 

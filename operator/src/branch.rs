@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -27,7 +27,9 @@ use crate::build::{self, BranchPlan, PodState, FIELD_MANAGER, POSTGRES_PORT};
 use crate::compute::{self, ComputeError};
 use crate::conditions::{self, COMPUTE_READY, READY, STORAGE_READY};
 use crate::context::Context;
-use crate::validate::{parent_shares, validate_spec, Problem, ValidSpec};
+use crate::ownership;
+use crate::sharing;
+use crate::validate::{validate_spec, Problem, ValidSpec};
 
 /// Finalizer guarding a branch's storage timeline and compute.
 pub const FINALIZER: &str = "ramify.dev/storage";
@@ -476,8 +478,26 @@ async fn converge(
         info.parent.map(|p| build::timeline_name(&p.to_string())),
     );
 
-    // Build and apply the children.
-    let password = password(ctx, &ns, &name).await?;
+    // Build and apply the children: only over objects this branch owns (a Secret or
+    // Service of the same name someone else made is a conflict, never overwritten).
+    let conn_name = build::connection_name(&name);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let slice_name = build::endpoint_slice_name(&name);
+    let own_secret = ownership::claim(&secrets, "Secret", &ns, &conn_name, &uid)
+        .await
+        .map_err(Error::from)?
+        .map_err(Step::Problem)?;
+    ownership::claim(&services, "Service", &ns, &conn_name, &uid)
+        .await
+        .map_err(Error::from)?
+        .map_err(Step::Problem)?;
+    ownership::claim(&slices, "EndpointSlice", &ns, &slice_name, &uid)
+        .await
+        .map_err(Error::from)?
+        .map_err(Step::Problem)?;
+    let password = password(own_secret)?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let tl_api: Api<Timeline> = Api::namespaced(ctx.client.clone(), &cfg.namespace);
     let tl_name = build::timeline_name(&timeline.id);
@@ -501,8 +521,6 @@ async fn converge(
         .patch_status(&tl_name, &pp, &Patch::Apply(tl_status))
         .await
         .map_err(Error::from)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let conn_name = build::connection_name(&name);
     secrets
         .patch(
             &conn_name,
@@ -511,16 +529,14 @@ async fn converge(
         )
         .await
         .map_err(Error::from)?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     services
         .patch(&conn_name, &pp, &Patch::Apply(build::service(b, &plan)))
         .await
         .map_err(Error::from)?;
     let proxies = compute::proxy_ips(ctx).await.map_err(Error::from)?;
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     slices
         .patch(
-            &build::endpoint_slice_name(&name),
+            &slice_name,
             &pp,
             &Patch::Apply(build::endpoint_slice(b, &plan, &proxies)),
         )
@@ -829,11 +845,9 @@ pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan,
 }
 
 /// The password the branch's Secret already holds, or a new one.
-async fn password(ctx: &Context, ns: &str, name: &str) -> Result<String, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let existing = secrets
-        .get_opt(&build::connection_name(name))
-        .await?
+/// The branch's password: the one in its own connection Secret, or a new one.
+fn password(own_secret: Option<Secret>) -> Result<String, Error> {
+    let existing = own_secret
         .and_then(|s| s.data?.get("password").cloned())
         .and_then(|p| String::from_utf8(p.0).ok())
         .filter(|p| ramify_api::names::validate_password(p).is_ok());
@@ -951,21 +965,14 @@ async fn dereference_parent(
             Duration::from_secs(10),
         ));
     };
-    if parent_ns != ns {
-        let labels = Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(&ns)
-            .await
-            .map_err(Error::from)?
-            .and_then(|n| n.metadata.labels)
-            .unwrap_or_default();
-        if !parent_shares(&parent, &ns, &labels) {
-            return Err(Step::Problem(Problem {
-                reason: "ParentNotShared",
-                message: format!(
-                    "parent branch {parent_ns}/{parent_name} does not share itself with namespace {ns}: add {ns:?} to its spec.sharing.namespaces or match its spec.sharing.namespaceSelector"
-                ),
-            }));
-        }
+    if !sharing::shares_with(&ctx.client, &parent, &ns)
+        .await
+        .map_err(Error::from)?
+    {
+        return Err(Step::Problem(Problem {
+            reason: "ParentNotShared",
+            message: sharing::not_shared(&parent_ns, parent_name, &ns),
+        }));
     }
     if parent.metadata.deletion_timestamp.is_some() {
         return Err(wait(

@@ -19,6 +19,8 @@ use crate::build;
 use crate::compute;
 use crate::conditions::{self, READY};
 use crate::context::Context;
+use crate::ownership;
+use crate::sharing;
 
 pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error> {
     let name = b.name_any();
@@ -44,7 +46,7 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
         write_status(b, ctx, &old, &status).await?;
         return Err(Error::Protected(message));
     }
-    let children: Vec<Arc<DatabaseBranch>> = ctx
+    let claimed: Vec<Arc<DatabaseBranch>> = ctx
         .branches
         .state()
         .into_iter()
@@ -53,6 +55,24 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
                 && c.parent_namespace().as_deref() == Some(ns.as_str())
         })
         .collect();
+    // Only children the parent shares with count: a branch in a namespace it does not
+    // share with never got its data, and must neither hold nor be deleted with it.
+    let mut children = Vec::new();
+    let mut foreign = Vec::new();
+    for c in claimed {
+        let cns = c.namespace().unwrap_or_default();
+        if sharing::shares_with(&ctx.client, b, &cns).await? {
+            children.push(c);
+        } else {
+            foreign.push(format!("{cns}/{}", c.name_any()));
+        }
+    }
+    if !foreign.is_empty() {
+        info!(
+            children = %foreign.join(", "),
+            "left alone: they name this branch as parent from namespaces it does not share with"
+        );
+    }
     if !children.is_empty() {
         let list: Vec<String> = children
             .iter()
@@ -64,8 +84,16 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
                     Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
                 delete_if_exists(&api, &c.name_any()).await?;
             }
+            let left = if foreign.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (left alone, in namespaces this branch does not share with: {})",
+                    foreign.join(", ")
+                )
+            };
             return Err(Error::HasChildren(format!(
-                "deleting child branches first: {}",
+                "deleting child branches first: {}{left}",
                 list.join(", ")
             )));
         }
@@ -90,7 +118,10 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
 
     let timeline = b.status.as_ref().and_then(|s| s.timeline.clone());
     let uid = b.uid().unwrap_or_default();
-    let timeline_id = timeline.as_ref().map(|t| t.id.clone()).unwrap_or(uid);
+    let timeline_id = timeline
+        .as_ref()
+        .map(|t| t.id.clone())
+        .unwrap_or_else(|| uid.clone());
     compute::suspend(ctx, &timeline_id, Duration::from_secs(90)).await?;
     // The timeline's node; when the status never recorded it, every node is asked (the
     // id is the uid, so a create that succeeded unrecorded is still found).
@@ -117,13 +148,34 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
     )
     .await?;
     let slice = build::endpoint_slice_name(&name);
-    delete_if_exists(
+    // Only what this branch owns: a Secret or Service of the same name that someone else
+    // made (the branch then never became Ready, with reason Conflict) is left alone.
+    let mut left = Vec::new();
+    if ownership::delete_owned(
         &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
         &slice,
+        &uid,
     )
-    .await?;
-    delete_if_exists(&Api::<Service>::namespaced(client.clone(), &ns), &conn).await?;
-    delete_if_exists(&Api::<Secret>::namespaced(client.clone(), &ns), &conn).await?;
+    .await?
+    {
+        left.push(format!("EndpointSlice {ns}/{slice}"));
+    }
+    if ownership::delete_owned(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &conn,
+        &uid,
+    )
+    .await?
+    {
+        left.push(format!("Service {ns}/{conn}"));
+    }
+    if ownership::delete_owned(&Api::<Secret>::namespaced(client.clone(), &ns), &conn, &uid).await?
+    {
+        left.push(format!("Secret {ns}/{conn}"));
+    }
+    if !left.is_empty() {
+        info!(objects = %left.join(", "), "left alone: not created for this branch");
+    }
     publish(
         ctx,
         b,

@@ -15,8 +15,10 @@ pub mod context;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod ports;
 pub mod restore;
+pub mod sharing;
 pub mod token;
 pub mod validate;
 

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use ramify_api::{At, CreateTimeline, TimelineId};
 use ramify_crd::{
     BranchCheckpoint, BranchRestore, BranchRestoreStatus, CheckpointPhase, DatabaseBranch,
@@ -358,6 +358,14 @@ async fn resolve(
                     format!("the parent of {name}, {pns}/{}, no longer exists", p.name),
                 )
             })?;
+        // Sharing is checked now, not only when the branch was made: a parent that
+        // stopped sharing with this namespace no longer hands it its data.
+        if !crate::sharing::shares_with(&ctx.client, &parent, &ns).await? {
+            return Err(Halt::Failed(
+                "ParentNotShared",
+                crate::sharing::not_shared(&pns, &p.name, &ns),
+            ));
+        }
         let timeline = ready_timeline(&parent).ok_or_else(|| {
             Halt::Pending(
                 "ParentNotReady",
@@ -703,23 +711,9 @@ async fn keep_as_backup(
     let password = secrets
         .get_opt(&build::connection_name(&name))
         .await?
+        .filter(|s| crate::ownership::owned_by(&s.metadata, &b.uid().unwrap_or_default()))
         .and_then(|s| s.data?.get("password").cloned())
         .and_then(|p| String::from_utf8(p.0).ok());
-    if let Some(password) = &password {
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": build::connection_name(backup), "namespace": ns},
-            "type": "Opaque",
-            "stringData": {"password": password},
-        });
-        secrets
-            .patch(
-                &build::connection_name(backup),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(secret),
-            )
-            .await?;
-    }
     let window = ctx
         .storage(&prev.storage_node)
         .status()
@@ -763,6 +757,27 @@ async fn keep_as_backup(
         }
         Err(e) => return Err(e.into()),
     };
+    // The backup's Secret, owned by the backup branch (the operator writes only Secrets
+    // its branches own), before the timeline is handed over: the backup's first
+    // reconcile waits for the handover, so it finds its password there.
+    if let Some(password) = &password {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": build::connection_name(backup), "namespace": ns,
+                "ownerReferences": [created.controller_owner_ref(&())],
+            },
+            "type": "Opaque",
+            "stringData": {"password": password},
+        });
+        secrets
+            .patch(
+                &build::connection_name(backup),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(secret),
+            )
+            .await?;
+    }
     Api::<Timeline>::namespaced(ctx.client.clone(), &ctx.config.namespace)
         .patch(
             &prev.name,

@@ -409,11 +409,7 @@ async fn branches_on_a_real_api_server() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("cannot set ")
-            && err.contains("restore_command")
-            && err.contains("shared_preload_libraries")
-            && !err.contains("work_mem")
-            && err.contains(": each runs a program"),
+        err.contains("postgresParameters sets a parameter that runs a program"),
         "{err}"
     );
 
@@ -530,6 +526,74 @@ async fn branches_on_a_real_api_server() {
     let nope = wait_condition(&client, "other", "nope", "ParentNotShared").await;
     assert_eq!(nope.status.unwrap().phase, Some(Phase::Failed));
 
+    // A Secret of the name a branch would use, made by someone else: the operator neither
+    // overwrites it nor deletes it with the branch; the branch says why it is not Ready.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "prod");
+    let theirs: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "taken-postgres"},
+        "stringData": {"password": "TheirsTheirsTheirsTheirs0123456"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let before = secrets.get("taken-postgres").await.unwrap();
+    apply_branch(
+        &client,
+        "prod",
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+            "metadata": {"name": "taken"}, "spec": {}
+        }),
+    )
+    .await
+    .unwrap();
+    let taken = wait_condition(&client, "prod", "taken", "Conflict").await;
+    let msg = taken
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        msg.starts_with("Secret prod/taken-postgres exists and was not created by Ramify"),
+        "{msg}"
+    );
+    Api::<DatabaseBranch>::namespaced(client.clone(), "prod")
+        .delete("taken", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the conflicting branch deleted",
+        Duration::from_secs(60),
+        || async {
+            Api::<DatabaseBranch>::namespaced(client.clone(), "prod")
+                .get_opt("taken")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let after = secrets.get("taken-postgres").await.unwrap();
+    assert_eq!(
+        after.data, before.data,
+        "the operator changed a Secret it does not own"
+    );
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "the Secret was replaced"
+    );
+    assert!(Api::<Service>::namespaced(client.clone(), "prod")
+        .get_opt("taken-postgres")
+        .await
+        .unwrap()
+        .is_none());
+
     // A fork where the selector matches: Ready, forked from main's timeline.
     apply_branch(&client, "dev", json!({
         "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
@@ -577,8 +641,9 @@ async fn branches_on_a_real_api_server() {
         .find(|c| c.type_ == "Ready")
         .unwrap()
         .message;
+    // nope's namespace is not shared: it never got main's data and does not hold it.
     assert!(
-        msg.contains("dev/alice") && msg.contains("other/nope"),
+        msg.contains("dev/alice") && !msg.contains("other/nope"),
         "{msg}"
     );
     assert!(storage
@@ -587,18 +652,28 @@ async fn branches_on_a_real_api_server() {
         .unwrap()
         .contains_key(&main.uid().unwrap().parse().unwrap()));
 
-    for (ns, name) in [("dev", "alice"), ("other", "nope")] {
-        Api::<DatabaseBranch>::namespaced(client.clone(), ns)
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
+    Api::<DatabaseBranch>::namespaced(client.clone(), "dev")
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(
-        "main deleted after its children",
+        "main deleted after its (shared) children",
         Duration::from_secs(60),
         || async { prod.get_opt("main").await.ok()?.is_none().then_some(()) },
     )
     .await;
+    assert!(
+        Api::<DatabaseBranch>::namespaced(client.clone(), "other")
+            .get_opt("nope")
+            .await
+            .unwrap()
+            .is_some(),
+        "a branch in a namespace main does not share with was deleted with it"
+    );
+    Api::<DatabaseBranch>::namespaced(client.clone(), "other")
+        .delete("nope", &DeleteParams::default())
+        .await
+        .unwrap();
     let deleted = storage.deleted.lock().unwrap().clone();
     assert!(deleted.contains(&alice_tl), "{deleted:?}");
     assert!(deleted.iter().any(|d| d.to_string() == uid), "{deleted:?}");
