@@ -45,11 +45,18 @@ for _ in $(seq 1 "$WAKES"); do
   psql -X -A -t -q "$W" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
   ms "$t" >> "$WORK/wakes"
 done
+# `branch connect` prints a verify-full URI: these connects run the TLS handshake. The
+# same URI without its query string, with sslmode=disable, is the plaintext baseline.
+W_PLAIN="${W%%\?*}?sslmode=disable"
 : > "$WORK/connects"
+: > "$WORK/connects_plain"
 for _ in $(seq 1 "$WAKES"); do
   t=$(date +%s%N)
   psql -X -A -t -q "$W" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
   ms "$t" >> "$WORK/connects"
+  t=$(date +%s%N)
+  psql -X -A -t -q "$W_PLAIN" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
+  ms "$t" >> "$WORK/connects_plain"
 done
 
 echo "pgbench -S through the proxy and direct …" >&2
@@ -58,7 +65,7 @@ export PGPASSWORD=$(json '["password"]' <<<"$w_json")
 proxy_port=$(json '["port"]' <<<"$w_json")
 tl=$(json '["timeline_id"]' <<<"$w_json")
 direct_port=$(sed -n 4p "$RAMIFY_DATA_DIR/storage/timelines/$tl/pgdata/postmaster.pid")
-tps() { pgbench -n -S -c 8 -j 2 -T "${PGBENCH_SECONDS:-15}" -h 127.0.0.1 -p "$1" -U app app 2>/dev/null | awk '/^tps/ {print int($3)}'; }
+tps() { PGSSLMODE=disable pgbench -n -S -c 8 -j 2 -T "${PGBENCH_SECONDS:-15}" -h 127.0.0.1 -p "$1" -U app app 2>/dev/null | awk '/^tps/ {print int($3)}'; }
 direct=$(tps "$direct_port")
 proxied=$(tps "$proxy_port")
 direct2=$(tps "$direct_port")
@@ -82,10 +89,12 @@ echo "| measurement | runs | p50 | p99 | min | max |"
 echo "|---|---:|---:|---:|---:|---:|"
 row() { echo "| $1 | $(wc -l < "$2") | $(pct 50 < "$2") ms | $(pct 99 < "$2") ms | $(pct 0 < "$2") ms | $(pct 100 < "$2") ms |"; }
 row "wake from zero → first query result (psql through the proxy)" "$WORK/wakes"
-row "connect → first query, compute already running (psql through the proxy)" "$WORK/connects"
+row "connect → first query, compute already running (psql through the proxy, TLS verify-full)" "$WORK/connects"
+row "connect → first query, compute already running (psql through the proxy, plaintext)" "$WORK/connects_plain"
+echo "| TLS handshake, extra connect time (p50 TLS − p50 plaintext) | $(wc -l < "$WORK/connects") | $(( $(pct 50 < "$WORK/connects") - $(pct 50 < "$WORK/connects_plain") )) ms | | | |"
 row "branch create (fork at latest, parent running) → first query, via the CLI" "$WORK/creates"
 echo
-echo "| pgbench -S, 8 clients | direct to the compute | through the proxy | proxy / direct |"
+echo "| pgbench -S, 8 clients, plaintext | direct to the compute | through the proxy | proxy / direct |"
 echo "|---|---:|---:|---:|"
 echo "| run 1 | $direct tps | $proxied tps | $(( 100 * proxied / direct ))% |"
 echo "| run 2 | $direct2 tps | $proxied2 tps | $(( 100 * proxied2 / direct2 ))% |"

@@ -124,30 +124,6 @@ fn state_line(b: &BranchView) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_uri_asks_for_verify_full_once_the_ca_exists() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("my data").join("ca.crt");
-        let uri = "postgresql://app:pw@127.0.0.1:20001/app";
-        assert_eq!(tls_uri(uri, &ca), uri);
-        std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
-        std::fs::write(&ca, "pem").unwrap();
-        let root = ca.display().to_string().replace(' ', "%20");
-        assert_eq!(
-            tls_uri(uri, &ca),
-            format!("{uri}?sslmode=verify-full&sslrootcert={root}")
-        );
-        assert_eq!(
-            tls_uri(&format!("{uri}?x=1"), &ca),
-            format!("{uri}?x=1&sslmode=verify-full&sslrootcert={root}")
-        );
-    }
-}
-
 #[async_trait]
 impl Backend for Local {
     async fn create_branch(&self, args: CreateArgs) -> anyhow::Result<Shown> {
@@ -340,5 +316,29 @@ impl Backend for Local {
             }
         }
         Err(last.map_or_else(|| anyhow::anyhow!("unknown error"), Into::into))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uri_asks_for_verify_full_once_the_ca_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my data").join("ca.crt");
+        let uri = "postgresql://app:pw@127.0.0.1:20001/app";
+        assert_eq!(tls_uri(uri, &ca), uri);
+        std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+        std::fs::write(&ca, "pem").unwrap();
+        let root = ca.display().to_string().replace(' ', "%20");
+        assert_eq!(
+            tls_uri(uri, &ca),
+            format!("{uri}?sslmode=verify-full&sslrootcert={root}")
+        );
+        assert_eq!(
+            tls_uri(&format!("{uri}?x=1"), &ca),
+            format!("{uri}?x=1&sslmode=verify-full&sslrootcert={root}")
+        );
     }
 }
