@@ -27,6 +27,8 @@ pub const POSTGRES_PORT: u16 = 5432;
 pub const STORAGE_CLAIM: &str = "data";
 /// Where a compute mounts its timeline directory.
 pub const TIMELINE_MOUNT: &str = "/var/lib/ramify/timeline";
+/// The directories of its timeline a compute Pod mounts (see [`compute_pod`]).
+pub const COMPUTE_DIRS: [&str; 3] = ["pgdata", "wal", "run"];
 /// UID and GID of `postgres` in the official image (and of the storage node).
 pub const POSTGRES_UID: i64 = 999;
 
@@ -268,13 +270,19 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         value: Some(pgdata()),
         ..Default::default()
     }];
-    let mounts = vec![
-        VolumeMount {
+    // Only what the compute needs of its timeline: its PGDATA, its WAL archive (which
+    // archive_command appends to, as `../wal`) and its socket directory. Its snapshots and
+    // every other timeline on the volume are not in the Pod at all.
+    let mut mounts: Vec<VolumeMount> = COMPUTE_DIRS
+        .iter()
+        .map(|dir| VolumeMount {
             name: "timeline".into(),
-            mount_path: TIMELINE_MOUNT.into(),
-            sub_path: Some(format!("timelines/{}", plan.timeline_id)),
+            mount_path: format!("{TIMELINE_MOUNT}/{dir}"),
+            sub_path: Some(format!("timelines/{}/{dir}", plan.timeline_id)),
             ..Default::default()
-        },
+        })
+        .collect();
+    mounts.extend([
         VolumeMount {
             name: "tmp".into(),
             mount_path: "/tmp".into(),
@@ -285,7 +293,7 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
             mount_path: "/var/run/postgresql".into(),
             ..Default::default()
         },
-    ];
+    ]);
     let pull = Some(cfg.compute_image_pull_policy.clone());
     // A new root's data directory is empty: initdb it once. The bootstrap superuser
     // `postgres` only logs in over the Unix socket (trust), which only uid 999 reaches;
@@ -643,12 +651,23 @@ mod tests {
             "data-ramify-storage-0"
         );
         let pg = &spec.containers[0];
-        let mount = &pg.volume_mounts.as_ref().unwrap()[0];
+        // PGDATA, the WAL archive and the socket directory of its own timeline, nothing
+        // else of the volume (not its snapshots, not another timeline).
+        let volume: Vec<(String, String)> = pg
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.name == "timeline")
+            .map(|m| (m.mount_path.clone(), m.sub_path.clone().unwrap_or_default()))
+            .collect();
+        let tl = "timelines/6d2f0b8e-0000-4000-8000-000000000001";
         assert_eq!(
-            mount.sub_path.as_deref(),
-            Some("timelines/6d2f0b8e-0000-4000-8000-000000000001")
+            volume,
+            ["pgdata", "wal", "run"]
+                .map(|d| (format!("{TIMELINE_MOUNT}/{d}"), format!("{tl}/{d}")))
+                .to_vec()
         );
-        assert_eq!(mount.mount_path, TIMELINE_MOUNT);
         // Ramify's settings and the user's as arguments.
         let args = pg.args.as_ref().unwrap().join(" ");
         assert!(
