@@ -95,11 +95,21 @@ struct Args {
     /// verify against it (`sslrootcert`, the `ca.crt` key of every branch's connection
     /// Secret). The chart mounts it from the Secret named by `tls.caSecretName`. Without
     /// it the proxy answers SSLRequest with `N` (plaintext only).
-    #[arg(long, env = "RAMIFY_TLS_CA_CERT", value_name = "FILE", requires = "tls_ca_key")]
+    #[arg(
+        long,
+        env = "RAMIFY_TLS_CA_CERT",
+        value_name = "FILE",
+        requires = "tls_ca_key"
+    )]
     tls_ca_cert: Option<PathBuf>,
 
     /// The CA's private key (PEM: PKCS#8, SEC1 or PKCS#1), paired with --tls-ca-cert.
-    #[arg(long, env = "RAMIFY_TLS_CA_KEY", value_name = "FILE", requires = "tls_ca_cert")]
+    #[arg(
+        long,
+        env = "RAMIFY_TLS_CA_KEY",
+        value_name = "FILE",
+        requires = "tls_ca_cert"
+    )]
     tls_ca_key: Option<PathBuf>,
 
     /// Refuse sessions that did not negotiate TLS (SQLSTATE 28000, telling the client to
@@ -347,7 +357,13 @@ mod tests {
 
     #[test]
     fn tls_flags_come_as_a_pair_and_required_needs_them() {
-        let base = ["ramify-proxy", "--operator-url", "http://op:8080", "--token", "t"];
+        let base = [
+            "ramify-proxy",
+            "--operator-url",
+            "http://op:8080",
+            "--token",
+            "t",
+        ];
         let with = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra));
         assert!(with(&["--tls-ca-cert", "/ca.crt"]).is_err());
         assert!(with(&["--tls-required"]).is_err());

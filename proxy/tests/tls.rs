@@ -98,20 +98,30 @@ fn text(out: &std::process::Output) -> (String, String) {
 async fn libpq_connects_with_require_and_verify_full_and_rejects_a_foreign_ca() {
     let control = PgControl::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, addr, _ca) = tls_proxy(control.clone(), ServerNames::Loopback, false, dir.path()).await;
+    let (proxy, addr, _ca) =
+        tls_proxy(control.clone(), ServerNames::Loopback, false, dir.path()).await;
     let root = dir.path().join("ca.crt");
 
     // \conninfo reports the client's side of the connection: TLS to the proxy.
     for extra in [
         "host=127.0.0.1 sslmode=require".to_owned(),
-        format!("host=localhost sslmode=verify-full sslrootcert={}", root.display()),
-        format!("host=127.0.0.1 sslmode=verify-full sslrootcert={}", root.display()),
+        format!(
+            "host=localhost sslmode=verify-full sslrootcert={}",
+            root.display()
+        ),
+        format!(
+            "host=127.0.0.1 sslmode=verify-full sslrootcert={}",
+            root.display()
+        ),
         "host=127.0.0.1 sslmode=prefer".to_owned(),
     ] {
         let out = psql(addr, &extra, "\\conninfo").await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{extra}: {stderr}");
-        assert!(stdout.contains("SSL connection (protocol: TLSv1.3"), "{extra}: {stdout}");
+        assert!(
+            stdout.contains("SSL connection (protocol: TLSv1.3"),
+            "{extra}: {stdout}"
+        );
         let out = psql(addr, &extra, "SELECT current_user").await;
         assert_eq!(text(&out).0.trim(), "app", "{extra}: {}", text(&out).1);
     }
@@ -122,12 +132,19 @@ async fn libpq_connects_with_require_and_verify_full_and_rejects_a_foreign_ca() 
     std::fs::write(&other_root, other.cert_pem()).unwrap();
     let out = psql(
         addr,
-        &format!("host=localhost sslmode=verify-full sslrootcert={}", other_root.display()),
+        &format!(
+            "host=localhost sslmode=verify-full sslrootcert={}",
+            other_root.display()
+        ),
         "SELECT 1",
     )
     .await;
     assert!(!out.status.success());
-    assert!(text(&out).1.contains("certificate verify failed"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("certificate verify failed"),
+        "{}",
+        text(&out).1
+    );
     proxy.remove_route(BRANCH).await;
 }
 
@@ -169,7 +186,11 @@ async fn a_cluster_branch_certificate_is_valid_for_its_service_names_only() {
     let out = psql(addr, &good, "SELECT current_user").await;
     assert_eq!(text(&out).0.trim(), "app", "{}", text(&out).1);
     // Another branch's Service name (or localhost): the certificate does not match.
-    for host in ["prod-postgres.team-a.svc.cluster.local", "dev-postgres.team-b", "localhost"] {
+    for host in [
+        "prod-postgres.team-a.svc.cluster.local",
+        "dev-postgres.team-b",
+        "localhost",
+    ] {
         let bad = format!(
             "host={host} hostaddr=127.0.0.1 sslmode=verify-full sslrootcert={}",
             root.display()
@@ -189,7 +210,8 @@ async fn a_cluster_branch_certificate_is_valid_for_its_service_names_only() {
 async fn plaintext_sessions_are_refused_before_waking_when_tls_is_required() {
     let control = PgControl::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, addr, _ca) = tls_proxy(control.clone(), ServerNames::Loopback, true, dir.path()).await;
+    let (proxy, addr, _ca) =
+        tls_proxy(control.clone(), ServerNames::Loopback, true, dir.path()).await;
 
     let out = psql(addr, "host=127.0.0.1 sslmode=disable", "SELECT 1").await;
     assert!(!out.status.success());
@@ -217,7 +239,12 @@ async fn plaintext_sessions_are_refused_before_waking_when_tls_is_required() {
     assert_eq!(control.wakes(), 0);
     assert!(!control.postgres_running());
 
-    let out = psql(addr, "host=127.0.0.1 sslmode=require", "SELECT current_user").await;
+    let out = psql(
+        addr,
+        "host=127.0.0.1 sslmode=require",
+        "SELECT current_user",
+    )
+    .await;
     assert_eq!(text(&out).0.trim(), "app", "{}", text(&out).1);
     assert_eq!(control.wakes(), 1);
     proxy.remove_route(BRANCH).await;
@@ -338,7 +365,8 @@ async fn wait_for_sleep(other: &Client) {
 async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
     let control = PgControl::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, addr, ca) = tls_proxy(control.clone(), ServerNames::Loopback, true, dir.path()).await;
+    let (proxy, addr, ca) =
+        tls_proxy(control.clone(), ServerNames::Loopback, true, dir.path()).await;
     let tls = RustlsConnect::trusting(&ca);
     let conn_str = format!(
         "host=localhost port={} user=app password=secret dbname=postgres sslmode=require",
@@ -361,8 +389,15 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await })
     };
     wait_for_sleep(&other).await;
-    client.cancel_token().cancel_query(tls.clone()).await.unwrap();
-    let err = sleeper.await.unwrap().expect_err("the sleep must be cancelled");
+    client
+        .cancel_token()
+        .cancel_query(tls.clone())
+        .await
+        .unwrap();
+    let err = sleeper
+        .await
+        .unwrap()
+        .expect_err("the sleep must be cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 
@@ -384,13 +419,22 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(15), async {
         let mut stderr = String::new();
-        psql.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+        psql.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
         (psql.wait().await.unwrap(), stderr)
     })
     .await
     .expect("psql ends once its query is cancelled");
     assert!(!out.0.success());
-    assert!(out.1.contains("canceling statement due to user request"), "{}", out.1);
+    assert!(
+        out.1.contains("canceling statement due to user request"),
+        "{}",
+        out.1
+    );
 
     // The other session is untouched.
     assert_eq!(query_i64(&other, "SELECT 1::int8").await, 1);
@@ -401,7 +445,8 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
 async fn bytes_pipelined_after_the_ssl_request_never_reach_postgres_as_plaintext() {
     let control = PgControl::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, addr, _ca) = tls_proxy(control.clone(), ServerNames::Loopback, false, dir.path()).await;
+    let (proxy, addr, _ca) =
+        tls_proxy(control.clone(), ServerNames::Loopback, false, dir.path()).await;
     // An attacker in the middle appends a plaintext StartupMessage to the client's
     // SSLRequest (CVE-2021-23214 style): it must be taken as a broken handshake.
     let mut raw = TcpStream::connect(addr).await.unwrap();
@@ -421,6 +466,10 @@ async fn bytes_pipelined_after_the_ssl_request_never_reach_postgres_as_plaintext
         !rest.starts_with(b"R"),
         "the proxy answered a plaintext startup after 'S': {rest:?}"
     );
-    assert_eq!(control.wakes(), 0, "nothing may be woken by the injected startup");
+    assert_eq!(
+        control.wakes(),
+        0,
+        "nothing may be woken by the injected startup"
+    );
     proxy.remove_route(BRANCH).await;
 }
