@@ -289,7 +289,7 @@ def test_proxy(rendered):
     # The CA the operator creates (or cert-manager issues), key readable by the proxy only.
     assert c["volumeMounts"] == [{"name": "tls-ca", "mountPath": "/etc/ramify/tls-ca", "readOnly": True}]
     assert pod["volumes"] == [{"name": "tls-ca", "secret": {
-        "secretName": "ramify-ca", "defaultMode": 0o400,
+        "secretName": "ramify-ca", "defaultMode": 0o440,
         "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
     }}]
     assert c["env"] == [{
