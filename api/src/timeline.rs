@@ -214,6 +214,10 @@ pub struct Credentials {
     pub password: String,
     /// Database owned by the role.
     pub database: String,
+    /// Make every other non-superuser role unable to log in: a fork into another
+    /// namespace must not open with logins (and passwords) its parent's tenant made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_other_logins: bool,
 }
 
 /// A timeline as `GET /v1/timelines/{id}` returns it.

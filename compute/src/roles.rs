@@ -92,6 +92,24 @@ $ramify$"
     )
 }
 
+/// Makes every non-superuser login role except `user` unable to log in (`NOLOGIN`), for a
+/// branch forked into another tenant's namespace. `user` must be a validated identifier.
+pub fn disable_other_logins(user: &str) -> String {
+    format!(
+        "DO $ramify$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT rolname FROM pg_roles
+    WHERE rolcanlogin AND NOT rolsuper AND rolname <> '{user}' AND rolname !~ '^pg_'
+  LOOP
+    EXECUTE format('ALTER ROLE %I NOLOGIN', r.rolname);
+  END LOOP;
+END
+$ramify$"
+    )
+}
+
 /// `CREATE DATABASE` for the branch's database, owned by its role (its own statement:
 /// it cannot run in a transaction block).
 pub fn create_database(database: &str, user: &str) -> String {

@@ -330,6 +330,8 @@ impl<R: Runtime> Lifecycle<R> {
                     user: branch.user.clone(),
                     password: branch.password.clone(),
                     database: branch.database.clone(),
+                    // Local mode has one tenant: the machine's user.
+                    disable_other_logins: false,
                 },
             )
             .await?;

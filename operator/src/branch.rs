@@ -559,6 +559,9 @@ async fn converge(
                     user: plan.user.clone(),
                     password: password.clone(),
                     database: plan.database.clone(),
+                    // Forked from another namespace: the parent's tenant made the other
+                    // logins and knows their passwords; none of them opens this branch.
+                    disable_other_logins: b.parent_namespace().is_some_and(|p| p != ns),
                 };
                 let node = &timeline.storage_node;
                 let id: TimelineId = timeline

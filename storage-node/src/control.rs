@@ -153,6 +153,7 @@ pub async fn ensure_login(
     user: &str,
     password: &str,
     database: &str,
+    disable_other_logins: bool,
 ) -> Result<(), ControlError> {
     use ramify_compute::roles;
     let what = "setting the branch's credentials";
@@ -166,6 +167,9 @@ pub async fn ensure_login(
     let verifier = roles::scram_verifier(password);
     let mut tx = roles::login_statements(user, &verifier, role_exists);
     tx.push(roles::revoke_escapes());
+    if disable_other_logins {
+        tx.push(roles::disable_other_logins(user));
+    }
     c.batch_execute(&format!("BEGIN; {}; COMMIT", tx.join("; ")))
         .await
         .map_err(q)?;

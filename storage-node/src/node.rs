@@ -1075,7 +1075,14 @@ impl Node {
             )));
         };
         let c = control::connect(&self.dir(id).run(), running.port).await?;
-        control::ensure_login(&c, &creds.user, &creds.password, &creds.database).await?;
+        control::ensure_login(
+            &c,
+            &creds.user,
+            &creds.password,
+            &creds.database,
+            creds.disable_other_logins,
+        )
+        .await?;
         info!(timeline = %id, "credentials set");
         Ok(())
     }

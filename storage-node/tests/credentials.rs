@@ -11,6 +11,7 @@ fn creds(password: &str) -> Credentials {
         user: "app".into(),
         password: password.into(),
         database: "appdb".into(),
+        disable_other_logins: false,
     }
 }
 
@@ -296,4 +297,65 @@ async fn passwords_never_reach_the_server_log() {
         !log.contains(first) && !log.contains(second),
         "password in the server log"
     );
+}
+
+/// A fork for another tenant: every other login its parent had (and whose password the
+/// parent's tenant knows) is disabled; the branch role logs in with its new password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_for_another_tenant_disables_the_parents_other_logins() {
+    let env = Env::new(1 << 30, &[]).await;
+    let (root, compute) = env.root().await;
+    let first = "ParentPassword0123456789abcdef";
+    env.client
+        .set_credentials(root.id, &creds(first))
+        .await
+        .unwrap();
+    compute
+        .execute("CREATE ROLE reporting LOGIN PASSWORD 'ReportingPassword0123456789'")
+        .await
+        .unwrap();
+    let fork = env
+        .client
+        .create_timeline(&CreateTimeline {
+            parent: Some(root.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .value;
+    let child = env.start(&fork).await;
+    let second = "ChildPassword0123456789abcdefg";
+    env.client
+        .set_credentials(
+            fork.id,
+            &Credentials {
+                disable_other_logins: true,
+                ..creds(second)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(login(child.port(), second).await.unwrap(), "app@appdb");
+    let other = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=reporting dbname=appdb password=ReportingPassword0123456789",
+            child.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    let err = other
+        .err()
+        .expect("the parent's other login opened the fork");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| err.to_string());
+    assert!(msg.contains("not permitted to log in"), "{msg}");
+    // The parent keeps its logins.
+    let parent_other = compute
+        .query_i64("SELECT count(*) FROM pg_roles WHERE rolname = 'reporting' AND rolcanlogin")
+        .await
+        .unwrap();
+    assert_eq!(parent_other, 1);
 }
