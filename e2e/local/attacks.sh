@@ -56,5 +56,73 @@ check "ramify local status still reports the storage node" bash -c "'$RAMIFY' lo
 "$RAMIFY" branch create dev --parent main >/dev/null
 check "a fork through the CLI works" test "$(q "$("$RAMIFY" branch connect dev)" -c 'SELECT count(*) FROM items')" = 10
 
+echo "# the branch role reaches neither the OS nor superuser (SQL as the branch's own role)"
+DEV=$("$RAMIFY" branch connect dev)
+MARKER="$WORK/pwned"
+# Each must fail with a privilege error; "the branch role could ..." if it does not.
+sql_refused() {
+  local what=$1 sql=$2 out rc=0
+  out=$(psql -X -A -t -q -v ON_ERROR_STOP=1 "$MAIN" -c "$sql" 2>&1) || rc=$?
+  if [ "$rc" -ne 0 ] && grep -Eq 'permission denied|must be superuser|must have admin option' <<<"$out"; then
+    ok "$what is refused ($(grep -Eo 'ERROR: .*' <<<"$out" | head -1))"
+  else
+    bad "$what: the branch role could run it (exit $rc: $out)"
+  fi
+}
+sql_refused "GRANT pg_execute_server_program TO current_user" "GRANT pg_execute_server_program TO current_user"
+sql_refused "GRANT pg_read_server_files TO current_user" "GRANT pg_read_server_files TO current_user"
+sql_refused "GRANT pg_write_server_files TO current_user" "GRANT pg_write_server_files TO current_user"
+sql_refused "COPY ... TO PROGRAM" "COPY (SELECT 1) TO PROGRAM 'id > $MARKER'"
+check "... and the program never ran" test ! -e "$MARKER"
+sql_refused "COPY ... FROM a server file" "CREATE TEMP TABLE f (l text); COPY f FROM '/etc/hostname'"
+sql_refused "pg_read_file of a server file" "SELECT pg_read_file('/etc/passwd')"
+sql_refused "ALTER SYSTEM" "ALTER SYSTEM SET work_mem = '1GB'"
+sql_refused "CREATE ROLE" "CREATE ROLE other LOGIN PASSWORD 'x'"
+sql_refused "ALTER ROLE ... SUPERUSER" "ALTER ROLE CURRENT_USER SUPERUSER"
+check "the branch role still owns its database: tables, a trusted extension, statistics" \
+  q -o /dev/null "$MAIN" -c "CREATE TABLE mine (i int); CREATE EXTENSION IF NOT EXISTS pgcrypto; SELECT count(*) FROM pg_stat_activity"
+
+echo "# links planted in a timeline directory never reach another timeline"
+STORE="$RAMIFY_DATA_DIR/storage/timelines"
+DEV_TL=$("$RAMIFY" branch get dev -o json | json '["timeline_id"]')
+DB_OID=$(q "$DEV" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
+REL=$(q "$DEV" -c "SELECT pg_relation_filepath('items')")
+VICTIM="$STORE/$DEV_TL/pgdata/$REL"
+q "$DEV" -c "CHECKPOINT" 2>/dev/null || true
+dev_sum=$(q "$DEV" -c "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM items")
+victim_sum=$(md5sum < "$VICTIM")
+"$RAMIFY" snapshot create main base >/dev/null
+q "$MAIN" -c "INSERT INTO items VALUES (11); DELETE FROM items WHERE id = 11"
+LSN=$(q "$MAIN" -c "SELECT pg_current_wal_lsn()")
+# Where a fork reads: a relation file of PGDATA (fork at latest clones it), and a
+# timeline history file in its archive (a fork at an LSN gathers every one).
+for case in "pgdata/base/$DB_OID/999999|" "wal/00000063.history|--at $LSN"; do
+  planted=${case%%|*}
+  read -r -a at <<<"${case#*|}"
+  ln -s "$VICTIM" "$STORE/$TL/$planted"
+  fails_with "a fork of main ${at[*]} with a symlink at $planted is refused, naming it" "$planted" \
+    "$RAMIFY" branch create stolen --parent main "${at[@]}"
+  rm -f "$STORE/$TL/$planted"
+  ln "$VICTIM" "$STORE/$TL/$planted"
+  fails_with "a fork of main ${at[*]} with a hard link at $planted is refused, naming it" "$planted" \
+    "$RAMIFY" branch create stolen --parent main "${at[@]}"
+  rm -f "$STORE/$TL/$planted"
+done
+check "no half-made branch is left behind" bash -c "! '$RAMIFY' branch get stolen >/dev/null 2>&1"
+check "dev's table file is byte-identical" test "$(md5sum < "$VICTIM")" = "$victim_sum"
+check "dev's rows are unchanged" test "$(q "$DEV" -c "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM items")" = "$dev_sum"
+"$RAMIFY" branch create clean --parent main >/dev/null
+check "with the links gone, the same fork works" test "$(q "$("$RAMIFY" branch connect clean)" -c 'SELECT count(*) FROM items')" = 10
+
+echo "# passwords reach no log"
+leaked=0
+for pw in $("$RAMIFY" branch list -o json | python3 -c 'import json,sys; print(" ".join(b["password"] for b in json.load(sys.stdin)))'); do
+  if grep -rlF --exclude=branches.json --exclude=daemon.json "$pw" "$RAMIFY_DATA_DIR" >"$WORK/leaks" 2>/dev/null; then
+    leaked=1; cat "$WORK/leaks"
+  fi
+done
+check "no branch password in any file of the data directory but the private branch store" test "$leaked" = 0
+check "every service still answers" q -o /dev/null "$MAIN" -c "SELECT 1"
+
 echo "# $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
