@@ -124,5 +124,31 @@ done
 check "no branch password in any file of the data directory but the private branch store" test "$leaked" = 0
 check "every service still answers" q -o /dev/null "$MAIN" -c "SELECT 1"
 
+echo "# TLS on every branch endpoint: psql and psycopg with sslmode=verify-full"
+URI=$("$RAMIFY" branch connect main)
+check "the connection URI asks for verify-full against local mode's CA" grep -q "sslmode=verify-full&sslrootcert=" <<<"$URI"
+ssl=$(psql -X "$URI" -c '\conninfo' 2>&1)
+check "psql verify-full: $(grep -o 'SSL connection (protocol: [^,]*' <<<"$ssl")" grep -q "SSL connection (protocol: TLSv1.3" <<<"$ssl"
+PYTHON=${PYTHON:-target/pyenv/bin/python}
+if "$PYTHON" -c 'import psycopg' 2>/dev/null; then
+  got=$("$PYTHON" - "$URI" <<'PY'
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as c:
+    ssl = c.pgconn.ssl_in_use
+    n = c.execute("SELECT count(*) FROM items").fetchone()[0]
+    print(f"ssl={ssl} rows={n}")
+PY
+  )
+  check "psycopg verify-full ($got)" test "$got" = "ssl=True rows=10"
+  bad_ca="$WORK/other-ca.crt"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=other -days 1 \
+    -keyout "$WORK/other-ca.key" -out "$bad_ca" 2>/dev/null
+  other_uri=$(sed "s|sslrootcert=[^&]*|sslrootcert=$bad_ca|" <<<"$URI")
+  out=$("$PYTHON" -c 'import sys, psycopg; psycopg.connect(sys.argv[1])' "$other_uri" 2>&1 || true)
+  check "psycopg refuses a server its CA did not sign (certificate verify failed)" grep -q "certificate verify failed" <<<"$out"
+else
+  bad "psycopg is missing from $PYTHON (make chart-test installs it)"
+fi
+
 echo "# $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
