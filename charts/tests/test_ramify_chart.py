@@ -282,6 +282,9 @@ def test_proxy(rendered):
         "listen-address": "0.0.0.0",
         "metrics-listen": "0.0.0.0:9090",
         "sync-interval": "2s",
+        "startup-timeout": "10s",
+        "max-connections-per-branch": "100",
+        "max-connections": "1000",
         "tls-ca-cert": "/etc/ramify/tls-ca/tls.crt",
         "tls-ca-key": "/etc/ramify/tls-ca/tls.key",
         "cluster-domain": "cluster.local",
@@ -311,6 +314,17 @@ def test_tls_required_and_a_custom_ca_secret_reach_proxy_and_operator():
     assert proxy["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "my-ca"
     operator = out.get("Deployment", "ramify-operator")
     assert flags(container(operator, "operator"))["tls-ca-secret"] == "my-ca"
+
+
+def test_proxy_connection_caps_and_startup_timeout_reach_the_flags():
+    out = kube.render(RAMIFY_CHART, {"proxy": {
+        "startupTimeout": "3s", "maxConnectionsPerBranch": 20, "maxConnections": 5000,
+    }}, namespace=NAMESPACE)
+    proxy = flags(container(out.get("Deployment", "ramify-proxy"), "proxy"))
+    # Large numbers stay integers (Helm reads YAML numbers as float64).
+    assert (proxy["startup-timeout"], proxy["max-connections-per-branch"], proxy["max-connections"]) == (
+        "3s", "20", "5000",
+    )
 
 
 # --- images -----------------------------------------------------------------------------
@@ -496,6 +510,9 @@ def test_monitoring_peers_and_disabling_policies():
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"compute": {"defaultSuspendAfter": "five minutes"}}, "defaultSuspendAfter"),
     ({"storage": {"size": "lots"}}, "size"),
+    ({"proxy": {"maxConnectionsPerBranch": 0}}, "maxConnectionsPerBranch"),
+    ({"proxy": {"maxConnections": "many"}}, "maxConnections"),
+    ({"proxy": {"startupTimeout": "ten seconds"}}, "startupTimeout"),
     ({"logFormat": "xml"}, "logFormat"),
     ({"networkPolicy": {"monitoringFrom": [{"podSelektor": {}}]}}, "podSelektor"),
     ({"admission": {"protectBranch": False}}, "protectBranch"),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{
     self, BackendStartupScanner, CancelKey, FrontendStartup, MAX_STARTUP_PACKET,
+    SQLSTATE_TOO_MANY_CONNECTIONS,
 };
 use crate::route::{LiveRoute, Session};
 use crate::tls::RouteTls;
@@ -86,6 +88,10 @@ impl AsyncWrite for ClientStream {
 pub(crate) async fn serve(route: Arc<LiveRoute>, tls: Option<RouteTls>, client: TcpStream) {
     // Postgres sets TCP_NODELAY on its sockets; a proxy that does not adds 40 ms stalls.
     let _ = client.set_nodelay(true);
+    let _slot = match route.try_open() {
+        Ok(slot) => slot,
+        Err(err) => return refuse(client, err).await,
+    };
     let timeout = route.opts.startup_timeout;
     let negotiated = tokio::time::timeout(timeout, negotiate(&route, tls.as_ref(), client))
         .await
@@ -120,6 +126,28 @@ pub(crate) async fn serve(route: Arc<LiveRoute>, tls: Option<RouteTls>, client: 
             }
         }
     }
+}
+
+/// Longest a refused client is given to read its `ErrorResponse` before the close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells a client over a connection cap why, before reading anything from it: the
+/// `ErrorResponse` is what Postgres sends when it cannot start a backend, and libpq
+/// shows it whether it sent an `SSLRequest` or a `StartupMessage` first. Nothing is
+/// negotiated and the branch is not woken.
+async fn refuse(mut client: TcpStream, err: ProxyError) {
+    info!(error = %err, "connection refused");
+    let msg = protocol::error_response(SQLSTATE_TOO_MANY_CONNECTIONS, &err.to_string());
+    if client.write_all(&msg).await.is_err() || client.shutdown().await.is_err() {
+        return;
+    }
+    // Closing with the client's startup bytes unread would send a reset that can
+    // overtake the error; read (and drop) until the client closes, briefly.
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn handle(
@@ -302,7 +330,9 @@ async fn session(
 }
 
 /// Forwards both directions unchanged while scanning the server's messages; registers
-/// the `BackendKeyData` key. Returns `true` at the first `ReadyForQuery`, `false` when
+/// the `BackendKeyData` key and marks the session authenticated at `AuthenticationOk`.
+/// The scan is of the backend side, which is plaintext whether or not the client
+/// negotiated TLS. Returns `true` at the first `ReadyForQuery`, `false` when
 /// either side closed first (failed authentication, client gone).
 async fn relay_startup_phase(
     client: &mut ClientStream,
@@ -333,6 +363,9 @@ async fn relay_startup_phase(
                 let scan = scanner.feed(&down[..n])?;
                 if let Some(key) = scan.key {
                     session.register_key(key, backend);
+                }
+                if scan.authenticated {
+                    session.authenticated();
                 }
                 // Bytes after ReadyForQuery (a pipelined reply) are forwarded as they are.
                 client_wr.write_all(&down[..n]).await.map_err(ProxyError::ClientIo)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::protocol::{
     SQLSTATE_CANNOT_CONNECT_NOW, SQLSTATE_CONNECTION_FAILURE, SQLSTATE_FEATURE_NOT_SUPPORTED,
-    SQLSTATE_INVALID_AUTHORIZATION, SQLSTATE_PROTOCOL_VIOLATION,
+    SQLSTATE_INVALID_AUTHORIZATION, SQLSTATE_PROTOCOL_VIOLATION, SQLSTATE_TOO_MANY_CONNECTIONS,
 };
 use crate::tls::TlsError;
 
@@ -102,6 +102,26 @@ pub enum ProxyError {
         #[source]
         source: TlsError,
     },
+    /// The branch already has `max_connections_per_branch` client connections open.
+    #[error(
+        "branch \"{branch}\" has too many connections: the proxy allows {limit} concurrent \
+         connections per branch; close idle ones or use a connection pool"
+    )]
+    TooManyBranchConnections {
+        /// The branch.
+        branch: String,
+        /// The configured cap.
+        limit: usize,
+    },
+    /// The proxy already has `max_connections` client connections open.
+    #[error(
+        "the proxy has too many connections: it allows {limit} concurrent connections in \
+         total; try again later"
+    )]
+    TooManyConnections {
+        /// The configured cap.
+        limit: usize,
+    },
     /// Reading from or writing to the client failed.
     #[error("client connection failed: {0}")]
     ClientIo(#[source] std::io::Error),
@@ -120,6 +140,9 @@ impl ProxyError {
             Self::Protocol { .. } => Some(SQLSTATE_PROTOCOL_VIOLATION),
             Self::UnsupportedProtocol { .. } => Some(SQLSTATE_FEATURE_NOT_SUPPORTED),
             Self::TlsRequired { .. } => Some(SQLSTATE_INVALID_AUTHORIZATION),
+            Self::TooManyBranchConnections { .. } | Self::TooManyConnections { .. } => {
+                Some(SQLSTATE_TOO_MANY_CONNECTIONS)
+            }
             Self::RouteExists { .. }
             | Self::Bind { .. }
             | Self::StartupTimeout { .. }

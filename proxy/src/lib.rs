@@ -20,6 +20,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,6 +69,11 @@ pub struct ProxyOptions {
     pub startup_timeout: Duration,
     /// How long connecting to a woken compute may take (default 10 s).
     pub connect_timeout: Duration,
+    /// Client connections one branch may have open at once, counted from the accept
+    /// (default 100); more are refused with SQLSTATE 53300 before anything is read.
+    pub max_connections_per_branch: usize,
+    /// Client connections the whole proxy may have open at once (default 1000).
+    pub max_connections: usize,
 }
 
 impl Default for ProxyOptions {
@@ -76,6 +82,8 @@ impl Default for ProxyOptions {
             wake_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_connections_per_branch: 100,
+            max_connections: 1000,
         }
     }
 }
@@ -89,6 +97,11 @@ pub struct RouteStats {
     pub suspend_after: Option<Duration>,
     /// Client sessions currently open (including those waiting for a wake).
     pub active_connections: usize,
+    /// Of those, the sessions Postgres authenticated (it sent `AuthenticationOk`): only
+    /// these keep the branch awake.
+    pub authenticated_connections: usize,
+    /// Connections refused because a connection cap was reached.
+    pub refused_connections: u64,
     /// Since when no session is open (`None` while one is).
     pub idle_since: Option<Instant>,
     /// When a session last opened or closed (wall clock, for status output).
@@ -118,6 +131,8 @@ struct Inner {
     opts: ProxyOptions,
     routes: Mutex<HashMap<String, RouteTasks>>,
     tls: Option<(ProxyTls, Arc<LeafCache>)>,
+    /// Client connections open on every route, against `opts.max_connections`.
+    open: Arc<AtomicUsize>,
 }
 
 /// A route and the tasks serving it.
@@ -136,6 +151,7 @@ impl Proxy {
                 opts,
                 routes: Mutex::new(HashMap::new()),
                 tls: None,
+                open: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -150,6 +166,7 @@ impl Proxy {
                 opts,
                 routes: Mutex::new(HashMap::new()),
                 tls: Some((tls, cache)),
+                open: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -197,6 +214,7 @@ impl Proxy {
             route.suspend_after,
             Arc::clone(&self.inner.control),
             self.inner.opts,
+            Arc::clone(&self.inner.open),
         ));
         let mut routes = self.routes();
         if routes.contains_key(&route.branch) {
@@ -232,6 +250,11 @@ impl Proxy {
             }
         }
         info!(branch, "route removed");
+    }
+
+    /// Client connections open on every route now (against `max_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
     }
 
     /// The route's counters, or `None` for an unknown branch.

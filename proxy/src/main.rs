@@ -91,6 +91,23 @@ struct Args {
     #[arg(long, env = "RAMIFY_WAKE_TIMEOUT", default_value = "60s", value_parser = parse_interval, value_name = "DURATION")]
     wake_timeout: Duration,
 
+    /// How long a client may take from connecting to a complete StartupMessage (the
+    /// SSLRequest and TLS handshake included); slower clients are disconnected.
+    #[arg(long, env = "RAMIFY_STARTUP_TIMEOUT", default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
+    startup_timeout: Duration,
+
+    /// Client connections one branch may have open at once, counted from the accept
+    /// (authenticated or not). More are refused at once with SQLSTATE 53300
+    /// (too_many_connections), without waking the branch. Keep it below the compute's
+    /// max_connections so that Postgres, not the proxy, is the last word.
+    #[arg(long, env = "RAMIFY_MAX_CONNECTIONS_PER_BRANCH", default_value_t = 100, value_parser = parse_cap, value_name = "N")]
+    max_connections_per_branch: usize,
+
+    /// Client connections the proxy may have open at once over all branches; more are
+    /// refused with SQLSTATE 53300. Bounds the proxy's memory and file descriptors.
+    #[arg(long, env = "RAMIFY_MAX_CONNECTIONS", default_value_t = 1000, value_parser = parse_cap, value_name = "N")]
+    max_connections: usize,
+
     /// CA certificate (PEM) that signs each branch's TLS server certificate; clients
     /// verify against it (`sslrootcert`, the `ca.crt` key of every branch's connection
     /// Secret). The chart mounts it from the Secret named by `tls.caSecretName`. Without
@@ -151,6 +168,16 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be more than 0 (e.g. 2s)".to_owned());
     }
     Ok(d)
+}
+
+/// A connection cap: a whole number of at least 1.
+fn parse_cap(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a valid cap: expected a whole number of at least 1"
+        )),
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -217,6 +244,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let control = Arc::new(OperatorControl::new(client));
     let opts = ProxyOptions {
         wake_timeout: args.wake_timeout,
+        startup_timeout: args.startup_timeout,
+        max_connections_per_branch: args.max_connections_per_branch,
+        max_connections: args.max_connections,
         ..ProxyOptions::default()
     };
     let proxy = match (&args.tls_ca_cert, &args.tls_ca_key) {
@@ -265,6 +295,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics_listen = %args.metrics_listen,
         sync_interval = ?args.sync_interval,
         wake_timeout = ?args.wake_timeout,
+        startup_timeout = ?args.startup_timeout,
+        max_connections_per_branch = args.max_connections_per_branch,
+        max_connections = args.max_connections,
         "ramify-proxy starting"
     );
 
@@ -353,6 +386,46 @@ mod tests {
         assert_eq!(args.tls_ca_cert, None);
         assert!(!args.tls_required);
         assert_eq!(args.cluster_domain, "cluster.local");
+        assert_eq!(args.startup_timeout, Duration::from_secs(10));
+        assert_eq!(args.max_connections_per_branch, 100);
+        assert_eq!(args.max_connections, 1000);
+    }
+
+    #[test]
+    fn connection_caps_must_be_positive() {
+        let base = [
+            "ramify-proxy",
+            "--operator-url",
+            "http://op:8080",
+            "--token",
+            "t",
+        ];
+        let with = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra));
+        let args = with(&[
+            "--max-connections-per-branch",
+            "5",
+            "--max-connections=50",
+            "--startup-timeout=3s",
+        ])
+        .unwrap();
+        assert_eq!(
+            (args.max_connections_per_branch, args.max_connections),
+            (5, 50)
+        );
+        assert_eq!(args.startup_timeout, Duration::from_secs(3));
+        for (bad, flag) in [
+            (
+                "--max-connections-per-branch=0",
+                "--max-connections-per-branch",
+            ),
+            ("--max-connections=-1", "--max-connections"),
+            ("--max-connections=lots", "--max-connections"),
+            ("--startup-timeout=0s", "--startup-timeout"),
+        ] {
+            let err = with(&[bad]).err().expect(bad);
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        assert!(parse_cap("0").unwrap_err().contains("at least 1"));
     }
 
     #[test]

@@ -58,6 +58,7 @@ async fn metrics(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
         syncs: e.status.syncs(),
         sync_failures: e.status.sync_failures(),
         wake_fallbacks: e.control.fallbacks(),
+        open_connections: e.proxy.open_connections() as u64,
     };
     (
         [(
@@ -71,6 +72,8 @@ async fn metrics(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
 /// Proxy-wide values.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Global {
+    /// Client connections open on every route (against --max-connections).
+    pub open_connections: u64,
     /// `/readyz` answers 200.
     pub ready: bool,
     /// The last route sync reached the operator.
@@ -123,13 +126,19 @@ pub fn render(global: &Global, routes: &[(String, RouteStats)]) -> String {
         global.wake_fallbacks,
     );
     scalar(
+        "ramify_proxy_open_connections",
+        "gauge",
+        "Client connections open on every route, counted against --max-connections.",
+        global.open_connections,
+    );
+    scalar(
         "ramify_proxy_routes",
         "gauge",
         "Branches the proxy listens for.",
         routes.len() as u64,
     );
     type Field = fn(&RouteStats) -> u64;
-    let per_route: [(&str, &str, &str, Field); 9] = [
+    let per_route: [(&str, &str, &str, Field); 11] = [
         (
             "ramify_proxy_route_port",
             "gauge",
@@ -141,6 +150,18 @@ pub fn render(global: &Global, routes: &[(String, RouteStats)]) -> String {
             "gauge",
             "Client sessions open now, including those waiting for a wake.",
             |s| s.active_connections as u64,
+        ),
+        (
+            "ramify_proxy_authenticated_connections",
+            "gauge",
+            "Client sessions open now that Postgres authenticated; only these keep the branch awake.",
+            |s| s.authenticated_connections as u64,
+        ),
+        (
+            "ramify_proxy_refused_connections_total",
+            "counter",
+            "Client connections refused over a connection cap (SQLSTATE 53300).",
+            |s| s.refused_connections,
         ),
         (
             "ramify_proxy_connections_total",
@@ -224,6 +245,8 @@ mod tests {
             listen: "0.0.0.0:20001".parse().unwrap(),
             suspend_after: Some(Duration::from_secs(300)),
             active_connections: active,
+            authenticated_connections: active,
+            refused_connections: 3,
             idle_since: None,
             last_activity: SystemTime::now(),
             connections: 7,
@@ -244,6 +267,7 @@ mod tests {
                 syncs: 10,
                 sync_failures: 3,
                 wake_fallbacks: 0,
+                open_connections: 2,
             },
             &[
                 ("dev/alice".into(), stats(2, 5, false)),
@@ -254,6 +278,9 @@ mod tests {
             "ramify_proxy_ready 1",
             "ramify_proxy_route_sync_failures_total 3",
             "ramify_proxy_routes 2",
+            "ramify_proxy_open_connections 2",
+            "ramify_proxy_authenticated_connections{branch=\"dev/alice\"} 2",
+            "ramify_proxy_refused_connections_total{branch=\"prod/main\"} 3",
             "ramify_proxy_active_connections{branch=\"dev/alice\"} 2",
             "ramify_proxy_active_connections{branch=\"prod/main\"} 0",
             "ramify_proxy_connections_total{branch=\"dev/alice\"} 7",

@@ -20,6 +20,8 @@ pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 /// SQLSTATE `connection_failure`: woken, but its Postgres refused the connection.
 pub const SQLSTATE_CONNECTION_FAILURE: &str = "08006";
+/// SQLSTATE `too_many_connections`: a connection cap of the proxy was reached.
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 /// SQLSTATE `protocol_violation`.
 pub const SQLSTATE_PROTOCOL_VIOLATION: &str = "08P01";
 /// SQLSTATE `invalid_authorization_specification`: what Postgres answers when no
@@ -168,6 +170,9 @@ pub struct ScanResult {
     /// The first `ReadyForQuery` ended at this offset of the chunk: the startup phase
     /// is over and everything from here on may be spliced.
     pub ready_at: Option<usize>,
+    /// An `AuthenticationOk` (`R` with code 0) completed in this chunk: Postgres
+    /// accepted the client's credentials.
+    pub authenticated: bool,
 }
 
 /// Follows the server's message stream during the startup phase without buffering whole
@@ -177,8 +182,11 @@ pub struct ScanResult {
 pub struct BackendStartupScanner {
     /// Bytes of the current message's 5-byte header seen so far.
     header: Vec<u8>,
-    /// Message type and body bytes still to skip (or collect, for 'K').
+    /// Message type and body bytes still to skip (or collect, for 'K' and 'R').
     current: Option<(u8, usize)>,
+    /// The body length of the current message.
+    body_len: usize,
+    /// The `BackendKeyData` body, or the first bytes of an `Authentication*` body.
     key_body: Vec<u8>,
     done: bool,
 }
@@ -209,6 +217,7 @@ impl BackendStartupScanner {
                             });
                         }
                         self.current = Some((kind, len - 4));
+                        self.body_len = len - 4;
                         self.key_body.clear();
                     }
                 }
@@ -216,6 +225,10 @@ impl BackendStartupScanner {
                     let take = remaining.min(chunk.len() - at);
                     if kind == b'K' {
                         self.key_body.extend_from_slice(&chunk[at..at + take]);
+                    } else if kind == b'R' {
+                        // Only the code word matters; SASL payloads can be long.
+                        let want = 4usize.saturating_sub(self.key_body.len()).min(take);
+                        self.key_body.extend_from_slice(&chunk[at..at + want]);
                     }
                     at += take;
                     self.current = Some((kind, remaining - take));
@@ -237,6 +250,9 @@ impl BackendStartupScanner {
                                 });
                             }
                         }
+                    }
+                    b'R' if self.body_len == 4 && read_u32(&self.key_body, 0) == Some(0) => {
+                        result.authenticated = true;
                     }
                     b'Z' => {
                         self.done = true;
@@ -378,9 +394,36 @@ mod tests {
                     pid: 4242,
                     secret: -77
                 }),
-                ready_at: Some(end)
+                ready_at: Some(end),
+                authenticated: true,
             }
         );
+    }
+
+    #[test]
+    fn scanner_sees_authentication_ok_but_not_a_challenge() {
+        let mut scanner = BackendStartupScanner::default();
+        // AuthenticationSASL: code 10 and mechanism names.
+        let sasl = message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0");
+        assert!(!scanner.feed(&sasl).unwrap().authenticated);
+        // AuthenticationSASLFinal (code 12) whose payload starts with zero bytes.
+        let mut fin = 12u32.to_be_bytes().to_vec();
+        fin.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(!scanner.feed(&message(b'R', &fin)).unwrap().authenticated);
+        // An ErrorResponse carrying zero bytes is not an authentication.
+        assert!(
+            !scanner
+                .feed(&message(b'E', &[0, 0, 0, 0]))
+                .unwrap()
+                .authenticated
+        );
+        let ok = message(b'R', &0u32.to_be_bytes());
+        for split in 0..ok.len() {
+            let mut scanner = BackendStartupScanner::default();
+            let a = scanner.feed(&ok[..split]).unwrap().authenticated;
+            let b = scanner.feed(&ok[split..]).unwrap().authenticated;
+            assert!(a ^ b, "split at {split}");
+        }
     }
 
     #[test]
@@ -394,6 +437,7 @@ mod tests {
             assert_eq!(key.map(|k| k.pid), Some(4242), "split at {split}");
             let ready = a.ready_at.or(b.ready_at.map(|r| r + split));
             assert_eq!(ready, Some(end), "split at {split}");
+            assert!(a.authenticated || b.authenticated, "split at {split}");
         }
         let mut scanner = BackendStartupScanner::default();
         let mut ready = None;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,8 +49,15 @@ pub(crate) enum SuspendDecision {
 pub(crate) struct RouteState {
     suspend_after: Option<Duration>,
     phase: Phase,
+    /// Admitted sessions, authenticated or not.
     active: usize,
+    /// Admitted sessions Postgres authenticated: only these hold the route busy.
+    authenticated: usize,
+    /// Since when no authenticated session is open.
     idle_since: Option<Instant>,
+    /// A wake already restarted the idle period since the last authenticated session
+    /// or suspend: further wakes (by clients that may never authenticate) do not.
+    wake_extended: bool,
     /// The compute was replaced while a suspend ran, which may have stopped only the old
     /// one: the route must not end up `Suspended`.
     replaced_while_suspending: bool,
@@ -57,6 +65,7 @@ pub(crate) struct RouteState {
     wake_in_flight: Option<watch::Receiver<Option<WakeOutcome>>>,
     cancel_keys: HashMap<CancelKey, SocketAddr>,
     connections: u64,
+    refused: u64,
     wakes: u64,
     wake_failures: u64,
     suspends: u64,
@@ -70,12 +79,15 @@ impl RouteState {
             suspend_after,
             phase: Phase::MaybeRunning,
             active: 0,
+            authenticated: 0,
             idle_since: Some(now),
+            wake_extended: false,
             replaced_while_suspending: false,
             last_activity: SystemTime::now(),
             wake_in_flight: None,
             cancel_keys: HashMap::new(),
             connections: 0,
+            refused: 0,
             wakes: 0,
             wake_failures: 0,
             suspends: 0,
@@ -84,24 +96,44 @@ impl RouteState {
     }
 
     /// Counts a client session in, unless a suspend is running (then `false`: wait).
+    /// The session does not hold the route busy until [`RouteState::authenticate`]:
+    /// anyone who reaches the port gets this far.
     pub(crate) fn try_admit(&mut self) -> bool {
         if self.phase == Phase::Suspending {
             return false;
         }
         self.active += 1;
         self.connections += 1;
-        self.idle_since = None;
         self.last_activity = SystemTime::now();
         true
     }
 
-    /// Counts a client session out.
-    pub(crate) fn release(&mut self, now: Instant) {
+    /// An admitted session was authenticated by Postgres: the route is busy while it
+    /// lasts.
+    pub(crate) fn authenticate(&mut self) {
+        self.authenticated += 1;
+        self.idle_since = None;
+        self.wake_extended = false;
+        self.last_activity = SystemTime::now();
+    }
+
+    /// Counts a client session out; the idle period starts when the last authenticated
+    /// one closes.
+    pub(crate) fn release(&mut self, now: Instant, authenticated: bool) {
         self.active = self.active.saturating_sub(1);
         self.last_activity = SystemTime::now();
-        if self.active == 0 {
-            self.idle_since = Some(now);
+        if authenticated {
+            self.authenticated = self.authenticated.saturating_sub(1);
+            if self.authenticated == 0 {
+                self.idle_since = Some(now);
+                self.wake_extended = false;
+            }
         }
+    }
+
+    /// Counts a connection refused over a cap.
+    pub(crate) fn refuse(&mut self) {
+        self.refused += 1;
     }
 
     /// Whether to suspend now; on `Suspend` the phase is already `Suspending`, so no
@@ -110,7 +142,10 @@ impl RouteState {
         let Some(after) = self.suspend_after.filter(|d| !d.is_zero()) else {
             return SuspendDecision::Wait;
         };
-        if self.phase != Phase::MaybeRunning || self.active > 0 || self.wake_in_flight.is_some() {
+        if self.phase != Phase::MaybeRunning
+            || self.authenticated > 0
+            || self.wake_in_flight.is_some()
+        {
             return SuspendDecision::Wait;
         }
         let Some(idle_since) = self.idle_since else {
@@ -139,7 +174,8 @@ impl RouteState {
             self.phase = Phase::MaybeRunning;
             self.suspend_failures += 1;
         }
-        if self.active == 0 {
+        self.wake_extended = false;
+        if self.authenticated == 0 {
             self.idle_since = Some(now);
         }
     }
@@ -155,7 +191,8 @@ impl RouteState {
             Phase::Suspending => self.replaced_while_suspending = true,
             Phase::MaybeRunning => {}
         }
-        if self.active == 0 {
+        self.wake_extended = false;
+        if self.authenticated == 0 {
             self.idle_since = Some(now);
         }
     }
@@ -175,15 +212,19 @@ impl RouteState {
         None
     }
 
-    /// Records the end of the wake in flight; an idle route gets a full idle period
-    /// from now, so a compute nobody waited for is not stopped the moment it is up.
+    /// Records the end of the wake in flight. An idle route gets a full idle period
+    /// from now, so a compute just started is not stopped before its client could
+    /// authenticate; but only once per idle stretch: every client triggers a wake,
+    /// and clients that never authenticate must not keep the branch awake by
+    /// reconnecting.
     pub(crate) fn finish_wake(&mut self, ok: bool, now: Instant) {
         self.wake_in_flight = None;
         if !ok {
             self.wake_failures += 1;
         }
-        if self.active == 0 {
+        if self.authenticated == 0 && !self.wake_extended {
             self.idle_since = Some(now);
+            self.wake_extended = true;
         }
     }
 
@@ -209,6 +250,8 @@ impl RouteState {
             listen,
             suspend_after: self.suspend_after,
             active_connections: self.active,
+            authenticated_connections: self.authenticated,
+            refused_connections: self.refused,
             idle_since: self.idle_since,
             last_activity: self.last_activity,
             connections: self.connections,
@@ -228,6 +271,10 @@ pub(crate) struct LiveRoute {
     pub(crate) opts: ProxyOptions,
     control: Arc<dyn Control>,
     state: Mutex<RouteState>,
+    /// Client connections of this route open now, from accept to close.
+    open: AtomicUsize,
+    /// Client connections of every route of the proxy open now.
+    total: Arc<AtomicUsize>,
     /// Signalled on every state change the suspender or waiting clients care about.
     changed: Notify,
     shutdown: watch::Sender<bool>,
@@ -240,6 +287,7 @@ impl LiveRoute {
         suspend_after: Option<Duration>,
         control: Arc<dyn Control>,
         opts: ProxyOptions,
+        total: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             branch,
@@ -247,6 +295,8 @@ impl LiveRoute {
             opts,
             control,
             state: Mutex::new(RouteState::new(suspend_after, Instant::now())),
+            open: AtomicUsize::new(0),
+            total,
             changed: Notify::new(),
             shutdown: watch::Sender::new(false),
         }
@@ -289,6 +339,37 @@ impl LiveRoute {
         let _ = rx.wait_for(|&stop| stop).await;
     }
 
+    /// Counts an accepted connection against the per-branch and the total cap; over
+    /// either it is refused (and counted as refused) before anything else happens.
+    pub(crate) fn try_open(self: &Arc<Self>) -> Result<ConnectionSlot, ProxyError> {
+        let below = |limit: usize| move |n: usize| (n < limit).then_some(n + 1);
+        let per_branch = self.opts.max_connections_per_branch;
+        if self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(per_branch))
+            .is_err()
+        {
+            self.state().refuse();
+            return Err(ProxyError::TooManyBranchConnections {
+                branch: self.branch.clone(),
+                limit: per_branch,
+            });
+        }
+        let total = self.opts.max_connections;
+        if self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(total))
+            .is_err()
+        {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.state().refuse();
+            return Err(ProxyError::TooManyConnections { limit: total });
+        }
+        Ok(ConnectionSlot {
+            route: Arc::clone(self),
+        })
+    }
+
     /// Counts a client session in, waiting (until `deadline`) for a running suspend.
     pub(crate) async fn admit(
         self: &Arc<Self>,
@@ -300,6 +381,7 @@ impl LiveRoute {
                 return Ok(Session {
                     route: Arc::clone(self),
                     key: None,
+                    authenticated: false,
                 });
             }
             info!(branch = %self.branch, "waiting for the compute's suspend to finish");
@@ -411,13 +493,36 @@ impl LiveRoute {
     }
 }
 
+/// An accepted connection counted against the caps; freed on drop.
+pub(crate) struct ConnectionSlot {
+    route: Arc<LiveRoute>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.route.open.fetch_sub(1, Ordering::AcqRel);
+        self.route.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One admitted client session; counted out (and its cancel key forgotten) on drop.
 pub(crate) struct Session {
     route: Arc<LiveRoute>,
     key: Option<(CancelKey, SocketAddr)>,
+    authenticated: bool,
 }
 
 impl Session {
+    /// Postgres accepted the client's credentials: from now on the session keeps the
+    /// branch awake.
+    pub(crate) fn authenticated(&mut self) {
+        if std::mem::replace(&mut self.authenticated, true) {
+            return;
+        }
+        self.route.state().authenticate();
+        self.route.changed.notify_waiters();
+    }
+
     /// Makes `CancelRequest`s with `key` reach `backend` while this session lasts.
     pub(crate) fn register_key(&mut self, key: CancelKey, backend: SocketAddr) {
         let mut state = self.route.state();
@@ -436,7 +541,7 @@ impl Drop for Session {
             if let Some((key, backend)) = self.key.take() {
                 state.forget_key(key, backend);
             }
-            state.release(Instant::now());
+            state.release(Instant::now(), self.authenticated);
         }
         self.route.changed.notify_waiters();
     }
@@ -466,8 +571,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = RouteState::new(Some(10 * SEC), t0);
         assert!(s.try_admit());
+        s.authenticate();
         assert_eq!(s.decide_suspend(t0 + 60 * SEC), SuspendDecision::Wait);
-        s.release(t0 + 5 * SEC);
+        s.release(t0 + 5 * SEC, true);
         assert_eq!(
             s.decide_suspend(t0 + 6 * SEC),
             SuspendDecision::SleepUntil(t0 + 15 * SEC)
@@ -480,7 +586,8 @@ mod tests {
         assert!(s.try_admit());
         assert!(s.join_or_start_wake(rx()).is_none());
         s.finish_wake(true, t0 + 101 * SEC);
-        s.release(t0 + 102 * SEC);
+        s.authenticate();
+        s.release(t0 + 102 * SEC, true);
         assert_eq!(
             s.decide_suspend(t0 + 103 * SEC),
             SuspendDecision::SleepUntil(t0 + 112 * SEC)
@@ -510,7 +617,7 @@ mod tests {
         assert!(s.try_admit());
         assert!(s.join_or_start_wake(rx()).is_none());
         // Its client gave up (wake timeout) but the wake still runs.
-        s.release(t0);
+        s.release(t0, false);
         assert_eq!(s.decide_suspend(t0 + 60 * SEC), SuspendDecision::Wait);
         s.finish_wake(true, t0 + 60 * SEC);
         assert_eq!(
@@ -583,10 +690,11 @@ mod tests {
         assert!(s.try_admit());
         assert!(s.join_or_start_wake(rx()).is_none());
         s.finish_wake(true, t0 + SEC);
+        s.authenticate();
         s.compute_replaced(t0 + 50 * SEC);
         assert_eq!(s.decide_suspend(t0 + 100 * SEC), SuspendDecision::Wait);
         // The old compute ends the session; the idle period starts then.
-        s.release(t0 + 120 * SEC);
+        s.release(t0 + 120 * SEC, true);
         assert_eq!(
             s.decide_suspend(t0 + 121 * SEC),
             SuspendDecision::SleepUntil(t0 + 130 * SEC)
@@ -609,6 +717,67 @@ mod tests {
         assert_eq!(s.decide_suspend(t0 + 4 * SEC), SuspendDecision::Suspend);
         s.finish_suspend(true, t0 + 5 * SEC);
         assert!(s.stats(addr()).suspended);
+    }
+
+    /// Anyone reaching the port gets admitted and woken, but only a session Postgres
+    /// authenticated keeps the compute up.
+    #[test]
+    fn unauthenticated_sessions_do_not_hold_the_route_busy() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(10 * SEC), t0);
+        assert!(s.try_admit());
+        assert_eq!(
+            s.decide_suspend(t0 + SEC),
+            SuspendDecision::SleepUntil(t0 + 10 * SEC)
+        );
+        assert_eq!(s.decide_suspend(t0 + 10 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 11 * SEC);
+        s.release(t0 + 12 * SEC, false);
+        let stats = s.stats(addr());
+        assert_eq!(
+            (stats.active_connections, stats.authenticated_connections),
+            (0, 0)
+        );
+    }
+
+    /// Every client triggers a wake; clients that never authenticate may restart the
+    /// idle period once, not on every reconnect.
+    #[test]
+    fn wakes_restart_the_idle_period_once_per_idle_stretch() {
+        let t0 = Instant::now();
+        let mut s = RouteState::new(Some(10 * SEC), t0);
+        for i in 1..=5 {
+            assert!(s.try_admit());
+            assert!(s.join_or_start_wake(rx()).is_none());
+            s.finish_wake(true, t0 + i * SEC);
+            s.release(t0 + i * SEC, false);
+        }
+        // Only the first wake (at t0 + 1 s) restarted the period.
+        assert_eq!(
+            s.decide_suspend(t0 + 6 * SEC),
+            SuspendDecision::SleepUntil(t0 + 11 * SEC)
+        );
+        assert_eq!(s.decide_suspend(t0 + 11 * SEC), SuspendDecision::Suspend);
+        s.finish_suspend(true, t0 + 12 * SEC);
+        // After the suspend a wake starts the compute again: one full period for it.
+        assert!(s.try_admit());
+        assert!(s.join_or_start_wake(rx()).is_none());
+        s.finish_wake(true, t0 + 20 * SEC);
+        s.release(t0 + 20 * SEC, false);
+        assert_eq!(
+            s.decide_suspend(t0 + 21 * SEC),
+            SuspendDecision::SleepUntil(t0 + 30 * SEC)
+        );
+        // An authenticated session ends the stretch: after it, a wake may restart again.
+        assert!(s.try_admit());
+        s.authenticate();
+        s.release(t0 + 25 * SEC, true);
+        assert!(s.join_or_start_wake(rx()).is_none());
+        s.finish_wake(true, t0 + 27 * SEC);
+        assert_eq!(
+            s.decide_suspend(t0 + 28 * SEC),
+            SuspendDecision::SleepUntil(t0 + 37 * SEC)
+        );
     }
 
     #[test]
