@@ -5,7 +5,11 @@
 # suspend and wake, `kubectl ramify` (create --wait, psql by port-forward, list -A,
 # status, reset, protect, delete --wait), checkpoint and restore (with a backup branch), reset, deletion
 # protection, expiry, delete everything and check the storage was freed. Prints the time
-# of every step. Leaves nothing behind (also on failure).
+# of every step. Leaves nothing behind (also on failure). The attacks of the issue "safe
+# to share" are tried as a tenant would: SQL as the branch role, parameters that run
+# programs through kubectl apply, the storage API without its token from a Pod and from
+# the host, a fork from a namespace the parent does not share with, links planted from a
+# shell in a compute Pod (kubectl exec); then TLS verify-full through the in-cluster proxy.
 #
 # usage: e2e/k8s/run.sh
 #   KUBECONFIG      the cluster (required; the test is skipped with a notice without it)
@@ -32,6 +36,7 @@ RUN="$(printf '%04x' $((RANDOM)))"
 SYS="ramify-e2e-$RUN"
 NS_A="e2e-main-$RUN"
 NS_B="e2e-dev-$RUN"
+NS_C="e2e-other-$RUN"
 WORK="$(mktemp -d)"
 PF_PID=""
 
@@ -74,7 +79,8 @@ cleanup() {
   # Branches first (their finalizers need the operator), then everything else.
   k delete databasebranches --all -n "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_A" --wait=true --timeout=120s >/dev/null 2>&1
-  k delete ns "$NS_A" "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete databasebranches --all -n "$NS_C" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete ns "$NS_A" "$NS_B" "$NS_C" --wait=true --timeout=120s >/dev/null 2>&1
   # A protected branch would hold its namespace's deletion up.
   for ns in "$NS_A" "$NS_B"; do
     for b in $(k get databasebranches -n "$ns" -o name 2>/dev/null); do
@@ -239,6 +245,127 @@ step "kubectl ramify status: operator, storage node, proxy"
 kr status >"$WORK/status.out" || fail "status failed: $(cat "$WORK/status.out")"
 sed 's/^/    /' "$WORK/status.out"
 grep -q "reflink" "$WORK/status.out" || fail "status does not show the storage node's clone method"
+
+step "attacks: SQL as the branch role reaches neither the OS nor superuser"
+for sql in "GRANT pg_execute_server_program TO current_user" "COPY (SELECT 1) TO PROGRAM 'id'" \
+           "SELECT pg_read_file('/etc/passwd')" "ALTER SYSTEM SET work_mem = '1GB'" "CREATE ROLE x LOGIN"; do
+  if out=$(psql_in "$NS_A" -c "$sql" 2>&1); then fail "the branch role could run: $sql"; fi
+  echo "$out" | grep -Eq 'permission denied|must be superuser|must have admin option' || fail "$sql: unexpected error: $out"
+  echo "    refused: $sql"
+done
+
+step "attacks: parameters that run programs or load code are refused by kubectl apply"
+for param in "restore_command: 'id > /tmp/x'" "shared_preload_libraries: evil"; do
+  if out=$(cat <<EOF | k apply -f - 2>&1
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: evil, namespace: $NS_A}
+spec: {compute: {postgresParameters: {$param}}}
+EOF
+  ); then fail "postgresParameters {$param} was accepted"; fi
+  echo "$out" | grep -q "postgresParameters sets a parameter that runs a program" || fail "unexpected refusal: $out"
+  echo "    refused: $param"
+done
+
+step "attacks: the storage API refuses callers without its token (a Pod, the host)"
+STORAGE_IP=$(k -n "$SYS" get pod ramify-storage-0 -o jsonpath='{.status.podIP}')
+ALICE_TL=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.timeline.id}')
+# From a tenant's Pod: bash's /dev/tcp, the first status line. A NetworkPolicy that drops
+# the connection refuses it too; only an answer other than 401 is a failure.
+for req in "GET /v1/timelines" "PUT /v1/timelines/$ALICE_TL/credentials" "DELETE /v1/timelines/$ALICE_TL?force=true"; do
+  line=$(k -n "$NS_A" exec psql -- bash -c "exec 3<>/dev/tcp/$STORAGE_IP/7070 && printf '$req HTTP/1.0\r\nHost: s\r\nContent-Length: 0\r\n\r\n' >&3 && head -1 <&3" 2>&1 | tr -d '\r' || true)
+  case "$line" in
+    *" 401 "*) echo "    from a Pod: $req -> $line" ;;
+    *"HTTP/"*) fail "from a Pod, $req was answered: $line" ;;
+    *) echo "    from a Pod: $req -> no connection (${line:-closed})" ;;
+  esac
+done
+code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$STORAGE_IP:7070/v1/timelines" || true)
+case "$code" in
+  401) echo "    from the host: GET /v1/timelines -> 401" ;;
+  000) echo "    from the host: the Pod network is not reachable from here" ;;
+  *) fail "from the host, GET /v1/timelines answered $code" ;;
+esac
+[ "$(psql_in "$NS_B" -c 'SELECT count(*) FROM items')" = 49001 ] || fail "alice changed"
+
+step "attacks: a fork from a namespace main does not share with"
+k create namespace "$NS_C" >/dev/null
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: thief, namespace: $NS_C}
+spec: {parent: {name: main, namespace: $NS_A}}
+EOF
+wait_for "thief refused" '{.status.conditions[?(@.type=="Ready")].reason}' '^ParentNotShared$' 60 -n "$NS_C" databasebranch thief
+[ -z "$(k -n "$NS_C" get secret thief-postgres --ignore-not-found -o name)" ] || fail "thief got a connection Secret"
+[ -z "$(k -n "$NS_C" get databasebranch thief -o jsonpath='{.status.timeline.id}')" ] || fail "thief got a timeline"
+k delete namespace "$NS_C" --wait=true --timeout=120s >/dev/null
+
+step "attacks: links planted from a shell in main's compute Pod"
+MAIN_POD=$(k -n "$SYS" get pods -l "ramify.dev/branch-name=main,ramify.dev/branch-namespace=$NS_A" -o jsonpath='{.items[0].metadata.name}')
+mounted=$(k -n "$SYS" exec "$MAIN_POD" -c postgres -- ls /var/lib/ramify/timeline | tr '\n' ' ')
+[ "$mounted" = "pgdata run wal " ] || fail "the compute sees more of its timeline than pgdata, run, wal: $mounted"
+REL=$(psql_in "$NS_B" -c "SELECT pg_relation_filepath('items')")
+DB_OID=$(psql_in "$NS_A" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
+ALICE_SUM=$(psql_in "$NS_B" -c "SELECT md5(string_agg(id::text || note, ',' ORDER BY id)) FROM items")
+# The target as the storage node sees it: alice's table file on the node's volume.
+k -n "$SYS" exec "$MAIN_POD" -c postgres -- ln -s "/var/lib/ramify/timelines/$ALICE_TL/pgdata/$REL" \
+  "/var/lib/ramify/timeline/pgdata/base/$DB_OID/999999"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: stolen, namespace: $NS_A}
+spec: {parent: {name: main}}
+EOF
+wait_for "the fork over a planted link refused, naming it" '{.status.conditions[?(@.type=="Ready")].message}' "base/$DB_OID/999999" 60 -n "$NS_A" databasebranch stolen
+echo "    $(k -n "$NS_A" get databasebranch stolen -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+k -n "$SYS" exec "$MAIN_POD" -c postgres -- rm "/var/lib/ramify/timeline/pgdata/base/$DB_OID/999999"
+k -n "$NS_A" wait --for=condition=Ready databasebranch/stolen --timeout=120s >/dev/null \
+  || fail "the fork did not succeed once the link was gone"
+k -n "$NS_A" delete databasebranch stolen --timeout=120s >/dev/null
+[ "$(psql_in "$NS_B" -c "SELECT md5(string_agg(id::text || note, ',' ORDER BY id)) FROM items")" = "$ALICE_SUM" ] \
+  || fail "alice's rows changed"
+
+step "TLS: psql with sslmode=verify-full through the in-cluster proxy"
+k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.ca\.crt}' | base64 -d > "$WORK/ca.crt"
+grep -q "BEGIN CERTIFICATE" "$WORK/ca.crt" || fail "alice's Secret has no ca.crt"
+k -n "$NS_B" exec -i psql -- sh -c 'cat > /tmp/ca.crt' < "$WORK/ca.crt"
+got=$(k -n "$NS_B" exec psql -- env PGSSLMODE=verify-full PGSSLROOTCERT=/tmp/ca.crt \
+  psql -X -At -c "SELECT count(*) FROM items" 2>&1) || fail "verify-full failed: $got"
+[ "$got" = 49001 ] || fail "verify-full saw: $got"
+ssl=$(k -n "$NS_B" exec psql -- env PGSSLMODE=verify-full PGSSLROOTCERT=/tmp/ca.crt psql -X -c '\conninfo' 2>&1)
+echo "$ssl" | grep -q "SSL connection (protocol: TLSv1.3" || fail "not TLS: $ssl"
+echo "    $(echo "$ssl" | grep -o 'SSL connection[^)]*)')"
+# psycopg from outside the cluster, through a port-forward to a proxy Pod: the certificate
+# is checked against the branch's Service name (libpq's host) while hostaddr is local.
+PROXY_POD=$(k -n "$SYS" get pods -l app.kubernetes.io/component=proxy -o jsonpath='{.items[0].metadata.name}')
+BPORT=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.proxyPort}')
+k -n "$SYS" port-forward "pod/$PROXY_POD" ":$BPORT" >"$WORK/pf.out" 2>&1 &
+PF_PID=$!
+LPORT=""
+for _ in $(seq 1 50); do
+  LPORT=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/pf.out" | head -1)
+  [ -n "$LPORT" ] && break
+  sleep 0.2
+done
+[ -n "$LPORT" ] || fail "port-forward to the proxy did not start: $(cat "$WORK/pf.out")"
+ALICE_PW=$(k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.password}' | base64 -d)
+got=$(PGPASSWORD="$ALICE_PW" "$PYTHON" - "host=alice-postgres.$NS_B.svc hostaddr=127.0.0.1 port=$LPORT user=app dbname=app sslmode=verify-full sslrootcert=$WORK/ca.crt" <<'PY' 2>&1
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as c:
+    print(f"ssl={c.pgconn.ssl_in_use} rows={c.execute('SELECT count(*) FROM items').fetchone()[0]}")
+PY
+) || fail "psycopg verify-full failed: $got"
+[ "$got" = "ssl=True rows=49001" ] || fail "psycopg verify-full saw: $got"
+echo "    psycopg through the proxy: $got"
+# The same certificate is no good for another branch's name.
+if out=$(PGPASSWORD="$ALICE_PW" "$PYTHON" -c 'import sys, psycopg; psycopg.connect(sys.argv[1])' \
+    "host=main-postgres.$NS_A.svc hostaddr=127.0.0.1 port=$LPORT user=app dbname=app sslmode=verify-full sslrootcert=$WORK/ca.crt" 2>&1); then
+  fail "alice's certificate was accepted for main's Service name"
+fi
+echo "$out" | grep -qi "certificate\|does not match" || fail "unexpected error for the wrong name: $out"
+kill "$PF_PID" 2>/dev/null; wait "$PF_PID" 2>/dev/null || true; PF_PID=""
+
 
 step "alice suspends after 15 s idle (compute Pod deleted)"
 k -n "$NS_B" delete pod psql --wait=true --timeout=60s >/dev/null
