@@ -327,6 +327,17 @@ def test_proxy_connection_caps_and_startup_timeout_reach_the_flags():
     )
 
 
+def test_compute_max_resources_reach_the_operator_only_when_set(rendered):
+    assert not {"max-compute-cpu", "max-compute-memory"} & set(
+        flags(container(rendered.get("Deployment", "ramify-operator"), "operator")))
+    out = kube.render(RAMIFY_CHART, {"compute": {"maxResources": {"cpu": "2", "memory": "4Gi"}}},
+                      namespace=NAMESPACE)
+    op = flags(container(out.get("Deployment", "ramify-operator"), "operator"))
+    assert (op["max-compute-cpu"], op["max-compute-memory"]) == ("2", "4Gi")
+    with pytest.raises(Exception, match="maxResources"):
+        kube.render(RAMIFY_CHART, {"compute": {"maxResources": {"gpu": "1"}}}, namespace=NAMESPACE)
+
+
 # --- images -----------------------------------------------------------------------------
 
 

@@ -66,6 +66,17 @@ pub struct Config {
     #[arg(long, env = "RAMIFY_DEFAULT_SUSPEND_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub default_suspend_after: Duration,
 
+    /// Most CPU one branch's compute may request or be limited to (`2`, `1500m`); a branch
+    /// asking more is refused (reason ResourceLimitExceeded). Also its CPU limit when the
+    /// branch sets none. Unset: no maximum.
+    #[arg(long, env = "RAMIFY_MAX_COMPUTE_CPU", value_parser = crate::quantity::parse_flag)]
+    pub max_compute_cpu: Option<String>,
+
+    /// Most memory one branch's compute may request or be limited to (`4Gi`); as
+    /// `--max-compute-cpu`, and its memory limit when the branch sets none.
+    #[arg(long, env = "RAMIFY_MAX_COMPUTE_MEMORY", value_parser = crate::quantity::parse_flag)]
+    pub max_compute_memory: Option<String>,
+
     /// Label selector of the proxy Pods (their IPs back every branch's Service).
     #[arg(
         long,

@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ownership;
 pub mod ports;
+pub mod quantity;
 pub mod restore;
 pub mod sharing;
 pub mod token;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use ramify_api::names::validate_sql_identifier;
 use ramify_api::{At, Lsn};
@@ -88,14 +89,64 @@ pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Prob
     };
     postgres_args("true", &compute.postgres_parameters)
         .map_err(|e| Problem::invalid(format!("spec.compute.postgresParameters: {e}")))?;
+    let resources = bounded_resources(compute.resources, cfg)?;
     Ok(ValidSpec {
         at,
         user,
         database,
         suspend_after: (!suspend_after.is_zero()).then_some(suspend_after),
         postgres_parameters: compute.postgres_parameters,
-        resources: compute.resources,
+        resources,
     })
+}
+
+/// The branch's compute resources within the installation's maximum per branch: asking
+/// more (as a request or a limit) is refused, naming both; a resource with a maximum and
+/// no limit gets the maximum as its limit, so no branch runs unbounded.
+fn bounded_resources(
+    asked: Option<ResourceRequirements>,
+    cfg: &Config,
+) -> Result<Option<ResourceRequirements>, Problem> {
+    let maxima = [
+        ("cpu", cfg.max_compute_cpu.as_deref(), "--max-compute-cpu"),
+        (
+            "memory",
+            cfg.max_compute_memory.as_deref(),
+            "--max-compute-memory",
+        ),
+    ];
+    if maxima.iter().all(|(_, m, _)| m.is_none()) {
+        return Ok(asked);
+    }
+    let mut r = asked.unwrap_or_default();
+    for (resource, max, flag) in maxima {
+        let Some(max) = max else { continue };
+        let max_value = crate::quantity::parse(max)
+            .map_err(|e| Problem::invalid(format!("the operator's {flag}: {e}")))?;
+        for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+            let Some(q) = map.as_ref().and_then(|m| m.get(resource)) else {
+                continue;
+            };
+            let field = format!("spec.compute.resources.{kind}.{resource}");
+            let value = crate::quantity::parse(&q.0)
+                .map_err(|e| Problem::invalid(format!("{field}: {e}")))?;
+            if value > max_value {
+                return Err(Problem {
+                    reason: "ResourceLimitExceeded",
+                    message: format!(
+                        "{field} {} is more than this installation allows one branch, {max} \
+                         (the chart's compute.maxResources.{resource}); ask for at most {max}",
+                        q.0
+                    ),
+                });
+            }
+        }
+        let limits = r.limits.get_or_insert_with(Default::default);
+        limits
+            .entry(resource.to_owned())
+            .or_insert_with(|| Quantity(max.to_owned()));
+    }
+    Ok(Some(r))
 }
 
 /// The storage API's fork point for `spec.at` (absent or empty: latest).
@@ -190,6 +241,74 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn compute_resources_are_bounded_by_the_installation() {
+        let mut cfg = Config::for_namespace("ramify-system");
+        let asked = |requests: &[(&str, &str)], limits: &[(&str, &str)]| {
+            let map = |kv: &[(&str, &str)]| {
+                (!kv.is_empty()).then(|| {
+                    kv.iter()
+                        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+                        .collect::<BTreeMap<_, _>>()
+                })
+            };
+            let mut spec = fork_spec();
+            spec.compute = Some(ComputeSpec {
+                resources: Some(ResourceRequirements {
+                    requests: map(requests),
+                    limits: map(limits),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            branch("dev", spec)
+        };
+        // No maximum: whatever the branch asks.
+        let v = validate_spec(&asked(&[("memory", "64Gi")], &[]), &cfg).unwrap();
+        assert!(v.resources.unwrap().limits.is_none());
+
+        cfg.max_compute_cpu = Some("2".into());
+        cfg.max_compute_memory = Some("4Gi".into());
+        for (requests, limits, field) in [
+            (
+                vec![("memory", "8Gi")],
+                vec![],
+                "spec.compute.resources.requests.memory 8Gi",
+            ),
+            (
+                vec![],
+                vec![("cpu", "2500m")],
+                "spec.compute.resources.limits.cpu 2500m",
+            ),
+        ] {
+            let p = validate_spec(&asked(&requests, &limits), &cfg).unwrap_err();
+            assert_eq!(p.reason, "ResourceLimitExceeded");
+            assert!(p.message.starts_with(field), "{p:?}");
+            assert!(p.message.contains("compute.maxResources"), "{p:?}");
+        }
+        // Within the maximum: accepted, and the maximum is the limit where none was set.
+        let v = validate_spec(
+            &asked(&[("cpu", "500m"), ("memory", "1Gi")], &[("memory", "2Gi")]),
+            &cfg,
+        )
+        .unwrap()
+        .resources
+        .unwrap();
+        let limits = v.limits.unwrap();
+        assert_eq!(limits["cpu"], Quantity("2".into()));
+        assert_eq!(limits["memory"], Quantity("2Gi".into()));
+        let none = validate_spec(&branch("dev", fork_spec()), &cfg).unwrap();
+        assert_eq!(
+            none.resources.unwrap().limits.unwrap()["memory"],
+            Quantity("4Gi".into())
+        );
+        let p = validate_spec(&asked(&[("cpu", "lots")], &[]), &cfg).unwrap_err();
+        assert!(
+            p.message.starts_with("spec.compute.resources.requests.cpu"),
+            "{p:?}"
+        );
     }
 
     #[test]
