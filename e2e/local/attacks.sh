@@ -124,6 +124,30 @@ done
 check "no branch password in any file of the data directory but the private branch store" test "$leaked" = 0
 check "every service still answers" q -o /dev/null "$MAIN" -c "SELECT 1"
 
+echo "# clients that never authenticate keep no branch awake and get past no cap"
+FLOOD="python3 $(dirname "$0")/../wake_flood.py"
+"$RAMIFY" branch create idle --parent main --suspend-after 3s >/dev/null
+IDLE_PORT=$("$RAMIFY" branch get idle -o json | json '["port"]')
+compute_of() { "$RAMIFY" branch get "$1" -o json | json '["compute"]'; }
+# Five clients that sit at the password challenge for 15 s: they woke the branch, but
+# only authenticated sessions count as use, so it suspends after its 3 s all the same.
+$FLOOD hold 127.0.0.1 "$IDLE_PORT" 5 15 >"$WORK/hold.json" &
+holder=$!
+sleep 9
+state=$(compute_of idle)
+check "a branch held open by 5 unauthenticated clients is suspended after its suspend-after (state: $state)" test "$state" = suspended
+wait "$holder"
+check "... and those clients had reached the password challenge: $(cat "$WORK/hold.json")" \
+  test "$(json '["challenged"]' <"$WORK/hold.json")" -ge 1
+# A flood beyond the proxy's per-branch cap (100): refused with 53300 before anything is
+# woken or read, while other branches keep serving.
+$FLOOD hold 127.0.0.1 "$IDLE_PORT" 110 2 >"$WORK/flood.json"
+check "a flood of 110 unauthenticated clients is refused by the proxy's cap beyond 100: $(json '["proxy_cap"]' <"$WORK/flood.json") refused" \
+  test "$(json '["proxy_cap"]' <"$WORK/flood.json")" -ge 10
+check "... and main still answers" test "$(q "$MAIN" -c 'SELECT count(*) FROM items')" = 10
+check "... and so does idle, with its password, once the flood is gone" \
+  test "$(q "$("$RAMIFY" branch connect idle)" -c 'SELECT count(*) FROM items')" = 10
+
 echo "# TLS on every branch endpoint: psql and psycopg with sslmode=verify-full"
 URI=$("$RAMIFY" branch connect main)
 check "the connection URI asks for verify-full against local mode's CA" grep -q "sslmode=verify-full&sslrootcert=" <<<"$URI"
