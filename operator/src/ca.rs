@@ -7,12 +7,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use ramify_proxy::CertificateAuthority;
-
-use crate::build::FIELD_MANAGER;
 
 /// Why the CA could not be read or created.
 #[derive(Debug, thiserror::Error)]
@@ -62,18 +59,7 @@ pub async fn ensure(client: Client, namespace: &str, name: &str) -> Result<Strin
 /// The Secret holding a new CA.
 pub fn ca_secret(namespace: &str, name: &str, ca: &CertificateAuthority) -> Secret {
     Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_string(), "ramify".to_string()),
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    FIELD_MANAGER.to_string(),
-                ),
-            ])),
-            ..Default::default()
-        },
+        metadata: crate::token::secret_meta(namespace, name),
         type_: Some("kubernetes.io/tls".into()),
         string_data: Some(BTreeMap::from([
             ("tls.crt".to_string(), ca.cert_pem().to_string()),

@@ -39,18 +39,7 @@ pub async fn ensure(client: Client, namespace: &str, name: &str) -> Result<Strin
         };
         let token = format!("{}{}", random(())?, random(())?);
         let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                namespace: Some(namespace.to_string()),
-                labels: Some(BTreeMap::from([
-                    ("app.kubernetes.io/name".to_string(), "ramify".to_string()),
-                    (
-                        "app.kubernetes.io/managed-by".to_string(),
-                        FIELD_MANAGER.to_string(),
-                    ),
-                ])),
-                ..Default::default()
-            },
+            metadata: secret_meta(namespace, name),
             string_data: Some(BTreeMap::from([("token".to_string(), token.clone())])),
             type_: Some("Opaque".into()),
             ..Default::default()
@@ -63,4 +52,21 @@ pub async fn ensure(client: Client, namespace: &str, name: &str) -> Result<Strin
         }
     }
     Err(TokenError::Malformed(format!("{namespace}/{name}")))
+}
+
+/// Name, namespace and labels of a Secret the operator creates for itself in its own
+/// namespace (the proxy and storage tokens, the TLS CA).
+pub fn secret_meta(namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "ramify".to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                FIELD_MANAGER.to_string(),
+            ),
+        ])),
+        ..Default::default()
+    }
 }

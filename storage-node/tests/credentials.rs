@@ -4,7 +4,7 @@
 mod common;
 
 use common::Env;
-use ramify_api::{CreateTimeline, Credentials};
+use ramify_api::{At, CreateTimeline, Credentials};
 
 fn creds(password: &str) -> Credentials {
     Credentials {
@@ -50,15 +50,7 @@ async fn credentials_create_the_role_and_replace_a_forks_password() {
         .await
         .is_err());
 
-    let fork = env
-        .client
-        .create_timeline(&CreateTimeline {
-            parent: Some(root.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .value;
+    let fork = env.fork(root.id, At::Latest).await;
     let child = env.start(&fork).await;
     let second = "SecondPassword0123456789abcd";
     env.client
@@ -314,15 +306,7 @@ async fn a_fork_for_another_tenant_disables_the_parents_other_logins() {
         .execute("CREATE ROLE reporting LOGIN PASSWORD 'ReportingPassword0123456789'")
         .await
         .unwrap();
-    let fork = env
-        .client
-        .create_timeline(&CreateTimeline {
-            parent: Some(root.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .value;
+    let fork = env.fork(root.id, At::Latest).await;
     let child = env.start(&fork).await;
     let second = "ChildPassword0123456789abcdefg";
     env.client
