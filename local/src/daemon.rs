@@ -115,6 +115,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             warn!(error = %e, "storage API stopped");
         }
     });
+    // Computes archive into each timeline's inbox; move arrivals into the archive.
+    node.spawn_archive_drain(Duration::from_secs(1));
     let bg = node.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(10));

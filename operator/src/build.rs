@@ -28,7 +28,7 @@ pub const STORAGE_CLAIM: &str = "data";
 /// Where a compute mounts its timeline directory.
 pub const TIMELINE_MOUNT: &str = "/var/lib/ramify/timeline";
 /// The directories of its timeline a compute Pod mounts (see [`compute_pod`]).
-pub const COMPUTE_DIRS: [&str; 3] = ["pgdata", "wal", "run"];
+pub const COMPUTE_DIRS: [&str; 3] = ["pgdata", "archive-inbox", "run"];
 /// UID and GID of `postgres` in the official image (and of the storage node).
 pub const POSTGRES_UID: i64 = 999;
 
@@ -270,9 +270,11 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         value: Some(pgdata()),
         ..Default::default()
     }];
-    // Only what the compute needs of its timeline: its PGDATA, its WAL archive (which
-    // archive_command appends to, as `../wal`) and its socket directory. Its snapshots and
-    // every other timeline on the volume are not in the Pod at all.
+    // Only what the compute needs of its timeline: its PGDATA, its archive inbox (which
+    // archive_command writes, as `../archive-inbox`; the storage node moves each arrival
+    // into the archive `wal/`) and its socket directory. Its archive, its snapshots and
+    // every other timeline on the volume are not in the Pod at all, so it can append to
+    // its history but never rewrite it.
     let mut mounts: Vec<VolumeMount> = COMPUTE_DIRS
         .iter()
         .map(|dir| VolumeMount {
@@ -548,7 +550,7 @@ mod tests {
             database: "app".into(),
             proxy_port: 20042,
             postgres_parameters: BTreeMap::from([("work_mem".into(), "64MB".into())]),
-            archive_command: "test ! -f ../wal/%f && cp %p ../wal/%f".into(),
+            archive_command: "test ! -f ../archive-inbox/%f && cp %p ../archive-inbox/%f".into(),
             resources: None,
         }
     }
@@ -651,8 +653,9 @@ mod tests {
             "data-ramify-storage-0"
         );
         let pg = &spec.containers[0];
-        // PGDATA, the WAL archive and the socket directory of its own timeline, nothing
-        // else of the volume (not its snapshots, not another timeline).
+        // PGDATA, the archive inbox and the socket directory of its own timeline, nothing
+        // else of the volume (not its archive `wal/`, not its snapshots, not another
+        // timeline).
         let volume: Vec<(String, String)> = pg
             .volume_mounts
             .as_ref()
@@ -664,7 +667,7 @@ mod tests {
         let tl = "timelines/6d2f0b8e-0000-4000-8000-000000000001";
         assert_eq!(
             volume,
-            ["pgdata", "wal", "run"]
+            ["pgdata", "archive-inbox", "run"]
                 .map(|d| (format!("{TIMELINE_MOUNT}/{d}"), format!("{tl}/{d}")))
                 .to_vec()
         );
@@ -679,7 +682,7 @@ mod tests {
             "{args}"
         );
         assert!(
-            args.contains("-c archive_command=test ! -f ../wal/%f"),
+            args.contains("-c archive_command=test ! -f ../archive-inbox/%f"),
             "{args}"
         );
         assert!(args.contains("-c work_mem=64MB"), "{args}");

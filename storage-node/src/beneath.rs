@@ -497,6 +497,29 @@ impl Dir {
             .map_err(io_at("rename", self.path_of(from)))
     }
 
+    /// Renames `from` in this directory to `to` in `dest` unless `to` already exists
+    /// (`RENAME_NOREPLACE`: checked and done in one step, so nothing is ever overwritten).
+    /// Returns `false`, moving nothing, when `to` exists.
+    pub fn rename_no_replace(
+        &self,
+        from: impl AsRef<OsStr>,
+        dest: &Dir,
+        to: impl AsRef<OsStr>,
+    ) -> Result<bool> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        match rustix::fs::renameat_with(
+            &self.fd,
+            from,
+            &dest.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            Err(e) => Err(io_at("rename", self.path_of(from))(e)),
+        }
+    }
+
     /// Makes this directory's entries durable.
     pub fn fsync(&self) -> Result<()> {
         rustix::fs::fsync(&self.fd).map_err(io_at("fsync", self.rel.clone()))

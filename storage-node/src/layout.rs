@@ -57,9 +57,17 @@ impl TimelineDir {
     pub fn pg_wal(&self) -> PathBuf {
         self.0.join("pgdata").join("pg_wal")
     }
-    /// This timeline's own WAL archive.
+    /// This timeline's own WAL archive (no compute writes it; see [`crate::inbox`]).
     pub fn archive(&self) -> PathBuf {
-        self.0.join("wal")
+        self.0.join(crate::inbox::ARCHIVE)
+    }
+    /// Where the compute's `archive_command` puts finished WAL for the node to archive.
+    pub fn inbox(&self) -> PathBuf {
+        self.0.join(crate::inbox::INBOX)
+    }
+    /// Arrivals the node refused to archive, kept for inspection.
+    pub fn rejected(&self) -> PathBuf {
+        self.0.join(crate::inbox::REJECTED)
     }
     pub fn snapshots(&self) -> PathBuf {
         self.0.join("snapshots")

@@ -58,6 +58,10 @@ struct Args {
     /// How often periodic snapshots and restore-window GC are checked.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     housekeeping_interval: Duration,
+    /// How often each timeline's archive inbox is moved into its archive (forks,
+    /// snapshots and GC also do it first, so this only bounds how current `wal/` is).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    archive_drain_interval: Duration,
     /// Directory with Postgres binaries (pg_waldump is needed for forks at a time);
     /// default: $PATH, then /usr/lib/postgresql/*/bin.
     #[arg(long, env = "RAMIFY_PG_BIN")]
@@ -193,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    node.spawn_archive_drain(args.archive_drain_interval);
     if let Some(addr) = args.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(addr)
             .await

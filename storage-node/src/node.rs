@@ -20,6 +20,7 @@ use crate::accounting::{self, Scope, Usage};
 use crate::beneath::Dir;
 use crate::clone::{self, CloneError};
 use crate::control::{self, ControlError};
+use crate::inbox::{self, Drained};
 use crate::layout::{Layout, TimelineDir};
 use crate::meta::{Meta, MetaError, Phase, SnapshotRecord, TimelineRecord};
 use crate::metrics::Metrics;
@@ -133,6 +134,9 @@ pub struct Node {
     creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
     /// Timelines with a periodic snapshot in flight.
     snapshotting: StdMutex<HashSet<TimelineId>>,
+    /// One drain of an archive inbox at a time (the background one and those a fork,
+    /// snapshot or GC runs first), so no two judge the same arrival.
+    draining: Mutex<()>,
     /// Extent maps of unchanged files, reused by every accounting sweep.
     extent_cache: Arc<accounting::ExtentCache>,
     /// The data directory, open: every path inside a timeline is resolved beneath it
@@ -182,6 +186,7 @@ impl Node {
             locks: StdMutex::new(HashMap::new()),
             creating: StdMutex::new(HashMap::new()),
             snapshotting: StdMutex::new(HashSet::new()),
+            draining: Mutex::new(()),
             extent_cache: Arc::default(),
         };
         node.recover()?;
@@ -233,6 +238,15 @@ impl Node {
                 }
                 Ok(None) => {}
                 Err(err) => warn!(timeline = %name, error = %err, "cannot clean up snapshots"),
+            }
+            // Timelines made before the archive inbox existed get theirs now, so their
+            // next compute (given the new archive_command) can archive at once.
+            let ensured = timelines
+                .open_dir(&e.name)
+                .map_err(CloneError::from)
+                .and_then(|t| inbox::ensure(&t));
+            if let Err(err) = ensured {
+                warn!(timeline = %name, error = %err, "cannot create the archive inbox");
             }
         }
         Ok(())
@@ -331,10 +345,17 @@ impl Node {
         let staging = self.layout.creating(id);
         self.remove_tree(&staging)?;
         let dir = TimelineDir(staging);
-        for d in [dir.0.clone(), dir.archive(), dir.snapshots(), dir.run()] {
+        for d in [
+            dir.0.clone(),
+            dir.archive(),
+            dir.inbox(),
+            dir.snapshots(),
+            dir.run(),
+        ] {
             std::fs::create_dir(&d).map_err(io_op(format!("create {}", d.display())))?;
         }
         set_mode(&dir.run(), 0o700)?;
+        set_mode(&dir.inbox(), 0o700)?;
         Ok(rec)
     }
 
@@ -635,7 +656,10 @@ impl Node {
         let pg_wal = dest_dir
             .ensure_dir("pg_wal", 0o700)
             .map_err(CloneError::from)?;
-        let sources = self.wal_sources(&[pdir.pg_wal(), pdir.archive()])?;
+        // Everything the compute archived so far is moved into the archive first; its
+        // inbox comes last, for a segment archived (and recycled from pg_wal) since.
+        self.drain_archive_of(pdir).await?;
+        let sources = self.wal_sources(&[pdir.pg_wal(), pdir.archive(), pdir.inbox()])?;
         let pg_wal = tokio::task::spawn_blocking(move || {
             let sources: Vec<&Dir> = sources.iter().collect();
             wal::gather(&pg_wal, &sources, range, method).map(|_| pg_wal)
@@ -726,7 +750,8 @@ impl Node {
             .open_dir(&dir.pgdata())?
             .ensure_dir("pg_wal", 0o700)
             .map_err(CloneError::from)?;
-        let sources = self.wal_sources(&[pdir.archive(), pdir.pg_wal()])?;
+        self.drain_archive_of(pdir).await?;
+        let sources = self.wal_sources(&[pdir.archive(), pdir.pg_wal(), pdir.inbox()])?;
         let pw = tokio::task::spawn_blocking(move || {
             let sources: Vec<&Dir> = sources.iter().collect();
             wal::gather(&pw, &sources, range, method).map(|_| pw)
@@ -914,7 +939,7 @@ impl Node {
                 let d = self.dir(*id);
                 Scope {
                     pgdata: d.pgdata(),
-                    history: vec![d.archive(), d.snapshots()],
+                    history: vec![d.archive(), d.inbox(), d.rejected(), d.snapshots()],
                 }
             })
             .collect();
@@ -1314,6 +1339,68 @@ impl Node {
         Ok(())
     }
 
+    // ----- archive inbox ----------------------------------------------------------
+
+    /// Moves what the compute of `dir` archived into its inbox into its archive (see
+    /// [`crate::inbox`]). Callers hold the timeline's lock (read or write).
+    async fn drain_archive_of(&self, dir: &TimelineDir) -> Result<Drained, NodeError> {
+        let _one = self.draining.lock().await;
+        let timeline = self.open_dir(&dir.0)?;
+        let method = self.clone_method;
+        let drained =
+            tokio::task::spawn_blocking(move || inbox::drain(&timeline, method)).await??;
+        if drained.any() {
+            tracing::debug!(timeline = %dir.0.display(), ?drained, "archive inbox drained");
+        }
+        Ok(drained)
+    }
+
+    /// Drains every timeline's archive inbox: the background pass that keeps the
+    /// archive current between forks (run every second or so).
+    pub async fn drain_archives(&self) -> Result<Drained, NodeError> {
+        let mut total = Drained::default();
+        for rec in self.meta.all()? {
+            if rec.phase != Phase::Ready {
+                continue;
+            }
+            let _g = self.read_lock(rec.id).await;
+            // Deleted while waiting for the lock.
+            if self.record(rec.id).is_err() {
+                continue;
+            }
+            match self.drain_archive_of(&self.dir(rec.id)).await {
+                Ok(d) => {
+                    total.moved += d.moved;
+                    total.duplicates += d.duplicates;
+                    total.rejected += d.rejected;
+                    total.failed += d.failed;
+                }
+                Err(e) => {
+                    warn!(timeline = %rec.id, error = %e, "cannot drain the archive inbox");
+                    total.failed += 1;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs [`Node::drain_archives`] every `every` (at least 100 ms) in a task of its own,
+    /// for the life of the process.
+    pub fn spawn_archive_drain(self: &Arc<Self>, every: Duration) {
+        let node = Arc::clone(self);
+        let every = every.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                if let Err(e) = node.drain_archives().await {
+                    warn!(error = %e, "draining archive inboxes failed");
+                }
+            }
+        });
+    }
+
     // ----- background: periodic snapshots and GC ------------------------------------
 
     /// One pass of the background work: restore-window GC, and periodic snapshots where
@@ -1394,6 +1481,8 @@ impl Node {
         let window_start = Utc::now() - window;
         let _g = self.read_lock(id).await;
         let dir = self.dir(id);
+        // Segments still in the inbox are judged against the window like the rest.
+        self.drain_archive_of(&dir).await?;
         let plan = {
             let _m = self.meta_write.lock().await;
             let mut rec = self.record(id)?;

@@ -35,13 +35,18 @@ pub enum WalError {
 }
 
 /// The `archive_command` every compute uses. It runs with PGDATA as working directory, so
-/// `../wal` is the timeline's archive wherever the timeline directory is mounted, and it
-/// only needs a POSIX shell and coreutils (present in the official `postgres` image).
+/// `../archive-inbox` is the timeline's archive inbox wherever the timeline directory is
+/// mounted, and it only needs a POSIX shell and coreutils (present in the official
+/// `postgres` image). The compute only ever writes the inbox; the node moves each arrival
+/// into the archive `wal/`, which no compute reaches (see [`crate::inbox`]).
 /// It copies to a temporary name, fsyncs the file, renames it into place and fsyncs the
-/// directory, so an acknowledged segment survives a crash; an existing segment is never
+/// directory, so an acknowledged segment survives a crash; an existing file is never
 /// overwritten, and succeeds only if its content is identical (a retry after a crash).
 pub fn archive_command() -> String {
-    "test ! -f ../wal/%f && cp %p ../wal/%f.tmp && sync ../wal/%f.tmp && mv ../wal/%f.tmp ../wal/%f && sync ../wal || cmp -s %p ../wal/%f".to_string()
+    let d = format!("../{}", crate::inbox::INBOX);
+    format!(
+        "test ! -f {d}/%f && cp %p {d}/%f.tmp && sync {d}/%f.tmp && mv {d}/%f.tmp {d}/%f && sync {d} || cmp -s %p {d}/%f"
+    )
 }
 
 /// A parsed WAL file name.
@@ -322,19 +327,24 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let pgdata = t.path().join("pgdata");
         fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
-        fs::create_dir_all(t.path().join("wal")).unwrap();
+        let inbox = t.path().join(crate::inbox::INBOX);
+        fs::create_dir_all(&inbox).unwrap();
         let seg = "000000010000000000000001";
         fs::write(pgdata.join("pg_wal").join(seg), b"first").unwrap();
         assert!(archive(&pgdata, seg), "a new segment is archived");
-        assert_eq!(fs::read(t.path().join("wal").join(seg)).unwrap(), b"first");
-        assert!(!t.path().join("wal").join(format!("{seg}.tmp")).exists());
+        assert_eq!(fs::read(inbox.join(seg)).unwrap(), b"first");
+        assert!(!inbox.join(format!("{seg}.tmp")).exists());
         assert!(
             archive(&pgdata, seg),
             "a retry with identical content succeeds"
         );
         fs::write(pgdata.join("pg_wal").join(seg), b"other").unwrap();
         assert!(!archive(&pgdata, seg), "different content is refused");
-        assert_eq!(fs::read(t.path().join("wal").join(seg)).unwrap(), b"first");
+        assert_eq!(fs::read(inbox.join(seg)).unwrap(), b"first");
+        assert!(
+            !t.path().join("wal").exists(),
+            "the compute's command never touches the archive itself"
+        );
         assert!(
             !archive(&pgdata, "000000010000000000000009"),
             "a missing source fails"
