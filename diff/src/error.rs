@@ -12,6 +12,14 @@ pub enum DiffError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The connection string's TLS settings cannot be served.
+    #[error("could not connect to {target}: {reason}")]
+    Tls {
+        /// The connection string, without its password.
+        target: String,
+        /// What is wrong and what is valid.
+        reason: String,
+    },
     /// A catalog or data query failed.
     #[error("could not {what}: {source}")]
     Query {

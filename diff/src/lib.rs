@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod connect;
 pub mod data;
 pub mod error;
 pub mod extract;
@@ -28,8 +29,9 @@ pub mod schema_diff;
 pub mod textdiff;
 
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+pub use connect::connect;
 pub use data::{diff_data, DataDiff, DataDiffOptions, KeyedCounts, TableData, TableDataResult};
 pub use error::DiffError;
 pub use extract::extract_schema;
@@ -89,23 +91,6 @@ impl DiffReport {
         }
         v
     }
-}
-
-/// Connects to `conn_str` (libpq key/value or URI; no TLS) and drives the connection in
-/// the background; errors name the target without its password.
-pub async fn connect(conn_str: &str) -> Result<Client, DiffError> {
-    let (client, connection) =
-        tokio_postgres::connect(conn_str, NoTls)
-            .await
-            .map_err(|source| DiffError::Connect {
-                target: error::redact(conn_str),
-                source,
-            })?;
-    tokio::spawn(async move {
-        // Errors surface on the client's next call; a closed connection is normal.
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 /// Extracts both schemas concurrently, diffs them and, when asked, compares the data.

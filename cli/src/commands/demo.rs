@@ -81,10 +81,9 @@ pub fn run(ctx: &Context, keep: bool) -> anyhow::Result<()> {
 }
 
 async fn query(b: &BranchView, sql: &str) -> anyhow::Result<String> {
-    let (client, conn) = tokio_postgres::connect(&b.uri, tokio_postgres::NoTls)
+    let client = ramify_diff::connect(&b.uri)
         .await
         .with_context(|| format!("cannot connect to branch {}", b.name))?;
-    tokio::spawn(conn);
     let row = client
         .query_one(sql, &[])
         .await
@@ -93,8 +92,9 @@ async fn query(b: &BranchView, sql: &str) -> anyhow::Result<String> {
 }
 
 async fn execute(b: &BranchView, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(&b.uri, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = ramify_diff::connect(&b.uri)
+        .await
+        .with_context(|| format!("cannot connect to branch {}", b.name))?;
     client
         .batch_execute(sql)
         .await
