@@ -146,6 +146,23 @@ EOF
 compute_image() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('image') or 'postgres:15')"; }
 pull_policy() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('pullPolicy') or 'IfNotPresent')"; }
 
+# Port-forwards a local port to a proxy Pod's listener of branch $2 in namespace $1, as
+# `kubectl ramify psql` does: sets LPORT and PF_PID (killed on exit).
+forward_to_branch() {
+  local proxy bport
+  proxy=$(k -n "$SYS" get pods -l app.kubernetes.io/component=proxy -o jsonpath='{.items[0].metadata.name}')
+  bport=$(k -n "$1" get databasebranch "$2" -o jsonpath='{.status.proxyPort}')
+  k -n "$SYS" port-forward "pod/$proxy" ":$bport" >"$WORK/pf.out" 2>&1 &
+  PF_PID=$!
+  LPORT=""
+  for _ in $(seq 1 50); do
+    LPORT=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/pf.out" | head -1)
+    [ -n "$LPORT" ] && return 0
+    sleep 0.2
+  done
+  fail "port-forward to the proxy did not start: $(cat "$WORK/pf.out")"
+}
+
 storage_status() { # GET /v1/status of storage node 0, through the API server's proxy
   k get --raw "/api/v1/namespaces/$SYS/pods/ramify-storage-0:7071/proxy/v1/status"
 }
@@ -170,7 +187,8 @@ if k api-resources --api-group=admissionregistration.k8s.io -o name | grep -qx '
   HAVE_VAP=1
 fi
 "$PYTHON" e2e/k8s/render.py charts/ramify "$SYS" --values "$VALUES" "${CAPS[@]}" \
-  --set "storage.storageClassName=$STORAGE_CLASS" --set storage.replicas=1 > "$WORK/ramify.yaml"
+  --set "storage.storageClassName=$STORAGE_CLASS" --set storage.replicas=1 \
+  --set compute.maxResources.memory=2Gi > "$WORK/ramify.yaml"
 k apply --server-side -n "$SYS" -f "$WORK/ramify.yaml" >/dev/null
 k -n "$SYS" rollout status statefulset/ramify-storage --timeout=180s >/dev/null
 k -n "$SYS" rollout status deploy/ramify-operator --timeout=180s >/dev/null
@@ -301,10 +319,48 @@ wait_for "thief refused" '{.status.conditions[?(@.type=="Ready")].reason}' '^Par
 [ -z "$(k -n "$NS_C" get databasebranch thief -o jsonpath='{.status.timeline.id}')" ] || fail "thief got a timeline"
 k delete namespace "$NS_C" --wait=true --timeout=120s >/dev/null
 
+step "tenancy bounds: a branch count quota in a tenant namespace; the chart's compute maximum"
+k create namespace "$NS_C" >/dev/null
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: branches, namespace: $NS_C}
+spec: {hard: {count/databasebranches.ramify.dev: "1"}}
+EOF
+wait_for "the quota counted" '{.status.hard}' 'databasebranches' 60 -n "$NS_C" resourcequota branches
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: first, namespace: $NS_C}
+spec: {compute: {suspendAfter: 10s}}
+EOF
+if out=$(cat <<EOF | k apply -f - 2>&1
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: second, namespace: $NS_C}
+spec: {}
+EOF
+); then fail "a second branch was accepted under a quota of one"; fi
+echo "$out" | grep -q "exceeded quota: branches" || fail "unexpected refusal: $out"
+echo "    $(echo "$out" | grep -o 'exceeded quota: branches.*' | cut -c1-120)"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: greedy, namespace: $NS_A}
+spec: {compute: {resources: {requests: {memory: 8Gi}}}}
+EOF
+wait_for "greedy refused" '{.status.conditions[?(@.type=="Ready")].reason}' '^ResourceLimitExceeded$' 60 -n "$NS_A" databasebranch greedy
+echo "    $(k -n "$NS_A" get databasebranch greedy -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+k -n "$NS_A" delete databasebranch greedy --timeout=120s >/dev/null
+k -n "$NS_C" delete databasebranch first --timeout=120s >/dev/null
+k delete namespace "$NS_C" --wait=true --timeout=120s >/dev/null
+
 step "attacks: links planted from a shell in main's compute Pod"
 MAIN_POD=$(k -n "$SYS" get pods -l "ramify.dev/branch-name=main,ramify.dev/branch-namespace=$NS_A" -o jsonpath='{.items[0].metadata.name}')
 mounted=$(k -n "$SYS" exec "$MAIN_POD" -c postgres -- ls /var/lib/ramify/timeline | tr '\n' ' ')
-[ "$mounted" = "pgdata run wal " ] || fail "the compute sees more of its timeline than pgdata, run, wal: $mounted"
+# Its PGDATA, the archive inbox it appends WAL to, its socket directory: not its snapshots
+# nor its WAL archive (the node moves segments out of the inbox), nor another timeline.
+[ "$mounted" = "archive-inbox pgdata run " ] || fail "the compute sees more of its timeline than pgdata, archive-inbox, run: $mounted"
 REL=$(psql_in "$NS_B" -c "SELECT pg_relation_filepath('items')")
 DB_OID=$(psql_in "$NS_A" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
 ALICE_SUM=$(psql_in "$NS_B" -c "SELECT md5(string_agg(id::text || note, ',' ORDER BY id)) FROM items")
@@ -338,17 +394,7 @@ echo "$ssl" | grep -q "SSL connection (protocol: TLSv1.3" || fail "not TLS: $ssl
 echo "    $(echo "$ssl" | grep -o 'SSL connection[^)]*)')"
 # psycopg from outside the cluster, through a port-forward to a proxy Pod: the certificate
 # is checked against the branch's Service name (libpq's host) while hostaddr is local.
-PROXY_POD=$(k -n "$SYS" get pods -l app.kubernetes.io/component=proxy -o jsonpath='{.items[0].metadata.name}')
-BPORT=$(k -n "$NS_B" get databasebranch alice -o jsonpath='{.status.proxyPort}')
-k -n "$SYS" port-forward "pod/$PROXY_POD" ":$BPORT" >"$WORK/pf.out" 2>&1 &
-PF_PID=$!
-LPORT=""
-for _ in $(seq 1 50); do
-  LPORT=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/pf.out" | head -1)
-  [ -n "$LPORT" ] && break
-  sleep 0.2
-done
-[ -n "$LPORT" ] || fail "port-forward to the proxy did not start: $(cat "$WORK/pf.out")"
+forward_to_branch "$NS_B" alice
 ALICE_PW=$(k -n "$NS_B" get secret alice-postgres -o jsonpath='{.data.password}' | base64 -d)
 got=$(PGPASSWORD="$ALICE_PW" "$PYTHON" - "host=alice-postgres.$NS_B.svc hostaddr=127.0.0.1 port=$LPORT user=app dbname=app sslmode=verify-full sslrootcert=$WORK/ca.crt" <<'PY' 2>&1
 import sys, psycopg
@@ -367,11 +413,25 @@ echo "$out" | grep -qi "certificate\|does not match" || fail "unexpected error f
 kill "$PF_PID" 2>/dev/null; wait "$PF_PID" 2>/dev/null || true; PF_PID=""
 
 
-step "alice suspends after 15 s idle (compute Pod deleted)"
+step "alice suspends after 15 s idle, though clients that never authenticate hold connections"
 k -n "$NS_B" delete pod psql --wait=true --timeout=60s >/dev/null
+forward_to_branch "$NS_B" alice
+# Three clients parked at the password challenge for the whole wait: only authenticated
+# sessions count as use, so they neither keep alice awake nor hold up the suspend.
+"$PYTHON" e2e/wake_flood.py hold 127.0.0.1 "$LPORT" 3 45 >"$WORK/hold.json" &
+HOLD_PID=$!
 wait_for "alice suspended" '{.status.compute.state}' '^Suspended$' 90 -n "$NS_B" databasebranch alice
+kill -0 "$HOLD_PID" 2>/dev/null || fail "the unauthenticated clients were gone before alice suspended: $(cat "$WORK/hold.json")"
 [ -z "$(k -n "$SYS" get pods -l "ramify.dev/branch-name=alice,ramify.dev/branch-namespace=$NS_B" -o name)" ] \
   || fail "alice's compute Pod still exists"
+kill "$HOLD_PID" 2>/dev/null; wait "$HOLD_PID" 2>/dev/null || true
+# A flood beyond the proxy's per-branch cap (100) is refused with 53300 and wakes nothing.
+"$PYTHON" e2e/wake_flood.py hold 127.0.0.1 "$LPORT" 110 2 >"$WORK/flood.json" || fail "the flood client failed"
+echo "    110 unauthenticated clients at once: $(cat "$WORK/flood.json")"
+[ "$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["proxy_cap"])' <"$WORK/flood.json")" -ge 10 ] \
+  || fail "the proxy's per-branch cap did not refuse the flood"
+kill "$PF_PID" 2>/dev/null; wait "$PF_PID" 2>/dev/null || true; PF_PID=""
+wait_for "alice suspended again after the flood" '{.status.compute.state}' '^Suspended$' 90 -n "$NS_B" databasebranch alice
 
 step "a connection wakes alice (time to first query result)"
 client_pod "$NS_B" alice
