@@ -234,8 +234,23 @@ async fn branch_role_reaches_neither_the_os_nor_superuser() {
     assert_eq!(scram, 1);
 }
 
-/// With every statement logged, creating and resetting credentials leaves the password
-/// nowhere in the server log.
+/// Every file of a timeline's run directory (the server log is there), as text.
+fn run_dir_text(tl: &ramify_api::TimelineInfo) -> String {
+    let mut log = String::new();
+    for entry in std::fs::read_dir(&tl.run_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            log.push_str(&String::from_utf8_lossy(
+                &std::fs::read(&path).unwrap_or_default(),
+            ));
+        }
+    }
+    log
+}
+
+/// With every statement logged (and every failing statement too), creating, resetting and
+/// restoring credentials — a restore is a fork whose credentials are set anew — leaves
+/// no password in any server log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_reach_the_server_log() {
     let env = Env::new(1 << 30, &[]).await;
@@ -245,50 +260,44 @@ async fn passwords_never_reach_the_server_log() {
         .await
         .unwrap()
         .value;
-    let compute = env
-        .start_with(
-            &tl,
-            &[
-                ("log_statement", "all"),
-                ("log_min_error_statement", "debug5"),
-            ],
-        )
-        .await;
-    let first = "LoggedNowhere0123456789abcdef";
-    let second = "AlsoLoggedNowhere0123456789ab";
+    let logged = [
+        ("log_statement", "all"),
+        ("log_min_error_statement", "debug5"),
+    ];
+    let compute = env.start_with(&tl, &logged).await;
+    let created = "LoggedNowhere0123456789abcdef";
+    let reset = "AlsoLoggedNowhere0123456789ab";
+    let restored = "RestoredLoggedNowhere01234567";
     env.client
-        .set_credentials(tl.id, &creds(first))
+        .set_credentials(tl.id, &creds(created))
         .await
         .unwrap();
     env.client
-        .set_credentials(tl.id, &creds(second))
+        .set_credentials(tl.id, &creds(reset))
         .await
         .unwrap();
-    assert_eq!(login(compute.port(), second).await.unwrap(), "app@appdb");
-    // The log says the statements ran at all (log_statement = all is in effect)...
-    compute
-        .execute("SELECT 'statement-logging-works'")
+    assert_eq!(login(compute.port(), reset).await.unwrap(), "app@appdb");
+    let fork = env.fork(tl.id, At::Latest).await;
+    let child = env.start_with(&fork, &logged).await;
+    env.client
+        .set_credentials(fork.id, &creds(restored))
         .await
         .unwrap();
-    let run = std::path::Path::new(&tl.run_dir);
-    let mut log = String::new();
-    for entry in std::fs::read_dir(run).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            log.push_str(&String::from_utf8_lossy(
-                &std::fs::read(&path).unwrap_or_default(),
-            ));
+    assert_eq!(login(child.port(), restored).await.unwrap(), "app@appdb");
+    // The logs show statements at all (log_statement = all is in effect)...
+    for (c, t) in [(&compute, &tl), (&child, &fork)] {
+        c.execute("SELECT 'statement-logging-works'").await.unwrap();
+        let log = run_dir_text(t);
+        assert!(
+            log.contains("statement-logging-works"),
+            "no statement log in {}",
+            t.run_dir
+        );
+        // ...and never a password.
+        for pw in [created, reset, restored] {
+            assert!(!log.contains(pw), "password in the server log of {}", t.id);
         }
     }
-    assert!(
-        log.contains("statement-logging-works"),
-        "no statement log in {run:?}"
-    );
-    // ...and never the passwords.
-    assert!(
-        !log.contains(first) && !log.contains(second),
-        "password in the server log"
-    );
 }
 
 /// A fork for another tenant: every other login its parent had (and whose password the
