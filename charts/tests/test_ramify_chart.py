@@ -316,6 +316,22 @@ def test_tls_required_and_a_custom_ca_secret_reach_proxy_and_operator():
     assert flags(container(operator, "operator"))["tls-ca-secret"] == "my-ca"
 
 
+def test_a_cert_manager_issuer_issues_the_ca_and_the_operator_only_waits_for_it(rendered):
+    assert "tls-ca-issued" not in flags(container(rendered.get("Deployment", "ramify-operator"), "operator"))
+    assert not [o for o in rendered.objects if o["kind"] == "Certificate"]
+    out = kube.render(RAMIFY_CHART, {"tls": {"issuerRef": {"name": "org-ca", "kind": "ClusterIssuer"}}},
+                      namespace=NAMESPACE)
+    cert = out.get("Certificate", "ramify-ca")
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["isCA"] is True
+    assert cert["spec"]["secretName"] == "ramify-ca"  # the Secret the proxy mounts
+    assert cert["spec"]["issuerRef"] == {"name": "org-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert cert["spec"]["privateKey"] == {"algorithm": "ECDSA", "size": 256}
+    assert "tls-ca-issued" in flags(container(out.get("Deployment", "ramify-operator"), "operator"))
+    with pytest.raises(Exception, match="kind"):
+        kube.render(RAMIFY_CHART, {"tls": {"issuerRef": {"name": "x", "kind": "Vault"}}}, namespace=NAMESPACE)
+
+
 def test_proxy_connection_caps_and_startup_timeout_reach_the_flags():
     out = kube.render(RAMIFY_CHART, {"proxy": {
         "startupTimeout": "3s", "maxConnectionsPerBranch": 20, "maxConnections": 5000,

@@ -56,6 +56,34 @@ pub async fn ensure(client: Client, namespace: &str, name: &str) -> Result<Strin
     })
 }
 
+/// The CA certificate (PEM) of Secret `name` once cert-manager has issued it (the chart's
+/// `tls.issuerRef` makes a CA Certificate into that Secret): the operator never creates
+/// it then, or cert-manager and the operator would each write their own CA. Waits with a
+/// log line every 30 s.
+pub async fn wait_issued(client: Client, namespace: &str, name: &str) -> Result<String, CaError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let started = std::time::Instant::now();
+    let mut told = std::time::Duration::ZERO;
+    loop {
+        if let Some(s) = api.get_opt(name).await? {
+            if s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")) {
+                return ca_cert_of(&s).map_err(|reason| CaError::Malformed {
+                    secret: format!("{namespace}/{name}"),
+                    reason,
+                });
+            }
+        }
+        if started.elapsed() >= told {
+            tracing::info!(
+                secret = %format!("{namespace}/{name}"),
+                "waiting for cert-manager to issue the TLS CA (Certificate ramify-ca, the chart's tls.issuerRef)"
+            );
+            told += std::time::Duration::from_secs(30);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// The Secret holding a new CA.
 pub fn ca_secret(namespace: &str, name: &str, ca: &CertificateAuthority) -> Secret {
     Secret {

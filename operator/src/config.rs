@@ -100,6 +100,11 @@ pub struct Config {
     #[arg(long, env = "RAMIFY_TLS_CA_SECRET", default_value = "ramify-ca")]
     pub tls_ca_secret: String,
 
+    /// The CA Secret is issued by cert-manager (the chart's `tls.issuerRef`): wait for it
+    /// at start-up instead of creating one.
+    #[arg(long, env = "RAMIFY_TLS_CA_ISSUED")]
+    pub tls_ca_issued: bool,
+
     /// The CA certificate (PEM) in use, resolved at start-up from `tls_ca_secret`.
     #[arg(skip)]
     pub tls_ca_cert: Option<String>,

@@ -93,10 +93,19 @@ async fn main() -> anyhow::Result<()> {
     let mut config = config;
     config.storage_token = Some(storage_token);
     if !config.tls_ca_secret.is_empty() {
-        let ca =
+        let ca = if config.tls_ca_issued {
+            ramify_operator::ca::wait_issued(
+                client.clone(),
+                &config.namespace,
+                &config.tls_ca_secret,
+            )
+            .await
+            .context("cannot read the TLS CA Secret cert-manager issues")?
+        } else {
             ramify_operator::ca::ensure(client.clone(), &config.namespace, &config.tls_ca_secret)
                 .await
-                .context("cannot read or create the TLS CA Secret")?;
+                .context("cannot read or create the TLS CA Secret")?
+        };
         config.tls_ca_cert = Some(ca);
     }
     let cell = Arc::clone(&state.ctx);

@@ -1250,3 +1250,45 @@ async fn workflows_on_a_real_api_server() {
         succeeded(&st)
     );
 }
+
+/// With cert-manager issuing the TLS CA (the chart's `tls.issuerRef`), the operator never
+/// makes its own: it waits until the Secret appears and then uses that CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_waits_for_a_ca_that_cert_manager_issues() {
+    if skip_without_api_server("the_operator_waits_for_a_ca_that_cert_manager_issues") {
+        return;
+    }
+    let server = ApiServer::start().unwrap();
+    let client = server.client().await;
+    create_namespace(&client, STORAGE_NS, &[]).await;
+    let waiting = tokio::spawn(ramify_operator::ca::wait_issued(
+        client.clone(),
+        STORAGE_NS,
+        "ramify-ca",
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the operator did not wait for the CA"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), STORAGE_NS);
+    assert!(
+        secrets.get_opt("ramify-ca").await.unwrap().is_none(),
+        "the operator created a CA of its own"
+    );
+    // What cert-manager writes for a CA Certificate.
+    let issued = ramify_proxy::CertificateAuthority::generate("issued by cert-manager").unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &ramify_operator::ca::ca_secret(STORAGE_NS, "ramify-ca", &issued),
+        )
+        .await
+        .unwrap();
+    let pem = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the operator did not notice the issued CA")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pem, issued.cert_pem());
+}
