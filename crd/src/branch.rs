@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 /// Annotation that lets a branch with children be deleted: its children are deleted first.
 pub const DELETE_CHILDREN_ANNOTATION: &str = "ramify.dev/delete-children";
+/// Annotation that lets a branch's deletion finish when its storage node cannot delete
+/// its timeline (unreachable, or failing): for a node that is gone for good. The timeline
+/// is left behind on that node; a node that answers still deletes it.
+pub const FORGET_STORAGE_ANNOTATION: &str = "ramify.dev/forget-storage";
 /// Annotation asking the operator to start the branch's compute now (`kubectl ramify
 /// branch wake`); its value is the time of the request (RFC 3339). The operator removes
 /// it once the compute runs.
@@ -113,9 +117,15 @@ pub struct BranchPoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))]
     pub lsn: Option<String>,
-    /// An RFC 3339 time: every transaction committed at or before it.
+    /// A time with a zone: every transaction committed at or before it. As Postgres
+    /// prints a `timestamptz` (`2026-12-04 14:45:02.954757+00`, `… 14:45:02-08`,
+    /// `… 14:45:02+05:30`) or in RFC 3339 (`2026-12-04T14:45:02Z`); a time without a zone
+    /// is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<DateTime<Utc>>,
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_zoneless_rule()).message(kube::core::Message::Expression(ramify_api::timestamp::cel_zoneless_message("spec.at.time"))))]
+    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_timestamp_rule()).message(ramify_api::timestamp::cel_timestamp_message("spec.at.time")))]
+    pub time: Option<String>,
     /// A named snapshot of the parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
@@ -325,6 +335,16 @@ impl DatabaseBranch {
         .ok_or_else(|| "creationTimestamp out of range".to_string())?;
         let ttl = chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
         Ok(created.checked_add_signed(ttl))
+    }
+
+    /// Whether an admin let the deletion go on without the storage node
+    /// (`ramify.dev/forget-storage: "true"`).
+    pub fn forgets_storage(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FORGET_STORAGE_ANNOTATION))
+            .is_some_and(|v| v == "true")
     }
 
     /// Whether the user asked that deleting this branch deletes its children first.

@@ -12,7 +12,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use ramify_api::TimelineId;
 use ramify_crd::{DatabaseBranch, Phase, Timeline};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::branch::{publish, storage_err, storage_nodes, write_status, Error};
 use crate::build;
@@ -134,7 +134,37 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
             match ctx.storage(&node).delete_timeline(id, false).await {
                 Ok(()) => info!(timeline = %id, node = %node, "timeline deleted"),
                 Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-                Err(e) => return Err(storage_err(&node)(e)),
+                // The node cannot delete it (gone, or failing): only an admin's annotation
+                // lets the deletion go on without it; a node that answers deletes it.
+                Err(e) if b.forgets_storage() && e.status().is_none_or(|s| s.is_server_error()) => {
+                    let message = format!(
+                        "timeline {id} left behind on storage node {node}, which cannot delete \
+                         it ({e}): {}=true; reclaim it on that node's volume if the node comes back",
+                        ramify_crd::FORGET_STORAGE_ANNOTATION
+                    );
+                    warn!(timeline = %id, node = %node, "{message}");
+                    publish(ctx, b, EventType::Warning, "StorageForgotten", message).await;
+                }
+                Err(e) => {
+                    let old = b.status.clone().unwrap_or_default();
+                    let mut status = old.clone();
+                    status.phase = Some(Phase::Deleting);
+                    conditions::set(
+                        &mut status.conditions,
+                        READY,
+                        false,
+                        "StorageUnreachable",
+                        format!(
+                            "cannot delete timeline {id} on storage node {node}: {e}; the deletion \
+                             retries. If that node is gone for good, let it go: kubectl annotate \
+                             databasebranch {name} -n {ns} {}=true",
+                            ramify_crd::FORGET_STORAGE_ANNOTATION
+                        ),
+                        b.metadata.generation,
+                    );
+                    write_status(b, ctx, &old, &status).await?;
+                    return Err(storage_err(&node)(e));
+                }
             }
         }
     }

@@ -52,6 +52,8 @@ struct FakeStorage {
     deleted: Mutex<Vec<TimelineId>>,
     /// Restore points written: (timeline, name).
     restore_points: Mutex<Vec<(TimelineId, String)>>,
+    /// Deletes fail with 503, as a node that is gone (behind a dead Service) or broken.
+    fail_deletes: std::sync::atomic::AtomicBool,
 }
 
 /// Fork points at or after this LSN are "outside the restore window".
@@ -146,6 +148,13 @@ async fn get_one(State(f): State<Fake>, Path(id): Path<TimelineId>) -> axum::res
 }
 
 async fn delete_one(State(f): State<Fake>, Path(id): Path<TimelineId>) -> axum::response::Response {
+    if f.fail_deletes.load(Ordering::SeqCst) {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "storage node is gone",
+        );
+    }
     if f.timelines.lock().unwrap().remove(&id).is_none() {
         return api_error(StatusCode::NOT_FOUND, "not_found", "no such timeline");
     }
@@ -1291,4 +1300,77 @@ async fn the_operator_waits_for_a_ca_that_cert_manager_issues() {
         .unwrap()
         .unwrap();
     assert_eq!(pem, issued.cert_pem());
+}
+
+/// A storage node gone for good: deleting a branch on it retries with a condition that
+/// gives the exact command; with `ramify.dev/forget-storage` the deletion finishes, the
+/// timeline left behind with a Warning event. Without the annotation nothing is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_storage_node_can_be_let_go() {
+    let Some(Env {
+        _server,
+        client,
+        storage,
+    }) = start_env("a_lost_storage_node_can_be_let_go", &[("app", vec![])]).await
+    else {
+        return;
+    };
+    apply_branch(
+        &client,
+        "app",
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+            "metadata": {"name": "stranded"}, "spec": {}
+        }),
+    )
+    .await
+    .unwrap();
+    let b = wait_condition(&client, "app", "stranded", "Ready").await;
+    let uid: TimelineId = b.uid().unwrap().parse().unwrap();
+    storage
+        .fail_deletes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let api: Api<DatabaseBranch> = Api::namespaced(client.clone(), "app");
+    api.delete("stranded", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = wait_condition(&client, "app", "stranded", "StorageUnreachable").await;
+    let msg = held
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains(
+            "kubectl annotate databasebranch stranded -n app ramify.dev/forget-storage=true"
+        ),
+        "{msg}"
+    );
+    api.patch(
+        "stranded",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"ramify.dev/forget-storage": "true"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the branch deleted without its storage node",
+        Duration::from_secs(60),
+        || async { api.get_opt("stranded").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        storage.timelines.lock().unwrap().contains_key(&uid),
+        "the timeline was deleted after all"
+    );
+    let events = events_of(&client, "app", "stranded").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, note)| reason == "StorageForgotten" && note.contains("left behind")),
+        "{events:?}"
+    );
 }
