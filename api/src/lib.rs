@@ -9,9 +9,11 @@ pub mod lsn;
 pub mod names;
 pub mod parameters;
 pub mod timeline;
+pub mod timestamp;
 pub mod token;
 
 pub use client::{ClientError, StorageClient};
 pub use lsn::{Lsn, LsnParseError};
 pub use timeline::*;
+pub use timestamp::{parse_time_or_ago, parse_timestamp, TimestampError};
 pub use token::{ApiToken, TokenError};

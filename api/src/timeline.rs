@@ -71,9 +71,9 @@ impl At {
                     .ok_or_else(|| format!("\"at\".{k} must be a string; {SHAPES}"))?;
                 match k.as_str() {
                     "lsn" => s.parse().map(At::Lsn).map_err(|e| e.to_string()),
-                    "time" => DateTime::parse_from_rfc3339(s)
-                        .map(|t| At::Time(t.with_timezone(&Utc)))
-                        .map_err(|e| format!("invalid time {s:?}: {e} (expected RFC 3339, like 2026-01-02T03:04:05Z)")),
+                    "time" => crate::timestamp::parse_timestamp(s)
+                        .map(At::Time)
+                        .map_err(|e| e.to_string()),
                     "snapshot" => {
                         crate::names::validate_snapshot_name(s)?;
                         Ok(At::Snapshot(s.to_string()))

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ramify_api::At;
+use ramify_api::{At, TimestampError};
 use ramify_lifecycle::HistoryPoint;
 
-const AT_FORMS: &str = "expected latest, an LSN like 0/16B3748, an RFC 3339 time like \
-                        2026-01-02T03:04:05Z, a relative time like -1h, -10m or -90s, \
+const AT_FORMS: &str = "expected latest, an LSN like 0/16B3748, a time with a zone as \
+                        psql prints it (2026-12-04 14:45:02.954757+00) or in RFC 3339 \
+                        (2026-12-04T14:45:02Z), a relative time like -1h, -10m or -90s, \
                         or snapshot:NAME";
 
 /// `--at`: a fork point of the parent's history, relative times counted from now.
@@ -31,24 +32,18 @@ pub fn parse_at_from(s: &str, now: DateTime<Utc>) -> Result<At, String> {
         }
         return Ok(At::Snapshot(name.to_string()));
     }
-    if let Some(ago) = s.strip_prefix('-') {
-        let d = humantime::parse_duration(ago)
-            .map_err(|e| format!("invalid relative time {s:?}: {e}; {AT_FORMS}"))?;
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| format!("relative time {s:?} is too far back"))?;
-        let t = now
-            .checked_sub_signed(d)
-            .ok_or_else(|| format!("relative time {s:?} is too far back"))?;
-        return Ok(At::Time(t));
-    }
     if s.contains('/') {
         return s.parse().map(At::Lsn).map_err(|e| e.to_string());
     }
-    if s.as_bytes().first().is_some_and(u8::is_ascii_digit) && s.contains('-') {
-        return DateTime::parse_from_rfc3339(s)
-            .map(|t| At::Time(t.with_timezone(&Utc)))
-            .map_err(|e| {
-                format!("invalid time {s:?}: {e} (expected RFC 3339 with a zone, like 2026-01-02T03:04:05Z)")
+    let relative = s.starts_with('-');
+    if relative || (s.as_bytes().first().is_some_and(u8::is_ascii_digit) && s.contains('-')) {
+        return ramify_api::parse_time_or_ago(s, now)
+            .map(At::Time)
+            .map_err(|e| match e {
+                TimestampError::Invalid { reason, .. } => {
+                    format!("invalid time {s:?}: {reason}; {AT_FORMS}")
+                }
+                no_zone @ TimestampError::NoZone { .. } => no_zone.to_string(),
             });
     }
     Err(format!("invalid fork point {s:?}; {AT_FORMS}"))
@@ -105,13 +100,9 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     Ok(secs)
 }
 
-/// An RFC 3339 time with a zone.
+/// A time with a zone, as psql prints a `timestamptz` or in RFC 3339.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            format!("invalid time {s:?}: {e} (expected RFC 3339 with a zone, like 2026-01-02T03:04:05Z)")
-        })
+    ramify_api::parse_timestamp(s).map_err(|e| e.to_string())
 }
 
 /// `--suspend-after`: idle seconds before suspend; `0`, `never` and `off` mean never.
@@ -204,6 +195,45 @@ mod tests {
         );
         let err = parse_at_from("2026-01-02 03:04", now()).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn at_times_as_psql_prints_them() {
+        // `select now()` in psql, pasted as is.
+        let t = Utc.with_ymd_and_hms(2026, 12, 4, 14, 45, 2).unwrap()
+            + chrono::Duration::microseconds(954_757);
+        assert_eq!(
+            parse_at_from("2026-12-04 14:45:02.954757+00", now()),
+            Ok(At::Time(t))
+        );
+        assert_eq!(
+            parse_point("2026-12-04 06:45:02.954757-08"),
+            Ok(HistoryPoint::At(At::Time(t)))
+        );
+        assert_eq!(
+            parse_at_from("2026-12-04 20:15:02+05:30", now()),
+            Ok(At::Time(Utc.with_ymd_and_hms(2026, 12, 4, 14, 45, 2).unwrap()))
+        );
+        let r = parse_branch_ref("main@2026-12-04 14:45:02.954757+00").unwrap();
+        assert_eq!(r.at, Some(HistoryPoint::At(At::Time(t))));
+        assert_eq!(
+            parse_time("2026-12-04 14:45:02+00"),
+            Ok(Utc.with_ymd_and_hms(2026, 12, 4, 14, 45, 2).unwrap())
+        );
+    }
+
+    #[test]
+    fn at_time_without_zone_shows_both_forms() {
+        let expected = "time 2026-12-04 14:45:02 has no time zone: write it as Postgres \
+                        prints timestamptz (2026-12-04 14:45:02+00) or in RFC 3339 \
+                        (2026-12-04T14:45:02Z)";
+        assert_eq!(
+            parse_at_from("2026-12-04 14:45:02", now()).unwrap_err(),
+            expected
+        );
+        assert_eq!(parse_time("2026-12-04 14:45:02").unwrap_err(), expected);
+        let err = parse_point("2026-02-30 14:45:02+00").unwrap_err();
+        assert!(err.contains("no day 2026-02-30"), "{err}");
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub struct BranchPoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_zoneless_rule()).message(kube::core::Message::Expression(ramify_api::timestamp::cel_zoneless_message("spec.at.time"))))]
-    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_timestamp_rule()).message(ramify_api::timestamp::cel_timestamp_message("spec.at.time")))]
+    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_timestamp_rule()).message(kube::core::Message::Message(ramify_api::timestamp::cel_timestamp_message("spec.at.time"))))]
     pub time: Option<String>,
     /// A named snapshot of the parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -67,9 +67,15 @@ pub struct RestoreSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))]
     pub lsn: Option<String>,
-    /// An RFC 3339 time: every transaction committed at or before it.
+    /// A time with a zone: every transaction committed at or before it. As Postgres
+    /// prints a `timestamptz` (`2026-12-04 14:45:02.954757+00`, `… 14:45:02-08`,
+    /// `… 14:45:02+05:30`) or in RFC 3339 (`2026-12-04T14:45:02Z`); a time without a zone
+    /// is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<DateTime<Utc>>,
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_zoneless_rule()).message(kube::core::Message::Expression(ramify_api::timestamp::cel_zoneless_message("spec.source.time"))))]
+    #[x_kube(validation = Rule::new(ramify_api::timestamp::cel_timestamp_rule()).message(kube::core::Message::Message(ramify_api::timestamp::cel_timestamp_message("spec.source.time"))))]
+    pub time: Option<String>,
     /// A BranchCheckpoint (same namespace) of the branch (or of `branch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]

@@ -471,13 +471,18 @@ async fn resolve(
             })?),
             format!("at {lsn}"),
         ),
-        (None, Some(t)) => (
-            At::Time(*t),
-            format!(
-                "at {}",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        ),
+        (None, Some(t)) => {
+            let t = ramify_api::parse_timestamp(t).map_err(|e| {
+                Halt::Failed("InvalidPoint", format!("source.time: {e}"))
+            })?;
+            (
+                At::Time(t),
+                format!(
+                    "at {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )
+        }
         (None, None) if owner == name => {
             return Err(Halt::Failed(
                 "InvalidPoint",

@@ -169,7 +169,9 @@ pub fn branch_point(at: Option<&BranchPoint>) -> Result<At, Problem> {
             .map_err(|e| Problem::invalid(format!("spec.at.lsn: {e}")))?;
         return Ok(At::Lsn(lsn));
     }
-    if let Some(t) = at.time {
+    if let Some(t) = &at.time {
+        let t = ramify_api::parse_timestamp(t)
+            .map_err(|e| Problem::invalid(format!("spec.at.time: {e}")))?;
         return Ok(At::Time(t));
     }
     if let Some(s) = &at.snapshot {
@@ -441,6 +443,40 @@ mod tests {
             ..Default::default()
         };
         assert!(branch_point(Some(&two)).is_err());
+    }
+
+    /// `spec.at.time` as the API server hands the branch over: as psql prints
+    /// `select now()`, or RFC 3339 (what older objects hold).
+    #[test]
+    fn branch_point_times_as_psql_prints_them() {
+        let at = |time: &str| {
+            let b: DatabaseBranch = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ramify.dev/v1alpha1",
+                "kind": "DatabaseBranch",
+                "metadata": {"name": "past", "namespace": "dev"},
+                "spec": {"parent": {"name": "main"}, "at": {"time": time}},
+            }))
+            .map_err(|e| e.to_string())?;
+            branch_point(b.spec.at.as_ref()).map_err(|p| format!("{}: {}", p.reason, p.message))
+        };
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-04T14:45:02.954757Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(at("2026-12-04 14:45:02.954757+00"), Ok(At::Time(t)));
+        assert_eq!(at("2026-12-04 06:45:02.954757-08"), Ok(At::Time(t)));
+        assert_eq!(at("2026-12-04T14:45:02.954757Z"), Ok(At::Time(t)));
+        assert_eq!(at("2026-12-04T20:15:02.954757+05:30"), Ok(At::Time(t)));
+        let err = at("2026-02-30 14:45:02+00").unwrap_err();
+        assert!(
+            err.starts_with("InvalidSpec: spec.at.time: invalid time")
+                && err.contains("no day 2026-02-30"),
+            "{err}"
+        );
+        let err = at("2026-12-04 14:45:02").unwrap_err();
+        assert!(
+            err.starts_with("InvalidSpec: spec.at.time: time 2026-12-04 14:45:02 has no time zone"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -380,7 +380,7 @@ impl Kube {
                 ..BranchPoint::default()
             }),
             HistoryPoint::At(At::Time(t)) => Some(BranchPoint {
-                time: Some(*t),
+                time: Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
                 ..BranchPoint::default()
             }),
             HistoryPoint::At(At::Snapshot(s)) => Some(BranchPoint {
@@ -780,7 +780,9 @@ pub fn restore_source(args: &RestoreArgs) -> anyhow::Result<RestoreSource> {
             }
         }
         Some(HistoryPoint::At(At::Lsn(l))) => s.lsn = Some(l.to_string()),
-        Some(HistoryPoint::At(At::Time(t))) => s.time = Some(*t),
+        Some(HistoryPoint::At(At::Time(t))) => {
+            s.time = Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }
         Some(HistoryPoint::Checkpoint(c)) => s.checkpoint = Some(c.clone()),
         Some(HistoryPoint::At(At::Snapshot(_))) => bail!(
             "restoring to a snapshot is not available against a cluster (BranchRestore takes lsn, time or checkpoint): use --at checkpoint:NAME or an LSN"

@@ -159,7 +159,7 @@ fn asked_for(b: &DatabaseBranch) -> String {
         None => "-".to_string(),
         Some(at) => match (&at.lsn, &at.time, &at.snapshot) {
             (Some(l), _, _) => l.clone(),
-            (_, Some(t), _) => timestamp(*t),
+            (_, Some(t), _) => ramify_api::parse_timestamp(t).map_or_else(|_| t.clone(), timestamp),
             (_, _, Some(s)) => format!("snapshot:{s}"),
             _ => "latest".to_string(),
         },
