@@ -146,9 +146,8 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, TimestampError> {
         [sign @ (b'+' | b'-'), zone @ ..] => {
             let sign = if *sign == b'-' { -1 } else { 1 };
             let mut z = Cursor { rest: zone };
-            let bad_zone = || {
-                invalid("the zone must be Z or an offset like +00, -08, +05:30 or +0530")
-            };
+            let bad_zone =
+                || invalid("the zone must be Z or an offset like +00, -08, +05:30 or +0530");
             let h = z.digits(2).ok_or_else(bad_zone)?;
             let (m, s) = match z.rest {
                 [] => (0, 0),
@@ -178,11 +177,9 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, TimestampError> {
             }
             sign * (h * 3600 + m * 60 + s) as i32
         }
-        _ => {
-            return Err(invalid(
-                "the zone must be Z or an offset like +00, -08, +05:30 or +0530 right after the time",
-            ))
-        }
+        _ => return Err(invalid(
+            "the zone must be Z or an offset like +00, -08, +05:30 or +0530 right after the time",
+        )),
     };
     let offset = FixedOffset::east_opt(offset_secs).ok_or_else(|| {
         invalid(&format!(
@@ -208,11 +205,8 @@ pub fn parse_time_or_ago(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, T
         input: input.to_string(),
         reason,
     };
-    let d = humantime::parse_duration(ago).map_err(|e| {
-        invalid(format!(
-            "not a relative time like -1h, -10m or -90s ({e})"
-        ))
-    })?;
+    let d = humantime::parse_duration(ago)
+        .map_err(|e| invalid(format!("not a relative time like -1h, -10m or -90s ({e})")))?;
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
@@ -246,7 +240,8 @@ mod tests {
     use super::*;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, nanos: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap() + chrono::Duration::nanoseconds(nanos.into())
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+            + chrono::Duration::nanoseconds(nanos.into())
     }
 
     #[test]
@@ -377,10 +372,7 @@ mod tests {
             Ok(utc(2026, 12, 4, 14, 45, 2, 954_757_000))
         );
         assert!(at("-soon").unwrap_err().to_string().contains("-10m"));
-        assert!(at("-")
-            .unwrap_err()
-            .to_string()
-            .contains("relative time"));
+        assert!(at("-").unwrap_err().to_string().contains("relative time"));
         assert!(at("-300000years")
             .unwrap_err()
             .to_string()

@@ -177,8 +177,9 @@ pub enum Command {
     /// The first branch is the "before" side (`-` lines) and the second the "after" side
     /// (`+` lines), like `git diff BEFORE AFTER`. With one branch, its parent is the
     /// "before" side, so the branch's own changes show as `+`. Either branch may name a
-    /// point of its history as BRANCH@WHEN (WHEN as in `branch create --at`: an LSN, an
-    /// RFC 3339 time, -10m, snapshot:NAME, checkpoint:NAME); that side is read from a
+    /// point of its history as BRANCH@WHEN (WHEN as in `branch create --at`: an LSN, a
+    /// time as psql prints it or in RFC 3339, -10m, snapshot:NAME, checkpoint:NAME); that
+    /// side is read from a
     /// throwaway branch forked there, deleted afterwards.
     ///
     /// Output: a unified diff grouped by object, then with --data one line per differing
@@ -315,7 +316,9 @@ pub enum BranchCommand {
     /// Create a branch: an empty root, or a fork of --parent.
     ///
     /// --at picks the moment of the parent's history: `latest` (default), an LSN like
-    /// 0/16B3748, an RFC 3339 time like 2026-01-02T03:04:05Z, a time relative to now like
+    /// 0/16B3748, a time with a zone as psql prints `SELECT now()` (quoted:
+    /// '2026-12-04 14:45:02.954757+00') or in RFC 3339 (2026-12-04T14:45:02Z), a time
+    /// relative to now like
     /// -1h, -10m or -90s, or a snapshot of the parent as snapshot:NAME. A time forks after
     /// the last transaction committed at or before it.
     ///
@@ -489,7 +492,8 @@ pub struct RestoreArgs {
     /// The branch to restore.
     pub name: String,
 
-    /// The point: an RFC 3339 time, -10m / -1h (that long ago), an LSN (0/16B3748),
+    /// The point: a time with a zone as psql prints it ('2026-12-04 14:45:02.954757+00')
+    /// or in RFC 3339 (2026-12-04T14:45:02Z), -10m / -1h (that long ago), an LSN (0/16B3748),
     /// snapshot:NAME or checkpoint:NAME. Required unless --from is given (then default
     /// latest).
     #[arg(long, value_name = "WHEN", allow_hyphen_values = true, value_parser = parse_point)]
@@ -518,7 +522,7 @@ pub struct ExpireArgs {
     #[arg(long = "in", value_name = "DURATION", value_parser = parse_duration)]
     pub in_: Option<u64>,
 
-    /// Delete it at this RFC 3339 time.
+    /// Delete it at this time (with a zone, as psql prints it or in RFC 3339).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub at: Option<DateTime<Utc>>,
 
@@ -641,7 +645,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "BRANCH")]
     pub parent: Option<String>,
 
-    /// Moment of the parent's history: latest, an LSN (0/16B3748), an RFC 3339 time,
+    /// Moment of the parent's history: latest, an LSN (0/16B3748), a time with a zone as
+    /// psql prints it ('2026-12-04 14:45:02.954757+00') or in RFC 3339,
     /// -1h / -10m / -90s (that long ago), snapshot:NAME, or checkpoint:NAME. Only with
     /// --parent.
     #[arg(
@@ -662,7 +667,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with_all = ["expires_at", "protected"])]
     pub expires_in: Option<u64>,
 
-    /// Delete the branch by itself at this RFC 3339 time.
+    /// Delete the branch by itself at this time (with a zone, as psql prints it or in
+    /// RFC 3339).
     #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "protected")]
     pub expires_at: Option<DateTime<Utc>>,
 

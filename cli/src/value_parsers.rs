@@ -212,7 +212,9 @@ mod tests {
         );
         assert_eq!(
             parse_at_from("2026-12-04 20:15:02+05:30", now()),
-            Ok(At::Time(Utc.with_ymd_and_hms(2026, 12, 4, 14, 45, 2).unwrap()))
+            Ok(At::Time(
+                Utc.with_ymd_and_hms(2026, 12, 4, 14, 45, 2).unwrap()
+            ))
         );
         let r = parse_branch_ref("main@2026-12-04 14:45:02.954757+00").unwrap();
         assert_eq!(r.at, Some(HistoryPoint::At(At::Time(t))));
