@@ -172,7 +172,7 @@ pub fn account(
                 Err(e) if e.is_not_found() => continue,
                 // A timeline whose directory a compute replaced by a link: its figures
                 // leave that directory out rather than deny every timeline's accounting.
-                Err(e) if e.is_refusal() => {
+                Err(e) if e.is_refusal() || e.is_permission_denied() => {
                     tracing::warn!(error = %e, "space accounting skips a directory");
                     continue;
                 }
@@ -291,6 +291,11 @@ fn map_files<'a>(
                 Err(CloneError::Beneath(e)) if e.is_not_found() => {}
                 // Swapped for a link (or hard-linked) since it was listed: not counted.
                 Err(CloneError::Beneath(e)) if e.is_refusal() => {}
+                // Its mode denies the node (a compute can chmod its own files): its blocks
+                // go uncounted rather than one timeline deny every timeline's figures.
+                Err(CloneError::Beneath(e)) if e.is_permission_denied() => {
+                    tracing::warn!(error = %e, "space accounting skips a file it may not read");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -392,12 +397,24 @@ fn map_beneath(
 /// Calls `f(path, entry)` for every regular file below the open directory `dir` (at
 /// `path`), through directory descriptors. Links, special files and files with several
 /// hard links are not followed and not counted; directories that vanish meanwhile
-/// (Postgres removes temporary files) are skipped.
+/// (Postgres removes temporary files) or whose mode denies the node are skipped.
 fn walk(dir: &Dir, path: &Path, f: &mut dyn FnMut(&Path, &Entry)) -> Result<(), CloneError> {
-    for e in dir.entries()? {
+    let entries = match dir.entries() {
+        Ok(e) => e,
+        // A directory whose mode denies the node listing it: skipped like a link.
+        Err(e) if e.is_permission_denied() => {
+            tracing::warn!(error = %e, "space accounting skips a directory it may not read");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
         match e.kind {
             EntryKind::Dir => match dir.open_dir(Path::new(&e.name)) {
                 Ok(sub) => walk(&sub, &path.join(&e.name), f)?,
+                Err(err) if err.is_permission_denied() => {
+                    tracing::warn!(error = %err, "space accounting skips a directory it may not read");
+                }
                 Err(err) if err.is_not_found() || err.is_refusal() => {}
                 Err(err) => return Err(err.into()),
             },

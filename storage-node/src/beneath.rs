@@ -70,6 +70,12 @@ impl BeneathError {
         matches!(self, BeneathError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
+    /// True when permission bits deny the node what it tried (a compute can change the
+    /// mode of its own files and directories).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, BeneathError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+    }
+
     /// True for a refusal of what is on disk (a link, a special file, a hard link, a
     /// tablespace), as opposed to an I/O failure.
     pub fn is_refusal(&self) -> bool {

@@ -20,7 +20,8 @@
 //! Everything is opened through [`crate::beneath`]. A segment already in the archive is
 //! never overwritten: an identical copy is dropped, a different one is kept aside in
 //! `archive-rejected/` (not mounted by a compute either) and logged as an error naming
-//! it, as is a link, special file or directory carrying an archive name. Other names —
+//! it, as is a link, special file or directory carrying an archive name, and a file whose
+//! permission bits deny the node reading it (never retried forever). Other names —
 //! the archive command's `.tmp` files among them — are left alone.
 
 use std::ffi::OsStr;
@@ -102,10 +103,24 @@ pub fn drain(timeline: &Dir, method: CloneMethod) -> Result<Drained, CloneError>
         let Some(name) = e.name.to_str().filter(|n| is_archive_name(n)) else {
             continue;
         };
+        // Judged by the entry itself first: a FIFO, socket or device the node may not
+        // even open (a compute can take away its permission bits) is refused, not
+        // retried at every drain.
+        if let Err(b) = inbox.check(&e.name, e.kind, e.nlink) {
+            out.count_aside(set_aside(timeline, &inbox, name, &b.to_string()));
+            continue;
+        }
         match take(&inbox, &archive, name, method) {
             Ok(Taken::Moved) => out.moved += 1,
             Ok(Taken::Duplicate) => out.duplicates += 1,
             Ok(Taken::Vanished) => {}
+            Ok(Taken::Unreadable) => {
+                let why = format!(
+                    "{} cannot be read by the storage node (permission denied); an archived WAL file must be readable by it",
+                    inbox.path_of(name).display()
+                );
+                out.count_aside(set_aside(timeline, &inbox, name, &why));
+            }
             Ok(Taken::Differs) => {
                 let why = format!(
                     "{} differs from the archived {name}, which is never overwritten",
@@ -143,6 +158,8 @@ enum Taken {
     Differs,
     /// Gone between listing and moving.
     Vanished,
+    /// Its permission bits deny the node reading it: it can never be moved.
+    Unreadable,
 }
 
 fn take(inbox: &Dir, archive: &Dir, name: &str, method: CloneMethod) -> Result<Taken, CloneError> {
@@ -150,6 +167,7 @@ fn take(inbox: &Dir, archive: &Dir, name: &str, method: CloneMethod) -> Result<T
     let (src, st) = match inbox.open_file(n) {
         Ok(f) => f,
         Err(e) if e.is_not_found() => return Ok(Taken::Vanished),
+        Err(e) if e.is_permission_denied() => return Ok(Taken::Unreadable),
         Err(e) => return Err(e.into()),
     };
     if archive.lstat(n)?.is_some() {

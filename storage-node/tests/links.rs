@@ -7,45 +7,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use common::*;
 use ramify_api::{At, ClientError, CreateTimeline, TimelineId};
-
-/// Every entry below `dir`: its kind and, for files, a hash of the content.
-fn tree_sums(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        for e in fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let mut rel = p.strip_prefix(root).unwrap().to_path_buf();
-            // What the compute archived counts as the archive's wherever it is now: the
-            // node moves arrivals from the inbox into wal/ at any moment.
-            if let Ok(name) = rel.strip_prefix("archive-inbox") {
-                if m.is_file() {
-                    rel = Path::new("wal").join(name);
-                }
-            }
-            if m.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &p, out);
-            } else if m.file_type().is_symlink() {
-                out.insert(rel, format!("link {:?}", fs::read_link(&p).unwrap()));
-            } else {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                fs::read(&p).unwrap().hash(&mut h);
-                out.insert(rel, format!("{:x} {}", h.finish(), m.len()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 /// Asserts `r` is a 409 whose message contains `says`.
 fn refused<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>, says: &str) {

@@ -2,6 +2,9 @@
 //! a `ramify-storage` process on it, and Postgres computes on its timelines.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ramify_api::{At, CreateTimeline, Lsn, StorageClient, TimelineId, TimelineInfo, TimelineState};
@@ -148,4 +151,36 @@ pub async fn query_text(c: &Compute, sql: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
+}
+
+/// Every entry below `dir`: its kind and, for files, a hash of the content.
+pub fn tree_sums(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let mut rel = p.strip_prefix(root).unwrap().to_path_buf();
+            // What the compute archived counts as the archive's wherever it is now: the
+            // node moves arrivals from the inbox into wal/ at any moment.
+            if let Ok(name) = rel.strip_prefix("archive-inbox") {
+                if m.is_file() {
+                    rel = Path::new("wal").join(name);
+                }
+            }
+            if m.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &p, out);
+            } else if m.file_type().is_symlink() {
+                out.insert(rel, format!("link {:?}", fs::read_link(&p).unwrap()));
+            } else {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read(&p).unwrap().hash(&mut h);
+                out.insert(rel, format!("{:x} {}", h.finish(), m.len()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
