@@ -624,6 +624,45 @@ async fn branches_on_a_real_api_server() {
         Some("0/3000028")
     );
 
+    // A fork at a time pasted from psql (`select now()`): the API server takes it and the
+    // storage node is asked for that moment; a time without a zone is refused by the API
+    // server, with both accepted forms.
+    let err = apply_branch(&client, "dev", json!({
+        "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+        "metadata": {"name": "past"},
+        "spec": {"parent": {"name": "main", "namespace": "prod"}, "at": {"time": "2026-12-04 14:45:02"}}
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.at.time: time 2026-12-04 14:45:02 has no time zone: write it as Postgres prints timestamptz (2026-12-04 14:45:02+00) or in RFC 3339 (2026-12-04T14:45:02Z)"),
+        "{err}"
+    );
+    apply_branch(&client, "dev", json!({
+        "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+        "metadata": {"name": "past"},
+        "spec": {"parent": {"name": "main", "namespace": "prod"}, "at": {"time": "2026-12-04 14:45:02.954757+00"}}
+    }))
+    .await
+    .unwrap();
+    let past = wait_condition(&client, "dev", "past", "Ready").await;
+    let past_tl: TimelineId = past.uid().unwrap().parse().unwrap();
+    assert_eq!(
+        storage.timelines.lock().unwrap()[&past_tl].at,
+        Some(At::Time(
+            chrono::DateTime::parse_from_rfc3339("2026-12-04T14:45:02.954757Z")
+                .unwrap()
+                .with_timezone(&Utc)
+        ))
+    );
+    let dev: Api<DatabaseBranch> = Api::namespaced(client.clone(), "dev");
+    dev.delete("past", &DeleteParams::default()).await.unwrap();
+    eventually("past deleted", Duration::from_secs(60), || async {
+        dev.get_opt("past").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
     // `parent` is immutable (CEL transition rule).
     let err = Api::<DatabaseBranch>::namespaced(client.clone(), "dev")
         .patch(
