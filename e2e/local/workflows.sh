@@ -78,8 +78,14 @@ echo "# 2. restore: back to before a DROP TABLE, --from another branch, range er
 q "$DEV" -c "CREATE TABLE precious AS SELECT g FROM generate_series(1, 500) g"
 sleep 1
 before_drop=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+# The time exactly as psql prints `SELECT now()` (2026-12-04 14:45:02.954757+00).
+before_drop_pg=$(q "$DEV" -c "SELECT now()")
 sleep 1
 q "$DEV" -c "DROP TABLE precious; INSERT INTO items VALUES (5000, 'after the drop')"
+"$RAMIFY" branch create past --parent dev --at "$before_drop_pg" >/dev/null
+check "a fork --at a time pasted from psql ($before_drop_pg) has the table from before the DROP" test "$(q "$("$RAMIFY" branch connect past)" -c 'SELECT count(*) FROM precious')" = 500
+"$RAMIFY" branch delete past >/dev/null
+fails_with "a time without a zone is refused, showing both accepted forms" "has no time zone: write it as Postgres prints timestamptz (2026-12-04 14:45:02+00) or in RFC 3339 (2026-12-04T14:45:02Z)" "$RAMIFY" branch restore dev --at "2026-12-04 14:45:02"
 "$RAMIFY" branch restore dev --at "$before_drop" -o json >"$WORK/restore.json"
 backup=$(json '["backup"]' <"$WORK/restore.json")
 check "restore --at a time before the DROP brings the table back under the same URI" test "$(q "$DEV" -c 'SELECT count(*) FROM precious')" = 500
