@@ -176,17 +176,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A client configuration trusting the CA certificates in the PEM file `path`.
 fn trusting(path: &str) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(path).map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
+    trusting_pem(&pem).map_err(|e| format!("sslrootcert {path}: {e}"))
+}
+
+/// A client configuration trusting the CA certificates in `pem`.
+pub fn trusting_pem(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&pem) {
-        let der = der.map_err(|e| format!("sslrootcert {path} is not PEM: {e}"))?;
-        roots
-            .add(der)
-            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|e| format!("not PEM: {e}"))?;
+        roots.add(der).map_err(|e| e.to_string())?;
     }
     if roots.is_empty() {
-        return Err(format!("sslrootcert {path} holds no certificate"));
+        return Err("holds no certificate".to_string());
     }
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -255,11 +258,22 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// tokio-postgres's TLS hook over rustls.
+/// tokio-postgres's TLS hook over rustls (the server name checked is the host connected
+/// to).
 #[derive(Clone)]
-struct RustlsConnect {
+pub struct RustlsConnect {
     config: Arc<rustls::ClientConfig>,
     host: Option<String>,
+}
+
+impl RustlsConnect {
+    /// A connector with this client configuration (e.g. [`trusting_pem`]).
+    pub fn new(config: rustls::ClientConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            host: None,
+        }
+    }
 }
 
 impl MakeTlsConnect<tokio_postgres::Socket> for RustlsConnect {

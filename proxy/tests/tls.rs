@@ -6,24 +6,19 @@
 #[allow(dead_code)]
 mod pg_control;
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pg_control::PgControl;
 use ramify_compute::PgBin;
+use ramify_diff::connect::{trusting_pem, RustlsConnect};
 use ramify_proxy::{CertificateAuthority, Proxy, ProxyOptions, ProxyTls, Route, ServerNames};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls};
 
 const BRANCH: &str = "feature-x";
@@ -250,99 +245,6 @@ async fn plaintext_sessions_are_refused_before_waking_when_tls_is_required() {
     proxy.remove_route(BRANCH).await;
 }
 
-/// A tokio-postgres TLS connector over rustls trusting one CA, so that the test can
-/// send a CancelRequest the way a TLS client does: SSLRequest first, then the cancel
-/// inside TLS.
-#[derive(Clone)]
-struct RustlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    host: Option<String>,
-}
-
-impl RustlsConnect {
-    fn trusting(ca: &CertificateAuthority) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.cert_pem().as_bytes())
-            .expect("CA PEM");
-        roots.add(der).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self {
-            config: Arc::new(config),
-            host: None,
-        }
-    }
-}
-
-struct RustlsStream(tokio_rustls::client::TlsStream<tokio_postgres::Socket>);
-
-impl AsyncRead for RustlsStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for RustlsStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl tokio_postgres::tls::TlsStream for RustlsStream {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
-}
-
-impl MakeTlsConnect<tokio_postgres::Socket> for RustlsConnect {
-    type Stream = RustlsStream;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<Self, io::Error> {
-        Ok(Self {
-            config: Arc::clone(&self.config),
-            host: Some(domain.to_owned()),
-        })
-    }
-}
-
-impl TlsConnect<tokio_postgres::Socket> for RustlsConnect {
-    type Stream = RustlsStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
-
-    fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
-        Box::pin(async move {
-            let host = self.host.unwrap_or_else(|| "localhost".to_owned());
-            let name = ServerName::try_from(host)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(name, stream)
-                .await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
 async fn query_i64(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -367,7 +269,7 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, addr, ca) =
         tls_proxy(control.clone(), ServerNames::Loopback, true, dir.path()).await;
-    let tls = RustlsConnect::trusting(&ca);
+    let tls = RustlsConnect::new(trusting_pem(ca.cert_pem().as_bytes()).expect("the proxy's CA"));
     let conn_str = format!(
         "host=localhost port={} user=app password=secret dbname=postgres sslmode=require",
         addr.port()
