@@ -153,34 +153,56 @@ pub async fn query_text(c: &Compute, sql: &str) -> String {
         .get(0)
 }
 
-/// Every entry below `dir`: its kind and, for files, a hash of the content.
+/// Every entry below `dir`: its kind and, for files, a hash of the content. The node
+/// drains a timeline's archive inbox into `wal/` in the background, so this waits (up to
+/// 30 s) until the inbox holds nothing but temporary files, and walks again if an entry
+/// moved while it was being read.
 pub fn tree_sums(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        for e in fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let mut rel = p.strip_prefix(root).unwrap().to_path_buf();
-            // What the compute archived counts as the archive's wherever it is now: the
-            // node moves arrivals from the inbox into wal/ at any moment.
-            if let Ok(name) = rel.strip_prefix("archive-inbox") {
-                if m.is_file() {
-                    rel = Path::new("wal").join(name);
-                }
-            }
-            if m.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &p, out);
-            } else if m.file_type().is_symlink() {
-                out.insert(rel, format!("link {:?}", fs::read_link(&p).unwrap()));
-            } else {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                fs::read(&p).unwrap().hash(&mut h);
-                out.insert(rel, format!("{:x} {}", h.finish(), m.len()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = fs::read_dir(dir.join("archive-inbox"))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.path().is_file() && !e.file_name().to_string_lossy().ends_with(".tmp")
+                })
+            })
+            .unwrap_or(false);
+        if !pending || std::time::Instant::now() > deadline {
+            let mut out = BTreeMap::new();
+            match walk(dir, dir, &mut out) {
+                Ok(()) => return out,
+                // Moved or removed while walking: look again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("walking {}: {e}", dir.display()),
             }
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        let m = fs::symlink_metadata(&p)?;
+        let mut rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+        // What the compute archived counts as the archive's wherever it is now: the node
+        // moves arrivals from the inbox into wal/ at any moment.
+        if let Ok(name) = rel.strip_prefix("archive-inbox") {
+            if m.is_file() {
+                rel = Path::new("wal").join(name);
+            }
+        }
+        if m.is_dir() {
+            out.insert(rel, "dir".into());
+            walk(root, &p, out)?;
+        } else if m.file_type().is_symlink() {
+            out.insert(rel, format!("link {:?}", fs::read_link(&p)?));
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            fs::read(&p)?.hash(&mut h);
+            out.insert(rel, format!("{:x} {}", h.finish(), m.len()));
+        }
+    }
+    Ok(())
 }
