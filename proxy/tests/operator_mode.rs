@@ -262,7 +262,9 @@ async fn an_idle_branch_is_suspended_through_the_operator() {
     let control = PgControl::new().await;
     let op = FakeOperator::start(TOKEN, Some(control.clone())).await;
     let port = free_port();
-    op.set_routes(&[("dev/alice", port, 1)]);
+    // Idle time counts from AuthenticationOk: two seconds leave a debug build's SCRAM
+    // exchange on a loaded machine time to finish after a wake.
+    op.set_routes(&[("dev/alice", port, 2)]);
     let proxy = ProxyProcess::spawn(&op.url(), TOKEN).await;
     proxy.wait_ready().await;
     proxy

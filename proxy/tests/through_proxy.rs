@@ -251,9 +251,11 @@ async fn idle_branch_is_suspended_and_the_next_client_finds_its_data() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_arriving_during_a_suspend_waits_and_wakes_the_compute_again() {
     let control = PgControl::new().await;
+    // Idleness counts from AuthenticationOk: a woken client has suspend_after to finish
+    // its SCRAM exchange, which a debug build on a loaded CI machine may need a second for.
     let (proxy, addr) = proxy_for(
         control.clone(),
-        Some(Duration::from_millis(300)),
+        Some(Duration::from_millis(1500)),
         ProxyOptions::default(),
     )
     .await;
