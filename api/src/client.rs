@@ -179,6 +179,19 @@ impl StorageClient {
             .1)
     }
 
+    /// `GET /v1/timelines/{id}?sizes=false`: the timeline without its space figures
+    /// (0), which spares the node an accounting sweep — for starting a compute.
+    pub async fn get_timeline_without_sizes(
+        &self,
+        id: TimelineId,
+    ) -> Result<TimelineInfo, ClientError> {
+        let path = format!("/v1/timelines/{id}?sizes=false");
+        Ok(self
+            .call::<(), _>(Method::GET, &path, None, READ_TIMEOUT)
+            .await?
+            .1)
+    }
+
     /// `GET /v1/timelines`.
     pub async fn list_timelines(&self) -> Result<Vec<TimelineInfo>, ClientError> {
         Ok(self

@@ -38,16 +38,22 @@ psql -X -q "$MAIN" -c "SELECT 1" >/dev/null
 echo "measuring $WAKES wakes …" >&2
 "$RAMIFY" branch create w --parent main --suspend-after 0 >/dev/null
 W=$("$RAMIFY" branch connect w)
+# `branch connect` prints a verify-full URI: these connects run the TLS handshake. The
+# same URI without its query string, with sslmode=disable, is the plaintext baseline.
+W_PLAIN="${W%%\?*}?sslmode=disable"
+# Wakes over TLS and in plaintext alternate, so both see the same machine.
 : > "$WORK/wakes"
+: > "$WORK/wakes_plain"
 for _ in $(seq 1 "$WAKES"); do
   "$RAMIFY" branch suspend w >/dev/null
   t=$(date +%s%N)
   psql -X -A -t -q "$W" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
   ms "$t" >> "$WORK/wakes"
+  "$RAMIFY" branch suspend w >/dev/null
+  t=$(date +%s%N)
+  psql -X -A -t -q "$W_PLAIN" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
+  ms "$t" >> "$WORK/wakes_plain"
 done
-# `branch connect` prints a verify-full URI: these connects run the TLS handshake. The
-# same URI without its query string, with sslmode=disable, is the plaintext baseline.
-W_PLAIN="${W%%\?*}?sslmode=disable"
 : > "$WORK/connects"
 : > "$WORK/connects_plain"
 for _ in $(seq 1 "$WAKES"); do
@@ -88,10 +94,12 @@ echo
 echo "| measurement | runs | p50 | p99 | min | max |"
 echo "|---|---:|---:|---:|---:|---:|"
 row() { echo "| $1 | $(wc -l < "$2") | $(pct 50 < "$2") ms | $(pct 99 < "$2") ms | $(pct 0 < "$2") ms | $(pct 100 < "$2") ms |"; }
-row "wake from zero → first query result (psql through the proxy)" "$WORK/wakes"
+row "wake from zero → first query result (psql through the proxy, TLS verify-full)" "$WORK/wakes"
+row "wake from zero → first query result (psql through the proxy, plaintext)" "$WORK/wakes_plain"
 row "connect → first query, compute already running (psql through the proxy, TLS verify-full)" "$WORK/connects"
 row "connect → first query, compute already running (psql through the proxy, plaintext)" "$WORK/connects_plain"
-echo "| TLS handshake, extra connect time (p50 TLS − p50 plaintext) | $(wc -l < "$WORK/connects") | $(( $(pct 50 < "$WORK/connects") - $(pct 50 < "$WORK/connects_plain") )) ms | | | |"
+echo "| TLS handshake, extra connect time (p50 TLS − p50 plaintext), compute running | $(wc -l < "$WORK/connects") | $(( $(pct 50 < "$WORK/connects") - $(pct 50 < "$WORK/connects_plain") )) ms | | | |"
+echo "| TLS handshake, extra wake time (p50 TLS − p50 plaintext) | $(wc -l < "$WORK/wakes") | $(( $(pct 50 < "$WORK/wakes") - $(pct 50 < "$WORK/wakes_plain") )) ms | | | |"
 row "branch create (fork at latest, parent running) → first query, via the CLI" "$WORK/creates"
 echo
 echo "| pgbench -S, 8 clients, plaintext | direct to the compute | through the proxy | proxy / direct |"

@@ -305,7 +305,12 @@ impl<R: Runtime> Lifecycle<R> {
                 return Ok(addr);
             }
         }
-        let timeline = self.storage.get_timeline(branch.timeline).await?;
+        // Starting needs the timeline's paths and archive command, not its sizes: no
+        // accounting sweep on the wake path.
+        let timeline = self
+            .storage
+            .get_timeline_without_sizes(branch.timeline)
+            .await?;
         let addr = self
             .runtime
             .start(branch, &timeline)

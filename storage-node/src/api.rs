@@ -205,8 +205,29 @@ async fn list(State(node): State<AppState>) -> Result<Response> {
     Ok(Json(node.list().await?).into_response())
 }
 
-async fn get_one(State(node): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    Ok(Json(node.get(parse_id(&id)?).await?).into_response())
+#[derive(Deserialize)]
+struct GetQuery {
+    /// `false`: skip the space accounting (sizes are 0).
+    #[serde(default = "yes")]
+    sizes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn get_one(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let info = if q.sizes {
+        node.get(id).await?
+    } else {
+        node.get_without_sizes(id).await?
+    };
+    Ok(Json(info).into_response())
 }
 
 #[derive(Deserialize)]

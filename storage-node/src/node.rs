@@ -1002,6 +1002,13 @@ impl Node {
         self.info(&rec).await
     }
 
+    /// `GET /v1/timelines/{id}?sizes=false`: everything but the space figures (left 0),
+    /// without the accounting sweep — what starting a compute needs, on every wake.
+    pub async fn get_without_sizes(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        let rec = self.record(id)?;
+        self.info_with(&rec, Usage::default()).await
+    }
+
     /// `GET /v1/timelines`.
     pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
         let usage = self.usage().await?;
