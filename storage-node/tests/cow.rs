@@ -102,6 +102,7 @@ async fn a_branch_pays_only_for_what_it_changes() {
         let child = env.fork(root.id, At::Latest).await;
         let mut cc = env.start(&child).await;
         cc.execute("CHECKPOINT").await.unwrap();
+        archive_drained(&child).await;
         env.scratch.sync().unwrap();
         let df0 = env.scratch.df_used_bytes().unwrap();
         let ex0 = env.get(child.id).await.exclusive_bytes;
@@ -110,6 +111,7 @@ async fn a_branch_pays_only_for_what_it_changes() {
         let wal = current_lsn(&cc).await.bytes_since(wal0);
         cc.execute("CHECKPOINT").await.unwrap();
         cc.stop().await.unwrap();
+        archive_drained(&child).await;
         env.scratch.sync().unwrap();
         let df1 = env.scratch.df_used_bytes().unwrap();
         let ex1 = env.get(child.id).await.exclusive_bytes;

@@ -153,6 +153,32 @@ pub async fn query_text(c: &Compute, sql: &str) -> String {
         .get(0)
 }
 
+/// Waits (up to 30 s) until the node has moved everything the compute archived out of
+/// the timeline's `archive-inbox/` into `wal/`: disk usage and accounting measured while a
+/// segment is half-way through that move disagree.
+pub async fn archive_drained(tl: &TimelineInfo) {
+    let inbox = Path::new(&tl.pgdata)
+        .parent()
+        .expect("pgdata has a parent")
+        .join("archive-inbox");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = fs::read_dir(&inbox)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.path().is_file() && !e.file_name().to_string_lossy().ends_with(".tmp")
+                })
+            })
+            .unwrap_or(false);
+        if !pending || std::time::Instant::now() > deadline {
+            // One more moment for a move that had already taken its file.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every entry below `dir`: its kind and, for files, a hash of the content. The node
 /// drains a timeline's archive inbox into `wal/` in the background, so this waits (up to
 /// 30 s) until the inbox holds nothing but temporary files, and walks again if an entry
