@@ -1,0 +1,610 @@
+//! Creating timelines: empty roots, and forks at latest, an LSN, a time or a snapshot.
+
+use super::*;
+
+impl Node {
+    // ----- create -------------------------------------------------------------------
+
+    /// `POST /v1/timelines`. Returns the timeline and whether it was created now.
+    #[instrument(skip(self, req), fields(timeline))]
+    pub async fn create(&self, mut req: CreateTimeline) -> Result<(TimelineInfo, bool), NodeError> {
+        if req.at.is_some() && req.parent.is_none() {
+            return Err(NodeError::Invalid(
+                "\"at\" is only valid with \"parent\": a root timeline starts empty".into(),
+            ));
+        }
+        if req.parent.is_some() && req.at.is_none() {
+            req.at = Some(At::Latest);
+        }
+        let id = *req.id.get_or_insert_with(TimelineId::new_v4);
+        tracing::Span::current().record("timeline", tracing::field::display(id));
+        let id_lock = {
+            let mut m = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id).or_default().clone()
+        };
+        let _guard = id_lock.lock().await;
+        if let Some(existing) = self.meta.get(id)? {
+            if existing.request != req {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} already exists with a different request (parent {:?}, at {})",
+                    existing.parent.map(|p| p.to_string()),
+                    existing
+                        .at
+                        .as_ref()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into())
+                )));
+            }
+            return Ok((self.info(&existing).await?, false));
+        }
+        let started = Instant::now();
+        let result = match req.parent {
+            None => self.create_root(id, &req).await,
+            Some(parent) => self.fork(id, parent, &req).await,
+        }
+        .map_err(NodeError::refusal_is_conflict);
+        match &result {
+            Ok(_) => self.metrics.fork_ok(req.at.as_ref(), started.elapsed()),
+            Err(e) => {
+                self.metrics.fork_failed(e.code());
+                // Leave nothing half-made behind a failed create.
+                let _ = self.remove_tree(&self.layout.creating(id));
+                if matches!(self.meta.get(id), Ok(Some(r)) if r.phase == Phase::Creating) {
+                    let _ = self.meta.remove(id);
+                }
+            }
+        }
+        let rec = result?;
+        Ok((self.info(&rec).await?, true))
+    }
+
+    pub(super) fn begin(
+        &self,
+        id: TimelineId,
+        req: &CreateTimeline,
+    ) -> Result<TimelineRecord, NodeError> {
+        let rec = TimelineRecord {
+            id,
+            parent: req.parent,
+            at: req.at.clone(),
+            request: req.clone(),
+            phase: Phase::Creating,
+            fork_lsn: None,
+            fork_time: None,
+            created_at: Utc::now(),
+            snapshots: vec![],
+        };
+        self.meta.put(&rec)?;
+        let staging = self.layout.creating(id);
+        self.remove_tree(&staging)?;
+        let dir = TimelineDir(staging);
+        for d in [
+            dir.0.clone(),
+            dir.archive(),
+            dir.inbox(),
+            dir.snapshots(),
+            dir.run(),
+        ] {
+            std::fs::create_dir(&d).map_err(io_op(format!("create {}", d.display())))?;
+        }
+        set_mode(&dir.run(), 0o700)?;
+        set_mode(&dir.inbox(), 0o700)?;
+        Ok(rec)
+    }
+
+    /// Makes the staging directory the timeline: durable first, then one rename, then one
+    /// metadata commit. A crash before the commit is cleaned up at start-up.
+    pub(super) fn commit(&self, mut rec: TimelineRecord) -> Result<TimelineRecord, NodeError> {
+        let staging = self.layout.creating(rec.id);
+        clone::syncfs(&staging)?;
+        std::fs::rename(&staging, self.layout.timeline(rec.id))
+            .map_err(io_op(format!("publish timeline {}", rec.id)))?;
+        fsync_dir(&self.layout.timelines())?;
+        rec.phase = Phase::Ready;
+        self.meta.put(&rec)?;
+        Ok(rec)
+    }
+
+    pub(super) async fn create_root(
+        &self,
+        id: TimelineId,
+        req: &CreateTimeline,
+    ) -> Result<TimelineRecord, NodeError> {
+        let rec = self.begin(id, req)?;
+        let dir = TimelineDir(self.layout.creating(id));
+        std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
+        set_mode(&dir.pgdata(), 0o700)?;
+        info!(timeline = %id, "created empty root timeline");
+        self.commit(rec)
+    }
+
+    pub(super) async fn fork(
+        &self,
+        id: TimelineId,
+        parent: TimelineId,
+        req: &CreateTimeline,
+    ) -> Result<TimelineRecord, NodeError> {
+        let _parent_guard = self.read_lock(parent).await;
+        let prec = self
+            .record(parent)
+            .map_err(|_| NodeError::NotFound(format!("parent timeline {parent} does not exist")))?;
+        let pdir = self.dir(parent);
+        let ppg = self.open_dir(&pdir.pgdata())?;
+        if !ppg.has_file("PG_VERSION") {
+            return Err(NodeError::Conflict(format!(
+                "parent timeline {parent} has no data yet: start its compute once (it runs initdb) before forking it"
+            )));
+        }
+        let at = req.at.clone().unwrap_or(At::Latest);
+        let running = self.running(parent).await;
+        let never_started = ppg.has_file("recovery.signal");
+        drop(ppg);
+        // Validate before doing any work, so a bad target costs nothing.
+        let plan = self
+            .plan(&prec, &at, running.as_ref(), never_started)
+            .await?;
+        let mut rec = self.begin(id, req)?;
+        let dir = TimelineDir(self.layout.creating(id));
+        let t0 = Instant::now();
+        let fork = match plan {
+            Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
+            Plan::Stopped => self.fork_stopped(&pdir, &dir).await?,
+            Plan::FromSnapshot { base, target } => {
+                self.fork_from_snapshot(&prec, &pdir, base, target, &dir)
+                    .await?
+            }
+        };
+        let build_ms = t0.elapsed().as_millis() as u64;
+        // The fork's starting state is also its first snapshot: its own history (and
+        // its restore window) begins at the fork point.
+        let snap_dir = self
+            .open_dir(&dir.snapshots())?
+            .create_dir("fork", 0o700)
+            .map_err(CloneError::from)?;
+        let method = self.clone_method;
+        let src = self.open_dir(&dir.pgdata())?;
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
+        })
+        .await??;
+        let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
+        pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
+            .map_err(io_op("write recovery settings"))?;
+        rec.fork_lsn = Some(fork.lsn);
+        rec.fork_time = Some(fork.time);
+        rec.snapshots.push(SnapshotRecord {
+            info: SnapshotInfo {
+                name: "fork".into(),
+                kind: SnapshotKind::Fork,
+                start_lsn: fork.start_lsn,
+                end_lsn: fork.lsn,
+                time: fork.time,
+                pg_timeline: fork.pg_timeline,
+            },
+            consistent_lsn: fork.consistent_lsn,
+            after_lsn: None,
+            plain_start: fork.recovery == RecoveryTarget::None,
+        });
+        let t_commit = Instant::now();
+        let rec = self.commit(rec)?;
+        info!(
+            timeline = %id, parent = %parent, at = %at, fork_lsn = %fork.lsn,
+            clone_method = %self.clone_method, elapsed_ms = t0.elapsed().as_millis() as u64,
+            build_ms, snapshot_ms, commit_ms = t_commit.elapsed().as_millis() as u64,
+            "forked timeline"
+        );
+        if self.clone_method == CloneMethod::Copy {
+            warn!(timeline = %id, "fork made by FULL COPY: this filesystem has no reflinks");
+        }
+        Ok(rec)
+    }
+
+    /// Decides how to serve a fork of `prec` at `at`, or says why the target is invalid.
+    pub(super) async fn plan(
+        &self,
+        prec: &TimelineRecord,
+        at: &At,
+        running: Option<&Running>,
+        never_started: bool,
+    ) -> Result<Plan, NodeError> {
+        let wkf = self.wal_kept_from(prec);
+        let window = self.window(prec, running).await?;
+        let range = || describe_window(&window);
+        match at {
+            At::Latest if never_started => {
+                // Its PGDATA still awaits recovery; the same state is its fork snapshot.
+                let base = self.snapshot_named(prec, "fork")?;
+                Ok(Plan::FromSnapshot {
+                    target: Target::Lsn(base.info.end_lsn),
+                    base,
+                })
+            }
+            At::Latest => Ok(match running {
+                Some(r) => Plan::Backup { port: r.port },
+                None => Plan::Stopped,
+            }),
+            At::Snapshot(name) => {
+                let base = self.snapshot_named(prec, name)?;
+                Ok(Plan::FromSnapshot {
+                    target: Target::Lsn(base.info.end_lsn),
+                    base,
+                })
+            }
+            At::Lsn(lsn) => {
+                let (Some(from), Some(to)) = (window.from_lsn, window.to_lsn) else {
+                    return Err(NodeError::OutOfRange(format!(
+                        "timeline {} has no snapshot yet, so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
+                        prec.id, prec.id
+                    )));
+                };
+                if *lsn < from {
+                    return Err(NodeError::OutOfRange(format!(
+                        "lsn {lsn} is before the restore window of timeline {} ({})",
+                        prec.id,
+                        range()
+                    )));
+                }
+                if *lsn > to {
+                    return Err(NodeError::OutOfRange(format!(
+                        "lsn {lsn} is after the last flushed LSN {to} of timeline {} ({})",
+                        prec.id,
+                        range()
+                    )));
+                }
+                let base = window::base_for_lsn(&prec.snapshots, wkf, *lsn)
+                    .cloned()
+                    .ok_or_else(|| {
+                        NodeError::OutOfRange(format!("lsn {lsn} is outside {}", range()))
+                    })?;
+                Ok(Plan::FromSnapshot {
+                    base,
+                    target: Target::Lsn(*lsn),
+                })
+            }
+            At::Time(t) => {
+                if self.cfg.waldump.is_none() {
+                    return Err(NodeError::Conflict(
+                        "forks at a time need pg_waldump, which this node could not find; start it with --pg-bin".into(),
+                    ));
+                }
+                let Some(from) = window.from_time else {
+                    return Err(NodeError::OutOfRange(format!(
+                        "timeline {} has no snapshot yet, so no point of its history can be forked",
+                        prec.id
+                    )));
+                };
+                let now = Utc::now();
+                if *t < from {
+                    return Err(NodeError::OutOfRange(format!(
+                        "time {} is before the restore window of timeline {} ({})",
+                        t.to_rfc3339(),
+                        prec.id,
+                        range()
+                    )));
+                }
+                if *t > now {
+                    return Err(NodeError::OutOfRange(format!(
+                        "time {} is in the future (now is {}); the restore window of timeline {} is {}",
+                        t.to_rfc3339(),
+                        now.to_rfc3339(),
+                        prec.id,
+                        range()
+                    )));
+                }
+                let base = window::base_for_time(&prec.snapshots, wkf, *t)
+                    .cloned()
+                    .ok_or_else(|| {
+                        NodeError::OutOfRange(format!("time {t} is outside {}", range()))
+                    })?;
+                Ok(Plan::FromSnapshot {
+                    base,
+                    target: Target::Time(*t),
+                })
+            }
+        }
+    }
+
+    pub(super) fn snapshot_named(
+        &self,
+        rec: &TimelineRecord,
+        name: &str,
+    ) -> Result<SnapshotRecord, NodeError> {
+        rec.snapshots
+            .iter()
+            .find(|s| s.info.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<_> = rec.snapshots.iter().map(|s| s.info.name.as_str()).collect();
+                NodeError::NotFound(format!(
+                    "timeline {} has no snapshot {name:?} (it has: {})",
+                    rec.id,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })
+    }
+
+    /// Fork at latest of a running compute: Postgres's backup protocol around a clone.
+    pub(super) async fn fork_backup(
+        &self,
+        pdir: &TimelineDir,
+        port: u16,
+        dir: &TimelineDir,
+        id: TimelineId,
+    ) -> Result<Fork, NodeError> {
+        let b = self
+            .backup_into(
+                pdir,
+                port,
+                &dir.pgdata(),
+                &format!("ramify fork {id}"),
+                true,
+            )
+            .await?;
+        Ok(Fork {
+            start_lsn: b.start_lsn,
+            lsn: b.stop_lsn,
+            consistent_lsn: b.stop_lsn,
+            time: b.time,
+            pg_timeline: b.pg_timeline,
+            recovery: RecoveryTarget::Immediate,
+        })
+    }
+
+    /// Takes a base backup of the compute in `pdir` into `dest` (a new directory).
+    pub(super) async fn backup_into(
+        &self,
+        pdir: &TimelineDir,
+        port: u16,
+        dest: &Path,
+        label: &str,
+        fast: bool,
+    ) -> Result<Backup, NodeError> {
+        let run = pdir.run();
+        let client = control::connect(&run, port).await?;
+        let (start_lsn, pg_timeline) = control::backup_start(&client, label, fast).await?;
+        let method = self.clone_method;
+        let (parent, name) = self.open_parent(dest)?;
+        let src = self.open_dir(&pdir.pgdata());
+        let cloned = tokio::task::spawn_blocking(move || {
+            let dest = clone::clone_tree(&src?, &parent, &name, method, &pgdata::backup_exclude)?;
+            Ok::<_, NodeError>((dest, parent.open_dir(&name).map_err(CloneError::from)?))
+        })
+        .await;
+        // Any failure above drops `client`, which makes Postgres abort the backup.
+        let (cloned, dest_dir) = cloned??;
+        let stop = control::backup_stop(&client).await?;
+        let time = control::now(&client).await?;
+        drop(client);
+        pgdata::write_backup_files(&dest_dir, &stop.label, &stop.tablespace_map)
+            .map_err(CloneError::from)?;
+        let range = start_lsn.segment(SEGMENT_SIZE)..=stop.lsn.segment(SEGMENT_SIZE);
+        let pg_wal = dest_dir
+            .ensure_dir("pg_wal", 0o700)
+            .map_err(CloneError::from)?;
+        // Everything the compute archived so far is moved into the archive first; its
+        // inbox comes last, for a segment archived (and recycled from pg_wal) since.
+        self.drain_archive_of(pdir).await?;
+        let sources = self.wal_sources(&[pdir.pg_wal(), pdir.archive(), pdir.inbox()])?;
+        let pg_wal = tokio::task::spawn_blocking(move || {
+            let sources: Vec<&Dir> = sources.iter().collect();
+            wal::gather(&pg_wal, &sources, range, method).map(|_| pg_wal)
+        })
+        .await??;
+        wal::check_complete(&pg_wal, start_lsn, stop.lsn, pg_timeline)?;
+        tracing::debug!(files = cloned.files, bytes = cloned.bytes, %start_lsn, stop_lsn = %stop.lsn, "backup clone done");
+        Ok(Backup {
+            start_lsn,
+            stop_lsn: stop.lsn,
+            time,
+            pg_timeline,
+        })
+    }
+
+    /// Fork at latest of a stopped compute: a plain clone that starts as it is (crash
+    /// recovery covers an unclean stop) and continues the parent's Postgres timeline in
+    /// an archive of its own.
+    pub(super) async fn fork_stopped(
+        &self,
+        pdir: &TimelineDir,
+        dir: &TimelineDir,
+    ) -> Result<Fork, NodeError> {
+        let method = self.clone_method;
+        let (src, dst) = (self.open_dir(&pdir.pgdata())?, self.open_dir(&dir.0)?);
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, "pgdata", method, &pgdata::stopped_exclude)
+        })
+        .await??;
+        let c = self.read_pg_control(&dir.pgdata())?;
+        let (mut lsn, mut time) = (c.checkpoint, c.time);
+        if c.state != pgcontrol::ClusterState::ShutDown {
+            // Unclean stop: the clone holds commits after its last checkpoint, which crash
+            // recovery will replay; report the last of them.
+            if let Some(waldump) = self.cfg.waldump.clone() {
+                let pw = dir.pg_wal();
+                let commits = tokio::task::spawn_blocking(move || {
+                    wal::commits(&waldump, &pw, c.timeline, c.redo, None)
+                })
+                .await??;
+                if let Some(last) = commits.last().filter(|l| l.lsn > lsn) {
+                    (lsn, time) = (last.lsn, last.time);
+                }
+            }
+        }
+        Ok(Fork {
+            start_lsn: c.redo,
+            lsn,
+            consistent_lsn: c.checkpoint,
+            time,
+            pg_timeline: c.timeline,
+            recovery: RecoveryTarget::None,
+        })
+    }
+
+    /// Fork at a point of history: the newest snapshot before it plus archived WAL (and the
+    /// parent's unarchived tail) replayed to the target.
+    pub(super) async fn fork_from_snapshot(
+        &self,
+        prec: &TimelineRecord,
+        pdir: &TimelineDir,
+        base: SnapshotRecord,
+        target: Target,
+        dir: &TimelineDir,
+    ) -> Result<Fork, NodeError> {
+        // A running parent writes a record past the target and flushes it, so recovery
+        // always finds the record it stops after.
+        if let Some(r) = self.running(prec.id).await {
+            let c = control::connect(&pdir.run(), r.port).await?;
+            control::mark_and_flush(
+                &c,
+                &format!("ramify-fork-{}", Utc::now().timestamp_millis()),
+            )
+            .await?;
+        }
+        let method = self.clone_method;
+        let (src, dst) = (
+            self.open_dir(&pdir.snapshot_pgdata(&base.info.name))?,
+            self.open_dir(&dir.0)?,
+        );
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &dst, "pgdata", method, &|_: &Path, _| false)
+        })
+        .await??;
+        let last_seg = match target {
+            Target::Lsn(l) => l.segment(SEGMENT_SIZE),
+            Target::Time(_) => u64::MAX,
+        };
+        let range = base.info.start_lsn.segment(SEGMENT_SIZE)..=last_seg;
+        let pg_wal = dir.pg_wal();
+        let pw = self
+            .open_dir(&dir.pgdata())?
+            .ensure_dir("pg_wal", 0o700)
+            .map_err(CloneError::from)?;
+        self.drain_archive_of(pdir).await?;
+        let sources = self.wal_sources(&[pdir.archive(), pdir.pg_wal(), pdir.inbox()])?;
+        let pw = tokio::task::spawn_blocking(move || {
+            let sources: Vec<&Dir> = sources.iter().collect();
+            wal::gather(&pw, &sources, range, method).map(|_| pw)
+        })
+        .await??;
+        let tli = wal::newest_timeline(&pw);
+        let scan_from = base.info.end_lsn.max(prec.fork_lsn.unwrap_or_default());
+        let (lsn, time) = match target {
+            Target::Lsn(l) => {
+                wal::check_complete(&pw, base.info.start_lsn, l, tli)?;
+                let t = self.commit_time_before(&pg_wal, tli, scan_from, l).await?;
+                (l, t.unwrap_or(base.info.time))
+            }
+            Target::Time(t) => {
+                let waldump = self.cfg.waldump.clone().unwrap_or_default();
+                let pw = pg_wal.clone();
+                let commits = tokio::task::spawn_blocking(move || {
+                    wal::commits(&waldump, &pw, tli, scan_from, None)
+                })
+                .await??;
+                match commits
+                    .iter()
+                    .rfind(|c| c.time <= t && c.lsn >= base.info.end_lsn)
+                {
+                    Some(c) => (c.lsn, c.time),
+                    None => (base.info.end_lsn, base.info.time),
+                }
+            }
+        };
+        let recovery = if lsn == base.info.end_lsn && base.plain_start {
+            RecoveryTarget::None
+        } else if lsn == base.consistent_lsn {
+            RecoveryTarget::Immediate
+        } else {
+            RecoveryTarget::Lsn(lsn)
+        };
+        Ok(Fork {
+            start_lsn: base.info.start_lsn,
+            lsn,
+            consistent_lsn: base.consistent_lsn,
+            time,
+            pg_timeline: tli,
+            recovery,
+        })
+    }
+
+    /// Commit time of the last transaction before `lsn`, reading as little WAL as it can.
+    pub(super) async fn commit_time_before(
+        &self,
+        pg_wal: &Path,
+        tli: u32,
+        floor: Lsn,
+        lsn: Lsn,
+    ) -> Result<Option<DateTime<Utc>>, NodeError> {
+        let Some(waldump) = self.cfg.waldump.clone() else {
+            return Ok(None);
+        };
+        if lsn <= floor {
+            return Ok(None);
+        }
+        let mut span = 2 * SEGMENT_SIZE;
+        loop {
+            let start = Lsn(lsn.0.saturating_sub(span).max(floor.0));
+            let (w, p) = (waldump.clone(), pg_wal.to_path_buf());
+            let commits =
+                tokio::task::spawn_blocking(move || wal::commits(&w, &p, tli, start, Some(lsn)))
+                    .await??;
+            if let Some(c) = commits.iter().rfind(|c| c.lsn < lsn) {
+                return Ok(Some(c.time));
+            }
+            if start <= floor {
+                return Ok(None);
+            }
+            span *= 8;
+        }
+    }
+}
+
+/// How a fork is served.
+pub(super) enum Plan {
+    Backup {
+        port: u16,
+    },
+    Stopped,
+    FromSnapshot {
+        base: SnapshotRecord,
+        target: Target,
+    },
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    Lsn(Lsn),
+    Time(DateTime<Utc>),
+}
+
+pub(super) struct Fork {
+    start_lsn: Lsn,
+    lsn: Lsn,
+    consistent_lsn: Lsn,
+    time: DateTime<Utc>,
+    pg_timeline: u32,
+    recovery: RecoveryTarget,
+}
+
+pub(super) struct Backup {
+    pub(super) start_lsn: Lsn,
+    pub(super) stop_lsn: Lsn,
+    pub(super) time: DateTime<Utc>,
+    pub(super) pg_timeline: u32,
+}
+
+pub(super) fn describe_window(w: &RestoreWindow) -> String {
+    let l = |x: Option<Lsn>| x.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+    let t = |x: Option<DateTime<Utc>>| x.map(|t| t.to_rfc3339()).unwrap_or_else(|| "?".into());
+    format!(
+        "valid range: lsn {} to {}, time {} to {}",
+        l(w.from_lsn),
+        l(w.to_lsn),
+        t(w.from_time),
+        t(w.to_time)
+    )
+}

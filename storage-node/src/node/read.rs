@@ -1,0 +1,155 @@
+//! The read side: a timeline's restore window, space figures, and the API views.
+
+use super::*;
+
+impl Node {
+    pub(super) async fn window(
+        &self,
+        rec: &TimelineRecord,
+        running: Option<&Running>,
+    ) -> Result<RestoreWindow, NodeError> {
+        let usable = window::usable(&rec.snapshots, self.wal_kept_from(rec));
+        let base = usable.first();
+        let (to_lsn, to_time) = match running {
+            Some(r) => match control::connect(&self.dir(rec.id).run(), r.port).await {
+                Ok(c) => (Some(control::flush_lsn(&c).await?), Some(Utc::now())),
+                Err(_) => (None, None),
+            },
+            None => match self.read_pg_control(&self.dir(rec.id).pgdata()) {
+                Ok(c) if !self.pg_has(rec.id, "recovery.signal") => {
+                    (Some(c.checkpoint), Some(c.time))
+                }
+                _ => (rec.fork_lsn, rec.fork_time),
+            },
+        };
+        Ok(RestoreWindow {
+            from_lsn: base.map(|s| s.info.end_lsn),
+            from_time: base.map(|s| s.info.time),
+            to_lsn,
+            to_time,
+        })
+    }
+
+    /// Space figures of every timeline, from one sweep over the whole node (a timeline's
+    /// exclusive bytes depend on what every other timeline shares with it).
+    pub(super) async fn usage(&self) -> Result<HashMap<TimelineId, Usage>, NodeError> {
+        let ids: Vec<TimelineId> = self
+            .meta
+            .all()?
+            .into_iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .map(|r| r.id)
+            .collect();
+        let scopes: Vec<Scope> = ids
+            .iter()
+            .map(|id| {
+                let d = self.dir(*id);
+                Scope {
+                    pgdata: d.pgdata(),
+                    history: vec![d.archive(), d.inbox(), d.rejected(), d.snapshots()],
+                }
+            })
+            .collect();
+        let cache = self.extent_cache.clone();
+        let (data, root) = (self.data.clone(), self.layout.root().to_path_buf());
+        let usage =
+            tokio::task::spawn_blocking(move || accounting::account(&data, &root, &scopes, &cache))
+                .await??;
+        Ok(ids.into_iter().zip(usage).collect())
+    }
+
+    /// The API view of a timeline, with fresh accounting and compute state.
+    pub(super) async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
+        let usage = self.usage().await?;
+        self.info_with(rec, usage.get(&rec.id).copied().unwrap_or_default())
+            .await
+    }
+
+    pub(super) async fn info_with(
+        &self,
+        rec: &TimelineRecord,
+        usage: Usage,
+    ) -> Result<TimelineInfo, NodeError> {
+        let dir = self.dir(rec.id);
+        let running = self.running(rec.id).await;
+        let restore_window = self.window(rec, running.as_ref()).await?;
+        let state = if self.pg_has(rec.id, "PG_VERSION") {
+            TimelineState::Ready
+        } else {
+            TimelineState::Empty
+        };
+        Ok(TimelineInfo {
+            id: rec.id,
+            parent: rec.parent,
+            at: rec.at.clone(),
+            fork_lsn: rec.fork_lsn,
+            fork_time: rec.fork_time,
+            state,
+            compute: if running.is_some() {
+                ComputeState::Running
+            } else {
+                ComputeState::Stopped
+            },
+            created_at: rec.created_at,
+            pgdata: path_str(&dir.pgdata()),
+            archive: path_str(&dir.archive()),
+            run_dir: path_str(&dir.run()),
+            archive_command: wal::archive_command(),
+            logical_bytes: usage.logical,
+            exclusive_bytes: usage.exclusive,
+            history_bytes: usage.history,
+            restore_window,
+            snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
+        })
+    }
+
+    /// `GET /v1/timelines/{id}`.
+    pub async fn get(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        let rec = self.record(id)?;
+        self.info(&rec).await
+    }
+
+    /// `GET /v1/timelines/{id}?sizes=false`: everything but the space figures (left 0),
+    /// without the accounting sweep — what starting a compute needs, on every wake.
+    pub async fn get_without_sizes(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        let rec = self.record(id)?;
+        self.info_with(&rec, Usage::default()).await
+    }
+
+    /// `GET /v1/timelines`.
+    pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
+        let usage = self.usage().await?;
+        let mut out = Vec::new();
+        for rec in self.meta.all()? {
+            if rec.phase == Phase::Ready {
+                let u = usage.get(&rec.id).copied().unwrap_or_default();
+                out.push(self.info_with(&rec, u).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let fs = clone::fs_info(self.layout.root())?;
+        let timelines = self
+            .meta
+            .all()?
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .count();
+        Ok(NodeStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: path_str(self.layout.root()),
+            clone_method: self.clone_method,
+            filesystem: fs.fs_type,
+            capacity_bytes: fs.capacity,
+            used_bytes: fs.used,
+            available_bytes: fs.available,
+            timelines,
+            restore_window_seconds: self.cfg.restore_window.as_secs(),
+            snapshot_interval_seconds: self.cfg.snapshot_interval.as_secs(),
+            snapshot_wal_bytes: self.cfg.snapshot_wal_bytes,
+        })
+    }
+}

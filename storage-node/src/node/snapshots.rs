@@ -1,0 +1,232 @@
+//! Restore points and snapshots: taking, listing and deleting them.
+
+use super::*;
+
+impl Node {
+    // ----- restore points -----------------------------------------------------------
+
+    /// `POST /v1/timelines/{id}/restore-points`: a named restore point in the running
+    /// compute's WAL, durably flushed, in one short transaction (the compute keeps
+    /// serving). When `snapshot_wal_bytes` of WAL or more were written since the newest
+    /// snapshot, a snapshot is started in the background (unless one is already being
+    /// taken), so a fork at a later point never has much WAL to replay. A timeline without
+    /// any snapshot first gets one, so that the point can be forked at all.
+    #[instrument(skip(self, req), fields(name = %req.name))]
+    pub async fn create_restore_point(
+        self: &Arc<Self>,
+        id: TimelineId,
+        req: &CreateRestorePoint,
+    ) -> Result<RestorePointInfo, NodeError> {
+        ramify_api::names::validate_snapshot_name(&req.name)
+            .map_err(|e| NodeError::Invalid(e.replace("snapshot name", "restore point name")))?;
+        // A point no snapshot precedes could never be forked: a timeline that has none yet
+        // (a root before its first periodic one) gets one now, once.
+        if self.record(id)?.snapshots.is_empty() && self.running(id).await.is_some() {
+            let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
+            self.snapshot(id, &name, SnapshotKind::Periodic, true)
+                .await?;
+        }
+        let (lsn, time, rec) = {
+            let _g = self.read_lock(id).await;
+            let rec = self.record(id)?;
+            let Some(running) = self.running(id).await else {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} has no running compute; a restore point is written by its Postgres, so start it first"
+                )));
+            };
+            let c = control::connect(&self.dir(id).run(), running.port).await?;
+            let (lsn, time) = control::restore_point(&c, &req.name).await?;
+            (lsn, time, rec)
+        };
+        let wal_since_snapshot = rec
+            .snapshots
+            .iter()
+            .max_by_key(|s| s.info.end_lsn)
+            .map_or(lsn.0, |s| {
+                lsn.bytes_since(s.after_lsn.unwrap_or(s.info.end_lsn))
+            });
+        let snapshot = match req.snapshot_wal_bytes {
+            Some(limit) if limit > 0 && wal_since_snapshot >= limit => {
+                self.snapshot_in_background(id)
+            }
+            _ => None,
+        };
+        info!(timeline = %id, %lsn, wal_since_snapshot, snapshot = ?snapshot, "restore point written");
+        Ok(RestorePointInfo {
+            name: req.name.clone(),
+            lsn,
+            time,
+            wal_since_snapshot,
+            snapshot,
+        })
+    }
+
+    /// Starts a snapshot of `id` in a task of its own, with a fast checkpoint (whoever asked
+    /// wants the next fork to be quick); `None` when one is already being taken.
+    pub(super) fn snapshot_in_background(self: &Arc<Self>, id: TimelineId) -> Option<String> {
+        let newly_busy = self
+            .snapshotting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        if !newly_busy {
+            return None;
+        }
+        let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
+        let node = Arc::clone(self);
+        let task_name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node
+                .snapshot(id, &task_name, SnapshotKind::Periodic, true)
+                .await
+            {
+                warn!(timeline = %id, error = %e, "snapshot after a restore point failed");
+            }
+            node.snapshotting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Some(name)
+    }
+
+    // ----- snapshots ----------------------------------------------------------------
+
+    /// `POST /v1/timelines/{id}/snapshots`: a named snapshot, taken now.
+    pub async fn create_snapshot(
+        &self,
+        id: TimelineId,
+        name: &str,
+    ) -> Result<SnapshotInfo, NodeError> {
+        ramify_api::names::validate_snapshot_name(name).map_err(NodeError::Invalid)?;
+        if name == "fork" {
+            return Err(NodeError::Invalid(
+                "snapshot name \"fork\" is reserved for the fork point".into(),
+            ));
+        }
+        self.snapshot(id, name, SnapshotKind::Manual, true)
+            .await
+            .map_err(NodeError::refusal_is_conflict)
+    }
+
+    pub(super) async fn snapshot(
+        &self,
+        id: TimelineId,
+        name: &str,
+        kind: SnapshotKind,
+        fast: bool,
+    ) -> Result<SnapshotInfo, NodeError> {
+        let _g = self.read_lock(id).await;
+        let rec = self.record(id)?;
+        if rec.snapshots.iter().any(|s| s.info.name == name) {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} already has a snapshot {name:?}"
+            )));
+        }
+        let dir = self.dir(id);
+        if !self.pg_has(id, "PG_VERSION") || self.pg_has(id, "recovery.signal") {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} has not been started yet; its fork snapshot already holds its only state"
+            )));
+        }
+        let staging = dir.snapshot_staging(name);
+        let snaps = self.open_dir(&dir.snapshots())?;
+        let staging_name = format!(".creating-{name}");
+        snaps.remove_tree(&staging_name).map_err(CloneError::from)?;
+        let staging_dir = snaps
+            .create_dir(&staging_name, 0o700)
+            .map_err(CloneError::from)?;
+        let pg = staging.join("pgdata");
+        let running = self.running(id).await;
+        let stopped = running.is_none();
+        let taken = async {
+            match running {
+                Some(r) => {
+                    let b = self
+                        .backup_into(&dir, r.port, &pg, &format!("ramify snapshot {name}"), fast)
+                        .await?;
+                    let after = match control::connect(&dir.run(), r.port).await {
+                        Ok(c) => control::flush_lsn(&c).await.ok(),
+                        Err(_) => None,
+                    };
+                    Ok::<_, NodeError>((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))
+                }
+                None => {
+                    let method = self.clone_method;
+                    let src = self.open_dir(&dir.pgdata())?;
+                    tokio::task::spawn_blocking(move || {
+                        clone::clone_tree(
+                            &src,
+                            &staging_dir,
+                            "pgdata",
+                            method,
+                            &pgdata::stopped_exclude,
+                        )
+                    })
+                    .await??;
+                    let c = self.read_pg_control(&pg)?;
+                    Ok((c.redo, c.checkpoint, c.time, c.timeline, Some(c.checkpoint)))
+                }
+            }
+        }
+        .await;
+        let (start, end, time, tli, after) = match taken {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = snaps.remove_tree(&staging_name);
+                return Err(e);
+            }
+        };
+        clone::syncfs(self.layout.root())?;
+        snaps
+            .rename(&staging_name, &snaps, name)
+            .map_err(CloneError::from)?;
+        let info = SnapshotInfo {
+            name: name.to_string(),
+            kind,
+            start_lsn: start,
+            end_lsn: end,
+            time,
+            pg_timeline: tli,
+        };
+        let _m = self.meta_write.lock().await;
+        let mut rec = self.record(id)?;
+        rec.snapshots.push(SnapshotRecord {
+            info: info.clone(),
+            consistent_lsn: end,
+            after_lsn: after,
+            plain_start: stopped,
+        });
+        rec.snapshots.sort_by_key(|s| s.info.end_lsn);
+        self.meta.put(&rec)?;
+        self.metrics.snapshot_taken();
+        info!(timeline = %id, snapshot = name, kind = ?kind, start_lsn = %start, end_lsn = %end, "snapshot taken");
+        Ok(info)
+    }
+
+    /// `GET /v1/timelines/{id}/snapshots`.
+    pub fn list_snapshots(&self, id: TimelineId) -> Result<Vec<SnapshotInfo>, NodeError> {
+        Ok(self
+            .record(id)?
+            .snapshots
+            .into_iter()
+            .map(|s| s.info)
+            .collect())
+    }
+
+    /// `DELETE /v1/timelines/{id}/snapshots/{name}`.
+    pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), NodeError> {
+        ramify_api::names::validate_snapshot_name(name).map_err(NodeError::Invalid)?;
+        let _g = self.read_lock(id).await;
+        let _m = self.meta_write.lock().await;
+        let mut rec = self.record(id)?;
+        self.snapshot_named(&rec, name)?;
+        rec.snapshots.retain(|s| s.info.name != name);
+        self.meta.put(&rec)?;
+        let snaps = self.open_dir(&self.dir(id).snapshots())?;
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || snaps.remove_tree(&name).map_err(CloneError::from))
+            .await??;
+        Ok(())
+    }
+}
