@@ -7,6 +7,7 @@ pub mod api;
 pub mod beneath;
 pub mod clone;
 pub mod control;
+pub mod failpoint;
 pub mod inbox;
 pub mod layout;
 pub mod meta;

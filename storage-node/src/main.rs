@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    ramify_storage::failpoint::init_from_env().map_err(anyhow::Error::msg)?;
     if nix::unistd::geteuid().is_root() {
         warn!("running as root: files will be owned by root and Postgres (which refuses root) cannot use them; run as the Postgres OS user");
     }
