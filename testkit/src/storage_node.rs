@@ -91,6 +91,8 @@ pub enum StorageNodeError {
 pub struct StorageNodeProcess {
     bin: PathBuf,
     args: Vec<OsString>,
+    /// Extra environment of the process (e.g. `RAMIFY_FAILPOINTS`), kept for restarts.
+    envs: Vec<(OsString, OsString)>,
     port: u16,
     metrics_port: u16,
     token: ApiToken,
@@ -109,6 +111,18 @@ impl StorageNodeProcess {
         bin: &Path,
         data_dir: &Path,
         extra_args: &[&str],
+    ) -> Result<Self, StorageNodeError> {
+        Self::start_with_env(bin, data_dir, extra_args, &[]).await
+    }
+
+    /// [`StorageNodeProcess::start`] with extra environment variables (for example
+    /// `RAMIFY_FAILPOINTS`), which restarts keep unless [`StorageNodeProcess::set_env`]
+    /// changes them.
+    pub async fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
     ) -> Result<Self, StorageNodeError> {
         let user = PgUser::resolve(None)?;
         if !data_dir.exists() {
@@ -154,6 +168,10 @@ impl StorageNodeProcess {
         let mut node = Self {
             bin: bin.to_path_buf(),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
             port,
             metrics_port,
             token,
@@ -164,6 +182,15 @@ impl StorageNodeProcess {
         };
         node.spawn_and_wait().await?;
         Ok(node)
+    }
+
+    /// Replaces the extra environment the next (re)start gives the process; an empty
+    /// list starts it with none (e.g. restarting without the failpoints that killed it).
+    pub fn set_env(&mut self, envs: &[(&str, &str)]) {
+        self.envs = envs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
@@ -274,6 +301,7 @@ impl StorageNodeProcess {
         let err = out.try_clone().map_err(io("open", &self.log))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
