@@ -45,11 +45,37 @@ impl Env {
         }
     }
 
+    /// [`Env::new`] with extra environment for the node process (e.g. `RAMIFY_FAILPOINTS`).
+    pub async fn new_with_env(size: u64, extra_args: &[&str], envs: &[(&str, &str)]) -> Env {
+        let scratch = Scratch::reflink(size).expect("scratch filesystem");
+        let pg = PgBin::find(None).expect("Postgres binaries");
+        let user = PgUser::resolve(None).expect("Postgres OS user");
+        let mut args = vec!["--pg-bin", pg.dir().to_str().unwrap()];
+        args.extend_from_slice(extra_args);
+        let node = StorageNodeProcess::start_with_env(
+            std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+            &scratch.path().join("data"),
+            &args,
+            envs,
+        )
+        .await
+        .expect("storage node");
+        let client = node.client();
+        Env {
+            node,
+            client,
+            pg,
+            user,
+            scratch,
+        }
+    }
+
     pub fn reflink(&self) -> bool {
         self.scratch.is_reflink()
     }
 
-    /// Creates a root timeline and starts its first compute (which runs initdb).
+    /// Creates a root timeline (a new cluster, made by the node's initdb) and starts its
+    /// first compute.
     pub async fn root(&self) -> (TimelineInfo, Compute) {
         let tl = self
             .client
@@ -57,12 +83,12 @@ impl Env {
             .await
             .expect("create root")
             .value;
-        assert_eq!(tl.state, TimelineState::Empty);
+        assert_eq!(tl.state, TimelineState::Ready);
         let c = self.start(&tl).await;
         (tl, c)
     }
 
-    /// Starts a compute on a timeline (initdb for an empty root).
+    /// Starts a compute on a timeline (initdb for an empty root of an older release).
     pub async fn start(&self, tl: &TimelineInfo) -> Compute {
         self.start_with(tl, &[]).await
     }
@@ -231,4 +257,17 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) -> std::io
         }
     }
     Ok(())
+}
+
+/// `pg_amcheck --all --heapallindexed` (heap and btree, every database; installs the
+/// `amcheck` extension first) on a compute; panics with the report and the server log's
+/// end when anything is corrupt.
+pub async fn amcheck(c: &Compute) {
+    if let Err(e) = c.pg_amcheck().await {
+        panic!(
+            "pg_amcheck on {} found corruption or failed: {e}\nserver log:\n{}",
+            c.pgdata().display(),
+            c.log_tail()
+        );
+    }
 }
