@@ -200,6 +200,31 @@ impl StorageClient {
             .1)
     }
 
+    /// `GET /v1/timelines/{id}?sizes=fresh`: the timeline with space figures from an
+    /// accounting pass that started after the call (it waits for one: up to a pass's
+    /// duration, seconds on a node with many large timelines).
+    pub async fn get_timeline_fresh(&self, id: TimelineId) -> Result<TimelineInfo, ClientError> {
+        let path = format!("/v1/timelines/{id}?sizes=fresh");
+        Ok(self
+            .call::<(), _>(Method::GET, &path, None, SLOW_CALL_TIMEOUT)
+            .await?
+            .1)
+    }
+
+    /// `GET /v1/timelines?sizes=fresh`: [`StorageClient::list_timelines`] with figures
+    /// from an accounting pass that started after the call.
+    pub async fn list_timelines_fresh(&self) -> Result<Vec<TimelineInfo>, ClientError> {
+        Ok(self
+            .call::<(), _>(
+                Method::GET,
+                "/v1/timelines?sizes=fresh",
+                None,
+                SLOW_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
+    }
+
     /// `DELETE /v1/timelines/{id}`; `force` also deletes under a running compute.
     pub async fn delete_timeline(&self, id: TimelineId, force: bool) -> Result<(), ClientError> {
         let path = format!("/v1/timelines/{id}?force={force}");

@@ -254,6 +254,12 @@ pub struct TimelineInfo {
     pub exclusive_bytes: u64,
     /// Bytes of WAL archive and snapshots (its history).
     pub history_bytes: u64,
+    /// When the node measured the three figures above: its accounting runs in the
+    /// background, and `GET …?sizes=fresh` waits for a measurement started after the
+    /// call. `None`: not measured yet (a new timeline; the figures are 0) or not asked
+    /// for (`?sizes=false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes_measured_at: Option<DateTime<Utc>>,
     /// Range a fork of this timeline can target.
     pub restore_window: RestoreWindow,
     /// Snapshots kept, oldest first.

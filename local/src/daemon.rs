@@ -117,6 +117,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     });
     // Computes archive into each timeline's inbox; move arrivals into the archive.
     node.spawn_archive_drain(Duration::from_secs(1));
+    // Space figures are measured in the background; `branch list`/`get` show the last.
+    node.spawn_accounting(Duration::from_secs(15));
     let bg = node.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(10));

@@ -78,6 +78,7 @@ fn info(id: TimelineId, parent: Option<TimelineId>) -> TimelineInfo {
         logical_bytes: 40 << 20,
         exclusive_bytes: 3 << 20,
         history_bytes: 16 << 20,
+        sizes_measured_at: Some(Utc::now()),
         restore_window: RestoreWindow {
             from_lsn: None,
             from_time: None,

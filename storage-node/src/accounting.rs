@@ -21,11 +21,186 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
+use ramify_api::TimelineId;
+
 use crate::beneath::{Dir, Entry, Kind as EntryKind};
 use crate::clone::{self, CloneError};
+
+/// The node's space figures as of its last accounting pass. One background task
+/// ([`Accountant::run`]) measures every timeline in turn; API calls answer from here,
+/// with the time of the measurement, and never sweep themselves. A caller that needs
+/// figures taken after some moment (a test, an operator that just wrote data) asks
+/// [`Accountant::fresh`], which waits for a pass started after the call.
+#[derive(Debug)]
+pub struct Accountant {
+    measured: Mutex<Measured>,
+    /// Wakes the background task before its interval is over.
+    wake: tokio::sync::Notify,
+    /// Generation of the newest pass a caller waits for.
+    wanted: AtomicU64,
+    /// Generation of the pass running, or of the last one started.
+    started: AtomicU64,
+    /// Generation of the newest finished pass, and why it failed, if it did.
+    done: tokio::sync::watch::Sender<(u64, Option<Arc<str>>)>,
+    /// Whether a task runs the passes (without one, nothing is measured).
+    running: AtomicBool,
+    /// A timeline without figures was asked for since the last pass started.
+    poked: AtomicBool,
+}
+
+/// Figures of the last pass that succeeded.
+#[derive(Debug, Default)]
+struct Measured {
+    by_timeline: HashMap<TimelineId, Usage>,
+    /// When that pass started: the figures describe the node at or after this moment.
+    at: Option<DateTime<Utc>>,
+    /// How long it took.
+    took: Duration,
+}
+
+/// What the last pass measured, for `/metrics` and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassInfo {
+    /// Passes finished (successful or not).
+    pub generation: u64,
+    /// When the last successful one started.
+    pub at: Option<DateTime<Utc>>,
+    /// How long it took.
+    pub took: Duration,
+    /// Timelines it measured.
+    pub timelines: usize,
+}
+
+impl Default for Accountant {
+    fn default() -> Self {
+        Accountant {
+            measured: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            wanted: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            done: tokio::sync::watch::channel((0, None)).0,
+            running: AtomicBool::new(false),
+            poked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Accountant {
+    /// The figures of timeline `id` and when they were measured; `None` before the first
+    /// pass that saw it.
+    pub fn figures(&self, id: TimelineId) -> Option<(Usage, DateTime<Utc>)> {
+        let m = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        Some((*m.by_timeline.get(&id)?, m.at?))
+    }
+
+    /// Every timeline's figures from the last pass, and when it started.
+    pub fn all(&self) -> (HashMap<TimelineId, Usage>, Option<DateTime<Utc>>) {
+        let m = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        (m.by_timeline.clone(), m.at)
+    }
+
+    /// The last pass, as [`PassInfo`].
+    pub fn last_pass(&self) -> PassInfo {
+        let m = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        PassInfo {
+            generation: self.done.borrow().0,
+            at: m.at,
+            took: m.took,
+            timelines: m.by_timeline.len(),
+        }
+    }
+
+    /// Asks for a pass soon (a timeline has no figures yet). The task still keeps its
+    /// pause after a pass, so a burst of new timelines costs one pass, not one each.
+    pub fn poke(&self) {
+        self.poked.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Waits for a pass that started after this call and returns how it ended.
+    pub async fn fresh(&self) -> Result<(), Arc<str>> {
+        if !self.running.load(Ordering::SeqCst) {
+            return Err("space accounting is not running on this node".into());
+        }
+        let target = self.started.load(Ordering::SeqCst) + 1;
+        self.wanted.fetch_max(target, Ordering::SeqCst);
+        self.wake.notify_one();
+        let mut rx = self.done.subscribe();
+        let r = match rx.wait_for(|(g, _)| *g >= target).await {
+            Ok(v) => v.1.clone(),
+            Err(_) => Some("space accounting stopped".into()),
+        };
+        r.map_or(Ok(()), Err)
+    }
+
+    /// Runs passes for ever: `measure` accounts every timeline. After a pass the task
+    /// pauses twice as long as the pass took (so accounting takes at most a third of the
+    /// node's time, however many timelines it holds), then until `every` is over or
+    /// someone pokes it; a caller waiting in [`Accountant::fresh`] skips the pause.
+    pub async fn run<F, Fut>(&self, every: Duration, mut measure: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<HashMap<TimelineId, Usage>, String>>,
+    {
+        self.running.store(true, Ordering::SeqCst);
+        loop {
+            self.poked.store(false, Ordering::SeqCst);
+            let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+            let (at, t0) = (Utc::now(), std::time::Instant::now());
+            let failed = match measure().await {
+                Ok(by_timeline) => {
+                    let took = t0.elapsed();
+                    tracing::debug!(
+                        timelines = by_timeline.len(),
+                        took_ms = took.as_millis() as u64,
+                        "space accounting pass"
+                    );
+                    *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = Measured {
+                        by_timeline,
+                        at: Some(at),
+                        took,
+                    };
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "space accounting pass failed");
+                    Some(Arc::from(e))
+                }
+            };
+            self.done.send_replace((generation, failed));
+            if self.wanted.load(Ordering::SeqCst) > generation {
+                continue;
+            }
+            let rest = t0.elapsed() * 2;
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = self.wait_wanted(generation) => continue,
+            }
+            if self.poked.load(Ordering::SeqCst) {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every.saturating_sub(rest)) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Returns once a caller waits for a pass after `generation`.
+    async fn wait_wanted(&self, generation: u64) {
+        loop {
+            if self.wanted.load(Ordering::SeqCst) > generation {
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
 
 /// Directories of one timeline, by what they hold.
 #[derive(Debug, Clone)]
@@ -58,7 +233,7 @@ enum Kind {
 struct SharedRef {
     start: u64,
     end: u64,
-    owner: usize,
+    owner: u32,
     kind: Kind,
 }
 
@@ -109,17 +284,37 @@ impl FileStamp {
     }
 }
 
-/// Extent maps of unchanged files, shared by every sweep of one node.
+/// Extent maps of unchanged files, shared by every pass of one node, and the figures of
+/// the last pass with what they were computed from.
+///
+/// Memory: per settled file, its key and stamp (64 bytes), a reference-counted slice of
+/// its extents (16 bytes each, plus 16) and the hash table's own slot (about 100 bytes
+/// with its spare capacity), so about 200 bytes for a file of one or two extents. A
+/// node holding 1,000 forks of a database of 1,000 files keeps about 200 MB; during a
+/// pass the sweep needs 56 more bytes per extent that may be shared.
 #[derive(Debug, Default)]
 pub struct ExtentCache {
-    files: Mutex<HashMap<PathBuf, CachedMap>>,
+    files: Mutex<HashMap<FileKey, CachedMap>>,
+    last: Mutex<Option<LastPass>>,
 }
+
+/// A file by identity: device and inode. Paths are not kept (they cost more than the
+/// map of a small file), and a renamed file keeps its map.
+type FileKey = (u64, u64);
 
 #[derive(Debug, Clone)]
 struct CachedMap {
     stamp: FileStamp,
     /// `(physical, length)` of every extent.
     extents: Arc<[(u64, u64)]>,
+}
+
+/// What the last pass was computed from, and what it found.
+#[derive(Debug)]
+struct LastPass {
+    /// Hash of every scope's directories and every file's identity and stamp.
+    inputs: u64,
+    usage: Vec<Usage>,
 }
 
 impl ExtentCache {
@@ -134,197 +329,240 @@ impl ExtentCache {
     }
 }
 
-/// One file to account.
-struct FileRef {
-    path: PathBuf,
-    owner: usize,
-    kind: Kind,
-    stamp: FileStamp,
-}
-
-/// A file's extents as this sweep knows them.
-enum Mapped {
-    /// Mapped now: the shared flags are current.
-    Fresh(Vec<clone::Extent>),
-    /// From the cache: every extent counts as possibly shared.
-    Cached(Arc<[(u64, u64)]>),
+/// What one pass found in one timeline.
+#[derive(Default)]
+struct ScopePass {
+    usage: Usage,
+    /// Extents that may be shared (with other timelines or within this one).
+    shared: Vec<SharedRef>,
+    /// Maps to keep for the next pass.
+    keep: Vec<(FileKey, CachedMap)>,
+    /// Hash of its directories and of every file's identity and stamp.
+    inputs: u64,
+    /// Every file was answered from the cache.
+    all_cached: bool,
 }
 
 /// Accounts every timeline of `scopes` (index-aligned result), reusing and refreshing
 /// `cache`. `data` is the data directory, open, and `root` its path: every directory of
 /// a scope is below it, and is walked and opened without following links.
 ///
-/// Files are listed first and those the cache cannot answer are mapped on a few threads.
+/// Timelines are walked on a few threads; each file the cache cannot answer is mapped
+/// where it is found, through its directory's descriptor. When every file of every
+/// timeline was answered from the cache and none appeared, vanished or changed since the
+/// last pass, that pass's figures are still exact and the sweep is skipped: a node whose
+/// computes are stopped costs one `stat` per file.
 pub fn account(
     data: &Dir,
     root: &Path,
     scopes: &[Scope],
     cache: &ExtentCache,
 ) -> Result<Vec<Usage>, CloneError> {
-    let mut usage = vec![Usage::default(); scopes.len()];
-    let mut files: Vec<FileRef> = Vec::new();
-    for (owner, scope) in scopes.iter().enumerate() {
-        let dirs = std::iter::once((scope.pgdata.as_path(), Kind::Live))
-            .chain(scope.history.iter().map(|d| (d.as_path(), Kind::History)));
-        for (dir, kind) in dirs {
-            let open = match data.open_dir_at(root, dir) {
-                Ok(d) => d,
-                Err(e) if e.is_not_found() => continue,
-                // A timeline whose directory a compute replaced by a link: its figures
-                // leave that directory out rather than deny every timeline's accounting.
-                Err(e) if e.is_refusal() || e.is_permission_denied() => {
-                    tracing::warn!(error = %e, "space accounting skips a directory");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            walk(&open, dir, &mut |path, entry| {
-                if kind == Kind::Live {
-                    usage[owner].logical += entry.len;
-                }
-                files.push(FileRef {
-                    path: path.to_path_buf(),
-                    owner,
-                    kind,
-                    stamp: FileStamp::of_stat(&entry.stat),
-                });
-            })?;
-        }
-    }
+    let old = std::mem::take(&mut *cache.files.lock().unwrap_or_else(|p| p.into_inner()));
     let now = SystemTime::now();
-    let mut keep: HashMap<PathBuf, CachedMap> = HashMap::new();
-    let mut mapped: Vec<(usize, Kind, Mapped)> = Vec::with_capacity(files.len());
-    let mut to_map: Vec<&FileRef> = Vec::new();
-    {
-        let cached = cache.files.lock().unwrap_or_else(|p| p.into_inner());
-        for f in &files {
-            match cached.get(&f.path) {
-                Some(c) if c.stamp == f.stamp => {
-                    mapped.push((f.owner, f.kind, Mapped::Cached(c.extents.clone())));
-                    keep.insert(f.path.clone(), c.clone());
-                }
-                _ => to_map.push(f),
-            }
+    let passes = match scan_scopes(data, root, scopes, &old, now) {
+        Ok(p) => p,
+        Err(e) => {
+            // Keep what was known: the next pass reuses it.
+            *cache.files.lock().unwrap_or_else(|p| p.into_inner()) = old;
+            return Err(e);
         }
+    };
+    drop(old);
+
+    let mut inputs = std::collections::hash_map::DefaultHasher::new();
+    let mut all_cached = true;
+    for p in &passes {
+        std::hash::Hash::hash(&p.inputs, &mut inputs);
+        all_cached &= p.all_cached;
     }
-    for (f, map) in map_files(data, root, &to_map, now)? {
-        if f.stamp.settled(now) && map.settled {
-            keep.insert(
-                f.path.clone(),
-                CachedMap {
-                    stamp: f.stamp,
-                    extents: map.extents.iter().map(|e| (e.physical, e.length)).collect(),
-                },
-            );
-        }
-        mapped.push((f.owner, f.kind, Mapped::Fresh(map.extents)));
+    let inputs = std::hash::Hasher::finish(&inputs);
+
+    let mut keep: HashMap<FileKey, CachedMap> = HashMap::new();
+    let mut usage = Vec::with_capacity(passes.len());
+    let mut shared = Vec::new();
+    for p in passes {
+        keep.extend(p.keep);
+        shared.extend(p.shared);
+        usage.push(p.usage);
     }
-    // What this sweep saw is what the next one may reuse; vanished files drop out.
+    // What this pass saw is what the next one may reuse; vanished files drop out.
     *cache.files.lock().unwrap_or_else(|p| p.into_inner()) = keep;
 
-    let mut shared = Vec::new();
-    for (owner, kind, m) in mapped {
-        match m {
-            Mapped::Fresh(extents) => {
-                for e in extents {
-                    if e.shared {
-                        shared.push(SharedRef {
-                            start: e.physical,
-                            end: e.physical + e.length,
-                            owner,
-                            kind,
-                        });
-                    } else {
-                        usage[owner].exclusive += e.length;
-                        if kind == Kind::History {
-                            usage[owner].history += e.length;
-                        }
-                    }
-                }
-            }
-            Mapped::Cached(extents) => {
-                shared.extend(extents.iter().map(|&(start, len)| SharedRef {
-                    start,
-                    end: start + len,
-                    owner,
-                    kind,
-                }));
-            }
+    let mut last = cache.last.lock().unwrap_or_else(|p| p.into_inner());
+    if all_cached {
+        if let Some(l) = last.as_ref().filter(|l| l.inputs == inputs) {
+            return Ok(l.usage.clone());
         }
     }
     for (owner, (exclusive, history)) in sweep(shared) {
         usage[owner].exclusive += exclusive;
         usage[owner].history += history;
     }
+    *last = all_cached.then(|| LastPass {
+        inputs,
+        usage: usage.clone(),
+    });
     Ok(usage)
 }
 
-/// Most threads [`map_files`] uses.
-const MAX_MAP_THREADS: usize = 4;
+/// Most threads [`scan_scopes`] uses.
+const MAX_SCAN_THREADS: usize = 4;
 
-/// Maps `files` on up to [`MAX_MAP_THREADS`] threads (one per core). A file left alone
-/// for [`SETTLED`] is written back first, so that its map can be cached; others are
-/// mapped as they are (forcing writeback of a running compute's files just to count them
-/// would disturb it). Files that vanished meanwhile (Postgres removes temporary files)
-/// are left out.
-fn map_files<'a>(
+/// Walks and maps every scope, on up to [`MAX_SCAN_THREADS`] threads (one per core).
+fn scan_scopes(
     data: &Dir,
     root: &Path,
-    files: &[&'a FileRef],
+    scopes: &[Scope],
+    cached: &HashMap<FileKey, CachedMap>,
     now: SystemTime,
-) -> Result<Vec<(&'a FileRef, clone::FileMap)>, CloneError> {
+) -> Result<Vec<ScopePass>, CloneError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, MAX_MAP_THREADS)
-        .min(files.len().max(1));
+        .clamp(1, MAX_SCAN_THREADS)
+        .min(scopes.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || -> Result<Vec<(&'a FileRef, clone::FileMap)>, CloneError> {
+    let work = || -> Result<Vec<(usize, ScopePass)>, CloneError> {
         let mut out = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&f) = files.get(i) else {
+            let Some(scope) = scopes.get(i) else {
                 return Ok(out);
             };
-            match map_beneath(data, root, &f.path, f.stamp.settled(now)) {
-                Ok(map) => out.push((f, map)),
-                Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                Err(CloneError::Beneath(e)) if e.is_not_found() => {}
+            out.push((i, scan_scope(data, root, scope, i, cached, now)?));
+        }
+    };
+    let mut all = if threads <= 1 {
+        work()?
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            let mut all = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(part) => all.extend(part?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok::<_, CloneError>(all)
+        })?
+    };
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Walks one timeline's directories, answering each file from `cached` when its stamp
+/// is unchanged and mapping it otherwise. A file left alone for [`SETTLED`] is written
+/// back before it is mapped, so that its map can be kept; others are mapped as they are
+/// (forcing writeback of a running compute's files just to count them would disturb it).
+fn scan_scope(
+    data: &Dir,
+    root: &Path,
+    scope: &Scope,
+    owner: usize,
+    cached: &HashMap<FileKey, CachedMap>,
+    now: SystemTime,
+) -> Result<ScopePass, CloneError> {
+    use std::hash::{Hash, Hasher};
+    let mut pass = ScopePass {
+        all_cached: true,
+        ..ScopePass::default()
+    };
+    let mut inputs = std::collections::hash_map::DefaultHasher::new();
+    let owner32 = owner as u32;
+    let dirs = std::iter::once((scope.pgdata.as_path(), Kind::Live))
+        .chain(scope.history.iter().map(|d| (d.as_path(), Kind::History)));
+    for (dir, kind) in dirs {
+        dir.hash(&mut inputs);
+        let open = match data.open_dir_at(root, dir) {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => continue,
+            // A timeline whose directory a compute replaced by a link: its figures
+            // leave that directory out rather than deny every timeline's accounting.
+            Err(e) if e.is_refusal() || e.is_permission_denied() => {
+                tracing::warn!(error = %e, "space accounting skips a directory");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        walk(&open, &mut |parent, entry| {
+            let stamp = FileStamp::of_stat(&entry.stat);
+            let key = (stamp.dev, stamp.ino);
+            (key, stamp.size, stamp.mtime, stamp.ctime).hash(&mut inputs);
+            if kind == Kind::Live {
+                pass.usage.logical += entry.len;
+            }
+            if let Some(c) = cached.get(&key).filter(|c| c.stamp == stamp) {
+                // The shared flags of a kept map may be stale (a fork may have cloned
+                // the file since): every extent goes into the sweep.
+                pass.shared
+                    .extend(c.extents.iter().map(|&(start, len)| SharedRef {
+                        start,
+                        end: start + len,
+                        owner: owner32,
+                        kind,
+                    }));
+                pass.keep.push((key, c.clone()));
+                return Ok(());
+            }
+            pass.all_cached = false;
+            let map = match map_in(parent, &entry.name, stamp.settled(now)) {
+                Ok(m) => m,
+                // Removed meanwhile (Postgres removes temporary files).
+                Err(CloneError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    return Ok(())
+                }
+                Err(CloneError::Beneath(e)) if e.is_not_found() => return Ok(()),
                 // Swapped for a link (or hard-linked) since it was listed: not counted.
-                Err(CloneError::Beneath(e)) if e.is_refusal() => {}
+                Err(CloneError::Beneath(e)) if e.is_refusal() => return Ok(()),
                 // Its mode denies the node (a compute can chmod its own files): its blocks
                 // go uncounted rather than one timeline deny every timeline's figures.
                 Err(CloneError::Beneath(e)) if e.is_permission_denied() => {
                     tracing::warn!(error = %e, "space accounting skips a file it may not read");
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
+            };
+            if stamp.settled(now) && map.settled {
+                pass.keep.push((
+                    key,
+                    CachedMap {
+                        stamp,
+                        extents: map.extents.iter().map(|e| (e.physical, e.length)).collect(),
+                    },
+                ));
             }
-        }
-    };
-    if threads == 1 {
-        return work();
+            for e in map.extents {
+                if e.shared {
+                    pass.shared.push(SharedRef {
+                        start: e.physical,
+                        end: e.physical + e.length,
+                        owner: owner32,
+                        kind,
+                    });
+                } else {
+                    pass.usage.exclusive += e.length;
+                    if kind == Kind::History {
+                        pass.usage.history += e.length;
+                    }
+                }
+            }
+            Ok(())
+        })?;
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
-        let mut all = Vec::new();
-        for h in handles {
-            match h.join() {
-                Ok(part) => all.extend(part?),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        Ok(all)
-    })
+    pass.inputs = inputs.finish();
+    Ok(pass)
 }
 
 /// For shared ranges, the bytes each owner references alone, and how many of those only
 /// its history references. Runs over millions of ranges on every sweep, so the events
 /// are packed and the counters are plain vectors indexed by owner.
 fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
-    let owners = refs.iter().map(|r| r.owner + 1).max().unwrap_or(0);
+    let owners = refs.iter().map(|r| r.owner as usize + 1).max().unwrap_or(0);
     // (position, owner << 2 | history << 1 | opens)
     let mut events: Vec<(u64, u32)> = Vec::with_capacity(refs.len() * 2);
     for r in &refs {
-        let tag = ((r.owner as u32) << 2) | (u32::from(r.kind == Kind::History) << 1);
+        let tag = (r.owner << 2) | (u32::from(r.kind == Kind::History) << 1);
         events.push((r.start, tag | 1));
         events.push((r.end, tag));
     }
@@ -376,29 +614,21 @@ fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
         .collect()
 }
 
-/// Maps the file at `path` (below `root`), opened beneath `data` without following links.
-fn map_beneath(
-    data: &Dir,
-    root: &Path,
-    path: &Path,
-    sync: bool,
-) -> Result<clone::FileMap, CloneError> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(CloneError::Io {
-            op: "map",
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        });
-    };
-    let (file, _) = data.open_dir_at(root, parent)?.open_file(name)?;
-    clone::map_open_file(&file, path, sync)
+/// Maps the file `name` of the open directory `dir` (opened without following links).
+fn map_in(dir: &Dir, name: &std::ffi::OsStr, sync: bool) -> Result<clone::FileMap, CloneError> {
+    let (file, _) = dir.open_file(name)?;
+    clone::map_open_file(&file, &dir.path_of(name), sync)
 }
 
-/// Calls `f(path, entry)` for every regular file below the open directory `dir` (at
-/// `path`), through directory descriptors. Links, special files and files with several
-/// hard links are not followed and not counted; directories that vanish meanwhile
-/// (Postgres removes temporary files) or whose mode denies the node are skipped.
-fn walk(dir: &Dir, path: &Path, f: &mut dyn FnMut(&Path, &Entry)) -> Result<(), CloneError> {
+/// Calls `f(dir, entry)` for every regular file below the open directory `dir`, with the
+/// directory holding it, through directory descriptors. Links, special files and files
+/// with several hard links are not followed and not counted; directories that vanish
+/// meanwhile (Postgres removes temporary files) or whose mode denies the node are
+/// skipped.
+fn walk(
+    dir: &Dir,
+    f: &mut dyn FnMut(&Dir, &Entry) -> Result<(), CloneError>,
+) -> Result<(), CloneError> {
     let entries = match dir.entries() {
         Ok(e) => e,
         // A directory whose mode denies the node listing it: skipped like a link.
@@ -411,14 +641,14 @@ fn walk(dir: &Dir, path: &Path, f: &mut dyn FnMut(&Path, &Entry)) -> Result<(), 
     for e in entries {
         match e.kind {
             EntryKind::Dir => match dir.open_dir(Path::new(&e.name)) {
-                Ok(sub) => walk(&sub, &path.join(&e.name), f)?,
+                Ok(sub) => walk(&sub, f)?,
                 Err(err) if err.is_permission_denied() => {
                     tracing::warn!(error = %err, "space accounting skips a directory it may not read");
                 }
                 Err(err) if err.is_not_found() || err.is_refusal() => {}
                 Err(err) => return Err(err.into()),
             },
-            EntryKind::File if e.nlink == 1 => f(&path.join(&e.name), &e),
+            EntryKind::File if e.nlink == 1 => f(dir, &e)?,
             _ => {}
         }
     }
@@ -429,7 +659,7 @@ fn walk(dir: &Dir, path: &Path, f: &mut dyn FnMut(&Path, &Entry)) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn r(start: u64, end: u64, owner: usize, kind: Kind) -> SharedRef {
+    fn r(start: u64, end: u64, owner: u32, kind: Kind) -> SharedRef {
         SharedRef {
             start,
             end,
@@ -474,7 +704,7 @@ mod tests {
         // A map the kernel would never return, to see it used: one 8 KiB extent.
         let stamp = FileStamp::of(&std::fs::metadata(&file).unwrap());
         cache.files.lock().unwrap().insert(
-            file.clone(),
+            (stamp.dev, stamp.ino),
             CachedMap {
                 stamp,
                 extents: Arc::from(vec![(1u64 << 40, 8192u64)]),
@@ -500,6 +730,93 @@ mod tests {
         .unwrap();
         assert!(u[0].exclusive >= 128 * 1024, "{u:?}");
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_pass_over_unchanged_cached_files_reuses_the_last_figures() {
+        let t = tempfile::tempdir().unwrap();
+        let pg = t.path().join("pgdata");
+        std::fs::create_dir_all(&pg).unwrap();
+        let (a, b) = (pg.join("a"), pg.join("b"));
+        std::fs::write(&a, vec![1u8; 16 * 1024]).unwrap();
+        std::fs::write(&b, vec![2u8; 16 * 1024]).unwrap();
+        let scopes = [Scope {
+            pgdata: pg.clone(),
+            history: vec![],
+        }];
+        let cache = ExtentCache::default();
+        let keep = |f: &Path, physical: u64| {
+            let stamp = FileStamp::of(&std::fs::metadata(f).unwrap());
+            cache.files.lock().unwrap().insert(
+                (stamp.dev, stamp.ino),
+                CachedMap {
+                    stamp,
+                    extents: Arc::from(vec![(physical, 8192u64)]),
+                },
+            );
+        };
+        // Two maps the kernel would never return: one 8 KiB extent each, apart.
+        keep(&a, 1 << 40);
+        keep(&b, 2 << 40);
+        let data = Dir::open_root(t.path()).unwrap();
+        let run = || account(&data, t.path(), &scopes, &cache).unwrap()[0];
+        assert_eq!(run().exclusive, 2 * 8192);
+        // Nothing changed: the sweep is skipped and the last figures stand (marked here
+        // so that reuse is visible).
+        cache.last.lock().unwrap().as_mut().unwrap().usage[0].exclusive = 777;
+        assert_eq!(run().exclusive, 777, "an unchanged node is swept again");
+        // A file vanishes: swept again.
+        std::fs::remove_file(&b).unwrap();
+        assert_eq!(run().exclusive, 8192);
+        // A file changes: it is mapped again, and the sweep runs.
+        cache.last.lock().unwrap().as_mut().unwrap().usage[0].exclusive = 777;
+        std::fs::write(&a, vec![3u8; 32 * 1024]).unwrap();
+        let u = run();
+        assert!(u.exclusive >= 32 * 1024 && u.exclusive != 777, "{u:?}");
+    }
+
+    #[tokio::test]
+    async fn fresh_waits_for_a_pass_started_after_the_call() {
+        let accountant = Arc::new(Accountant::default());
+        assert!(
+            accountant.fresh().await.is_err(),
+            "no task: fresh must not wait for ever"
+        );
+        let id = TimelineId::new_v4();
+        let passes = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (acc, passes) = (accountant.clone(), passes.clone());
+            tokio::spawn(async move {
+                acc.run(Duration::from_secs(3600), || {
+                    let passes = passes.clone();
+                    async move {
+                        let n = passes.fetch_add(1, Ordering::SeqCst) + 1;
+                        let u = Usage {
+                            logical: n,
+                            ..Usage::default()
+                        };
+                        Ok(HashMap::from([(id, u)]))
+                    }
+                })
+                .await
+            })
+        };
+        // The first pass runs at once; then the task rests for an hour unless asked.
+        while accountant.figures(id).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (first, at) = accountant.figures(id).unwrap();
+        let before = Utc::now();
+        accountant.fresh().await.unwrap();
+        let (second, at2) = accountant.figures(id).unwrap();
+        assert!(second.logical > first.logical, "{first:?} then {second:?}");
+        assert!(at2 >= before && at2 > at);
+        // A poke does not wait, and starts a pass for a timeline without figures.
+        accountant.poke();
+        while accountant.figures(id).unwrap().0.logical == second.logical {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
     }
 
     #[test]

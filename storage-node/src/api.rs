@@ -201,31 +201,59 @@ async fn create(State(node): State<AppState>, body: Bytes) -> Result<Response> {
     Ok((status, Json(info)).into_response())
 }
 
-async fn list(State(node): State<AppState>) -> Result<Response> {
-    Ok(Json(node.list().await?).into_response())
+async fn list(
+    State(node): State<AppState>,
+    q: std::result::Result<Query<SizesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let list = match Sizes::of(q)? {
+        Sizes::Fresh => node.list_fresh().await?,
+        Sizes::Last | Sizes::Without => node.list().await?,
+    };
+    Ok(Json(list).into_response())
 }
 
 #[derive(Deserialize)]
-struct GetQuery {
-    /// `false`: skip the space accounting (sizes are 0).
-    #[serde(default = "yes")]
-    sizes: bool,
+struct SizesQuery {
+    #[serde(default)]
+    sizes: Option<String>,
 }
 
-fn yes() -> bool {
-    true
+/// Which space figures a read returns (`?sizes=`).
+enum Sizes {
+    /// `true` (the default): those of the node's last accounting pass.
+    Last,
+    /// `fresh`: wait for a pass that started after the call.
+    Fresh,
+    /// `false`: none (0), without looking (what a compute start needs).
+    Without,
+}
+
+impl Sizes {
+    fn of(
+        q: std::result::Result<Query<SizesQuery>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Sizes> {
+        const VALID: &str = "use sizes=true (the last measurement, the default), sizes=fresh \
+                             (wait for a measurement started after the call) or sizes=false (none)";
+        let Query(q) = q.map_err(|e| HttpError::bad(format!("invalid query: {e}; {VALID}")))?;
+        match q.sizes.as_deref() {
+            None | Some("true") => Ok(Sizes::Last),
+            Some("fresh") => Ok(Sizes::Fresh),
+            Some("false") => Ok(Sizes::Without),
+            Some(other) => Err(HttpError::bad(format!("invalid sizes={other:?}: {VALID}"))),
+        }
+    }
 }
 
 async fn get_one(
     State(node): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<GetQuery>,
+    q: std::result::Result<Query<SizesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    let info = if q.sizes {
-        node.get(id).await?
-    } else {
-        node.get_without_sizes(id).await?
+    let info = match Sizes::of(q)? {
+        Sizes::Last => node.get(id).await?,
+        Sizes::Fresh => node.get_fresh(id).await?,
+        Sizes::Without => node.get_without_sizes(id).await?,
     };
     Ok(Json(info).into_response())
 }

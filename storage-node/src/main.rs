@@ -62,6 +62,12 @@ struct Args {
     /// snapshots and GC also do it first, so this only bounds how current `wal/` is).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     archive_drain_interval: Duration,
+    /// Longest pause between two passes of the space accounting (logical, exclusive and
+    /// history bytes of every timeline), which runs in the background: reads answer with
+    /// the last pass's figures and its time, `?sizes=fresh` waits for a new one. A pass
+    /// is followed by a pause of at least twice its duration.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    accounting_interval: Duration,
     /// Directory with Postgres binaries (pg_waldump is needed for forks at a time);
     /// default: $PATH, then /usr/lib/postgresql/*/bin.
     #[arg(long, env = "RAMIFY_PG_BIN")]
@@ -199,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     node.spawn_archive_drain(args.archive_drain_interval);
+    node.spawn_accounting(args.accounting_interval);
     if let Some(addr) = args.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(addr)
             .await

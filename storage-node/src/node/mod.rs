@@ -71,6 +71,8 @@ pub struct Node {
     draining: Mutex<()>,
     /// Extent maps of unchanged files, reused by every accounting sweep.
     extent_cache: Arc<accounting::ExtentCache>,
+    /// Space figures kept current in the background, answered by API calls.
+    accountant: Arc<accounting::Accountant>,
     /// The data directory, open: every path inside a timeline is resolved beneath it
     /// without following links (see [`crate::beneath`]).
     data: Arc<Dir>,
@@ -120,6 +122,7 @@ impl Node {
             snapshotting: StdMutex::new(HashSet::new()),
             draining: Mutex::new(()),
             extent_cache: Arc::default(),
+            accountant: Arc::default(),
         };
         node.recover()?;
         Ok(node)

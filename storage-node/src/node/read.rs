@@ -30,9 +30,11 @@ impl Node {
         })
     }
 
-    /// Space figures of every timeline, from one sweep over the whole node (a timeline's
-    /// exclusive bytes depend on what every other timeline shares with it).
-    pub(super) async fn usage(&self) -> Result<HashMap<TimelineId, Usage>, NodeError> {
+    /// Space figures of every timeline, from one pass over the whole node (a timeline's
+    /// exclusive bytes depend on what every other timeline shares with it). Only the
+    /// background accountant calls it ([`Node::spawn_accounting`]); API calls answer
+    /// from its last pass.
+    async fn measure_all(&self) -> Result<HashMap<TimelineId, Usage>, NodeError> {
         let ids: Vec<TimelineId> = self
             .meta
             .all()?
@@ -52,23 +54,64 @@ impl Node {
             .collect();
         let cache = self.extent_cache.clone();
         let (data, root) = (self.data.clone(), self.layout.root().to_path_buf());
-        let usage =
-            tokio::task::spawn_blocking(move || accounting::account(&data, &root, &scopes, &cache))
-                .await??;
+        let usage = tokio::task::spawn_blocking(move || {
+            crate::failpoint::hit("accounting.pass");
+            accounting::account(&data, &root, &scopes, &cache)
+        })
+        .await??;
         Ok(ids.into_iter().zip(usage).collect())
     }
 
-    /// The API view of a timeline, with fresh accounting and compute state.
-    pub(super) async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
-        let usage = self.usage().await?;
-        self.info_with(rec, usage.get(&rec.id).copied().unwrap_or_default())
-            .await
+    /// Starts the background accountant: a pass over every timeline, then a pause of
+    /// twice its duration and at most `every` (earlier when a timeline without figures is
+    /// asked for, at once when a caller waits for fresh figures).
+    pub fn spawn_accounting(self: &Arc<Self>, every: Duration) {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            let accountant = node.accountant.clone();
+            accountant
+                .run(every, || {
+                    let node = node.clone();
+                    async move { node.measure_all().await.map_err(|e| e.to_string()) }
+                })
+                .await;
+        });
     }
 
+    /// The last accounting pass (for benchmarks and metrics).
+    pub fn accounting_pass(&self) -> accounting::PassInfo {
+        self.accountant.last_pass()
+    }
+
+    /// Waits for an accounting pass that started after this call.
+    async fn fresh_sizes(&self) -> Result<(), NodeError> {
+        self.accountant.fresh().await.map_err(|e| NodeError::Io {
+            op: "space accounting".into(),
+            source: io::Error::other(e.to_string()),
+        })
+    }
+
+    /// The figures of `id` from the last pass; asks for a pass if it has none yet (a
+    /// timeline created since).
+    fn sizes_of(&self, id: TimelineId) -> Option<(Usage, DateTime<Utc>)> {
+        let sizes = self.accountant.figures(id);
+        if sizes.is_none() {
+            self.accountant.poke();
+        }
+        sizes
+    }
+
+    /// The API view of a timeline, with the figures of the last accounting pass.
+    pub(super) async fn info(&self, rec: &TimelineRecord) -> Result<TimelineInfo, NodeError> {
+        self.info_with(rec, self.sizes_of(rec.id)).await
+    }
+
+    /// The API view of a timeline with `sizes` (figures and when they were measured;
+    /// `None`: not measured, figures 0).
     pub(super) async fn info_with(
         &self,
         rec: &TimelineRecord,
-        usage: Usage,
+        sizes: Option<(Usage, DateTime<Utc>)>,
     ) -> Result<TimelineInfo, NodeError> {
         let dir = self.dir(rec.id);
         let running = self.running(rec.id).await;
@@ -77,6 +120,10 @@ impl Node {
             TimelineState::Ready
         } else {
             TimelineState::Empty
+        };
+        let (usage, measured_at) = match sizes {
+            Some((u, at)) => (u, Some(at)),
+            None => (Usage::default(), None),
         };
         Ok(TimelineInfo {
             id: rec.id,
@@ -98,35 +145,55 @@ impl Node {
             logical_bytes: usage.logical,
             exclusive_bytes: usage.exclusive,
             history_bytes: usage.history,
+            sizes_measured_at: measured_at,
             restore_window,
             snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
         })
     }
 
-    /// `GET /v1/timelines/{id}`.
+    /// `GET /v1/timelines/{id}`: space figures of the last accounting pass, with the
+    /// time it started (`sizes_measured_at`).
     pub async fn get(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
         let rec = self.record(id)?;
         self.info(&rec).await
     }
 
-    /// `GET /v1/timelines/{id}?sizes=false`: everything but the space figures (left 0),
-    /// without the accounting sweep — what starting a compute needs, on every wake.
-    pub async fn get_without_sizes(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
-        let rec = self.record(id)?;
-        self.info_with(&rec, Usage::default()).await
+    /// `GET /v1/timelines/{id}?sizes=fresh`: waits for an accounting pass that started
+    /// after the call, so the figures include everything written before it.
+    pub async fn get_fresh(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        self.record(id)?;
+        self.fresh_sizes().await?;
+        self.get(id).await
     }
 
-    /// `GET /v1/timelines`.
+    /// `GET /v1/timelines/{id}?sizes=false`: everything but the space figures (left 0),
+    /// what starting a compute needs, on every wake.
+    pub async fn get_without_sizes(&self, id: TimelineId) -> Result<TimelineInfo, NodeError> {
+        let rec = self.record(id)?;
+        self.info_with(&rec, None).await
+    }
+
+    /// `GET /v1/timelines`: space figures of the last accounting pass.
     pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
-        let usage = self.usage().await?;
+        let (usage, at) = self.accountant.all();
         let mut out = Vec::new();
         for rec in self.meta.all()? {
             if rec.phase == Phase::Ready {
-                let u = usage.get(&rec.id).copied().unwrap_or_default();
-                out.push(self.info_with(&rec, u).await?);
+                let sizes = at.and_then(|at| Some((*usage.get(&rec.id)?, at)));
+                if sizes.is_none() {
+                    self.accountant.poke();
+                }
+                out.push(self.info_with(&rec, sizes).await?);
             }
         }
         Ok(out)
+    }
+
+    /// `GET /v1/timelines?sizes=fresh`: [`Node::list`] after a pass that started after
+    /// the call.
+    pub async fn list_fresh(&self) -> Result<Vec<TimelineInfo>, NodeError> {
+        self.fresh_sizes().await?;
+        self.list().await
     }
 
     /// `GET /v1/status`.

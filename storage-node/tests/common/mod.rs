@@ -120,8 +120,12 @@ impl Env {
             .value
     }
 
+    /// The timeline with space figures measured after this call (`?sizes=fresh`).
     pub async fn get(&self, id: TimelineId) -> TimelineInfo {
-        self.client.get_timeline(id).await.expect("get timeline")
+        self.client
+            .get_timeline_fresh(id)
+            .await
+            .expect("get timeline")
     }
 }
 
