@@ -105,7 +105,8 @@ pub struct CreateTimeline {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimelineState {
-    /// A root whose PGDATA is still empty: the first compute start runs `initdb`.
+    /// A root whose PGDATA is still empty (made by an older release, or by a node without
+    /// `initdb`): the first compute start runs `initdb`.
     Empty,
     /// PGDATA is in place and can be started.
     Ready,
@@ -140,6 +141,9 @@ pub struct RestoreWindow {
 pub enum SnapshotKind {
     /// The state a fork started from, kept so the fork's own history begins at its fork point.
     Fork,
+    /// The cluster a root started as (`initdb`'s, before any commit), kept so the root's
+    /// history begins at its creation.
+    Base,
     /// Taken by the node every `snapshot_interval` or `snapshot_wal_bytes`.
     Periodic,
     /// Asked for by name through the API.

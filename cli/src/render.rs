@@ -377,6 +377,7 @@ pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
 fn kind(k: SnapshotKind) -> &'static str {
     match k {
         SnapshotKind::Fork => "fork",
+        SnapshotKind::Base => "base",
         SnapshotKind::Periodic => "periodic",
         SnapshotKind::Manual => "manual",
     }

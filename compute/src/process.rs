@@ -240,11 +240,57 @@ impl RunningCompute {
     }
 }
 
-/// Runs `initdb` on `pgdata` as `user`: superuser `postgres`, local trust (the socket
-/// directory is 0700), SCRAM over TCP, UTF-8, C.UTF-8 locale, data checksums. `pgdata`
-/// may be missing or empty; when we are root it is created 0700 and given to `user`.
+/// `initdb`'s arguments after `-D PGDATA`, the one definition every new cluster is made
+/// with (the storage node's root timelines, this crate's [`initdb`], the operator's init
+/// container for roots made before the node ran initdb): bootstrap superuser `postgres`
+/// trusted only on the Unix socket (its directory is 0700), SCRAM over TCP, UTF-8, the
+/// `C.UTF-8` locale built into glibc (no generated locale needed in any image), and data
+/// checksums (so `pg_amcheck` and reads notice a torn or corrupted page).
+pub const INITDB_ARGS: &[&str] = &[
+    "-U",
+    "postgres",
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    "--encoding=UTF8",
+    "--locale=C.UTF-8",
+    "--data-checksums",
+    "--no-instructions",
+];
+
+/// The `pg_hba.conf` line appended after `initdb`: TCP from any address needs a SCRAM
+/// password. In a cluster clients arrive from the proxy's Pod IP, which `initdb`'s
+/// loopback-only host lines would refuse; on a loopback-only compute it changes nothing.
+pub const PG_HBA_ANY_HOST: &str = "host all all all scram-sha-256";
+
+/// The init container's shell script: [`INITDB_ARGS`] and [`PG_HBA_ANY_HOST`] on
+/// `$PGDATA`, and nothing at all when it already holds a cluster (every root the storage
+/// node initialised itself, and every fork).
+pub fn initdb_shell_script() -> String {
+    format!(
+        "test -f \"$PGDATA/PG_VERSION\" && exit 0; initdb -D \"$PGDATA\" {} && echo '{}' >> \"$PGDATA/pg_hba.conf\"",
+        INITDB_ARGS.join(" "),
+        PG_HBA_ANY_HOST
+    )
+}
+
+/// Runs `initdb` on `pgdata` as `user` with [`INITDB_ARGS`] and appends
+/// [`PG_HBA_ANY_HOST`] to its `pg_hba.conf`. `pgdata` may be missing or empty; when we
+/// are root it is created 0700 and given to `user`.
 #[instrument(skip(bin, user), fields(pgdata = %pgdata.display()))]
 pub async fn initdb(bin: &PgBin, user: &PgUser, pgdata: &Path) -> Result<(), ProcessError> {
+    initdb_with(&bin.initdb(), user, pgdata, true).await
+}
+
+/// [`initdb`] with an explicit `initdb` program. With `sync = false` it passes
+/// `--no-sync`: for a caller that makes the result durable itself (the storage node runs
+/// `syncfs` once before it publishes a new timeline).
+#[instrument(skip(initdb, user), fields(pgdata = %pgdata.display()))]
+pub async fn initdb_with(
+    initdb: &Path,
+    user: &PgUser,
+    pgdata: &Path,
+    sync: bool,
+) -> Result<(), ProcessError> {
     let pgdata = absolute(pgdata)?;
     match std::fs::read_dir(&pgdata) {
         Ok(mut entries) => {
@@ -269,18 +315,23 @@ pub async fn initdb(bin: &PgBin, user: &PgUser, pgdata: &Path) -> Result<(), Pro
     }
     set_mode(&pgdata, 0o700)?;
     user.chown(&pgdata)?;
-    let mut cmd = tokio::process::Command::new(bin.initdb());
-    cmd.arg("-D").arg(&pgdata).args([
-        "-U",
-        "postgres",
-        "--auth-local=trust",
-        "--auth-host=scram-sha-256",
-        "--encoding=UTF8",
-        "--locale=C.UTF-8",
-        "--data-checksums",
-    ]);
+    let mut cmd = tokio::process::Command::new(initdb);
+    cmd.arg("-D").arg(&pgdata).args(INITDB_ARGS);
+    if !sync {
+        cmd.arg("--no-sync");
+    }
     user.apply_tokio(&mut cmd);
     run(cmd).await?;
+    let hba = pgdata.join("pg_hba.conf");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&hba)
+        .map_err(io_err("open", &hba))?;
+    std::io::Write::write_all(&mut f, format!("{PG_HBA_ANY_HOST}\n").as_bytes())
+        .map_err(io_err("append to", &hba))?;
+    if sync {
+        f.sync_all().map_err(io_err("fsync", &hba))?;
+    }
     info!("initdb done");
     Ok(())
 }

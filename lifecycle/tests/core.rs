@@ -88,6 +88,7 @@ async fn fixture() -> Fixture {
                 snapshot_interval: Duration::ZERO,
                 snapshot_wal_bytes: 0,
                 waldump: None,
+                initdb: None,
             },
             Arc::new(Metrics::default()),
         )

@@ -94,6 +94,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             snapshot_interval: Duration::from_secs(3600),
             snapshot_wal_bytes: 256 << 20,
             waldump: pg.pg_waldump(),
+            initdb: Some(pg.initdb()),
         },
         Arc::new(Metrics::default()),
     )?);

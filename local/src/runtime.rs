@@ -103,6 +103,8 @@ impl Runtime for LocalRuntime {
         // A compute detached from this timeline may still be shutting down.
         let pgdata_lock = self.pgdata_locks.of(&pgdata);
         let _pg = pgdata_lock.lock().await;
+        // The storage node initialises every new root; only one an older release (or a
+        // node without initdb) created empty is initialised here, on its first start.
         if tl.state == TimelineState::Empty {
             process::initdb(&self.pg, &self.user, &pgdata)
                 .await

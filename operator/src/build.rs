@@ -297,10 +297,13 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         },
     ]);
     let pull = Some(cfg.compute_image_pull_policy.clone());
-    // A new root's data directory is empty: initdb it once. The bootstrap superuser
-    // `postgres` only logs in over the Unix socket (trust), which only uid 999 reaches;
-    // TCP, from any address (clients arrive through the proxy's Pod IP), needs a SCRAM
-    // password, and only the branch's own role has one. Forks inherit these rules.
+    // The storage node initialises every new root itself (so its history starts at
+    // creation); only a root an older release created empty reaches its first compute
+    // without a cluster, and gets one here, made exactly as the node makes them. The
+    // bootstrap superuser `postgres` only logs in over the Unix socket (trust), which only
+    // uid 999 reaches; TCP, from any address (clients arrive through the proxy's Pod IP),
+    // needs a SCRAM password, and only the branch's own role has one. Forks inherit
+    // these rules.
     let initdb = Container {
         name: "initdb".into(),
         image: Some(cfg.compute_image.clone()),
@@ -308,13 +311,7 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            concat!(
-                "test -f \"$PGDATA/PG_VERSION\" && exit 0; ",
-                "initdb -D \"$PGDATA\" -U postgres --auth-local=trust --auth-host=scram-sha-256 ",
-                "--encoding=UTF8 --no-instructions ",
-                "&& echo 'host all all all scram-sha-256' >> \"$PGDATA/pg_hba.conf\""
-            )
-            .into(),
+            ramify_compute::process::initdb_shell_script(),
         ]),
         env: Some(env.clone()),
         volume_mounts: Some(mounts.clone()),
@@ -719,6 +716,12 @@ mod tests {
             "{init}"
         );
         assert!(init.contains("host all all all scram-sha-256"), "{init}");
+        // The same cluster as the storage node makes: checksums and locale included.
+        assert!(
+            init.contains("--data-checksums --no-instructions")
+                && init.contains("--locale=C.UTF-8"),
+            "{init}"
+        );
         assert!(
             pg.lifecycle.as_ref().unwrap().pre_stop.is_some(),
             "suspend is a fast shutdown"

@@ -399,6 +399,7 @@ mod tests {
                     snapshot_interval: Duration::ZERO,
                     snapshot_wal_bytes: 0,
                     waldump: None,
+                    initdb: None,
                 },
                 Arc::new(Metrics::default()),
             )

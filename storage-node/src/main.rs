@@ -68,8 +68,9 @@ struct Args {
     /// is followed by a pause of at least twice its duration.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     accounting_interval: Duration,
-    /// Directory with Postgres binaries (pg_waldump is needed for forks at a time);
-    /// default: $PATH, then /usr/lib/postgresql/*/bin.
+    /// Directory with Postgres binaries (initdb makes new roots, so their history starts
+    /// at creation; pg_waldump is needed for forks at a time); default: $PATH, then
+    /// /usr/lib/postgresql/*/bin.
     #[arg(long, env = "RAMIFY_PG_BIN")]
     pg_bin: Option<PathBuf>,
     /// Log format.
@@ -103,9 +104,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-fn find_waldump(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+/// `name` (a Postgres program) in `explicit`, else in $PATH, else in the newest
+/// /usr/lib/postgresql/*/bin.
+fn find_pg_program(explicit: Option<&PathBuf>, name: &str) -> Option<PathBuf> {
     if let Some(dir) = explicit {
-        let p = dir.join("pg_waldump");
+        let p = dir.join(name);
         return p.exists().then_some(p);
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -124,9 +127,7 @@ fn find_waldump(explicit: Option<&PathBuf>) -> Option<PathBuf> {
         )
     });
     dirs.extend(versions);
-    dirs.into_iter()
-        .map(|d| d.join("pg_waldump"))
-        .find(|p| p.exists())
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
 }
 
 /// Environment variable holding the API token when no --token-file is given.
@@ -169,9 +170,13 @@ async fn main() -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         warn!("running as root: files will be owned by root and Postgres (which refuses root) cannot use them; run as the Postgres OS user");
     }
-    let waldump = find_waldump(args.pg_bin.as_ref());
+    let waldump = find_pg_program(args.pg_bin.as_ref(), "pg_waldump");
     if waldump.is_none() {
         warn!("pg_waldump not found: forks at a time are refused and fork times are approximate; pass --pg-bin");
+    }
+    let initdb = find_pg_program(args.pg_bin.as_ref(), "initdb");
+    if initdb.is_none() {
+        warn!("initdb not found: NEW ROOT TIMELINES ARE CREATED EMPTY and cannot be restored to any point before their first snapshot; pass --pg-bin DIR (or set RAMIFY_PG_BIN) naming the directory that holds initdb");
     }
     let cfg = NodeConfig {
         data_dir: args.data_dir.clone(),
@@ -179,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         snapshot_interval: args.snapshot_interval,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
         waldump,
+        initdb,
     };
     let node = Arc::new(
         Node::open(cfg, Arc::new(Metrics::default()))

@@ -75,6 +75,7 @@ async fn every_error_code_is_answered_as_json() {
         )
         .await;
     }
+    // A new root, never started (a cluster already: the node ran initdb).
     let empty = env
         .client
         .create_timeline(&CreateTimeline::default())
@@ -180,18 +181,21 @@ async fn every_error_code_is_answered_as_json() {
     )
     .await;
 
-    // 409: state conflicts.
-    let body = json!({"parent": empty.id}).to_string();
+    // 422: a new root's history starts at its creation, and a point before it is refused
+    // with the range (it used to be a 409: a new root had no data at all).
+    let body = json!({"parent": empty.id, "at": {"lsn": "0/1"}}).to_string();
     expect_err(
         &env,
         M::POST,
         "/v1/timelines",
         Some(&body),
-        409,
-        "conflict",
-        "no data yet",
+        422,
+        "out_of_range",
+        "is before the restore window",
     )
     .await;
+
+    // 409: state conflicts.
     let (root, rc) = env.root().await;
     rc.execute("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
     expect_err(

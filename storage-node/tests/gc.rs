@@ -175,9 +175,10 @@ async fn periodic_snapshot_after_enough_wal() {
     )
     .await;
     let (tl, rc) = running_root(&env).await;
-    // The first snapshot of a running timeline comes at once.
+    // A new root has one snapshot from its creation: its base.
     let n = wait_for_snapshots(&env, tl.id, 1).await;
-    assert_eq!(n, 1, "a running timeline without snapshots gets one");
+    assert_eq!(n, 1, "a new root has its base snapshot");
+    assert_eq!(env.get(tl.id).await.snapshots[0].kind, SnapshotKind::Base);
     // 5 MB of WAL is not enough for another.
     rc.execute(
         "CREATE TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",

@@ -21,7 +21,8 @@ async fn a_fork_at_a_restore_point_is_the_state_when_it_was_written() {
     let (root, mut rc) = env.root().await;
     rc.execute("CREATE TABLE steps (step int)").await.unwrap();
 
-    // The root has no snapshot yet: the first point gets one first, so it can be forked.
+    // The root's base snapshot (its creation) precedes the first point: it can be forked
+    // with no snapshot taken for it.
     rc.execute("INSERT INTO steps VALUES (1)").await.unwrap();
     let one = env
         .client

@@ -93,7 +93,8 @@ pub struct Compute {
 }
 
 impl Compute {
-    /// Runs `initdb` first when asked, then starts Postgres on a free port listening on
+    /// Runs `initdb` first when asked (a root timeline in state `Empty`: made by an older
+    /// release or by a node without initdb), then starts Postgres on a free port listening on
     /// 127.0.0.1 with its socket in `run_dir`, archiving with `archive_command`, plus
     /// `extra_params`.
     pub async fn start(

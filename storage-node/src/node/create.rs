@@ -1,6 +1,11 @@
-//! Creating timelines: empty roots, and forks at latest, an LSN, a time or a snapshot.
+//! Creating timelines: roots (a new cluster with a base snapshot), and forks at latest,
+//! an LSN, a time or a snapshot.
 
 use super::*;
+use ramify_compute::PgUser;
+
+/// The name of a root's first snapshot: the cluster `initdb` made, before any commit.
+pub(super) const BASE_SNAPSHOT: &str = "base";
 
 impl Node {
     // ----- create -------------------------------------------------------------------
@@ -10,7 +15,7 @@ impl Node {
     pub async fn create(&self, mut req: CreateTimeline) -> Result<(TimelineInfo, bool), NodeError> {
         if req.at.is_some() && req.parent.is_none() {
             return Err(NodeError::Invalid(
-                "\"at\" is only valid with \"parent\": a root timeline starts empty".into(),
+                "\"at\" is only valid with \"parent\": a root timeline starts as a new, empty cluster".into(),
             ));
         }
         if req.parent.is_some() && req.at.is_none() {
@@ -105,17 +110,67 @@ impl Node {
         Ok(rec)
     }
 
+    /// A root is born a Postgres cluster with a base snapshot, as a fork is born with its
+    /// "fork" snapshot: its history, and its restore window, start at its creation.
     pub(super) async fn create_root(
         &self,
         id: TimelineId,
         req: &CreateTimeline,
     ) -> Result<TimelineRecord, NodeError> {
-        let rec = self.begin(id, req)?;
+        let mut rec = self.begin(id, req)?;
         let dir = TimelineDir(self.layout.creating(id));
-        std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
-        set_mode(&dir.pgdata(), 0o700)?;
-        info!(timeline = %id, "created empty root timeline");
-        self.commit(rec)
+        let Some(initdb) = self.cfg.initdb.clone() else {
+            std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
+            set_mode(&dir.pgdata(), 0o700)?;
+            warn!(
+                timeline = %id,
+                "created an EMPTY root timeline: this node has no initdb (start it with --pg-bin DIR or RAMIFY_PG_BIN), so its first compute runs initdb and its history starts only at its first snapshot"
+            );
+            return self.commit(rec);
+        };
+        let t0 = Instant::now();
+        // The node runs as the Postgres OS user; as root (unsupported, warned at start-up)
+        // initdb runs as that user instead.
+        let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
+        // No sync here: `commit` runs syncfs over the whole staging directory once.
+        ramify_compute::process::initdb_with(&initdb, &user, &dir.pgdata(), false).await?;
+        let initdb_ms = t0.elapsed().as_millis() as u64;
+        let snap_dir = self
+            .open_dir(&dir.snapshots())?
+            .create_dir(BASE_SNAPSHOT, 0o700)
+            .map_err(CloneError::from)?;
+        let method = self.clone_method;
+        let src = self.open_dir(&dir.pgdata())?;
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
+        })
+        .await??;
+        let c = self.read_pg_control(&dir.pgdata())?;
+        // A shut-down cluster with no transaction of anyone's in it: its state is the
+        // root's at every moment from its creation to its first commit. pg_control keeps
+        // whole seconds, so the earlier of the two keeps the window's start at or before
+        // the creation time the API shows.
+        let time = rec.created_at.min(c.time);
+        rec.snapshots.push(SnapshotRecord {
+            info: SnapshotInfo {
+                name: BASE_SNAPSHOT.into(),
+                kind: SnapshotKind::Base,
+                start_lsn: c.redo,
+                end_lsn: c.checkpoint,
+                time,
+                pg_timeline: c.timeline,
+            },
+            consistent_lsn: c.checkpoint,
+            after_lsn: Some(c.checkpoint),
+            plain_start: true,
+        });
+        let rec = self.commit(rec)?;
+        info!(
+            timeline = %id, lsn = %c.checkpoint, initdb_ms,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "created root timeline (initdb and base snapshot)"
+        );
+        Ok(rec)
     }
 
     pub(super) async fn fork(
@@ -233,7 +288,7 @@ impl Node {
             At::Lsn(lsn) => {
                 let (Some(from), Some(to)) = (window.from_lsn, window.to_lsn) else {
                     return Err(NodeError::OutOfRange(format!(
-                        "timeline {} has no snapshot yet, so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
+                        "timeline {} has no snapshot yet (a root created empty, by an older release or a node without initdb), so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
                         prec.id, prec.id
                     )));
                 };
@@ -269,8 +324,8 @@ impl Node {
                 }
                 let Some(from) = window.from_time else {
                     return Err(NodeError::OutOfRange(format!(
-                        "timeline {} has no snapshot yet, so no point of its history can be forked",
-                        prec.id
+                        "timeline {} has no snapshot yet (a root created empty, by an older release or a node without initdb), so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
+                        prec.id, prec.id
                     )));
                 };
                 let now = Utc::now();

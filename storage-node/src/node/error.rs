@@ -31,6 +31,8 @@ pub enum NodeError {
     },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("initdb of a new root timeline failed: {0}")]
+    Initdb(#[from] ramify_compute::ProcessError),
 }
 
 impl NodeError {

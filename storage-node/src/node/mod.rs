@@ -38,6 +38,11 @@ pub struct NodeConfig {
     pub snapshot_wal_bytes: u64,
     /// `pg_waldump` used to find commit times; without it time targets are refused.
     pub waldump: Option<PathBuf>,
+    /// `initdb` that makes every new root a cluster with a base snapshot, so its history
+    /// starts at creation. Without it (only in-process harnesses that never run Postgres)
+    /// roots are created EMPTY, as by older releases, with a warning: their history then
+    /// starts at their first snapshot.
+    pub initdb: Option<PathBuf>,
 }
 
 mod create;
