@@ -103,6 +103,9 @@ pub struct KubeArgs {
 pub enum OutputFormat {
     /// Aligned text for people.
     Table,
+    /// Aligned text with more columns (`branch list`: where each branch's restorable
+    /// history starts); elsewhere the same as `table`.
+    Wide,
     /// JSON: local mode's own field names; on a cluster, the Kubernetes objects.
     Json,
     /// YAML: local mode's own field names; on a cluster, the Kubernetes objects.

@@ -17,7 +17,7 @@ use crate::backend::BranchRow;
 /// renders its own way.
 pub fn structured<T: Serialize>(format: OutputFormat, value: &T) -> anyhow::Result<Option<String>> {
     Ok(match format {
-        OutputFormat::Table => None,
+        OutputFormat::Table | OutputFormat::Wide => None,
         OutputFormat::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
         OutputFormat::Yaml => Some(serde_yaml::to_string(value)?),
     })
@@ -217,6 +217,16 @@ pub fn expires(b: &BranchView, now: DateTime<Utc>) -> String {
 /// (time left), the same for both backends; NAMESPACE first when the rows carry one
 /// (`-A`). `empty` is printed when there are no branches.
 pub fn branch_list(branches: &[BranchRow], now: DateTime<Utc>, empty: &str) -> String {
+    branch_list_as(branches, now, empty, false)
+}
+
+/// `ramify branch list -o wide`: [`branch_list`] plus where each branch's restorable
+/// history starts (time and LSN).
+pub fn branch_list_wide(branches: &[BranchRow], now: DateTime<Utc>, empty: &str) -> String {
+    branch_list_as(branches, now, empty, true)
+}
+
+fn branch_list_as(branches: &[BranchRow], now: DateTime<Utc>, empty: &str, wide: bool) -> String {
     if branches.is_empty() {
         return format!("{empty}\n");
     }
@@ -238,6 +248,12 @@ pub fn branch_list(branches: &[BranchRow], now: DateTime<Utc>, empty: &str) -> S
                 age(b.created_at, now),
                 expiry_left(b.protected, b.expires_at, now),
             ]);
+            if wide {
+                row.extend([
+                    b.restorable_from.map_or_else(dash, timestamp_secs),
+                    b.restorable_from_lsn.clone().unwrap_or_else(dash),
+                ]);
+            }
             row
         })
         .collect();
@@ -253,7 +269,50 @@ pub fn branch_list(branches: &[BranchRow], now: DateTime<Utc>, empty: &str) -> S
     if with_ns {
         headers.insert(0, "NAMESPACE");
     }
+    if wide {
+        headers.extend(["RESTORABLE FROM", "FROM LSN"]);
+    }
     table(&headers, &rows)
+}
+
+/// How far back a branch can be restored or forked: `2026-03-01T10:00:00.000Z (lsn
+/// 0/17414F8) to now` while its compute runs, up to its last checkpoint while it is
+/// suspended (`to`); a branch without a start (a root an older release made empty, before
+/// its first snapshot) says so.
+pub fn restorable(
+    from: (Option<DateTime<Utc>>, Option<String>),
+    to: Option<(Option<DateTime<Utc>>, Option<String>)>,
+) -> String {
+    let point = |(t, l): (Option<DateTime<Utc>>, Option<String>)| match (t, l) {
+        (Some(t), Some(l)) => format!("{} (lsn {l})", timestamp(t)),
+        (Some(t), None) => timestamp(t),
+        (None, Some(l)) => format!("lsn {l}"),
+        (None, None) => "?".to_string(),
+    };
+    if from.0.is_none() && from.1.is_none() {
+        return "nothing yet (a root created empty by an older release: its history starts at its first snapshot)".to_string();
+    }
+    match to {
+        Some(to) if to.0.is_some() || to.1.is_some() => {
+            format!("{} to {}", point(from), point(to))
+        }
+        _ => format!("{} to now", point(from)),
+    }
+}
+
+/// [`restorable`] for a local branch.
+fn restorable_local(b: &BranchView) -> String {
+    let Some(w) = &b.restore_window else {
+        return "-".to_string();
+    };
+    let lsn = |l: Option<ramify_api::Lsn>| l.map(|l| l.to_string());
+    restorable(
+        (w.from_time, lsn(w.from_lsn)),
+        match b.compute {
+            ComputeStatus::Running => None,
+            ComputeStatus::Suspended => Some((w.to_time, lsn(w.to_lsn))),
+        },
+    )
 }
 
 fn fork_point(b: &BranchView) -> String {
@@ -331,6 +390,7 @@ pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
                 .map_or_else(|| "-".to_string(), ToString::to_string),
         ),
         ("fork point", fork_point(b)),
+        ("restorable", restorable_local(b)),
         ("logical", human_bytes(b.logical_bytes)),
         ("exclusive", human_bytes(b.exclusive_bytes)),
         ("history", human_bytes(b.history_bytes)),
@@ -609,6 +669,7 @@ mod tests {
             backup_of: None,
             checkpoints: 0,
             snapshots: vec![],
+            restore_window: None,
             clone_method: CloneMethod::Reflink,
             create_ms: None,
         }
@@ -750,6 +811,8 @@ scratch        running    -          0 B        55436  1m   now
                 created_at: now() - chrono::Duration::minutes(mins),
                 protected: name == "main",
                 expires_at: None,
+                restorable_from: None,
+                restorable_from_lsn: None,
             }
         };
         let all = vec![
@@ -770,6 +833,69 @@ team-b     └─ pr-7        pending    0/16B3748  -          -      1m     -
 team-a     main           running    -          4.0 KiB    20101  1h40m  protected
 "
         );
+    }
+
+    fn window(b: &mut BranchView, to: Option<u64>) {
+        b.restore_window = Some(ramify_api::RestoreWindow {
+            from_lsn: Some(Lsn(0x17414F8)),
+            from_time: Some(b.created_at),
+            to_lsn: to.map(Lsn),
+            to_time: to.map(|_| now()),
+        });
+    }
+
+    /// `-o wide` adds where each branch's restorable history starts; a root an older
+    /// release made empty has none yet.
+    #[test]
+    fn wide_list_shows_where_history_starts_golden() {
+        let mut main = branch("main", None, 90);
+        window(&mut main, None);
+        let mut dev = branch("dev", Some("main"), 30);
+        window(&mut dev, None);
+        let old = branch("old", None, 120);
+        let all = rows(vec![main, dev, old]);
+        assert_eq!(
+            branch_list_wide(&all, now(), LOCAL_EMPTY),
+            "\
+NAME    STATE    FORK LSN  EXCLUSIVE  PORT   AGE    EXPIRES  RESTORABLE FROM       FROM LSN
+old     running  -         0 B        55432  2h     -        -                     -
+main    running  -         0 B        55432  1h30m  -        2026-03-01T10:30:00Z  0/17414F8
+└─ dev  running  -         0 B        55432  30m    -        2026-03-01T11:30:00Z  0/17414F8
+"
+        );
+        assert!(!branch_list(&all, now(), LOCAL_EMPTY).contains("RESTORABLE"));
+    }
+
+    /// `branch get` states the range: to now while the compute runs, to its last
+    /// checkpoint while it is suspended.
+    #[test]
+    fn details_show_the_restorable_range() {
+        let mut b = branch("main", None, 90);
+        window(&mut b, Some(0x3000000));
+        let line = |b: &BranchView| {
+            branch_details(b, now())
+                .lines()
+                .find(|l| l.contains("restorable:"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            line(&b),
+            "restorable:    2026-03-01T10:30:00.000Z (lsn 0/17414F8) to now"
+        );
+        b.compute = ComputeStatus::Suspended;
+        assert_eq!(
+            line(&b),
+            "restorable:    2026-03-01T10:30:00.000Z (lsn 0/17414F8) to 2026-03-01T12:00:00.000Z (lsn 0/3000000)"
+        );
+        b.restore_window = Some(ramify_api::RestoreWindow {
+            from_lsn: None,
+            from_time: None,
+            to_lsn: None,
+            to_time: None,
+        });
+        assert!(line(&b).contains("nothing yet"), "{}", line(&b));
     }
 
     #[test]

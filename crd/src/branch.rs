@@ -225,6 +225,29 @@ pub struct DatabaseBranchStatus {
     /// When the branch expires (`spec.expiresAt`, or creation + `spec.ttl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The part of the branch's history a restore, or a child `at` a time or LSN, can
+    /// reach: from its creation (or the oldest point the restore window keeps) on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<RestoreWindowStatus>,
+}
+
+/// The range of a branch's history that can be restored or forked.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreWindowStatus {
+    /// The oldest time that can be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_time: Option<DateTime<Utc>>,
+    /// The oldest WAL position that can be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_lsn: Option<String>,
+    /// The newest time, while the compute is suspended (its last checkpoint); absent
+    /// while it runs: the window then reaches the present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_time: Option<DateTime<Utc>>,
+    /// The newest WAL position, while the compute is suspended; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_lsn: Option<String>,
 }
 
 /// Summary of a branch's state.

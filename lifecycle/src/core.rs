@@ -22,9 +22,9 @@ use crate::store::{BranchStore, StoreError};
 /// machine (local mode), or Pods and Services (Kubernetes).
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Makes the branch's compute run on `timeline` (running `initdb` for an empty root)
-    /// and returns where Postgres listens. Cheap when it already runs; restarts a compute
-    /// that died.
+    /// Makes the branch's compute run on `timeline` (running `initdb` for a root an older
+    /// release created empty) and returns where Postgres listens. Cheap when it already
+    /// runs; restarts a compute that died.
     async fn start(&self, branch: &Branch, timeline: &TimelineInfo) -> Result<SocketAddr, String>;
     /// Stops the compute cleanly (fast shutdown); a no-op when it is not running.
     async fn stop(&self, branch: &Branch) -> Result<(), String>;
@@ -508,6 +508,7 @@ impl<R: Runtime> Lifecycle<R> {
             backup_of: b.backup_of.clone(),
             checkpoints: b.checkpoints.len(),
             snapshots: tl.snapshots.clone(),
+            restore_window: Some(tl.restore_window.clone()),
             clone_method,
             create_ms: None,
         }

@@ -298,6 +298,10 @@ pub struct BranchView {
     #[serde(default)]
     pub checkpoints: usize,
     pub snapshots: Vec<SnapshotInfo>,
+    /// The part of its history a restore or a fork `--at` can reach (from its creation,
+    /// or the oldest point the restore window keeps, to its last flushed change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<ramify_api::RestoreWindow>,
     /// How the branch's storage was cloned on this node.
     pub clone_method: CloneMethod,
     /// Milliseconds the create took (only in the answer to a create).

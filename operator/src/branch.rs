@@ -451,6 +451,7 @@ async fn converge(
     status.logical_bytes = i64::try_from(info.logical_bytes).ok();
     status.exclusive_bytes = i64::try_from(info.exclusive_bytes).ok();
     status.exclusive_size = Some(conditions::human_bytes(info.exclusive_bytes as i64));
+    status.restore_window = crate::restore_window::status(&info);
     conditions::set(
         &mut status.conditions,
         STORAGE_READY,

@@ -19,6 +19,7 @@ pub mod ownership;
 pub mod ports;
 pub mod quantity;
 pub mod restore;
+pub mod restore_window;
 pub mod sharing;
 pub mod token;
 pub mod validate;

@@ -56,6 +56,12 @@ pub fn row(b: &BranchView) -> BranchRow {
         created_at: b.created_at,
         protected: b.protected,
         expires_at: b.expires_at,
+        restorable_from: b.restore_window.as_ref().and_then(|w| w.from_time),
+        restorable_from_lsn: b
+            .restore_window
+            .as_ref()
+            .and_then(|w| w.from_lsn)
+            .map(|l| l.to_string()),
     }
 }
 

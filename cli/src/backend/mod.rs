@@ -96,6 +96,10 @@ pub struct BranchRow {
     pub created_at: DateTime<Utc>,
     pub protected: bool,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Where the branch's restorable history starts (`branch list -o wide`).
+    pub restorable_from: Option<DateTime<Utc>>,
+    /// The LSN of `restorable_from`.
+    pub restorable_from_lsn: Option<String>,
 }
 
 impl BranchRow {

@@ -64,7 +64,11 @@ pub async fn run(ctx: &Context, backend: &dyn Backend, cmd: BranchCommand) -> an
         BranchCommand::Create(args) => ctx.show(backend.create_branch(args).await?),
         BranchCommand::List => {
             let list = backend.list_branches().await?;
-            let text = render::branch_list(&list.rows, chrono::Utc::now(), &list.empty);
+            let text = if ctx.output == crate::args::OutputFormat::Wide {
+                render::branch_list_wide(&list.rows, chrono::Utc::now(), &list.empty)
+            } else {
+                render::branch_list(&list.rows, chrono::Utc::now(), &list.empty)
+            };
             ctx.show(list.shown.with_text(text))
         }
         BranchCommand::Get { name } => ctx.show(backend.get_branch(&name).await?),

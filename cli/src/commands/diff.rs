@@ -106,8 +106,8 @@ async fn diff(ctx: &Context, backend: &dyn Backend, args: DiffArgs) -> anyhow::R
     };
     match ctx.output {
         // Identical: no output at all (the data section would still print its summary).
-        OutputFormat::Table if report.is_empty() => {}
-        OutputFormat::Table => print!("{}", report.render(&render)),
+        OutputFormat::Table | OutputFormat::Wide if report.is_empty() => {}
+        OutputFormat::Table | OutputFormat::Wide => print!("{}", report.render(&render)),
         OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report.to_json(&render))?

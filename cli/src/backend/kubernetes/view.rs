@@ -14,7 +14,7 @@ use ramify_crd::{
 use serde::Serialize;
 
 use crate::backend::BranchRow;
-use crate::render::{age, fields, human_bytes, table, timestamp, timestamp_secs};
+use crate::render::{age, fields, human_bytes, restorable, table, timestamp, timestamp_secs};
 
 /// A Kubernetes time as chrono's.
 pub fn time(t: &Time) -> DateTime<Utc> {
@@ -88,6 +88,12 @@ pub fn row(b: &DatabaseBranch, with_namespace: bool) -> BranchRow {
         created_at: created(b),
         protected: b.is_protected(),
         expires_at: st.and_then(|s| s.expires_at).or(b.spec.expires_at),
+        restorable_from: st
+            .and_then(|s| s.restore_window.as_ref())
+            .and_then(|w| w.from_time),
+        restorable_from_lsn: st
+            .and_then(|s| s.restore_window.as_ref())
+            .and_then(|w| w.from_lsn.clone()),
     }
 }
 
@@ -300,6 +306,17 @@ pub fn branch_details(b: &DatabaseBranch, now: DateTime<Utc>) -> String {
         ),
         ("asked for", asked_for(b)),
         ("fork point", fork_point(b)),
+        (
+            "restorable",
+            match st.and_then(|s| s.restore_window.as_ref()) {
+                // Older operators did not report it.
+                None => "-".to_string(),
+                Some(w) => restorable(
+                    (w.from_time, w.from_lsn.clone()),
+                    Some((w.to_time, w.to_lsn.clone())),
+                ),
+            },
+        ),
         ("logical", bytes(st.and_then(|s| s.logical_bytes))),
         ("exclusive", bytes(st.and_then(|s| s.exclusive_bytes))),
         ("suspends", suspends(b)),
@@ -614,7 +631,8 @@ mod tests {
                 "timeline": {"id": "9c1e", "name": "tl-9c1e", "storageNode": "ramify-storage-0"},
                 "connection": {"host": "dev-postgres.team-a.svc.cluster.local", "port": 5432, "database": "app", "user": "app", "secretName": "dev-postgres"},
                 "compute": {"state": "Suspended"},
-                "proxyPort": 20001, "logicalBytes": 41943040, "exclusiveBytes": 1258291
+                "proxyPort": 20001, "logicalBytes": 41943040, "exclusiveBytes": 1258291,
+                "restoreWindow": {"fromTime": "2026-03-01T09:59:59Z", "fromLsn": "0/16B3748", "toTime": "2026-03-01T11:00:00Z", "toLsn": "0/3000000"}
             }
         }))
     }
@@ -628,6 +646,8 @@ mod tests {
         assert_eq!(r.state, "suspended");
         assert_eq!(r.port, Some(20001));
         assert_eq!(r.exclusive_bytes, Some(1258291));
+        assert_eq!(r.restorable_from_lsn.as_deref(), Some("0/16B3748"));
+        assert!(r.restorable_from.is_some());
         let r = row(&b, false);
         assert_eq!((r.namespace, r.parent), (None, Some((None, "main".into()))));
     }
@@ -706,6 +726,7 @@ team-a/dev
   proxy port:  20001
   asked for:   latest
   fork point:  0/16B3748 (2026-03-01T09:59:59.000Z)
+  restorable:  2026-03-01T09:59:59.000Z (lsn 0/16B3748) to 2026-03-01T11:00:00.000Z (lsn 0/3000000)
   logical:     40.0 MiB
   exclusive:   1.2 MiB
   suspends:    5m idle
