@@ -192,7 +192,13 @@ async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) 
 
 async fn create(State(node): State<AppState>, body: Bytes) -> Result<Response> {
     let req: CreateTimeline = parse_json(&body)?;
-    let (info, created) = node.create(req).await?;
+    // In a task of its own: axum drops this handler when the client goes away (an
+    // operator restarting mid-fork), and a creation cut off at an await would leave a
+    // half-made timeline behind. The task runs to the end; a retry with the same id waits
+    // for it on the id's lock and answers with what it made.
+    let (info, created) = tokio::spawn(async move { node.create(req).await })
+        .await
+        .map_err(NodeError::from)??;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -228,6 +228,14 @@ impl StorageNodeProcess {
         file_tail(&self.log, 0, TAIL_LINES * 2)
     }
 
+    /// Everything the node wrote to stdout and stderr so far, across restarts (empty if
+    /// the log cannot be read).
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     /// SIGKILLs the node and reaps it (its Postgres computes keep running, as in a crash).
     pub fn kill9(&mut self) -> Result<(), StorageNodeError> {
         let Some(mut child) = self.child.take() else {

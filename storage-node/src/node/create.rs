@@ -28,6 +28,15 @@ impl Node {
             m.entry(id).or_default().clone()
         };
         let _guard = id_lock.lock().await;
+        // Under the id's lock no other attempt is running, so a record still Creating was
+        // left by one that died half-way (its task panicked, or an older node dropped it
+        // with its client's connection): it is no timeline, and is made anew, never
+        // reported as created.
+        if let Some(stale) = self.meta.get(id)?.filter(|r| r.phase == Phase::Creating) {
+            warn!(timeline = %id, created_at = %stale.created_at, "an earlier attempt to create this timeline stopped half-way: removing what it left and creating it again");
+            self.remove_tree(&self.layout.creating(id))?;
+            self.meta.remove(id)?;
+        }
         if let Some(existing) = self.meta.get(id)? {
             if existing.request != req {
                 return Err(NodeError::Conflict(format!(
@@ -203,7 +212,7 @@ impl Node {
         let t0 = Instant::now();
         let fork = match plan {
             Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
-            Plan::Stopped => self.fork_stopped(&pdir, &dir).await?,
+            Plan::Stopped => self.fork_stopped(parent, &pdir, &dir, id).await?,
             Plan::FromSnapshot { base, target } => {
                 self.fork_from_snapshot(&prec, &pdir, base, target, &dir)
                     .await?
@@ -399,14 +408,7 @@ impl Node {
                 true,
             )
             .await?;
-        Ok(Fork {
-            start_lsn: b.start_lsn,
-            lsn: b.stop_lsn,
-            consistent_lsn: b.stop_lsn,
-            time: b.time,
-            pg_timeline: b.pg_timeline,
-            recovery: RecoveryTarget::Immediate,
-        })
+        Ok(Fork::of_backup(b))
     }
 
     /// Takes a base backup of the compute in `pdir` into `dest` (a new directory).
@@ -461,19 +463,23 @@ impl Node {
 
     /// Fork at latest of a stopped compute: a plain clone that starts as it is (crash
     /// recovery covers an unclean stop) and continues the parent's Postgres timeline in
-    /// an archive of its own.
+    /// an archive of its own. A compute woken during the clone is backed up instead
+    /// (see [`super::stopped`]).
     pub(super) async fn fork_stopped(
         &self,
+        parent: TimelineId,
         pdir: &TimelineDir,
         dir: &TimelineDir,
+        id: TimelineId,
     ) -> Result<Fork, NodeError> {
-        let method = self.clone_method;
-        let (src, dst) = (self.open_dir(&pdir.pgdata())?, self.open_dir(&dir.0)?);
-        tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, "pgdata", method, &pgdata::stopped_exclude)
-        })
-        .await??;
-        let c = self.read_pg_control(&dir.pgdata())?;
+        let label = format!("ramify fork {id}");
+        let c = match self
+            .latest_of_stopped(parent, pdir, &dir.pgdata(), &label, true)
+            .await?
+        {
+            stopped::Latest::Stopped(c) => c,
+            stopped::Latest::Backup { backup, .. } => return Ok(Fork::of_backup(backup)),
+        };
         let (mut lsn, mut time) = (c.checkpoint, c.time);
         if c.state != pgcontrol::ClusterState::ShutDown {
             // Unclean stop: the clone holds commits after its last checkpoint, which crash
@@ -643,6 +649,20 @@ pub(super) struct Fork {
     time: DateTime<Utc>,
     pg_timeline: u32,
     recovery: RecoveryTarget,
+}
+
+impl Fork {
+    /// A fork of a base backup: archive recovery to its consistent point.
+    fn of_backup(b: Backup) -> Fork {
+        Fork {
+            start_lsn: b.start_lsn,
+            lsn: b.stop_lsn,
+            consistent_lsn: b.stop_lsn,
+            time: b.time,
+            pg_timeline: b.pg_timeline,
+            recovery: RecoveryTarget::Immediate,
+        }
+    }
 }
 
 pub(super) struct Backup {

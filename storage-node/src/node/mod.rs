@@ -52,6 +52,7 @@ mod error;
 mod housekeeping;
 mod read;
 mod snapshots;
+mod stopped;
 
 pub use error::NodeError;
 use housekeeping::read_wal_kept_from;

@@ -138,7 +138,7 @@ impl Node {
             .map_err(CloneError::from)?;
         let pg = staging.join("pgdata");
         let running = self.running(id).await;
-        let stopped = running.is_none();
+        let mut stopped = running.is_none();
         let taken = async {
             match running {
                 Some(r) => {
@@ -152,20 +152,22 @@ impl Node {
                     Ok::<_, NodeError>((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))
                 }
                 None => {
-                    let method = self.clone_method;
-                    let src = self.open_dir(&dir.pgdata())?;
-                    tokio::task::spawn_blocking(move || {
-                        clone::clone_tree(
-                            &src,
-                            &staging_dir,
-                            "pgdata",
-                            method,
-                            &pgdata::stopped_exclude,
-                        )
-                    })
-                    .await??;
-                    let c = self.read_pg_control(&pg)?;
-                    Ok((c.redo, c.checkpoint, c.time, c.timeline, Some(c.checkpoint)))
+                    // Cloned into by path, safely against a wake (see `super::stopped`).
+                    drop(staging_dir);
+                    let label = format!("ramify snapshot {name}");
+                    match self.latest_of_stopped(id, &dir, &pg, &label, fast).await? {
+                        stopped::Latest::Stopped(c) => {
+                            Ok((c.redo, c.checkpoint, c.time, c.timeline, Some(c.checkpoint)))
+                        }
+                        stopped::Latest::Backup { backup: b, port } => {
+                            stopped = false;
+                            let after = match control::connect(&dir.run(), port).await {
+                                Ok(c) => control::flush_lsn(&c).await.ok(),
+                                Err(_) => None,
+                            };
+                            Ok((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))
+                        }
+                    }
                 }
             }
         }
