@@ -16,7 +16,7 @@
 //! anything else; it rewrites `postmaster.pid` again as its sockets come up. So both files
 //! are read, byte for byte, before and after the clone, and the clone's own `pg_control`
 //! is compared too: equal everywhere, with no compute answering on the timeline's socket
-//! and no `postmaster.pid` young enough to be a start in progress, means nobody ran on
+//! and no young `postmaster.pid` of a start (or stop) in progress, means nobody ran on
 //! that PGDATA while it was cloned, and the copy is the stopped state. Anything else
 //! removes the copy, waits for the woken compute to accept connections and takes the
 //! running compute's path (a base backup) instead — or, if the compute has gone again,
@@ -25,9 +25,11 @@
 use super::create::Backup;
 use super::*;
 
-/// A `postmaster.pid` written this recently (and no compute answering yet) may belong to
-/// a Postgres still starting up, which writes it before its sockets exist. An older one is
-/// left over from an unclean stop, which the stopped clone handles with crash recovery.
+/// A `postmaster.pid` not (yet) saying "ready", written this recently, may belong to a
+/// Postgres still starting up (it writes the file before its sockets exist, and its
+/// status line only once it serves) or shutting down. An older one, or one saying
+/// "ready" with no compute answering on the socket, is left over from an unclean stop,
+/// which the stopped clone handles with crash recovery.
 const STARTING_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a fork or snapshot waits for a compute that woke during its clone to accept
@@ -57,14 +59,27 @@ impl Marks {
         self.pg_control == other.pg_control && self.postmaster_pid == other.postmaster_pid
     }
 
-    /// Why a Postgres may be starting on this PGDATA, if it may.
+    /// Why a Postgres may be starting (or stopping) on this PGDATA, if it may.
     fn starting(&self) -> Option<String> {
-        self.pid_age.filter(|age| *age < STARTING_GRACE).map(|age| {
-            format!(
-                "postmaster.pid was written {} ms ago (a compute starting up)",
-                age.as_millis()
-            )
-        })
+        let (pid, age) = (self.postmaster_pid.as_ref()?, self.pid_age?);
+        // Line 8 of postmaster.pid: the postmaster's status (Postgres 10 and later).
+        let status = String::from_utf8_lossy(pid)
+            .lines()
+            .nth(7)
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default();
+        if age >= STARTING_GRACE || status == "ready" || status == "standby" {
+            return None;
+        }
+        Some(format!(
+            "postmaster.pid, written {} ms ago, says {:?}: a compute is starting or stopping",
+            age.as_millis(),
+            if status.is_empty() {
+                "no status yet"
+            } else {
+                status.as_str()
+            }
+        ))
     }
 }
 
@@ -195,5 +210,43 @@ impl Node {
             postmaster_pid,
             pid_age,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(pid: Option<&str>, age_s: u64) -> Marks {
+        Marks {
+            pg_control: vec![1, 2, 3],
+            postmaster_pid: pid.map(|p| p.as_bytes().to_vec()),
+            pid_age: pid.map(|_| Duration::from_secs(age_s)),
+        }
+    }
+
+    const EARLY: &str = "4242\n/data/pgdata\n1764870000\n5432\n\n";
+    const READY: &str =
+        "4242\n/data/pgdata\n1764870000\n5432\n/data/run\n127.0.0.1\n  5432001    32768\nready   \n";
+    const STARTING: &str =
+        "4242\n/data/pgdata\n1764870000\n5432\n/data/run\n127.0.0.1\n  5432001    32768\nstarting\n";
+
+    #[test]
+    fn a_young_postmaster_pid_that_does_not_say_ready_is_a_start_in_progress() {
+        assert!(marks(None, 0).starting().is_none());
+        assert!(marks(Some(EARLY), 1).starting().is_some());
+        assert!(marks(Some(STARTING), 1)
+            .starting()
+            .is_some_and(|w| w.contains("\"starting\"")));
+        // Left by a crash: "ready" (its sockets would answer if it lived), or old.
+        assert!(marks(Some(READY), 1).starting().is_none());
+        assert!(marks(Some(STARTING), 31).starting().is_none());
+    }
+
+    #[test]
+    fn the_age_does_not_count_when_comparing() {
+        assert!(marks(Some(READY), 1).same_files(&marks(Some(READY), 9)));
+        assert!(!marks(Some(READY), 1).same_files(&marks(Some(STARTING), 1)));
+        assert!(!marks(None, 1).same_files(&marks(Some(READY), 1)));
     }
 }
