@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the branch workflows in local mode, driven as a user drives them (the
-# `ramify` CLI, psql, pg_dump): reset, restore (at a time, --from, backup branch, range
-# errors), checkpoints and revert (to an earlier and then a "future" checkpoint), `ramify
-# diff`, expiry, protection, `ramify run`, and bad input. Run by `make test` (root: on a
+# `ramify` CLI, psql, pg_dump): a new branch restorable from its first second, reset,
+# restore (at a time, --from, backup branch, range errors), checkpoints and revert (to an
+# earlier and then a "future" checkpoint), `ramify diff`, expiry, protection, `ramify
+# run`, and bad input. Run by `make test` (root: on a
 # scratch XFS image with reflinks; as a normal user on the plain filesystem in copy mode).
 #
 #   e2e/local/workflows.sh [path/to/ramify]
@@ -35,8 +36,27 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 if [ "$(id -u)" -eq 0 ]; then XFS=(--xfs-image 6G); else XFS=(); fi
 "$RAMIFY" local up "${XFS[@]}" >/dev/null
+
+echo "# 0. history from the first second: a new branch is restorable at once (issue 14)"
 "$RAMIFY" branch create main --suspend-after 0 >/dev/null
 MAIN=$("$RAMIFY" branch connect main)
+q "$MAIN" -c "CREATE TABLE orders (id int PRIMARY KEY, amount int);
+              INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 100) g"
+sleep 6
+q "$MAIN" -c "DROP TABLE orders"   # the mistake, a few seconds later
+"$RAMIFY" branch restore main --at -5s -o json >"$WORK/first-restore.json"
+check "restore --at -5s on a new branch brings the dropped table back" test "$(q "$MAIN" -c 'SELECT sum(amount) FROM orders')" = 50500
+"$RAMIFY" branch create past --parent main --at -2s >/dev/null
+check "a fork --at -2s of the restored branch has the table" test "$(q "$("$RAMIFY" branch connect past)" -c 'SELECT count(*) FROM orders')" = 100
+check "branch get shows the restorable range" grep -Eq '^  restorable: +[0-9T:.-]+Z \(lsn [0-9A-F]+/[0-9A-F]+\) to now$' <<<"$("$RAMIFY" branch get main)"
+check "branch list -o wide shows where each history starts" grep -q "RESTORABLE FROM" <<<"$("$RAMIFY" branch list -o wide)"
+fresh_from=$("$RAMIFY" branch create fresh -o json | json '["restore_window"]["from_lsn"]')
+check "a branch just created already has a restorable start" test "$fresh_from" != None
+# Back to a plain main for what follows.
+"$RAMIFY" branch delete past >/dev/null
+"$RAMIFY" branch delete fresh >/dev/null
+"$RAMIFY" branch delete "$(json '["backup"]' <"$WORK/first-restore.json")" >/dev/null
+q "$MAIN" -c "DROP TABLE orders"
 q "$MAIN" -c "CREATE TABLE items (id int PRIMARY KEY, what text NOT NULL);
               INSERT INTO items SELECT g, 'main ' || g FROM generate_series(1, 1000) g;
               CREATE INDEX items_what ON items (what);

@@ -31,6 +31,17 @@ pub enum ControlError {
     Value { what: &'static str, value: String },
 }
 
+impl ControlError {
+    /// The compute refused the connection because it is shutting down (it refuses every
+    /// new one until it has exited).
+    pub fn is_shutting_down(&self) -> bool {
+        matches!(self, ControlError::Connect { source, .. } if source.as_db_error().is_some_and(|d| {
+            *d.code() == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                && d.message().contains("shutting down")
+        }))
+    }
+}
+
 /// Whether a postmaster listens on the socket in `run_dir`, and on which port.
 pub async fn running_port(run_dir: &Path) -> Option<u16> {
     let rd = std::fs::read_dir(run_dir).ok()?;

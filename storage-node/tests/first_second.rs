@@ -197,3 +197,45 @@ async fn a_root_never_started_can_be_forked() {
         assert_eq!(count(&fc, "t").await, 1);
     }
 }
+
+/// A parent whose compute is shutting down (a restore detaches the old compute and stops
+/// it in the background, and `branch create past --parent main --at -2s` may reach that
+/// timeline right then) refuses new connections; a fork at a time of it waits for the
+/// shutdown and forks the stopped history instead of failing with a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_at_a_time_waits_out_a_parent_shutting_down() {
+    let env = Env::new(GIB, &[]).await;
+    let (root, rc) = env.root().await;
+    rc.execute("CREATE TABLE kept AS SELECT g FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    sleep_ms(200).await;
+    let t = now_in(&rc).await;
+    // A session that keeps a smart shutdown waiting, refusing every new connection with
+    // "the database system is shutting down" meanwhile.
+    let session = rc.client().await.unwrap();
+    let mut stop = tokio::process::Command::new(env.pg.pg_ctl());
+    stop.arg("stop")
+        .arg("-D")
+        .arg(&root.pgdata)
+        .args(["-m", "smart", "--no-wait"]);
+    env.user.apply_tokio(&mut stop);
+    assert!(
+        stop.status().await.unwrap().success(),
+        "pg_ctl stop -m smart"
+    );
+    sleep_ms(300).await;
+    assert!(
+        rc.client().await.is_err(),
+        "the parent still accepts connections: the shutdown did not begin"
+    );
+    let release = tokio::spawn(async move {
+        sleep_ms(1500).await;
+        drop(session);
+    });
+    let f = env.fork(root.id, At::Time(t)).await;
+    release.await.unwrap();
+    let fc = env.start(&f).await;
+    assert_eq!(count(&fc, "kept").await, 10);
+    fc.pg_amcheck().await.expect("pg_amcheck");
+}

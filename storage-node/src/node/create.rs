@@ -516,9 +516,9 @@ impl Node {
         dir: &TimelineDir,
     ) -> Result<Fork, NodeError> {
         // A running parent writes a record past the target and flushes it, so recovery
-        // always finds the record it stops after.
-        if let Some(r) = self.running(prec.id).await {
-            let c = control::connect(&pdir.run(), r.port).await?;
+        // always finds the record it stops after. One shutting down is waited for: its
+        // shutdown checkpoint is that record.
+        if let Some(c) = self.connect_unless_stopping(prec.id).await? {
             control::mark_and_flush(
                 &c,
                 &format!("ramify-fork-{}", Utc::now().timestamp_millis()),

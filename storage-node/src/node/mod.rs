@@ -215,6 +215,33 @@ impl Node {
             .map(|port| Running { port })
     }
 
+    /// A control connection to `id`'s compute, or `None` when none runs. A compute that is
+    /// shutting down (a suspend, or the old compute a restore detached and stops in the
+    /// background) refuses new connections until it has exited: it is waited for, up to
+    /// [`SHUTDOWN_WAIT`], and then counts as stopped.
+    async fn connect_unless_stopping(
+        &self,
+        id: TimelineId,
+    ) -> Result<Option<tokio_postgres::Client>, NodeError> {
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        loop {
+            let Some(r) = self.running(id).await else {
+                return Ok(None);
+            };
+            match control::connect(&self.dir(id).run(), r.port).await {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) if e.is_shutting_down() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) if self.running(id).await.is_none() => {
+                    tracing::debug!(timeline = %id, error = %e, "compute stopped while connecting");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     async fn read_lock(&self, id: TimelineId) -> OwnedRwLockReadGuard<()> {
         self.lock_of(id).read_owned().await
     }
@@ -286,6 +313,10 @@ impl Node {
         Ok(out)
     }
 }
+
+/// How long [`Node::connect_unless_stopping`] waits for a compute's shutdown: a fast
+/// shutdown's checkpoint, or a smart one waiting for its last sessions.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
 
 /// XFS copy-on-write extent size hint for everything under `timelines/`: one Postgres page
 /// (see [`clone::set_cow_extent_size`]).
