@@ -220,6 +220,19 @@ spec:
 EOF
 k -n "$NS_A" wait --for=condition=Ready databasebranch/main --timeout=240s >/dev/null
 
+step "a new root is restorable from its creation: status.restoreWindow, branch get"
+# The storage node runs initdb and keeps a base snapshot when it creates a root, so the
+# window starts at the creation, not at a first snapshot an hour later (issue 14).
+wait_for "main's status.restoreWindow.fromLsn" '{.status.restoreWindow.fromLsn}' '^[0-9A-F]+/[0-9A-F]+$' 60 -n "$NS_A" databasebranch main
+from_time=$(k -n "$NS_A" get databasebranch main -o jsonpath='{.status.restoreWindow.fromTime}')
+created=$(k -n "$NS_A" get databasebranch main -o jsonpath='{.metadata.creationTimestamp}')
+[ -n "$from_time" ] || fail "main's status.restoreWindow has no fromTime"
+[ $(( $(date -d "$from_time" +%s) - $(date -d "$created" +%s) )) -le 120 ] \
+  || fail "main's history starts at $from_time, long after its creation at $created"
+echo "    main restorable from $from_time (lsn $(k -n "$NS_A" get databasebranch main -o jsonpath='{.status.restoreWindow.fromLsn}')), created $created"
+kr branch get main -n "$NS_A" | grep -Eq '^  restorable: +[0-9T:.-]+Z \(lsn [0-9A-F]+/[0-9A-F]+\) to ' \
+  || fail "kubectl ramify branch get main shows no restorable range: $(kr branch get main -n "$NS_A" 2>&1 | grep restorable)"
+
 step "load data into main from a Pod through its Service"
 client_pod "$NS_A" main
 psql_in "$NS_A" -c "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50000) g;"
