@@ -94,7 +94,10 @@ async fn a_fork_right_after_archiving_finds_every_segment() {
     rc.execute("CREATE TABLE t (batch int, i int)")
         .await
         .unwrap();
-    env.client.create_snapshot(root.id, "base").await.unwrap();
+    env.client
+        .create_snapshot(root.id, "after-create-table")
+        .await
+        .unwrap();
     let mut lsns = vec![];
     let mut archived = vec![];
     for batch in 1..=3 {
@@ -146,7 +149,10 @@ async fn a_compute_cannot_rewrite_an_archived_segment() {
     rc.execute("CREATE TABLE t (batch int, i int)")
         .await
         .unwrap();
-    env.client.create_snapshot(root.id, "base").await.unwrap();
+    env.client
+        .create_snapshot(root.id, "after-create-table")
+        .await
+        .unwrap();
     insert_batch(&rc, 1).await;
     let lsn = current_lsn(&rc).await;
     let seg = switch_and_wait(&rc).await;
