@@ -314,6 +314,24 @@ pub struct NodeStatus {
     pub snapshot_interval_seconds: u64,
     /// WAL bytes after which a periodic snapshot is taken (0 = off).
     pub snapshot_wal_bytes: u64,
+    /// The free space the node keeps for running computes' WAL (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<SpaceReserve>,
+}
+
+/// The storage node's space reserve: below it forks, new roots and snapshots are refused
+/// (507) and the timeline filling the volume is made read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceReserve {
+    /// The reserve as configured (`5%`, `2 GiB`, or the default's description).
+    pub configured: String,
+    /// The reserve in bytes on this volume.
+    pub reserve_bytes: u64,
+    /// Whether free space is below the reserve now.
+    pub below_reserve: bool,
+    /// Timelines the node made read-only because they were filling the volume.
+    #[serde(default)]
+    pub read_only_timelines: Vec<TimelineId>,
 }
 
 /// Every error the API returns: a stable machine code and a sentence for people.

@@ -206,6 +206,7 @@ def test_storage_statefulset(rendered):
         "restore-window": values["storage"]["restoreWindow"],
         "snapshot-interval": values["storage"]["snapshotInterval"],
         "snapshot-wal-bytes": "256MiB",
+        "reserve": "default",
         "log-format": "text",
     }
     assert {"name": "data", "mountPath": "/var/lib/ramify"} in c["volumeMounts"]
@@ -224,6 +225,12 @@ def test_storage_statefulset(rendered):
     assert service["spec"]["clusterIP"] == "None"
     assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 7070), ("metrics", 7071)]
     assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("reserve", ["5%", "0.5%", "2GiB", "0"])
+def test_storage_reserve_reaches_the_node(reserve):
+    out = kube.render(RAMIFY_CHART, {"storage": {"reserve": reserve}}, namespace=NAMESPACE)
+    assert flags(container(out.get("StatefulSet", "ramify-storage"), "storage"))["reserve"] == reserve
 
 
 def test_storage_api_token_is_the_operators_secret(rendered):
@@ -537,6 +544,8 @@ def test_monitoring_peers_and_disabling_policies():
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"compute": {"defaultSuspendAfter": "five minutes"}}, "defaultSuspendAfter"),
     ({"storage": {"size": "lots"}}, "size"),
+    ({"storage": {"reserve": "a bit"}}, "reserve"),
+    ({"storage": {"reserve": "5 %"}}, "reserve"),
     ({"proxy": {"maxConnectionsPerBranch": 0}}, "maxConnectionsPerBranch"),
     ({"proxy": {"maxConnections": "many"}}, "maxConnections"),
     ({"proxy": {"startupTimeout": "ten seconds"}}, "startupTimeout"),

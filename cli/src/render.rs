@@ -974,6 +974,7 @@ before-migration  manual  0/3000000  2026-03-01T11:55:00Z  5m
                 restore_window_seconds: 86_400,
                 snapshot_interval_seconds: 3600,
                 snapshot_wal_bytes: 256 << 20,
+                reserve: None,
             },
             branches: 3,
             running_computes: 1,

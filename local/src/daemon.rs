@@ -120,6 +120,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     node.spawn_archive_drain(Duration::from_secs(1));
     // Space figures are measured in the background; `branch list`/`get` show the last.
     node.spawn_accounting(Duration::from_secs(15));
+    // Keeps the default space reserve: one branch filling the disk is made read-only
+    // before the others' WAL writes fail.
+    node.spawn_space_guard(Duration::from_millis(500));
     let bg = node.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(10));

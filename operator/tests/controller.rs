@@ -205,6 +205,7 @@ async fn status() -> Json<NodeStatus> {
         restore_window_seconds: 3600,
         snapshot_interval_seconds: 0,
         snapshot_wal_bytes: 0,
+        reserve: None,
     })
 }
 

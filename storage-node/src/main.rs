@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use ramify_api::ApiToken;
 use ramify_storage::metrics::Metrics;
-use ramify_storage::node::{Node, NodeConfig};
+use ramify_storage::node::{Node, NodeConfig, Reserve};
 use tracing::{info, warn};
 
 /// Ramify's storage node: keeps Postgres timelines (PGDATA + WAL archive + snapshots) on a
@@ -73,9 +73,29 @@ struct Args {
     /// /usr/lib/postgresql/*/bin.
     #[arg(long, env = "RAMIFY_PG_BIN")]
     pg_bin: Option<PathBuf>,
+    /// Free space kept for the WAL of running computes: a share of the volume (5%) or a
+    /// size (2GiB, 512MiB; 0 turns it off). Default: 5% of the volume, at most 2GiB.
+    /// Below it the node refuses forks, new roots and manual snapshots with 507
+    /// insufficient_storage (after restore-window GC of every timeline), and skips
+    /// periodic snapshots. The timeline that grew most while free space fell is made
+    /// read-only (ALTER SYSTEM SET default_transaction_read_only = on, its sessions
+    /// terminated); if its data keeps growing under half the reserve (a session turned the
+    /// setting off) its compute is stopped. Restrictions are lifted once free space is
+    /// back above the reserve plus a quarter. Make it larger than what your busiest
+    /// branch can write in a few seconds.
+    #[arg(long, default_value = "default", env = "RAMIFY_STORAGE_RESERVE", value_parser = parse_reserve)]
+    reserve: Reserve,
+    /// How often the space guard checks free space (and, under twice the reserve, what
+    /// each timeline grew).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    space_check_interval: Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+fn parse_reserve(s: &str) -> Result<Reserve, String> {
+    s.parse()
 }
 
 /// Parses `123`, `64KiB`, `256MiB`, `1GiB`, `10MB`, `1GB`.
@@ -190,12 +210,14 @@ async fn main() -> anyhow::Result<()> {
         Node::open(cfg, Arc::new(Metrics::default()))
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
     );
+    node.set_reserve(args.reserve);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(
         listen = %args.listen, data_dir = %args.data_dir.display(), clone_method = %node.clone_method(),
         restore_window = %humantime::format_duration(args.restore_window),
+        reserve = %args.reserve,
         "ramify-storage ready"
     );
     let bg = node.clone();
@@ -212,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
     });
     node.spawn_archive_drain(args.archive_drain_interval);
     node.spawn_accounting(args.accounting_interval);
+    node.spawn_space_guard(args.space_check_interval);
     if let Some(addr) = args.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(addr)
             .await

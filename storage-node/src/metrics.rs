@@ -15,6 +15,16 @@ pub struct Metrics {
     fork_errors: Mutex<BTreeMap<&'static str, u64>>,
     snapshots: AtomicU64,
     http_requests: AtomicU64,
+    /// The space reserve in bytes (see `node::reserve`).
+    reserve_bytes: AtomicU64,
+    /// 1 while free space is below the reserve.
+    below_reserve: AtomicU64,
+    /// Timelines made read-only because they were filling the volume.
+    space_read_only: AtomicU64,
+    /// Computes stopped because they kept filling the volume while read-only.
+    space_computes_stopped: AtomicU64,
+    /// Forks, new roots and snapshots refused for lack of space.
+    reserve_refusals: AtomicU64,
 }
 
 fn at_label(at: Option<&At>) -> &'static str {
@@ -50,6 +60,26 @@ impl Metrics {
 
     pub fn request(&self) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The reserve in bytes and whether free space is below it, as last measured.
+    pub fn space_reserve(&self, reserve_bytes: u64, below: bool) {
+        self.reserve_bytes.store(reserve_bytes, Ordering::Relaxed);
+        self.below_reserve
+            .store(u64::from(below), Ordering::Relaxed);
+    }
+
+    /// How many timelines are read-only for lack of space now.
+    pub fn space_restricted(&self, timelines: u64) {
+        self.space_read_only.store(timelines, Ordering::Relaxed);
+    }
+
+    pub fn space_compute_stopped(&self) {
+        self.space_computes_stopped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reserve_refusal(&self) {
+        self.reserve_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders every metric plus the gauges passed in (timelines, filesystem bytes).
@@ -103,6 +133,43 @@ impl Metrics {
             "ramify_storage_http_requests_total {}",
             self.http_requests.load(Ordering::Relaxed)
         );
+        let space: [(&str, &str, &str, &AtomicU64); 5] = [
+            (
+                "ramify_storage_reserve_bytes",
+                "gauge",
+                "Free space the node keeps for running computes' WAL (--reserve).",
+                &self.reserve_bytes,
+            ),
+            (
+                "ramify_storage_below_reserve",
+                "gauge",
+                "1 while free space is below the reserve: forks and snapshots are refused.",
+                &self.below_reserve,
+            ),
+            (
+                "ramify_storage_read_only_timelines",
+                "gauge",
+                "Timelines made read-only because they were filling the volume.",
+                &self.space_read_only,
+            ),
+            (
+                "ramify_storage_computes_stopped_for_space_total",
+                "counter",
+                "Computes stopped because they kept filling the volume while read-only.",
+                &self.space_computes_stopped,
+            ),
+            (
+                "ramify_storage_reserve_refusals_total",
+                "counter",
+                "Forks, new roots and snapshots refused because free space was below the reserve.",
+                &self.reserve_refusals,
+            ),
+        ];
+        for (name, kind, help, v) in space {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            let _ = writeln!(s, "{name} {}", v.load(Ordering::Relaxed));
+        }
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}");
             let _ = writeln!(s, "# TYPE {name} gauge");

@@ -51,6 +51,12 @@ impl Node {
             }
             return Ok((self.info(&existing).await?, false));
         }
+        self.ensure_reserve(if req.parent.is_some() {
+            "a fork"
+        } else {
+            "a new root timeline"
+        })
+        .await?;
         let started = Instant::now();
         let result = match req.parent {
             None => self.create_root(id, &req).await,

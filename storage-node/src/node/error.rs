@@ -33,6 +33,9 @@ pub enum NodeError {
     Join(#[from] tokio::task::JoinError),
     #[error("initdb of a new root timeline failed: {0}")]
     Initdb(#[from] ramify_compute::ProcessError),
+    /// Free space is below the node's reserve (see `node::reserve`).
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl NodeError {
@@ -43,6 +46,7 @@ impl NodeError {
             NodeError::NotFound(_) => "not_found",
             NodeError::Conflict(_) => "conflict",
             NodeError::OutOfRange(_) => "out_of_range",
+            NodeError::InsufficientStorage(_) => "insufficient_storage",
             e if e.is_disk_full() => "insufficient_storage",
             _ => "internal",
         }

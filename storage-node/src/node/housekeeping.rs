@@ -129,7 +129,7 @@ impl Node {
                         || (wal_bytes > 0 && new_wal >= wal_bytes))
             }
         };
-        if due {
+        if due && !self.skip_snapshot_below_reserve(rec.id) {
             let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
             // A periodic snapshot never forces an immediate checkpoint on the compute.
             self.snapshot(rec.id, &name, SnapshotKind::Periodic, false)

@@ -51,11 +51,13 @@ mod delete;
 mod error;
 mod housekeeping;
 mod read;
+mod reserve;
 mod snapshots;
 mod stopped;
 
 pub use error::NodeError;
 use housekeeping::read_wal_kept_from;
+pub use reserve::Reserve;
 
 /// The storage node.
 pub struct Node {
@@ -82,6 +84,8 @@ pub struct Node {
     /// The data directory, open: every path inside a timeline is resolved beneath it
     /// without following links (see [`crate::beneath`]).
     data: Arc<Dir>,
+    /// The space reserve and the guard keeping it (see [`reserve`]).
+    space: reserve::SpaceGuard,
 }
 
 /// What a compute looks like from the storage side.
@@ -129,6 +133,7 @@ impl Node {
             draining: Mutex::new(()),
             extent_cache: Arc::default(),
             accountant: Arc::default(),
+            space: reserve::SpaceGuard::default(),
         };
         node.recover()?;
         Ok(node)

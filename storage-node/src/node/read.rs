@@ -217,6 +217,7 @@ impl Node {
             restore_window_seconds: self.cfg.restore_window.as_secs(),
             snapshot_interval_seconds: self.cfg.snapshot_interval.as_secs(),
             snapshot_wal_bytes: self.cfg.snapshot_wal_bytes,
+            reserve: self.reserve_status(),
         })
     }
 }

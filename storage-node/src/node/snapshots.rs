@@ -104,6 +104,7 @@ impl Node {
                 "snapshot name \"fork\" is reserved for the fork point".into(),
             ));
         }
+        self.ensure_reserve("a snapshot").await?;
         self.snapshot(id, name, SnapshotKind::Manual, true)
             .await
             .map_err(NodeError::refusal_is_conflict)
