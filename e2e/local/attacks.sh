@@ -91,7 +91,7 @@ VICTIM="$STORE/$DEV_TL/pgdata/$REL"
 q "$DEV" -c "CHECKPOINT" 2>/dev/null || true
 dev_sum=$(q "$DEV" -c "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM items")
 victim_sum=$(md5sum < "$VICTIM")
-"$RAMIFY" snapshot create main base >/dev/null
+"$RAMIFY" snapshot create main before-planting >/dev/null
 q "$MAIN" -c "INSERT INTO items VALUES (11); DELETE FROM items WHERE id = 11"
 LSN=$(q "$MAIN" -c "SELECT pg_current_wal_lsn()")
 # Where a fork reads: a relation file of PGDATA (fork at latest clones it), and a
