@@ -143,7 +143,23 @@ pub fn clone_tree(
 ) -> Result<CloneStats, CloneError> {
     let mut stats = CloneStats::default();
     let dst = dst_parent.create_dir(dst_name, src.mode()?)?;
-    clone_dir(src, &dst, Path::new(""), method, exclude, &mut stats)?;
+    clone_dir(src, &dst, Path::new(""), method, exclude, false, &mut stats)?;
+    Ok(stats)
+}
+
+/// [`clone_tree`] of a source nothing may change while it is cloned (a snapshot): a file
+/// or directory that vanishes during the walk is an error naming it, never left out, so
+/// a copy with relation or `pg_xact` files missing is never made.
+pub fn clone_tree_whole(
+    src: &Dir,
+    dst_parent: &Dir,
+    dst_name: impl AsRef<OsStr>,
+    method: CloneMethod,
+    exclude: &dyn Exclude,
+) -> Result<CloneStats, CloneError> {
+    let mut stats = CloneStats::default();
+    let dst = dst_parent.create_dir(dst_name, src.mode()?)?;
+    clone_dir(src, &dst, Path::new(""), method, exclude, true, &mut stats)?;
     Ok(stats)
 }
 
@@ -153,6 +169,7 @@ fn clone_dir(
     rel: &Path,
     method: CloneMethod,
     exclude: &dyn Exclude,
+    whole: bool,
     stats: &mut CloneStats,
 ) -> Result<(), CloneError> {
     for e in src.entries()? {
@@ -165,11 +182,11 @@ fn clone_dir(
             let sub = match src.open_dir(Path::new(&e.name)) {
                 Ok(d) => d,
                 // Removed by Postgres while we walk (temporary directories).
-                Err(err) if err.is_not_found() => continue,
+                Err(err) if err.is_not_found() && !whole => continue,
                 Err(err) => return Err(err.into()),
             };
             let d = dst.create_dir(&e.name, sub.mode()?)?;
-            clone_dir(&sub, &d, &child_rel, method, exclude, stats)?;
+            clone_dir(&sub, &d, &child_rel, method, exclude, whole, stats)?;
         } else {
             match clone_file(src, &e.name, dst, &e.name, method) {
                 Ok(n) => {
@@ -177,7 +194,7 @@ fn clone_dir(
                     stats.bytes += n;
                 }
                 // A file Postgres removed while we walk (temporary files) is not cloned.
-                Err(CloneError::Beneath(err)) if err.is_not_found() => {}
+                Err(CloneError::Beneath(err)) if err.is_not_found() && !whole => {}
                 Err(err) => return Err(err),
             }
         }
@@ -456,6 +473,52 @@ mod tests {
                 fs::symlink_metadata(&planted).is_err(),
                 "{at} was not cloned"
             );
+        }
+    }
+
+    /// A file of the source removed during the walk is left out by `clone_tree` (a
+    /// running compute's temporary files) and is an error naming it for
+    /// `clone_tree_whole` (a snapshot, which nothing may change).
+    #[test]
+    fn a_file_vanishing_mid_walk_fails_only_the_whole_clone() {
+        let t = tempfile::tempdir().unwrap();
+        let method = detect_clone_method(t.path()).unwrap();
+        let root = Dir::open_root(t.path()).unwrap();
+        for (i, whole) in [(0, false), (1, true)] {
+            let src = t.path().join(format!("src{i}"));
+            fs::create_dir_all(&src).unwrap();
+            for f in ["a", "b", "c"] {
+                fs::write(src.join(f), f).unwrap();
+            }
+            // At the first entry, the other two files go.
+            let first = std::sync::Mutex::new(None::<PathBuf>);
+            let remove_others = |rel: &Path, _: bool| {
+                let mut seen = first.lock().unwrap();
+                if seen.is_none() {
+                    *seen = Some(rel.to_path_buf());
+                    for f in ["a", "b", "c"] {
+                        if Path::new(f) != rel {
+                            fs::remove_file(src.join(f)).unwrap();
+                        }
+                    }
+                }
+                false
+            };
+            let s = root.open_dir(format!("src{i}")).unwrap();
+            let r = if whole {
+                clone_tree_whole(&s, &root, format!("dst{i}"), method, &remove_others)
+            } else {
+                clone_tree(&s, &root, format!("dst{i}"), method, &remove_others)
+            };
+            if whole {
+                let e = r.unwrap_err();
+                assert!(
+                    matches!(&e, CloneError::Beneath(b) if b.is_not_found()),
+                    "{e}"
+                );
+            } else {
+                assert_eq!(r.unwrap().files, 1);
+            }
         }
     }
 

@@ -52,6 +52,10 @@ pub enum Phase {
     Empty,
     /// Usable.
     Ready,
+    /// Being deleted: written before anything is removed, so a deletion interrupted at any
+    /// point is finished by a retried DELETE or by the start-up scan, and never leaves a
+    /// record whose directory is gone.
+    Deleting,
 }
 
 /// A snapshot as stored: the public info plus where replay from it becomes consistent.

@@ -38,6 +38,11 @@ impl Node {
             self.meta.remove(id)?;
         }
         if let Some(existing) = self.meta.get(id)? {
+            if existing.phase == Phase::Deleting {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} is being deleted; create it again once DELETE /v1/timelines/{id} has finished"
+                )));
+            }
             if existing.request != req {
                 return Err(NodeError::Conflict(format!(
                     "timeline {id} already exists with a different request (parent {:?}, at {})",
@@ -109,6 +114,7 @@ impl Node {
         }
         set_mode(&dir.run(), 0o700)?;
         set_mode(&dir.inbox(), 0o700)?;
+        crate::failpoint::hit("create.after_begin");
         Ok(rec)
     }
 
@@ -117,9 +123,11 @@ impl Node {
     pub(super) fn commit(&self, mut rec: TimelineRecord) -> Result<TimelineRecord, NodeError> {
         let staging = self.layout.creating(rec.id);
         clone::syncfs(&staging)?;
+        crate::failpoint::hit("create.before_publish");
         std::fs::rename(&staging, self.layout.timeline(rec.id))
             .map_err(io_op(format!("publish timeline {}", rec.id)))?;
         fsync_dir(&self.layout.timelines())?;
+        crate::failpoint::hit("create.after_publish");
         rec.phase = Phase::Ready;
         self.meta.put(&rec)?;
         Ok(rec)
@@ -150,6 +158,7 @@ impl Node {
         // No sync here: `commit` runs syncfs over the whole staging directory once.
         ramify_compute::process::initdb_with(&initdb, &user, &dir.pgdata(), false).await?;
         let initdb_ms = t0.elapsed().as_millis() as u64;
+        crate::failpoint::hit_async("root.after_initdb").await;
         let snap_dir = self
             .open_dir(&dir.snapshots())?
             .create_dir(BASE_SNAPSHOT, 0o700)
@@ -195,6 +204,8 @@ impl Node {
         req: &CreateTimeline,
     ) -> Result<TimelineRecord, NodeError> {
         let _parent_guard = self.read_lock(parent).await;
+        // Held until the copy is done: the snapshot and WAL the plan picks below stay.
+        let _history = self.history_of(parent).read_owned().await;
         let prec = self
             .record(parent)
             .map_err(|_| NodeError::NotFound(format!("parent timeline {parent} does not exist")))?;
@@ -225,6 +236,7 @@ impl Node {
             }
         };
         let build_ms = t0.elapsed().as_millis() as u64;
+        crate::failpoint::hit_async("fork.after_build").await;
         // The fork's starting state is also its first snapshot: its own history (and
         // its restore window) begins at the fork point.
         let snap_dir = self
@@ -238,6 +250,7 @@ impl Node {
         })
         .await??;
         let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
+        crate::failpoint::hit_async("fork.after_fork_snapshot").await;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
             .map_err(io_op("write recovery settings"))?;
         rec.fork_lsn = Some(fork.lsn);
@@ -429,6 +442,7 @@ impl Node {
         let run = pdir.run();
         let client = control::connect(&run, port).await?;
         let (start_lsn, pg_timeline) = control::backup_start(&client, label, fast).await?;
+        crate::failpoint::hit_async("backup.after_start").await;
         let method = self.clone_method;
         let (parent, name) = self.open_parent(dest)?;
         let src = self.open_dir(&pdir.pgdata());
@@ -439,7 +453,9 @@ impl Node {
         .await;
         // Any failure above drops `client`, which makes Postgres abort the backup.
         let (cloned, dest_dir) = cloned??;
+        crate::failpoint::hit_async("backup.after_clone").await;
         let stop = control::backup_stop(&client).await?;
+        crate::failpoint::hit_async("backup.after_stop").await;
         let time = control::now(&client).await?;
         drop(client);
         pgdata::write_backup_files(&dest_dir, &stop.label, &stop.tablespace_map)
@@ -486,6 +502,7 @@ impl Node {
             stopped::Latest::Stopped(c) => c,
             stopped::Latest::Backup { backup, .. } => return Ok(Fork::of_backup(backup)),
         };
+        crate::failpoint::hit_async("fork.stopped.after_clone").await;
         let (mut lsn, mut time) = (c.checkpoint, c.time);
         if c.state != pgcontrol::ClusterState::ShutDown {
             // Unclean stop: the clone holds commits after its last checkpoint, which crash
@@ -537,9 +554,15 @@ impl Node {
             self.open_dir(&dir.0)?,
         );
         tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &dst, "pgdata", method, &|_: &Path, _| false)
+            // Each entry is a step, so a test can stall the walk half-way.
+            let step = |_: &Path, _| {
+                crate::failpoint::hit("fork.snapshot.clone_entry");
+                false
+            };
+            clone::clone_tree_whole(&src, &dst, "pgdata", method, &step)
         })
         .await??;
+        crate::failpoint::hit_async("fork.snapshot.after_clone").await;
         let last_seg = match target {
             Target::Lsn(l) => l.segment(SEGMENT_SIZE),
             Target::Time(_) => u64::MAX,

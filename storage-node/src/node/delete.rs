@@ -7,11 +7,16 @@ impl Node {
 
     /// `DELETE /v1/timelines/{id}`: refused while its compute runs unless `force`, which
     /// stops the compute first. Space other timelines share stays; the rest is freed.
+    ///
+    /// The record says `Deleting` before anything is removed, and is removed last: a
+    /// deletion interrupted anywhere (a crash, a full disk, an I/O error) is finished by
+    /// the start-up scan or by DELETE again, which also accepts a timeline whose directory
+    /// is already gone.
     #[instrument(skip(self))]
     pub async fn delete(&self, id: TimelineId, force: bool) -> Result<(), NodeError> {
-        self.record(id)?;
+        let resuming = self.deleting_or_record(id)?;
         let dir = self.dir(id);
-        if self.running(id).await.is_some() {
+        if !resuming && self.running(id).await.is_some() {
             if !force {
                 return Err(NodeError::Conflict(format!(
                     "timeline {id} has a running compute; stop it first or delete with ?force=true"
@@ -23,23 +28,51 @@ impl Node {
         }
         let lock = self.lock_of(id);
         let _w = lock.write().await;
-        self.record(id)?;
-        if self.running(id).await.is_some() {
-            return Err(NodeError::Conflict(format!(
-                "the compute of timeline {id} started again while it was being deleted; stop it and retry"
-            )));
+        if !self.deleting_or_record(id)? {
+            if self.running(id).await.is_some() {
+                return Err(NodeError::Conflict(format!(
+                    "the compute of timeline {id} started again while it was being deleted; stop it and retry"
+                )));
+            }
+            let _m = self.meta_write.lock().await;
+            let mut rec = self.record(id)?;
+            rec.phase = Phase::Deleting;
+            self.meta.put(&rec)?;
         }
+        crate::failpoint::hit_async("delete.after_mark").await;
         let gone = self.layout.deleting(id);
-        std::fs::rename(&dir.0, &gone).map_err(io_op(format!("retire timeline {id}")))?;
-        self.meta.remove(id)?;
+        match std::fs::rename(&dir.0, &gone) {
+            Ok(()) => {}
+            // Retired by an earlier attempt, or lost: what is left is removed below.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_op(format!("retire timeline {id}"))(e)),
+        }
+        crate::failpoint::hit_async("delete.after_retire").await;
         let timelines = self.open_dir(&self.layout.timelines())?;
+        // Nothing there (removed by an earlier attempt) is fine.
         tokio::task::spawn_blocking(move || remove_tree_in(&timelines, &gone)).await??;
+        crate::failpoint::hit_async("delete.after_remove").await;
+        self.meta.remove(id)?;
         self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         info!(timeline = %id, "deleted timeline");
         Ok(())
+    }
+
+    /// Whether `id`'s deletion was started already (`true`) or it is a timeline to
+    /// delete (`false`); not found when it is neither.
+    fn deleting_or_record(&self, id: TimelineId) -> Result<bool, NodeError> {
+        match self.meta.get(id)? {
+            Some(r) if r.phase == Phase::Deleting => Ok(true),
+            Some(r) if r.phase != Phase::Creating => Ok(false),
+            _ => Err(NodeError::NotFound(format!("timeline {id} does not exist"))),
+        }
     }
 }
 

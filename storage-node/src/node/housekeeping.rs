@@ -139,6 +139,10 @@ impl Node {
     }
 
     /// Deletes snapshots and archived WAL no fork inside the restore window needs.
+    ///
+    /// Removing waits for forks copying from this timeline's history (see
+    /// [`Node::history_of`]), but only [`GC_HISTORY_WAIT`]: forks that arrive meanwhile
+    /// queue behind GC, so GC rather tries again next pass than keep them waiting.
     pub async fn gc(&self, id: TimelineId) -> Result<(), NodeError> {
         let window =
             chrono::Duration::from_std(self.cfg.restore_window).unwrap_or(chrono::Duration::MAX);
@@ -147,32 +151,53 @@ impl Node {
         let dir = self.dir(id);
         // Segments still in the inbox are judged against the window like the rest.
         self.drain_archive_of(&dir).await?;
-        let plan = {
+        let history = self.history_of(id);
+        let Ok(_h) = tokio::time::timeout(GC_HISTORY_WAIT, history.write_owned()).await else {
+            tracing::debug!(timeline = %id, "restore-window GC deferred: forks are copying from this timeline's history");
+            return Ok(());
+        };
+        let snaps = self.open_dir(&dir.snapshots())?;
+        let archive = self.open_dir(&dir.archive())?;
+        let (plan, retired) = {
             let _m = self.meta_write.lock().await;
             let mut rec = self.record(id)?;
             let kept = self.wal_kept_from(&rec);
             let plan = window::plan_gc(&rec.snapshots, kept, window_start);
-            if plan.snapshots.is_empty() && plan.wal_kept_from == kept {
-                return Ok(());
+            let mut retired = Vec::new();
+            if !plan.snapshots.is_empty() || plan.wal_kept_from != kept {
+                // Record first: from now on nothing will use what is deleted below.
+                if let Some(k) = plan.wal_kept_from {
+                    write_wal_kept_from(&archive, k)?;
+                }
+                rec.snapshots
+                    .retain(|s| !plan.snapshots.contains(&s.info.name));
+                self.meta.put(&rec)?;
+                crate::failpoint::hit_async("gc.after_record").await;
+                // Out of their names' way at once, as a snapshot delete does.
+                for name in &plan.snapshots {
+                    let r = format!(".deleting-{name}");
+                    snaps.remove_tree(&r).map_err(CloneError::from)?;
+                    match snaps.rename(name, &snaps, &r) {
+                        Ok(()) => retired.push(r),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(CloneError::from(e).into()),
+                    }
+                }
             }
-            // Record first: from now on nothing will use what is deleted below.
-            if let Some(k) = plan.wal_kept_from {
-                write_wal_kept_from(&self.open_dir(&dir.archive())?, k)?;
-            }
-            rec.snapshots
-                .retain(|s| !plan.snapshots.contains(&s.info.name));
-            self.meta.put(&rec)?;
-            plan
+            (plan, retired)
         };
-        let mut freed_files = 0;
         // Removing goes through descriptors: a link planted in place of a snapshot or a
         // segment is removed itself, never what it points to.
-        let snaps = self.open_dir(&dir.snapshots())?;
-        for name in &plan.snapshots {
+        for name in &retired {
             snaps.remove_tree(name).map_err(CloneError::from)?;
         }
+        if !retired.is_empty() {
+            crate::failpoint::hit_async("gc.after_snapshots").await;
+        }
+        // Every pass sweeps the archive below wal-kept-from, so segments a pass recorded
+        // but did not get to remove (the node stopped) are removed by the next.
+        let mut freed_files = 0;
         if let Some(first) = plan.first_needed_segment() {
-            let archive = self.open_dir(&dir.archive())?;
             for (name, f) in wal::list(&archive)? {
                 if let wal::WalFile::Segment { segno, .. } = f {
                     if segno < first {
@@ -193,10 +218,16 @@ impl Node {
                 }
             }
         }
-        info!(timeline = %id, snapshots = plan.snapshots.len(), wal_segments = freed_files, "restore-window GC");
+        if !plan.snapshots.is_empty() || freed_files > 0 {
+            info!(timeline = %id, snapshots = plan.snapshots.len(), wal_segments = freed_files, "restore-window GC");
+        }
         Ok(())
     }
 }
+
+/// How long GC waits for forks copying from a timeline's history before it leaves that
+/// timeline to its next pass.
+const GC_HISTORY_WAIT: Duration = Duration::from_secs(1);
 
 /// WAL that must be written since the last snapshot before another periodic one is due.
 pub(super) const MIN_NEW_WAL: u64 = 64 * 1024;

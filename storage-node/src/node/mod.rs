@@ -70,6 +70,11 @@ pub struct Node {
     meta_write: Mutex<()>,
     /// Per-timeline lock: forks and snapshots read it, deletion writes it.
     locks: StdMutex<HashMap<TimelineId, Arc<RwLock<()>>>>,
+    /// Per-timeline history lock: a fork holds it shared from choosing its base (a
+    /// snapshot, archived WAL) until its copy is done; snapshot deletion and GC hold it
+    /// exclusive while they remove snapshots or WAL. Taking a snapshot never holds it, so
+    /// a slow checkpoint never makes GC, or forks queued behind GC, wait.
+    history: StdMutex<HashMap<TimelineId, Arc<RwLock<()>>>>,
     /// Per-id lock so concurrent retries of one create wait for each other.
     creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
     /// Timelines with a periodic snapshot in flight.
@@ -128,6 +133,7 @@ impl Node {
             metrics,
             meta_write: Mutex::new(()),
             locks: StdMutex::new(HashMap::new()),
+            history: StdMutex::new(HashMap::new()),
             creating: StdMutex::new(HashMap::new()),
             snapshotting: StdMutex::new(HashSet::new()),
             draining: Mutex::new(()),
@@ -151,39 +157,52 @@ impl Node {
         &self.metrics
     }
 
-    /// Crash recovery of the node's own state.
+    /// Crash recovery of the node's own state, logging each thing it reconciles: creates
+    /// that never finished are undone, deletions that never finished are finished, and
+    /// every timeline's `snapshots/` is made to agree with its record (a directory no
+    /// record references is removed, a record whose directory is missing is dropped).
     fn recover(&self) -> Result<(), NodeError> {
-        let records = self.meta.all()?;
-        for r in &records {
-            if r.phase == Phase::Creating {
-                warn!(timeline = %r.id, "removing a timeline whose creation was interrupted");
-                self.remove_tree(&self.layout.creating(r.id))?;
-                self.remove_tree(&self.layout.timeline(r.id))?;
-                self.meta.remove(r.id)?;
+        for r in self.meta.all()? {
+            match r.phase {
+                Phase::Creating => {
+                    warn!(timeline = %r.id, "removing a timeline whose creation was interrupted");
+                    self.remove_tree(&self.layout.creating(r.id))?;
+                    self.remove_tree(&self.layout.timeline(r.id))?;
+                    crate::failpoint::hit("recover.mid");
+                    self.meta.remove(r.id)?;
+                }
+                Phase::Deleting => {
+                    warn!(timeline = %r.id, "finishing the deletion of a timeline that was interrupted");
+                    self.remove_tree(&self.layout.timeline(r.id))?;
+                    self.remove_tree(&self.layout.deleting(r.id))?;
+                    self.meta.remove(r.id)?;
+                }
+                Phase::Empty | Phase::Ready => {}
             }
         }
-        let known: Vec<String> = self.meta.all()?.iter().map(|r| r.id.to_string()).collect();
+        let records: HashMap<String, TimelineRecord> = self
+            .meta
+            .all()?
+            .into_iter()
+            .map(|r| (r.id.to_string(), r))
+            .collect();
         let timelines = self.open_dir(&self.layout.timelines())?;
+        let mut present = HashSet::new();
         for e in timelines.entries().map_err(CloneError::from)? {
             let name = e.name.to_string_lossy().into_owned();
-            if !known.contains(&name) {
+            let Some(rec) = records.get(&name) else {
                 warn!(dir = %name, "removing a directory no timeline owns (interrupted create or delete)");
                 timelines.remove_tree(&e.name).map_err(CloneError::from)?;
                 continue;
-            }
-            // A half-taken snapshot. A timeline whose snapshots/ a compute replaced by a
-            // link is left alone here (its forks and snapshots are refused, naming it):
-            // one tenant must not keep the node from starting.
+            };
+            present.insert(name.clone());
+            // A timeline whose snapshots/ a compute replaced by a link is left alone here
+            // (its forks and snapshots are refused, naming it): one tenant must not keep
+            // the node from starting.
             match timelines.open_dir_if_exists(Path::new(&e.name).join("snapshots")) {
-                Ok(Some(snaps)) => {
-                    for s in snaps.entries().map_err(CloneError::from)? {
-                        if s.name.to_string_lossy().starts_with(".creating-") {
-                            snaps.remove_tree(&s.name).map_err(CloneError::from)?;
-                        }
-                    }
-                }
+                Ok(Some(snaps)) => self.reconcile_snapshots(rec, &snaps)?,
                 Ok(None) => {}
-                Err(err) => warn!(timeline = %name, error = %err, "cannot clean up snapshots"),
+                Err(err) => warn!(timeline = %name, error = %err, "cannot reconcile snapshots"),
             }
             // Timelines made before the archive inbox existed get theirs now, so their
             // next compute (given the new archive_command) can archive at once.
@@ -195,6 +214,49 @@ impl Node {
                 warn!(timeline = %name, error = %err, "cannot create the archive inbox");
             }
         }
+        // A record whose directory is gone (an older release retired the directory
+        // before removing the record, and crashed in between) is no timeline: every call
+        // on it would fail. Its deletion is finished.
+        for (name, rec) in &records {
+            if !present.contains(name) {
+                warn!(timeline = %rec.id, phase = ?rec.phase, "finishing the deletion of a timeline whose directory is gone");
+                self.meta.remove(rec.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `snaps` (a timeline's `snapshots/`) and the record agree.
+    fn reconcile_snapshots(&self, rec: &TimelineRecord, snaps: &Dir) -> Result<(), NodeError> {
+        let referenced: HashSet<&str> =
+            rec.snapshots.iter().map(|s| s.info.name.as_str()).collect();
+        let mut on_disk = HashSet::new();
+        for s in snaps.entries().map_err(CloneError::from)? {
+            let n = s.name.to_string_lossy().into_owned();
+            if n.starts_with(".creating-") {
+                warn!(timeline = %rec.id, dir = %n, "removing a half-taken snapshot (the node stopped while taking it)");
+            } else if n.starts_with(".deleting-") {
+                warn!(timeline = %rec.id, dir = %n, "removing a snapshot whose deletion was interrupted");
+            } else if !referenced.contains(n.as_str()) {
+                warn!(timeline = %rec.id, snapshot = %n, "removing a snapshot directory no record references (the node stopped between publishing or deleting it and its record)");
+            } else {
+                on_disk.insert(n);
+                continue;
+            }
+            snaps.remove_tree(&s.name).map_err(CloneError::from)?;
+        }
+        let missing: Vec<String> = rec
+            .snapshots
+            .iter()
+            .map(|s| s.info.name.clone())
+            .filter(|n| !on_disk.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            warn!(timeline = %rec.id, snapshots = ?missing, "dropping snapshot records whose directory is missing");
+            let mut rec = rec.clone();
+            rec.snapshots.retain(|s| on_disk.contains(&s.info.name));
+            self.meta.put(&rec)?;
+        }
         Ok(())
     }
 
@@ -203,9 +265,14 @@ impl Node {
         m.entry(id).or_default().clone()
     }
 
+    fn history_of(&self, id: TimelineId) -> Arc<RwLock<()>> {
+        let mut m = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id).or_default().clone()
+    }
+
     fn record(&self, id: TimelineId) -> Result<TimelineRecord, NodeError> {
         match self.meta.get(id)? {
-            Some(r) if r.phase != Phase::Creating => Ok(r),
+            Some(r) if matches!(r.phase, Phase::Ready | Phase::Empty) => Ok(r),
             _ => Err(NodeError::NotFound(format!("timeline {id} does not exist"))),
         }
     }

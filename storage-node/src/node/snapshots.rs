@@ -137,6 +137,7 @@ impl Node {
         let staging_dir = snaps
             .create_dir(&staging_name, 0o700)
             .map_err(CloneError::from)?;
+        crate::failpoint::hit_async("snapshot.after_staging").await;
         let pg = staging.join("pgdata");
         let running = self.running(id).await;
         let mut stopped = running.is_none();
@@ -181,9 +182,7 @@ impl Node {
             }
         };
         clone::syncfs(self.layout.root())?;
-        snaps
-            .rename(&staging_name, &snaps, name)
-            .map_err(CloneError::from)?;
+        crate::failpoint::hit_async("snapshot.before_publish").await;
         let info = SnapshotInfo {
             name: name.to_string(),
             kind,
@@ -192,8 +191,32 @@ impl Node {
             time,
             pg_timeline: tli,
         };
+        // Published and recorded under the metadata lock, so no snapshot delete or GC
+        // (which rename what they drop out of the way under the same lock) sees it half.
         let _m = self.meta_write.lock().await;
-        let mut rec = self.record(id)?;
+        let mut rec = match self.record(id) {
+            Ok(r) if !r.snapshots.iter().any(|s| s.info.name == name) => r,
+            Ok(_) => {
+                let _ = snaps.remove_tree(&staging_name);
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} already has a snapshot {name:?}"
+                )));
+            }
+            Err(e) => {
+                let _ = snaps.remove_tree(&staging_name);
+                return Err(e);
+            }
+        };
+        // A directory of this name that no record references was left by a node that
+        // stopped between publishing or deleting a snapshot and its record: no snapshot.
+        if snaps.lstat(name).map_err(CloneError::from)?.is_some() {
+            warn!(timeline = %id, snapshot = name, "replacing a snapshot directory no record references");
+            snaps.remove_tree(name).map_err(CloneError::from)?;
+        }
+        snaps
+            .rename(&staging_name, &snaps, name)
+            .map_err(CloneError::from)?;
+        crate::failpoint::hit_async("snapshot.after_publish").await;
         rec.snapshots.push(SnapshotRecord {
             info: info.clone(),
             consistent_lsn: end,
@@ -217,18 +240,31 @@ impl Node {
             .collect())
     }
 
-    /// `DELETE /v1/timelines/{id}/snapshots/{name}`.
+    /// `DELETE /v1/timelines/{id}/snapshots/{name}`. Waits for forks reading this
+    /// timeline's history to finish their copy (see [`Node::history_of`]); forks that
+    /// start meanwhile no longer see the snapshot.
     pub async fn delete_snapshot(&self, id: TimelineId, name: &str) -> Result<(), NodeError> {
         ramify_api::names::validate_snapshot_name(name).map_err(NodeError::Invalid)?;
         let _g = self.read_lock(id).await;
-        let _m = self.meta_write.lock().await;
-        let mut rec = self.record(id)?;
-        self.snapshot_named(&rec, name)?;
-        rec.snapshots.retain(|s| s.info.name != name);
-        self.meta.put(&rec)?;
+        let _h = self.history_of(id).write_owned().await;
         let snaps = self.open_dir(&self.dir(id).snapshots())?;
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || snaps.remove_tree(&name).map_err(CloneError::from))
+        let retired = format!(".deleting-{name}");
+        {
+            let _m = self.meta_write.lock().await;
+            let mut rec = self.record(id)?;
+            self.snapshot_named(&rec, name)?;
+            rec.snapshots.retain(|s| s.info.name != name);
+            self.meta.put(&rec)?;
+            crate::failpoint::hit_async("snapshot_delete.after_record").await;
+            // Out of the name's way at once: a new snapshot of the same name may follow.
+            snaps.remove_tree(&retired).map_err(CloneError::from)?;
+            match snaps.rename(name, &snaps, &retired) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(CloneError::from(e).into()),
+            }
+        }
+        tokio::task::spawn_blocking(move || snaps.remove_tree(&retired).map_err(CloneError::from))
             .await??;
         Ok(())
     }

@@ -1,0 +1,182 @@
+//! Forks that read a timeline's history (a snapshot and the archived WAL after it) while
+//! that history is being removed: a snapshot deleted by its user, and restore-window GC
+//! removing the fork's base snapshot and WAL. The fork's clone of the snapshot stalls
+//! half-way (failpoint), the removal runs meanwhile. Every fork that succeeds must start
+//! and pass pg_amcheck with its source's rows; one that cannot be served must say so
+//! with 404 or 409 — never a fork with relation or pg_xact files missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ramify_api::{At, ClientError, CreateRestorePoint, TimelineInfo};
+
+/// The clone of a snapshot into a fork stalls at its 300th entry (half-way through an
+/// initdb'd or pgbench scale 1 PGDATA) for `ms`.
+fn stall(ms: u64) -> (&'static str, String) {
+    (
+        "RAMIFY_FAILPOINTS",
+        format!("fork.snapshot.clone_entry=300*sleep({ms})"),
+    )
+}
+
+/// A fork that succeeded is whole: it starts, passes pg_amcheck and holds `expected`;
+/// one that failed was refused clearly.
+async fn judge(env: &Env, fork: Result<TimelineInfo, ClientError>, expected: &str) -> bool {
+    match fork {
+        Ok(tl) => {
+            let mut c = env.start(&tl).await;
+            amcheck(&c).await;
+            assert_eq!(
+                table_checksum(&c, "pgbench_accounts").await,
+                expected,
+                "the fork's rows differ from its source's"
+            );
+            c.stop().await.unwrap();
+            true
+        }
+        Err(e) => {
+            assert!(
+                matches!(e.code(), Some("not_found") | Some("conflict")),
+                "a fork that cannot be served must be refused with 404 or 409, got: {e}\nnode log:\n{}",
+                env.node.log_tail()
+            );
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_at_a_snapshot_while_it_is_deleted() {
+    let (k, v) = stall(6000);
+    let env = Env::new_with_env(
+        4 << 30,
+        &["--snapshot-interval", "0", "--snapshot-wal-bytes", "0"],
+        &[(k, &v)],
+    )
+    .await;
+    let (root, rc) = env.root().await;
+    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
+        .await
+        .expect("pgbench -i");
+    let expected = table_checksum(&rc, "pgbench_accounts").await;
+    env.client.create_snapshot(root.id, "s1").await.unwrap();
+
+    let client = env.client.clone();
+    let req = ramify_api::CreateTimeline {
+        id: None,
+        parent: Some(root.id),
+        at: Some(At::Snapshot("s1".into())),
+    };
+    let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
+    // The fork is in the middle of cloning s1 now.
+    sleep_ms(2000).await;
+    env.client
+        .delete_snapshot(root.id, "s1")
+        .await
+        .expect("delete the snapshot");
+    let served = judge(&env, fork.await.unwrap(), &expected).await;
+    eprintln!("fork during the snapshot's deletion: served = {served}");
+
+    // Once it is deleted, a fork at it is a clear 404.
+    let e = env
+        .client
+        .create_timeline(&ramify_api::CreateTimeline {
+            id: None,
+            parent: Some(root.id),
+            at: Some(At::Snapshot("s1".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_found"), "{e}");
+    assert!(!std::path::Path::new(&root.pgdata)
+        .parent()
+        .unwrap()
+        .join("snapshots/s1")
+        .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_at_a_time_while_gc_removes_its_base() {
+    let (k, v) = stall(8000);
+    let env = Env::new_with_env(
+        4 << 30,
+        &[
+            "--restore-window",
+            "4s",
+            "--housekeeping-interval",
+            "1s",
+            "--snapshot-interval",
+            "0",
+            "--snapshot-wal-bytes",
+            "0",
+        ],
+        &[(k, &v)],
+    )
+    .await;
+    let (root, rc) = env.root().await;
+    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
+        .await
+        .expect("pgbench -i");
+    let expected = table_checksum(&rc, "pgbench_accounts").await;
+    sleep_ms(1100).await;
+    let at = chrono::Utc::now();
+    sleep_ms(1100).await;
+    rc.execute("CREATE TABLE after_target AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    // A newer snapshot: once the window has passed it, GC removes the root's base
+    // snapshot (the fork's base) and the WAL before the new one.
+    env.client
+        .create_restore_point(
+            root.id,
+            &CreateRestorePoint {
+                name: "newer".into(),
+                snapshot_wal_bytes: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if env.client.list_snapshots(root.id).await.unwrap().len() >= 2 {
+            break;
+        }
+        sleep_ms(100).await;
+    }
+    let snaps = env.client.list_snapshots(root.id).await.unwrap();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+
+    let client = env.client.clone();
+    let req = ramify_api::CreateTimeline {
+        id: None,
+        parent: Some(root.id),
+        at: Some(At::Time(at)),
+    };
+    let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
+    let served = judge(&env, fork.await.unwrap(), &expected).await;
+    eprintln!("fork at a time during GC: served = {served}");
+
+    // GC did its work in the end: the base snapshot is gone from record and disk.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = env
+            .client
+            .list_snapshots(root.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>();
+        if !left.iter().any(|n| n == "base") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!left.iter().any(|n| n == "base"), "GC never ran: {left:?}");
+    assert!(!std::path::Path::new(&root.pgdata)
+        .parent()
+        .unwrap()
+        .join("snapshots/base")
+        .exists());
+}
