@@ -67,9 +67,9 @@ pub struct StorageClient {
 /// database those run for minutes; a stuck node must still not hang the caller forever.
 pub const SLOW_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// How long a read or a call into a running compute may take: listing and reading
-/// timelines sweeps their extents for the space accounting (seconds on a node with many
-/// large timelines), credentials and restore points wait for the compute's SQL.
+/// How long a read or a call into a running compute may take: listing timelines reads
+/// each one's restore window (a query to each running compute), credentials and restore
+/// points wait for the compute's SQL.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 
 /// How long `GET /v1/status` may take: it only reads the filesystem's counters.

@@ -18,10 +18,10 @@
 //! without touching the timestamps). A cached map's "shared" flags may be stale (a new
 //! fork may have cloned the file since), so all of its extents go into the sweep.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -262,6 +262,14 @@ impl FileStamp {
         }
     }
 
+    /// A 64-bit digest of the whole stamp: what a kept map is checked against.
+    fn key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.dev, self.ino, self.size, self.mtime, self.ctime).hash(&mut h);
+        h.finish()
+    }
+
     #[cfg(test)]
     fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
@@ -287,26 +295,34 @@ impl FileStamp {
 /// Extent maps of unchanged files, shared by every pass of one node, and the figures of
 /// the last pass with what they were computed from.
 ///
-/// Memory: per settled file, its key and stamp (64 bytes), a reference-counted slice of
-/// its extents (16 bytes each, plus 16) and the hash table's own slot (about 100 bytes
-/// with its spare capacity), so about 200 bytes for a file of one or two extents. A
-/// node holding 1,000 forks of a database of 1,000 files keeps about 200 MB; during a
-/// pass the sweep needs 56 more bytes per extent that may be shared.
+/// Memory: per file whose map is kept, 40 bytes in a hash table keyed by inode (about
+/// 60–90 bytes with the table's spare capacity); the extent lists themselves are shared
+/// between files with identical maps (a fork's untouched files and their clones in its
+/// snapshots map to the very blocks of the parent's), 16 bytes per extent per distinct
+/// list. During a pass the sweep holds one slot (about 40 bytes) per distinct physical
+/// range that may be shared, not one per reference: the same range in a thousand forks
+/// is one slot.
 #[derive(Debug, Default)]
 pub struct ExtentCache {
-    files: Mutex<HashMap<FileKey, CachedMap>>,
+    files: Mutex<HashMap<u64, CachedMap>>,
+    /// Every distinct extent list held by `files`, to share identical ones.
+    lists: Mutex<HashSet<ExtentList>>,
+    /// Passes started, numbering them for [`CachedMap::seen`].
+    passes: AtomicU32,
     last: Mutex<Option<LastPass>>,
 }
 
-/// A file by identity: device and inode. Paths are not kept (they cost more than the
-/// map of a small file), and a renamed file keeps its map.
-type FileKey = (u64, u64);
+/// `(physical, length)` of every extent of a file, shared by files with the same map.
+type ExtentList = Arc<[(u64, u64)]>;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CachedMap {
-    stamp: FileStamp,
+    /// [`FileStamp::key`] of the file when it was mapped.
+    stamp: u64,
     /// `(physical, length)` of every extent.
     extents: Arc<[(u64, u64)]>,
+    /// The last pass that found the file unchanged (maps not seen by a pass are dropped).
+    seen: AtomicU32,
 }
 
 /// What the last pass was computed from, and what it found.
@@ -329,18 +345,91 @@ impl ExtentCache {
     }
 }
 
+/// A file mapped by this pass whose map is kept for the next ones.
+struct NewMap {
+    ino: u64,
+    stamp: u64,
+    extents: Vec<(u64, u64)>,
+}
+
 /// What one pass found in one timeline.
 #[derive(Default)]
 struct ScopePass {
     usage: Usage,
-    /// Extents that may be shared (with other timelines or within this one).
-    shared: Vec<SharedRef>,
     /// Maps to keep for the next pass.
-    keep: Vec<(FileKey, CachedMap)>,
+    new_maps: Vec<NewMap>,
     /// Hash of its directories and of every file's identity and stamp.
     inputs: u64,
     /// Every file was answered from the cache.
     all_cached: bool,
+}
+
+/// Owner of a shared range that several timelines reference.
+const MANY: u32 = u32::MAX;
+const LIVE: u8 = 1;
+const HISTORY: u8 = 2;
+
+/// Who references one physical range: one timeline (and through which kinds of its
+/// files), or [`MANY`].
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    owner: u32,
+    kinds: u8,
+}
+
+/// Every physical range that may be shared, once, with who references it.
+#[derive(Default)]
+struct SharedRanges(HashMap<(u64, u64), Slot>);
+
+impl SharedRanges {
+    fn add(&mut self, start: u64, end: u64, owner: u32, kind: Kind) {
+        let k = if kind == Kind::History { HISTORY } else { LIVE };
+        self.0
+            .entry((start, end))
+            .and_modify(|s| {
+                if s.owner == owner {
+                    s.kinds |= k;
+                } else {
+                    s.owner = MANY;
+                }
+            })
+            .or_insert(Slot { owner, kinds: k });
+    }
+
+    fn merge(&mut self, other: SharedRanges) {
+        for ((start, end), s) in other.0 {
+            match self.0.entry((start, end)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(s);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let cur = o.get_mut();
+                    if cur.owner == s.owner {
+                        cur.kinds |= s.kinds;
+                    } else {
+                        cur.owner = MANY;
+                    }
+                }
+            }
+        }
+    }
+
+    fn into_refs(self) -> Vec<SharedRef> {
+        self.0
+            .into_iter()
+            .map(|((start, end), s)| SharedRef {
+                start,
+                end,
+                owner: s.owner,
+                // A range the timeline's live files reference is not history-only.
+                kind: if s.kinds & LIVE != 0 {
+                    Kind::Live
+                } else {
+                    Kind::History
+                },
+            })
+            .collect()
+    }
 }
 
 /// Accounts every timeline of `scopes` (index-aligned result), reusing and refreshing
@@ -358,17 +447,13 @@ pub fn account(
     scopes: &[Scope],
     cache: &ExtentCache,
 ) -> Result<Vec<Usage>, CloneError> {
-    let old = std::mem::take(&mut *cache.files.lock().unwrap_or_else(|p| p.into_inner()));
+    let pass = cache.passes.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
     let now = SystemTime::now();
-    let passes = match scan_scopes(data, root, scopes, &old, now) {
-        Ok(p) => p,
-        Err(e) => {
-            // Keep what was known: the next pass reuses it.
-            *cache.files.lock().unwrap_or_else(|p| p.into_inner()) = old;
-            return Err(e);
-        }
+    let shared = Mutex::new(SharedRanges::default());
+    let passes = {
+        let cached = cache.files.lock().unwrap_or_else(|p| p.into_inner());
+        scan_scopes(data, root, scopes, &cached, pass, now, &shared)?
     };
-    drop(old);
 
     let mut inputs = std::collections::hash_map::DefaultHasher::new();
     let mut all_cached = true;
@@ -378,16 +463,37 @@ pub fn account(
     }
     let inputs = std::hash::Hasher::finish(&inputs);
 
-    let mut keep: HashMap<FileKey, CachedMap> = HashMap::new();
     let mut usage = Vec::with_capacity(passes.len());
-    let mut shared = Vec::new();
-    for p in passes {
-        keep.extend(p.keep);
-        shared.extend(p.shared);
-        usage.push(p.usage);
+    {
+        let mut files = cache.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lists = cache.lists.lock().unwrap_or_else(|p| p.into_inner());
+        // What this pass saw is what the next one may reuse; vanished files drop out.
+        files.retain(|_, m| m.seen.load(Ordering::Relaxed) == pass);
+        for p in passes {
+            for m in p.new_maps {
+                let extents: ExtentList = match lists.get(m.extents.as_slice()) {
+                    Some(l) => l.clone(),
+                    None => {
+                        let l: ExtentList = Arc::from(m.extents);
+                        lists.insert(l.clone());
+                        l
+                    }
+                };
+                files.insert(
+                    m.ino,
+                    CachedMap {
+                        stamp: m.stamp,
+                        extents,
+                        seen: AtomicU32::new(pass),
+                    },
+                );
+            }
+            usage.push(p.usage);
+        }
+        lists.retain(|l| Arc::strong_count(l) > 1);
+        files.shrink_to_fit();
+        lists.shrink_to_fit();
     }
-    // What this pass saw is what the next one may reuse; vanished files drop out.
-    *cache.files.lock().unwrap_or_else(|p| p.into_inner()) = keep;
 
     let mut last = cache.last.lock().unwrap_or_else(|p| p.into_inner());
     if all_cached {
@@ -395,7 +501,8 @@ pub fn account(
             return Ok(l.usage.clone());
         }
     }
-    for (owner, (exclusive, history)) in sweep(shared) {
+    let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (owner, (exclusive, history)) in sweep(shared.into_refs()) {
         usage[owner].exclusive += exclusive;
         usage[owner].history += history;
     }
@@ -409,13 +516,16 @@ pub fn account(
 /// Most threads [`scan_scopes`] uses.
 const MAX_SCAN_THREADS: usize = 4;
 
-/// Walks and maps every scope, on up to [`MAX_SCAN_THREADS`] threads (one per core).
+/// Walks and maps every scope, on up to [`MAX_SCAN_THREADS`] threads (one per core),
+/// adding what may be shared to `shared` one timeline at a time.
 fn scan_scopes(
     data: &Dir,
     root: &Path,
     scopes: &[Scope],
-    cached: &HashMap<FileKey, CachedMap>,
+    cached: &HashMap<u64, CachedMap>,
+    pass: u32,
     now: SystemTime,
+    shared: &Mutex<SharedRanges>,
 ) -> Result<Vec<ScopePass>, CloneError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -425,11 +535,14 @@ fn scan_scopes(
     let work = || -> Result<Vec<(usize, ScopePass)>, CloneError> {
         let mut out = Vec::new();
         loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(scope) = scopes.get(i) else {
                 return Ok(out);
             };
-            out.push((i, scan_scope(data, root, scope, i, cached, now)?));
+            let mut mine = SharedRanges::default();
+            let p = scan_scope(data, root, scope, i as u32, cached, pass, now, &mut mine)?;
+            shared.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
+            out.push((i, p));
         }
     };
     let mut all = if threads <= 1 {
@@ -452,24 +565,27 @@ fn scan_scopes(
 }
 
 /// Walks one timeline's directories, answering each file from `cached` when its stamp
-/// is unchanged and mapping it otherwise. A file left alone for [`SETTLED`] is written
-/// back before it is mapped, so that its map can be kept; others are mapped as they are
-/// (forcing writeback of a running compute's files just to count them would disturb it).
+/// is unchanged (and marking it seen by `pass`) and mapping it otherwise. A file left
+/// alone for [`SETTLED`] is written back before it is mapped, so that its map can be
+/// kept; others are mapped as they are (forcing writeback of a running compute's files
+/// just to count them would disturb it).
+#[allow(clippy::too_many_arguments)]
 fn scan_scope(
     data: &Dir,
     root: &Path,
     scope: &Scope,
-    owner: usize,
-    cached: &HashMap<FileKey, CachedMap>,
+    owner: u32,
+    cached: &HashMap<u64, CachedMap>,
+    pass: u32,
     now: SystemTime,
+    shared: &mut SharedRanges,
 ) -> Result<ScopePass, CloneError> {
     use std::hash::{Hash, Hasher};
-    let mut pass = ScopePass {
+    let mut out = ScopePass {
         all_cached: true,
         ..ScopePass::default()
     };
     let mut inputs = std::collections::hash_map::DefaultHasher::new();
-    let owner32 = owner as u32;
     let dirs = std::iter::once((scope.pgdata.as_path(), Kind::Live))
         .chain(scope.history.iter().map(|d| (d.as_path(), Kind::History)));
     for (dir, kind) in dirs {
@@ -487,25 +603,21 @@ fn scan_scope(
         };
         walk(&open, &mut |parent, entry| {
             let stamp = FileStamp::of_stat(&entry.stat);
-            let key = (stamp.dev, stamp.ino);
-            (key, stamp.size, stamp.mtime, stamp.ctime).hash(&mut inputs);
+            let (ino, key) = (stamp.ino, stamp.key());
+            (ino, key).hash(&mut inputs);
             if kind == Kind::Live {
-                pass.usage.logical += entry.len;
+                out.usage.logical += entry.len;
             }
-            if let Some(c) = cached.get(&key).filter(|c| c.stamp == stamp) {
+            if let Some(c) = cached.get(&ino).filter(|c| c.stamp == key) {
+                c.seen.store(pass, Ordering::Relaxed);
                 // The shared flags of a kept map may be stale (a fork may have cloned
                 // the file since): every extent goes into the sweep.
-                pass.shared
-                    .extend(c.extents.iter().map(|&(start, len)| SharedRef {
-                        start,
-                        end: start + len,
-                        owner: owner32,
-                        kind,
-                    }));
-                pass.keep.push((key, c.clone()));
+                for &(start, len) in c.extents.iter() {
+                    shared.add(start, start + len, owner, kind);
+                }
                 return Ok(());
             }
-            pass.all_cached = false;
+            out.all_cached = false;
             let map = match map_in(parent, &entry.name, stamp.settled(now)) {
                 Ok(m) => m,
                 // Removed meanwhile (Postgres removes temporary files).
@@ -524,45 +636,50 @@ fn scan_scope(
                 Err(e) => return Err(e),
             };
             if stamp.settled(now) && map.settled {
-                pass.keep.push((
-                    key,
-                    CachedMap {
-                        stamp,
-                        extents: map.extents.iter().map(|e| (e.physical, e.length)).collect(),
-                    },
-                ));
+                out.new_maps.push(NewMap {
+                    ino,
+                    stamp: key,
+                    extents: map.extents.iter().map(|e| (e.physical, e.length)).collect(),
+                });
             }
             for e in map.extents {
                 if e.shared {
-                    pass.shared.push(SharedRef {
-                        start: e.physical,
-                        end: e.physical + e.length,
-                        owner: owner32,
-                        kind,
-                    });
+                    shared.add(e.physical, e.physical + e.length, owner, kind);
                 } else {
-                    pass.usage.exclusive += e.length;
+                    out.usage.exclusive += e.length;
                     if kind == Kind::History {
-                        pass.usage.history += e.length;
+                        out.usage.history += e.length;
                     }
                 }
             }
             Ok(())
         })?;
     }
-    pass.inputs = inputs.finish();
-    Ok(pass)
+    out.inputs = inputs.finish();
+    Ok(out)
 }
 
 /// For shared ranges, the bytes each owner references alone, and how many of those only
-/// its history references. Runs over millions of ranges on every sweep, so the events
+/// its history references. A range whose owner is [`MANY`] is nobody's alone. The events
 /// are packed and the counters are plain vectors indexed by owner.
 fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
-    let owners = refs.iter().map(|r| r.owner as usize + 1).max().unwrap_or(0);
+    let owners = refs
+        .iter()
+        .filter(|r| r.owner != MANY)
+        .map(|r| r.owner as usize + 1)
+        .max()
+        .unwrap_or(0);
+    // Several timelines: one more counter, never an owner alone.
+    let many = owners;
     // (position, owner << 2 | history << 1 | opens)
     let mut events: Vec<(u64, u32)> = Vec::with_capacity(refs.len() * 2);
     for r in &refs {
-        let tag = (r.owner << 2) | (u32::from(r.kind == Kind::History) << 1);
+        let owner = if r.owner == MANY {
+            many as u32
+        } else {
+            r.owner
+        };
+        let tag = (owner << 2) | (u32::from(r.kind == Kind::History) << 1);
         events.push((r.start, tag | 1));
         events.push((r.end, tag));
     }
@@ -570,8 +687,8 @@ fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
     events.sort_unstable_by_key(|e| e.0);
     // Open references per owner, by kind; how many owners have any, and the sum of their
     // indices, which names the owner when only one has.
-    let mut live = vec![0i64; owners];
-    let mut history = vec![0i64; owners];
+    let mut live = vec![0i64; owners + 1];
+    let mut history = vec![0i64; owners + 1];
     let (mut active, mut active_sum) = (0usize, 0usize);
     let mut out = vec![(0u64, 0u64); owners];
     let mut i = 0;
@@ -600,7 +717,7 @@ fn sweep(refs: Vec<SharedRef>) -> HashMap<usize, (u64, u64)> {
         let Some(next) = events.get(i).map(|e| e.0) else {
             break;
         };
-        if active == 1 {
+        if active == 1 && active_sum != many {
             let len = next - pos;
             out[active_sum].0 += len;
             if live[active_sum] == 0 {
@@ -690,6 +807,37 @@ mod tests {
     }
 
     #[test]
+    fn a_range_several_timelines_reference_is_kept_once_and_is_nobodys() {
+        let mut shared = SharedRanges::default();
+        // A thousand forks referencing the parent's range 0..100: one slot.
+        for owner in 0..1000 {
+            shared.add(0, 100, owner, Kind::Live);
+        }
+        // Timeline 5's archive and pg_wal share 200..300 with each other only.
+        shared.add(200, 300, 5, Kind::Live);
+        shared.add(200, 300, 5, Kind::History);
+        // Timeline 7's snapshot overlaps the forks' range: 50..150, 100..150 its alone.
+        shared.add(50, 150, 7, Kind::History);
+        let mut other = SharedRanges::default();
+        other.add(200, 300, 9, Kind::Live);
+        other.add(400, 450, 9, Kind::History);
+        let mut merged = SharedRanges::default();
+        merged.merge(shared);
+        assert_eq!(merged.0.len(), 3);
+        let out = sweep(merged.into_refs());
+        assert_eq!(out.get(&5), Some(&(100, 0)));
+        assert_eq!(out.get(&7), Some(&(50, 50)));
+        assert_eq!(out.get(&0), None);
+        // Another scope's ranges merged in: 200..300 is now shared by 5 and 9.
+        let mut merged = SharedRanges::default();
+        merged.add(200, 300, 5, Kind::Live);
+        merged.merge(other);
+        let out = sweep(merged.into_refs());
+        assert_eq!(out.get(&5), None);
+        assert_eq!(out.get(&9), Some(&(50, 50)));
+    }
+
+    #[test]
     fn unchanged_files_are_answered_from_the_cache() {
         let t = tempfile::tempdir().unwrap();
         let pg = t.path().join("pgdata");
@@ -704,10 +852,11 @@ mod tests {
         // A map the kernel would never return, to see it used: one 8 KiB extent.
         let stamp = FileStamp::of(&std::fs::metadata(&file).unwrap());
         cache.files.lock().unwrap().insert(
-            (stamp.dev, stamp.ino),
+            stamp.ino,
             CachedMap {
-                stamp,
+                stamp: stamp.key(),
                 extents: Arc::from(vec![(1u64 << 40, 8192u64)]),
+                seen: AtomicU32::new(0),
             },
         );
         let u = account(
@@ -748,10 +897,11 @@ mod tests {
         let keep = |f: &Path, physical: u64| {
             let stamp = FileStamp::of(&std::fs::metadata(f).unwrap());
             cache.files.lock().unwrap().insert(
-                (stamp.dev, stamp.ino),
+                stamp.ino,
                 CachedMap {
-                    stamp,
+                    stamp: stamp.key(),
                     extents: Arc::from(vec![(physical, 8192u64)]),
+                    seen: AtomicU32::new(0),
                 },
             );
         };
