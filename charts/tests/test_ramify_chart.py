@@ -87,6 +87,8 @@ def test_the_objects_are_the_contracts(rendered):
         ("NetworkPolicy", "ramify-operator"),
         ("NetworkPolicy", "ramify-proxy"),
         ("NetworkPolicy", "ramify-storage"),
+        ("PodDisruptionBudget", "ramify-operator"),
+        ("PodDisruptionBudget", "ramify-proxy"),
         ("Role", "ramify-connect"),
         ("Role", "ramify-operator"),
         ("RoleBinding", "ramify-operator"),
