@@ -302,7 +302,13 @@ impl Node {
             };
             match control::connect(&self.dir(id).run(), r.port).await {
                 Ok(c) => return Ok(Some(c)),
-                Err(e) if e.is_shutting_down() && Instant::now() < deadline => {
+                Err(e) if e.is_shutting_down() => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Conflict(format!(
+                            "the compute of timeline {id} has been shutting down for over {}s (a smart shutdown waits for its last sessions); try again once it has stopped",
+                            SHUTDOWN_WAIT.as_secs()
+                        )));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) if self.running(id).await.is_none() => {
