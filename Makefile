@@ -35,7 +35,7 @@ lint: fmt-check clippy
 # the cluster's Debian packages needs. When they exist the controller test must run.
 K8S_BIN ?= /var/tmp/ramify-k8s/bin
 
-test: deps lint crds-check chart-test k8s-binaries
+test: deps lint crds-check tools k8s-binaries chart-test
 	RAMIFY_REQUIRE_K8S=$$([ -x $(K8S_BIN)/kube-apiserver ] && [ -x $(K8S_BIN)/etcd ] && echo 1) \
 	  $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 	$(CARGO) build -p ramify-cli
@@ -60,6 +60,15 @@ bench: deps
 	bash e2e/local/bench.sh target/release/ramify
 	bash e2e/local/bench-workflows.sh target/release/ramify
 	$(CARGO) bench -p ramify-diff --bench schema_diff
+
+# The checkers of what Ramify publishes, built once from their Go modules into
+# /var/tmp/ramify-tools/bin (scripts/build-tools.sh): krew 0.4.3's validate-krew-manifest,
+# which installs the krew package from a loopback server, and actionlint with shellcheck
+# on every workflow in examples/. Under `make test` the chart tests must run them.
+.PHONY: tools
+tools:
+	@bash scripts/build-tools.sh
+test: export RAMIFY_REQUIRE_TOOLS = 1
 
 # `ramify` and its kubectl plugin name (`kubectl ramify …` drives the current kubeconfig
 # context): PREFIX=/usr/local by default.

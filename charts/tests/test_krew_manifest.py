@@ -1,5 +1,6 @@
-"""plugins/package.sh: the krew archive holds the `ramify` binary, and the manifest it
-writes from plugins/ramify.yaml.in is a krew Plugin whose sha256 is the archive's."""
+"""plugins/package.sh: the krew archive holds the `ramify` binary and the LICENSE, and the
+manifest it writes from plugins/ramify.yaml.in is a krew Plugin whose sha256 is the
+archive's and whose uri is the release's (HTTPS)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -47,13 +49,19 @@ def test_manifest_matches_the_archive(tmp_path):
     [platform] = manifest["spec"]["platforms"]
     assert platform["selector"]["matchLabels"] == {"os": "linux", "arch": "amd64"}
     assert platform["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert platform["uri"] == archive.resolve().as_uri()
+    # Where a release publishes the archive, so the manifest installs without --archive.
+    assert platform["uri"] == (
+        f"https://github.com/ramify/ramify/releases/download/v{workspace_version()}/ramify-linux-amd64.tar.gz"
+    )
+    assert manifest["spec"]["homepage"] == "https://github.com/ramify/ramify"
     assert platform["bin"] == "ramify"
-    assert platform["files"] == [{"from": "ramify", "to": "."}]
+    assert platform["files"] == [{"from": "ramify", "to": "."}, {"from": "LICENSE", "to": "."}]
     with tarfile.open(archive) as tar:
-        [member] = tar.getmembers()
-        assert member.name == "ramify" and member.mode == 0o755
-        assert tar.extractfile(member).read() == b"#!/bin/sh\necho ramify\n"
+        members = {m.name: m for m in tar.getmembers()}
+        assert sorted(members) == ["LICENSE", "ramify"]
+        assert members["ramify"].mode == 0o755 and members["LICENSE"].mode == 0o644
+        assert tar.extractfile(members["ramify"]).read() == b"#!/bin/sh\necho ramify\n"
+        assert tar.extractfile(members["LICENSE"]).read() == (REPO / "LICENSE").read_bytes()
 
 
 def test_release_url_and_reproducible_archive(tmp_path):
@@ -73,3 +81,16 @@ def test_a_missing_binary_is_one_clear_error(tmp_path):
     assert run.returncode == 2
     assert "is not an executable; build it first" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["http://example.com/ramify.tar.gz", "ftp://127.0.0.1/x", "file:///tmp/x"])
+def test_a_release_url_krew_users_cannot_trust_is_refused(tmp_path, url):
+    binary = tmp_path / "ramify"
+    binary.write_bytes(b"#!/bin/sh\n")
+    binary.chmod(0o755)
+    run = subprocess.run(
+        ["bash", str(PACKAGE), str(binary), str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "RAMIFY_RELEASE_URL": url},
+    )
+    assert run.returncode == 2
+    assert f"RAMIFY_RELEASE_URL={url} is neither https:// nor http:// on loopback" in run.stderr
