@@ -89,4 +89,7 @@ pub struct TimelineStatus {
     /// Snapshots kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<i32>,
+    /// The part of its history a fork or restore can reach (as on its DatabaseBranch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<crate::RestoreWindowStatus>,
 }

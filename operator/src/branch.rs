@@ -516,6 +516,7 @@ async fn converge(
             "exclusiveBytes": info.exclusive_bytes,
             "historyBytes": info.history_bytes,
             "snapshots": info.snapshots.len(),
+            "restoreWindow": status.restore_window,
         }
     });
     tl_api
