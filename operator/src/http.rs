@@ -108,10 +108,20 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let branches = s.ctx.get().map(|c| c.branches.state().len()).unwrap_or(0);
-    s.metrics
-        .render(s.leader.load(Ordering::Relaxed), branches)
-        .into_response()
+    let all = s.ctx.get().map(|c| c.branches.state()).unwrap_or_default();
+    let mut text = s
+        .metrics
+        .render(s.leader.load(Ordering::Relaxed), all.len());
+    let mut phases = std::collections::BTreeMap::<String, usize>::new();
+    for b in &all {
+        let phase = match b.status.as_ref().and_then(|st| st.phase) {
+            Some(p) => format!("{p:?}"),
+            None => "Unknown".to_string(),
+        };
+        *phases.entry(phase).or_default() += 1;
+    }
+    text.push_str(&crate::metrics::render_branch_phases(&phases));
+    text.into_response()
 }
 
 /// The context, once this replica leads and the token is checked.
