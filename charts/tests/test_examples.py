@@ -176,15 +176,62 @@ def test_workflow_creates_waits_and_deletes():
     # YAML 1.1 reads the key `on` as true.
     triggers = workflow.get("on", workflow.get(True))
     assert set(triggers["pull_request"]["types"]) == {"opened", "reopened", "synchronize", "closed"}
-    create, delete = workflow["jobs"]["create"], workflow["jobs"]["delete"]
-    assert create["if"] == "github.event.action != 'closed'"
-    assert delete["if"] == "github.event.action == 'closed'"
+    jobs = workflow["jobs"]
+    create, delete = jobs["create"], jobs["delete"]
+    gated = "needs.gate.outputs.enabled == 'true'"
+    assert create["if"] == f"{gated} && github.event.action != 'closed'"
+    assert delete["if"] == f"{gated} && github.event.action == 'closed'"
     create_runs = "\n".join(s.get("run", "") for s in create["steps"])
     delete_runs = "\n".join(s.get("run", "") for s in delete["steps"])
     assert 'wait databasebranch/db --for=condition=Ready' in create_runs
     assert "delete databasebranch/db" in delete_runs
     kinds = [o["kind"] for o in workflow_objects()]
     assert kinds == ["Namespace", "DatabaseBranch"]
+    # The safety net should the close event be missed.
+    [branch] = [o for o in workflow_objects() if o["kind"] == "DatabaseBranch"]
+    assert branch["spec"]["ttl"] == "168h"
+
+
+def test_workflow_skips_forks_and_dependabot_with_a_notice():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    jobs = workflow["jobs"]
+    gate = jobs["gate"]
+    assert "if" not in gate, "the gate always runs, so a skipped pull request is told why"
+    [check] = [s for s in gate["steps"] if s.get("id") == "check"]
+    assert check["env"]["HEAD_REPO"] == "${{ github.event.pull_request.head.repo.full_name }}"
+    assert '"$ACTOR" = "dependabot[bot]"' in check["run"]
+    assert "::notice title=No database branch::" in check["run"]
+    for name, job in jobs.items():
+        if name != "gate":
+            assert "gate" in ([job["needs"]] if isinstance(job["needs"], str) else job["needs"]), name
+            assert job["if"].startswith("needs.gate.outputs.enabled == 'true'"), name
+
+
+def test_workflow_pins_actions_by_commit_and_bounds_every_job():
+    text = WORKFLOW.read_text()
+    uses = re.findall(r"uses: (\S+)(.*)", text)
+    assert uses
+    for action, comment in uses:
+        name, _, ref = action.partition("@")
+        assert re.fullmatch(r"[0-9a-f]{40}", ref), f"{name} is pinned to {ref!r}, not a commit"
+        assert re.fullmatch(r" # v\d+\.\d+\.\d+", comment), f"{action} has no '# vX.Y.Z' tag comment"
+    for name, job in yaml.safe_load(text)["jobs"].items():
+        assert 0 < job["timeout-minutes"] <= 30, name
+
+
+def test_workflow_comments_the_diff_once_and_updates_it():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    job = workflow["jobs"]["schema-diff"]
+    assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
+    runs = "\n".join(s.get("run", "") for s in job["steps"])
+    assert "args=(diff db --kube -n \"$NAMESPACE\" --exit-code)" in runs
+    assert 'args+=(--data)' in runs
+    marker = workflow["env"]["COMMENT_MARKER"]
+    assert marker.startswith("<!--") and marker.endswith("-->")
+    # Its own earlier comment is found by the marker and edited, else one is posted.
+    assert 'startswith(\\"$COMMENT_MARKER\\")' in runs
+    assert "--method PATCH" in runs and "--method POST" in runs
+    assert runs.index('echo "$COMMENT_MARKER"') < runs.index("--method PATCH")
 
 
 def test_readme_yaml_blocks_are_valid():
