@@ -88,3 +88,5 @@ clean:
 include e2e/cluster/cluster.mk
 
 include charts/chart.mk
+
+include e2e/soak/soak.mk
