@@ -327,7 +327,9 @@ pub struct SpaceReserve {
     pub configured: String,
     /// The reserve in bytes on this volume.
     pub reserve_bytes: u64,
-    /// Whether free space is below the reserve now.
+    /// Whether the node is short of space now: free space below the reserve or, while
+    /// timelines are read-only for lack of it, not yet back above the reserve plus a
+    /// quarter. Forks, new roots and snapshots are refused meanwhile.
     pub below_reserve: bool,
     /// Timelines the node made read-only because they were filling the volume.
     #[serde(default)]

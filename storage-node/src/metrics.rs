@@ -143,7 +143,7 @@ impl Metrics {
             (
                 "ramify_storage_below_reserve",
                 "gauge",
-                "1 while free space is below the reserve: forks and snapshots are refused.",
+                "1 while the node is short of space (below the reserve, or not yet back above it plus a quarter while timelines are read-only): forks and snapshots are refused.",
                 &self.below_reserve,
             ),
             (

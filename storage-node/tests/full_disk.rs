@@ -174,7 +174,7 @@ async fn expect_507(what: &str, r: Result<impl std::fmt::Debug, ramify_api::Clie
                 "{what}: {message}"
             );
             assert_eq!(code, "insufficient_storage", "{what}");
-            for needle in ["free", "reserve", "delet", "grow"] {
+            for needle in ["is free", "reserve of 512 MiB", "delet", "grow"] {
                 assert!(
                     message.contains(needle),
                     "{what}: {message:?} does not say {needle:?}"
@@ -274,7 +274,14 @@ async fn a_branch_filling_the_disk_leaves_the_others_writing() {
         status.capacity_bytes >> 20,
         reserve.reserve_bytes >> 20
     );
+    // Free space may be back above the reserve already (XFS gives back what it
+    // preallocated past the end of the filler's files when its sessions end): the node is
+    // short of space until it is back above the reserve plus a quarter.
     assert!(reserve.below_reserve, "{status:?}");
+    assert!(
+        status.available_bytes < reserve.reserve_bytes / 4 * 5,
+        "{status:?}"
+    );
     assert_eq!(
         reserve.read_only_timelines,
         vec![filler_tl.id],

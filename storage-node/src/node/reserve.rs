@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ramify_api::SpaceReserve;
 
@@ -258,6 +258,9 @@ pub(super) struct Restriction {
     pub settled: bool,
 }
 
+/// Refusals run GC over every timeline at most this often.
+const GC_EVERY: Duration = Duration::from_secs(10);
+
 /// How long after a restriction its baseline is taken.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -266,7 +269,11 @@ pub(super) struct SpaceGuard {
     reserve: StdMutex<Reserve>,
     reserve_bytes: AtomicU64,
     available: AtomicU64,
-    below: AtomicBool,
+    /// The restricted timelines, as `GET /v1/status` shows them (the guard holds `state`
+    /// through a whole pass).
+    read_only: StdMutex<Vec<TimelineId>>,
+    /// When refusals last ran GC over every timeline.
+    last_gc: StdMutex<Option<Instant>>,
     state: Mutex<GuardState>,
 }
 
@@ -276,7 +283,8 @@ impl Default for SpaceGuard {
             reserve: StdMutex::new(Reserve::Default),
             reserve_bytes: AtomicU64::new(0),
             available: AtomicU64::new(u64::MAX),
-            below: AtomicBool::new(false),
+            read_only: StdMutex::new(Vec::new()),
+            last_gc: StdMutex::new(None),
             state: Mutex::new(GuardState::default()),
         }
     }
@@ -308,27 +316,24 @@ impl Node {
         let reserve = self.reserve().bytes(fs.capacity);
         self.space.reserve_bytes.store(reserve, Ordering::Relaxed);
         self.space.available.store(fs.available, Ordering::Relaxed);
-        self.space
-            .below
-            .store(fs.available < reserve, Ordering::Relaxed);
-        self.metrics.space_reserve(reserve, fs.available < reserve);
+        self.metrics
+            .space_reserve(reserve, self.short_of_space(fs.available, reserve));
         Ok((fs.available, reserve, fs.capacity))
     }
 
     /// The reserve as `GET /v1/status` shows it.
     pub fn reserve_status(&self) -> Option<SpaceReserve> {
         let (available, reserve, _) = self.space_now().ok()?;
-        let mut read_only: Vec<TimelineId> = self
+        let read_only = self
             .space
-            .state
-            .try_lock()
-            .map(|s| s.restricted.keys().copied().collect())
-            .unwrap_or_default();
-        read_only.sort();
+            .read_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Some(SpaceReserve {
             configured: self.reserve().to_string(),
             reserve_bytes: reserve,
-            below_reserve: available < reserve,
+            below_reserve: self.short_of_space(available, reserve),
             read_only_timelines: read_only,
         })
     }
@@ -337,10 +342,21 @@ impl Node {
     /// the reserve, after restore-window GC of every timeline has had its chance.
     pub(super) async fn ensure_reserve(&self, what: &str) -> Result<(), NodeError> {
         let (available, reserve, _) = self.space_now()?;
-        if available >= reserve {
+        if !self.short_of_space(available, reserve) {
             return Ok(());
         }
-        for rec in self.meta.all()? {
+        // GC over every timeline at most every GC_EVERY: a client retrying a refused fork
+        // must not make the node sweep a thousand timelines per request.
+        let gc_due = {
+            let mut last = self.space.last_gc.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= GC_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        let timelines = if gc_due { self.meta.all()? } else { Vec::new() };
+        for rec in timelines {
             if rec.phase != Phase::Ready {
                 continue;
             }
@@ -349,7 +365,7 @@ impl Node {
             }
         }
         let (available, reserve, capacity) = self.space_now()?;
-        if available >= reserve {
+        if !self.short_of_space(available, reserve) {
             info!(
                 available,
                 reserve, "restore-window GC brought free space back above the reserve"
@@ -357,22 +373,42 @@ impl Node {
             return Ok(());
         }
         self.metrics.reserve_refusal();
+        let configured = match self.reserve() {
+            Reserve::Bytes(_) => String::new(),
+            r => format!(" ({r})"),
+        };
+        let state = if available < reserve {
+            format!("below the reserve of {}{configured}", human(reserve))
+        } else {
+            format!(
+                "not yet back above {} (the reserve of {}{configured} plus a quarter) since it fell below it, and branches are read-only until it is",
+                human(lift_threshold(reserve)),
+                human(reserve)
+            )
+        };
         Err(NodeError::InsufficientStorage(format!(
-            "{what} refused: only {} of {} is free on the storage node's volume, below the reserve of {}{} kept so that running branches can keep writing WAL; free space by deleting branches or snapshots, shortening the restore window (--restore-window), or growing the volume",
+            "{what} refused: only {} of {} is free on the storage node's volume, {state}; the reserve is kept so that running branches can keep writing WAL. Free space by deleting branches or snapshots, shortening the restore window (--restore-window), or growing the volume",
             human(available),
             human(capacity),
-            human(reserve),
-            match self.reserve() {
-                Reserve::Bytes(_) => String::new(),
-                r => format!(" ({r})"),
-            },
         )))
+    }
+
+    /// Whether the node is short of space: under the reserve, or, while branches are
+    /// read-only for lack of it, not yet back above the level that lifts them.
+    fn short_of_space(&self, available: u64, reserve: u64) -> bool {
+        let restricted = !self
+            .space
+            .read_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        available < reserve || (restricted && available < lift_threshold(reserve))
     }
 
     /// Whether a periodic snapshot of `id` should be skipped for lack of space (warns).
     pub(super) fn skip_snapshot_below_reserve(&self, id: TimelineId) -> bool {
         match self.space_now() {
-            Ok((available, reserve, _)) if available < reserve => {
+            Ok((available, reserve, _)) if self.short_of_space(available, reserve) => {
                 warn!(timeline = %id, available, reserve, "periodic snapshot skipped: free space is below the reserve");
                 true
             }
@@ -483,6 +519,7 @@ impl Node {
                                     settled: false,
                                 },
                             );
+                            self.publish(&st);
                         }
                         Err(e) => {
                             warn!(timeline = %id, error = %e, "cannot make the timeline filling the volume read-only")
@@ -520,8 +557,20 @@ impl Node {
                 }
             }
         }
-        self.metrics.space_restricted(st.restricted.len() as u64);
+        self.publish(&st);
         Ok(())
+    }
+
+    /// Makes the set of restricted timelines visible to status and metrics.
+    fn publish(&self, st: &GuardState) {
+        let mut ids: Vec<TimelineId> = st.restricted.keys().copied().collect();
+        ids.sort();
+        self.metrics.space_restricted(ids.len() as u64);
+        *self
+            .space
+            .read_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
     /// Restrictions an earlier run of the node set, from their markers.
