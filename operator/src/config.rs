@@ -66,6 +66,15 @@ pub struct Config {
     #[arg(long, env = "RAMIFY_DEFAULT_SUSPEND_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub default_suspend_after: Duration,
 
+    /// How long a proxy's report of the branches it has clients on (sent every route
+    /// sync, 2 s by default) holds: while another proxy's report names a branch, a
+    /// proxy's suspend of it is refused; a proxy that stops reporting (it died) no longer
+    /// holds any branch after this long. Also how long a new leader refuses every
+    /// suspend, until each live proxy has reported to it. Keep it several times the
+    /// proxy's --sync-interval.
+    #[arg(long, env = "RAMIFY_PROXY_ACTIVITY_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub proxy_activity_lease: Duration,
+
     /// Most CPU one branch's compute may request or be limited to (`2`, `1500m`); a branch
     /// asking more is refused (reason ResourceLimitExceeded). Also its CPU limit when the
     /// branch sets none. Unset: no maximum.

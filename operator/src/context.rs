@@ -32,6 +32,8 @@ pub struct Context {
     archive_commands: Mutex<HashMap<String, String>>,
     /// Per proxy Pod IP, the branches (`ns/name`) of the route table it last fetched.
     proxy_routes: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Which proxy has clients on which branch (suspends are decided across proxies).
+    pub proxy_activity: crate::activity::ProxyActivity,
     /// Consecutive reconcile failures per branch.
     pub backoff: crate::branch::Backoff,
     /// Becomes true when the controller's first list of branches arrived.
@@ -57,6 +59,10 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
+        let proxy_activity = crate::activity::ProxyActivity::new(
+            config.proxy_activity_lease,
+            std::time::Instant::now(),
+        );
         Context {
             client,
             config,
@@ -68,6 +74,7 @@ impl Context {
             storage: Mutex::new(HashMap::new()),
             archive_commands: Mutex::new(HashMap::new()),
             proxy_routes: Mutex::new(HashMap::new()),
+            proxy_activity,
             backoff: Default::default(),
             synced,
             locks: KeyedLocks::default(),

@@ -12,17 +12,18 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use kube::ResourceExt;
 use ramify_api::ApiError;
 use ramify_crd::DatabaseBranch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::activity::{valid_proxy_name, Use};
 use crate::branch::{self, PlanError};
 use crate::build::BranchPlan;
 use crate::compute::{self, ComputeError};
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/routes", get(routes))
         .route("/v1/branches/{namespace}/{name}/wake", post(wake))
         .route("/v1/branches/{namespace}/{name}/suspend", post(suspend))
+        .route("/v1/proxies/{proxy}/activity", put(activity))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -121,6 +123,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
         *phases.entry(phase).or_default() += 1;
     }
     text.push_str(&crate::metrics::render_branch_phases(&phases));
+    if let Some(ctx) = s.ctx.get() {
+        text.push_str(&ctx.proxy_activity.render(Instant::now()));
+    }
     text.into_response()
 }
 
@@ -239,12 +244,79 @@ async fn plan_of(ctx: &Context, ns: &str, name: &str) -> Result<BranchPlan, Http
     })
 }
 
+/// `?proxy=<pod name>` on wake and suspend: which proxy asks. Optional, for proxies
+/// that predate it; an unnamed caller is "another proxy" to everyone.
+#[derive(Debug, Deserialize)]
+pub struct Caller {
+    pub proxy: Option<String>,
+}
+
+impl Caller {
+    fn name(&self) -> Result<Option<&str>, HttpError> {
+        match self.proxy.as_deref() {
+            None => Ok(None),
+            Some(p) if valid_proxy_name(p) => Ok(Some(p)),
+            Some(p) => Err(invalid_proxy_name(p)),
+        }
+    }
+}
+
+fn invalid_proxy_name(p: &str) -> HttpError {
+    err(
+        StatusCode::BAD_REQUEST,
+        "invalid_proxy",
+        format!(
+            "proxy name {p:?} is not a Pod name (1-253 lowercase letters, digits, '-' and '.')"
+        ),
+    )
+}
+
+/// `PUT /v1/proxies/{proxy}/activity`: the branches the proxy has clients on now.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityReport {
+    /// `namespace/name` of each branch with an authenticated client or a wake in flight.
+    pub branches: std::collections::BTreeSet<String>,
+}
+
+async fn activity(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(proxy): Path<String>,
+    body: Result<Json<ActivityReport>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, HttpError> {
+    let ctx = authorized(&s, &headers)?;
+    if !valid_proxy_name(&proxy) {
+        return Err(invalid_proxy_name(&proxy));
+    }
+    let Json(report) = body.map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "invalid_report",
+            format!(
+                "expected {{\"branches\": [\"namespace/name\", …]}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    ctx.proxy_activity
+        .report(&proxy, report.branches, Instant::now());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn wake(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
+    Query(caller): Query<Caller>,
 ) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
+    if let Some(proxy) = caller.name()? {
+        // In use by this proxy from now on: another proxy's suspend, even one queued
+        // on the branch lock behind this wake, is refused.
+        ctx.proxy_activity
+            .woke(proxy, &format!("{ns}/{name}"), Instant::now());
+    }
     let started = Instant::now();
     let lock = ctx.branch_lock(&ns, &name);
     let _guard = lock.lock().await;
@@ -271,10 +343,41 @@ async fn suspend(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
+    Query(caller): Query<Caller>,
 ) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
+    let asking = caller.name()?;
     let lock = ctx.branch_lock(&ns, &name);
     let _guard = lock.lock().await;
+    // Under the branch lock: a wake that held it has recorded its proxy by now.
+    let key = format!("{ns}/{name}");
+    let lease = ctx.proxy_activity.lease();
+    let verdict = ctx
+        .proxy_activity
+        .use_by_others(&key, asking, Instant::now());
+    if verdict != Use::Idle {
+        ctx.proxy_activity.refused(&verdict);
+        let (code, message) = match &verdict {
+            Use::InUse { proxy, ago } => (
+                "in_use",
+                format!(
+                    "branch {key} is in use through proxy {proxy} (reported {}s ago): not suspended; \
+                     a branch is suspended only when no proxy has had clients on it for its idle time",
+                    ago.as_secs()
+                ),
+            ),
+            _ => (
+                "in_use_unknown",
+                format!(
+                    "branch {key} not suspended: this operator replica became leader less than \
+                     {}s ago and has not heard from every proxy yet; ask again after the idle time",
+                    lease.as_secs()
+                ),
+            ),
+        };
+        info!(branch = %key, asking = asking.unwrap_or("(unnamed)"), %message, "suspend refused");
+        return Err(err(StatusCode::CONFLICT, code, message));
+    }
     let plan = plan_of(&ctx, &ns, &name).await?;
     match compute::suspend(&ctx, &plan.timeline_id, Duration::from_secs(90)).await {
         Ok(existed) => {

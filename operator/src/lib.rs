@@ -3,6 +3,7 @@
 //! through.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod branch;
 pub mod build;
 pub mod ca;
