@@ -187,7 +187,7 @@ async fn expect_507(what: &str, r: Result<impl std::fmt::Debug, ramify_api::Clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_filling_the_disk_leaves_the_others_writing() {
-    let env = Env::new_with_env(
+    let mut env = Env::new_with_env(
         VOLUME,
         &[
             "--reserve",
@@ -361,6 +361,23 @@ async fn a_branch_filling_the_disk_leaves_the_others_writing() {
             w.last_error.lock().unwrap()
         );
     }
+
+    // The node is killed and started again while the filler is restricted: it reads the
+    // restriction back, so it still lifts it once space is freed.
+    env.node.kill9().expect("kill the storage node");
+    env.node
+        .restart()
+        .await
+        .expect("start the storage node again");
+    wait_for(
+        "the restriction to be read back after the restart",
+        Duration::from_secs(30),
+        || async {
+            let s = env.client.status().await.expect("status");
+            s.reserve.expect("reserve").read_only_timelines == vec![filler_tl.id]
+        },
+    )
+    .await;
 
     // 4. Free space: the filler (woken as the proxy would) is still read-only; its
     //    tenant drops the data in a session of its own, and everything is lifted.
