@@ -486,3 +486,47 @@ async fn sigkill_during_gc_then_restart() {
         env.client.delete_timeline(tl.id, false).await.unwrap();
     }
 }
+
+/// A snapshot directory no record references (left by an older release, or put there by
+/// hand) does not block a snapshot of its name: the new snapshot replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_replaces_a_directory_no_record_references() {
+    let env = Env::new(2 << 30, QUIET).await;
+    let (root, rc) = env.root().await;
+    let stray = Path::new(&root.pgdata)
+        .parent()
+        .unwrap()
+        .join("snapshots/again");
+    std::fs::create_dir_all(stray.join("pgdata")).unwrap();
+    std::fs::write(stray.join("pgdata/PG_VERSION"), "15\n").unwrap();
+    for p in [
+        stray.join("pgdata/PG_VERSION"),
+        stray.join("pgdata"),
+        stray.clone(),
+    ] {
+        env.user.chown(&p).unwrap();
+    }
+    rc.execute("CREATE TABLE t AS SELECT 42 AS x")
+        .await
+        .unwrap();
+    let s = env
+        .client
+        .create_snapshot(root.id, "again")
+        .await
+        .unwrap_or_else(|e| panic!("snapshot over a stray directory: {e}"));
+    assert_eq!(s.name, "again");
+    let tl = env
+        .client
+        .create_timeline(&fork_req(
+            TimelineId::new_v4(),
+            root.id,
+            At::Snapshot("again".into()),
+        ))
+        .await
+        .expect("fork at the snapshot")
+        .value;
+    let mut c = env.start(&tl).await;
+    amcheck(&c).await;
+    assert_eq!(c.query_i64("SELECT x FROM t").await.unwrap(), 42);
+    c.stop().await.unwrap();
+}
