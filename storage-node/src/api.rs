@@ -357,6 +357,27 @@ async fn metrics(State(node): State<AppState>) -> Result<Response> {
             (st.clone_method == ramify_api::CloneMethod::Reflink) as u64,
         ),
     ];
+    let mut gauges = gauges.to_vec();
+    // Absent until the first accounting pass, rather than a misleading 0.
+    if let Some(space) = node.space_totals() {
+        gauges.extend([
+            (
+                "ramify_storage_logical_bytes",
+                "Sum of the timelines' logical sizes (their PGDATA files), as of the last accounting pass.",
+                space.logical,
+            ),
+            (
+                "ramify_storage_exclusive_bytes",
+                "Sum of the bytes each timeline alone references (what deleting it frees), as of the last accounting pass.",
+                space.exclusive,
+            ),
+            (
+                "ramify_storage_history_bytes",
+                "The part of the exclusive bytes only history (WAL archive, snapshots) references, as of the last accounting pass.",
+                space.history,
+            ),
+        ]);
+    }
     Ok(node.metrics().render(&gauges).into_response())
 }
 

@@ -12,6 +12,8 @@ use ramify_api::At;
 #[derive(Default)]
 pub struct Metrics {
     forks: Mutex<BTreeMap<&'static str, (u64, f64)>>,
+    /// Successful creates' durations by kind of fork, in [`CREATE_BUCKETS`].
+    create_durations: Mutex<BTreeMap<&'static str, Histogram>>,
     fork_errors: Mutex<BTreeMap<&'static str, u64>>,
     snapshots: AtomicU64,
     http_requests: AtomicU64,
@@ -25,6 +27,43 @@ pub struct Metrics {
     space_computes_stopped: AtomicU64,
     /// Forks, new roots and snapshots refused for lack of space.
     reserve_refusals: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the create-duration histogram's buckets: a reflink fork takes
+/// milliseconds, a fork at an LSN replays WAL for seconds, a copy (no reflinks) minutes.
+pub const CREATE_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// A Prometheus histogram over [`CREATE_BUCKETS`]: observations counted per bucket
+/// (not cumulative; [`Histogram::render`] accumulates), their count and sum.
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    buckets: [u64; CREATE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = CREATE_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// The `_bucket` (cumulative, `+Inf` last), `_sum` and `_count` lines of one series.
+    fn render(&self, s: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, n) in CREATE_BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(s, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(s, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(s, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(s, "{name}_count{{{labels}}} {}", self.count);
+    }
 }
 
 fn at_label(at: Option<&At>) -> &'static str {
@@ -43,6 +82,13 @@ impl Metrics {
         let e = m.entry(at_label(at)).or_default();
         e.0 += 1;
         e.1 += took.as_secs_f64();
+        drop(m);
+        self.create_durations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(at_label(at))
+            .or_default()
+            .observe(took.as_secs_f64());
     }
 
     pub fn fork_failed(&self, code: &'static str) {
@@ -104,6 +150,23 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE ramify_storage_create_seconds_sum counter");
         for (at, (_, secs)) in &forks {
             let _ = writeln!(s, "ramify_storage_create_seconds_sum{{at=\"{at}\"}} {secs}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP ramify_storage_create_duration_seconds Time to create a timeline (fork or new root), by kind."
+        );
+        let _ = writeln!(s, "# TYPE ramify_storage_create_duration_seconds histogram");
+        for (at, h) in self
+            .create_durations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.render(
+                &mut s,
+                "ramify_storage_create_duration_seconds",
+                &format!("at=\"{at}\""),
+            );
         }
         let _ = writeln!(
             s,
@@ -176,5 +239,38 @@ impl Metrics {
             let _ = writeln!(s, "{name} {v}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_durations_are_a_cumulative_histogram_by_kind() {
+        let m = Metrics::default();
+        m.fork_ok(Some(&At::Latest), Duration::from_millis(30));
+        m.fork_ok(Some(&At::Latest), Duration::from_secs(3));
+        m.fork_ok(None, Duration::from_secs(500));
+        let text = m.render(&[]);
+        for line in [
+            "# TYPE ramify_storage_create_duration_seconds histogram",
+            "ramify_storage_create_duration_seconds_bucket{at=\"latest\",le=\"0.025\"} 0",
+            "ramify_storage_create_duration_seconds_bucket{at=\"latest\",le=\"0.05\"} 1",
+            "ramify_storage_create_duration_seconds_bucket{at=\"latest\",le=\"2.5\"} 1",
+            "ramify_storage_create_duration_seconds_bucket{at=\"latest\",le=\"5\"} 2",
+            "ramify_storage_create_duration_seconds_bucket{at=\"latest\",le=\"+Inf\"} 2",
+            "ramify_storage_create_duration_seconds_count{at=\"latest\"} 2",
+            "ramify_storage_create_duration_seconds_sum{at=\"latest\"} 3.03",
+            // Slower than the last bound: only in +Inf.
+            "ramify_storage_create_duration_seconds_bucket{at=\"root\",le=\"120\"} 0",
+            "ramify_storage_create_duration_seconds_bucket{at=\"root\",le=\"+Inf\"} 1",
+            "ramify_storage_timelines_created_total{at=\"latest\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -83,6 +83,18 @@ impl Node {
         self.accountant.last_pass()
     }
 
+    /// Every timeline's space figures summed (for metrics), as of the last accounting
+    /// pass; `None` before the first one.
+    pub fn space_totals(&self) -> Option<Usage> {
+        let (usage, at) = self.accountant.all();
+        at?;
+        Some(usage.values().fold(Usage::default(), |sum, u| Usage {
+            logical: sum.logical + u.logical,
+            exclusive: sum.exclusive + u.exclusive,
+            history: sum.history + u.history,
+        }))
+    }
+
     /// Waits for an accounting pass that started after this call.
     async fn fresh_sizes(&self) -> Result<(), NodeError> {
         self.accountant.fresh().await.map_err(|e| NodeError::Io {
