@@ -100,6 +100,24 @@ fn memory(pid: u32) -> (u64, u64) {
     (kib("VmRSS:"), kib("VmHWM:"))
 }
 
+/// `s` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -185,9 +203,30 @@ async fn run() -> Result<()> {
         args.extend(["--accounting-interval", "1h"]);
     }
     let data = scratch.path().join("data");
-    let node = StorageNodeProcess::start(&bin, &data, &args)
-        .await
-        .context("start ramify-storage")?;
+    // The accountant logs what each pass did (files, maps made, ranges swept) at debug.
+    let node = StorageNodeProcess::start_with_env(
+        &bin,
+        &data,
+        &args,
+        &[("RUST_LOG", "info,ramify_storage::accounting=debug")],
+    )
+    .await
+    .context("start ramify-storage")?;
+    let last_pass_log = |node: &StorageNodeProcess| {
+        node.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("space accounting"))
+            .map(|l| {
+                let l = strip_ansi(l);
+                l.split_once("space accounting")
+                    .map_or(l.as_str(), |(_, r)| r)
+                    .trim_start_matches(':')
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
     let client = node.client();
     let pid = node.pid().context("node pid")?;
     let start = |tl: &TimelineInfo| {
@@ -254,7 +293,11 @@ async fn run() -> Result<()> {
         // for it and then for its own, so read twice and keep the second.)
         fresh_pass(&client, root.id).await?;
         let pass_cold = fresh_pass(&client, root.id).await?;
-        progress(&format!("pass over new files: {:?}", pass_cold));
+        progress(&format!(
+            "pass over new files: {:?} ({})",
+            pass_cold,
+            last_pass_log(&node)
+        ));
         progress(&format!(
             "waiting {} s for the files to settle…",
             SETTLE.as_secs()
@@ -263,7 +306,11 @@ async fn run() -> Result<()> {
         // This pass writes back and caches the settled maps; the next reuses them.
         fresh_pass(&client, root.id).await?;
         let pass_settled = fresh_pass(&client, root.id).await?;
-        progress(&format!("pass over settled files: {:?}", pass_settled));
+        progress(&format!(
+            "pass over settled files: {:?} ({})",
+            pass_settled,
+            last_pass_log(&node)
+        ));
 
         // Computes on the root and a few forks: reads connect to each for its window.
         let mut computes = vec![start(&root).await?];

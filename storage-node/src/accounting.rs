@@ -362,6 +362,9 @@ struct ScopePass {
     inputs: u64,
     /// Every file was answered from the cache.
     all_cached: bool,
+    /// Files seen, and how many of them were mapped (not answered from the cache).
+    files: usize,
+    mapped: usize,
 }
 
 /// Owner of a shared range that several timelines reference.
@@ -456,10 +459,12 @@ pub fn account(
     };
 
     let mut inputs = std::collections::hash_map::DefaultHasher::new();
-    let mut all_cached = true;
+    let (mut all_cached, mut files, mut mapped) = (true, 0, 0);
     for p in &passes {
         std::hash::Hash::hash(&p.inputs, &mut inputs);
         all_cached &= p.all_cached;
+        files += p.files;
+        mapped += p.mapped;
     }
     let inputs = std::hash::Hasher::finish(&inputs);
 
@@ -498,10 +503,17 @@ pub fn account(
     let mut last = cache.last.lock().unwrap_or_else(|p| p.into_inner());
     if all_cached {
         if let Some(l) = last.as_ref().filter(|l| l.inputs == inputs) {
+            tracing::debug!(files, "space accounting: nothing changed, sweep skipped");
             return Ok(l.usage.clone());
         }
     }
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+    tracing::debug!(
+        files,
+        mapped,
+        ranges = shared.0.len(),
+        "space accounting: sweeping"
+    );
     for (owner, (exclusive, history)) in sweep(shared.into_refs()) {
         usage[owner].exclusive += exclusive;
         usage[owner].history += history;
@@ -605,6 +617,7 @@ fn scan_scope(
             let stamp = FileStamp::of_stat(&entry.stat);
             let (ino, key) = (stamp.ino, stamp.key());
             (ino, key).hash(&mut inputs);
+            out.files += 1;
             if kind == Kind::Live {
                 out.usage.logical += entry.len;
             }
@@ -618,6 +631,7 @@ fn scan_scope(
                 return Ok(());
             }
             out.all_cached = false;
+            out.mapped += 1;
             let map = match map_in(parent, &entry.name, stamp.settled(now)) {
                 Ok(m) => m,
                 // Removed meanwhile (Postgres removes temporary files).

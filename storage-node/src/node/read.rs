@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Timelines a list reads at once (each running compute costs a connection).
+const LIST_CONCURRENCY: usize = 16;
+
 impl Node {
     pub(super) async fn window(
         &self,
@@ -185,20 +188,29 @@ impl Node {
         self.info_with(&rec, None).await
     }
 
-    /// `GET /v1/timelines`: space figures of the last accounting pass.
+    /// `GET /v1/timelines`: space figures of the last accounting pass. Timelines are
+    /// read a few at a time, so the queries to running computes (for their restore
+    /// window) overlap instead of adding up.
     pub async fn list(&self) -> Result<Vec<TimelineInfo>, NodeError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
         let (usage, at) = self.accountant.all();
-        let mut out = Vec::new();
-        for rec in self.meta.all()? {
-            if rec.phase == Phase::Ready {
-                let sizes = at.and_then(|at| Some((*usage.get(&rec.id)?, at)));
-                if sizes.is_none() {
-                    self.accountant.poke();
-                }
-                out.push(self.info_with(&rec, sizes).await?);
+        let recs: Vec<TimelineRecord> = self
+            .meta
+            .all()?
+            .into_iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .collect();
+        let views = recs.into_iter().map(|rec| {
+            let sizes = at.and_then(|at| Some((*usage.get(&rec.id)?, at)));
+            if sizes.is_none() {
+                self.accountant.poke();
             }
-        }
-        Ok(out)
+            async move { self.info_with(&rec, sizes).await }
+        });
+        stream::iter(views)
+            .buffered(LIST_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// `GET /v1/timelines?sizes=fresh`: [`Node::list`] after a pass that started after
