@@ -313,7 +313,12 @@ async fn run() -> Result<()> {
         ));
 
         // Computes on the root and a few forks: reads connect to each for its window.
-        let mut computes = vec![start(&root).await?];
+        // The root as it is now (a root made empty by an older node was initdb'd above).
+        let root_now = client
+            .get_timeline_without_sizes(root.id)
+            .await
+            .context("GET root")?;
+        let mut computes = vec![start(&root_now).await?];
         for f in forks.iter().take(RUNNING_FORKS) {
             computes.push(start(f).await?);
         }
