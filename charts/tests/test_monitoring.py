@@ -37,7 +37,7 @@ def selects(selector: dict, labels: dict) -> bool:
 @pytest.fixture(scope="session")
 def prometheus_crds() -> dict[str, dict]:
     """The ServiceMonitor and PodMonitor CRDs of the Prometheus Operator, from its Go
-    module (cached by charts/tests/prometheus-crds.sh, which make chart-test runs)."""
+    module, fetched once into a cache by charts/tests/prometheus-crds.sh."""
     script = Path(__file__).parent / "prometheus-crds.sh"
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, f"{script.name} failed:\n{done.stderr}"
