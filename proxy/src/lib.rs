@@ -47,6 +47,28 @@ pub trait Control: Send + Sync + 'static {
     /// find the compute already stopped (a new route, a failed wake, a replaced compute)
     /// and should then succeed as a no-op.
     async fn suspend(&self, branch: &str) -> Result<(), String>;
+
+    /// [`Control::suspend`], with a third outcome: the control plane refused because the
+    /// branch is in use elsewhere (through another proxy replica). The route then starts
+    /// a new idle period instead of counting a failure. The default never refuses.
+    async fn try_suspend(&self, branch: &str) -> SuspendOutcome {
+        match self.suspend(branch).await {
+            Ok(()) => SuspendOutcome::Suspended,
+            Err(reason) => SuspendOutcome::Failed(reason),
+        }
+    }
+}
+
+/// What became of a suspend the route asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuspendOutcome {
+    /// The compute is stopped (or was not running).
+    Suspended,
+    /// The control plane kept the compute because the branch is in use elsewhere; the
+    /// text says where. Not a failure: the route is idle only here.
+    InUseElsewhere(String),
+    /// The suspend failed; retried after another idle period.
+    Failed(String),
 }
 
 /// One branch's listener and its idle policy.
@@ -116,6 +138,11 @@ pub struct RouteStats {
     pub suspends: u64,
     /// `Control::suspend` calls that failed.
     pub suspend_failures: u64,
+    /// Suspends the control plane refused because the branch is in use elsewhere.
+    pub suspend_refusals: u64,
+    /// Whether the branch is in use here: an authenticated session is open or a wake
+    /// is in flight (what this proxy reports to the control plane).
+    pub in_use: bool,
     /// The proxy suspended the compute and no client has woken it since.
     pub suspended: bool,
 }
@@ -270,6 +297,19 @@ impl Proxy {
         if let Some(tasks) = self.routes().get(branch) {
             tasks.route.compute_replaced();
         }
+    }
+
+    /// The branches in use through this proxy now: with an authenticated session or a
+    /// wake in flight. Sorted.
+    pub fn branches_in_use(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .routes()
+            .iter()
+            .filter(|(_, t)| t.route.stats().in_use)
+            .map(|(b, _)| b.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// Changes the branch's idle policy (`None` or zero: never suspend); takes effect at once.

@@ -145,6 +145,13 @@ struct Args {
     )]
     cluster_domain: String,
 
+    /// This proxy's name, as it reports to the operator the branches it has clients on
+    /// (so that another proxy replica's suspend of them is refused): its Pod name, which
+    /// the chart sets from metadata.name. Default: $HOSTNAME (a Pod's name), lowercased,
+    /// or `ramify-proxy-<pid>`.
+    #[arg(long, env = "RAMIFY_PROXY_NAME", value_name = "NAME")]
+    proxy_name: Option<String>,
+
     /// Log format: `text` for people, `json` for log pipelines. The level is set with
     /// RUST_LOG (default `info`, e.g. RUST_LOG=ramify_proxy=debug).
     #[arg(long, env = "RAMIFY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -240,7 +247,9 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
 
-    let client = OperatorClient::new(&args.operator_url, &args.token, args.wake_timeout)?;
+    let proxy_name = args.proxy_name.clone().unwrap_or_else(default_proxy_name);
+    let client = OperatorClient::new(&args.operator_url, &args.token, args.wake_timeout)?
+        .with_proxy_name(&proxy_name)?;
     let control = Arc::new(OperatorControl::new(client));
     let opts = ProxyOptions {
         wake_timeout: args.wake_timeout,
@@ -291,6 +300,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     info!(
         operator_url = %control.client().base(),
+        proxy_name = %proxy_name,
         listen_address = %args.listen_address,
         metrics_listen = %args.metrics_listen,
         sync_interval = ?args.sync_interval,
@@ -330,6 +340,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!("ramify-proxy stopped");
     Ok(())
+}
+
+/// `$HOSTNAME` (in a Pod: the Pod's name) when it can name a proxy, else
+/// `ramify-proxy-<pid>`.
+fn default_proxy_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| operator::valid_proxy_name(h))
+        .unwrap_or_else(|| format!("ramify-proxy-{}", std::process::id()))
 }
 
 /// Reads the CA from its PEM files, saying which file is wrong.

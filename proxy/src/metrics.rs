@@ -58,6 +58,7 @@ async fn metrics(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
         syncs: e.status.syncs(),
         sync_failures: e.status.sync_failures(),
         wake_fallbacks: e.control.fallbacks(),
+        activity_report_failures: e.status.activity_report_failures(),
         open_connections: e.proxy.open_connections() as u64,
     };
     (
@@ -84,6 +85,8 @@ pub struct Global {
     pub sync_failures: u64,
     /// Wakes answered from the last known address while the operator was unreachable.
     pub wake_fallbacks: u64,
+    /// Activity reports (branches in use here) the operator did not take.
+    pub activity_report_failures: u64,
 }
 
 /// The Prometheus text exposition of the proxy-wide values and each route's counters.
@@ -126,6 +129,12 @@ pub fn render(global: &Global, routes: &[(String, RouteStats)]) -> String {
         global.wake_fallbacks,
     );
     scalar(
+        "ramify_proxy_activity_report_failures_total",
+        "counter",
+        "Reports of the branches in use through this proxy that the operator did not take (while they fail, other proxies may suspend those branches once earlier reports expire).",
+        global.activity_report_failures,
+    );
+    scalar(
         "ramify_proxy_open_connections",
         "gauge",
         "Client connections open on every route, counted against --max-connections.",
@@ -138,7 +147,7 @@ pub fn render(global: &Global, routes: &[(String, RouteStats)]) -> String {
         routes.len() as u64,
     );
     type Field = fn(&RouteStats) -> u64;
-    let per_route: [(&str, &str, &str, Field); 11] = [
+    let per_route: [(&str, &str, &str, Field); 12] = [
         (
             "ramify_proxy_route_port",
             "gauge",
@@ -192,6 +201,12 @@ pub fn render(global: &Global, routes: &[(String, RouteStats)]) -> String {
             "counter",
             "Idle suspends that failed (retried after another idle period).",
             |s| s.suspend_failures,
+        ),
+        (
+            "ramify_proxy_suspend_refusals_total",
+            "counter",
+            "Idle suspends the operator refused because the branch is in use through another proxy (asked again after another idle period).",
+            |s| s.suspend_refusals,
         ),
         (
             "ramify_proxy_suspended",
@@ -254,6 +269,8 @@ mod tests {
             wake_failures: 1,
             suspends: 2,
             suspend_failures: 0,
+            suspend_refusals: 0,
+            in_use: active > 0,
             suspended,
         }
     }
@@ -267,6 +284,7 @@ mod tests {
                 syncs: 10,
                 sync_failures: 3,
                 wake_fallbacks: 0,
+                activity_report_failures: 0,
                 open_connections: 2,
             },
             &[

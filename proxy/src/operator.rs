@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ramify_proxy::Control;
+use ramify_proxy::{Control, SuspendOutcome};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -27,6 +27,8 @@ const ROUTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a suspend may take: the operator deletes the compute Pod, whose `preStop`
 /// hook runs a fast shutdown within the Pod's termination grace period.
 const SUSPEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an activity report may take; it updates the operator's memory.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One entry of `GET /v1/routes`: a branch the proxy should listen for.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -85,6 +87,16 @@ pub enum OperatorError {
     InvalidBranch {
         /// The key.
         branch: String,
+    },
+    /// The proxy's name is not a Pod name.
+    #[error(
+        "proxy name {name:?} is not usable: it names this proxy to the operator and must be \
+         its Pod name (1-253 lowercase letters, digits, '-' and '.'; --proxy-name / \
+         RAMIFY_PROXY_NAME, set by the chart from metadata.name)"
+    )]
+    InvalidProxyName {
+        /// The name given.
+        name: String,
     },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
@@ -156,6 +168,8 @@ pub struct OperatorClient {
     base: String,
     http: reqwest::Client,
     wake_timeout: Duration,
+    /// This proxy's name (its Pod name), sent with wakes, suspends and activity reports.
+    proxy_name: Option<String>,
 }
 
 impl fmt::Debug for OperatorClient {
@@ -197,7 +211,58 @@ impl OperatorClient {
             base,
             http,
             wake_timeout,
+            proxy_name: None,
         })
+    }
+
+    /// The same client, naming this proxy (`name`: its Pod name) in every wake and
+    /// suspend, so the operator can tell proxy replicas apart; required for
+    /// [`OperatorClient::report_activity`].
+    pub fn with_proxy_name(mut self, name: &str) -> Result<Self, OperatorError> {
+        if !valid_proxy_name(name) {
+            return Err(OperatorError::InvalidProxyName {
+                name: name.to_owned(),
+            });
+        }
+        self.proxy_name = Some(name.to_owned());
+        Ok(self)
+    }
+
+    /// This proxy's name, if set.
+    pub fn proxy_name(&self) -> Option<&str> {
+        self.proxy_name.as_deref()
+    }
+
+    fn caller_query(&self) -> String {
+        match &self.proxy_name {
+            Some(name) => format!("?proxy={name}"),
+            None => String::new(),
+        }
+    }
+
+    /// `PUT /v1/proxies/{name}/activity`: the branches this proxy has clients on now
+    /// (replacing its previous report). The operator refuses another proxy's suspend of
+    /// these branches until this report expires.
+    pub async fn report_activity(&self, branches: &[String]) -> Result<(), OperatorError> {
+        const WHAT: &str = "PUT …/activity";
+        let Some(name) = &self.proxy_name else {
+            return Err(OperatorError::InvalidProxyName {
+                name: String::new(),
+            });
+        };
+        let resp = self
+            .http
+            .put(format!("{}/v1/proxies/{name}/activity", self.base))
+            .timeout(REPORT_TIMEOUT)
+            .json(&serde_json::json!({ "branches": branches }))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(WHAT, REPORT_TIMEOUT, &e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.error_from(WHAT, resp).await)
+        }
     }
 
     /// The operator's base URL.
@@ -226,7 +291,7 @@ impl OperatorClient {
     /// `POST /v1/branches/{ns}/{name}/wake`: the address of the branch's running compute.
     pub async fn wake(&self, branch: &str) -> Result<SocketAddr, OperatorError> {
         const WHAT: &str = "POST …/wake";
-        let path = format!("{}/wake", branch_path(branch)?);
+        let path = format!("{}/wake{}", branch_path(branch)?, self.caller_query());
         let resp = self
             .send(Method::POST, &path, WHAT, self.wake_timeout)
             .await?;
@@ -251,7 +316,7 @@ impl OperatorClient {
     /// operator no longer knows (404) has nothing to stop, which counts as success.
     pub async fn suspend(&self, branch: &str) -> Result<(), OperatorError> {
         const WHAT: &str = "POST …/suspend";
-        let path = format!("{}/suspend", branch_path(branch)?);
+        let path = format!("{}/suspend{}", branch_path(branch)?, self.caller_query());
         let resp = self
             .send(Method::POST, &path, WHAT, SUSPEND_TIMEOUT)
             .await?;
@@ -387,6 +452,15 @@ fn validate_base_url(url: &str) -> Result<String, OperatorError> {
     Ok(trimmed.to_owned())
 }
 
+/// Whether `name` can name a proxy to the operator (a Pod name).
+pub fn valid_proxy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 /// Splits `"namespace/name"`; both parts must be Kubernetes object names, which also
 /// makes them safe in a URL path.
 pub fn split_branch(branch: &str) -> Result<(&str, &str), OperatorError> {
@@ -504,6 +578,25 @@ impl Control for OperatorControl {
             .map_err(|e| e.to_string())?;
         self.addresses().remove(branch);
         Ok(())
+    }
+
+    async fn try_suspend(&self, branch: &str) -> SuspendOutcome {
+        match self.client.suspend(branch).await {
+            Ok(()) => {
+                self.addresses().remove(branch);
+                SuspendOutcome::Suspended
+            }
+            // Another proxy has clients on it (or the operator, new as leader, has not
+            // heard from every proxy yet): the compute keeps running.
+            Err(OperatorError::Api {
+                status: StatusCode::CONFLICT,
+                code,
+                message,
+            }) if code == "in_use" || code == "in_use_unknown" => {
+                SuspendOutcome::InUseElsewhere(message)
+            }
+            Err(err) => SuspendOutcome::Failed(err.to_string()),
+        }
     }
 }
 

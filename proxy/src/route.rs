@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::protocol::CancelKey;
-use crate::{Control, ProxyError, ProxyOptions, RouteStats};
+use crate::{Control, ProxyError, ProxyOptions, RouteStats, SuspendOutcome};
 
 /// The outcome of one `Control::wake` call, shared by every client that waited for it.
 type WakeOutcome = Result<SocketAddr, String>;
@@ -70,6 +70,7 @@ pub(crate) struct RouteState {
     wake_failures: u64,
     suspends: u64,
     suspend_failures: u64,
+    suspend_refusals: u64,
 }
 
 impl RouteState {
@@ -92,6 +93,7 @@ impl RouteState {
             wake_failures: 0,
             suspends: 0,
             suspend_failures: 0,
+            suspend_refusals: 0,
         }
     }
 
@@ -180,6 +182,20 @@ impl RouteState {
         }
     }
 
+    /// The control plane refused the suspend: the branch is in use through another
+    /// proxy. Idle here still, the route waits a whole new idle period before it asks
+    /// again (so it asks at most once per idle period, and stops the compute only after
+    /// every proxy has been without clients for a while).
+    pub(crate) fn finish_suspend_refused(&mut self, now: Instant) {
+        self.replaced_while_suspending = false;
+        self.phase = Phase::MaybeRunning;
+        self.suspend_refusals += 1;
+        self.wake_extended = false;
+        if self.authenticated == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
     /// The control plane replaced the compute (the branch moved to another timeline and
     /// a compute may run there that no client asked for): from here on the route is
     /// like a new one, idle from `now` unless a client is connected. Sessions with the
@@ -259,6 +275,8 @@ impl RouteState {
             wake_failures: self.wake_failures,
             suspends: self.suspends,
             suspend_failures: self.suspend_failures,
+            suspend_refusals: self.suspend_refusals,
+            in_use: self.authenticated > 0 || self.wake_in_flight.is_some(),
             suspended: self.phase == Phase::Suspended,
         }
     }
@@ -479,16 +497,26 @@ impl LiveRoute {
     async fn suspend(&self) {
         let span = info_span!("suspend", branch = %self.branch);
         let started = Instant::now();
-        let result = self
+        let outcome = self
             .control
-            .suspend(&self.branch)
+            .try_suspend(&self.branch)
             .instrument(span.clone())
             .await;
-        span.in_scope(|| match &result {
-            Ok(()) => info!(elapsed = ?started.elapsed(), "compute suspended"),
-            Err(reason) => warn!(%reason, "suspend failed; retrying after another idle period"),
+        span.in_scope(|| match &outcome {
+            SuspendOutcome::Suspended => info!(elapsed = ?started.elapsed(), "compute suspended"),
+            SuspendOutcome::InUseElsewhere(reason) => {
+                info!(%reason, "not suspended: in use elsewhere; asking again after another idle period")
+            }
+            SuspendOutcome::Failed(reason) => {
+                warn!(%reason, "suspend failed; retrying after another idle period")
+            }
         });
-        self.state().finish_suspend(result.is_ok(), Instant::now());
+        let now = Instant::now();
+        match outcome {
+            SuspendOutcome::Suspended => self.state().finish_suspend(true, now),
+            SuspendOutcome::InUseElsewhere(_) => self.state().finish_suspend_refused(now),
+            SuspendOutcome::Failed(_) => self.state().finish_suspend(false, now),
+        }
         self.changed.notify_waiters();
     }
 }

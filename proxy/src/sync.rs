@@ -205,6 +205,7 @@ pub struct SyncStatus {
     operator_reachable: AtomicBool,
     syncs: AtomicU64,
     sync_failures: AtomicU64,
+    activity_report_failures: AtomicU64,
 }
 
 impl SyncStatus {
@@ -243,6 +244,11 @@ impl SyncStatus {
         self.sync_failures.load(Ordering::Relaxed)
     }
 
+    /// Activity reports the operator did not take.
+    pub fn activity_report_failures(&self) -> u64 {
+        self.activity_report_failures.load(Ordering::Relaxed)
+    }
+
     fn lock_routes(&self) -> MutexGuard<'_, BTreeMap<String, RouteSpec>> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -265,6 +271,8 @@ pub struct Syncer {
     outage: Option<Outage>,
     /// Problems already warned about and still present (so each is logged once).
     warned: HashSet<String>,
+    /// The last activity report failed (and was warned about).
+    activity_failing: bool,
 }
 
 impl Syncer {
@@ -282,6 +290,7 @@ impl Syncer {
             status,
             outage: None,
             warned: HashSet::new(),
+            activity_failing: false,
         }
     }
 
@@ -296,6 +305,32 @@ impl Syncer {
                 biased;
                 () = &mut stop => return,
                 _ = ticks.tick() => self.sync_once().await,
+            }
+        }
+    }
+
+    /// Tells the operator which branches have clients through this proxy, so that no
+    /// other proxy replica suspends them (see docs/architecture.md, "Proxy replicas").
+    /// Every sync, so a report is at most one --sync-interval old.
+    async fn report_activity(&mut self) {
+        let client = self.control.client();
+        if client.proxy_name().is_none() {
+            return;
+        }
+        let in_use = self.proxy.branches_in_use();
+        match client.report_activity(&in_use).await {
+            Ok(()) => {
+                if std::mem::take(&mut self.activity_failing) {
+                    info!("the operator takes this proxy's activity reports again");
+                }
+            }
+            Err(err) => {
+                self.status
+                    .activity_report_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.activity_failing, true) {
+                    warn!(error = %err, branches = in_use.len(), "the operator did not take this proxy's activity report; other proxies may suspend branches in use here once earlier reports expire");
+                }
             }
         }
     }
@@ -323,6 +358,7 @@ impl Syncer {
                 "operator reachable again: syncing routes"
             );
         }
+        self.report_activity().await;
         let (desired, mut problems) = desired_routes(&entries);
         let current = self.status.routes();
         for action in diff(&current, &desired) {
@@ -447,6 +483,7 @@ fn error_kind(err: &OperatorError) -> &'static str {
         OperatorError::InvalidUrl { .. } => "InvalidUrl",
         OperatorError::InvalidToken { .. } => "InvalidToken",
         OperatorError::InvalidBranch { .. } => "InvalidBranch",
+        OperatorError::InvalidProxyName { .. } => "InvalidProxyName",
         OperatorError::Client(_) => "Client",
         OperatorError::Unauthorized { .. } => "Unauthorized",
         OperatorError::Api { .. } => "Api",
