@@ -467,6 +467,8 @@ kr branch wake alice -n "$NS_B" >"$WORK/wake.out" || fail "wake failed"
   || fail "alice is not Running after kubectl ramify branch wake: $(cat "$WORK/wake.out")"
 sed 's/^/    /' "$WORK/wake.out"
 
+. e2e/k8s/proxy-ha.sh
+
 step "checkpoint alice (BranchCheckpoint), then drop a table by mistake"
 cat <<EOF | k apply -f - >/dev/null
 apiVersion: ramify.dev/v1alpha1
