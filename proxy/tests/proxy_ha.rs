@@ -214,8 +214,15 @@ async fn a_proxy_reports_its_clients_and_a_refused_suspend_restarts_its_idle_clo
     proxy
         .wait_metric(&series("ramify_proxy_suspended"), |v| v == Some(1))
         .await;
-    let seen = op.seen.lock().unwrap();
-    let after: Vec<_> = seen.suspends.iter().filter(|s| s.0 > refused_at).collect();
+    let after: Vec<_> = op
+        .seen
+        .lock()
+        .unwrap()
+        .suspends
+        .iter()
+        .filter(|s| s.0 > refused_at)
+        .cloned()
+        .collect();
     assert_eq!(after.len(), 1, "one suspend after the refusal");
     assert!(
         after[0].0.duration_since(refused_at) >= IDLE - Duration::from_millis(200),
@@ -223,7 +230,6 @@ async fn a_proxy_reports_its_clients_and_a_refused_suspend_restarts_its_idle_clo
         after[0].0.duration_since(refused_at)
     );
     assert!(!after[0].2);
-    drop(seen);
     assert!(!compute.postgres_running());
     assert_eq!(
         proxy
