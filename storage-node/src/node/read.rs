@@ -15,7 +15,16 @@ impl Node {
         let base = usable.first();
         let (to_lsn, to_time) = match running {
             Some(r) => match control::connect(&self.dir(rec.id).run(), r.port).await {
-                Ok(c) => (Some(control::flush_lsn(&c).await?), Some(Utc::now())),
+                // A compute still in recovery (a fork replaying to its point) has no
+                // flush LSN yet and no history of its own beyond its fork point: one
+                // such compute must not fail the listing of every timeline.
+                Ok(c) => match control::flush_lsn(&c).await {
+                    Ok(lsn) => (Some(lsn), Some(Utc::now())),
+                    Err(e) => {
+                        tracing::debug!(timeline = %rec.id, error = %e, "no flush LSN yet (in recovery?)");
+                        (rec.fork_lsn, rec.fork_time)
+                    }
+                },
                 Err(_) => (None, None),
             },
             None => match self.read_pg_control(&self.dir(rec.id).pgdata()) {
