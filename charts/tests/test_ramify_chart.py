@@ -304,7 +304,12 @@ def test_proxy(rendered):
         "secretName": "ramify-ca", "defaultMode": 0o440,
         "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
     }}]
+    # Each proxy names itself (its Pod name) in its activity reports to the operator,
+    # which decides idleness across all proxy replicas.
     assert c["env"] == [{
+        "name": "RAMIFY_PROXY_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }, {
         "name": "RAMIFY_PROXY_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "ramify-proxy-token", "key": "token"}},
     }]
