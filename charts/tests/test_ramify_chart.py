@@ -292,6 +292,8 @@ def test_proxy(rendered):
         "metrics-listen": "0.0.0.0:9090",
         "sync-interval": "2s",
         "startup-timeout": "10s",
+        "shutdown-delay": "5s",
+        "drain-timeout": "40s",
         "max-connections-per-branch": "100",
         "max-connections": "1000",
         "tls-ca-cert": "/etc/ramify/tls-ca/tls.crt",
@@ -349,8 +351,10 @@ def test_a_cert_manager_issuer_issues_the_ca_and_the_operator_only_waits_for_it(
 def test_proxy_connection_caps_and_startup_timeout_reach_the_flags():
     out = kube.render(RAMIFY_CHART, {"proxy": {
         "startupTimeout": "3s", "maxConnectionsPerBranch": 20, "maxConnections": 5000,
+        "shutdownDelay": "0s", "drainTimeout": "15s",
     }}, namespace=NAMESPACE)
     proxy = flags(container(out.get("Deployment", "ramify-proxy"), "proxy"))
+    assert (proxy["shutdown-delay"], proxy["drain-timeout"]) == ("0s", "15s")
     # Large numbers stay integers (Helm reads YAML numbers as float64).
     assert (proxy["startup-timeout"], proxy["max-connections-per-branch"], proxy["max-connections"]) == (
         "3s", "20", "5000",
@@ -556,6 +560,7 @@ def test_monitoring_peers_and_disabling_policies():
     ({"proxy": {"maxConnectionsPerBranch": 0}}, "maxConnectionsPerBranch"),
     ({"proxy": {"maxConnections": "many"}}, "maxConnections"),
     ({"proxy": {"startupTimeout": "ten seconds"}}, "startupTimeout"),
+    ({"proxy": {"drainTimeout": "forever"}}, "drainTimeout"),
     ({"logFormat": "xml"}, "logFormat"),
     ({"networkPolicy": {"monitoringFrom": [{"podSelektor": {}}]}}, "podSelektor"),
     ({"admission": {"protectBranch": False}}, "protectBranch"),

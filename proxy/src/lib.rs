@@ -279,6 +279,15 @@ impl Proxy {
         info!(branch, "route removed");
     }
 
+    /// Closes every route's listener (new clients are refused by the kernel) while the
+    /// connections already open go on: the first step of a graceful shutdown. Routes
+    /// added later still accept; [`Proxy::remove_route`] still closes everything.
+    pub fn stop_accepting(&self) {
+        for tasks in self.routes().values() {
+            tasks.route.stop_accepting();
+        }
+    }
+
     /// Client connections open on every route now (against `max_connections`).
     pub fn open_connections(&self) -> usize {
         self.inner.open.load(Ordering::Acquire)
@@ -333,12 +342,15 @@ impl Drop for Inner {
     }
 }
 
-/// Accepts clients until the route is shut down, then closes the listener and aborts
-/// (closes) every connection.
+/// Accepts clients until the route stops accepting (draining) or is shut down, then
+/// closes the listener. Open connections go on until they end or the route is shut down,
+/// which aborts (closes) them.
 async fn accept_loop(route: Arc<LiveRoute>, tls: Option<RouteTls>, listener: TcpListener) {
     let mut connections = JoinSet::new();
     let shutdown = route.shutdown_requested();
     tokio::pin!(shutdown);
+    let stop_accepting = route.accepting_stopped();
+    tokio::pin!(stop_accepting);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -353,9 +365,16 @@ async fn accept_loop(route: Arc<LiveRoute>, tls: Option<RouteTls>, listener: Tcp
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
+            () = &mut stop_accepting => break,
         }
     }
     drop(listener);
+    // Draining: the sessions still open finish on their own unless the route is shut down.
+    loop {
+        tokio::select! {
+            next = connections.join_next() => if next.is_none() { break },
+            () = &mut shutdown => break,
+        }
+    }
     connections.shutdown().await;
 }

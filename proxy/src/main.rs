@@ -96,6 +96,20 @@ struct Args {
     #[arg(long, env = "RAMIFY_STARTUP_TIMEOUT", default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
     startup_timeout: Duration,
 
+    /// On SIGTERM, how long the proxy goes on accepting new clients after its readiness
+    /// turns false: the time Services need to stop sending clients here (EndpointSlice
+    /// update, then every node's kube-proxy). Clients that arrive meanwhile are served,
+    /// not refused. 0 stops accepting at once.
+    #[arg(long, env = "RAMIFY_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    shutdown_delay: Duration,
+
+    /// On SIGTERM, after --shutdown-delay: how long sessions still open may go on (no
+    /// new client is accepted) before the proxy closes them and exits. While they last
+    /// the proxy keeps telling the operator their branches are in use. Keep
+    /// --shutdown-delay plus this below the Pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "RAMIFY_DRAIN_TIMEOUT", default_value = "40s", value_parser = parse_duration, value_name = "DURATION")]
+    drain_timeout: Duration,
+
     /// Client connections one branch may have open at once, counted from the accept
     /// (authenticated or not). More are refused at once with SQLSTATE 53300
     /// (too_many_connections), without waking the branch. Keep it below the compute's
@@ -175,6 +189,12 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be more than 0 (e.g. 2s)".to_owned());
     }
     Ok(d)
+}
+
+/// A duration like `5s`, `500ms` or `0s` (zero allowed).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: expected a duration like 5s, 500ms or 0s"))
 }
 
 /// A connection cap: a whole number of at least 1.
@@ -311,19 +331,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "ramify-proxy starting"
     );
 
-    let mut syncer = Syncer::new(proxy, control, args.listen_address, status.clone());
+    let mut syncer = Syncer::new(proxy.clone(), control, args.listen_address, status.clone());
     let mut received = "";
     syncer
         .run(args.sync_interval, async {
             received = signals.next().await;
         })
         .await;
+    // Graceful: readiness fails at once so Services stop sending clients here, but the
+    // kube-proxies learn it only seconds later; until --shutdown-delay has passed, new
+    // clients are still served. Then the listeners close and open sessions may finish
+    // within --drain-timeout. A second signal skips what is left of both.
     status.begin_shutdown();
     info!(
         signal = received,
         routes = status.routes().len(),
-        "shutting down: closing every route"
+        shutdown_delay = ?args.shutdown_delay,
+        "shutting down: not ready any more; still accepting clients while Services stop sending them here"
     );
+    let mut hurried: Option<&'static str> = None;
+    syncer
+        .run(args.sync_interval, async {
+            tokio::select! {
+                () = tokio::time::sleep(args.shutdown_delay) => {}
+                second = signals.next() => hurried = Some(second),
+            }
+        })
+        .await;
+    if hurried.is_none() {
+        proxy.stop_accepting();
+        info!(
+            open_connections = proxy.open_connections(),
+            drain_timeout = ?args.drain_timeout,
+            "no longer accepting clients: waiting for open sessions to end"
+        );
+        let left = syncer
+            .drain(args.sync_interval, async {
+                tokio::select! {
+                    () = tokio::time::sleep(args.drain_timeout) => {}
+                    second = signals.next() => hurried = Some(second),
+                }
+            })
+            .await;
+        if left > 0 {
+            warn!(
+                open_connections = left,
+                "sessions still open after --drain-timeout: closing them"
+            );
+        }
+    }
+    if let Some(second) = hurried {
+        warn!(signal = second, "second signal: closing every session now");
+    }
+    info!(routes = status.routes().len(), "closing every route");
     tokio::select! {
         () = syncer.remove_all() => {}
         second = signals.next() => {

@@ -296,6 +296,8 @@ pub(crate) struct LiveRoute {
     /// Signalled on every state change the suspender or waiting clients care about.
     changed: Notify,
     shutdown: watch::Sender<bool>,
+    /// Set when the listener should close while open connections go on (draining).
+    accepting_stopped: watch::Sender<bool>,
 }
 
 impl LiveRoute {
@@ -317,6 +319,7 @@ impl LiveRoute {
             total,
             changed: Notify::new(),
             shutdown: watch::Sender::new(false),
+            accepting_stopped: watch::Sender::new(false),
         }
     }
 
@@ -348,6 +351,20 @@ impl LiveRoute {
     pub(crate) fn shut_down(&self) {
         self.shutdown.send_replace(true);
         self.changed.notify_waiters();
+    }
+
+    /// Closes the listener but leaves open connections alone (the proxy is draining).
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting_stopped.send_replace(true);
+    }
+
+    /// Resolves once [`LiveRoute::stop_accepting`] or [`LiveRoute::shut_down`] was called.
+    pub(crate) async fn accepting_stopped(&self) {
+        let mut stopped = self.accepting_stopped.subscribe();
+        tokio::select! {
+            _ = stopped.wait_for(|&stop| stop) => {}
+            () = self.shutdown_requested() => {}
+        }
     }
 
     /// Resolves once [`LiveRoute::shut_down`] was called.

@@ -196,6 +196,9 @@ fn action_branch(a: &Action) -> &str {
     }
 }
 
+/// How often a draining proxy looks whether its last session has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
 /// What the sync loop has achieved, shared with `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
 pub struct SyncStatus {
@@ -305,6 +308,36 @@ impl Syncer {
                 biased;
                 () = &mut stop => return,
                 _ = ticks.tick() => self.sync_once().await,
+            }
+        }
+    }
+
+    /// While the proxy drains (no longer accepting clients): reports the branches still
+    /// in use here every `interval`, so no other replica suspends them under the open
+    /// sessions, until every session has ended or `stop` resolves. Routes are not
+    /// synced any more (a new route would accept clients). Returns the client
+    /// connections still open.
+    pub async fn drain(
+        &mut self,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> usize {
+        tokio::pin!(stop);
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(DRAIN_POLL);
+        loop {
+            if self.proxy.open_connections() == 0 {
+                // Tell the operator at once that nothing is in use here any more,
+                // instead of letting the last report's lease run out.
+                self.report_activity().await;
+                return 0;
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => return self.proxy.open_connections(),
+                _ = ticks.tick() => self.report_activity().await,
+                _ = poll.tick() => {}
             }
         }
     }

@@ -238,3 +238,164 @@ async fn a_proxy_reports_its_clients_and_a_refused_suspend_restarts_its_idle_clo
         Some(0)
     );
 }
+
+async fn connect(
+    port: u16,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user=app password=secret dbname=postgres connect_timeout=30"
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
+}
+
+/// A proxy Pod being replaced: on SIGTERM its readiness fails at once, but clients the
+/// Service still sends it during --shutdown-delay are served (kube-proxies learn of the
+/// change only seconds later); then its listeners close while open sessions go on,
+/// their branch still reported in use; once the last one ends the proxy says so and
+/// exits at once, well before --drain-timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_serves_late_clients_then_drains_open_sessions() {
+    let compute = PgControl::new().await;
+    let port = free_port();
+    let (op, url) = start_operator(port, Arc::clone(&compute)).await;
+    let mut proxy = ProxyProcess::spawn_with_args(
+        &url,
+        TOKEN,
+        &["--shutdown-delay", "2s", "--drain-timeout", "30s"],
+    )
+    .await;
+    proxy.wait_ready().await;
+    proxy
+        .wait_metric(&series("ramify_proxy_route_port"), |v| {
+            v == Some(u64::from(port))
+        })
+        .await;
+    let (early, _) = connect(port).await.unwrap();
+    early.simple_query("SELECT 1").await.unwrap();
+
+    let signalled = Instant::now();
+    proxy.sigterm();
+    let deadline = signalled + Duration::from_secs(10);
+    while proxy.get("/readyz").await.map(|(s, _)| s) != Some(503) {
+        proxy.check_deadline(deadline, "/readyz 503 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "readiness must fail at once"
+    );
+    // A client the Service still routes here during the delay gets a session.
+    let (late, _) = connect(port).await.unwrap_or_else(|e| {
+        panic!(
+            "a client during --shutdown-delay was refused: {e:?}\n{}",
+            proxy.log()
+        )
+    });
+    late.simple_query("SELECT 2").await.unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the late client came too late to prove anything"
+    );
+
+    // After the delay the port is closed; the open sessions still work.
+    tokio::time::sleep_until((signalled + Duration::from_millis(2500)).into()).await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert_eq!(
+        refused
+            .expect_err("the proxy still accepts after --shutdown-delay")
+            .kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    early.simple_query("SELECT 3").await.unwrap();
+    late.simple_query("SELECT 4").await.unwrap();
+    // While draining, the proxy keeps reporting the branch in use.
+    let reports_before = op.seen.lock().unwrap().reports.len();
+    wait_for("a report during the drain", &proxy, || {
+        let seen = op.seen.lock().unwrap();
+        seen.reports.len() > reports_before + 2 && seen.reports.last().unwrap().1 == ["dev/a"]
+    })
+    .await;
+    assert!(
+        !proxy.exited(),
+        "exited with sessions open:\n{}",
+        proxy.log()
+    );
+
+    // The last session ends: an empty report, and the proxy exits cleanly at once.
+    drop(early);
+    drop(late);
+    let ended = Instant::now();
+    let status = proxy.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "exit {status}; log:\n{}", proxy.log());
+    assert!(
+        ended.elapsed() < Duration::from_secs(3),
+        "took {:?} after the last session",
+        ended.elapsed()
+    );
+    assert_eq!(
+        op.seen.lock().unwrap().reports.last().unwrap().1,
+        Vec::<String>::new()
+    );
+    let log = proxy.log();
+    assert!(log.contains("no longer accepting clients"), "{log}");
+    assert!(!log.contains("still open after --drain-timeout"), "{log}");
+    // The compute is the operator's business: the proxy leaves it running.
+    assert!(compute.postgres_running());
+}
+
+/// A session that outlasts --drain-timeout is closed then, and the proxy exits; a
+/// second SIGTERM cuts the drain short.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_ends_at_its_timeout_or_at_a_second_signal() {
+    let compute = PgControl::new().await;
+    let port = free_port();
+    let (_op, url) = start_operator(port, Arc::clone(&compute)).await;
+    for second_signal in [false, true] {
+        let mut proxy = ProxyProcess::spawn_with_args(
+            &url,
+            TOKEN,
+            &[
+                "--shutdown-delay",
+                "0s",
+                "--drain-timeout",
+                if second_signal { "60s" } else { "2s" },
+            ],
+        )
+        .await;
+        proxy.wait_ready().await;
+        let (held, _) = connect(port).await.unwrap();
+        held.simple_query("SELECT 1").await.unwrap();
+        let signalled = Instant::now();
+        proxy.sigterm();
+        if second_signal {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(!proxy.exited());
+            proxy.sigterm();
+        }
+        let status = proxy.wait_exit(Duration::from_secs(10)).await;
+        let took = signalled.elapsed();
+        let log = proxy.log();
+        assert!(status.success(), "exit {status}; log:\n{log}");
+        if second_signal {
+            assert!(took < Duration::from_secs(3), "took {took:?}");
+            assert!(
+                log.contains("second signal: closing every session now"),
+                "{log}"
+            );
+        } else {
+            assert!(
+                took >= Duration::from_secs(2),
+                "exited after {took:?}, before the drain timeout"
+            );
+            assert!(log.contains("still open after --drain-timeout"), "{log}");
+        }
+        assert!(
+            held.simple_query("SELECT 2").await.is_err(),
+            "the session outlived the proxy"
+        );
+    }
+}

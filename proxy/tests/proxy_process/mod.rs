@@ -24,8 +24,19 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts the proxy against `operator_url` with `token` in `RAMIFY_PROXY_TOKEN` (as the
-    /// Helm chart passes it) and debug logging, so a leaked token would show.
+    /// Helm chart passes it) and debug logging, so a leaked token would show. SIGTERM
+    /// closes everything at once (no shutdown delay, no drain).
     pub async fn spawn(operator_url: &str, token: &str) -> Self {
+        Self::spawn_with_args(
+            operator_url,
+            token,
+            &["--shutdown-delay", "0s", "--drain-timeout", "0s"],
+        )
+        .await
+    }
+
+    /// [`ProxyProcess::spawn`] with further flags (given last, so they win).
+    pub async fn spawn_with_args(operator_url: &str, token: &str, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ramify-proxy-test-")
             .tempdir()
@@ -45,6 +56,7 @@ impl ProxyProcess {
                 &format!("{}ms", SYNC_INTERVAL.as_millis()),
             ])
             .args(["--wake-timeout", "30s"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -130,12 +142,27 @@ impl ProxyProcess {
 
     /// SIGTERM, then waits (up to 20 s) for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(20)).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let pid = self.child.id().expect("the proxy is still running");
         kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits up to `limit` for the exit; fails with the log after that.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
-                "the proxy did not exit within 20 s of SIGTERM; its log:\n{}",
+                "the proxy did not exit within {limit:?}; its log:\n{}",
                 self.log()
             ),
         }
