@@ -54,6 +54,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn publish(&self, branch: &Branch, port: u16) -> Result<u16, String>;
     /// Stops accepting clients for the branch and closes their connections.
     async fn unpublish(&self, branch: &Branch);
+    /// Stops a compute that no branch owns any more but may still run on `timeline`
+    /// (left by a crash between starting it and recording the branch): at once, its data
+    /// is deleted next. Returns whether one ran. By default computes do not outlive the
+    /// process that started them, so there is none.
+    async fn stop_stray(&self, _timeline: &TimelineInfo) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// Why a lifecycle operation failed, each with the HTTP status the API answers.
@@ -266,17 +273,21 @@ impl<R: Runtime> Lifecycle<R> {
             .start(branch, timeline)
             .await
             .map_err(LifecycleError::Runtime)?;
+        if !root {
+            // A fork inherited its parent's role and password hash: the role gets the
+            // branch role's attributes and a new password, so the parent's never opens
+            // this branch. A fork of a moment before its parent's own credentials were
+            // set (the first second of a root) has no role or database yet: both are
+            // made. The storage node does this idempotently.
+            return self.set_credentials(branch).await;
+        }
         // The password travels only as a SCRAM verifier, in a session that logs nothing.
         use ramify_compute::roles;
         let verifier = roles::scram_verifier(&branch.password);
         let mut statements = vec![roles::QUIET_SESSION.to_owned()];
-        // A fork inherited its parent's role and password hash: it is reset to the branch
-        // role's attributes with a new password, so the parent's never opens this branch.
-        statements.extend(roles::login_statements(&branch.user, &verifier, !root));
+        statements.extend(roles::login_statements(&branch.user, &verifier, false));
         statements.push(roles::revoke_escapes());
-        if root {
-            statements.push(roles::create_database(&branch.database, &branch.user));
-        }
+        statements.push(roles::create_database(&branch.database, &branch.user));
         self.runtime
             .admin_sql(branch, &statements)
             .await

@@ -11,8 +11,10 @@ pub mod locks;
 pub mod model;
 pub mod names;
 pub mod password;
+pub mod recovery;
 pub mod restore;
 pub mod store;
 
 pub use crate::core::{Lifecycle, LifecycleError, Runtime};
 pub use model::*;
+pub use recovery::Recovery;

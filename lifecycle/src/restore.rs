@@ -94,38 +94,42 @@ impl<R: Runtime> Lifecycle<R> {
         // The old compute's shutdown checkpoint is written in the background, after the
         // switch: nothing here waits for it.
         let timeline = self.fork(from_timeline, at).await?;
-        let leaving = if req.backup {
-            Leaving::Keep
-        } else {
-            Leaving::Delete
-        };
-        let mut next = self.switch_timeline(&branch, &timeline, leaving).await?;
+        // The backup branch is made ready first and written in the same store write as
+        // the switch: a crash leaves either the branch on its old timeline, or on the new
+        // one with its backup — never the old timeline without a branch.
         let backup = if req.backup {
-            match self.keep_as_backup(&branch).await {
-                Ok(backup) => {
-                    next.former_timelines.push(FormerTimeline {
-                        timeline: branch.timeline,
-                        left_at: Utc::now(),
-                        successor_fork_lsn: timeline
-                            .fork_lsn
-                            .filter(|_| timeline.parent == Some(branch.timeline)),
-                    });
-                    self.store.put(&next)?;
-                    Some(backup)
-                }
+            match self.prepare_backup(&branch).await {
+                Ok(b) => Some(b),
                 Err(e) => {
+                    let _ = self.storage.delete_timeline(timeline.id, true).await;
                     return Err(LifecycleError::Runtime(format!(
-                        "{name} was restored, but its previous state (timeline {}) could not be kept as a backup branch: {e}",
+                        "{name} was not restored: its present state (timeline {}) could not be kept as a backup branch: {e}",
                         branch.timeline
-                    )))
+                    )));
                 }
             }
         } else {
+            None
+        };
+        let leaving = match &backup {
+            Some(b) => Leaving::Keep(Box::new(b.clone())),
+            None => Leaving::Delete,
+        };
+        let next = match self.switch_timeline(&branch, &timeline, leaving).await {
+            Ok(next) => next,
+            Err(e) => {
+                if let Some(b) = &backup {
+                    self.runtime.unpublish(b).await;
+                }
+                return Err(e);
+            }
+        };
+        if backup.is_none() {
             if let Err(e) = self.retire_timeline(branch.timeline).await {
                 warn!(branch = name, timeline = %branch.timeline, error = %e, "cannot delete the timeline a restore left");
             }
-            None
-        };
+        }
+        let backup = backup.map(|b| b.name);
         info!(branch = name, source = %source.name, point = %point, timeline = %next.timeline, backup = ?backup, "branch restored");
         Ok(RestoreOutcome {
             branch: self.view_of(&next, &timeline).await?,
@@ -211,13 +215,22 @@ impl<R: Runtime> Lifecycle<R> {
         next.timeline = timeline.id;
         next.at = timeline.at.clone();
         next.password_pending = false;
+        if let Leaving::Keep(_) = &leaving {
+            next.former_timelines.push(FormerTimeline {
+                timeline: branch.timeline,
+                left_at: Utc::now(),
+                successor_fork_lsn: timeline
+                    .fork_lsn
+                    .filter(|_| timeline.parent == Some(branch.timeline)),
+            });
+        }
         let switched = async {
             // A timeline kept as a backup is stopped cleanly, so that it ends at a
             // shutdown checkpoint (its whole history stays forkable); that checkpoint is
             // written in the background while the new compute starts, since the two
             // share nothing but the branch's name. One deleted next needs no checkpoint.
-            match leaving {
-                Leaving::Keep => self.runtime.detach(branch).await,
+            match &leaving {
+                Leaving::Keep(_) => self.runtime.detach(branch).await,
                 Leaving::Delete => {
                     self.end_sessions(branch).await;
                     self.runtime.stop_now(branch).await
@@ -229,7 +242,12 @@ impl<R: Runtime> Lifecycle<R> {
                 .await
                 .map_err(LifecycleError::Runtime)?;
             self.set_credentials(&next).await?;
-            self.store.put(&next)?;
+            // One write: the branch on its new timeline and, when kept, the backup
+            // branch on the old one.
+            match &leaving {
+                Leaving::Keep(backup) => self.store.put_all(&[next.clone(), (**backup).clone()])?,
+                Leaving::Delete => self.store.put(&next)?,
+            }
             Ok::<_, LifecycleError>(())
         }
         .await;
@@ -256,9 +274,11 @@ impl<R: Runtime> Lifecycle<R> {
         }
     }
 
-    /// Publishes the timeline `branch` just left as a suspended backup branch with a
-    /// fresh password (set on its first start), expiring after the restore window.
-    async fn keep_as_backup(&self, branch: &Branch) -> Result<String, LifecycleError> {
+    /// The backup branch that will keep `branch`'s present timeline once a restore moves
+    /// it: suspended, with a fresh password (set on its first start), expiring after the
+    /// restore window, and already published on its own port. Not stored: the restore
+    /// writes it together with the switch.
+    async fn prepare_backup(&self, branch: &Branch) -> Result<Branch, LifecycleError> {
         let now = Utc::now();
         let existing: Vec<String> = self.store.all()?.into_iter().map(|b| b.name).collect();
         let name = backup_name(&branch.name, now, |n| existing.iter().any(|e| e == n));
@@ -291,19 +311,15 @@ impl<R: Runtime> Lifecycle<R> {
             .publish(&backup, 0)
             .await
             .map_err(LifecycleError::Runtime)?;
-        if let Err(e) = self.store.put(&backup) {
-            self.runtime.unpublish(&backup).await;
-            return Err(e.into());
-        }
-        Ok(name)
+        Ok(backup)
     }
 }
 
 /// What happens to the timeline a branch leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Leaving {
-    /// Kept, as a backup branch.
-    Keep,
+    /// Kept, as this backup branch (written with the switch).
+    Keep(Box<Branch>),
     /// Deleted right after.
     Delete,
 }

@@ -31,6 +31,9 @@ pub trait BranchStore: Send + Sync {
     fn all(&self) -> Result<Vec<Branch>, StoreError>;
     /// Inserts or replaces a branch.
     fn put(&self, branch: &Branch) -> Result<(), StoreError>;
+    /// Inserts or replaces several branches in one atomic write: after a crash either
+    /// all of them are stored or none.
+    fn put_all(&self, branches: &[Branch]) -> Result<(), StoreError>;
     /// Removes a branch (no-op when absent).
     fn remove(&self, name: &str) -> Result<(), StoreError>;
     /// One branch.
@@ -106,11 +109,17 @@ impl BranchStore for JsonFileStore {
     }
 
     fn put(&self, branch: &Branch) -> Result<(), StoreError> {
+        self.put_all(std::slice::from_ref(branch))
+    }
+
+    fn put_all(&self, branches: &[Branch]) -> Result<(), StoreError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = self.read()?;
-        match all.iter_mut().find(|b| b.name == branch.name) {
-            Some(b) => *b = branch.clone(),
-            None => all.push(branch.clone()),
+        for branch in branches {
+            match all.iter_mut().find(|b| b.name == branch.name) {
+                Some(b) => *b = branch.clone(),
+                None => all.push(branch.clone()),
+            }
         }
         self.write(&all)
     }
@@ -178,5 +187,21 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn put_all_replaces_and_inserts_in_one_write() {
+        let t = tempfile::tempdir().unwrap();
+        let s = JsonFileStore::new(t.path().join("branches.json"));
+        s.put(&branch("main")).unwrap();
+        let mut main = branch("main");
+        main.port = 7000;
+        let backup = branch("main-before-restore");
+        s.put_all(&[main, backup]).unwrap();
+        let all = s.all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].port, 7000);
+        assert_eq!(all[1].name, "main-before-restore");
+        assert!(!t.path().join("branches.json.tmp").exists());
     }
 }

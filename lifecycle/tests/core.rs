@@ -463,3 +463,66 @@ async fn expired_branches_are_deleted_unless_protected_or_parents() {
     l.delete("child", false).await.unwrap();
     assert_eq!(l.reap_expired(later).await.unwrap(), ["parent"]);
 }
+
+async fn new_timeline(f: &Fixture) -> ramify_api::TimelineId {
+    f.storage
+        .create_timeline(&ramify_api::CreateTimeline::default())
+        .await
+        .unwrap()
+        .value
+        .id
+}
+
+/// A crash between making a timeline and storing the branch that points at it (a
+/// create, a fork, the new timeline of a reset or restore) leaves a timeline no branch
+/// has. The next start deletes those — and only those: a branch's own timeline, the ones
+/// it left in restores and the ones its checkpoints live on stay.
+#[tokio::test]
+async fn recovery_deletes_exactly_the_timelines_no_branch_needs() {
+    let f = fixture().await;
+    f.lifecycle.create(create("main")).await.unwrap();
+    let mut dev = put_child(&f, "dev", "main").await;
+    let (former, checkpointed) = (new_timeline(&f).await, new_timeline(&f).await);
+    dev.former_timelines.push(ramify_lifecycle::FormerTimeline {
+        timeline: former,
+        left_at: chrono::Utc::now(),
+        successor_fork_lsn: None,
+    });
+    dev.checkpoints.push(Checkpoint {
+        name: "before-migration".into(),
+        lsn: ramify_api::Lsn(0x1000),
+        time: chrono::Utc::now(),
+        timeline: checkpointed,
+        snapshot: None,
+    });
+    f.store.put(&dev).unwrap();
+    let (orphan_a, orphan_b) = (new_timeline(&f).await, new_timeline(&f).await);
+    let before: Vec<_> = f.storage.list_timelines().await.unwrap();
+    assert_eq!(before.len(), 6);
+
+    let r = f.lifecycle.recover().await.unwrap();
+    let mut deleted = r.deleted_timelines.clone();
+    deleted.sort();
+    let mut expected = vec![orphan_a, orphan_b];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert!(
+        r.failed.is_empty() && r.stopped_computes.is_empty(),
+        "{r:?}"
+    );
+    let mut left: Vec<_> = f
+        .storage
+        .list_timelines()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    left.sort();
+    let main = f.store.get("main").unwrap().unwrap().timeline;
+    let mut want = vec![main, dev.timeline, former, checkpointed];
+    want.sort();
+    assert_eq!(left, want);
+    // Nothing more to do the second time.
+    assert_eq!(f.lifecycle.recover().await.unwrap(), Default::default());
+}

@@ -158,6 +158,20 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         "127.0.0.1",
     ));
     control.attach(&lifecycle);
+    // An operation cut short by a crash of an earlier daemon may have left a timeline no
+    // branch has, and a compute running on it: both go before anything is served.
+    match lifecycle.recover().await {
+        Ok(r) if !r.failed.is_empty() => {
+            warn!(
+                failed = r.failed.len(),
+                "recovery could not delete every timeline no branch has; retried at the next start"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %e, "recovery after an earlier daemon failed; retried at the next start")
+        }
+    }
     // Branches keep their ports across restarts; computes stay suspended until used. A
     // compute left running by a daemon that died is stopped cleanly first: nothing would
     // route to it, and it holds its PGDATA.
