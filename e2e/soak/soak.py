@@ -591,6 +591,9 @@ class Soak:
         view = self.cli_json("branch", "create", name, "--suspend-after", "0")
         self.add_branch(name, view, [({}, POS, NEG)], "fresh root")
         self.setup_bank(view["uri"])
+        # Its history before this holds no bank (an empty database): not what the checks
+        # of a fork expect, so forks and restores by time pick later moments.
+        self.branches[name]["ready_at"] = time.time()
         self.branches[name]["alts"] = [(self.burst(name, self.rng.randint(5, 50)), POS, NEG)]
         # The burst's acknowledged rows must be there, unacknowledged ones may.
         h = self.branches[name]["alts"][0][0]
@@ -624,8 +627,8 @@ class Soak:
             view = self.cli_json(*args, "--at", str(lsn))
         elif how == "fork-time":
             pv = self.must_view(parent)
-            start = max(parse_utc(pv["restore_window"]["from_time"]), time.time() - 40)
-            t = self.rng.uniform(start, time.time() - 0.2)
+            start = max(parse_utc(pv["restore_window"]["from_time"]), time.time() - 40, pb.get("ready_at", NEG))
+            t = self.rng.uniform(start, max(start, time.time() - 0.2))
             lo = hi = t
             hist = self.snapshot_hist(parent)
             label += f" at {utc(t)}"
@@ -675,8 +678,8 @@ class Soak:
         name = self.rng.choice(sorted(kids))
         b = self.branches[name]
         v = self.must_view(name)
-        start = max(parse_utc(v["restore_window"]["from_time"]), time.time() - 60)
-        t = self.rng.uniform(start, time.time() - 0.2)
+        start = max(parse_utc(v["restore_window"]["from_time"]), time.time() - 60, b.get("ready_at", NEG))
+        t = self.rng.uniform(start, max(start, time.time() - 0.2))
         hist = self.snapshot_hist(name)
         args = ["branch", "restore", name, "--at", utc(t)]
         backup = self.rng.random() < 0.5
@@ -834,6 +837,7 @@ class Soak:
             self.branches[r] = {"kind": "root", "uri": view["uri"], "how": "root (every acknowledged commit)",
                                 "checkpoints": {}}
             self.setup_bank(view["uri"])
+            self.branches[r]["ready_at"] = time.time()
         for i, r in enumerate(ROOTS):
             t = threading.Thread(target=self.workload, args=(r, i), daemon=True)
             t.start()
