@@ -10,9 +10,12 @@
 //! * `N*ACTION` — the action fires on the N-th time the step is reached (1-based), the
 //!   other times it does nothing.
 //!
-//! Example: `RAMIFY_FAILPOINTS='fork.after_clone=kill,snapshot.before_record=2*kill'`.
-//! Unknown names are harmless (a test names steps that exist; see `NAMES`), a malformed
-//! entry makes the process refuse to start, so a typo never silently tests nothing.
+//! Example: `RAMIFY_FAILPOINTS='fork.after_build=kill,snapshot.before_publish=2*kill'`.
+//! The steps are the names passed to [`hit`] and [`hit_async`]; `CASES` in
+//! `storage-node/tests/crash_steps.rs` lists the crash steps with the operation each one
+//! interrupts. A name no step has is accepted and never fires (so keep that list and the
+//! code in step); a malformed entry makes the process refuse to start, so a typo in the
+//! syntax never silently tests nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,7 @@
 //! Races of the storage node against what runs beside it, on real Postgres: a compute woken
 //! in the middle of the clone of its stopped PGDATA, a client that goes away mid-create
-//! and retries, and many creates, deletes and snapshots at once on one busy parent.
+//! and retries, two snapshots of one name at once, and many creates, deletes and
+//! snapshots at once on one busy parent.
 
 mod common;
 
@@ -413,4 +414,83 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
     pgbench_sums_agree(&rc, "the parent").await;
     amcheck(&rc).await;
     rc.stop().await.expect("stop the parent");
+}
+
+/// Two requests for a snapshot of one name on one timeline at once: exactly one takes it,
+/// the other is refused with 409 naming it, the snapshot taken is whole, and no staging
+/// directory is left behind (the two once shared `snapshots/.creating-<name>`, each
+/// removing what the other had staged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_snapshots_of_one_name_at_once() {
+    // Each take stalls once it has made its staging directory, so the two overlap.
+    let env = Env::new_with_env(
+        2 << 30,
+        &["--snapshot-interval", "0", "--snapshot-wal-bytes", "0"],
+        &[("RAMIFY_FAILPOINTS", "snapshot.after_staging=sleep(2000)")],
+    )
+    .await;
+    let (root, mut rc) = env.root().await;
+    rc.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i")
+        .await
+        .expect("create t");
+
+    let (a, b) = tokio::join!(
+        env.client.create_snapshot(root.id, "s1"),
+        env.client.create_snapshot(root.id, "s1")
+    );
+    let (taken, refused) = match (a, b) {
+        (Ok(t), Err(r)) | (Err(r), Ok(t)) => (t, r),
+        (a, b) => panic!(
+            "exactly one of two snapshots named s1 must be taken, got {a:?} and {b:?}\nnode log:\n{}",
+            env.node.log_tail()
+        ),
+    };
+    assert_eq!(taken.name, "s1");
+    assert_eq!(
+        refused.status().map(|s| s.as_u16()),
+        Some(409),
+        "the second take must be a conflict: {refused}"
+    );
+    let msg = refused.to_string();
+    assert!(
+        msg.contains("\"s1\"") && msg.contains("is being taken"),
+        "the refusal must name the snapshot being taken: {msg}"
+    );
+
+    let listed: Vec<String> = env
+        .client
+        .list_snapshots(root.id)
+        .await
+        .expect("list snapshots")
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| n == "s1")
+        .collect();
+    assert_eq!(listed, ["s1"], "s1 is listed once");
+    let snaps = std::path::Path::new(&root.pgdata)
+        .parent()
+        .expect("pgdata has a parent")
+        .join("snapshots");
+    let staging: Vec<String> = std::fs::read_dir(&snaps)
+        .expect("snapshots directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".creating-"))
+        .collect();
+    assert!(staging.is_empty(), "staging left behind: {staging:?}");
+
+    // The snapshot that was taken is whole: a fork of it starts with t's rows.
+    let fork = env.fork(root.id, At::Snapshot("s1".into())).await;
+    let mut fc = env.start(&fork).await;
+    assert_eq!(count(&fc, "t").await, 1000);
+    fc.stop().await.expect("stop the fork");
+    rc.stop().await.expect("stop the root");
+    env.client
+        .delete_timeline(fork.id, false)
+        .await
+        .expect("delete the fork");
+    env.client
+        .delete_timeline(root.id, false)
+        .await
+        .expect("delete the root");
 }

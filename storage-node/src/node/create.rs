@@ -315,10 +315,7 @@ impl Node {
             }
             At::Lsn(lsn) => {
                 let (Some(from), Some(to)) = (window.from_lsn, window.to_lsn) else {
-                    return Err(NodeError::OutOfRange(format!(
-                        "timeline {} has no snapshot yet (a root created empty, by an older release or a node without initdb), so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
-                        prec.id, prec.id
-                    )));
+                    return Err(no_snapshot_yet(prec.id));
                 };
                 if *lsn < from {
                     return Err(NodeError::OutOfRange(format!(
@@ -351,10 +348,7 @@ impl Node {
                     ));
                 }
                 let Some(from) = window.from_time else {
-                    return Err(NodeError::OutOfRange(format!(
-                        "timeline {} has no snapshot yet (a root created empty, by an older release or a node without initdb), so no point of its history can be forked; take one with POST /v1/timelines/{}/snapshots or fork at latest",
-                        prec.id, prec.id
-                    )));
+                    return Err(no_snapshot_yet(prec.id));
                 };
                 let now = Utc::now();
                 if *t < from {
@@ -699,6 +693,14 @@ pub(super) struct Backup {
     pub(super) stop_lsn: Lsn,
     pub(super) time: DateTime<Utc>,
     pub(super) pg_timeline: u32,
+}
+
+/// The refusal of a fork at an LSN or a time of a timeline without a snapshot, whose
+/// history therefore has no point to start from.
+fn no_snapshot_yet(id: TimelineId) -> NodeError {
+    NodeError::OutOfRange(format!(
+        "timeline {id} has no snapshot yet (a root created empty, by an older release or a node without initdb), so no point of its history can be forked; take one with POST /v1/timelines/{id}/snapshots or fork at latest"
+    ))
 }
 
 pub(super) fn describe_window(w: &RestoreWindow) -> String {

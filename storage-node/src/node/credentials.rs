@@ -24,7 +24,7 @@ impl Node {
                 "timeline {id} has no running compute; start it before setting credentials"
             )));
         };
-        let c = control::connect(&self.dir(id).run(), running.port).await?;
+        let c = self.connect_compute(id, running.port).await?;
         control::ensure_login(
             &c,
             &creds.user,

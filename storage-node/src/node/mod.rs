@@ -79,6 +79,9 @@ pub struct Node {
     creating: StdMutex<HashMap<TimelineId, Arc<Mutex<()>>>>,
     /// Timelines with a periodic snapshot in flight.
     snapshotting: StdMutex<HashSet<TimelineId>>,
+    /// Snapshots being taken, by timeline and name: each owns its staging directory
+    /// `snapshots/.creating-<name>` until it publishes or gives up.
+    taking: StdMutex<HashSet<(TimelineId, String)>>,
     /// One drain of an archive inbox at a time (the background one and those a fork,
     /// snapshot or GC runs first), so no two judge the same arrival.
     draining: Mutex<()>,
@@ -136,6 +139,7 @@ impl Node {
             history: StdMutex::new(HashMap::new()),
             creating: StdMutex::new(HashMap::new()),
             snapshotting: StdMutex::new(HashSet::new()),
+            taking: StdMutex::new(HashSet::new()),
             draining: Mutex::new(()),
             extent_cache: Arc::default(),
             accountant: Arc::default(),
@@ -287,6 +291,16 @@ impl Node {
             .map(|port| Running { port })
     }
 
+    /// A control connection, over its Unix socket, to `id`'s compute listening on `port`
+    /// (as [`Node::running`] found it).
+    async fn connect_compute(
+        &self,
+        id: TimelineId,
+        port: u16,
+    ) -> Result<tokio_postgres::Client, ControlError> {
+        control::connect(&self.dir(id).run(), port).await
+    }
+
     /// A control connection to `id`'s compute, or `None` when none runs. A compute that is
     /// shutting down (a suspend, or the old compute a restore detached and stops in the
     /// background) refuses new connections until it has exited: it is waited for, up to
@@ -300,7 +314,7 @@ impl Node {
             let Some(r) = self.running(id).await else {
                 return Ok(None);
             };
-            match control::connect(&self.dir(id).run(), r.port).await {
+            match self.connect_compute(id, r.port).await {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) if e.is_shutting_down() => {
                     if Instant::now() >= deadline {

@@ -14,7 +14,7 @@ impl Node {
         let usable = window::usable(&rec.snapshots, self.wal_kept_from(rec));
         let base = usable.first();
         let (to_lsn, to_time) = match running {
-            Some(r) => match control::connect(&self.dir(rec.id).run(), r.port).await {
+            Some(r) => match self.connect_compute(rec.id, r.port).await {
                 // A compute still in recovery (a fork replaying to its point) has no
                 // flush LSN yet and no history of its own beyond its fork point: one
                 // such compute must not fail the listing of every timeline.

@@ -622,7 +622,7 @@ impl Node {
                 true,
             )
             .map_err(CloneError::from)?;
-        let c = control::connect(&self.dir(id).run(), r.port).await?;
+        let c = self.connect_compute(id, r.port).await?;
         let q = |source| ControlError::Query {
             what: "making the timeline read-only",
             source,
@@ -660,7 +660,7 @@ impl Node {
     /// Client sessions of `id`'s compute that hold a transaction id: writing, although
     /// the timeline is read-only.
     async fn writing_sessions(&self, id: TimelineId, port: u16) -> Result<u64, NodeError> {
-        let c = control::connect(&self.dir(id).run(), port).await?;
+        let c = self.connect_compute(id, port).await?;
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
@@ -683,7 +683,7 @@ impl Node {
         let Some(r) = self.running(id).await else {
             return Ok(());
         };
-        let c = control::connect(&self.dir(id).run(), r.port).await?;
+        let c = self.connect_compute(id, r.port).await?;
         log_in_compute(
             &c,
             "ramify-storage: this branch is READ-ONLY because the volume is nearly full; ending the sessions that write anyway (if they go on under half the reserve, the compute is stopped)",
@@ -716,7 +716,7 @@ impl Node {
         let Some(r) = self.running(id).await else {
             return Ok(());
         };
-        let c = control::connect(&self.dir(id).run(), r.port).await?;
+        let c = self.connect_compute(id, r.port).await?;
         let reason = format!(
             "ramify-storage: the volume has {} free, under half the reserve of {}, and this READ-ONLY branch kept writing (a session turned default_transaction_read_only off): stopping this compute; it starts read-only again",
             human(available),
@@ -745,7 +745,7 @@ impl Node {
         }
         match self.running(id).await {
             Some(r) => {
-                let c = control::connect(&dir.run(), r.port).await?;
+                let c = self.connect_compute(id, r.port).await?;
                 let q = |source| ControlError::Query {
                     what: "lifting the read-only restriction",
                     source,

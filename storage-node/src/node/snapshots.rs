@@ -34,7 +34,7 @@ impl Node {
                     "timeline {id} has no running compute; a restore point is written by its Postgres, so start it first"
                 )));
             };
-            let c = control::connect(&self.dir(id).run(), running.port).await?;
+            let c = self.connect_compute(id, running.port).await?;
             let (lsn, time) = control::restore_point(&c, &req.name).await?;
             (lsn, time, rec)
         };
@@ -118,6 +118,8 @@ impl Node {
         fast: bool,
     ) -> Result<SnapshotInfo, NodeError> {
         let _g = self.read_lock(id).await;
+        // Two takes of one name would share (and remove) one staging directory.
+        let _taking = Taking::claim(self, id, name)?;
         let rec = self.record(id)?;
         if rec.snapshots.iter().any(|s| s.info.name == name) {
             return Err(NodeError::Conflict(format!(
@@ -147,7 +149,7 @@ impl Node {
                     let b = self
                         .backup_into(&dir, r.port, &pg, &format!("ramify snapshot {name}"), fast)
                         .await?;
-                    let after = match control::connect(&dir.run(), r.port).await {
+                    let after = match self.connect_compute(id, r.port).await {
                         Ok(c) => control::flush_lsn(&c).await.ok(),
                         Err(_) => None,
                     };
@@ -163,7 +165,7 @@ impl Node {
                         }
                         stopped::Latest::Backup { backup: b, port } => {
                             stopped = false;
-                            let after = match control::connect(&dir.run(), port).await {
+                            let after = match self.connect_compute(id, port).await {
                                 Ok(c) => control::flush_lsn(&c).await.ok(),
                                 Err(_) => None,
                             };
@@ -267,5 +269,40 @@ impl Node {
         tokio::task::spawn_blocking(move || snaps.remove_tree(&retired).map_err(CloneError::from))
             .await??;
         Ok(())
+    }
+}
+
+/// The claim of a snapshot name on a timeline while it is being taken, so a second take
+/// of the same name is refused instead of sharing its staging directory. Released when
+/// dropped, also when the request is dropped half-way.
+struct Taking<'a> {
+    node: &'a Node,
+    key: (TimelineId, String),
+}
+
+impl<'a> Taking<'a> {
+    fn claim(node: &'a Node, id: TimelineId, name: &str) -> Result<Taking<'a>, NodeError> {
+        let key = (id, name.to_string());
+        let claimed = node
+            .taking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        if !claimed {
+            return Err(NodeError::Conflict(format!(
+                "snapshot {name:?} of timeline {id} is being taken by another request; wait for it (GET /v1/timelines/{id}/snapshots lists it once taken) or choose another name"
+            )));
+        }
+        Ok(Taking { node, key })
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        self.node
+            .taking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }

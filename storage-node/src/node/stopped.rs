@@ -108,7 +108,7 @@ impl Node {
             // clone anew).
             loop {
                 if let Some(r) = self.running(id).await {
-                    if control::connect(&tdir.run(), r.port).await.is_ok() {
+                    if self.connect_compute(id, r.port).await.is_ok() {
                         let backup = self.backup_into(tdir, r.port, dest, label, fast).await?;
                         return Ok(Latest::Backup {
                             backup,
