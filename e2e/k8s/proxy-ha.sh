@@ -18,7 +18,8 @@ wait_for "two proxy Pods Ready" '{.status.readyReplicas}' '^2$' 120 -n "$SYS" de
 psql_in "$NS_B" -c 'SELECT 1' >/dev/null || fail "alice is not reachable before the proxy HA check"
 k -n "$NS_B" exec psql -- pgbench -i -q -s 1 >/dev/null 2>&1 || fail "pgbench -i on alice failed"
 refused_metric() {
-  k -n "$SYS" exec deploy/ramify-operator -- sh -c 'exec 3<>/dev/tcp/127.0.0.1/8080; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' 2>/dev/null \
+  # Through the API server's Service proxy: the operator's image has no shell or client.
+  k get --raw "/api/v1/namespaces/$SYS/services/ramify-operator:http/proxy/metrics" 2>/dev/null \
     | awk '/^ramify_operator_suspends_refused_total\{reason="in_use"\}/ {print $2}'
 }
 REFUSED_BEFORE="$(refused_metric || true)"
