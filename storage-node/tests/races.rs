@@ -378,14 +378,8 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
         }
         kept.extend(d.at_snapshot);
     }
-    let snaps: std::collections::BTreeSet<String> = env
-        .client
-        .list_snapshots(root.id)
-        .await
-        .expect("list snapshots")
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let snaps: std::collections::BTreeSet<String> =
+        env.snapshot_names(root.id).await.into_iter().collect();
     let snap_dirs: std::collections::BTreeSet<String> =
         std::fs::read_dir(data.join(root.id.to_string()).join("snapshots"))
             .expect("snapshots directory")
@@ -458,12 +452,9 @@ async fn two_snapshots_of_one_name_at_once() {
     );
 
     let listed: Vec<String> = env
-        .client
-        .list_snapshots(root.id)
+        .snapshot_names(root.id)
         .await
-        .expect("list snapshots")
         .into_iter()
-        .map(|s| s.name)
         .filter(|n| n == "s1")
         .collect();
     assert_eq!(listed, ["s1"], "s1 is listed once");
@@ -485,12 +476,5 @@ async fn two_snapshots_of_one_name_at_once() {
     assert_eq!(count(&fc, "t").await, 1000);
     fc.stop().await.expect("stop the fork");
     rc.stop().await.expect("stop the root");
-    env.client
-        .delete_timeline(fork.id, false)
-        .await
-        .expect("delete the fork");
-    env.client
-        .delete_timeline(root.id, false)
-        .await
-        .expect("delete the root");
+    env.delete_all(&[fork.id, root.id], false).await;
 }

@@ -108,12 +108,5 @@ async fn list_and_get_answer_while_a_compute_is_in_recovery() {
 
     fork_standby.stop().await.expect("stop the fork's standby");
     root_standby.stop().await.expect("stop the root's standby");
-    env.client
-        .delete_timeline(fork.id, false)
-        .await
-        .expect("delete the fork");
-    env.client
-        .delete_timeline(root.id, false)
-        .await
-        .expect("delete the root");
+    env.delete_all(&[fork.id, root.id], false).await;
 }

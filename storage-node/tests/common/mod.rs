@@ -127,6 +127,30 @@ impl Env {
             .await
             .expect("get timeline")
     }
+
+    /// Deletes timelines in order (computes stopped first: without `force` a running
+    /// one is refused); fails the test with the node's log on an error.
+    pub async fn delete_all(&self, ids: &[TimelineId], force: bool) {
+        for id in ids {
+            self.client
+                .delete_timeline(*id, force)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("delete {id}: {e}\nnode log:\n{}", self.node.log_tail())
+                });
+        }
+    }
+
+    /// The names of a timeline's snapshots, as the API lists them.
+    pub async fn snapshot_names(&self, id: TimelineId) -> Vec<String> {
+        self.client
+            .list_snapshots(id)
+            .await
+            .expect("list snapshots")
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
 }
 
 /// The current WAL insert position of a compute.
