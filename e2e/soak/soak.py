@@ -131,6 +131,10 @@ class Soak:
         self.daemon_kills = 0
         self.stuck_since = {}
         self.pending_fork = None
+        # (branch, alternatives(), label) of a reset or restore in flight: if the daemon
+        # is killed after it switched the branch but before the CLI heard, the branch
+        # holds what the operation made.
+        self.pending_alt = None
 
     # ---------- bookkeeping ----------
     def log(self, **kv):
@@ -590,7 +594,11 @@ class Soak:
         name = self.new_name("new")
         view = self.cli_json("branch", "create", name, "--suspend-after", "0")
         self.add_branch(name, view, [({}, POS, NEG)], "fresh root")
+        # Until the bank is set up the branch is not one the checks apply to; a kill of
+        # the daemon in between leaves it to finish_setup.
+        self.branches[name]["setup_pending"] = True
         self.setup_bank(view["uri"])
+        self.branches[name].pop("setup_pending")
         # Its history before this holds no bank (an empty database): not what the checks
         # of a fork expect, so forks and restores by time pick later moments.
         self.branches[name]["ready_at"] = time.time()
@@ -599,6 +607,20 @@ class Soak:
         h = self.branches[name]["alts"][0][0]
         self.branches[name]["alts"] = [(h, POS, POS)]
         self.set_how(name, "new root with a burst")
+
+    def finish_setup(self, name):
+        """Sets up the bank of a new root whose setup a SIGKILL of the daemon cut short.
+        The setup is one statement string, so it happened entirely or not at all."""
+        b = self.branches[name]
+        with self.connect(b["uri"], timeout=60) as c:
+            exists = c.execute("SELECT to_regclass('accounts') IS NOT NULL").fetchone()[0]
+        if not exists:
+            self.setup_bank(b["uri"])
+        b.pop("setup_pending")
+        b["ready_at"] = time.time()
+        b["alts"] = [({}, POS, POS)]
+        self.set_how(name, "new root (setup interrupted, then finished)")
+        self.log(event="setup_finished", branch=name, had_tables=exists)
 
     def fork(self, how):
         with_cps = sorted(n for n, b in self.branches.items() if b["checkpoints"])
@@ -659,7 +681,9 @@ class Soak:
         name = self.rng.choice(sorted(kids))
         parent = self.branch_parent(name)
         lo = time.time()
+        self.pending_alt = (name, lambda: [(self.snapshot_hist(parent), lo, time.time())], f"reset to {parent}")
         self.cli_json("branch", "reset", name)
+        self.pending_alt = None
         hi = time.time()
         b = self.branches[name]
         b["alts"] = [(self.snapshot_hist(parent), lo, hi)]
@@ -685,7 +709,9 @@ class Soak:
         backup = self.rng.random() < 0.5
         if not backup:
             args.append("--no-backup")
+        self.pending_alt = (name, lambda: [(hist, t, t)], f"restore at {utc(t)}")
         out = self.cli_json(*args)
+        self.pending_alt = None
         b["alts"] = [(hist, t, t)]
         self.set_how(name, f"restore at {utc(t)}")
         b["checkpoints"] = {}
@@ -760,6 +786,7 @@ class Soak:
         self.count(self.ops, f"kill-during: {inner}")
         before = {n: (dict(b), list(b.get("alts", []))) for n, b in self.branches.items()}
         self.pending_fork = None
+        self.pending_alt = None
         names_before = set(self.branches)
         err = []
 
@@ -789,6 +816,14 @@ class Soak:
             if b["kind"] != "root" and b["alts"] != alts_old:
                 b["alts"] = b["alts"] + alts_old
                 self.set_how(n, f"{inner} interrupted")
+        if self.pending_alt and self.pending_alt[0] in self.branches and self.pending_alt[0] in listed:
+            # Killed during a reset or restore whose CLI call did not return: it may
+            # have switched the branch. Its checkpoints may be gone with the old timeline.
+            n, make, label = self.pending_alt
+            b = self.branches[n]
+            b["alts"] = b["alts"] + make()
+            b["checkpoints"] = {}
+            self.set_how(n, f"{label} (interrupted)")
         if self.pending_fork and self.pending_fork[0] in listed and self.pending_fork[0] not in self.branches:
             # Killed after the branch was made but before the CLI answered.
             name, hist, lo, hi, how = self.pending_fork
@@ -797,6 +832,8 @@ class Soak:
         for n in set(self.branches) - names_before:
             if n not in listed:
                 del self.branches[n]
+            elif self.branches[n].get("setup_pending"):
+                self.finish_setup(n)
         for n in set(self.branches):
             if n not in listed:
                 del self.branches[n]

@@ -54,13 +54,6 @@ pub trait Runtime: Send + Sync + 'static {
     async fn publish(&self, branch: &Branch, port: u16) -> Result<u16, String>;
     /// Stops accepting clients for the branch and closes their connections.
     async fn unpublish(&self, branch: &Branch);
-    /// Stops a compute that no branch owns any more but may still run on `timeline`
-    /// (left by a crash between starting it and recording the branch): at once, its data
-    /// is deleted next. Returns whether one ran. By default computes do not outlive the
-    /// process that started them, so there is none.
-    async fn stop_stray(&self, _timeline: &TimelineInfo) -> Result<bool, String> {
-        Ok(false)
-    }
 }
 
 /// Why a lifecycle operation failed, each with the HTTP status the API answers.
@@ -140,6 +133,7 @@ impl<R: Runtime> Lifecycle<R> {
         &self.runtime
     }
 
+    /// The storage node client.
     pub fn storage(&self) -> &StorageClient {
         &self.storage
     }
@@ -209,10 +203,14 @@ impl<R: Runtime> Lifecycle<R> {
             (None, _) => None,
         };
         let password = password::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
+        // Pending until the branch is stored: a crash in between leaves a timeline that
+        // recover() deletes (with the compute started on it).
+        let id = TimelineId::new_v4();
+        self.store.set_pending(id, true)?;
         let timeline = self
             .storage
             .create_timeline(&CreateTimeline {
-                id: Some(TimelineId::new_v4()),
+                id: Some(id),
                 parent: source.as_ref().map(|(tl, _)| *tl),
                 at: source.map(|(_, at)| at),
             })
@@ -245,11 +243,12 @@ impl<R: Runtime> Lifecycle<R> {
                 warn!(branch = %branch.name, error = %e, "create failed; undoing");
                 self.runtime.unpublish(&branch).await;
                 let _ = self.runtime.stop(&branch).await;
-                let _ = self.storage.delete_timeline(timeline.id, true).await;
+                self.discard_timeline(timeline.id).await;
                 return Err(e);
             }
         }
         self.store.put(&branch)?;
+        self.settle(timeline.id);
         info!(branch = %branch.name, timeline = %branch.timeline, port = branch.port, "branch created");
         // The fork's answer already carries its storage facts: no second accounting sweep.
         let mut view = self.view_of(&branch, &timeline).await?;
@@ -401,6 +400,10 @@ impl<R: Runtime> Lifecycle<R> {
         }
         let lock = self.lock_of(name);
         let _g = lock.lock().await;
+        // Read again under the lock: a restore that finished meanwhile moved the branch
+        // to another timeline (its old one now belongs to the backup branch).
+        let branch = self.branch(name)?;
+        refuse_if_protected(&branch, "deleted")?;
         self.runtime.unpublish(&branch).await;
         // Its data is deleted next: a shutdown checkpoint would be wasted work.
         self.runtime
@@ -425,23 +428,48 @@ impl<R: Runtime> Lifecycle<R> {
             Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
             Err(e) => return Err(e.into()),
         }
+        self.settle(id);
         self.forget_timeline(id)
+    }
+
+    /// Deletes a pending timeline an operation made and then gave up; it stays pending
+    /// (for the next recover) if the delete fails.
+    pub(crate) async fn discard_timeline(&self, id: TimelineId) {
+        match self.storage.delete_timeline(id, true).await {
+            Ok(()) => self.settle(id),
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => self.settle(id),
+            Err(e) => {
+                warn!(timeline = %id, error = %e, "cannot delete the timeline of a failed operation; the next start deletes it")
+            }
+        }
+    }
+
+    /// The operation on `id` is over (its branch is stored, or it is deleted): no longer
+    /// pending. A failure to record that only leaves work for the next recover, which
+    /// keeps every timeline a branch points at.
+    pub(crate) fn settle(&self, id: TimelineId) {
+        if let Err(e) = self.store.set_pending(id, false) {
+            warn!(timeline = %id, error = %e, "cannot clear a pending timeline");
+        }
     }
 
     /// Drops every checkpoint that lived on a deleted timeline, and a branch's former
     /// timelines from it back (history beyond a gap cannot be walked to).
+    /// One read-modify-write of the store, so a branch another operation writes meanwhile
+    /// is never overwritten with a stale copy.
     fn forget_timeline(&self, id: TimelineId) -> Result<(), LifecycleError> {
-        for mut b in self.store.all()? {
-            let before = (b.checkpoints.len(), b.former_timelines.len());
-            b.checkpoints.retain(|c| c.timeline != id);
-            if let Some(pos) = b.former_timelines.iter().position(|f| f.timeline == id) {
-                b.former_timelines.drain(..=pos);
+        self.store.modify(&mut |all| {
+            for b in all.iter_mut() {
+                let before = (b.checkpoints.len(), b.former_timelines.len());
+                b.checkpoints.retain(|c| c.timeline != id);
+                if let Some(pos) = b.former_timelines.iter().position(|f| f.timeline == id) {
+                    b.former_timelines.drain(..=pos);
+                }
+                if before != (b.checkpoints.len(), b.former_timelines.len()) {
+                    info!(branch = %b.name, timeline = %id, "forgetting checkpoints of a deleted timeline");
+                }
             }
-            if before != (b.checkpoints.len(), b.former_timelines.len()) {
-                info!(branch = %b.name, timeline = %id, "forgetting checkpoints of a deleted timeline");
-                self.store.put(&b)?;
-            }
-        }
+        })?;
         Ok(())
     }
 

@@ -2,11 +2,14 @@
 //!
 //! Every operation makes its new timeline (and starts its compute) before the branch
 //! record that points at it is written, so that a branch never points at something
-//! half-made. A crash between the two leaves a timeline no branch knows — with a
-//! Postgres still running on it, as its compute outlives the process — and nothing else:
-//! the operation did not happen. [`Lifecycle::recover`] runs before anything is served,
-//! stops such computes and deletes such timelines. A timeline is kept when a branch is on
-//! it, had it before a restore (`former_timelines`) or has a checkpoint on it.
+//! half-made; and a reset or a restore without backup deletes the timeline the branch
+//! left only after the record points elsewhere. Each such timeline is recorded as
+//! *pending* in the store before the first step and cleared after the last, so a crash in
+//! between leaves a pending timeline — possibly with a Postgres still running on it, as
+//! computes outlive the process. [`Lifecycle::recover`] runs before anything is served:
+//! a pending timeline a branch points at (or keeps: former timelines, checkpoints) is
+//! kept, every other one is deleted with its compute. Timelines that were never pending
+//! are never touched, whoever made them, and so is everything when the store is lost.
 
 use std::collections::HashSet;
 
@@ -19,11 +22,11 @@ use crate::model::Branch;
 /// What [`Lifecycle::recover`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// Timelines no branch needed, deleted (with the compute left running on them).
+    /// Pending timelines no branch needed, deleted (the node stops a compute on them).
     pub deleted_timelines: Vec<TimelineId>,
-    /// Of those, the ones a Postgres was still running on.
-    pub stopped_computes: Vec<TimelineId>,
-    /// Timelines that should have gone but could not be deleted (retried next start).
+    /// Pending timelines a branch needs: the operation had finished; only the mark went.
+    pub kept_timelines: Vec<TimelineId>,
+    /// Pending timelines that could not be deleted (they stay pending for the next start).
     pub failed: Vec<(TimelineId, String)>,
 }
 
@@ -42,46 +45,42 @@ pub fn needed_timelines(branches: &[Branch]) -> HashSet<TimelineId> {
 }
 
 impl<R: Runtime> Lifecycle<R> {
-    /// Deletes every timeline no branch needs (see the module documentation), stopping
-    /// the compute a crash left running on it first. Call it once at start, before any
-    /// request is served: an operation in flight would look like a crash's leftover.
+    /// Finishes what a crash interrupted (see the module documentation). Call it once at
+    /// start, before any request is served: an operation in flight has pending timelines
+    /// too.
     pub async fn recover(&self) -> Result<Recovery, LifecycleError> {
-        let branches = self.branches()?;
-        let timelines = self.storage().list_timelines().await?;
-        let keep = needed_timelines(&branches);
+        let pending = self.store.pending()?;
         let mut done = Recovery::default();
-        for tl in timelines.iter().filter(|t| !keep.contains(&t.id)) {
-            match self.runtime().stop_stray(tl).await {
-                Ok(true) => {
-                    warn!(timeline = %tl.id, pgdata = %tl.pgdata, "stopped a compute left running on a timeline no branch has (an operation cut short by a crash)");
-                    done.stopped_computes.push(tl.id);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(timeline = %tl.id, error = %e, "cannot stop the compute on a timeline no branch has; not deleting it");
-                    done.failed.push((tl.id, e));
-                    continue;
-                }
+        if pending.is_empty() {
+            return Ok(done);
+        }
+        let keep = needed_timelines(&self.branches()?);
+        for id in pending {
+            if keep.contains(&id) {
+                self.settle(id);
+                done.kept_timelines.push(id);
+                continue;
             }
-            match self.storage().delete_timeline(tl.id, true).await {
+            match self.storage().delete_timeline(id, true).await {
                 Ok(()) => {
-                    info!(timeline = %tl.id, created_at = %tl.created_at, "deleted a timeline no branch has (an operation cut short by a crash)");
-                    done.deleted_timelines.push(tl.id);
+                    info!(timeline = %id, "deleted a timeline an operation cut short by a crash had made or was retiring");
+                    done.deleted_timelines.push(id);
                 }
                 Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
                 Err(e) => {
-                    warn!(timeline = %tl.id, error = %e, "cannot delete a timeline no branch has");
-                    done.failed.push((tl.id, e.to_string()));
+                    warn!(timeline = %id, error = %e, "cannot delete a timeline an interrupted operation left; retried at the next start");
+                    done.failed.push((id, e.to_string()));
+                    continue;
                 }
             }
+            self.settle(id);
         }
-        if done.deleted_timelines.is_empty() && done.failed.is_empty() {
-            info!(
-                timelines = timelines.len(),
-                branches = branches.len(),
-                "recovery: every timeline belongs to a branch"
-            );
-        }
+        info!(
+            deleted = done.deleted_timelines.len(),
+            kept = done.kept_timelines.len(),
+            failed = done.failed.len(),
+            "recovered what an interrupted operation left"
+        );
         Ok(done)
     }
 }

@@ -101,7 +101,7 @@ impl<R: Runtime> Lifecycle<R> {
             match self.prepare_backup(&branch).await {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    let _ = self.storage.delete_timeline(timeline.id, true).await;
+                    self.discard_timeline(timeline.id).await;
                     return Err(LifecycleError::Runtime(format!(
                         "{name} was not restored: its present state (timeline {}) could not be kept as a backup branch: {e}",
                         branch.timeline
@@ -187,11 +187,14 @@ impl<R: Runtime> Lifecycle<R> {
         }
     }
 
+    /// A new timeline for the branch to move onto, pending until the switch is stored.
     async fn fork(&self, parent: TimelineId, at: At) -> Result<TimelineInfo, LifecycleError> {
+        let id = TimelineId::new_v4();
+        self.store.set_pending(id, true)?;
         Ok(self
             .storage
             .create_timeline(&CreateTimeline {
-                id: Some(TimelineId::new_v4()),
+                id: Some(id),
                 parent: Some(parent),
                 at: Some(at),
             })
@@ -215,14 +218,10 @@ impl<R: Runtime> Lifecycle<R> {
         next.timeline = timeline.id;
         next.at = timeline.at.clone();
         next.password_pending = false;
-        if let Leaving::Keep(_) = &leaving {
-            next.former_timelines.push(FormerTimeline {
-                timeline: branch.timeline,
-                left_at: Utc::now(),
-                successor_fork_lsn: timeline
-                    .fork_lsn
-                    .filter(|_| timeline.parent == Some(branch.timeline)),
-            });
+        if leaving == Leaving::Delete {
+            // Pending from before the branch leaves it: a crash after the switch is
+            // stored leaves it to recover(), which deletes it as the caller would have.
+            self.store.set_pending(branch.timeline, true)?;
         }
         let switched = async {
             // A timeline kept as a backup is stopped cleanly, so that it ends at a
@@ -243,9 +242,19 @@ impl<R: Runtime> Lifecycle<R> {
                 .map_err(LifecycleError::Runtime)?;
             self.set_credentials(&next).await?;
             // One write: the branch on its new timeline and, when kept, the backup
-            // branch on the old one.
+            // branch on the old one. The old timeline's history ends here: writes
+            // committed on its compute until the detach above belong to it.
             match &leaving {
-                Leaving::Keep(backup) => self.store.put_all(&[next.clone(), (**backup).clone()])?,
+                Leaving::Keep(backup) => {
+                    next.former_timelines.push(FormerTimeline {
+                        timeline: branch.timeline,
+                        left_at: Utc::now(),
+                        successor_fork_lsn: timeline
+                            .fork_lsn
+                            .filter(|_| timeline.parent == Some(branch.timeline)),
+                    });
+                    self.store.put_all(&[next.clone(), (**backup).clone()])?
+                }
                 Leaving::Delete => self.store.put(&next)?,
             }
             Ok::<_, LifecycleError>(())
@@ -254,9 +263,11 @@ impl<R: Runtime> Lifecycle<R> {
         if let Err(e) = switched {
             warn!(branch = %branch.name, error = %e, "switching timelines failed; staying on the old one");
             let _ = self.runtime.stop(&next).await;
-            let _ = self.storage.delete_timeline(timeline.id, true).await;
+            self.discard_timeline(timeline.id).await;
+            self.settle(branch.timeline);
             return Err(e);
         }
+        self.settle(timeline.id);
         Ok(next)
     }
 

@@ -5,6 +5,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ramify_api::TimelineId;
+
 use crate::model::Branch;
 
 /// Errors of the branch store.
@@ -25,25 +27,51 @@ pub enum StoreError {
     },
 }
 
-/// Persistent set of branches, keyed by name.
+/// Persistent set of branches, keyed by name, and the timelines operations in flight
+/// are making or retiring (see [`BranchStore::pending`]).
 pub trait BranchStore: Send + Sync {
     /// Every branch, oldest first.
     fn all(&self) -> Result<Vec<Branch>, StoreError>;
+    /// Reads every branch, lets `change` modify them and writes the result, in one
+    /// atomic step that no other write of this store interleaves with.
+    fn modify(&self, change: &mut dyn FnMut(&mut Vec<Branch>)) -> Result<(), StoreError>;
     /// Inserts or replaces a branch.
-    fn put(&self, branch: &Branch) -> Result<(), StoreError>;
+    fn put(&self, branch: &Branch) -> Result<(), StoreError> {
+        self.put_all(std::slice::from_ref(branch))
+    }
     /// Inserts or replaces several branches in one atomic write: after a crash either
     /// all of them are stored or none.
-    fn put_all(&self, branches: &[Branch]) -> Result<(), StoreError>;
+    fn put_all(&self, branches: &[Branch]) -> Result<(), StoreError> {
+        self.modify(&mut |all| {
+            for branch in branches {
+                match all.iter_mut().find(|b| b.name == branch.name) {
+                    Some(b) => *b = branch.clone(),
+                    None => all.push(branch.clone()),
+                }
+            }
+        })
+    }
     /// Removes a branch (no-op when absent).
-    fn remove(&self, name: &str) -> Result<(), StoreError>;
+    fn remove(&self, name: &str) -> Result<(), StoreError> {
+        self.modify(&mut |all| all.retain(|b| b.name != name))
+    }
     /// One branch.
     fn get(&self, name: &str) -> Result<Option<Branch>, StoreError> {
         Ok(self.all()?.into_iter().find(|b| b.name == name))
     }
+    /// Timelines an operation is making (before the branch that will point at it is
+    /// written) or retiring (before the branch stops pointing at it). After a crash, the
+    /// ones no branch points at are what the operation left: [`crate::Lifecycle::recover`]
+    /// deletes those and only those.
+    fn pending(&self) -> Result<Vec<TimelineId>, StoreError>;
+    /// Records (`true`) or clears (`false`) a pending timeline, durably.
+    fn set_pending(&self, id: TimelineId, pending: bool) -> Result<(), StoreError>;
 }
 
 /// Branches in one JSON file, mode 0600 (it holds passwords), replaced atomically
-/// (write a temporary file, fsync, rename) so a crash never leaves it half-written.
+/// (write a temporary file, fsync, rename) so a crash never leaves it half-written; the
+/// pending timelines in a second file beside it (`<name>.pending.json`), written the same
+/// way.
 pub struct JsonFileStore {
     path: PathBuf,
     lock: Mutex<()>,
@@ -58,29 +86,33 @@ impl JsonFileStore {
         }
     }
 
-    fn read(&self) -> Result<Vec<Branch>, StoreError> {
-        match std::fs::read(&self.path) {
+    fn pending_path(&self) -> PathBuf {
+        self.path.with_extension("pending.json")
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
+        match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|source| StoreError::Corrupt {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 source,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
             Err(source) => Err(StoreError::Io {
                 op: "read",
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 source,
             }),
         }
     }
 
-    fn write(&self, branches: &[Branch]) -> Result<(), StoreError> {
+    fn write<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<(), StoreError> {
         let io_err = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Io { op, path, source }
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(branches).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(items).map_err(|source| StoreError::Corrupt {
+            path: path.to_path_buf(),
             source,
         })?;
         let mut f = std::fs::OpenOptions::new()
@@ -92,11 +124,14 @@ impl JsonFileStore {
             .map_err(io_err("create", &tmp))?;
         f.write_all(&bytes).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("sync", &tmp))?;
-        std::fs::rename(&tmp, &self.path).map_err(io_err("replace", &self.path))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("sync", dir))?;
+        std::fs::rename(&tmp, path).map_err(io_err("replace", path))?;
+        if let Some(dir) = path.parent() {
+            // The new file is in place; only its durability across a power loss is in
+            // question, so a failing directory sync is reported, not an error that would
+            // make the caller undo what is already stored.
+            if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the directory of the branch store");
+            }
         }
         Ok(())
     }
@@ -105,30 +140,35 @@ impl JsonFileStore {
 impl BranchStore for JsonFileStore {
     fn all(&self) -> Result<Vec<Branch>, StoreError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.read()
+        Self::read(&self.path)
     }
 
-    fn put(&self, branch: &Branch) -> Result<(), StoreError> {
-        self.put_all(std::slice::from_ref(branch))
-    }
-
-    fn put_all(&self, branches: &[Branch]) -> Result<(), StoreError> {
+    fn modify(&self, change: &mut dyn FnMut(&mut Vec<Branch>)) -> Result<(), StoreError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all = self.read()?;
-        for branch in branches {
-            match all.iter_mut().find(|b| b.name == branch.name) {
-                Some(b) => *b = branch.clone(),
-                None => all.push(branch.clone()),
-            }
+        let mut all = Self::read(&self.path)?;
+        change(&mut all);
+        Self::write(&self.path, &all)
+    }
+
+    fn pending(&self) -> Result<Vec<TimelineId>, StoreError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        Self::read(&self.pending_path())
+    }
+
+    fn set_pending(&self, id: TimelineId, pending: bool) -> Result<(), StoreError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.pending_path();
+        let mut ids: Vec<TimelineId> = Self::read(&path)?;
+        let had = ids.contains(&id);
+        if had == pending {
+            return Ok(());
         }
-        self.write(&all)
-    }
-
-    fn remove(&self, name: &str) -> Result<(), StoreError> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all = self.read()?;
-        all.retain(|b| b.name != name);
-        self.write(&all)
+        if pending {
+            ids.push(id);
+        } else {
+            ids.retain(|i| *i != id);
+        }
+        Self::write(&path, &ids)
     }
 }
 
@@ -203,5 +243,30 @@ mod tests {
         assert_eq!(all[0].port, 7000);
         assert_eq!(all[1].name, "main-before-restore");
         assert!(!t.path().join("branches.json.tmp").exists());
+    }
+
+    #[test]
+    fn pending_timelines_are_kept_beside_the_branches() {
+        let t = tempfile::tempdir().unwrap();
+        let s = JsonFileStore::new(t.path().join("branches.json"));
+        assert!(s.pending().unwrap().is_empty());
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        s.set_pending(a, true).unwrap();
+        s.set_pending(b, true).unwrap();
+        s.set_pending(a, true).unwrap();
+        assert_eq!(s.pending().unwrap(), [a, b]);
+        s.set_pending(a, false).unwrap();
+        assert_eq!(
+            JsonFileStore::new(t.path().join("branches.json"))
+                .pending()
+                .unwrap(),
+            [b]
+        );
+        let mode = std::fs::metadata(t.path().join("branches.pending.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(s.all().unwrap().is_empty(), "the branches are another file");
     }
 }

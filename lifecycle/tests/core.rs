@@ -158,6 +158,10 @@ async fn a_failed_create_leaves_nothing_behind() {
     assert!(f.runtime.calls().contains(&"unpublish main".to_string()));
     assert!(f.store.all().unwrap().is_empty(), "no branch stored");
     assert!(
+        f.store.pending().unwrap().is_empty(),
+        "nothing left pending"
+    );
+    assert!(
         f.storage.list_timelines().await.unwrap().is_empty(),
         "timeline deleted"
     );
@@ -474,13 +478,19 @@ async fn new_timeline(f: &Fixture) -> ramify_api::TimelineId {
 }
 
 /// A crash between making a timeline and storing the branch that points at it (a
-/// create, a fork, the new timeline of a reset or restore) leaves a timeline no branch
-/// has. The next start deletes those — and only those: a branch's own timeline, the ones
-/// it left in restores and the ones its checkpoints live on stay.
+/// create, a fork, the new timeline of a reset or restore), or between a reset's switch
+/// and deleting the timeline it left, leaves a *pending* timeline no branch has. The next
+/// start deletes those — and only those: a pending timeline a branch has (its own, one it
+/// left in a restore, one its checkpoints live on) stays, and a timeline that was never
+/// pending is never touched, whoever made it.
 #[tokio::test]
-async fn recovery_deletes_exactly_the_timelines_no_branch_needs() {
+async fn recovery_deletes_exactly_the_pending_timelines_no_branch_needs() {
     let f = fixture().await;
     f.lifecycle.create(create("main")).await.unwrap();
+    assert!(
+        f.store.pending().unwrap().is_empty(),
+        "a finished create leaves nothing pending"
+    );
     let mut dev = put_child(&f, "dev", "main").await;
     let (former, checkpointed) = (new_timeline(&f).await, new_timeline(&f).await);
     dev.former_timelines.push(ramify_lifecycle::FormerTimeline {
@@ -496,20 +506,31 @@ async fn recovery_deletes_exactly_the_timelines_no_branch_needs() {
         snapshot: None,
     });
     f.store.put(&dev).unwrap();
-    let (orphan_a, orphan_b) = (new_timeline(&f).await, new_timeline(&f).await);
-    let before: Vec<_> = f.storage.list_timelines().await.unwrap();
-    assert_eq!(before.len(), 6);
+    // Made through the storage API by someone else: never pending, never deleted.
+    let foreign = new_timeline(&f).await;
+    // A create cut short after its timeline was made.
+    let orphan = uuid::Uuid::new_v4();
+    f.store.set_pending(orphan, true).unwrap();
+    f.storage
+        .create_timeline(&ramify_api::CreateTimeline {
+            id: Some(orphan),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // One cut short before the node made it.
+    let never_made = uuid::Uuid::new_v4();
+    f.store.set_pending(never_made, true).unwrap();
+    // Operations that finished all but clearing the mark.
+    for id in [dev.timeline, former, checkpointed] {
+        f.store.set_pending(id, true).unwrap();
+    }
 
     let r = f.lifecycle.recover().await.unwrap();
-    let mut deleted = r.deleted_timelines.clone();
-    deleted.sort();
-    let mut expected = vec![orphan_a, orphan_b];
-    expected.sort();
-    assert_eq!(deleted, expected);
-    assert!(
-        r.failed.is_empty() && r.stopped_computes.is_empty(),
-        "{r:?}"
-    );
+    assert_eq!(r.deleted_timelines, [orphan]);
+    assert_eq!(r.kept_timelines, [dev.timeline, former, checkpointed]);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert!(f.store.pending().unwrap().is_empty());
     let mut left: Vec<_> = f
         .storage
         .list_timelines()
@@ -520,7 +541,7 @@ async fn recovery_deletes_exactly_the_timelines_no_branch_needs() {
         .collect();
     left.sort();
     let main = f.store.get("main").unwrap().unwrap().timeline;
-    let mut want = vec![main, dev.timeline, former, checkpointed];
+    let mut want = vec![main, dev.timeline, former, checkpointed, foreign];
     want.sort();
     assert_eq!(left, want);
     // Nothing more to do the second time.

@@ -159,7 +159,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     ));
     control.attach(&lifecycle);
     // An operation cut short by a crash of an earlier daemon may have left a timeline no
-    // branch has, and a compute running on it: both go before anything is served.
+    // branch has (with a compute running on it), or one it was retiring: both go before
+    // anything is served.
     match lifecycle.recover().await {
         Ok(r) if !r.failed.is_empty() => {
             warn!(

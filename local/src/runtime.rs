@@ -129,19 +129,6 @@ impl Runtime for LocalRuntime {
         Ok(addr)
     }
 
-    async fn stop_stray(&self, tl: &TimelineInfo) -> Result<bool, String> {
-        let pgdata = PathBuf::from(&tl.pgdata);
-        if !process::is_running(&pgdata).unwrap_or(false) {
-            return Ok(false);
-        }
-        // Its data is deleted next: no shutdown checkpoint, just gone.
-        tokio::task::spawn_blocking(move || process::kill9(&pgdata))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(true)
-    }
-
     async fn stop(&self, branch: &Branch) -> Result<(), String> {
         let lock = self.lock_of(&branch.name);
         let _g = lock.lock().await;

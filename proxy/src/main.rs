@@ -391,6 +391,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     }
+    // Nothing is in use here any more: say so, so that no other replica's suspend waits
+    // for this proxy's last report to expire.
+    syncer.report_activity().await;
     let _ = stop_metrics.send(());
     match tokio::time::timeout(METRICS_SHUTDOWN_GRACE, metrics_server).await {
         Ok(Ok(Ok(()))) => {}

@@ -325,19 +325,23 @@ impl Syncer {
         tokio::pin!(stop);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut poll = tokio::time::interval(DRAIN_POLL);
+        // The first look comes one poll after the listeners closed: a client accepted
+        // just before is counted by its own task, which has run by then.
+        let start = tokio::time::Instant::now() + DRAIN_POLL;
+        let mut poll = tokio::time::interval_at(start, DRAIN_POLL);
         loop {
-            if self.proxy.open_connections() == 0 {
-                // Tell the operator at once that nothing is in use here any more,
-                // instead of letting the last report's lease run out.
-                self.report_activity().await;
-                return 0;
-            }
             tokio::select! {
                 biased;
                 () = &mut stop => return self.proxy.open_connections(),
                 _ = ticks.tick() => self.report_activity().await,
-                _ = poll.tick() => {}
+                _ = poll.tick() => {
+                    if self.proxy.open_connections() == 0 {
+                        // Tell the operator at once that nothing is in use here any
+                        // more, instead of letting the last report's lease run out.
+                        self.report_activity().await;
+                        return 0;
+                    }
+                }
             }
         }
     }
@@ -345,7 +349,7 @@ impl Syncer {
     /// Tells the operator which branches have clients through this proxy, so that no
     /// other proxy replica suspends them (see docs/architecture.md, "Proxy replicas").
     /// Every sync, so a report is at most one --sync-interval old.
-    async fn report_activity(&mut self) {
+    pub async fn report_activity(&mut self) {
         let client = self.control.client();
         if client.proxy_name().is_none() {
             return;
