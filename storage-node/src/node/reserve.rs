@@ -509,21 +509,21 @@ impl Node {
                         s.total
                             .saturating_sub(*st.baseline.get(&id).unwrap_or(&s.total))
                     });
-                    match self.restrict(id, available, reserve, growth).await {
-                        Ok(()) => {
-                            st.restricted.insert(
-                                id,
-                                Restriction {
-                                    total_at: s.map_or(0, |s| s.total),
-                                    since: Instant::now(),
-                                    settled: false,
-                                },
-                            );
-                            self.publish(&st);
-                        }
-                        Err(e) => {
-                            warn!(timeline = %id, error = %e, "cannot make the timeline filling the volume read-only")
-                        }
+                    // Published before the compute turns read-only, so no client sees
+                    // the refusal while the status still lists the timeline writable.
+                    st.restricted.insert(
+                        id,
+                        Restriction {
+                            total_at: s.map_or(0, |s| s.total),
+                            since: Instant::now(),
+                            settled: false,
+                        },
+                    );
+                    self.publish(&st);
+                    if let Err(e) = self.restrict(id, available, reserve, growth).await {
+                        warn!(timeline = %id, error = %e, "cannot make the timeline filling the volume read-only");
+                        st.restricted.remove(&id);
+                        self.publish(&st);
                     }
                 }
                 Action::Terminate(id) => {
