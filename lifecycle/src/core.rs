@@ -410,24 +410,26 @@ impl<R: Runtime> Lifecycle<R> {
             .stop_now(&branch)
             .await
             .map_err(LifecycleError::Runtime)?;
-        match self.storage.delete_timeline(branch.timeline, true).await {
-            Ok(()) => {}
-            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.delete_timeline(branch.timeline).await?;
         self.store.remove(name)?;
         self.forget_timeline(branch.timeline)?;
         info!(branch = name, "branch deleted");
         Ok(())
     }
 
+    /// Deletes a timeline with the compute on it (the node stops it); one already gone
+    /// is not an error. Returns whether it was still there.
+    pub(crate) async fn delete_timeline(&self, id: TimelineId) -> Result<bool, ClientError> {
+        match self.storage.delete_timeline(id, true).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes a timeline no branch uses any more (compute stopped with it).
     pub(crate) async fn retire_timeline(&self, id: TimelineId) -> Result<(), LifecycleError> {
-        match self.storage.delete_timeline(id, true).await {
-            Ok(()) => {}
-            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.delete_timeline(id).await?;
         self.settle(id);
         self.forget_timeline(id)
     }
@@ -435,9 +437,8 @@ impl<R: Runtime> Lifecycle<R> {
     /// Deletes a pending timeline an operation made and then gave up; it stays pending
     /// (for the next recover) if the delete fails.
     pub(crate) async fn discard_timeline(&self, id: TimelineId) {
-        match self.storage.delete_timeline(id, true).await {
-            Ok(()) => self.settle(id),
-            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => self.settle(id),
+        match self.delete_timeline(id).await {
+            Ok(_) => self.settle(id),
             Err(e) => {
                 warn!(timeline = %id, error = %e, "cannot delete the timeline of a failed operation; the next start deletes it")
             }
@@ -455,6 +456,7 @@ impl<R: Runtime> Lifecycle<R> {
 
     /// Drops every checkpoint that lived on a deleted timeline, and a branch's former
     /// timelines from it back (history beyond a gap cannot be walked to).
+    ///
     /// One read-modify-write of the store, so a branch another operation writes meanwhile
     /// is never overwritten with a stale copy.
     fn forget_timeline(&self, id: TimelineId) -> Result<(), LifecycleError> {

@@ -61,12 +61,12 @@ impl<R: Runtime> Lifecycle<R> {
                 done.kept_timelines.push(id);
                 continue;
             }
-            match self.storage().delete_timeline(id, true).await {
-                Ok(()) => {
+            match self.delete_timeline(id).await {
+                Ok(true) => {
                     info!(timeline = %id, "deleted a timeline an operation cut short by a crash had made or was retiring");
                     done.deleted_timelines.push(id);
                 }
-                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
+                Ok(false) => {}
                 Err(e) => {
                     warn!(timeline = %id, error = %e, "cannot delete a timeline an interrupted operation left; retried at the next start");
                     done.failed.push((id, e.to_string()));

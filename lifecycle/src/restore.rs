@@ -112,7 +112,7 @@ impl<R: Runtime> Lifecycle<R> {
             None
         };
         let leaving = match &backup {
-            Some(b) => Leaving::Keep(Box::new(b.clone())),
+            Some(b) => Leaving::Keep(b),
             None => Leaving::Delete,
         };
         let next = match self.switch_timeline(&branch, &timeline, leaving).await {
@@ -212,13 +212,13 @@ impl<R: Runtime> Lifecycle<R> {
         &self,
         branch: &Branch,
         timeline: &TimelineInfo,
-        leaving: Leaving,
+        leaving: Leaving<'_>,
     ) -> Result<Branch, LifecycleError> {
         let mut next = branch.clone();
         next.timeline = timeline.id;
         next.at = timeline.at.clone();
         next.password_pending = false;
-        if leaving == Leaving::Delete {
+        if matches!(leaving, Leaving::Delete) {
             // Pending from before the branch leaves it: a crash after the switch is
             // stored leaves it to recover(), which deletes it as the caller would have.
             self.store.set_pending(branch.timeline, true)?;
@@ -253,7 +253,7 @@ impl<R: Runtime> Lifecycle<R> {
                             .fork_lsn
                             .filter(|_| timeline.parent == Some(branch.timeline)),
                     });
-                    self.store.put_all(&[next.clone(), (**backup).clone()])?
+                    self.store.put_all(&[next.clone(), (*backup).clone()])?
                 }
                 Leaving::Delete => self.store.put(&next)?,
             }
@@ -327,10 +327,10 @@ impl<R: Runtime> Lifecycle<R> {
 }
 
 /// What happens to the timeline a branch leaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Leaving {
+#[derive(Debug, Clone, Copy)]
+enum Leaving<'a> {
     /// Kept, as this backup branch (written with the switch).
-    Keep(Box<Branch>),
+    Keep(&'a Branch),
     /// Deleted right after.
     Delete,
 }

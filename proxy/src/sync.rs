@@ -336,9 +336,6 @@ impl Syncer {
                 _ = ticks.tick() => self.report_activity().await,
                 _ = poll.tick() => {
                     if self.proxy.open_connections() == 0 {
-                        // Tell the operator at once that nothing is in use here any
-                        // more, instead of letting the last report's lease run out.
-                        self.report_activity().await;
                         return 0;
                     }
                 }
