@@ -99,6 +99,82 @@ pub struct CreateTimeline {
     /// Where in the parent's history to fork; defaults to `latest`. Only with `parent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<At>,
+    /// A root that follows an existing Postgres as a hot standby instead of starting
+    /// empty. Not with `parent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowSource>,
+}
+
+/// The Postgres a following root streams from (physical replication).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FollowSource {
+    /// The source as a libpq URI (`postgresql://replicator@db:5432/postgres`) or
+    /// `key=value` string, without a password: the node refuses one written in it.
+    pub conninfo: String,
+    /// The replication role's password. The node writes it only into a 0600 password
+    /// file beside the timeline's socket; it is never stored in metadata or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A physical replication slot on the source, so it keeps the WAL the follower has
+    /// not received yet; made by the node when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+impl fmt::Debug for FollowSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FollowSource")
+            .field("conninfo", &self.conninfo)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+/// How a following root follows, as `GET /v1/timelines/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowInfo {
+    /// The source, without its password.
+    pub conninfo: String,
+    /// The replication slot it streams from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The password file the compute's `primary_conninfo` names, relative to `run_dir`.
+    pub passfile: String,
+    /// Replication state, read from the running compute; `None` when it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<FollowStatus>,
+}
+
+/// A following root's replication state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowStatus {
+    /// Whether a WAL receiver is streaming from the source now.
+    pub streaming: bool,
+    /// WAL received and flushed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<Lsn>,
+    /// WAL replayed (what a fork at latest sees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<Lsn>,
+    /// The source's end of WAL as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lsn: Option<Lsn>,
+    /// Bytes between the source's reported end of WAL and what is replayed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the last replayed commit's time when WAL is still waiting for
+    /// replay, 0 when everything received is replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// When the last message from the source arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_received_at: Option<DateTime<Utc>>,
+    /// Why it is not streaming, from the compute's log (e.g. the source refused the
+    /// password, or the slot is gone), with what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Lifecycle state of a timeline in storage.
@@ -268,6 +344,9 @@ pub struct TimelineInfo {
     pub restore_window: RestoreWindow,
     /// Snapshots kept, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
+    /// Set for a root that follows an external Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowInfo>,
 }
 
 /// Clone method of the data directory.

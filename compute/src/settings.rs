@@ -84,6 +84,69 @@ pub struct ComputeSettings {
     pub archive_command: String,
     /// The user's `postgresParameters`, written last.
     pub parameters: BTreeMap<String, String>,
+    /// Set for a following root: the compute runs as a hot standby of its source.
+    pub standby: Option<Standby>,
+}
+
+/// How a following root's compute streams from its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    /// The source's connection string as the node shows it (no password), a URI or
+    /// `key=value` pairs.
+    pub conninfo: String,
+    /// The password file `primary_conninfo` names (absolute, as the compute sees it).
+    pub passfile: PathBuf,
+    /// The physical replication slot to stream from.
+    pub slot: Option<String>,
+}
+
+impl Standby {
+    /// `primary_conninfo`: the source plus the password file and an application name
+    /// the source's `pg_stat_replication` shows.
+    pub fn primary_conninfo(&self) -> String {
+        let passfile = self.passfile.to_string_lossy();
+        append_conninfo(
+            &self.conninfo,
+            &[("passfile", &passfile), ("application_name", "ramify")],
+        )
+    }
+}
+
+/// Appends `params` to a libpq connection string: as query parameters to a URI
+/// (`postgresql://…`), as quoted `key=value` pairs otherwise. A parameter already in
+/// the string is left to the later value (libpq takes the last one).
+pub fn append_conninfo(conninfo: &str, params: &[(&str, &str)]) -> String {
+    let trimmed = conninfo.trim();
+    if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+        let mut out = trimmed.to_owned();
+        for (k, v) in params {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(k);
+            out.push('=');
+            out.push_str(&percent_encode(v));
+        }
+        out
+    } else {
+        let mut out = trimmed.to_owned();
+        for (k, v) in params {
+            let quoted = v.replace('\\', "\\\\").replace('\'', "\\'");
+            out.push_str(&format!(" {k}='{quoted}'"));
+        }
+        out
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters and `/`.
+fn percent_encode(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl ComputeSettings {
@@ -95,7 +158,7 @@ impl ComputeSettings {
              # Set your own parameters through the branch's postgresParameters.\n",
         );
         for (i, (name, value)) in settings.iter().enumerate() {
-            if i == OWNED_SETTINGS && !self.parameters.is_empty() {
+            if i == settings.len() - self.parameters.len() && !self.parameters.is_empty() {
                 out.push_str("# postgresParameters\n");
             }
             out.push_str(name);
@@ -153,7 +216,17 @@ impl ComputeSettings {
             ("listen_addresses", self.listen_addresses.clone()),
             ("unix_socket_directories", run_dir.to_owned()),
             ("unix_socket_permissions", "0700".to_owned()),
-            ("archive_mode", "on".to_owned()),
+            // A standby archives every segment it receives too: its own archive is the
+            // followed history forks at an LSN or a time read.
+            (
+                "archive_mode",
+                if self.standby.is_some() {
+                    "always"
+                } else {
+                    "on"
+                }
+                .to_owned(),
+            ),
             ("archive_command", self.archive_command.clone()),
             ("recovery_init_sync_method", "syncfs".to_owned()),
             // lz4 shrinks full-page images, so less WAL is written and archived, and fewer
@@ -164,6 +237,16 @@ impl ComputeSettings {
         ];
         let mut out: Vec<(String, String)> =
             owned.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        if let Some(standby) = &self.standby {
+            out.push(("hot_standby".into(), "on".into()));
+            out.push(("primary_conninfo".into(), standby.primary_conninfo()));
+            out.push((
+                "primary_slot_name".into(),
+                standby.slot.clone().unwrap_or_default(),
+            ));
+            // A failover on the source switches its timeline; the standby follows it.
+            out.push(("recovery_target_timeline".into(), "latest".into()));
+        }
         for (name, value) in &self.parameters {
             validate_parameter(name, value)?;
             out.push((name.clone(), value.clone()));
@@ -281,7 +364,46 @@ mod tests {
             run_dir: PathBuf::from("/data/timelines/t1/run"),
             archive_command: "test ! -f '/data/wal/%f' && cp %p /data/wal/%f".to_owned(),
             parameters: BTreeMap::new(),
+            standby: None,
         }
+    }
+
+    #[test]
+    fn a_standby_streams_with_a_password_file_and_archives_what_it_receives() {
+        let mut s = settings();
+        s.parameters.insert("work_mem".into(), "8MB".into());
+        s.standby = Some(Standby {
+            conninfo: "postgresql://rep@db.example:5433/postgres?sslmode=require".into(),
+            passfile: PathBuf::from("/data/timelines/t1/run/source pass"),
+            slot: Some("ramify_prod".into()),
+        });
+        let out = s.render().unwrap();
+        assert!(out.contains("archive_mode = 'always'\n"), "{out}");
+        assert!(out.contains("hot_standby = 'on'\n"), "{out}");
+        assert!(out.contains("primary_slot_name = 'ramify_prod'\n"), "{out}");
+        assert!(
+            out.contains("primary_conninfo = 'postgresql://rep@db.example:5433/postgres?sslmode=require&passfile=/data/timelines/t1/run/source%20pass&application_name=ramify'\n"),
+            "{out}"
+        );
+        // The user's parameters still come last, under their heading.
+        assert!(
+            out.ends_with("# postgresParameters\nwork_mem = '8MB'\n"),
+            "{out}"
+        );
+        s.standby = None;
+        assert!(s.render().unwrap().contains("archive_mode = 'on'\n"));
+    }
+
+    #[test]
+    fn key_value_conninfo_gets_quoted_pairs() {
+        assert_eq!(
+            append_conninfo("host=db user=rep", &[("passfile", "/r/it's")]),
+            "host=db user=rep passfile='/r/it\\'s'"
+        );
+        assert_eq!(
+            append_conninfo("postgres://h/db", &[("a", "1"), ("b", "x y")]),
+            "postgres://h/db?a=1&b=x%20y"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn settings(dir: &Path, port: u16) -> ComputeSettings {
         run_dir: dir.join("run"),
         archive_command: "true".to_owned(),
         parameters: BTreeMap::new(),
+        standby: None,
     }
 }
 

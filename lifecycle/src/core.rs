@@ -213,6 +213,7 @@ impl<R: Runtime> Lifecycle<R> {
                 id: Some(id),
                 parent: source.as_ref().map(|(tl, _)| *tl),
                 at: source.map(|(_, at)| at),
+                follow: None,
             })
             .await?
             .value;

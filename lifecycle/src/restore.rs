@@ -197,6 +197,7 @@ impl<R: Runtime> Lifecycle<R> {
                 id: Some(id),
                 parent: Some(parent),
                 at: Some(at),
+                follow: None,
             })
             .await?
             .value)

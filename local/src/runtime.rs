@@ -116,6 +116,7 @@ impl Runtime for LocalRuntime {
             run_dir: PathBuf::from(&tl.run_dir),
             archive_command: tl.archive_command.clone(),
             parameters: Default::default(),
+            standby: None,
         };
         let running = process::start(&self.pg, &self.user, &pgdata, &settings, START_TIMEOUT)
             .await

@@ -909,6 +909,7 @@ async fn create_timeline(
         id: Some(id),
         parent,
         at: spec.at.clone(),
+        follow: None,
     };
     match ctx.storage(&node).create_timeline(&req).await {
         Ok(created) => {

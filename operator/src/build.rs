@@ -236,6 +236,7 @@ pub fn postgres_args(
         run_dir: PathBuf::from(TIMELINE_MOUNT).join("run"),
         archive_command: archive_command.to_owned(),
         parameters: parameters.clone(),
+        standby: None,
     };
     let mut args = vec!["-D".to_string(), pgdata()];
     args.extend(settings.args()?);

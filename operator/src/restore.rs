@@ -283,6 +283,7 @@ async fn fork(
         id: Some(id),
         parent: Some(parent),
         at: Some(source.at.clone()),
+        follow: None,
     };
     let info = match ctx.storage(node).create_timeline(&req).await {
         Ok(created) => created.value,

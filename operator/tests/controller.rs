@@ -86,6 +86,7 @@ fn info(id: TimelineId, parent: Option<TimelineId>) -> TimelineInfo {
             to_time: None,
         },
         snapshots: vec![],
+        follow: None,
     }
 }
 

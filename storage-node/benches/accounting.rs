@@ -271,6 +271,7 @@ async fn run() -> Result<()> {
                     id: None,
                     parent: Some(root.id),
                     at: Some(At::Latest),
+                    follow: None,
                 })
                 .await
                 .with_context(|| format!("fork {}; node log:\n{}", ids.len(), node.log_tail()))?

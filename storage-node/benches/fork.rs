@@ -177,6 +177,7 @@ impl Bench {
                 id: None,
                 parent: Some(parent),
                 at: Some(at.clone()),
+                follow: None,
             })
             .await
             .with_context(|| {

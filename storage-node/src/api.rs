@@ -42,6 +42,10 @@ impl From<NodeError> for HttpError {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Conflict(_) => StatusCode::CONFLICT,
             NodeError::OutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeError::Source {
+                unreachable: true, ..
+            } => StatusCode::BAD_GATEWAY,
+            NodeError::Source { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ if e.code() == "insufficient_storage" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

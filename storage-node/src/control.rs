@@ -112,6 +112,64 @@ pub async fn flush_lsn(c: &Client) -> Result<Lsn, ControlError> {
     parse_lsn("flush LSN", s)
 }
 
+/// Where a hot standby has replayed to: what a fork at latest of it sees.
+pub async fn replay_lsn(c: &Client) -> Result<Lsn, ControlError> {
+    let s = one_text(
+        c,
+        "pg_last_wal_replay_lsn",
+        "SELECT coalesce(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn(), '0/0')::text",
+    )
+    .await?;
+    parse_lsn("replay LSN", s)
+}
+
+/// A following root's replication state (`pg_stat_wal_receiver` and the replay
+/// position); `problem` is left for the caller, who can read the log.
+pub async fn follow_status(c: &Client) -> Result<ramify_api::FollowStatus, ControlError> {
+    let what = "replication state";
+    let q = |source| ControlError::Query { what, source };
+    let row = c
+        .query_one(
+            "SELECT r.status = 'streaming', \
+                    coalesce(r.flushed_lsn, pg_last_wal_receive_lsn())::text, \
+                    pg_last_wal_replay_lsn()::text, r.latest_end_lsn::text, \
+                    r.last_msg_receipt_time, \
+                    CASE WHEN pg_last_wal_receive_lsn() IS NULL \
+                              OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
+                         ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) \
+                    END::float8 \
+             FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let lsn = |i: usize| -> Result<Option<Lsn>, ControlError> {
+        match row.try_get::<_, Option<String>>(i).map_err(q)? {
+            Some(s) => parse_lsn("replication LSN", s).map(Some),
+            None => Ok(None),
+        }
+    };
+    let streaming: Option<bool> = row.try_get(0).map_err(q)?;
+    let (received, replayed, source) = (lsn(1)?, lsn(2)?, lsn(3)?);
+    let lag_bytes = match (source.or(received), replayed) {
+        (Some(s), Some(r)) => Some(s.bytes_since(r)),
+        _ => None,
+    };
+    Ok(ramify_api::FollowStatus {
+        streaming: streaming.unwrap_or(false),
+        received_lsn: received,
+        replayed_lsn: replayed,
+        source_lsn: source,
+        lag_bytes,
+        lag_seconds: row
+            .try_get::<_, Option<f64>>(5)
+            .map_err(q)?
+            .map(|s| s.max(0.0)),
+        last_received_at: row.try_get(4).map_err(q)?,
+        problem: None,
+    })
+}
+
 /// Writes a named restore point and commits a transaction with an xid after it, so the
 /// WAL holds a record past every position up to now and is flushed through it. Forks at a
 /// target near the end of WAL then always find their stopping record.

@@ -236,6 +236,7 @@ async fn every_error_code_is_answered_as_json() {
         id: Some(id),
         parent: Some(root.id),
         at: Some(At::Latest),
+        follow: None,
     };
     let first = env.client.create_timeline(&req).await.unwrap();
     assert!(first.created);

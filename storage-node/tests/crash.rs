@@ -32,6 +32,7 @@ async fn kill_9_mid_fork_then_restart_and_retry() {
             id: Some(id),
             parent: Some(root.id),
             at: Some(At::Latest),
+            follow: None,
         };
         let client = env.client.clone();
         let r = req.clone();

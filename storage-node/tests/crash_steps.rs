@@ -186,6 +186,7 @@ fn fork_req(id: TimelineId, parent: TimelineId, at: At) -> CreateTimeline {
         id: Some(id),
         parent: Some(parent),
         at: Some(at),
+        follow: None,
     }
 }
 

@@ -123,6 +123,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             id: None,
             parent: Some(root.id),
             at: Some(At::Lsn(before)),
+            follow: None,
         })
         .await
         .expect_err("an LSN before the root's creation");
@@ -138,6 +139,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             id: None,
             parent: Some(root.id),
             at: Some(At::Time(from_time - chrono::Duration::seconds(60))),
+            follow: None,
         })
         .await
         .expect_err("a time before the root's creation");

@@ -147,6 +147,7 @@ async fn restore_window_gc_removes_history_and_bounds_forks() {
             id: None,
             parent: Some(tl.id),
             at: Some(At::Lsn(Lsn(from.0 - 1))),
+            follow: None,
         })
         .await
         .unwrap_err();

@@ -68,6 +68,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
         id: None,
         parent: Some(root.id),
         at: Some(At::Snapshot("s1".into())),
+        follow: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     // The fork is in the middle of cloning s1 now.
@@ -86,6 +87,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
             id: None,
             parent: Some(root.id),
             at: Some(At::Snapshot("s1".into())),
+            follow: None,
         })
         .await
         .unwrap_err();
@@ -152,6 +154,7 @@ async fn fork_at_a_time_while_gc_removes_its_base() {
         id: None,
         parent: Some(root.id),
         at: Some(At::Time(at)),
+        follow: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     let served = judge(&env, fork.await.unwrap(), &expected).await;

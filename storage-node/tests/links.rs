@@ -42,6 +42,7 @@ async fn fork(
             id: None,
             parent: Some(parent),
             at: Some(at),
+            follow: None,
         })
         .await
         .map(|r| r.value)

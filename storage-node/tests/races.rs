@@ -125,6 +125,7 @@ async fn wake_during_the_clone_of_a_suspended_branch() {
         id: None,
         parent: Some(root.id),
         at: Some(At::Latest),
+        follow: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await });
     sleep_ms(300).await;
@@ -200,6 +201,7 @@ async fn a_retried_create_answers_only_once_the_timeline_exists() {
         id: Some(id),
         parent: Some(root.id),
         at: Some(At::Latest),
+        follow: None,
     };
     // The client goes away mid-fork (an operator restarting), then retries at once.
     let client = env.client.clone();
@@ -293,6 +295,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                         id: None,
                         parent: Some(parent),
                         at: Some(At::Latest),
+                        follow: None,
                     })
                     .await
                     .map(|c| c.value);
@@ -308,6 +311,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                             id: None,
                             parent: Some(parent),
                             at: Some(At::Snapshot(snapshot.clone())),
+                            follow: None,
                         })
                         .await
                         .map(|c| c.value);

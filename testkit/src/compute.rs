@@ -118,7 +118,18 @@ impl Compute {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>(),
+            standby: None,
         };
+        Self::start_settings(pg, user, pgdata, settings).await
+    }
+
+    /// Starts Postgres on `pgdata` with exactly `settings` (a hot standby, say).
+    pub async fn start_settings(
+        pg: &PgBin,
+        user: &PgUser,
+        pgdata: &Path,
+        settings: ComputeSettings,
+    ) -> Result<Self, ComputeError> {
         let running = process::start(pg, user, pgdata, &settings, START_TIMEOUT).await?;
         Ok(Self {
             bin: pg.clone(),

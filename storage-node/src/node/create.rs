@@ -21,6 +21,18 @@ impl Node {
         if req.parent.is_some() && req.at.is_none() {
             req.at = Some(At::Latest);
         }
+        // The password reaches the follower's password file only: the request kept in
+        // metadata (and compared on a retry) has none.
+        let source = req.follow.clone();
+        if let Some(f) = &mut req.follow {
+            if req.parent.is_some() {
+                return Err(NodeError::Invalid(
+                    "\"follow\" is only valid without \"parent\": a following root copies its source, a fork copies its parent".into(),
+                ));
+            }
+            super::follow::validate(f)?;
+            f.password = None;
+        }
         let id = *req.id.get_or_insert_with(TimelineId::new_v4);
         tracing::Span::current().record("timeline", tracing::field::display(id));
         let id_lock = {
@@ -64,7 +76,10 @@ impl Node {
         .await?;
         let started = Instant::now();
         let result = match req.parent {
-            None => self.create_root(id, &req).await,
+            None => match &source {
+                Some(s) => self.create_follower(id, &req, s).await,
+                None => self.create_root(id, &req).await,
+            },
             Some(parent) => self.fork(id, parent, &req).await,
         }
         .map_err(NodeError::refusal_is_conflict);
@@ -228,6 +243,14 @@ impl Node {
         let dir = TimelineDir(self.layout.creating(id));
         let t0 = Instant::now();
         let fork = match plan {
+            // A backup of a hot standby ends at its replay position, which no record may
+            // follow yet: the fork does not stop at a target but replays all the WAL it
+            // was given, from the backup's label, and carries on the source's timeline
+            // in an archive of its own.
+            Plan::Backup { port } if prec.request.follow.is_some() => Fork {
+                recovery: RecoveryTarget::None,
+                ..self.fork_backup(&pdir, port, &dir, id).await?
+            },
             Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
             Plan::Stopped => self.fork_stopped(parent, &pdir, &dir, id).await?,
             Plan::FromSnapshot { base, target } => {
@@ -454,7 +477,15 @@ impl Node {
         drop(client);
         pgdata::write_backup_files(&dest_dir, &stop.label, &stop.tablespace_map)
             .map_err(CloneError::from)?;
-        let range = start_lsn.segment(SEGMENT_SIZE)..=stop.lsn.segment(SEGMENT_SIZE);
+        // The backup ends where its last record ends. A standby's backup ends at its replay
+        // position, which can be the first byte of a segment nobody has written yet: the
+        // segment before it then holds the last record.
+        let last = if stop.lsn.0 % SEGMENT_SIZE == 0 && stop.lsn > start_lsn {
+            Lsn(stop.lsn.0 - 1)
+        } else {
+            stop.lsn
+        };
+        let range = start_lsn.segment(SEGMENT_SIZE)..=last.segment(SEGMENT_SIZE);
         let pg_wal = dest_dir
             .ensure_dir("pg_wal", 0o700)
             .map_err(CloneError::from)?;
@@ -467,7 +498,7 @@ impl Node {
             wal::gather(&pg_wal, &sources, range, method).map(|_| pg_wal)
         })
         .await??;
-        wal::check_complete(&pg_wal, start_lsn, stop.lsn, pg_timeline)?;
+        wal::check_complete(&pg_wal, start_lsn, last, pg_timeline)?;
         tracing::debug!(files = cloned.files, bytes = cloned.bytes, %start_lsn, stop_lsn = %stop.lsn, "backup clone done");
         Ok(Backup {
             start_lsn,
@@ -535,7 +566,13 @@ impl Node {
         // A running parent writes a record past the target and flushes it, so recovery
         // always finds the record it stops after. One shutting down is waited for: its
         // shutdown checkpoint is that record.
-        if let Some(c) = self.connect_unless_stopping(prec.id).await? {
+        // A following root is a hot standby: it writes nothing; its source's WAL goes on.
+        let writes = prec.request.follow.is_none();
+        if let Some(c) = self
+            .connect_unless_stopping(prec.id)
+            .await?
+            .filter(|_| writes)
+        {
             control::mark_and_flush(
                 &c,
                 &format!("ramify-fork-{}", Utc::now().timestamp_millis()),

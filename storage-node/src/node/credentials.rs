@@ -18,7 +18,11 @@ impl Node {
         validate_sql_identifier("role name", &creds.user).map_err(NodeError::Invalid)?;
         validate_sql_identifier("database name", &creds.database).map_err(NodeError::Invalid)?;
         validate_password(&creds.password).map_err(NodeError::Invalid)?;
-        self.record(id)?;
+        if self.record(id)?.request.follow.is_some() {
+            return Err(NodeError::Conflict(format!(
+                "timeline {id} follows another Postgres as a read-only standby: its roles are its source's; fork it to get a branch with credentials of its own"
+            )));
+        }
         let Some(running) = self.running(id).await else {
             return Err(NodeError::Conflict(format!(
                 "timeline {id} has no running compute; start it before setting credentials"

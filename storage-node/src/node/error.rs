@@ -36,6 +36,10 @@ pub enum NodeError {
     /// Free space is below the node's reserve (see `node::reserve`).
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The Postgres a following root copies or follows refused, failed or could not be
+    /// reached (see `node::follow`).
+    #[error("{message}")]
+    Source { unreachable: bool, message: String },
 }
 
 impl NodeError {
@@ -47,6 +51,10 @@ impl NodeError {
             NodeError::Conflict(_) => "conflict",
             NodeError::OutOfRange(_) => "out_of_range",
             NodeError::InsufficientStorage(_) => "insufficient_storage",
+            NodeError::Source {
+                unreachable: true, ..
+            } => "source_unreachable",
+            NodeError::Source { .. } => "source_refused",
             e if e.is_disk_full() => "insufficient_storage",
             _ => "internal",
         }

@@ -112,7 +112,7 @@ impl Node {
         let newest = rec.snapshots.iter().max_by_key(|s| s.info.end_lsn);
         let current = match self.running(rec.id).await {
             Some(r) => match self.connect_compute(rec.id, r.port).await {
-                Ok(c) => control::flush_lsn(&c).await?,
+                Ok(c) => self.position(rec, &c).await?,
                 Err(_) => return Ok(()), // starting up; next tick
             },
             None => self.read_pg_control(&dir.pgdata())?.checkpoint,

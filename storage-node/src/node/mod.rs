@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ramify_api::{
-    At, CloneMethod, ComputeState, CreateRestorePoint, CreateTimeline, Lsn, NodeStatus,
+    At, CloneMethod, ComputeState, CreateRestorePoint, CreateTimeline, FollowInfo, Lsn, NodeStatus,
     RestorePointInfo, RestoreWindow, SnapshotInfo, SnapshotKind, TimelineId, TimelineInfo,
     TimelineState,
 };
@@ -49,6 +49,7 @@ mod create;
 mod credentials;
 mod delete;
 mod error;
+mod follow;
 mod housekeeping;
 mod read;
 mod reserve;
@@ -94,6 +95,8 @@ pub struct Node {
     data: Arc<Dir>,
     /// The space reserve and the guard keeping it (see [`reserve`]).
     space: reserve::SpaceGuard,
+    /// Initial copies of following roots under way (see [`follow`]).
+    copies: StdMutex<HashMap<TimelineId, follow::CopyProgress>>,
 }
 
 /// What a compute looks like from the storage side.
@@ -144,6 +147,7 @@ impl Node {
             extent_cache: Arc::default(),
             accountant: Arc::default(),
             space: reserve::SpaceGuard::default(),
+            copies: StdMutex::new(HashMap::new()),
         };
         node.recover()?;
         Ok(node)

@@ -18,7 +18,7 @@ impl Node {
                 // A compute still in recovery (a fork replaying to its point) has no
                 // flush LSN yet and no history of its own beyond its fork point: one
                 // such compute must not fail the listing of every timeline.
-                Ok(c) => match control::flush_lsn(&c).await {
+                Ok(c) => match self.position(rec, &c).await {
                     Ok(lsn) => (Some(lsn), Some(Utc::now())),
                     Err(e) => {
                         tracing::debug!(timeline = %rec.id, error = %e, "no flush LSN yet (in recovery?)");
@@ -40,6 +40,30 @@ impl Node {
             to_lsn,
             to_time,
         })
+    }
+
+    /// The newest position of `rec`'s running compute: its flushed WAL, or for a
+    /// following root (a hot standby) what it has replayed.
+    pub(super) async fn position(
+        &self,
+        rec: &TimelineRecord,
+        c: &tokio_postgres::Client,
+    ) -> Result<Lsn, ControlError> {
+        if rec.request.follow.is_some() {
+            control::replay_lsn(c).await
+        } else {
+            control::flush_lsn(c).await
+        }
+    }
+
+    /// [`Node::position`] of timeline `id`, `None` when it cannot be read.
+    pub(super) async fn position_of(
+        &self,
+        id: TimelineId,
+        c: &tokio_postgres::Client,
+    ) -> Option<Lsn> {
+        let rec = self.record(id).ok()?;
+        self.position(&rec, c).await.ok()
     }
 
     /// Space figures of every timeline, from one pass over the whole node (a timeline's
@@ -172,6 +196,7 @@ impl Node {
             sizes_measured_at: measured_at,
             restore_window,
             snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
+            follow: self.follow_info(rec, running.as_ref()).await,
         })
     }
 

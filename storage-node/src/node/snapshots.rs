@@ -34,6 +34,11 @@ impl Node {
                     "timeline {id} has no running compute; a restore point is written by its Postgres, so start it first"
                 )));
             };
+            if rec.request.follow.is_some() {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} follows another Postgres and writes no WAL of its own: fork it at an LSN or a time of what it followed, or take a snapshot"
+                )));
+            }
             let c = self.connect_compute(id, running.port).await?;
             let (lsn, time) = control::restore_point(&c, &req.name).await?;
             (lsn, time, rec)
@@ -150,7 +155,7 @@ impl Node {
                         .backup_into(&dir, r.port, &pg, &format!("ramify snapshot {name}"), fast)
                         .await?;
                     let after = match self.connect_compute(id, r.port).await {
-                        Ok(c) => control::flush_lsn(&c).await.ok(),
+                        Ok(c) => self.position_of(id, &c).await,
                         Err(_) => None,
                     };
                     Ok::<_, NodeError>((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))
@@ -166,7 +171,7 @@ impl Node {
                         stopped::Latest::Backup { backup: b, port } => {
                             stopped = false;
                             let after = match self.connect_compute(id, port).await {
-                                Ok(c) => control::flush_lsn(&c).await.ok(),
+                                Ok(c) => self.position_of(id, &c).await,
                                 Err(_) => None,
                             };
                             Ok((b.start_lsn, b.stop_lsn, b.time, b.pg_timeline, after))

@@ -95,6 +95,28 @@ impl Env {
 
     /// [`Env::start`] with extra Postgres settings.
     pub async fn start_with(&self, tl: &TimelineInfo, params: &[(&str, &str)]) -> Compute {
+        if let Some(f) = &tl.follow {
+            // A following root: a hot standby of its source, as the runtimes start it.
+            let run_dir = Path::new(&tl.run_dir);
+            let settings = ramify_compute::ComputeSettings {
+                port: ramify_testkit::free_port(),
+                listen_addresses: "127.0.0.1".into(),
+                run_dir: run_dir.to_path_buf(),
+                archive_command: tl.archive_command.clone(),
+                parameters: params
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                standby: Some(ramify_compute::Standby {
+                    conninfo: f.conninfo.clone(),
+                    passfile: run_dir.join(&f.passfile),
+                    slot: f.slot.clone(),
+                }),
+            };
+            return Compute::start_settings(&self.pg, &self.user, Path::new(&tl.pgdata), settings)
+                .await
+                .unwrap_or_else(|e| panic!("follower {} failed to start: {e}", tl.id));
+        }
         Compute::start(
             &self.pg,
             &self.user,
@@ -114,6 +136,7 @@ impl Env {
                 id: None,
                 parent: Some(parent),
                 at: Some(at),
+                follow: None,
             })
             .await
             .unwrap_or_else(|e| panic!("fork failed: {e}\nnode log:\n{}", self.node.log_tail()))
