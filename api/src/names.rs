@@ -42,6 +42,16 @@ pub fn validate_sql_identifier(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the name of a database a branch takes over from a followed Postgres (a fork
+/// of a following root connects to its source's database): the syntax of
+/// [`validate_sql_identifier`], where `postgres` is allowed (it exists, nothing is made).
+pub fn validate_source_database(name: &str) -> Result<(), String> {
+    if name == "postgres" {
+        return Ok(());
+    }
+    validate_sql_identifier("source database name", name)
+}
+
 /// Checks a password Ramify sets: 16–128 characters of `A-Z a-z 0-9 . _ ~ -` (URI
 /// "unreserved" characters), so it goes into SQL literals and connection URIs unescaped.
 pub fn validate_password(password: &str) -> Result<(), String> {

@@ -298,6 +298,12 @@ pub struct Credentials {
     /// namespace must not open with logins (and passwords) its parent's tenant made.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_other_logins: bool,
+    /// The timeline descends from a following root: the database holds another
+    /// Postgres's objects, owned by its roles. The role is made a member of every other
+    /// non-superuser role and the owner of what superusers own in the database (see
+    /// `ramify_compute::roles::adopt_objects`), so the branch can use and migrate it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_objects: bool,
 }
 
 /// A timeline as `GET /v1/timelines/{id}` returns it.

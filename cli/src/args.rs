@@ -679,6 +679,24 @@ pub struct CreateArgs {
     #[arg(long)]
     pub protected: bool,
 
+    /// Make a root that follows this Postgres as a read-only hot standby (physical
+    /// replication), instead of an empty one: a URI such as
+    /// postgresql://replicator@db.example:5432/postgres naming a role with REPLICATION.
+    /// The password comes from the URI, --password-file, or PGPASSFILE/~/.pgpass; it is
+    /// never stored with the branch or echoed. Fork the follower to get writable
+    /// branches of production. The source must run the same Postgres major version.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["parent", "suspend_after", "expires_in", "expires_at"])]
+    pub follow: Option<String>,
+
+    /// With --follow: a physical replication slot on the source (made when missing), so
+    /// it keeps the WAL the follower has not received yet — also while it is down.
+    #[arg(long, value_name = "NAME", requires = "follow")]
+    pub slot: Option<String>,
+
+    /// With --follow: a file whose first line is the source's password.
+    #[arg(long, value_name = "FILE", requires = "follow")]
+    pub password_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub wait: WaitArgs,
 }

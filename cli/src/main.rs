@@ -5,6 +5,7 @@ mod args;
 mod backend;
 mod commands;
 mod data_dir;
+mod follow;
 mod privileges;
 mod render;
 mod value_parsers;

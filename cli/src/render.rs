@@ -192,6 +192,65 @@ fn state(c: ComputeStatus) -> &'static str {
     }
 }
 
+/// A running following root's state in a list: `following (lag 12 KiB, 0.3s)` while it
+/// streams, `not streaming` otherwise (`branch get` says why).
+pub fn follow_state(f: &ramify_api::FollowInfo) -> String {
+    match &f.status {
+        Some(s) if s.streaming => format!(
+            "following (lag {}, {:.1}s)",
+            human_bytes(s.lag_bytes.unwrap_or(0)),
+            s.lag_seconds.unwrap_or(0.0)
+        ),
+        Some(_) => "not streaming".to_string(),
+        None => "starting".to_string(),
+    }
+}
+
+/// The `branch get` lines of a following root: its source and replication state.
+fn follow_details(f: &ramify_api::FollowInfo, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
+    let mut pairs = vec![("follows", f.conninfo.clone())];
+    if let Some(slot) = &f.slot {
+        pairs.push(("slot", slot.clone()));
+    }
+    let dash = || "-".to_string();
+    match &f.status {
+        None => pairs.push(("replication", "compute not running".into())),
+        Some(s) => {
+            pairs.push((
+                "replication",
+                if s.streaming {
+                    "streaming"
+                } else {
+                    "not streaming"
+                }
+                .into(),
+            ));
+            pairs.push((
+                "lag",
+                format!(
+                    "{} ({:.1}s)",
+                    s.lag_bytes.map_or_else(dash, human_bytes),
+                    s.lag_seconds.unwrap_or(0.0)
+                ),
+            ));
+            pairs.push((
+                "replayed lsn",
+                s.replayed_lsn.map_or_else(dash, |l| l.to_string()),
+            ));
+            pairs.push((
+                "last received",
+                s.last_received_at.map_or_else(dash, |t| {
+                    format!("{} ({} ago)", timestamp_secs(t), age(t, now))
+                }),
+            ));
+            if let Some(p) = &s.problem {
+                pairs.push(("problem", p.clone()));
+            }
+        }
+    }
+    pairs
+}
+
 /// When a branch is deleted by itself, as time left: `-` (never), `protected`, `1h59m`,
 /// or `now` (expired; kept while it has children).
 pub fn expiry_left(
@@ -343,6 +402,24 @@ pub fn copy_mode_warning(filesystem: &str) -> String {
 
 /// `ramify branch create`: what was created, how fast, and how to connect.
 pub fn created_branch(b: &BranchView) -> String {
+    if let Some(f) = &b.following {
+        let mut out = match b.create_ms {
+            Some(ms) => format!(
+                "created root branch {} following {} in {ms} ms\n",
+                b.name, f.conninfo
+            ),
+            None => format!("created root branch {} following {}\n", b.name, f.conninfo),
+        };
+        out.push_str(&fields(&[
+            ("uri", b.uri.clone()),
+            ("logins", "the source's own roles (read-only)".into()),
+            (
+                "fork it",
+                format!("ramify branch create NAME --parent {} [--at …]", b.name),
+            ),
+        ]));
+        return out;
+    }
     let mut out = match (&b.parent, b.create_ms) {
         (Some(p), Some(ms)) => format!("created branch {} from {p} in {ms} ms\n", b.name),
         (Some(p), None) => format!("created branch {} from {p}\n", b.name),
@@ -421,6 +498,12 @@ pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
     let mut pairs = pairs;
     if let Some(of) = &b.backup_of {
         pairs.insert(1, ("backup of", of.clone()));
+    }
+    if let Some(f) = &b.following {
+        pairs.retain(|(k, _)| *k != "user");
+        for (i, p) in follow_details(f, now).into_iter().enumerate() {
+            pairs.insert(2 + i, p);
+        }
     }
     out.push_str(&fields(&pairs));
     if b.snapshots.is_empty() {
@@ -672,6 +755,7 @@ mod tests {
             restore_window: None,
             clone_method: CloneMethod::Reflink,
             create_ms: None,
+            following: None,
         }
     }
 

@@ -110,6 +110,65 @@ $ramify$"
     )
 }
 
+/// Gives `user` the data of a database copied from another Postgres (a fork of a
+/// following root), run in that database: membership in every other non-superuser role
+/// (their tables, with their privileges), and ownership of what superusers own there
+/// outside the system schemas — tables, views, sequences, schemas, routines and the
+/// database itself (so the `public` schema too) — except what belongs to an extension.
+/// Objects other roles own keep their owner. `user` must be a validated identifier.
+pub fn adopt_objects(user: &str) -> String {
+    format!(
+        "DO $ramify$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT g.rolname FROM pg_roles g
+    WHERE NOT g.rolsuper AND g.rolname <> '{user}' AND g.rolname !~ '^pg_'
+      AND NOT pg_has_role('{user}', g.oid, 'MEMBER')
+      AND NOT pg_has_role(g.oid, '{user}', 'MEMBER')
+  LOOP
+    EXECUTE format('GRANT %I TO %I', r.rolname, '{user}');
+  END LOOP;
+  FOR r IN
+    SELECT c.oid::regclass AS obj, c.relkind FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_roles o ON o.oid = c.relowner
+    WHERE o.rolsuper AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                      AND d.objid = c.oid AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO %I',
+      CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                     WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+      r.obj, '{user}');
+  END LOOP;
+  FOR r IN
+    SELECT n.nspname FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+    WHERE o.rolsuper AND n.nspname NOT IN ('information_schema', 'public') AND n.nspname !~ '^pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                      AND d.objid = n.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, '{user}');
+  END LOOP;
+  FOR r IN
+    SELECT p.oid::regprocedure AS f FROM pg_proc p
+    JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles o ON o.oid = p.proowner
+    WHERE o.rolsuper AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                      AND d.objid = p.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO %I', r.f, '{user}');
+  END LOOP;
+  IF (SELECT o.rolsuper FROM pg_database d JOIN pg_roles o ON o.oid = d.datdba
+      WHERE d.datname = current_database()) THEN
+    EXECUTE format('ALTER DATABASE %I OWNER TO %I', current_database(), '{user}');
+  END IF;
+END
+$ramify$"
+    )
+}
+
 /// `CREATE DATABASE` for the branch's database, owned by its role (its own statement:
 /// it cannot run in a transaction block).
 pub fn create_database(database: &str, user: &str) -> String {

@@ -173,6 +173,30 @@ impl<R: Runtime> Lifecycle<R> {
                 "--at needs --parent: a root branch starts empty".into(),
             ));
         }
+        if req.follow.is_some() {
+            if req.parent.is_some() {
+                return Err(LifecycleError::Invalid(
+                    "--follow makes a root that copies another Postgres: it takes no --parent"
+                        .into(),
+                ));
+            }
+            if req.suspend_after_secs.is_some_and(|s| s > 0) {
+                return Err(LifecycleError::Invalid(
+                    "a following root never suspends (it must stay connected to its source to keep up): drop --suspend-after".into(),
+                ));
+            }
+            if req.expires_at.is_some() {
+                return Err(LifecycleError::Invalid(
+                    "a following root does not expire: delete it when you stop following".into(),
+                ));
+            }
+            let db = crate::names::uri_database(req.follow.as_ref().map_or("", |f| &f.conninfo));
+            ramify_api::names::validate_source_database(&db).map_err(|e| {
+                LifecycleError::Invalid(format!(
+                    "{e} (forks of the follower connect to the database the --follow URI names)"
+                ))
+            })?;
+        }
         if let Some(t) = req.expires_at {
             if req.protected {
                 return Err(LifecycleError::Invalid(
@@ -213,10 +237,11 @@ impl<R: Runtime> Lifecycle<R> {
                 id: Some(id),
                 parent: source.as_ref().map(|(tl, _)| *tl),
                 at: source.map(|(_, at)| at),
-                follow: None,
+                follow: req.follow.clone(),
             })
             .await?
             .value;
+        let follows = req.follow.as_ref().map(|f| f.conninfo.clone());
         let mut branch = Branch {
             name: req.name.clone(),
             parent: req.parent.clone(),
@@ -225,8 +250,15 @@ impl<R: Runtime> Lifecycle<R> {
             port: 0,
             user: BRANCH_ROLE.into(),
             password,
-            database: BRANCH_DATABASE.into(),
-            suspend_after_secs: req.suspend_after_secs.unwrap_or(DEFAULT_SUSPEND_AFTER_SECS),
+            // A fork keeps its parent's database: a fork of a following root connects to
+            // the source's database, where its data is.
+            database: parent
+                .as_ref()
+                .map_or_else(|| BRANCH_DATABASE.to_string(), |p| p.database.clone()),
+            suspend_after_secs: match follows {
+                Some(_) => 0,
+                None => req.suspend_after_secs.unwrap_or(DEFAULT_SUSPEND_AFTER_SECS),
+            },
             created_at: Utc::now(),
             protected: req.protected,
             expires_at: req.expires_at,
@@ -234,7 +266,16 @@ impl<R: Runtime> Lifecycle<R> {
             former_timelines: vec![],
             backup_of: None,
             password_pending: false,
+            follows,
         };
+        if branch.follows.is_some() {
+            // Its logins are its source's: the connection string names none.
+            (branch.user, branch.password, branch.database) = (
+                String::new(),
+                String::new(),
+                crate::names::uri_database(req.follow.as_ref().map_or("", |f| &f.conninfo)),
+            );
+        }
         match self
             .bring_up(&mut branch, &timeline, parent.is_none())
             .await
@@ -273,6 +314,10 @@ impl<R: Runtime> Lifecycle<R> {
             .start(branch, timeline)
             .await
             .map_err(LifecycleError::Runtime)?;
+        if branch.follows.is_some() {
+            // A read-only standby: its roles and databases are its source's.
+            return Ok(());
+        }
         if !root {
             // A fork inherited its parent's role and password hash: the role gets the
             // branch role's attributes and a new password, so the parent's never opens
@@ -348,10 +393,32 @@ impl<R: Runtime> Lifecycle<R> {
                     database: branch.database.clone(),
                     // Local mode has one tenant: the machine's user.
                     disable_other_logins: false,
+                    adopt_objects: self.descends_from_follower(branch),
                 },
             )
             .await?;
         Ok(())
+    }
+
+    /// Whether the branch's data came from a following root (its parent, or an ancestor,
+    /// follows another Postgres): its objects are that Postgres's roles'.
+    pub(crate) fn descends_from_follower(&self, branch: &Branch) -> bool {
+        let mut seen = 0;
+        let mut next = branch.parent.clone();
+        while let Some(name) = next {
+            let Ok(Some(b)) = self.store.get(&name) else {
+                return false;
+            };
+            if b.follows.is_some() {
+                return true;
+            }
+            seen += 1;
+            if seen > 1000 {
+                return false;
+            }
+            next = b.parent;
+        }
+        false
     }
 
     /// Stops the branch's compute cleanly; the next connection wakes it. Refused while
@@ -553,8 +620,20 @@ impl<R: Runtime> Lifecycle<R> {
             restore_window: Some(tl.restore_window.clone()),
             clone_method,
             create_ms: None,
+            following: tl.follow.clone(),
         }
     }
+}
+
+/// The refusal of what would write a following root's history, which is its source's.
+pub(crate) fn refuse_if_following(branch: &Branch, what: &str) -> Result<(), LifecycleError> {
+    if let Some(source) = &branch.follows {
+        return Err(LifecycleError::Conflict(format!(
+            "branch {:?} follows {source}: its history is its source's, so it cannot be {what}; fork it (`ramify branch create NAME --parent {} [--at …]`) and work on the fork",
+            branch.name, branch.name
+        )));
+    }
+    Ok(())
 }
 
 /// The protection refusal, naming the flag and how to lift it.

@@ -3,7 +3,9 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use ramify_api::{At, CloneMethod, Lsn, NodeStatus, SnapshotInfo, TimelineId};
+use ramify_api::{
+    At, CloneMethod, FollowInfo, FollowSource, Lsn, NodeStatus, SnapshotInfo, TimelineId,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -59,11 +61,20 @@ pub struct Branch {
     /// role): the next start sets `password` before any client gets in.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub password_pending: bool,
+    /// Set on a root that follows another Postgres: the source, without its password.
+    /// Such a branch is a read-only hot standby whose roles are its source's: it has no
+    /// credentials of its own, never suspends, and is never reset or restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
 }
 
 impl Branch {
-    /// `postgresql://` URI through the proxy.
+    /// `postgresql://` URI through the proxy. A following root's names no role: its
+    /// logins are its source's.
     pub fn uri(&self, host: &str) -> String {
+        if self.follows.is_some() {
+            return format!("postgresql://{host}:{}/{}", self.port, self.database);
+        }
         format!(
             "postgresql://{}:{}@{}:{}/{}",
             self.user, self.password, host, self.port, self.database
@@ -105,6 +116,10 @@ pub struct CreateBranch {
     /// Create it protected (no delete, reset, restore or expiry until unprotected).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protected: bool,
+    /// A root that follows this Postgres (physical replication) instead of starting
+    /// empty. Not with `parent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowSource>,
 }
 
 /// A point of a branch's history: what storage understands (`latest`, an LSN, a time, a
@@ -307,6 +322,9 @@ pub struct BranchView {
     /// Milliseconds the create took (only in the answer to a create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_ms: Option<u64>,
+    /// For a root that follows another Postgres: its source and replication state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<FollowInfo>,
 }
 
 /// `GET /v1/status` of the local daemon.

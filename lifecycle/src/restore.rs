@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use ramify_api::{At, CreateTimeline, TimelineId, TimelineInfo};
 use tracing::{info, warn};
 
-use crate::core::{refuse_if_protected, Lifecycle, LifecycleError, Runtime};
+use crate::core::{refuse_if_following, refuse_if_protected, Lifecycle, LifecycleError, Runtime};
 use crate::model::*;
 use crate::names::validate_branch_name;
 use crate::password;
@@ -26,6 +26,7 @@ impl<R: Runtime> Lifecycle<R> {
         let _g = lock.lock().await;
         let branch = self.branch(name)?;
         refuse_if_protected(&branch, "reset")?;
+        refuse_if_following(&branch, "reset")?;
         let Some(parent_name) = branch.parent.clone() else {
             return Err(LifecycleError::Invalid(format!(
                 "branch {name:?} is a root: it has no parent to reset to; to go back to a point of its own history use `ramify branch restore {name} --at …`"
@@ -73,6 +74,7 @@ impl<R: Runtime> Lifecycle<R> {
         let _g = lock.lock().await;
         let branch = self.branch(name)?;
         refuse_if_protected(&branch, "restored")?;
+        refuse_if_following(&branch, "restored")?;
         let source = match req.from.as_deref() {
             Some(from) if from != name => self.branch(from).map_err(|_| {
                 LifecycleError::NotFound(format!(
@@ -317,6 +319,7 @@ impl<R: Runtime> Lifecycle<R> {
             former_timelines: vec![],
             backup_of: Some(branch.name.clone()),
             password_pending: true,
+            follows: None,
         };
         backup.port = self
             .runtime
@@ -452,6 +455,7 @@ mod tests {
             ],
             backup_of: None,
             password_pending: false,
+            follows: None,
         };
         let find = |b: &Branch, at: At| timeline_holding(b, &at, |_| true).as_u128();
         assert_eq!(find(&dev, At::Time(t(1))), 4);

@@ -195,6 +195,7 @@ mod tests {
             former_timelines: vec![],
             backup_of: None,
             password_pending: false,
+            follows: None,
         }
     }
 

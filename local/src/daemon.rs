@@ -207,6 +207,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             warn!(branch = %b.name, port = b.port, error = %e, "cannot listen for branch");
         }
     }
+    // A following root keeps following while the daemon runs (its source's slot, if
+    // any, kept what it missed meanwhile); started in the background, so a source that
+    // is down delays nothing else.
+    for b in lifecycle
+        .branches()?
+        .into_iter()
+        .filter(|b| b.follows.is_some())
+    {
+        let lc = lifecycle.clone();
+        tokio::spawn(async move {
+            match lc.wake(&b.name).await {
+                Ok(_) => info!(branch = %b.name, "following root started"),
+                Err(e) => warn!(branch = %b.name, error = %e, "cannot start following root"),
+            }
+        });
+    }
 
     // Expired branches are deleted within about a second of their expiry.
     let reaper = lifecycle.clone();

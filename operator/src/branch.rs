@@ -564,6 +564,7 @@ async fn converge(
                     // Forked from another namespace: the parent's tenant made the other
                     // logins and knows their passwords; none of them opens this branch.
                     disable_other_logins: b.parent_namespace().is_some_and(|p| p != ns),
+                    adopt_objects: false,
                 };
                 let node = &timeline.storage_node;
                 let id: TimelineId = timeline

@@ -64,11 +64,16 @@ pub async fn running_port(run_dir: &Path) -> Option<u16> {
 
 /// Opens a control connection to the compute listening in `run_dir` on `port`.
 pub async fn connect(run_dir: &Path, port: u16) -> Result<Client, ControlError> {
+    connect_db(run_dir, port, "postgres").await
+}
+
+/// [`connect`] to database `database`.
+pub async fn connect_db(run_dir: &Path, port: u16, database: &str) -> Result<Client, ControlError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host_path(run_dir)
         .port(port)
         .user(SUPERUSER)
-        .dbname("postgres")
+        .dbname(database)
         .application_name("ramify-storage")
         .connect_timeout(Duration::from_secs(5));
     let (client, conn) = cfg
@@ -254,6 +259,21 @@ pub async fn ensure_login(
             .map_err(q)?;
     }
     Ok(())
+}
+
+/// Runs [`ramify_compute::roles::adopt_objects`] for `user` in `database` of the compute
+/// in `run_dir` on `port`.
+pub async fn adopt_objects(
+    run_dir: &Path,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Result<(), ControlError> {
+    let c = connect_db(run_dir, port, database).await?;
+    let what = "giving the branch role its database's objects";
+    c.batch_execute(&ramify_compute::roles::adopt_objects(user))
+        .await
+        .map_err(|source| ControlError::Query { what, source })
 }
 
 /// Result of `pg_backup_stop`.

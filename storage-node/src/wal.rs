@@ -275,6 +275,34 @@ pub fn commits(
     Ok(parse_waldump(&stdout))
 }
 
+/// Whether `pg_wal` holds a WAL record that starts at or after `lsn` on timeline `tli`
+/// (recovery to a target stops only at such a record).
+pub fn record_at_or_after(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    lsn: Lsn,
+) -> Result<bool, WalError> {
+    let out = Command::new(waldump)
+        .arg("--path")
+        .arg(pg_wal)
+        .arg("--timeline")
+        .arg(tli.to_string())
+        .arg("--start")
+        .arg(lsn.to_string())
+        .args(["--limit", "1"])
+        .output()
+        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && !out.stdout.is_empty() {
+        return Ok(true);
+    }
+    if stderr.contains("could not find a valid record") || stderr.contains("error in WAL record") {
+        return Ok(false);
+    }
+    Err(WalError::Waldump(stderr.trim().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ fn creds(password: &str) -> Credentials {
         password: password.into(),
         database: "appdb".into(),
         disable_other_logins: false,
+        adopt_objects: false,
     }
 }
 

@@ -45,11 +45,11 @@ pub fn row(b: &BranchView) -> BranchRow {
         namespace: None,
         name: b.name.clone(),
         parent: b.parent.clone().map(|p| (None, p)),
-        state: match b.compute {
-            ComputeStatus::Running => "running",
-            ComputeStatus::Suspended => "suspended",
-        }
-        .to_string(),
+        state: match (b.compute, &b.following) {
+            (ComputeStatus::Running, Some(f)) => render::follow_state(f),
+            (ComputeStatus::Running, None) => "running".to_string(),
+            (ComputeStatus::Suspended, _) => "suspended".to_string(),
+        },
         fork_lsn: b.fork_lsn.map(|l| l.to_string()),
         exclusive_bytes: Some(b.exclusive_bytes),
         port: Some(b.port),
@@ -136,7 +136,7 @@ impl Backend for Local {
         // The daemon answers once the branch is ready: --wait has nothing to wait for.
         let b = self
             .client()?
-            .create_branch(&create_request(args, chrono::Utc::now()))
+            .create_branch(&create_request(args, chrono::Utc::now())?)
             .await?;
         let b = LocalBranch::new(b, &self.data_dir);
         let text = render::created_branch(&b.view);
@@ -302,6 +302,7 @@ impl Backend for Local {
                 suspend_after_secs: None,
                 expires_at: Some(chrono::Utc::now() + ttl),
                 protected: false,
+                follow: None,
             })
             .await?;
         Ok(())

@@ -20,8 +20,16 @@ struct Connection<'a> {
 }
 
 /// The request `branch create` sends; a relative expiry counts from `now`.
-pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> CreateBranch {
-    CreateBranch {
+pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> anyhow::Result<CreateBranch> {
+    let follow = match &args.follow {
+        Some(uri) => Some(crate::follow::source(
+            uri,
+            args.slot.clone(),
+            args.password_file.as_deref(),
+        )?),
+        None => None,
+    };
+    Ok(CreateBranch {
         name: args.name,
         parent: args.parent,
         at: args.at,
@@ -30,7 +38,8 @@ pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> CreateBranch {
             .expires_at
             .or_else(|| args.expires_in.map(|s| now + seconds(s))),
         protected: args.protected,
-    }
+        follow,
+    })
 }
 
 /// The request `branch restore` sends.
@@ -151,13 +160,17 @@ mod tests {
                 expires_in: Some(3),
                 expires_at: None,
                 protected: false,
+                follow: None,
+                slot: None,
+                password_file: None,
                 wait: crate::args::WaitArgs {
                     wait: false,
                     timeout: 300,
                 },
             },
             now,
-        );
+        )
+        .unwrap();
         assert_eq!(
             serde_json::to_value(&req).unwrap(),
             serde_json::json!({"name": "dev", "parent": "main", "at": "latest", "suspend_after_secs": 0, "expires_at": "2026-03-01T12:00:03Z"})
@@ -171,17 +184,22 @@ mod tests {
                 expires_in: None,
                 expires_at: None,
                 protected: true,
+                follow: Some("postgresql://rep:pw@db/postgres".into()),
+                slot: Some("s1".into()),
+                password_file: None,
                 wait: crate::args::WaitArgs {
                     wait: false,
                     timeout: 300,
                 },
             },
             now,
-        );
+        )
+        .unwrap();
         // Unset flags are left to the daemon's defaults.
         assert_eq!(
             serde_json::to_value(&root).unwrap(),
-            serde_json::json!({"name": "main", "protected": true})
+            serde_json::json!({"name": "main", "protected": true,
+                "follow": {"conninfo": "postgresql://rep@db/postgres", "password": "pw", "slot": "s1"}})
         );
     }
 

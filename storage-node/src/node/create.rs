@@ -637,6 +637,11 @@ impl Node {
         };
         let recovery = if lsn == base.info.end_lsn && base.plain_start {
             RecoveryTarget::None
+        } else if !writes && !self.record_follows(&pg_wal, tli, lsn).await? {
+            // A follower's WAL may end exactly at the target when its source has been
+            // idle since: no record follows for recovery to stop at, and replaying all
+            // of it from the base's label is the same state.
+            RecoveryTarget::None
         } else if lsn == base.consistent_lsn {
             RecoveryTarget::Immediate
         } else {
@@ -650,6 +655,18 @@ impl Node {
             pg_timeline: tli,
             recovery,
         })
+    }
+
+    /// Whether the WAL gathered into `pg_wal` has a record at or after `lsn`.
+    async fn record_follows(&self, pg_wal: &Path, tli: u32, lsn: Lsn) -> Result<bool, NodeError> {
+        let Some(waldump) = self.cfg.waldump.clone() else {
+            return Ok(true);
+        };
+        let p = pg_wal.to_path_buf();
+        Ok(
+            tokio::task::spawn_blocking(move || wal::record_at_or_after(&waldump, &p, tli, lsn))
+                .await??,
+        )
     }
 
     /// Commit time of the last transaction before `lsn`, reading as little WAL as it can.

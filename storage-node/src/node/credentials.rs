@@ -16,7 +16,12 @@ impl Node {
     ) -> Result<(), NodeError> {
         use ramify_api::names::{validate_password, validate_sql_identifier};
         validate_sql_identifier("role name", &creds.user).map_err(NodeError::Invalid)?;
-        validate_sql_identifier("database name", &creds.database).map_err(NodeError::Invalid)?;
+        if creds.adopt_objects {
+            ramify_api::names::validate_source_database(&creds.database)
+        } else {
+            validate_sql_identifier("database name", &creds.database)
+        }
+        .map_err(NodeError::Invalid)?;
         validate_password(&creds.password).map_err(NodeError::Invalid)?;
         if self.record(id)?.request.follow.is_some() {
             return Err(NodeError::Conflict(format!(
@@ -37,7 +42,16 @@ impl Node {
             creds.disable_other_logins,
         )
         .await?;
-        info!(timeline = %id, "credentials set");
+        if creds.adopt_objects {
+            control::adopt_objects(
+                &self.dir(id).run(),
+                running.port,
+                &creds.database,
+                &creds.user,
+            )
+            .await?;
+        }
+        info!(timeline = %id, adopt = creds.adopt_objects, "credentials set");
         Ok(())
     }
 }

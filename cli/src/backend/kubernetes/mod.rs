@@ -794,6 +794,11 @@ pub fn restore_source(args: &RestoreArgs) -> anyhow::Result<RestoreSource> {
 #[async_trait]
 impl Backend for Kube {
     async fn create_branch(&self, args: CreateArgs) -> anyhow::Result<Shown> {
+        if args.follow.is_some() {
+            anyhow::bail!(
+                "--follow is for local mode; on a cluster a following root is a DatabaseBranch with spec.source.external naming a Secret that holds the source's URI (see docs/kubernetes.md)"
+            );
+        }
         let ns = self.namespace.clone();
         let mut at = None;
         if let Some(parent) = &args.parent {
