@@ -60,6 +60,7 @@ bench: deps
 	$(CARGO) build --release -p ramify-cli
 	bash e2e/local/bench.sh target/release/ramify
 	bash e2e/local/bench-workflows.sh target/release/ramify
+	bash e2e/local/bench-follow.sh target/release/ramify
 	$(CARGO) bench -p ramify-diff --bench schema_diff
 
 # The checkers of what Ramify publishes, built once from their Go modules into

@@ -290,6 +290,14 @@ impl StorageClient {
     }
 
     /// `GET /v1/status`.
+    /// `GET /v1/copies`: initial copies of following roots under way.
+    pub async fn copies(&self) -> Result<Vec<crate::CopyProgress>, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/copies", None, STATUS_TIMEOUT)
+            .await?
+            .1)
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         Ok(self
             .call::<(), _>(Method::GET, "/v1/status", None, STATUS_TIMEOUT)

@@ -355,6 +355,19 @@ pub struct TimelineInfo {
     pub follow: Option<FollowInfo>,
 }
 
+/// `GET /v1/copies`: an initial copy of a following root's source under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// The timeline being made.
+    pub timeline: TimelineId,
+    /// Bytes copied so far.
+    pub bytes_done: u64,
+    /// Bytes the source said it holds (its estimate, before WAL).
+    pub bytes_total: u64,
+    /// When the copy started.
+    pub started_at: DateTime<Utc>,
+}
+
 /// Clone method of the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -192,6 +192,19 @@ fn state(c: ComputeStatus) -> &'static str {
     }
 }
 
+/// One line of an initial copy's progress: `copying the source: 1.2 GiB of 5.0 GiB
+/// (24%), 85.3 MiB/s`.
+pub fn copy_progress(c: &ramify_api::CopyProgress, now: DateTime<Utc>) -> String {
+    let secs = (now - c.started_at).num_milliseconds().max(1) as f64 / 1000.0;
+    let pct = (c.bytes_done as f64 * 100.0 / c.bytes_total.max(1) as f64).min(100.0);
+    format!(
+        "copying the source: {} of {} ({pct:.0}%), {}/s",
+        human_bytes(c.bytes_done),
+        human_bytes(c.bytes_total),
+        human_bytes((c.bytes_done as f64 / secs) as u64)
+    )
+}
+
 /// A running following root's state in a list: `following (lag 12 KiB, 0.3s)` while it
 /// streams, `not streaming` otherwise (`branch get` says why).
 pub fn follow_state(f: &ramify_api::FollowInfo) -> String {
@@ -760,6 +773,25 @@ mod tests {
     }
 
     #[test]
+    fn copy_progress_shows_bytes_share_and_rate() {
+        let c = ramify_api::CopyProgress {
+            timeline: uuid::Uuid::nil(),
+            bytes_done: 512 << 20,
+            bytes_total: 2 << 30,
+            started_at: now() - chrono::Duration::seconds(4),
+        };
+        assert_eq!(
+            copy_progress(&c, now()),
+            format!(
+                "copying the source: {} of {} (25%), {}/s",
+                human_bytes(512 << 20),
+                human_bytes(2 << 30),
+                human_bytes(128 << 20)
+            )
+        );
+    }
+
+    #[test]
     fn bytes_are_human() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1023), "1023 B");
@@ -1064,6 +1096,7 @@ before-migration  manual  0/3000000  2026-03-01T11:55:00Z  5m
             running_computes: 1,
             postgres_version: "15.8".into(),
             pg_user: "postgres".into(),
+            copies: vec![],
         }
     }
 

@@ -338,6 +338,9 @@ pub struct LocalStatus {
     pub running_computes: usize,
     pub postgres_version: String,
     pub pg_user: String,
+    /// Initial copies of following roots' sources under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<ramify_api::CopyProgress>,
 }
 
 /// Body of `POST /v1/branches/{name}/snapshots`.

@@ -416,6 +416,7 @@ async fn status(State(app): State<AppState>) -> Result<Json<LocalStatus>> {
         running_computes: app.lifecycle.runtime().running_count().await,
         postgres_version: app.pg_version.clone(),
         pg_user: app.lifecycle.runtime().user().name().to_string(),
+        copies: app.storage.copies().await.unwrap_or_default(),
     }))
 }
 

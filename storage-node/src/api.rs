@@ -114,6 +114,7 @@ pub fn router(node: AppState, token: ApiToken, token_source: &str) -> Router {
             delete(delete_snapshot),
         )
         .route("/v1/status", get(status))
+        .route("/v1/copies", get(copies))
         .fallback(|| async {
             HttpError(
                 StatusCode::NOT_FOUND,
@@ -335,6 +336,10 @@ async fn delete_snapshot(
 
 async fn status(State(node): State<AppState>) -> Result<Response> {
     Ok(Json(node.status()?).into_response())
+}
+
+async fn copies(State(node): State<AppState>) -> Json<Vec<ramify_api::CopyProgress>> {
+    Json(node.copies())
 }
 
 async fn metrics(State(node): State<AppState>) -> Result<Response> {

@@ -466,3 +466,212 @@ async fn eventually_problem(env: &Env, tl: &TimelineInfo) -> String {
         sleep_ms(200).await;
     }
 }
+
+/// A loopback TCP relay to production that the test can cut (every connection dropped,
+/// new ones closed at once) and point elsewhere (a failover).
+struct Relay {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, c, cs) = (target.clone(), cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(SeqCst) {
+                    continue; // dropped: the network is down
+                }
+                let to = t.load(SeqCst);
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                cs.lock().unwrap().push(task);
+            }
+        });
+        Relay {
+            port,
+            target,
+            cut,
+            conns,
+        }
+    }
+
+    /// The network drops: every open connection is gone, new ones fail.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn point_at(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn source(&self, slot: Option<&str>) -> FollowSource {
+        FollowSource {
+            conninfo: format!("postgresql://replicator@127.0.0.1:{}/postgres", self.port),
+            password: Some(PASSWORD.into()),
+            slot: slot.map(str::to_owned),
+        }
+    }
+}
+
+async fn follower_of(env: &Env, source: FollowSource) -> (TimelineInfo, Compute) {
+    let tl = env
+        .client
+        .create_timeline(&CreateTimeline {
+            follow: Some(source),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create follower: {e}\n{}", env.node.log_tail()))
+        .value;
+    let c = env.start(&tl).await;
+    (tl, c)
+}
+
+/// How long the network stays down in [`a_follower_rides_out_a_minute_without_network`].
+fn cut_secs() -> u64 {
+    std::env::var("RAMIFY_FOLLOW_CUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_rides_out_a_minute_without_network() {
+    let env = Env::new(2 << 30, &[]).await;
+    let prod = Production::start(&env).await;
+    let relay = Relay::start(prod.pg.port()).await;
+    let work = Workload::start(&prod).await;
+    let (tl, fc) = follower_of(&env, relay.source(Some("ramify_net"))).await;
+    replayed(&env, &tl, prod.lsn().await).await;
+    let (_, early) = start_fork(&env, &tl, At::Latest).await;
+    let early_rows = check_bank(&early, "a fork before the cut").await;
+
+    relay.cut();
+    let problem = eventually_problem(&env, &tl).await;
+    assert!(problem.contains("retries"), "{problem}");
+    // Production goes on writing while the follower cannot hear it.
+    let during = count(&prod.pg, "ledger").await;
+    sleep_ms(cut_secs() * 1000).await;
+    assert!(
+        count(&prod.pg, "ledger").await > during,
+        "production kept writing"
+    );
+    relay.restore();
+    let transfers = work.finish().await;
+    replayed(&env, &tl, prod.lsn().await).await;
+    assert_eq!(
+        check_bank(&fc, "the follower after the cut").await,
+        count(&prod.pg, "ledger").await,
+        "the follower caught up with all {transfers} transfers"
+    );
+    assert_eq!(check_bank(&early, "the early fork").await, early_rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_follows_its_source_through_a_failover() {
+    let env = Env::new(3 << 30, &[]).await;
+    let mut prod = Production::start(&env).await;
+    // Production's own standby, which the failover promotes.
+    let sdir = env.scratch.path().join("prod-standby");
+    std::fs::create_dir(&sdir).unwrap();
+    env.user.chown(&sdir).unwrap();
+    let mut cmd = tokio::process::Command::new(env.pg.dir().join("pg_basebackup"));
+    cmd.arg("-h")
+        .arg(prod.pg.run_dir())
+        .args(["-p", &prod.pg.port().to_string(), "-U", "postgres", "-D"])
+        .arg(sdir.join("pgdata"))
+        .args(["--wal-method=stream", "--checkpoint=fast"]);
+    env.user.apply_tokio(&mut cmd);
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(sdir.join("pgdata/standby.signal"), "").unwrap();
+    env.user.chown(&sdir.join("pgdata/standby.signal")).unwrap();
+    let standby = Compute::start_settings(
+        &env.pg,
+        &env.user,
+        &sdir.join("pgdata"),
+        ramify_compute::ComputeSettings {
+            port: ramify_testkit::free_port(),
+            listen_addresses: "127.0.0.1".into(),
+            run_dir: sdir.join("run"),
+            archive_command: "/bin/true".into(),
+            parameters: Default::default(),
+            standby: Some(ramify_compute::Standby {
+                conninfo: format!(
+                    "host={} port={} user=postgres",
+                    prod.pg.run_dir().display(),
+                    prod.pg.port()
+                ),
+                passfile: sdir.join("none"),
+                slot: None,
+            }),
+        },
+    )
+    .await
+    .expect("production's standby");
+
+    let relay = Relay::start(prod.pg.port()).await;
+    let (tl, fc) = follower_of(&env, relay.source(None)).await;
+    prod.pg
+        .execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 2, 5); UPDATE accounts SET balance = balance - 5 WHERE id = 1; UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+        .await
+        .unwrap();
+    replayed(&env, &tl, prod.lsn().await).await;
+    // Wait for production's standby to have it too, then fail over to it.
+    let lsn = prod.lsn().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while query_text(
+        &standby,
+        &format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}')::text"),
+    )
+    .await
+        != "true"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production's standby lags"
+        );
+        sleep_ms(100).await;
+    }
+    prod.pg.stop().await.unwrap();
+    standby.execute("SELECT pg_promote()").await.unwrap();
+    relay.point_at(standby.port());
+    // The new primary writes on its new timeline; the follower switches to it.
+    standby
+        .execute("BEGIN; INSERT INTO ledger (src, dst, amount) VALUES (3, 4, 7); UPDATE accounts SET balance = balance - 7 WHERE id = 3; UPDATE accounts SET balance = balance + 7 WHERE id = 4; COMMIT")
+        .await
+        .unwrap();
+    let new_lsn = current_lsn(&standby).await;
+    replayed(&env, &tl, new_lsn).await;
+    assert_eq!(check_bank(&fc, "the follower after the failover").await, 2);
+    assert_eq!(
+        query_text(&fc, "SELECT received_tli::text FROM pg_stat_wal_receiver").await,
+        "2",
+        "the follower streams the new primary's timeline"
+    );
+    let (_, after) = start_fork(&env, &tl, At::Latest).await;
+    assert_eq!(check_bank(&after, "a fork after the failover").await, 2);
+}

@@ -134,10 +134,28 @@ fn state_line(b: &BranchView) -> String {
 impl Backend for Local {
     async fn create_branch(&self, args: CreateArgs) -> anyhow::Result<Shown> {
         // The daemon answers once the branch is ready: --wait has nothing to wait for.
-        let b = self
-            .client()?
-            .create_branch(&create_request(args, chrono::Utc::now())?)
-            .await?;
+        let req = create_request(args, chrono::Utc::now())?;
+        let client = self.client()?;
+        let create = client.create_branch(&req);
+        let b = if req.follow.is_some() {
+            // The initial copy of a source can take long: its progress goes to stderr.
+            tokio::pin!(create);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    b = &mut create => break b?,
+                    _ = tick.tick() => {
+                        if let Ok(st) = client.status().await {
+                            for c in &st.copies {
+                                eprintln!("{}", render::copy_progress(c, chrono::Utc::now()));
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            create.await?
+        };
         let b = LocalBranch::new(b, &self.data_dir);
         let text = render::created_branch(&b.view);
         Ok(Shown::new(b, text))

@@ -41,10 +41,11 @@ struct SourceFacts {
 }
 
 /// Progress of an initial copy, for logs and `GET /v1/status`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct CopyProgress {
     pub done_kb: u64,
     pub total_kb: u64,
+    pub started_at: DateTime<Utc>,
 }
 
 impl Node {
@@ -256,7 +257,7 @@ impl Node {
         let mut stderr = child.stderr.take().expect("piped stderr");
         let mut text = String::new();
         let mut buf = [0u8; 4096];
-        let (mut last_log, t0) = (Instant::now(), Instant::now());
+        let (mut last_log, t0, started_at) = (Instant::now(), Instant::now(), Utc::now());
         loop {
             let n = stderr
                 .read(&mut buf)
@@ -266,7 +267,12 @@ impl Node {
                 break;
             }
             text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if let Some(p) = last_progress(&text) {
+            if let Some((done_kb, total_kb)) = last_progress(&text) {
+                let p = CopyProgress {
+                    done_kb,
+                    total_kb,
+                    started_at,
+                };
                 self.set_copy_progress(id, Some(p.clone()));
                 if last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = Instant::now();
@@ -305,11 +311,16 @@ impl Node {
         }
     }
 
-    /// Initial copies under way: `(timeline, bytes copied, bytes in all)`.
-    pub fn copies(&self) -> Vec<(TimelineId, u64, u64)> {
+    /// `GET /v1/copies`: initial copies under way.
+    pub fn copies(&self) -> Vec<ramify_api::CopyProgress> {
         let m = self.copies.lock().unwrap_or_else(|e| e.into_inner());
         m.iter()
-            .map(|(id, p)| (*id, p.done_kb * 1024, p.total_kb * 1024))
+            .map(|(id, p)| ramify_api::CopyProgress {
+                timeline: *id,
+                bytes_done: p.done_kb * 1024,
+                bytes_total: p.total_kb * 1024,
+                started_at: p.started_at,
+            })
             .collect()
     }
 
@@ -586,15 +597,12 @@ impl BackupPoints {
 }
 
 /// The last `done/total kB` progress report in `pg_basebackup --progress` output.
-fn last_progress(text: &str) -> Option<CopyProgress> {
+fn last_progress(text: &str) -> Option<(u64, u64)> {
     text.rsplit(['\r', '\n']).find_map(|line| {
         let (done, rest) = line.trim().split_once('/')?;
         let total = rest.split_whitespace().next()?;
         rest.contains("kB").then_some(())?;
-        Some(CopyProgress {
-            done_kb: done.trim().parse().ok()?,
-            total_kb: total.parse().ok()?,
-        })
+        Some((done.trim().parse().ok()?, total.parse().ok()?))
     })
 }
 
@@ -756,7 +764,7 @@ mod tests {
             "    0/30534 kB (0%), 0/1 tablespace\r 1200/30534 kB (3%), 0/1 tablespace",
         )
         .unwrap();
-        assert_eq!((p.done_kb, p.total_kb), (1200, 30534));
+        assert_eq!(p, (1200, 30534));
         assert!(BackupPoints::parse("pg_basebackup: error: x").is_none());
     }
 

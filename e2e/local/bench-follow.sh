@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Following-root benchmark (part of `make bench`): a pgbench "production" of SCALE
+# (default 100) started here on a loopback port; side by side, its initial copy by
+# `ramify branch create --follow` against plain `pg_basebackup` to the same local disk,
+# replication lag under pgbench (the source's own pg_stat_replication), and a fork of the
+# follower against a fork of an ordinary root of the same data. Prints a Markdown table.
+#
+#   e2e/local/bench-follow.sh [path/to/ramify]     (SCALE=10 for a quick run)
+set -euo pipefail
+
+RAMIFY=$(readlink -f "${1:-target/release/ramify}")
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+export PATH="$PGBIN:$PATH"
+SCALE=${SCALE:-100}
+RUNS=${RUNS:-5}
+LOAD_SECS=${LOAD_SECS:-30}
+WORK=$(mktemp -d /var/tmp/ramify-bf-XXXXXX)
+chmod 755 "$WORK"
+export RAMIFY_DATA_DIR="$WORK/data"
+mkdir -p "$RAMIFY_DATA_DIR"
+if [ "$(id -u)" -eq 0 ]; then AS=(runuser -u postgres --); else AS=(); fi
+PROD_DIR="$WORK/prod"
+mkdir -p "$PROD_DIR"
+[ "$(id -u)" -eq 0 ] && chown postgres "$PROD_DIR"
+cleanup() {
+  "$RAMIFY" local down >/dev/null 2>&1 || true
+  "${AS[@]}" pg_ctl -D "$PROD_DIR/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+  if mountpoint -q "$RAMIFY_DATA_DIR"; then umount "$RAMIFY_DATA_DIR" || umount -l "$RAMIFY_DATA_DIR"; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((p/100)*NR+0.999999); if (i<1) i=1; print a[i]}'; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
+q() { psql -X -A -t -q "$@"; }
+
+if [ "$(id -u)" -eq 0 ]; then XFS=(--xfs-image 24G); else XFS=(); fi
+"$RAMIFY" local up "${XFS[@]}" >/dev/null
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"${AS[@]}" initdb -D "$PROD_DIR/pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+"${AS[@]}" pg_ctl -D "$PROD_DIR/pgdata" -l "$PROD_DIR/log" -w \
+  -o "-p $PORT -k $PROD_DIR -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null
+PROD="host=$PROD_DIR port=$PORT user=postgres dbname=postgres"
+q "$PROD" -c "CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'bench-Secret-1234'"
+echo "# loading pgbench scale $SCALE into the source" >&2
+pgbench -i -q -s "$SCALE" "$PROD" >/dev/null 2>&1
+size=$(q "$PROD" -c "SELECT pg_size_pretty(pg_database_size('postgres'))")
+
+# Plain pg_basebackup to the same disk: the baseline the initial copy is measured against.
+plain=()
+for i in $(seq 1 "${COPY_RUNS:-2}"); do
+  d="$RAMIFY_DATA_DIR/plain-$i"
+  t=$(date +%s%N)
+  PGPASSWORD=bench-Secret-1234 pg_basebackup -d "postgresql://replicator@127.0.0.1:$PORT/postgres" \
+    -D "$d" --wal-method=stream --checkpoint=fast --no-sync
+  sync -f "$RAMIFY_DATA_DIR"
+  plain+=("$(ms "$t")")
+  rm -rf "$d"
+done
+t=$(date +%s%N)
+"$RAMIFY" branch create prod --follow "postgresql://replicator:bench-Secret-1234@127.0.0.1:$PORT/postgres" \
+  --slot ramify_bench >/dev/null 2>"$WORK/progress"
+follow_ms=$(ms "$t")
+progress_lines=$(grep -c "copying the source" "$WORK/progress" || true)
+plain_ms=$(printf '%s\n' "${plain[@]}" | pct 50)
+
+# Lag under load: the source's own view of its standby (replay_lag), sampled 4 times a second.
+pgbench -n -c 4 -j 2 -T "$LOAD_SECS" -N "$PROD" >"$WORK/load.txt" 2>&1 &
+load=$!
+: >"$WORK/lag"
+: >"$WORK/lagbytes"
+while kill -0 "$load" 2>/dev/null; do
+  q "$PROD" -c "SELECT coalesce(extract(epoch FROM replay_lag) * 1000, 0)::int,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
+                FROM pg_stat_replication WHERE application_name = 'ramify'" |
+    awk -F'|' -v L="$WORK/lag" -v B="$WORK/lagbytes" 'NF == 2 { print $1 >> L; print $2 >> B }'
+  sleep 0.25
+done
+tps=$(grep -Eo 'tps = [0-9.]+' "$WORK/load.txt" | head -1 | awk '{print $3}')
+lag50=$(pct 50 <"$WORK/lag"); lag99=$(pct 99 <"$WORK/lag")
+lagb50=$(pct 50 <"$WORK/lagbytes"); lagb99=$(pct 99 <"$WORK/lagbytes")
+
+# A fork of the follower vs a fork of an ordinary root holding the same data: request to
+# first query on the fork.
+"$RAMIFY" branch create plain --suspend-after 0 >/dev/null
+j=$("$RAMIFY" branch get plain -o json)
+PGPASSWORD=$(json '["password"]' <<<"$j") pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$(json '["port"]' <<<"$j")" -U app app >/dev/null 2>&1
+fork_time() {
+  local parent=$1 name=$2 t uri
+  t=$(date +%s%N)
+  uri=$("$RAMIFY" branch create "$name" --parent "$parent" -o json | json '["uri"]')
+  q "$uri" -c "SELECT count(*) FROM pgbench_branches" >/dev/null
+  ms "$t"
+  "$RAMIFY" branch delete "$name" >/dev/null
+}
+ff=(); fo=()
+for i in $(seq 1 "$RUNS"); do
+  ff+=("$(fork_time prod "ff-$i")")
+  fo+=("$(fork_time plain "fo-$i")")
+done
+ff50=$(printf '%s\n' "${ff[@]}" | pct 50)
+fo50=$(printf '%s\n' "${fo[@]}" | pct 50)
+
+ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}x')"; }
+echo
+echo "Following a pgbench scale-$SCALE source ($size), this machine, release build, $(date -u +%Y-%m-%d)"
+echo
+echo "| measure | Ramify | baseline | ratio | goal |"
+echo "|---|---:|---:|---:|---|"
+echo "| initial copy (\`branch create --follow\`, to streaming) vs plain \`pg_basebackup\` to the same disk | ${follow_ms} ms | ${plain_ms} ms | $(ratio "$follow_ms" "$plain_ms") | ≤ 1.3x |"
+echo "| replication lag under \`pgbench -N -c 4\` (${tps:-?} tps), p50 / p99 (source's replay_lag) | ${lag50} / ${lag99} ms | — | — | p50 ≤ 1000 ms |"
+echo "| replication lag in bytes, p50 / p99 | ${lagb50} / ${lagb99} B | — | — | — |"
+echo "| fork → first query, of the follower vs of an ordinary root (p50 of $RUNS) | ${ff50} ms | ${fo50} ms | $(ratio "$ff50" "$fo50") | same as an ordinary root |"
+echo
+echo "progress lines the CLI printed during the copy: $progress_lines"
