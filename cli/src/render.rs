@@ -724,6 +724,18 @@ pub fn local_status(s: &LocalStatus, log: &Path) -> String {
         ("storage api", s.storage_url.clone()),
         ("log", log.display().to_string()),
     ]));
+    for f in &s.following {
+        let _ = writeln!(
+            out,
+            "  following:     {} ← {}: {}",
+            f.branch,
+            f.follow.conninfo,
+            follow_state(&f.follow)
+        );
+    }
+    for c in &s.copies {
+        let _ = writeln!(out, "  {}", copy_progress(c, Utc::now()));
+    }
     if st.clone_method == CloneMethod::Copy {
         out.push_str(&copy_mode_warning(&st.filesystem));
     }
@@ -1097,6 +1109,7 @@ before-migration  manual  0/3000000  2026-03-01T11:55:00Z  5m
             postgres_version: "15.8".into(),
             pg_user: "postgres".into(),
             copies: vec![],
+            following: vec![],
         }
     }
 

@@ -80,6 +80,7 @@ check "the password appears nowhere in what the CLI prints" bash -c "! grep -q '
 check "nor in the daemon's files and log" bash -c "! grep -rqs '$SECRET' '$RAMIFY_DATA_DIR/local' '$RAMIFY_DATA_DIR/ramify.log'"
 following() { "$RAMIFY" branch get prod -o json | json '["following"].get("status", {}).get("streaming")' | grep -q True; }
 check "the follower streams from production" wait_until 30 following
+check "ramify status lists the following root and its source" grep -q "following: *prod ← $URI: following (lag" <<<"$("$RAMIFY" status)"
 check "branch list shows it following with its lag" grep -Eq 'prod +following \(lag' <<<"$("$RAMIFY" branch list)"
 check "branch get shows source, slot, lag and last received" bash -c 'o=$("$1" branch get prod); grep -q "follows: *$2" <<<"$o" && grep -q "slot: *ramify_prod" <<<"$o" && grep -q "lag:" <<<"$o" && grep -q "last received:" <<<"$o"' _ "$RAMIFY" "$URI"
 FOLLOWER="postgresql://reader:$SECRET@127.0.0.1:$("$RAMIFY" branch get prod -o json | json '["port"]')/postgres?sslmode=require"

@@ -341,6 +341,16 @@ pub struct LocalStatus {
     /// Initial copies of following roots' sources under way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<ramify_api::CopyProgress>,
+    /// Following roots and how each follows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub following: Vec<FollowingRoot>,
+}
+
+/// A following root in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowingRoot {
+    pub branch: String,
+    pub follow: FollowInfo,
 }
 
 /// Body of `POST /v1/branches/{name}/snapshots`.

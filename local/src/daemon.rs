@@ -417,7 +417,30 @@ async fn status(State(app): State<AppState>) -> Result<Json<LocalStatus>> {
         postgres_version: app.pg_version.clone(),
         pg_user: app.lifecycle.runtime().user().name().to_string(),
         copies: app.storage.copies().await.unwrap_or_default(),
+        following: following_roots(&app).await,
     }))
+}
+
+/// Every following root's source and replication state, for `ramify status`.
+async fn following_roots(app: &AppState) -> Vec<ramify_lifecycle::FollowingRoot> {
+    let mut out = Vec::new();
+    for b in app.lifecycle.branches().unwrap_or_default() {
+        if b.follows.is_none() {
+            continue;
+        }
+        if let Ok(Some(follow)) = app
+            .storage
+            .get_timeline_without_sizes(b.timeline)
+            .await
+            .map(|t| t.follow)
+        {
+            out.push(ramify_lifecycle::FollowingRoot {
+                branch: b.name,
+                follow,
+            });
+        }
+    }
+    out
 }
 
 async fn shutdown(State(app): State<AppState>) -> StatusCode {
