@@ -109,8 +109,9 @@ pub struct CreateTimeline {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FollowSource {
-    /// The source as a libpq URI (`postgresql://replicator@db:5432/postgres`) or
-    /// `key=value` string, without a password: the node refuses one written in it.
+    /// The source as a libpq URI (`postgresql://replicator@db:5432/postgres`) naming one
+    /// network host, without a password (the node refuses one written in it, a socket
+    /// directory as host, and parameters that name files of the node).
     pub conninfo: String,
     /// The replication role's password. The node writes it only into a 0600 password
     /// file beside the timeline's socket; it is never stored in metadata or shown.

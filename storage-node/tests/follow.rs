@@ -389,6 +389,31 @@ async fn a_source_that_refuses_or_cannot_be_reached_is_named() {
     assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
     assert!(!e.to_string().contains(PASSWORD), "{e}");
 
+    // An attacker's "source" that is another timeline's compute, reached through its
+    // socket directory (where the bootstrap superuser is trusted), or a file of the node.
+    let (victim, _vc) = env.root().await;
+    let run = victim.run_dir.replace('/', "%2F");
+    for conninfo in [
+        format!("postgresql://postgres@{run}/postgres"),
+        format!(
+            "postgresql://postgres@127.0.0.1/postgres?host={}",
+            victim.run_dir
+        ),
+        format!(
+            "postgresql://replicator@127.0.0.1:{}/postgres?passfile=/etc/passwd",
+            prod.pg.port()
+        ),
+    ] {
+        let e = create(FollowSource {
+            conninfo: conninfo.clone(),
+            password: None,
+            slot: None,
+        })
+        .await;
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{conninfo}: {e}");
+    }
+    env.client.delete_timeline(victim.id, true).await.unwrap();
+
     // Nothing half-made is left behind, and the source got no slot.
     assert!(env.client.list_timelines().await.unwrap().is_empty());
     assert_eq!(

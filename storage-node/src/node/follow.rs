@@ -392,6 +392,7 @@ pub(super) fn validate(source: &FollowSource) -> Result<(), NodeError> {
             "\"follow.conninfo\" contains a password: pass it in \"follow.password\" instead, so it is never stored or shown".into(),
         ));
     }
+    check_uri(c).map_err(|e| NodeError::Invalid(format!("\"follow.conninfo\": {e}")))?;
     if let Some(slot) = &source.slot {
         let ok = !slot.is_empty()
             && slot.len() <= 63
@@ -412,6 +413,73 @@ pub(super) fn validate(source: &FollowSource) -> Result<(), NodeError> {
         return Err(NodeError::Invalid(
             "\"follow.password\" must not contain a line break or NUL".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Connection parameters a source URI may carry: how to reach a network host and talk to
+/// it. Everything else is refused: a Unix-socket host (it would reach this node's own
+/// computes, where the bootstrap superuser is trusted), and parameters that name files of
+/// this node (`passfile`, `service`, `sslkey`, `sslcert`, `sslrootcert`, ...).
+const URI_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslsni",
+    "sslcompression",
+    "channel_binding",
+    "gssencmode",
+    "connect_timeout",
+    "application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "target_session_attrs",
+];
+
+/// Checks that `c` is a `postgresql://` URI naming one network host (a DNS name or an IP
+/// address, never a socket directory) and only parameters in [`URI_PARAMS`].
+fn check_uri(c: &str) -> Result<(), String> {
+    let rest = c
+        .strip_prefix("postgresql://")
+        .or_else(|| c.strip_prefix("postgres://"))
+        .ok_or("use a URI: postgresql://ROLE@HOST:PORT/DATABASE")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ]")?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
+            (h, after.strip_prefix(':').unwrap_or(after))
+        }
+        None => hostport.split_once(':').unwrap_or((hostport, "")),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+    if !host_ok {
+        return Err(format!(
+            "the host must be a DNS name or an IP address (got {host:?}; one host, no socket directory)"
+        ));
+    }
+    if !port.is_empty() && port.parse::<u16>().is_err() {
+        return Err(format!("port {port:?} is not a port number"));
+    }
+    if let Some((_, query)) = tail.split_once('?') {
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let key = kv.split('=').next().unwrap_or("");
+            if !URI_PARAMS.contains(&key) {
+                return Err(format!(
+                    "parameter {key:?} is not accepted (accepted: {})",
+                    URI_PARAMS.join(", ")
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -714,6 +782,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_network_host_and_harmless_parameters_are_accepted() {
+        for ok in [
+            "postgresql://rep@db.example:5432/postgres",
+            "postgres://rep@10.0.0.7/app?sslmode=require&application_name=x",
+            "postgresql://rep@[::1]:5433/postgres",
+            "postgresql://rep@prod-db.prod.svc.cluster.local",
+        ] {
+            assert!(check_uri(ok).is_ok(), "{ok}: {:?}", check_uri(ok));
+        }
+        for bad in [
+            "host=db user=rep",
+            "postgresql://rep@%2Fdata%2Ftimelines%2Fx%2Frun/postgres",
+            "postgresql://rep@/postgres",
+            "postgresql:///postgres?host=/data/timelines/x/run",
+            "postgresql://rep@db/postgres?passfile=/etc/shadow",
+            "postgresql://rep@db/postgres?sslkey=/data/x",
+            "postgresql://rep@db/postgres?service=x",
+            "postgresql://rep@a,b/postgres",
+            "postgresql://rep@db:99999/postgres",
+        ] {
+            assert!(check_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_password_in_the_connection_string_is_refused() {
         for c in [
             "postgresql://rep:secret@db/postgres",
@@ -734,7 +827,7 @@ mod tests {
         }
         let bad = |slot: &str| {
             validate(&FollowSource {
-                conninfo: "host=db".into(),
+                conninfo: "postgresql://db".into(),
                 password: None,
                 slot: Some(slot.into()),
             })
