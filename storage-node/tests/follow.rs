@@ -171,8 +171,7 @@ async fn check_bank(c: &Compute, what: &str) -> i64 {
 async fn replayed(env: &Env, tl: &TimelineInfo, lsn: Lsn) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let info = env.client.get_timeline(tl.id).await.expect("get follower");
-        let status = info.follow.and_then(|f| f.status);
+        let status = follow_status(env, tl).await;
         if status
             .as_ref()
             .and_then(|s| s.replayed_lsn)
@@ -190,17 +189,17 @@ async fn replayed(env: &Env, tl: &TimelineInfo, lsn: Lsn) {
 }
 
 async fn follower(env: &Env, prod: &Production, slot: Option<&str>) -> (TimelineInfo, Compute) {
-    let tl = env
-        .client
-        .create_timeline(&CreateTimeline {
-            follow: Some(prod.source(slot)),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create follower: {e}\n{}", env.node.log_tail()))
-        .value;
-    let c = env.start(&tl).await;
-    (tl, c)
+    follower_of(env, prod.source(slot)).await
+}
+
+/// Once the follower has replayed what production wrote a moment after the target, a
+/// fork at it: its ledger length, after checking the bank's invariants on it.
+async fn fork_when_replayed(env: &Env, prod: &Production, tl: &TimelineInfo, at: At) -> i64 {
+    sleep_ms(300).await;
+    replayed(env, tl, prod.lsn().await).await;
+    let what = format!("fork at {at}");
+    let (_, c) = start_fork(env, tl, at).await;
+    check_bank(&c, &what).await
 }
 
 async fn start_fork(env: &Env, parent: &TimelineInfo, at: At) -> (TimelineInfo, Compute) {
@@ -226,14 +225,7 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
     );
     assert_eq!(env.snapshot_names(tl.id).await, vec!["base".to_string()]);
     replayed(&env, &tl, prod.lsn().await).await;
-    let status = env
-        .client
-        .get_timeline(tl.id)
-        .await
-        .unwrap()
-        .follow
-        .and_then(|f| f.status)
-        .expect("replication state");
+    let status = follow_status(&env, &tl).await.expect("replication state");
     assert!(status.streaming, "{status:?}");
     assert!(
         status.lag_bytes.is_some()
@@ -269,11 +261,8 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
         let _paused = work.gate.lock().await;
         (prod.lsn().await, count(&prod.pg, "ledger").await)
     };
-    sleep_ms(300).await;
-    replayed(&env, &tl, prod.lsn().await).await;
-    let (_, xc) = start_fork(&env, &tl, At::Lsn(lsn)).await;
     assert_eq!(
-        check_bank(&xc, "fork at an LSN").await,
+        fork_when_replayed(&env, &prod, &tl, At::Lsn(lsn)).await,
         at_lsn,
         "fork at {lsn}"
     );
@@ -286,11 +275,8 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
         sleep_ms(30).await;
         (t, count(&prod.pg, "ledger").await)
     };
-    sleep_ms(300).await;
-    replayed(&env, &tl, prod.lsn().await).await;
-    let (_, tc) = start_fork(&env, &tl, At::Time(t)).await;
     assert_eq!(
-        check_bank(&tc, "fork at a time").await,
+        fork_when_replayed(&env, &prod, &tl, At::Time(t)).await,
         at_time,
         "fork at {t}"
     );
@@ -468,17 +454,21 @@ async fn a_follower_rides_out_a_source_restart_and_names_a_dropped_slot() {
     fc.stop().await.unwrap();
 }
 
+/// The follower's replication state as the node reports it.
+async fn follow_status(env: &Env, tl: &TimelineInfo) -> Option<ramify_api::FollowStatus> {
+    env.client
+        .get_timeline(tl.id)
+        .await
+        .expect("get follower")
+        .follow
+        .and_then(|f| f.status)
+}
+
 /// Waits until the follower reports that it is not streaming, and returns why.
 async fn eventually_problem(env: &Env, tl: &TimelineInfo) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let status = env
-            .client
-            .get_timeline(tl.id)
-            .await
-            .unwrap()
-            .follow
-            .and_then(|f| f.status);
+        let status = follow_status(env, tl).await;
         if let Some(p) = status.as_ref().and_then(|s| s.problem.clone()) {
             if !p.starts_with("not streaming from the source yet") {
                 return p;
