@@ -363,8 +363,6 @@ pub struct CopyProgress {
     pub timeline: TimelineId,
     /// Bytes copied so far.
     pub bytes_done: u64,
-    /// Bytes the source said it holds (its estimate, before WAL).
-    pub bytes_total: u64,
     /// When the copy started.
     pub started_at: DateTime<Utc>,
 }

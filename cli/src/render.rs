@@ -192,16 +192,15 @@ fn state(c: ComputeStatus) -> &'static str {
     }
 }
 
-/// One line of an initial copy's progress: `copying the source: 1.2 GiB of 5.0 GiB
-/// (24%), 85.3 MiB/s`.
+/// One line of an initial copy's progress: `copying the source: 1.2 GiB in 14s,
+/// 85.3 MiB/s`.
 pub fn copy_progress(c: &ramify_api::CopyProgress, now: DateTime<Utc>) -> String {
-    let secs = (now - c.started_at).num_milliseconds().max(1) as f64 / 1000.0;
-    let pct = (c.bytes_done as f64 * 100.0 / c.bytes_total.max(1) as f64).min(100.0);
+    let ms = (now - c.started_at).num_milliseconds().max(1);
     format!(
-        "copying the source: {} of {} ({pct:.0}%), {}/s",
+        "copying the source: {} in {}s, {}/s",
         human_bytes(c.bytes_done),
-        human_bytes(c.bytes_total),
-        human_bytes((c.bytes_done as f64 / secs) as u64)
+        ms / 1000,
+        human_bytes((c.bytes_done as f64 * 1000.0 / ms as f64) as u64)
     )
 }
 
@@ -789,15 +788,13 @@ mod tests {
         let c = ramify_api::CopyProgress {
             timeline: uuid::Uuid::nil(),
             bytes_done: 512 << 20,
-            bytes_total: 2 << 30,
             started_at: now() - chrono::Duration::seconds(4),
         };
         assert_eq!(
             copy_progress(&c, now()),
             format!(
-                "copying the source: {} of {} (25%), {}/s",
+                "copying the source: {} in 4s, {}/s",
                 human_bytes(512 << 20),
-                human_bytes(2 << 30),
                 human_bytes(128 << 20)
             )
         );

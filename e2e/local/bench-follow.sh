@@ -102,6 +102,8 @@ done
 ff50=$(printf '%s\n' "${ff[@]}" | pct 50)
 fo50=$(printf '%s\n' "${fo[@]}" | pct 50)
 
+# Where a fork of the follower spends its time (the storage node's own breakdown).
+grep -h "forked timeline" "$RAMIFY_DATA_DIR"/local/*.log 2>/dev/null | grep -o 'elapsed_ms=[0-9]*.*commit_ms=[0-9]*' | tail -"$((2 * RUNS))" >&2 || true
 ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}x')"; }
 echo
 echo "Following a pgbench scale-$SCALE source ($size), this machine, release build, $(date -u +%Y-%m-%d)"

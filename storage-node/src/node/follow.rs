@@ -43,8 +43,7 @@ struct SourceFacts {
 /// Progress of an initial copy, for logs and `GET /v1/status`.
 #[derive(Debug, Clone)]
 pub(super) struct CopyProgress {
-    pub done_kb: u64,
-    pub total_kb: u64,
+    pub done_bytes: u64,
     pub started_at: DateTime<Utc>,
 }
 
@@ -235,7 +234,6 @@ impl Node {
         cmd.arg("-d").arg(&conninfo).arg("-D").arg(pgdata).args([
             "--wal-method=stream",
             "--checkpoint=fast",
-            "--progress",
             "--verbose",
             "--no-password",
             "--no-sync",
@@ -254,41 +252,36 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(io_op("run pg_basebackup"))?;
+        // pg_basebackup reports progress only to a terminal: the bytes that have arrived
+        // in the staging directory are the progress, measured every second.
         let mut stderr = child.stderr.take().expect("piped stderr");
-        let mut text = String::new();
-        let mut buf = [0u8; 4096];
+        let output = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text).await;
+            String::from_utf8_lossy(&text).into_owned()
+        });
         let (mut last_log, t0, started_at) = (Instant::now(), Instant::now(), Utc::now());
-        loop {
-            let n = stderr
-                .read(&mut buf)
-                .await
-                .map_err(io_op("read pg_basebackup's output"))?;
-            if n == 0 {
-                break;
-            }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if let Some((done_kb, total_kb)) = last_progress(&text) {
-                let p = CopyProgress {
-                    done_kb,
-                    total_kb,
-                    started_at,
-                };
-                self.set_copy_progress(id, Some(p.clone()));
-                if last_log.elapsed() >= Duration::from_secs(5) {
-                    last_log = Instant::now();
-                    let secs = t0.elapsed().as_secs_f64().max(0.001);
-                    info!(
-                        timeline = %id, done_kb = p.done_kb, total_kb = p.total_kb,
-                        rate_mb_s = format!("{:.1}", p.done_kb as f64 / 1024.0 / secs),
-                        "initial copy of the source"
-                    );
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.map_err(io_op("wait for pg_basebackup"))?,
+                _ = tick.tick() => {
+                    let dir = pgdata.to_path_buf();
+                    let done = tokio::task::spawn_blocking(move || tree_bytes(&dir)).await.unwrap_or(0);
+                    self.set_copy_progress(id, Some(CopyProgress { done_bytes: done, started_at }));
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        last_log = Instant::now();
+                        let secs = t0.elapsed().as_secs_f64().max(0.001);
+                        info!(
+                            timeline = %id, copied_mb = done >> 20,
+                            rate_mb_s = format!("{:.1}", done as f64 / 1048576.0 / secs),
+                            "initial copy of the source"
+                        );
+                    }
                 }
             }
-        }
-        let status = child
-            .wait()
-            .await
-            .map_err(io_op("wait for pg_basebackup"))?;
+        };
+        let text = output.await.unwrap_or_default();
         self.set_copy_progress(id, None);
         if !status.success() {
             return Err(source_error(&text));
@@ -317,8 +310,7 @@ impl Node {
         m.iter()
             .map(|(id, p)| ramify_api::CopyProgress {
                 timeline: *id,
-                bytes_done: p.done_kb * 1024,
-                bytes_total: p.total_kb * 1024,
+                bytes_done: p.done_bytes,
                 started_at: p.started_at,
             })
             .collect()
@@ -664,14 +656,19 @@ impl BackupPoints {
     }
 }
 
-/// The last `done/total kB` progress report in `pg_basebackup --progress` output.
-fn last_progress(text: &str) -> Option<(u64, u64)> {
-    text.rsplit(['\r', '\n']).find_map(|line| {
-        let (done, rest) = line.trim().split_once('/')?;
-        let total = rest.split_whitespace().next()?;
-        rest.contains("kB").then_some(())?;
-        Some((done.trim().parse().ok()?, total.parse().ok()?))
-    })
+/// Bytes of the files below `dir` (links are not followed; entries that vanish while
+/// it walks count as nothing).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match std::fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn compute_tail(text: &str) -> String {
@@ -837,7 +834,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_pg_basebackups_points_and_progress() {
+    fn reads_pg_basebackups_points_and_measures_the_copy() {
         let out = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
                    pg_basebackup: checkpoint completed\n\
                    pg_basebackup: write-ahead log start point: 0/5000028 on timeline 3\n\
@@ -853,11 +850,12 @@ mod tests {
                 timeline: 3
             })
         );
-        let p = last_progress(
-            "    0/30534 kB (0%), 0/1 tablespace\r 1200/30534 kB (3%), 0/1 tablespace",
-        )
-        .unwrap();
-        assert_eq!(p, (1200, 30534));
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("base")).unwrap();
+        std::fs::write(t.path().join("base/1"), [0u8; 1000]).unwrap();
+        std::fs::write(t.path().join("PG_VERSION"), b"15\n").unwrap();
+        std::os::unix::fs::symlink("/etc", t.path().join("link")).unwrap();
+        assert_eq!(tree_bytes(t.path()), 1003, "links are not followed");
         assert!(BackupPoints::parse("pg_basebackup: error: x").is_none());
     }
 
