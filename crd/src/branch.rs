@@ -58,11 +58,20 @@ pub const SUSPEND_REQUEST_ANNOTATION: &str = "ramify.dev/suspend-request";
 #[x_kube(validation = Rule::new("has(self.parent) == has(oldSelf.parent) && (!has(self.parent) || self.parent == oldSelf.parent)").message("spec.parent is immutable: create a new branch instead"))]
 #[x_kube(validation = Rule::new("has(self.at) == has(oldSelf.at) && (!has(self.at) || self.at == oldSelf.at)").message("spec.at is immutable: create a new branch instead"))]
 #[x_kube(validation = Rule::new("!has(self.expiresAt) || !has(self.ttl)").message("spec.expiresAt and spec.ttl exclude each other: give an absolute time or a lifetime"))]
+#[x_kube(validation = Rule::new("!has(self.source) || !has(self.parent)").message("spec.source and spec.parent exclude each other: a branch either follows an external Postgres or forks another branch"))]
+#[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is immutable: create a new branch instead"))]
+#[x_kube(validation = Rule::new("!has(self.source) || !has(self.postgresVersion)").message("spec.postgresVersion is only for new empty roots: a following branch runs its source's version"))]
+#[x_kube(validation = Rule::new("!has(self.source) || (!has(self.ttl) && !has(self.expiresAt))").message("a following branch does not expire (spec.ttl, spec.expiresAt): delete it when you stop following"))]
+#[x_kube(validation = Rule::new("!has(self.source) || !has(self.connection) || !has(self.connection.user)").message("spec.connection.user is not for a following branch: its logins are its source's roles"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBranchSpec {
     /// The branch to fork; absent for a new, empty root. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// Where a root's data comes from instead of starting empty: an external Postgres it
+    /// follows as a read-only hot standby. Not with `parent`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BranchSource>,
     /// The point of the parent's history to start from; absent means now. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<BranchPoint>,
@@ -106,6 +115,64 @@ pub struct ParentRef {
     /// the parent's `spec.sharing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// Where a root's data comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.external)").message("spec.source needs external: the Postgres to follow"))]
+#[serde(rename_all = "camelCase")]
+pub struct BranchSource {
+    /// An existing Postgres outside Ramify: the branch is a copy of it that keeps
+    /// following it (streaming replication), readable and forkable at any point since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSource>,
+}
+
+/// The external Postgres a following branch streams from.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSource {
+    /// The key of a Secret in the branch's namespace holding the source's libpq
+    /// connection URI (`postgresql://replicator:password@db.prod.svc:5432/postgres`: one
+    /// network host) for a role with the REPLICATION attribute. The operator passes the
+    /// password to the storage node apart from the rest; it never shows it.
+    pub connection_secret_ref: SecretKeyRef,
+    /// How to follow: `physical` (streaming replication of the whole cluster, the
+    /// default). `logical` is not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 'physical'").message("spec.source.external.mode: logical replication is not supported yet; use physical (streaming replication of the whole cluster)"))]
+    pub mode: Option<ReplicationMode>,
+    /// A physical replication slot on the source, so that it keeps the WAL the branch has
+    /// not received yet (made when missing). Without one, a branch that falls behind by
+    /// more than the source's `wal_keep_size` must be recreated. Deleting the branch
+    /// leaves the slot on the source: drop it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
+    pub slot: Option<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key whose value is the connection string.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// How a following branch replicates its source.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Streaming replication: the branch is a hot standby of the whole source cluster.
+    #[default]
+    Physical,
+    /// Logical replication of chosen tables (not supported yet).
+    Logical,
 }
 
 /// A point in the parent's history: at most one of the fields.
@@ -210,7 +277,8 @@ pub struct DatabaseBranchStatus {
     /// The proxy listener port of this branch, stable for its life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_port: Option<i32>,
-    /// The timeline the branch's role and password were last set on.
+    /// The timeline the branch's role and password were last set on (for a following
+    /// branch, which has no role of its own: the timeline once its compute first served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_timeline: Option<String>,
     /// Size of the branch's files.
@@ -229,6 +297,42 @@ pub struct DatabaseBranchStatus {
     /// reach: from its creation (or the oldest point the restore window keeps) on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_window: Option<RestoreWindowStatus>,
+    /// For a branch with `spec.source.external`: its source and how far behind it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<FollowingStatus>,
+}
+
+/// A following branch's source and replication state.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowingStatus {
+    /// The source's connection string, without its password.
+    pub source: String,
+    /// The replication slot it streams from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// Whether WAL is streaming from the source now (absent while the compute starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+    /// WAL received from the source and flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<String>,
+    /// WAL replayed: what the branch shows, and what a child at its latest state gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<String>,
+    /// Bytes of the source's WAL not replayed here yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// Seconds since the last replayed commit while WAL waits for replay; 0 when
+    /// everything received is replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// When the last message from the source arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_received_at: Option<DateTime<Utc>>,
+    /// When the operator read these figures (every 15 s or so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 /// The range of a branch's history that can be restored or forked.
@@ -330,6 +434,11 @@ impl DatabaseBranch {
         p.namespace
             .clone()
             .or_else(|| self.metadata.namespace.clone())
+    }
+
+    /// The external Postgres the branch follows (`spec.source.external`), if any.
+    pub fn external_source(&self) -> Option<&ExternalSource> {
+        self.spec.source.as_ref()?.external.as_ref()
     }
 
     /// Whether `spec.protected` is true.

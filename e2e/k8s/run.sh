@@ -37,6 +37,9 @@ SYS="ramify-e2e-$RUN"
 NS_A="e2e-main-$RUN"
 NS_B="e2e-dev-$RUN"
 NS_C="e2e-other-$RUN"
+NS_P="e2e-prod-$RUN"
+NS_V="e2e-preview-$RUN"
+WORKLOAD_PID=""
 WORK="$(mktemp -d)"
 PF_PID=""
 
@@ -67,6 +70,7 @@ cleanup() {
   local rc=$?
   set +e
   [ -n "$PF_PID" ] && kill "$PF_PID" 2>/dev/null
+  [ -n "$WORKLOAD_PID" ] && kill "$WORKLOAD_PID" 2>/dev/null
   if [ $rc -ne 0 ]; then
     echo "--- diagnostics (exit $rc) ---" >&2
     k get databasebranches -A -o wide >&2
@@ -80,7 +84,9 @@ cleanup() {
   k delete databasebranches --all -n "$NS_B" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_A" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_C" --wait=true --timeout=120s >/dev/null 2>&1
-  k delete ns "$NS_A" "$NS_B" "$NS_C" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete databasebranches --all -n "$NS_V" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete databasebranches --all -n "$NS_P" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete ns "$NS_A" "$NS_B" "$NS_C" "$NS_P" "$NS_V" --wait=true --timeout=120s >/dev/null 2>&1
   # A protected branch would hold its namespace's deletion up.
   for ns in "$NS_A" "$NS_B"; do
     for b in $(k get databasebranches -n "$ns" -o name 2>/dev/null); do
@@ -582,6 +588,8 @@ EOF
 k -n "$NS_B" wait --for=delete databasebranch/short --timeout=60s >/dev/null 2>&1 || fail "short did not expire"
 k -n "$NS_B" get events.events.k8s.io --field-selector reason=Expired -o jsonpath='{.items[*].note}' | grep -q "spec.ttl 5s" \
   || fail "no Expired event for short"
+
+. e2e/k8s/follow.sh
 
 step "deleting main while alice exists is refused with a condition"
 k -n "$NS_A" delete databasebranch main --wait=false >/dev/null

@@ -23,12 +23,14 @@ use ramify_crd::{
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::build::{self, BranchPlan, PodState, FIELD_MANAGER, POSTGRES_PORT};
+use crate::build::{self, BranchPlan, ComputeFacts, PodState, FIELD_MANAGER, POSTGRES_PORT};
 use crate::compute::{self, ComputeError};
-use crate::conditions::{self, COMPUTE_READY, READY, STORAGE_READY};
+use crate::conditions::{self, COMPUTE_READY, FOLLOWING, READY, STORAGE_READY};
 use crate::context::Context;
+use crate::following;
 use crate::ownership;
 use crate::sharing;
+use crate::source::SourceProblem;
 use crate::validate::{validate_spec, Problem, ValidSpec};
 
 /// Finalizer guarding a branch's storage timeline and compute.
@@ -378,7 +380,7 @@ async fn expiry(
 }
 
 /// Why `converge` stopped before the branch was ready.
-enum Step {
+pub(crate) enum Step {
     /// The user must change the spec (or the parent): `Failed`.
     Problem(Problem),
     /// Something else must happen first (parent ready, compute starting).
@@ -397,7 +399,7 @@ impl<E: Into<Error>> From<E> for Step {
     }
 }
 
-fn wait(reason: &'static str, message: impl Into<String>, after: Duration) -> Step {
+pub(crate) fn wait(reason: &'static str, message: impl Into<String>, after: Duration) -> Step {
     Step::Wait {
         reason,
         message: message.into(),
@@ -460,6 +462,12 @@ async fn converge(
         format!("timeline {} on {}", timeline.id, timeline.storage_node),
         generation,
     );
+    if spec.following {
+        following::update(ctx, b, &info, status).await;
+    } else {
+        status.following = None;
+        status.conditions.retain(|c| c.type_ != FOLLOWING);
+    }
 
     let proxy_port = match status.proxy_port.and_then(|p| u16::try_from(p).ok()) {
         Some(p) => p,
@@ -469,15 +477,24 @@ async fn converge(
             .ok_or(Error::PortsExhausted)?,
     };
     status.proxy_port = Some(proxy_port.into());
-    ctx.remember_archive_command(&timeline.id, &info.archive_command);
-    let plan = plan(
+    let facts = ComputeFacts::of(&info);
+    ctx.remember_compute_facts(&timeline.id, &facts);
+    let mut plan = plan(
         b,
         &spec,
         &timeline,
         proxy_port,
-        &info.archive_command,
+        &facts,
         info.parent.map(|p| build::timeline_name(&p.to_string())),
     );
+    // Whose objects the data holds: a following branch's, and every fork descending from
+    // one, are an external Postgres's, owned by its roles, in its database.
+    let follower_parent = if spec.following {
+        None
+    } else {
+        following::follower_parent(ctx, b).await?
+    };
+    plan.database = following::database(&spec, &info, follower_parent.as_ref());
 
     // Build and apply the children: only over objects this branch owns (a Secret or
     // Service of the same name someone else made is a conflict, never overwritten).
@@ -498,7 +515,12 @@ async fn converge(
         .await
         .map_err(Error::from)?
         .map_err(Step::Problem)?;
-    let password = password(own_secret)?;
+    // A follower has no role of its own: its Secret names no password.
+    let password = if spec.following {
+        String::new()
+    } else {
+        password(own_secret)?
+    };
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let tl_api: Api<Timeline> = Api::namespaced(ctx.client.clone(), &cfg.namespace);
     let tl_name = build::timeline_name(&timeline.id);
@@ -548,14 +570,23 @@ async fn converge(
         host: build::service_host(&name, &ns, &cfg.cluster_domain),
         port: POSTGRES_PORT.into(),
         database: plan.database.clone(),
-        user: plan.user.clone(),
+        // A follower's logins are its source's roles: none is named.
+        user: if spec.following {
+            String::new()
+        } else {
+            plan.user.clone()
+        },
         secret_name: conn_name,
     });
 
-    // Credentials, once per timeline: they need the compute running.
+    // Credentials, once per timeline: they need the compute running. A follower is a
+    // read-only standby whose roles are its source's: it only needs its compute up.
     if status.credentials_timeline.as_deref() != Some(timeline.id.as_str()) {
         status.phase = Some(Phase::Creating);
         match compute::ensure(ctx, &plan).await? {
+            PodState::Ready(_) if spec.following => {
+                status.credentials_timeline = Some(timeline.id.clone());
+            }
             PodState::Ready(_) => {
                 let creds = Credentials {
                     user: plan.user.clone(),
@@ -564,7 +595,9 @@ async fn converge(
                     // Forked from another namespace: the parent's tenant made the other
                     // logins and knows their passwords; none of them opens this branch.
                     disable_other_logins: b.parent_namespace().is_some_and(|p| p != ns),
-                    adopt_objects: false,
+                    // The source's objects belong to its roles: the branch's role is made
+                    // a member of them, so it can use and migrate what it forked.
+                    adopt_objects: follower_parent.is_some(),
                 };
                 let node = &timeline.storage_node;
                 let id: TimelineId = timeline
@@ -616,7 +649,14 @@ async fn converge(
 
     // A wake or suspend asked for through an annotation (`kubectl ramify branch wake`).
     let annotations = b.annotations();
-    if annotations.contains_key(WAKE_REQUEST_ANNOTATION) {
+    if spec.following {
+        // Always running, so that it keeps up with its source: started again when its Pod
+        // is gone (deleted, its machine restarted), and never suspended.
+        compute::ensure(ctx, &plan).await.map_err(Error::from)?;
+        if annotations.contains_key(SUSPEND_REQUEST_ANNOTATION) {
+            following::refuse_suspend(ctx, b).await?;
+        }
+    } else if annotations.contains_key(WAKE_REQUEST_ANNOTATION) {
         info!("waking the compute on request");
         compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
             .await
@@ -695,7 +735,11 @@ async fn converge(
         generation,
     );
     status.observed_generation = generation;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(if spec.following {
+        following::STATUS_EVERY
+    } else {
+        Duration::from_secs(60)
+    }))
 }
 
 fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &BranchPlan) {
@@ -777,7 +821,7 @@ pub fn plan(
     spec: &ValidSpec,
     timeline: &TimelineRef,
     proxy_port: u16,
-    archive_command: &str,
+    facts: &ComputeFacts,
     parent_timeline: Option<String>,
 ) -> BranchPlan {
     BranchPlan {
@@ -791,8 +835,10 @@ pub fn plan(
         database: spec.database.clone(),
         proxy_port,
         postgres_parameters: spec.postgres_parameters.clone(),
-        archive_command: archive_command.to_string(),
+        archive_command: facts.archive_command.clone(),
         resources: spec.resources.clone(),
+        standby: facts.standby.clone(),
+        following: spec.following,
     }
 }
 
@@ -831,8 +877,8 @@ pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan,
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(not_ready)?;
     let spec = validate_spec(b, &ctx.config).map_err(|p| PlanError::InvalidSpec(p.message))?;
-    let archive = match ctx.archive_command(&tl.id) {
-        Some(a) => a,
+    let facts = match ctx.compute_facts(&tl.id) {
+        Some(f) => f,
         None => {
             let id = tl.id.parse().map_err(|_| not_ready())?;
             let info = ctx
@@ -843,11 +889,12 @@ pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan,
                     node: tl.storage_node.clone(),
                     source,
                 })?;
-            ctx.remember_archive_command(&tl.id, &info.archive_command);
-            info.archive_command
+            let facts = ComputeFacts::of(&info);
+            ctx.remember_compute_facts(&tl.id, &facts);
+            facts
         }
     };
-    Ok(plan(b, &spec, &tl, port, &archive, None))
+    Ok(plan(b, &spec, &tl, port, &facts, None))
 }
 
 /// The password the branch's Secret already holds, or a new one.
@@ -876,6 +923,25 @@ async fn create_timeline(
             message: format!("metadata.uid {uid:?} is not a UUID"),
         })
     })?;
+    let follow = if spec.following {
+        match crate::source::read(&ctx.client, b)
+            .await
+            .map_err(Error::from)?
+        {
+            Ok(f) => Some(f),
+            Err(SourceProblem::Missing(m)) => {
+                return Err(wait("SourceSecretNotFound", m, Duration::from_secs(10)))
+            }
+            Err(SourceProblem::Invalid(m)) => {
+                return Err(Step::Problem(Problem {
+                    reason: "InvalidSource",
+                    message: m,
+                }))
+            }
+        }
+    } else {
+        None
+    };
     let (node, parent) = match &b.spec.parent {
         None => (choose_node(ctx).await?, None),
         Some(p) => {
@@ -910,8 +976,11 @@ async fn create_timeline(
         id: Some(id),
         parent,
         at: spec.at.clone(),
-        follow: None,
+        follow,
     };
+    if req.follow.is_some() {
+        info!(timeline = %id, node = %node, "copying the source (pg_basebackup) for a following branch");
+    }
     match ctx.storage(&node).create_timeline(&req).await {
         Ok(created) => {
             if created.created {
@@ -941,6 +1010,7 @@ async fn create_timeline(
                 created.value,
             ))
         }
+        Err(e) if req.follow.is_some() => Err(following::create_failed(&node, e)),
         Err(e) => match e.status().map(|s| s.as_u16()) {
             Some(400) | Some(422) => Err(Step::Problem(Problem {
                 reason: "InvalidForkPoint",

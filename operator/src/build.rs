@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
+use ramify_api::TimelineInfo;
 use ramify_compute::settings::{ComputeSettings, SettingsError};
+use ramify_compute::Standby;
 use ramify_crd::{BranchOwner, DatabaseBranch, Timeline, TimelineSpec};
 
 use crate::config::Config;
@@ -58,6 +60,35 @@ pub struct BranchPlan {
     /// The storage node's `archive_command` for this timeline.
     pub archive_command: String,
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Set for a following branch: its compute is a hot standby of the source.
+    pub standby: Option<Standby>,
+    /// A following branch: its Secret names no role (its logins are the source's).
+    pub following: bool,
+}
+
+/// What starting a timeline's compute needs from its storage node, remembered per
+/// timeline so that a wake needs no storage call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeFacts {
+    /// The node's `archive_command` for the timeline.
+    pub archive_command: String,
+    /// For a following root: how its compute streams from the source, with the password
+    /// file the node wrote into the timeline's `run/` as the Pod mounts it.
+    pub standby: Option<Standby>,
+}
+
+impl ComputeFacts {
+    /// The facts of a timeline as its storage node describes it.
+    pub fn of(info: &TimelineInfo) -> ComputeFacts {
+        ComputeFacts {
+            archive_command: info.archive_command.clone(),
+            standby: info.follow.as_ref().map(|f| Standby {
+                conninfo: f.conninfo.clone(),
+                passfile: PathBuf::from(TIMELINE_MOUNT).join("run").join(&f.passfile),
+                slot: f.slot.clone(),
+            }),
+        }
+    }
 }
 
 /// `<branch>-postgres`: the Secret and the Service.
@@ -112,30 +143,49 @@ fn branch_meta(branch: &DatabaseBranch, plan: &BranchPlan, name: String) -> Obje
     }
 }
 
+/// Annotation of a following branch's connection Secret: whose logins open it.
+pub const LOGINS_ANNOTATION: &str = "ramify.dev/logins";
+
 /// The connection Secret: host, port, database, user, password, a `postgresql://` URI and,
-/// when the proxy has a TLS CA, its certificate `ca.crt`.
+/// when the proxy has a TLS CA, its certificate `ca.crt`. A following branch's names no
+/// user or password (its roles are its source's, whose passwords Ramify does not know):
+/// its `uri` has none, and annotation [`LOGINS_ANNOTATION`] says so.
 pub fn secret(branch: &DatabaseBranch, plan: &BranchPlan, password: &str, cfg: &Config) -> Secret {
     let host = service_host(&plan.name, &plan.namespace, &cfg.cluster_domain);
-    let uri = format!(
-        "postgresql://{}:{password}@{host}:{POSTGRES_PORT}/{}",
-        plan.user, plan.database
-    );
-    let data = BTreeMap::from([
-        ("host".to_string(), host),
+    let mut data = BTreeMap::from([
+        ("host".to_string(), host.clone()),
         ("port".to_string(), POSTGRES_PORT.to_string()),
         ("database".to_string(), plan.database.clone()),
-        ("user".to_string(), plan.user.clone()),
-        ("password".to_string(), password.to_string()),
-        ("uri".to_string(), uri),
     ]);
+    let mut meta = branch_meta(branch, plan, connection_name(&plan.name));
+    if plan.following {
+        data.insert(
+            "uri".to_string(),
+            format!("postgresql://{host}:{POSTGRES_PORT}/{}", plan.database),
+        );
+        meta.annotations = Some(BTreeMap::from([(
+            LOGINS_ANNOTATION.to_string(),
+            "source: a read-only copy of another Postgres; log in with a role and password of that Postgres"
+                .to_string(),
+        )]));
+    } else {
+        data.insert("user".to_string(), plan.user.clone());
+        data.insert("password".to_string(), password.to_string());
+        data.insert(
+            "uri".to_string(),
+            format!(
+                "postgresql://{}:{password}@{host}:{POSTGRES_PORT}/{}",
+                plan.user, plan.database
+            ),
+        );
+    }
     // The CA the proxy's certificate for this branch chains to: mounted as a file, it is
     // the `sslrootcert` of sslmode=verify-full.
-    let mut data = data;
     if let Some(ca) = &cfg.tls_ca_cert {
         data.insert("ca.crt".to_string(), ca.clone());
     }
     Secret {
-        metadata: branch_meta(branch, plan, connection_name(&plan.name)),
+        metadata: meta,
         type_: Some("Opaque".into()),
         string_data: Some(data),
         ..Default::default()
@@ -225,10 +275,12 @@ pub fn timeline(plan: &BranchPlan, cfg: &Config) -> Timeline {
     t
 }
 
-/// The `postgres` arguments of a compute: every Ramify setting and the user's parameters.
+/// The `postgres` arguments of a compute: every Ramify setting (a hot standby's too, for a
+/// following branch) and the user's parameters.
 pub fn postgres_args(
     archive_command: &str,
     parameters: &BTreeMap<String, String>,
+    standby: Option<&Standby>,
 ) -> Result<Vec<String>, SettingsError> {
     let settings = ComputeSettings {
         port: POSTGRES_PORT,
@@ -236,7 +288,7 @@ pub fn postgres_args(
         run_dir: PathBuf::from(TIMELINE_MOUNT).join("run"),
         archive_command: archive_command.to_owned(),
         parameters: parameters.clone(),
-        standby: None,
+        standby: standby.cloned(),
     };
     let mut args = vec!["-D".to_string(), pgdata()];
     args.extend(settings.args()?);
@@ -327,6 +379,7 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         args: Some(postgres_args(
             &plan.archive_command,
             &plan.postgres_parameters,
+            plan.standby.as_ref(),
         )?),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -336,7 +389,8 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
             ..Default::default()
         }]),
         // Ready once Postgres accepts connections; during a fork's recovery it refuses
-        // them (hot_standby is off), so nobody sees a half-recovered branch.
+        // them (hot_standby is off), so nobody sees a half-recovered branch. A following
+        // branch's hot standby accepts them once it reached a consistent state.
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec![
@@ -550,6 +604,8 @@ mod tests {
             postgres_parameters: BTreeMap::from([("work_mem".into(), "64MB".into())]),
             archive_command: "test ! -f ../archive-inbox/%f && cp %p ../archive-inbox/%f".into(),
             resources: None,
+            standby: None,
+            following: false,
         }
     }
 
@@ -727,6 +783,82 @@ mod tests {
             pg.lifecycle.as_ref().unwrap().pre_stop.is_some(),
             "suspend is a fast shutdown"
         );
+    }
+
+    fn follower_plan() -> BranchPlan {
+        let info: TimelineInfo = serde_json::from_value(serde_json::json!({
+            "id": "6d2f0b8e-0000-4000-8000-000000000001",
+            "parent": null, "at": null, "fork_lsn": null, "fork_time": null,
+            "state": "ready", "compute": "stopped",
+            "created_at": "2026-11-28T12:00:00Z",
+            "pgdata": "/data/timelines/x/pgdata", "archive": "/data/timelines/x/wal",
+            "run_dir": "/data/timelines/x/run",
+            "archive_command": "test ! -f ../archive-inbox/%f && cp %p ../archive-inbox/%f",
+            "logical_bytes": 0, "exclusive_bytes": 0, "history_bytes": 0,
+            "restore_window": {"from_lsn": null, "from_time": null, "to_lsn": null, "to_time": null},
+            "snapshots": [],
+            "follow": {
+                "conninfo": "postgresql://replicator@prod-db.prod.svc:5432/bank",
+                "slot": "ramify_prod",
+                "passfile": "source.pass"
+            }
+        }))
+        .unwrap();
+        let facts = ComputeFacts::of(&info);
+        BranchPlan {
+            parent_timeline: None,
+            database: "bank".into(),
+            archive_command: facts.archive_command,
+            standby: facts.standby,
+            following: true,
+            ..plan()
+        }
+    }
+
+    #[test]
+    fn a_followers_compute_is_a_hot_standby_reading_the_nodes_password_file() {
+        let cfg = Config::for_namespace("ramify-system");
+        let pod = compute_pod(&follower_plan(), &cfg).unwrap();
+        let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
+        let setting = |name: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+        };
+        assert_eq!(setting("hot_standby").as_deref(), Some("on"));
+        assert_eq!(setting("archive_mode").as_deref(), Some("always"));
+        assert_eq!(setting("primary_slot_name").as_deref(), Some("ramify_prod"));
+        assert_eq!(
+            setting("recovery_target_timeline").as_deref(),
+            Some("latest")
+        );
+        // The password file the storage node wrote into the timeline's run/, as the Pod
+        // mounts it; no password anywhere in the Pod.
+        assert_eq!(
+            setting("primary_conninfo").as_deref(),
+            Some("postgresql://replicator@prod-db.prod.svc:5432/bank?passfile=/var/lib/ramify/timeline/run/source.pass&application_name=ramify")
+        );
+        // An ordinary branch's compute is none of that.
+        let pod = compute_pod(&plan(), &cfg).unwrap();
+        let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
+        assert!(args.iter().any(|a| a == "archive_mode=on"), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("primary_conninfo")));
+    }
+
+    #[test]
+    fn a_followers_secret_names_no_login() {
+        let cfg = Config::for_namespace("ramify-system");
+        let s = secret(&branch(), &follower_plan(), "", &cfg);
+        let d = s.string_data.unwrap();
+        assert_eq!(
+            d.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["database", "host", "port", "uri"]
+        );
+        assert_eq!(
+            d["uri"],
+            "postgresql://alice-postgres.dev.svc.cluster.local:5432/bank"
+        );
+        assert!(s.metadata.annotations.unwrap()[LOGINS_ANNOTATION].starts_with("source"));
     }
 
     #[test]

@@ -121,6 +121,20 @@ async fn record(
         );
     };
     own(cp, &b, ctx).await?;
+    if b.external_source().is_some() {
+        // A standby writes no WAL of its own: a point of its history is an LSN or a time
+        // of its source's, which a fork's spec.at names directly.
+        status.phase = Some(CheckpointPhase::Failed);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Following",
+            crate::following::refusal(&b, "checkpointed"),
+            cp.metadata.generation,
+        );
+        return Ok(Action::await_change());
+    }
     let plan = match ready_plan(ctx, &b).await {
         Ok(p) => p,
         Err(PlanError::Storage { node, source }) => return Err(storage_err(&node)(source)),

@@ -206,12 +206,27 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
     if !left.is_empty() {
         info!(objects = %left.join(", "), "left alone: not created for this branch");
     }
+    // The one object a follower made on its source: Ramify does not touch the source
+    // again, and a slot nobody reads keeps WAL there until its disk fills.
+    let slot = b
+        .external_source()
+        .and_then(|e| e.slot.clone())
+        .map(|s| {
+            format!(
+                "; replication slot {s} is left on the source: drop it there (SELECT pg_drop_replication_slot('{s}')) or it keeps WAL for a follower that is gone"
+            )
+        })
+        .unwrap_or_default();
     publish(
         ctx,
         b,
-        EventType::Normal,
+        if slot.is_empty() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
         "Deleted",
-        format!("compute, timeline {timeline_id} and connection objects deleted"),
+        format!("compute, timeline {timeline_id} and connection objects deleted{slot}"),
     )
     .await;
     info!("branch deleted");

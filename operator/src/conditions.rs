@@ -10,6 +10,8 @@ pub const READY: &str = "Ready";
 pub const STORAGE_READY: &str = "StorageReady";
 /// Its compute can serve (running, or suspended and wakeable).
 pub const COMPUTE_READY: &str = "ComputeReady";
+/// A following branch streams from its source (`spec.source.external`).
+pub const FOLLOWING: &str = "Following";
 
 /// Sets condition `type_` in `conditions`.
 pub fn set(

@@ -12,6 +12,7 @@ use ramify_crd::DatabaseBranch;
 use ramify_lifecycle::locks::KeyedLocks;
 use tokio::sync::watch;
 
+use crate::build::ComputeFacts;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ports::Ports;
@@ -28,8 +29,9 @@ pub struct Context {
     /// The proxy's bearer token (from the Secret the operator keeps).
     pub proxy_token: String,
     storage: Mutex<HashMap<String, StorageClient>>,
-    /// Each timeline's `archive_command`, as its storage node reported it.
-    archive_commands: Mutex<HashMap<String, String>>,
+    /// What each timeline's compute needs from its storage node (`archive_command`, a
+    /// following root's standby settings), as the node reported it.
+    compute_facts: Mutex<HashMap<String, ComputeFacts>>,
     /// Per proxy Pod IP, the branches (`ns/name`) of the route table it last fetched.
     proxy_routes: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Which proxy has clients on which branch (suspends are decided across proxies).
@@ -72,7 +74,7 @@ impl Context {
             branches,
             proxy_token,
             storage: Mutex::new(HashMap::new()),
-            archive_commands: Mutex::new(HashMap::new()),
+            compute_facts: Mutex::new(HashMap::new()),
             proxy_routes: Mutex::new(HashMap::new()),
             proxy_activity,
             backoff: Default::default(),
@@ -103,17 +105,17 @@ impl Context {
             .clone()
     }
 
-    /// Remembers a timeline's `archive_command` (a wake then needs no storage call).
-    pub fn remember_archive_command(&self, timeline_id: &str, command: &str) {
-        self.archive_commands
+    /// Remembers what a timeline's compute needs (a wake then needs no storage call).
+    pub fn remember_compute_facts(&self, timeline_id: &str, facts: &ComputeFacts) {
+        self.compute_facts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(timeline_id.to_string(), command.to_string());
+            .insert(timeline_id.to_string(), facts.clone());
     }
 
-    /// A timeline's `archive_command`, if a reconcile has seen it.
-    pub fn archive_command(&self, timeline_id: &str) -> Option<String> {
-        self.archive_commands
+    /// What a timeline's compute needs, if a reconcile has seen it.
+    pub fn compute_facts(&self, timeline_id: &str) -> Option<ComputeFacts> {
+        self.compute_facts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(timeline_id)

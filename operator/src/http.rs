@@ -178,6 +178,8 @@ pub fn route_table(branches: &[Arc<DatabaseBranch>], default_suspend: Duration) 
                 .as_ref()
                 .and_then(|c| c.suspend_after.as_deref())
             {
+                // A follower must stay connected to its source to keep up.
+                _ if b.external_source().is_some() => Duration::ZERO,
                 Some(s) => ramify_crd::duration::parse(s).ok()?,
                 None => default_suspend,
             };
@@ -379,6 +381,13 @@ async fn suspend(
         return Err(err(StatusCode::CONFLICT, code, message));
     }
     let plan = plan_of(&ctx, &ns, &name).await?;
+    if plan.following {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "following",
+            format!("branch {key} follows an external Postgres and never suspends: it must stay connected to keep up"),
+        ));
+    }
     match compute::suspend(&ctx, &plan.timeline_id, Duration::from_secs(90)).await {
         Ok(existed) => {
             if existed {
@@ -492,6 +501,16 @@ mod tests {
         });
         let table = route_table(&[Arc::new(woken)], Duration::from_secs(300));
         assert_eq!(table[0].timeline, "t1@2026-11-28T12:00:00.000Z");
+    }
+
+    #[test]
+    fn a_follower_is_never_suspended_by_the_proxy() {
+        let mut f = (*branch("f", Some(20004), true, Some("5m"))).clone();
+        f.spec.source = Some(ramify_crd::BranchSource {
+            external: Some(ramify_crd::ExternalSource::default()),
+        });
+        let table = route_table(&[Arc::new(f)], Duration::from_secs(300));
+        assert_eq!(table[0].suspend_after_secs, 0);
     }
 
     #[test]

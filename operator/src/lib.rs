@@ -13,6 +13,7 @@ pub mod compute;
 pub mod conditions;
 pub mod config;
 pub mod context;
+pub mod following;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod quantity;
 pub mod restore;
 pub mod restore_window;
 pub mod sharing;
+pub mod source;
 pub mod token;
 pub mod validate;
 

@@ -229,6 +229,12 @@ async fn fork(
             format!("branch {ns}/{name} is protected (spec.protected: true) and is not {what}; set spec.protected to false first"),
         ));
     }
+    if b.external_source().is_some() {
+        return Err(Halt::Failed(
+            "Following",
+            crate::following::refusal(b, what),
+        ));
+    }
     if b.metadata.deletion_timestamp.is_some() {
         return Err(Halt::Failed(
             "BranchDeleting",
@@ -671,7 +677,8 @@ async fn start_early(ctx: &Context, b: &DatabaseBranch, timeline: &TimelineRef) 
             .and_then(|s| s.proxy_port)
             .and_then(|p| u16::try_from(p).ok())
             .ok_or("no proxy port")?;
-        let plan = branch::plan(b, &spec, timeline, port, &info.archive_command, None);
+        let facts = build::ComputeFacts::of(&info);
+        let plan = branch::plan(b, &spec, timeline, port, &facts, None);
         compute::ensure(ctx, &plan).await.map_err(|e| e.to_string())
     };
     if let Err(e) = started.await {

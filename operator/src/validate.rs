@@ -39,7 +39,13 @@ pub struct ValidSpec {
     /// Fork point (forks only).
     pub at: Option<At>,
     pub user: String,
+    /// `spec.connection.database`, or `app`. A following branch and the forks descending
+    /// from one default to their source's database instead (see `database_given`).
     pub database: String,
+    /// Whether `spec.connection.database` is set.
+    pub database_given: bool,
+    /// `spec.source.external` is set: a read-only follower of an external Postgres.
+    pub following: bool,
     /// `None`: never suspend.
     pub suspend_after: Option<Duration>,
     pub postgres_parameters: BTreeMap<String, String>,
@@ -76,28 +82,85 @@ pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Prob
     } else {
         None
     };
+    let following = validate_source(b)?;
     let conn = spec.connection.clone().unwrap_or_default();
+    let database_given = conn.database.is_some();
     let user = conn.user.unwrap_or_else(|| "app".into());
     let database = conn.database.unwrap_or_else(|| "app".into());
     validate_sql_identifier("spec.connection.user", &user).map_err(Problem::invalid)?;
-    validate_sql_identifier("spec.connection.database", &database).map_err(Problem::invalid)?;
+    if following {
+        // An existing database of the source (`postgres` included); nothing is made.
+        ramify_api::names::validate_source_database(&database)
+            .map_err(|e| Problem::invalid(format!("spec.connection.database: {e}")))?;
+    } else {
+        validate_sql_identifier("spec.connection.database", &database).map_err(Problem::invalid)?;
+    }
     let compute = spec.compute.clone().unwrap_or_default();
     let suspend_after = match &compute.suspend_after {
         Some(s) => ramify_crd::duration::parse(s)
             .map_err(|e| Problem::invalid(format!("spec.compute.suspendAfter: {e}")))?,
         None => cfg.default_suspend_after,
     };
-    postgres_args("true", &compute.postgres_parameters)
+    // A follower must stay connected to its source to keep up: it never suspends.
+    let suspend_after = if following {
+        Duration::ZERO
+    } else {
+        suspend_after
+    };
+    postgres_args("true", &compute.postgres_parameters, None)
         .map_err(|e| Problem::invalid(format!("spec.compute.postgresParameters: {e}")))?;
     let resources = bounded_resources(compute.resources, cfg)?;
     Ok(ValidSpec {
         at,
         user,
         database,
+        database_given,
+        following,
         suspend_after: (!suspend_after.is_zero()).then_some(suspend_after),
         postgres_parameters: compute.postgres_parameters,
         resources,
     })
+}
+
+/// Whether the branch follows an external Postgres, checking what the CRD's CEL rules
+/// check too (an API server without them, or an object stored before they existed).
+fn validate_source(b: &DatabaseBranch) -> Result<bool, Problem> {
+    let spec = &b.spec;
+    let Some(source) = &spec.source else {
+        return Ok(false);
+    };
+    let Some(ext) = &source.external else {
+        return Err(Problem::invalid(
+            "spec.source needs external: the Postgres to follow",
+        ));
+    };
+    if spec.parent.is_some() {
+        return Err(Problem::invalid(
+            "spec.source and spec.parent exclude each other: a branch either follows an external Postgres or forks another branch",
+        ));
+    }
+    if spec.postgres_version.is_some() {
+        return Err(Problem::invalid(
+            "spec.postgresVersion is only for new empty roots: a following branch runs its source's version",
+        ));
+    }
+    if spec.ttl.is_some() || spec.expires_at.is_some() {
+        return Err(Problem::invalid(
+            "a following branch does not expire (spec.ttl, spec.expiresAt): delete it when you stop following",
+        ));
+    }
+    if spec.connection.as_ref().is_some_and(|c| c.user.is_some()) {
+        return Err(Problem::invalid(
+            "spec.connection.user is not for a following branch: its logins are its source's roles",
+        ));
+    }
+    if ext.mode.unwrap_or_default() != ramify_crd::ReplicationMode::Physical {
+        return Err(Problem {
+            reason: "UnsupportedReplicationMode",
+            message: crate::source::not_physical(),
+        });
+    }
+    Ok(true)
 }
 
 /// The branch's compute resources within the installation's maximum per branch: asking
@@ -420,6 +483,92 @@ mod tests {
         });
         let p = validate_spec(&branch("dev", bad_user), &cfg).unwrap_err();
         assert!(p.message.contains("reserved"), "{p:?}");
+    }
+
+    fn follower_spec() -> DatabaseBranchSpec {
+        DatabaseBranchSpec {
+            source: Some(ramify_crd::BranchSource {
+                external: Some(ramify_crd::ExternalSource {
+                    connection_secret_ref: ramify_crd::SecretKeyRef {
+                        name: "prod-db".into(),
+                        key: "uri".into(),
+                    },
+                    mode: None,
+                    slot: Some("ramify".into()),
+                }),
+            }),
+            compute: Some(ComputeSpec {
+                suspend_after: Some("5m".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_follower_never_suspends_and_may_name_the_sources_database() {
+        let cfg = Config::for_namespace("ramify-system");
+        let v = validate_spec(&branch("prod", follower_spec()), &cfg).unwrap();
+        assert!(v.following);
+        assert_eq!(
+            v.suspend_after, None,
+            "spec.compute.suspendAfter is ignored"
+        );
+        assert!(!v.database_given);
+        let mut spec = follower_spec();
+        spec.connection = Some(ramify_crd::ConnectionSpec {
+            user: None,
+            database: Some("postgres".into()),
+        });
+        let v = validate_spec(&branch("prod", spec), &cfg).unwrap();
+        assert_eq!((v.database.as_str(), v.database_given), ("postgres", true));
+        // An ordinary branch's own database may not be called postgres.
+        let mut spec = fork_spec();
+        spec.connection = Some(ramify_crd::ConnectionSpec {
+            user: None,
+            database: Some("postgres".into()),
+        });
+        assert!(validate_spec(&branch("dev", spec), &cfg).is_err());
+    }
+
+    #[test]
+    fn what_a_follower_cannot_be() {
+        let cfg = Config::for_namespace("ramify-system");
+        type Change = fn(&mut DatabaseBranchSpec);
+        let cases: [(Change, &str); 5] = [
+            (
+                |s| s.parent = fork_spec().parent,
+                "spec.source and spec.parent exclude each other",
+            ),
+            (
+                |s| s.postgres_version = Some(15),
+                "spec.postgresVersion is only for new empty roots",
+            ),
+            (|s| s.ttl = Some("2h".into()), "does not expire"),
+            (
+                |s| {
+                    s.connection = Some(ramify_crd::ConnectionSpec {
+                        user: Some("app".into()),
+                        database: None,
+                    })
+                },
+                "its logins are its source's roles",
+            ),
+            (
+                |s| {
+                    if let Some(e) = s.source.as_mut().and_then(|s| s.external.as_mut()) {
+                        e.mode = Some(ramify_crd::ReplicationMode::Logical);
+                    }
+                },
+                "logical replication is not supported yet",
+            ),
+        ];
+        for (change, said) in cases {
+            let mut spec = follower_spec();
+            change(&mut spec);
+            let p = validate_spec(&branch("prod", spec), &cfg).unwrap_err();
+            assert!(p.message.contains(said), "{said}: {p:?}");
+        }
     }
 
     #[test]

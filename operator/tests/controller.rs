@@ -26,8 +26,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ramify_api::{
-    ApiError, At, ComputeState, CreateRestorePoint, CreateTimeline, Credentials, Lsn, NodeStatus,
-    RestorePointInfo, RestoreWindow, TimelineId, TimelineInfo, TimelineState,
+    ApiError, At, ComputeState, CreateRestorePoint, CreateTimeline, Credentials, FollowInfo,
+    FollowSource, FollowStatus, Lsn, NodeStatus, RestorePointInfo, RestoreWindow, TimelineId,
+    TimelineInfo, TimelineState,
 };
 use ramify_crd::{
     BranchCheckpoint, BranchRestore, BranchRestoreStatus, CheckpointPhase,
@@ -54,6 +55,27 @@ struct FakeStorage {
     restore_points: Mutex<Vec<(TimelineId, String)>>,
     /// Deletes fail with 503, as a node that is gone (behind a dead Service) or broken.
     fail_deletes: std::sync::atomic::AtomicBool,
+    /// Following roots created: the source as the operator sent it (password included).
+    follows: Mutex<Vec<(TimelineId, FollowSource)>>,
+    /// The replication state every follower reports (`None`: streaming, no lag).
+    follow_state: Mutex<Option<FollowStatus>>,
+}
+
+/// Password the fake source refuses, as a node whose source said "password
+/// authentication failed".
+const WRONG_SOURCE_PASSWORD: &str = "not-the-password";
+
+fn streaming() -> FollowStatus {
+    FollowStatus {
+        streaming: true,
+        received_lsn: Some(Lsn(0x500_0000)),
+        replayed_lsn: Some(Lsn(0x4FF_F000)),
+        source_lsn: Some(Lsn(0x500_0000)),
+        lag_bytes: Some(4096),
+        lag_seconds: Some(0.25),
+        last_received_at: Some(Utc::now()),
+        problem: None,
+    }
 }
 
 /// Fork points at or after this LSN are "outside the restore window".
@@ -116,6 +138,16 @@ async fn create_timeline(
         );
     }
     let id = req.id.unwrap();
+    if let Some(source) = &req.follow {
+        if source.password.as_deref() == Some(WRONG_SOURCE_PASSWORD) {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "source_refused",
+                "the source refused the connection: password authentication failed for user \"replicator\"; check the replication role's password",
+            );
+        }
+        f.follows.lock().unwrap().push((id, source.clone()));
+    }
     if let Some(At::Lsn(l)) = &req.at {
         if l.0 >= WINDOW_END {
             return api_error(
@@ -131,6 +163,12 @@ async fn create_timeline(
         .entry(id)
         .or_insert_with(|| TimelineInfo {
             at: req.at.clone(),
+            follow: req.follow.as_ref().map(|f| FollowInfo {
+                conninfo: f.conninfo.clone(),
+                slot: f.slot.clone(),
+                passfile: "source.pass".into(),
+                status: None,
+            }),
             ..info(id, req.parent)
         })
         .clone();
@@ -143,8 +181,16 @@ async fn create_timeline(
 }
 
 async fn get_one(State(f): State<Fake>, Path(id): Path<TimelineId>) -> axum::response::Response {
+    let state = f.follow_state.lock().unwrap().clone();
     match f.timelines.lock().unwrap().get(&id) {
-        Some(t) => Json(t.clone()).into_response(),
+        Some(t) => {
+            let mut t = t.clone();
+            if let Some(follow) = t.follow.as_mut() {
+                // As the node reads it from the running compute.
+                follow.status = Some(state.unwrap_or_else(streaming));
+            }
+            Json(t).into_response()
+        }
         None => api_error(StatusCode::NOT_FOUND, "not_found", "no such timeline"),
     }
 }
@@ -169,6 +215,18 @@ async fn set_credentials(
     Path(id): Path<TimelineId>,
     Json(c): Json<Credentials>,
 ) -> axum::response::Response {
+    if f.timelines
+        .lock()
+        .unwrap()
+        .get(&id)
+        .is_some_and(|t| t.follow.is_some())
+    {
+        return api_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "timeline follows another Postgres: it is a read-only standby whose roles are its source's",
+        );
+    }
     f.credentials.lock().unwrap().push((id, c));
     StatusCode::NO_CONTENT.into_response()
 }
@@ -178,8 +236,16 @@ async fn restore_point(
     Path(id): Path<TimelineId>,
     Json(req): Json<CreateRestorePoint>,
 ) -> axum::response::Response {
-    if !f.timelines.lock().unwrap().contains_key(&id) {
-        return api_error(StatusCode::NOT_FOUND, "not_found", "no such timeline");
+    match f.timelines.lock().unwrap().get(&id) {
+        None => return api_error(StatusCode::NOT_FOUND, "not_found", "no such timeline"),
+        Some(t) if t.follow.is_some() => {
+            return api_error(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a standby writes no restore point",
+            )
+        }
+        Some(_) => {}
     }
     let mut points = f.restore_points.lock().unwrap();
     points.push((id, req.name.clone()));
@@ -1415,4 +1481,412 @@ async fn a_lost_storage_node_can_be_let_go() {
             .any(|(_, reason, note)| reason == "StorageForgotten" && note.contains("left behind")),
         "{events:?}"
     );
+}
+
+fn follower(name: &str, secret: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "source": {"external": {
+            "connectionSecretRef": {"name": secret, "key": "uri"},
+            "slot": "ramify_mirror"
+        }},
+        "compute": {"suspendAfter": "30s"},
+        "sharing": {"namespaces": ["preview"]}
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({
+        "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+        "metadata": {"name": name}, "spec": spec
+    })
+}
+
+/// Writes the source's Secret, and touches the branch: the operator does not watch
+/// Secrets (it may not list them), so a changed one is read at the branch's next
+/// reconcile (within 30 s), or at once when the branch changes.
+/// Writes the source's Secret, then touches the branch: the operator does not watch
+/// Secrets (it may not list them), so a changed one is read at the branch's next
+/// reconcile (within 30 s), or at once when the branch changes.
+async fn source_secret(client: &Client, ns: &str, name: &str, uri: &str) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": ns},
+                "stringData": {"uri": uri}
+            })),
+        )
+        .await
+        .unwrap();
+    let touched = Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default()
+        .to_string();
+    Api::<DatabaseBranch>::namespaced(client.clone(), ns)
+        .patch(
+            "mirror",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/secret-written": touched}}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn condition(b: &DatabaseBranch, type_: &str) -> Option<(String, String, String)> {
+    b.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A branch following an external Postgres (`spec.source.external`): the CEL rules, the
+/// Secret read and split (the password to the node, never shown), a hot-standby compute
+/// that always runs and gets no credentials, the replication state in the status and a
+/// `Following` condition, reset/restore/checkpoint refused, and a fork in another
+/// namespace that takes over the source's database and objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_branch_on_a_real_api_server() {
+    const PASSWORD: &str = "pw-Secret-123";
+    let Some(Env {
+        _server,
+        client,
+        storage,
+    }) = start_env(
+        "a_following_branch_on_a_real_api_server",
+        &[("prod", vec![]), ("preview", vec![])],
+    )
+    .await
+    else {
+        return;
+    };
+
+    // What cannot make sense is refused by the API server.
+    for (extra, said) in [
+        (
+            json!({"parent": {"name": "main"}}),
+            "spec.source and spec.parent exclude each other",
+        ),
+        (
+            json!({"source": {"external": {"connectionSecretRef": {"name": "prod-db", "key": "uri"}, "mode": "logical"}}}),
+            "logical replication is not supported yet",
+        ),
+        (json!({"ttl": "2h"}), "a following branch does not expire"),
+        (json!({"source": {}}), "spec.source needs external"),
+    ] {
+        let err = apply_branch(&client, "prod", follower("bad", "prod-db", extra))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(said), "{said}: {err}");
+    }
+
+    // The Secret comes after the branch: it waits for it.
+    apply_branch(&client, "prod", follower("mirror", "prod-db", json!({})))
+        .await
+        .unwrap();
+    let waiting = wait_condition(&client, "prod", "mirror", "SourceSecretNotFound").await;
+    assert!(
+        condition(&waiting, "Ready")
+            .unwrap()
+            .2
+            .contains("Secret prod/prod-db key \"uri\""),
+        "{:?}",
+        condition(&waiting, "Ready")
+    );
+    // A Secret naming a Unix socket is refused: the storage node would connect to another
+    // branch's compute, which trusts local connections.
+    source_secret(
+        &client,
+        "prod",
+        "prod-db",
+        &format!(
+            "postgresql://postgres:{PASSWORD}@%2Fvar%2Flib%2Framify%2Ftimelines%2Fx%2Frun/postgres"
+        ),
+    )
+    .await;
+    let refused = wait_condition(&client, "prod", "mirror", "InvalidSource").await;
+    let msg = condition(&refused, "Ready").unwrap().2;
+    assert!(msg.contains("over TCP") && !msg.contains(PASSWORD), "{msg}");
+    // A password the source refuses: the node's reason, retried.
+    source_secret(
+        &client,
+        "prod",
+        "prod-db",
+        &format!("postgresql://replicator:{WRONG_SOURCE_PASSWORD}@prod-db.prod.svc:5432/bank"),
+    )
+    .await;
+    let refused = wait_condition(&client, "prod", "mirror", "SourceRefused").await;
+    assert!(
+        condition(&refused, "Ready")
+            .unwrap()
+            .2
+            .contains("check the replication role's password"),
+        "{:?}",
+        condition(&refused, "Ready")
+    );
+    source_secret(
+        &client,
+        "prod",
+        "prod-db",
+        &format!("postgresql://replicator:{PASSWORD}@prod-db.prod.svc:5432/bank?sslmode=prefer"),
+    )
+    .await;
+    let mirror = wait_condition(&client, "prod", "mirror", "Ready").await;
+    let uid: TimelineId = mirror.uid().unwrap().parse().unwrap();
+    let sent = storage.follows.lock().unwrap().clone();
+    let source = &sent.iter().find(|(id, _)| *id == uid).unwrap().1;
+    assert_eq!(
+        source.conninfo,
+        "postgresql://replicator@prod-db.prod.svc:5432/bank?sslmode=prefer"
+    );
+    assert_eq!(source.password.as_deref(), Some(PASSWORD));
+    assert_eq!(source.slot.as_deref(), Some("ramify_mirror"));
+    assert!(
+        storage
+            .credentials
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(id, _)| *id != uid),
+        "a follower's roles are its source's: no credentials are set"
+    );
+
+    // Status: the source without its password, the replication figures, Following.
+    let mirror = eventually(
+        "mirror's replication state",
+        Duration::from_secs(30),
+        || async {
+            let b = Api::<DatabaseBranch>::namespaced(client.clone(), "prod")
+                .get("mirror")
+                .await
+                .ok()?;
+            (condition(&b, "Following")?.0 == "True").then_some(b)
+        },
+    )
+    .await;
+    let st = mirror.status.clone().unwrap();
+    let f = st.following.clone().unwrap();
+    assert_eq!(f.source, source.conninfo);
+    assert_eq!(f.slot.as_deref(), Some("ramify_mirror"));
+    assert_eq!(
+        (f.streaming, f.lag_bytes, f.lag_seconds),
+        (Some(true), Some(4096), Some(0.3))
+    );
+    assert!(f.last_received_at.is_some() && f.checked_at.is_some());
+    assert_eq!(
+        condition(&mirror, "Following").unwrap().1,
+        "Streaming".to_string()
+    );
+    let conn = st.connection.clone().unwrap();
+    assert_eq!((conn.database.as_str(), conn.user.as_str()), ("bank", ""));
+    // Its Secret names no login; nothing anywhere shows the password.
+    let secret = Api::<Secret>::namespaced(client.clone(), "prod")
+        .get("mirror-postgres")
+        .await
+        .unwrap();
+    let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["database", "host", "port", "uri"]);
+    assert!(secret.annotations()["ramify.dev/logins"].starts_with("source"));
+    assert!(!serde_json::to_string(&mirror).unwrap().contains(PASSWORD));
+    assert!(!format!("{:?}", events_of(&client, "prod", "mirror").await).contains(PASSWORD));
+
+    // Its compute: a hot standby of the source, reading the node's password file.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), STORAGE_NS);
+    let pod_name = format!("compute-{uid}");
+    let pod = pods.get(&pod_name).await.unwrap();
+    let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"primary_conninfo=postgresql://replicator@prod-db.prod.svc:5432/bank?sslmode=prefer&passfile=/var/lib/ramify/timeline/run/source.pass&application_name=ramify".to_string())
+            && args.contains(&"hot_standby=on".to_string())
+            && args.contains(&"primary_slot_name=ramify_mirror".to_string()),
+        "{args:?}"
+    );
+    assert!(!args.join(" ").contains(PASSWORD));
+    // It always runs: a compute Pod that goes is started again.
+    let first_uid = pods.get(&pod_name).await.unwrap().uid();
+    pods.delete(&pod_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the follower's compute started again",
+        Duration::from_secs(30),
+        || async {
+            let p = pods.get_opt(&pod_name).await.ok()??;
+            (p.uid() != first_uid).then_some(())
+        },
+    )
+    .await;
+    // Nor does it suspend on request.
+    let branches: Api<DatabaseBranch> = Api::namespaced(client.clone(), "prod");
+    branches
+        .patch(
+            "mirror",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ramify.dev/suspend-request": "now"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the suspend request answered",
+        Duration::from_secs(30),
+        || async {
+            let b = branches.get("mirror").await.ok()?;
+            (!b.annotations().contains_key("ramify.dev/suspend-request")).then_some(())
+        },
+    )
+    .await;
+    assert!(pods.get_opt(&pod_name).await.unwrap().is_some());
+    assert!(events_of(&client, "prod", "mirror")
+        .await
+        .iter()
+        .any(|(t, r, _)| t == "Warning" && r == "SuspendRefused"));
+
+    // Streaming stops: the condition carries the node's reason, with a Warning event.
+    *storage.follow_state.lock().unwrap() = Some(FollowStatus {
+        streaming: false,
+        problem: Some(
+            "replication slot \"ramify_mirror\" does not exist on the source: it was dropped on the source; recreate the branch"
+                .into(),
+        ),
+        ..streaming()
+    });
+    let stopped = eventually("Following False", Duration::from_secs(40), || async {
+        let b = branches.get("mirror").await.ok()?;
+        (condition(&b, "Following")?.0 == "False").then_some(b)
+    })
+    .await;
+    let (_, reason, message) = condition(&stopped, "Following").unwrap();
+    assert_eq!(reason, "NotStreaming");
+    assert!(message.contains("dropped on the source"), "{message}");
+    assert_eq!(
+        condition(&stopped, "Ready").unwrap().0,
+        "True",
+        "still readable and forkable"
+    );
+    assert_eq!(
+        stopped.status.unwrap().following.unwrap().streaming,
+        Some(false)
+    );
+    eventually("a NotStreaming event", Duration::from_secs(10), || async {
+        events_of(&client, "prod", "mirror")
+            .await
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == "NotStreaming")
+    })
+    .await;
+    *storage.follow_state.lock().unwrap() = None;
+
+    // Its history is its source's: no reset, restore or checkpoint.
+    for (name, source) in [
+        ("reset-mirror", json!({"parent": true})),
+        ("rewind-mirror", json!({"lsn": "0/4000000"})),
+    ] {
+        create::<BranchRestore>(&client, "prod", restore(name, "mirror", source))
+            .await
+            .unwrap();
+        let st = restore_done(&client, "prod", name).await;
+        assert_eq!(st.phase, Some(RestorePhase::Failed));
+        let (reason, message) = succeeded(&st);
+        assert_eq!(reason, "Following", "{message}");
+        assert!(
+            message.contains("its history is its source's") && message.contains("fork it"),
+            "{message}"
+        );
+    }
+    create::<BranchCheckpoint>(
+        &client,
+        "prod",
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "BranchCheckpoint",
+            "metadata": {"name": "cp-mirror"}, "spec": {"branch": "mirror"}
+        }),
+    )
+    .await
+    .unwrap();
+    let cps: Api<BranchCheckpoint> = Api::namespaced(client.clone(), "prod");
+    let cp = eventually(
+        "the checkpoint refused",
+        Duration::from_secs(30),
+        || async {
+            let st = cps.get("cp-mirror").await.ok()?.status?;
+            (st.phase == Some(CheckpointPhase::Failed)).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(cp.conditions[0].reason, "Following");
+
+    // A fork in another namespace (shared with it): an ordinary, writable branch in the
+    // source's database, whose role takes over the source's objects.
+    apply_branch(
+        &client,
+        "preview",
+        json!({
+            "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
+            "metadata": {"name": "pr-1"},
+            "spec": {"parent": {"name": "mirror", "namespace": "prod"}, "at": {"time": "2026-01-01T00:00:00Z"}}
+        }),
+    )
+    .await
+    .unwrap();
+    let fork = wait_condition(&client, "preview", "pr-1", "Ready").await;
+    let fork_id: TimelineId = fork.uid().unwrap().parse().unwrap();
+    let creds = storage.credentials.lock().unwrap().clone();
+    let (_, c) = creds.iter().find(|(id, _)| *id == fork_id).unwrap();
+    assert_eq!(
+        (
+            c.user.as_str(),
+            c.database.as_str(),
+            c.adopt_objects,
+            c.disable_other_logins
+        ),
+        ("app", "bank", true, true)
+    );
+    assert_eq!(
+        storage.timelines.lock().unwrap()[&fork_id].parent,
+        Some(uid)
+    );
+    assert!(fork.status.as_ref().unwrap().following.is_none());
+    assert!(condition(&fork, "Following").is_none());
+    let data = Api::<Secret>::namespaced(client.clone(), "preview")
+        .get("pr-1-postgres")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["database"].0, b"bank");
+    assert_eq!(data["password"].0.len(), 32);
+
+    // Deleting the follower names the slot it leaves on the source.
+    Api::<DatabaseBranch>::namespaced(client.clone(), "preview")
+        .delete("pr-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    branches
+        .delete("mirror", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("mirror deleted", Duration::from_secs(60), || async {
+        branches
+            .get_opt("mirror")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let deleted = events_of(&client, "prod", "mirror").await;
+    assert!(
+        deleted
+            .iter()
+            .any(|(_, r, n)| r == "Deleted"
+                && n.contains("pg_drop_replication_slot('ramify_mirror')")),
+        "{deleted:?}"
+    );
+    assert!(storage.deleted.lock().unwrap().contains(&uid));
 }

@@ -1,0 +1,242 @@
+# Following an external Postgres (issue 15, spec.source.external). Sourced by run.sh;
+# uses its helpers (k, step, fail, wait_for, client_pod, compute_image, pull_policy) and
+# variables (SYS, NS_P, NS_V, WORK, PYTHON). Leaves nothing of its own behind but the
+# namespaces, which run.sh's cleanup deletes.
+#
+# 1. "Production": Postgres 15 as a StatefulSet in $NS_P (the compute image, initdb at
+#    first start), with a replication role, a pg_hba line for it, an application role
+#    `bank` owning a database `bank` with a small bank (accounts, ledger), and transfers
+#    committing in a loop, each one transaction that keeps the total balance.
+# 2. `mirror` follows it: a DatabaseBranch with spec.source.external naming a Secret with
+#    the URI (password in it) and a slot. It becomes Ready, Following=True, shows its lag;
+#    its Secret names no login; it refuses writes; production's roles log in to it; its
+#    restore is refused.
+# 3. `preview`, a fork of mirror in $NS_V (mirror shares with it), under load: Ready, the
+#    bank's invariants hold, it holds every transfer committed on production before it
+#    was asked for and none committed after it was Ready, and its own role writes.
+# 4. Both are deleted; mirror's deletion names the slot it leaves on production.
+
+PROD_PW="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')"
+BANK_PW="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')"
+WORKLOAD_PID=""
+prod_sql() { # database sql...: psql on production's own socket, as its superuser
+  local db="$1"; shift
+  k -n "$NS_P" exec prod-db-0 -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql -U postgres -d "$db" "$@"
+}
+mirror_sql() { # sql...: through mirror's Service from a Pod, as production's role bank
+  k -n "$NS_P" exec psql -- psql -X -q -At -v ON_ERROR_STOP=1 "$@"
+}
+bank_check() { # "name" sql-runner...: the bank's invariants; prints the ledger's length
+  local what="$1"; shift
+  local total wrong
+  total=$("$@" -c 'SELECT sum(balance) FROM accounts')
+  [ "$total" = 100000 ] || fail "$what: the total balance is $total, not 100000"
+  wrong=$("$@" -c 'SELECT count(*) FROM accounts a WHERE a.balance <> 1000
+      + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)
+      - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)')
+  [ "$wrong" = 0 ] || fail "$what: $wrong balances disagree with the ledger"
+  "$@" -c 'SELECT count(*) FROM ledger'
+}
+
+step "follow: production Postgres 15 (StatefulSet) with a replication role and a bank under load"
+k create namespace "$NS_P" >/dev/null
+k create namespace "$NS_V" >/dev/null
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: prod-db, namespace: $NS_P}
+spec:
+  selector: {app: prod-db}
+  ports: [{name: postgres, port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: prod-db, namespace: $NS_P}
+spec:
+  serviceName: prod-db
+  replicas: 1
+  selector: {matchLabels: {app: prod-db}}
+  template:
+    metadata: {labels: {app: prod-db}}
+    spec:
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        runAsGroup: 999
+        fsGroup: 999
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: postgres
+          image: $(compute_image)
+          imagePullPolicy: $(pull_policy)
+          command:
+            - sh
+            - -c
+            - |
+              set -e
+              export PGDATA=/var/lib/postgresql/data/pgdata
+              if [ ! -s "\$PGDATA/PG_VERSION" ]; then
+                initdb -D "\$PGDATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
+                echo "host replication replicator all scram-sha-256" >> "\$PGDATA/pg_hba.conf"
+                echo "host all all all scram-sha-256" >> "\$PGDATA/pg_hba.conf"
+              fi
+              exec postgres -c listen_addresses='*' -c wal_level=replica -c max_wal_senders=10
+          ports: [{name: postgres, containerPort: 5432}]
+          readinessProbe:
+            exec: {command: [pg_isready, -q, -h, 127.0.0.1]}
+            periodSeconds: 1
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+          volumeMounts:
+            - {name: data, mountPath: /var/lib/postgresql/data}
+            - {name: run, mountPath: /var/run/postgresql}
+      volumes:
+        - {name: data, emptyDir: {}}
+        - {name: run, emptyDir: {}}
+EOF
+k -n "$NS_P" rollout status statefulset/prod-db --timeout=120s >/dev/null
+prod_sql postgres -c "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '$PROD_PW'" \
+  -c "CREATE ROLE bank LOGIN PASSWORD '$BANK_PW'" -c "CREATE DATABASE bank OWNER bank"
+k -n "$NS_P" exec -i prod-db-0 -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -U bank -d bank >/dev/null <<'SQL'
+CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 100) g;
+CREATE TABLE ledger (id bigserial PRIMARY KEY, src int NOT NULL, dst int NOT NULL,
+                     amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+-- Transfers for `seconds`, each one committed transaction that keeps the total.
+CREATE PROCEDURE transfers(seconds int) LANGUAGE plpgsql AS $$
+DECLARE
+  stop_at timestamptz := clock_timestamp() + make_interval(secs => seconds);
+  s int; d int; a bigint;
+BEGIN
+  WHILE clock_timestamp() < stop_at LOOP
+    s := 1 + floor(random() * 100); d := 1 + floor(random() * 100); a := 1 + floor(random() * 50);
+    UPDATE accounts SET balance = balance - a WHERE id = s;
+    UPDATE accounts SET balance = balance + a WHERE id = d;
+    INSERT INTO ledger (src, dst, amount) VALUES (s, d, a);
+    COMMIT;
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+END $$;
+SQL
+k -n "$NS_P" exec prod-db-0 -- psql -X -q -h /var/run/postgresql -U bank -d bank -c 'CALL transfers(300)' \
+  >"$WORK/transfers.out" 2>&1 &
+WORKLOAD_PID=$!
+sleep 1
+[ "$(prod_sql bank -c 'SELECT count(*) > 0 FROM ledger')" = t ] || fail "the transfers do not commit: $(cat "$WORK/transfers.out")"
+
+step "follow: mirror follows production (spec.source.external, URI with password in a Secret)"
+k -n "$NS_P" create secret generic prod-replication \
+  --from-literal=uri="postgresql://replicator:$PROD_PW@prod-db.$NS_P.svc:5432/bank" >/dev/null
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: mirror, namespace: $NS_P}
+spec:
+  source:
+    external:
+      connectionSecretRef: {name: prod-replication, key: uri}
+      slot: ramify_e2e
+  sharing: {namespaces: [$NS_V]}
+EOF
+k -n "$NS_P" wait --for=condition=Ready databasebranch/mirror --timeout=240s >/dev/null \
+  || fail "mirror is not Ready: $(k -n "$NS_P" get databasebranch mirror -o jsonpath='{.status.conditions}')"
+wait_for "mirror streaming" '{.status.conditions[?(@.type=="Following")].status}' '^True$' 90 -n "$NS_P" databasebranch mirror
+wait_for "mirror's lag figures" '{.status.following.lastReceivedAt}' 'Z$' 60 -n "$NS_P" databasebranch mirror
+echo "    $(k -n "$NS_P" get databasebranch mirror -o jsonpath='{.status.conditions[?(@.type=="Following")].message}')"
+echo "    lag $(k -n "$NS_P" get databasebranch mirror -o jsonpath='{.status.following.lagBytes} bytes, {.status.following.lagSeconds} s; last received {.status.following.lastReceivedAt}')"
+[ "$(k -n "$NS_P" get databasebranch mirror -o jsonpath='{.status.following.source}')" = "postgresql://replicator@prod-db.$NS_P.svc:5432/bank" ] \
+  || fail "mirror's status.following.source is not the URI without its password"
+shown="$(k -n "$NS_P" get databasebranch mirror -o json; k -n "$SYS" get pods -l ramify.dev/branch-name=mirror -o yaml)"
+case "$shown" in *"$PROD_PW"*) fail "mirror's object or compute Pod shows the replication password" ;; esac
+keys=$(k -n "$NS_P" get secret mirror-postgres -o jsonpath='{.data}' | "$PYTHON" -c 'import json,sys; print(" ".join(k for k in sorted(json.load(sys.stdin)) if k != "ca.crt"))')
+[ "$keys" = "database host port uri" ] || fail "mirror's Secret holds $keys, not database host port uri"
+[ "$(k -n "$NS_P" get secret mirror-postgres -o jsonpath='{.data.database}' | base64 -d)" = bank ] \
+  || fail "mirror's Secret does not name production's database"
+
+step "follow: production's roles read mirror; mirror refuses writes and a restore"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: psql, namespace: $NS_P}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 999, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: psql
+      image: $(compute_image)
+      imagePullPolicy: $(pull_policy)
+      command: ["sleep", "3600"]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      env:
+        - {name: PGHOST, valueFrom: {secretKeyRef: {name: mirror-postgres, key: host}}}
+        - {name: PGPORT, valueFrom: {secretKeyRef: {name: mirror-postgres, key: port}}}
+        - {name: PGDATABASE, valueFrom: {secretKeyRef: {name: mirror-postgres, key: database}}}
+        - {name: PGUSER, value: bank}
+        - {name: PGPASSWORD, value: "$BANK_PW"}
+EOF
+k -n "$NS_P" wait --for=condition=Ready pod/psql --timeout=120s >/dev/null
+seen=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+deadline=$(( $(date +%s) + 60 ))
+until [ "$(mirror_sql -c 'SELECT count(*) FROM ledger')" -ge "$seen" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "mirror did not catch up with production's $seen transfers in 60 s"
+  sleep 0.5
+done
+n=$(bank_check "mirror" mirror_sql)
+echo "    mirror holds $n transfers (production had $seen a moment before), invariants hold"
+if out=$(mirror_sql -c "INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)" 2>&1); then
+  fail "mirror accepted a write"
+fi
+echo "$out" | grep -q "read-only transaction" || fail "mirror refused the write with: $out"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: BranchRestore
+metadata: {name: rewind-mirror, namespace: $NS_P}
+spec:
+  branch: mirror
+  source: {time: "$(date -u -d '-5 seconds' +%Y-%m-%dT%H:%M:%SZ)"}
+EOF
+wait_for "mirror's restore refused" '{.status.conditions[?(@.type=="Succeeded")].reason}' '^Following$' 60 -n "$NS_P" branchrestore rewind-mirror
+echo "    $(k -n "$NS_P" get branchrestore rewind-mirror -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].message}' | cut -c1-150)…"
+
+step "follow: preview, a fork of mirror in $NS_V under load: consistent, and writable"
+before=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+# What production committed so far is on mirror before the fork is asked for.
+deadline=$(( $(date +%s) + 60 ))
+until [ "$(mirror_sql -c 'SELECT count(*) FROM ledger')" -ge "$before" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "mirror did not catch up with production's $before transfers in 60 s"
+  sleep 0.2
+done
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: preview, namespace: $NS_V}
+spec:
+  parent: {name: mirror, namespace: $NS_P}
+EOF
+k -n "$NS_V" wait --for=condition=Ready databasebranch/preview --timeout=240s >/dev/null \
+  || fail "preview is not Ready: $(k -n "$NS_V" get databasebranch preview -o jsonpath='{.status.conditions}')"
+after=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+client_pod "$NS_V" preview
+[ "$(psql_in "$NS_V" -c 'SELECT current_database()')" = bank ] || fail "preview's Secret does not name the bank database"
+n=$(bank_check "preview" psql_in "$NS_V")
+if [ "$n" -lt "$before" ] || [ "$n" -gt "$after" ]; then
+  fail "preview holds $n transfers: not between the $before committed before it was asked for and the $after when it was Ready"
+fi
+echo "    preview forked at $(k -n "$NS_V" get databasebranch preview -o jsonpath='{.status.forkLsn}'): $n transfers ($before before the request, $after once Ready), invariants hold"
+# A transfer of preview's own, dated 2000 so that it is told apart from production's.
+psql_in "$NS_V" -c "UPDATE accounts SET balance = balance - 7 WHERE id = 1; UPDATE accounts SET balance = balance + 7 WHERE id = 2; INSERT INTO ledger (src, dst, amount, at) VALUES (1, 2, 7, '2000-01-01');" \
+  || fail "preview's role cannot write the bank's tables"
+[ "$(bank_check "preview after a write" psql_in "$NS_V")" = $((n + 1)) ] || fail "preview's write is not there"
+[ "$(prod_sql bank -c "SELECT count(*) FROM ledger WHERE at < '2001-01-01'")" = 0 ] || fail "preview's write reached production"
+[ "$(mirror_sql -c "SELECT count(*) FROM ledger WHERE at < '2001-01-01'")" = 0 ] || fail "preview's write reached mirror"
+[ "$(psql_in "$NS_V" -c 'SELECT current_user')" = app ] || fail "preview's Secret does not log in as its own role"
+
+step "follow: delete preview and mirror; the slot left on production is named"
+k -n "$NS_V" delete pod psql --wait=false >/dev/null
+k -n "$NS_P" delete pod psql --wait=false >/dev/null
+k -n "$NS_V" delete databasebranch preview --timeout=120s >/dev/null
+k -n "$NS_P" delete databasebranch mirror --timeout=120s >/dev/null
+notes="$(k -n "$NS_P" get events.events.k8s.io --field-selector reason=Deleted -o jsonpath='{.items[*].note}')"
+case "$notes" in *"pg_drop_replication_slot('ramify_e2e')"*) ;; *) fail "mirror's deletion does not name the slot it leaves: $notes" ;; esac
+[ "$(prod_sql postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ramify_e2e'")" = 1 ] \
+  || fail "the slot ramify_e2e is not on production"
+kill "$WORKLOAD_PID" 2>/dev/null; wait "$WORKLOAD_PID" 2>/dev/null || true; WORKLOAD_PID=""
+k delete namespace "$NS_P" "$NS_V" --wait=false >/dev/null
