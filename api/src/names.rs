@@ -42,6 +42,27 @@ pub fn validate_sql_identifier(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The connection parameters a following root's source URI may carry (the storage node
+/// and the operator check by this one list): how to reach a network host and talk to
+/// it. Anything else — `host` in the query (a socket directory of the node, where its
+/// computes trust the bootstrap superuser), `passfile`, `service`, `sslkey`,
+/// `sslrootcert`, … (files of the machine that connects) — is refused.
+pub const SOURCE_URI_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslsni",
+    "sslcompression",
+    "channel_binding",
+    "gssencmode",
+    "connect_timeout",
+    "application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "target_session_attrs",
+];
+
 /// Checks the name of a database a branch takes over from a followed Postgres (a fork
 /// of a following root connects to its source's database): the syntax of
 /// [`validate_sql_identifier`], where `postgres` is allowed (it exists, nothing is made).

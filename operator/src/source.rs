@@ -13,26 +13,8 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use ramify_api::names::SOURCE_URI_PARAMS as URI_PARAMS;
 use ramify_crd::{DatabaseBranch, ReplicationMode};
-
-/// URI parameters a source may carry: how to reach a network host and talk to it (the
-/// storage node's list). Anything else — `host` (a socket directory), `passfile`,
-/// `service`, `sslkey`, `sslrootcert`, … (files of the machine that connects) — is refused.
-const URI_PARAMS: &[&str] = &[
-    "sslmode",
-    "sslsni",
-    "sslcompression",
-    "channel_binding",
-    "gssencmode",
-    "connect_timeout",
-    "application_name",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "target_session_attrs",
-];
 
 /// How a source must be written, for messages.
 const URI_FORM: &str = "postgresql://ROLE:PASSWORD@HOST:PORT/DATABASE";

@@ -9,6 +9,7 @@
 
 use std::process::Stdio;
 
+use ramify_api::names::SOURCE_URI_PARAMS as URI_PARAMS;
 use ramify_api::FollowSource;
 use ramify_compute::settings::append_conninfo;
 use ramify_compute::PgUser;
@@ -408,26 +409,6 @@ pub(super) fn validate(source: &FollowSource) -> Result<(), NodeError> {
     }
     Ok(())
 }
-
-/// Connection parameters a source URI may carry: how to reach a network host and talk to
-/// it. Everything else is refused: a Unix-socket host (it would reach this node's own
-/// computes, where the bootstrap superuser is trusted), and parameters that name files of
-/// this node (`passfile`, `service`, `sslkey`, `sslcert`, `sslrootcert`, ...).
-const URI_PARAMS: &[&str] = &[
-    "sslmode",
-    "sslsni",
-    "sslcompression",
-    "channel_binding",
-    "gssencmode",
-    "connect_timeout",
-    "application_name",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "target_session_attrs",
-];
 
 /// Checks that `c` is a `postgresql://` URI naming one network host (a DNS name or an IP
 /// address, never a socket directory) and only parameters in [`URI_PARAMS`].
