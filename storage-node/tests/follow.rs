@@ -623,6 +623,21 @@ async fn a_follower_follows_its_source_through_a_failover() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::write(sdir.join("pgdata/standby.signal"), "").unwrap();
+    // Like a failover tool, the standby may fetch WAL the old primary wrote but never sent:
+    // a fast shutdown sometimes ends its walsender before the shutdown checkpoint is out.
+    let mut auto = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sdir.join("pgdata/postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut auto,
+        format!(
+            "restore_command = 'cp {}/pg_wal/%f %p'\n",
+            prod.pg.pgdata().display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     env.user.chown(&sdir.join("pgdata/standby.signal")).unwrap();
     let standby = Compute::start_settings(
         &env.pg,
@@ -672,6 +687,35 @@ async fn a_follower_follows_its_source_through_a_failover() {
         sleep_ms(100).await;
     }
     prod.pg.stop().await.unwrap();
+    // A careful failover promotes only once the standby has replayed all the old primary
+    // wrote, down to its shutdown checkpoint: promoted a moment earlier, Postgres ends
+    // recovery before that record and forks the new timeline off behind it, where no
+    // standby that saw the record (the follower included) can follow.
+    let control = std::process::Command::new(env.pg.dir().join("pg_controldata"))
+        .arg(prod.pg.pgdata())
+        .output()
+        .unwrap();
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    let last = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+        .expect("pg_controldata names the last checkpoint")
+        .trim()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while query_text(
+        &standby,
+        &format!("SELECT (pg_last_wal_replay_lsn() > '{last}')::text"),
+    )
+    .await
+        != "true"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production's standby never replayed the shutdown checkpoint at {last}"
+        );
+        sleep_ms(100).await;
+    }
     standby.execute("SELECT pg_promote()").await.unwrap();
     relay.point_at(standby.port());
     // The new primary writes on its new timeline; the follower switches to it.
