@@ -117,10 +117,58 @@ pub struct FollowSource {
     /// file beside the timeline's socket; it is never stored in metadata or shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// A physical replication slot on the source, so it keeps the WAL the follower has
-    /// not received yet; made by the node when missing.
+    /// A replication slot on the source, so it keeps the WAL the follower has not
+    /// received yet: physical, made by the node when missing; logical, always made by
+    /// the subscription (named `ramify_<timeline>` when not given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// Physical (a hot standby, the default) or logical (a subscription).
+    #[serde(default, skip_serializing_if = "FollowMode::is_physical")]
+    pub mode: FollowMode,
+    /// The source's publication a logical follower subscribes to (required there, not
+    /// valid for a physical one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+}
+
+/// How a following root follows its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowMode {
+    /// `pg_basebackup`, then a hot standby streaming the source's WAL: every byte, same
+    /// Postgres major, read-only.
+    #[default]
+    Physical,
+    /// `pg_dump --schema-only`, then `CREATE SUBSCRIPTION` to a publication: for sources
+    /// that allow no replication connection (managed services) or run another major.
+    /// DDL and sequences are not replicated.
+    Logical,
+}
+
+impl FollowMode {
+    pub fn is_physical(&self) -> bool {
+        *self == FollowMode::Physical
+    }
+}
+
+impl fmt::Display for FollowMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FollowMode::Physical => "physical",
+            FollowMode::Logical => "logical",
+        })
+    }
+}
+
+impl std::str::FromStr for FollowMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "physical" => Ok(FollowMode::Physical),
+            "logical" => Ok(FollowMode::Logical),
+            _ => Err(format!("mode {s:?} is neither physical nor logical")),
+        }
+    }
 }
 
 impl fmt::Debug for FollowSource {
@@ -129,6 +177,8 @@ impl fmt::Debug for FollowSource {
             .field("conninfo", &self.conninfo)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("slot", &self.slot)
+            .field("mode", &self.mode)
+            .field("publication", &self.publication)
             .finish()
     }
 }
@@ -141,7 +191,14 @@ pub struct FollowInfo {
     /// The replication slot it streams from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
-    /// The password file the compute's `primary_conninfo` names, relative to `run_dir`.
+    /// Physical (a hot standby) or logical (a subscription).
+    #[serde(default)]
+    pub mode: FollowMode,
+    /// The publication a logical follower subscribes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+    /// The password file the compute's `primary_conninfo` (physical) or subscription
+    /// (logical) names, relative to `run_dir`.
     pub passfile: String,
     /// Replication state, read from the running compute; `None` when it is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -115,12 +115,31 @@ $ramify$"
 /// (their tables, with their privileges), and ownership of what superusers own there
 /// outside the system schemas — tables, views, sequences, schemas, routines and the
 /// database itself (so the `public` schema too) — except what belongs to an extension.
-/// Objects other roles own keep their owner. `user` must be a validated identifier.
+/// Objects other roles own keep their owner. Every ascending sequence a column owns is
+/// advanced past the column's largest value: a logical follower's rows arrive without
+/// their sequences (a physical copy's are already past them, and stay). `user` must be a
+/// validated identifier.
 pub fn adopt_objects(user: &str) -> String {
     format!(
         "DO $ramify$
-DECLARE r record;
+DECLARE r record; m bigint; lv bigint;
 BEGIN
+  FOR r IN
+    SELECT d.objid::regclass AS seq, d.refobjid::regclass AS tbl, a.attname
+    FROM pg_depend d
+    JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    JOIN pg_sequence q ON q.seqrelid = s.oid AND q.seqincrement > 0
+    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+    JOIN pg_type t ON t.oid = a.atttypid AND t.typname IN ('int2', 'int4', 'int8')
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype IN ('a', 'i')
+  LOOP
+    EXECUTE format('SELECT max(%I)::bigint FROM %s', r.attname, r.tbl) INTO m;
+    EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s', r.seq) INTO lv;
+    IF m IS NOT NULL AND m > lv THEN
+      PERFORM setval(r.seq, m, true);
+    END IF;
+  END LOOP;
   FOR r IN
     SELECT g.rolname FROM pg_roles g
     WHERE NOT g.rolsuper AND g.rolname <> '{user}' AND g.rolname !~ '^pg_'

@@ -20,32 +20,11 @@ pub fn validate_branch_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// The database a `postgresql://` URI names (`postgres` when it names none): where a
-/// following root's data is, and what forks of it connect to.
-pub fn uri_database(uri: &str) -> String {
-    let rest = uri
-        .strip_prefix("postgresql://")
-        .or_else(|| uri.strip_prefix("postgres://"))
-        .unwrap_or("");
-    let path = rest.find('/').map(|i| &rest[i + 1..]).unwrap_or("");
-    let db = path.split('?').next().unwrap_or("");
-    if db.is_empty() {
-        "postgres".into()
-    } else {
-        db.into()
-    }
-}
+pub use ramify_api::names::uri_database;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uri_database_is_the_path_or_postgres() {
-        assert_eq!(uri_database("postgresql://r@h:5/prod?sslmode=x"), "prod");
-        assert_eq!(uri_database("postgresql://r@h:5"), "postgres");
-        assert_eq!(uri_database("postgres://h/"), "postgres");
-    }
 
     #[test]
     fn dns_labels() {

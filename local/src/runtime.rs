@@ -116,12 +116,17 @@ impl Runtime for LocalRuntime {
             run_dir: PathBuf::from(&tl.run_dir),
             archive_command: tl.archive_command.clone(),
             parameters: Default::default(),
-            // A following root runs as a hot standby of its source.
-            standby: tl.follow.as_ref().map(|f| ramify_compute::Standby {
-                conninfo: f.conninfo.clone(),
-                passfile: PathBuf::from(&tl.run_dir).join(&f.passfile),
-                slot: f.slot.clone(),
-            }),
+            // A physical following root runs as a hot standby of its source (a logical
+            // one is an ordinary primary applying its subscription).
+            standby: tl
+                .follow
+                .as_ref()
+                .filter(|f| f.mode.is_physical())
+                .map(|f| ramify_compute::Standby {
+                    conninfo: f.conninfo.clone(),
+                    passfile: PathBuf::from(&tl.run_dir).join(&f.passfile),
+                    slot: f.slot.clone(),
+                }),
         };
         let running = process::start(&self.pg, &self.user, &pgdata, &settings, START_TIMEOUT)
             .await

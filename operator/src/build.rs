@@ -82,11 +82,15 @@ impl ComputeFacts {
     pub fn of(info: &TimelineInfo) -> ComputeFacts {
         ComputeFacts {
             archive_command: info.archive_command.clone(),
-            standby: info.follow.as_ref().map(|f| Standby {
-                conninfo: f.conninfo.clone(),
-                passfile: PathBuf::from(TIMELINE_MOUNT).join("run").join(&f.passfile),
-                slot: f.slot.clone(),
-            }),
+            standby: info
+                .follow
+                .as_ref()
+                .filter(|f| f.mode.is_physical())
+                .map(|f| Standby {
+                    conninfo: f.conninfo.clone(),
+                    passfile: PathBuf::from(TIMELINE_MOUNT).join("run").join(&f.passfile),
+                    slot: f.slot.clone(),
+                }),
         }
     }
 }

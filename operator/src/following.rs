@@ -308,6 +308,8 @@ mod tests {
             conninfo: "postgresql://replicator@prod-db.prod.svc:5432/bank".into(),
             slot: Some("ramify".into()),
             passfile: "source.pass".into(),
+            mode: Default::default(),
+            publication: None,
             status,
         }
     }

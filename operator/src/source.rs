@@ -315,6 +315,7 @@ pub async fn read(
         conninfo: c.without_password,
         password: c.password,
         slot: ext.slot.clone(),
+        ..Default::default()
     }))
 }
 

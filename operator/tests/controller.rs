@@ -167,6 +167,8 @@ async fn create_timeline(
                 conninfo: f.conninfo.clone(),
                 slot: f.slot.clone(),
                 passfile: "source.pass".into(),
+                mode: f.mode,
+                publication: f.publication.clone(),
                 status: None,
             }),
             ..info(id, req.parent)

@@ -175,6 +175,62 @@ pub async fn follow_status(c: &Client) -> Result<ramify_api::FollowStatus, Contr
     })
 }
 
+/// The replication state of a logical follower's subscription `subscription`, in the
+/// terms of [`follow_status`]: its apply worker applies each change as it arrives, so
+/// what it received is what it applied; the source's position is the one its walsender
+/// last reported.
+pub async fn subscription_status(
+    c: &Client,
+    subscription: &str,
+) -> Result<ramify_api::FollowStatus, ControlError> {
+    let what = "subscription state";
+    let q = |source| ControlError::Query { what, source };
+    let row = c
+        .query_one(
+            "SELECT s.pid IS NOT NULL, s.received_lsn::text, s.latest_end_lsn::text, \
+                    s.last_msg_receipt_time, \
+                    extract(epoch FROM clock_timestamp() - s.last_msg_send_time)::float8 \
+             FROM (SELECT 1) one LEFT JOIN pg_stat_subscription s \
+               ON s.subname = $1 AND s.relid IS NULL",
+            &[&subscription],
+        )
+        .await
+        .map_err(q)?;
+    let lsn = |i: usize| -> Result<Option<Lsn>, ControlError> {
+        match row.try_get::<_, Option<String>>(i).map_err(q)? {
+            Some(s) => parse_lsn("replication LSN", s).map(Some),
+            None => Ok(None),
+        }
+    };
+    let streaming: Option<bool> = row.try_get(0).map_err(q)?;
+    let (received, reported) = (lsn(1)?, lsn(2)?);
+    let source = match (received, reported) {
+        (Some(r), Some(s)) => Some(r.max(s)),
+        (r, s) => r.or(s),
+    };
+    let lag_bytes = match (source, received) {
+        (Some(s), Some(r)) => Some(s.bytes_since(r)),
+        _ => None,
+    };
+    let lag_seconds = match lag_bytes {
+        Some(0) => Some(0.0),
+        _ => row
+            .try_get::<_, Option<f64>>(4)
+            .map_err(q)?
+            .map(|s| s.max(0.0)),
+    };
+    Ok(ramify_api::FollowStatus {
+        streaming: streaming.unwrap_or(false),
+        received_lsn: received,
+        replayed_lsn: received,
+        source_lsn: source,
+        lag_bytes,
+        lag_seconds,
+        last_received_at: row.try_get(3).map_err(q)?,
+        problem: None,
+    })
+}
+
 /// Writes a named restore point and commits a transaction with an xid after it, so the
 /// WAL holds a record past every position up to now and is flushed through it. Forks at a
 /// target near the end of WAL then always find their stopping record.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use ramify_api::{At, CreateTimeline, FollowSource, Lsn, TimelineInfo};
+use ramify_api::{At, CreateTimeline, FollowMode, FollowSource, Lsn, TimelineInfo};
 use ramify_testkit::Compute;
 use tokio::sync::Mutex;
 
@@ -25,7 +25,13 @@ struct Production {
 
 impl Production {
     async fn start(env: &Env) -> Production {
-        let dir = env.scratch.path().join("prod");
+        Production::start_with(env, "prod", false).await
+    }
+
+    /// A production database named `name`; at `wal_level = logical` when asked (set with
+    /// ALTER SYSTEM, which wins over the settings Ramify's compute writes, and a restart).
+    async fn start_with(env: &Env, name: &str, logical: bool) -> Production {
+        let dir = env.scratch.path().join(name);
         std::fs::create_dir(&dir).expect("production's directory");
         env.user.chown(&dir).expect("chown production's directory");
         let pg = Compute::start(
@@ -39,6 +45,15 @@ impl Production {
         )
         .await
         .expect("production Postgres");
+        let mut pg = pg;
+        if logical {
+            pg.execute("ALTER SYSTEM SET wal_level = logical")
+                .await
+                .unwrap();
+            pg.restart()
+                .await
+                .expect("production at wal_level = logical");
+        }
         pg.execute(&format!(
             "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{PASSWORD}'; \
              CREATE EXTENSION amcheck; \
@@ -72,6 +87,16 @@ impl Production {
             conninfo: self.conninfo(),
             password: Some(PASSWORD.into()),
             slot: slot.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    /// A source for a logical follower subscribing to `publication`.
+    fn logical(&self, publication: &str) -> FollowSource {
+        FollowSource {
+            mode: FollowMode::Logical,
+            publication: Some(publication.into()),
+            ..self.source(None)
         }
     }
 
@@ -370,6 +395,7 @@ async fn a_source_that_refuses_or_cannot_be_reached_is_named() {
         ),
         password: None,
         slot: None,
+        ..Default::default()
     })
     .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
@@ -394,6 +420,7 @@ async fn a_source_that_refuses_or_cannot_be_reached_is_named() {
             conninfo: conninfo.clone(),
             password: None,
             slot: None,
+            ..Default::default()
         })
         .await;
         assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{conninfo}: {e}");
@@ -543,6 +570,7 @@ impl Relay {
             conninfo: format!("postgresql://replicator@127.0.0.1:{}/postgres", self.port),
             password: Some(PASSWORD.into()),
             slot: slot.map(str::to_owned),
+            ..Default::default()
         }
     }
 }
@@ -733,4 +761,180 @@ async fn a_follower_follows_its_source_through_a_failover() {
     );
     let (_, after) = start_fork(&env, &tl, At::Latest).await;
     assert_eq!(check_bank(&after, "a fork after the failover").await, 2);
+}
+
+/// Waits until the logical follower `fc` holds at least `rows` ledger rows.
+async fn applied(env: &Env, tl: &TimelineInfo, fc: &Compute, rows: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = count(fc, "ledger").await;
+        if n >= rows {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the logical follower applied {n} of {rows} ledger rows within 60 s: {:?}\n{}",
+            follow_status(env, tl).await,
+            env.node.log_tail()
+        );
+        sleep_ms(100).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
+    let env = Env::new(3 << 30, &[]).await;
+    // A source at wal_level = replica is refused, naming the setting to change.
+    let replica = Production::start_with(&env, "replica", false).await;
+    replica
+        .pg
+        .execute("CREATE PUBLICATION bank FOR ALL TABLES")
+        .await
+        .unwrap();
+    let e = env
+        .client
+        .create_timeline(&CreateTimeline {
+            follow: Some(replica.logical("bank")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("wal_level = replica is refused");
+    assert_eq!(e.code(), Some("source_refused"), "{e}");
+    assert!(e.to_string().contains("wal_level = logical"), "{e}");
+    drop(replica);
+
+    let prod = Production::start_with(&env, "prod", true).await;
+    prod.pg
+        .execute(
+            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
+             GRANT SELECT ON accounts, ledger TO replicator",
+        )
+        .await
+        .unwrap();
+    let before = prod.catalog_counts().await;
+    let e = env
+        .client
+        .create_timeline(&CreateTimeline {
+            follow: Some(prod.logical("nosuch")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a missing publication is refused");
+    assert_eq!(e.code(), Some("source_refused"), "{e}");
+    assert!(e.to_string().contains("CREATE PUBLICATION nosuch"), "{e}");
+
+    let work = Workload::start(&prod).await;
+    sleep_ms(500).await;
+    let (tl, fc) = follower_of(&env, prod.logical("bank")).await;
+    let f = tl.follow.clone().expect("follow info");
+    assert_eq!(f.mode, FollowMode::Logical);
+    assert_eq!(f.publication.as_deref(), Some("bank"));
+    let slot = format!("ramify_{}", tl.id.simple());
+    assert_eq!(f.slot.as_deref(), Some(slot.as_str()));
+    assert!(
+        !serde_json::to_string(&tl).unwrap().contains(PASSWORD),
+        "the password must never be shown"
+    );
+    applied(&env, &tl, &fc, count(&prod.pg, "ledger").await).await;
+    let status = follow_status(&env, &tl).await.expect("subscription state");
+    assert!(status.streaming, "{status:?}");
+    assert!(status.last_received_at.is_some(), "{status:?}");
+
+    // At latest, under load: consistent, and at least what was committed before.
+    let floor = count(&prod.pg, "ledger").await;
+    applied(&env, &tl, &fc, floor).await;
+    let (latest, lc) = start_fork(&env, &tl, At::Latest).await;
+    let n = check_bank(&lc, "fork at latest").await;
+    assert!(
+        n >= floor,
+        "fork at latest has {n} transfers, fewer than {floor}"
+    );
+    // The fork carries the subscription but never runs it: no worker, no connection to
+    // the source, the slot stays the follower's.
+    assert_eq!(
+        query_text(&lc, "SHOW max_logical_replication_workers").await,
+        "0"
+    );
+    assert_eq!(
+        lc.query_i64("SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL")
+            .await
+            .unwrap(),
+        0
+    );
+    // A fork's role adopts the data; sequences were advanced past the copied rows, so the
+    // fork's own inserts do not collide with production's ids.
+    lc.execute("CREATE ROLE app LOGIN").await.unwrap();
+    lc.execute(&ramify_compute::roles::adopt_objects("app"))
+        .await
+        .unwrap();
+    lc.execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)")
+        .await
+        .expect("a fork of a logical follower takes new ledger ids");
+
+    // At a time: the follower's own history, so at most what production had committed
+    // by then, and consistent.
+    let (t, at_time) = {
+        let _paused = work.gate.lock().await;
+        sleep_ms(30).await;
+        let t = Utc::now();
+        sleep_ms(30).await;
+        (t, count(&prod.pg, "ledger").await)
+    };
+    applied(&env, &tl, &fc, at_time + 1).await;
+    let (_, tc) = start_fork(&env, &tl, At::Time(t)).await;
+    let m = check_bank(&tc, &format!("fork at {t}")).await;
+    assert!(
+        m <= at_time,
+        "fork at {t} has {m} transfers, more than the {at_time} committed by then"
+    );
+    assert!(
+        m >= floor,
+        "fork at {t} lost transfers the follower had at latest ({m} < {floor})"
+    );
+
+    let transfers = work.finish().await;
+    assert!(transfers > 100, "the workload ran ({transfers} transfers)");
+    // The follower kept applying through the forks and holds the invariants itself.
+    applied(&env, &tl, &fc, count(&prod.pg, "ledger").await).await;
+    assert_eq!(
+        check_bank(&fc, "the logical follower").await,
+        count(&prod.pg, "ledger").await
+    );
+    // A fork of the fork is an ordinary branch, and never subscribes either.
+    let (_, gc) = start_fork(&env, &latest, At::Latest).await;
+    assert_eq!(check_bank(&gc, "a fork of the fork").await, n + 1);
+    assert_eq!(
+        query_text(&gc, "SHOW max_logical_replication_workers").await,
+        "0"
+    );
+    // A second follower of the same source has a slot of its own (the one asked for);
+    // deleting it drops that slot on the source, which would otherwise keep WAL for ever.
+    let (second, mut sc) = follower_of(
+        &env,
+        FollowSource {
+            slot: Some("second_copy".into()),
+            ..prod.logical("bank")
+        },
+    )
+    .await;
+    applied(&env, &second, &sc, count(&prod.pg, "ledger").await).await;
+    let slots = "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots";
+    assert_eq!(
+        query_text(&prod.pg, slots).await,
+        format!("{slot},second_copy")
+    );
+    sc.stop().await.unwrap();
+    env.delete_all(&[second.id], false).await;
+    assert_eq!(query_text(&prod.pg, slots).await, slot);
+
+    // Production gained nothing but the subscription's slot.
+    assert_eq!(prod.catalog_counts().await, before);
+    assert_eq!(
+        query_text(
+            &prod.pg,
+            "SELECT string_agg(slot_name || ':' || slot_type, ',') FROM pg_replication_slots"
+        )
+        .await,
+        format!("{slot}:logical")
+    );
 }

@@ -77,7 +77,8 @@ impl Node {
         let started = Instant::now();
         let result = match req.parent {
             None => match &source {
-                Some(s) => self.create_follower(id, &req, s).await,
+                Some(s) if s.mode.is_physical() => self.create_follower(id, &req, s).await,
+                Some(s) => self.create_logical_follower(id, &req, s).await,
                 None => self.create_root(id, &req).await,
             },
             Some(parent) => self.fork(id, parent, &req).await,
@@ -167,11 +168,30 @@ impl Node {
             return self.commit(rec);
         };
         let t0 = Instant::now();
+        let (lsn, initdb_ms) = self.init_root(&mut rec, &dir, &initdb).await?;
+        let rec = self.commit(rec)?;
+        info!(
+            timeline = %id, %lsn, initdb_ms,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "created root timeline (initdb and base snapshot)"
+        );
+        Ok(rec)
+    }
+
+    /// `initdb` into the staging `dir` of a new root and its base snapshot (recorded in
+    /// `rec`). Returns the snapshot's LSN and how long initdb took.
+    pub(super) async fn init_root(
+        &self,
+        rec: &mut TimelineRecord,
+        dir: &TimelineDir,
+        initdb: &Path,
+    ) -> Result<(Lsn, u64), NodeError> {
+        let t0 = Instant::now();
         // The node runs as the Postgres OS user; as root (unsupported, warned at start-up)
         // initdb runs as that user instead.
         let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
         // No sync here: `commit` runs syncfs over the whole staging directory once.
-        ramify_compute::process::initdb_with(&initdb, &user, &dir.pgdata(), false).await?;
+        ramify_compute::process::initdb_with(initdb, &user, &dir.pgdata(), false).await?;
         let initdb_ms = t0.elapsed().as_millis() as u64;
         crate::failpoint::hit_async("root.after_initdb").await;
         let snap_dir = self
@@ -203,13 +223,7 @@ impl Node {
             after_lsn: Some(c.checkpoint),
             plain_start: true,
         });
-        let rec = self.commit(rec)?;
-        info!(
-            timeline = %id, lsn = %c.checkpoint, initdb_ms,
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "created root timeline (initdb and base snapshot)"
-        );
-        Ok(rec)
+        Ok((c.checkpoint, initdb_ms))
     }
 
     pub(super) async fn fork(
@@ -247,7 +261,7 @@ impl Node {
             // follow yet: the fork does not stop at a target but replays all the WAL it
             // was given, from the backup's label, and carries on the source's timeline
             // in an archive of its own.
-            Plan::Backup { port } if prec.request.follow.is_some() => Fork {
+            Plan::Backup { port } if super::follow::is_standby(&prec) => Fork {
                 recovery: RecoveryTarget::None,
                 ..self.fork_backup(&pdir, port, &dir, id).await?
             },
@@ -258,6 +272,9 @@ impl Node {
                     .await?
             }
         };
+        if self.below_logical_follower(parent) {
+            self.disable_apply_workers(&dir.pgdata())?;
+        }
         let build_ms = t0.elapsed().as_millis() as u64;
         crate::failpoint::hit_async("fork.after_build").await;
         // The fork's starting state is also its first snapshot: its own history (and
@@ -303,6 +320,27 @@ impl Node {
             warn!(timeline = %id, "fork made by FULL COPY: this filesystem has no reflinks");
         }
         Ok(rec)
+    }
+
+    /// Keeps a fork of a logical follower from ever running the subscription its
+    /// catalog carries (see `follow::logical`): `postgresql.auto.conf`, read after every
+    /// other settings file and writable only by superusers, says so. Written anew (the
+    /// parent's file is read, never written through, whatever a tenant left there).
+    fn disable_apply_workers(&self, pgdata: &Path) -> Result<(), NodeError> {
+        const AUTO: &str = "postgresql.auto.conf";
+        let pg = self.open_dir(pgdata)?;
+        let mut conf = pg.read(AUTO).unwrap_or_default();
+        if !String::from_utf8_lossy(&conf).contains(super::follow::logical::NO_APPLY_WORKERS) {
+            if !conf.is_empty() && !conf.ends_with(b"\n") {
+                conf.push(b'\n');
+            }
+            conf.extend_from_slice(super::follow::logical::NO_APPLY_WORKERS.as_bytes());
+        }
+        pg.write(AUTO, &conf, false).map_err(CloneError::from)?;
+        let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
+        user.chown(&pgdata.join(AUTO))
+            .map_err(ramify_compute::ProcessError::from)?;
+        Ok(())
     }
 
     /// Decides how to serve a fork of `prec` at `at`, or says why the target is invalid.
@@ -567,7 +605,7 @@ impl Node {
         // always finds the record it stops after. One shutting down is waited for: its
         // shutdown checkpoint is that record.
         // A following root is a hot standby: it writes nothing; its source's WAL goes on.
-        let writes = prec.request.follow.is_none();
+        let writes = !super::follow::is_standby(prec);
         if let Some(c) = self
             .connect_unless_stopping(prec.id)
             .await?

@@ -25,7 +25,7 @@ impl Node {
         validate_password(&creds.password).map_err(NodeError::Invalid)?;
         if self.record(id)?.request.follow.is_some() {
             return Err(NodeError::Conflict(format!(
-                "timeline {id} follows another Postgres as a read-only standby: its roles are its source's; fork it to get a branch with credentials of its own"
+                "timeline {id} follows another Postgres and has no credentials of its own (a physical follower's roles are its source's, a logical follower's data belongs to no login); fork it to get a branch with credentials of its own"
             )));
         }
         let Some(running) = self.running(id).await else {

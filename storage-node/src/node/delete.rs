@@ -34,6 +34,9 @@ impl Node {
                     "the compute of timeline {id} started again while it was being deleted; stop it and retry"
                 )));
             }
+            // Its compute is stopped: a logical follower's slot on its source goes first,
+            // while its password file is still there.
+            self.release_source_slot(&self.record(id)?).await;
             let _m = self.meta_write.lock().await;
             let mut rec = self.record(id)?;
             rec.phase = Phase::Deleting;

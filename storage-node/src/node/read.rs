@@ -49,7 +49,7 @@ impl Node {
         rec: &TimelineRecord,
         c: &tokio_postgres::Client,
     ) -> Result<Lsn, ControlError> {
-        if rec.request.follow.is_some() {
+        if super::follow::is_standby(rec) {
             control::replay_lsn(c).await
         } else {
             control::flush_lsn(c).await

@@ -34,7 +34,7 @@ impl Node {
                     "timeline {id} has no running compute; a restore point is written by its Postgres, so start it first"
                 )));
             };
-            if rec.request.follow.is_some() {
+            if super::follow::is_standby(&rec) {
                 return Err(NodeError::Conflict(format!(
                     "timeline {id} follows another Postgres and writes no WAL of its own: fork it at an LSN or a time of what it followed, or take a snapshot"
                 )));

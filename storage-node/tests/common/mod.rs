@@ -95,8 +95,9 @@ impl Env {
 
     /// [`Env::start`] with extra Postgres settings.
     pub async fn start_with(&self, tl: &TimelineInfo, params: &[(&str, &str)]) -> Compute {
-        if let Some(f) = &tl.follow {
-            // A following root: a hot standby of its source, as the runtimes start it.
+        if let Some(f) = tl.follow.as_ref().filter(|f| f.mode.is_physical()) {
+            // A physical following root: a hot standby of its source, as the runtimes
+            // start it.
             let run_dir = Path::new(&tl.run_dir);
             let settings = ramify_compute::ComputeSettings {
                 port: ramify_testkit::free_port(),

@@ -1,0 +1,589 @@
+//! Logical following: for a source that allows no replication connection for a physical
+//! copy (a managed service) or runs another Postgres major. The root is an ordinary
+//! cluster (`initdb`, its base snapshot) into which the node loads the source's schema
+//! (`pg_dump --schema-only`) and creates one subscription to the source's publication,
+//! copying its tables and then applying its changes as they commit. Its compute is an
+//! ordinary primary; its history is ordinary WAL, so forks of it are ordinary forks.
+//!
+//! What logical replication does not carry, and the follower therefore lacks: DDL after
+//! the copy (a schema change on the source stops the apply until the follower's schema
+//! is changed alike), sequences (a fork advances each sequence a column owns past the
+//! column's largest value), large objects, and roles (its objects belong to the
+//! bootstrap superuser, and a fork's role adopts them).
+//!
+//! A fork carries the subscription in its catalog: every timeline below a logical
+//! follower starts with `max_logical_replication_workers = 0` in its own
+//! `postgresql.auto.conf`, so no fork ever connects to the source or takes the slot.
+
+use std::process::Stdio;
+
+use ramify_api::FollowSource;
+use ramify_compute::settings::append_conninfo;
+use ramify_compute::{ComputeSettings, PgBin, PgUser, StopMode};
+
+use super::super::*;
+use super::*;
+
+/// The subscription's name in the follower (one per follower).
+pub const SUBSCRIPTION: &str = "ramify_follow";
+
+/// The line every timeline below a logical follower carries in `postgresql.auto.conf`.
+pub(in crate::node) const NO_APPLY_WORKERS: &str =
+    "# Written by ramify-storage: this timeline descends from a logical follower, whose\n\
+# subscription its catalog carries. It must never connect to the source or take the\n\
+# follower's slot.\n\
+max_logical_replication_workers = 0\n";
+
+/// How long the temporary Postgres that loads the schema may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the node learnt from the source before copying it.
+#[derive(Debug)]
+struct LogicalFacts {
+    major: u32,
+}
+
+impl Node {
+    /// A root that follows `source` logically: checks, `initdb` and the base snapshot,
+    /// then with a temporary Postgres on the staging directory the source's schema, the
+    /// subscription, and the initial copy of every published table.
+    pub(in crate::node) async fn create_logical_follower(
+        &self,
+        id: TimelineId,
+        req: &CreateTimeline,
+        source: &FollowSource,
+    ) -> Result<TimelineRecord, NodeError> {
+        let (bin, initdb) = self.follow_bin()?;
+        let publication = source
+            .publication
+            .as_deref()
+            .ok_or_else(|| NodeError::Invalid("a logical follower needs \"publication\"".into()))?;
+        let slot = slot_name(id, source);
+        let facts = self
+            .check_logical_source(&bin, source, publication, &slot)
+            .await?;
+        let mut rec = self.begin(id, req)?;
+        let dir = TimelineDir(self.layout.creating(id));
+        let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
+        write_passfile(&dir.run().join(PASSFILE), source.password.as_deref(), &user)?;
+        let t0 = Instant::now();
+        self.init_root(&mut rec, &dir, &initdb).await?;
+        // Sockets only, in a 0700 directory of its own under the system's temporary
+        // directory: the timeline's path may be longer than a socket path may be.
+        let sockets = tempfile::Builder::new()
+            .prefix("ramify-load-")
+            .tempdir()
+            .map_err(io_op("make the schema loader's socket directory"))?;
+        user.chown(sockets.path())
+            .map_err(ramify_compute::ProcessError::from)?;
+        let settings = ComputeSettings {
+            port: 5432,
+            listen_addresses: String::new(),
+            run_dir: sockets.path().to_path_buf(),
+            archive_command: wal::archive_command(),
+            parameters: Default::default(),
+            standby: None,
+        };
+        let running =
+            ramify_compute::process::start(&bin, &user, &dir.pgdata(), &settings, START_TIMEOUT)
+                .await?;
+        let loaded = self
+            .load_and_subscribe(id, &bin, &user, source, publication, &slot, &settings)
+            .await;
+        let mode = if loaded.is_ok() {
+            StopMode::Fast
+        } else {
+            StopMode::Immediate
+        };
+        let stopped = running.stop(&bin, &user, mode).await;
+        self.set_copy_progress(id, None);
+        if let Err(e) = &loaded {
+            // The subscription may have made its slot before the copy failed: a slot
+            // nobody reads would make the source keep WAL for ever.
+            if let Err(d) = drop_source_slot(&bin, source, &slot).await {
+                warn!(timeline = %id, error = %e, drop_error = %d, "{}", slot_left(&slot));
+            }
+        }
+        let copied = loaded?;
+        stopped?;
+        let rec = self.commit(rec)?;
+        info!(
+            timeline = %id, source = %source.conninfo, publication, slot, source_major = facts.major,
+            tables = copied, elapsed_ms = t0.elapsed().as_millis() as u64,
+            "created logical following root (schema, subscription, initial copy)"
+        );
+        Ok(rec)
+    }
+
+    /// Loads the source's schema into the database its URI names, subscribes, and waits
+    /// for every table's initial copy. Returns the number of tables copied.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_and_subscribe(
+        &self,
+        id: TimelineId,
+        bin: &PgBin,
+        user: &PgUser,
+        source: &FollowSource,
+        publication: &str,
+        slot: &str,
+        settings: &ComputeSettings,
+    ) -> Result<usize, NodeError> {
+        let database = ramify_api::names::uri_database(&source.conninfo);
+        let run = &settings.run_dir;
+        let c = control::connect(run, settings.port).await?;
+        if database != "postgres" {
+            c.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
+                .await
+                .map_err(|e| query_error("create the source's database", e))?;
+        }
+        // The schema, without owners, grants, publications or subscriptions: the source's
+        // roles do not exist here.
+        let pg_dump = bin
+            .tool("pg_dump")
+            .ok_or_else(|| NodeError::Conflict("pg_dump not found next to initdb".into()))?;
+        let mut dump = tokio::process::Command::new(pg_dump);
+        dump.args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+            "--no-subscriptions",
+            "--no-tablespaces",
+            "--no-security-labels",
+            "--no-password",
+            "-d",
+        ])
+        .arg(append_conninfo(
+            &source.conninfo,
+            &[("application_name", "ramify-schema")],
+        ));
+        source_env(&mut dump, source);
+        let out = dump
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_op("run pg_dump --schema-only"))?;
+        if !out.status.success() {
+            return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
+        }
+        let schema = run.join("source-schema.sql");
+        std::fs::write(&schema, &out.stdout).map_err(io_op("write the source's schema"))?;
+        user.chown(&schema)
+            .map_err(ramify_compute::ProcessError::from)?;
+        let psql = bin
+            .psql()
+            .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
+        let mut load = tokio::process::Command::new(psql);
+        load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(run)
+            .args(["-p", &settings.port.to_string(), "-U", control::SUPERUSER])
+            .args(["-d", &database, "-f"])
+            .arg(&schema);
+        user.apply_tokio(&mut load);
+        let out = load
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_op("run psql to load the schema"))?;
+        let _ = std::fs::remove_file(&schema);
+        if !out.status.success() {
+            return Err(NodeError::Source {
+                unreachable: false,
+                message: format!(
+                    "the source's schema does not load into Postgres {} here (an extension this node lacks?): {}",
+                    bin.major_version().unwrap_or(0),
+                    compute_tail(&String::from_utf8_lossy(&out.stderr))
+                ),
+            });
+        }
+        // The subscription names the password file relative to the data directory (a
+        // backend's working directory), so the same catalog works wherever the
+        // timeline is mounted; a fork's run directory has no such file.
+        let conninfo = append_conninfo(
+            &source.conninfo,
+            &[
+                ("passfile", &format!("../run/{PASSFILE}")),
+                ("application_name", "ramify"),
+                ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
+            ],
+        );
+        let db = control::connect_db(run, settings.port, &database).await?;
+        let log = run.join(ramify_compute::process::SERVER_LOG);
+        let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        db.batch_execute(&format!(
+            "CREATE SUBSCRIPTION {SUBSCRIPTION} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = true)",
+            quote_literal(&conninfo),
+            quote_ident(publication),
+            quote_literal(slot),
+        ))
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(d) => source_error(d.message()),
+            None => query_error("create the subscription", e),
+        })?;
+        // The copy is done when every table is ready ('r'); an apply or copy worker's
+        // error (a table missing here, a constraint the data breaks) fails the create.
+        let started_at = Utc::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let row = db
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE srsubstate <> 'r'), count(*), pg_database_size(current_database()) \
+                     FROM pg_subscription_rel",
+                    &[],
+                )
+                .await
+                .map_err(|e| query_error("read the initial copy's progress", e))?;
+            let (pending, tables, bytes): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            self.set_copy_progress(
+                id,
+                Some(CopyProgress {
+                    done_bytes: bytes.max(0) as u64,
+                    started_at,
+                }),
+            );
+            if pending == 0 {
+                return Ok(tables as usize);
+            }
+            if let Some(error) = worker_error(&log, log_from) {
+                return Err(NodeError::Source {
+                    unreachable: false,
+                    message: format!(
+                        "the initial copy of publication {publication:?} failed: {error}"
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Connects to the source as the subscription will (an ordinary connection, not a
+    /// replication one): its major, `wal_level`, the role's REPLICATION attribute, the
+    /// publication, and that the slot's name is free.
+    async fn check_logical_source(
+        &self,
+        bin: &PgBin,
+        source: &FollowSource,
+        publication: &str,
+        slot: &str,
+    ) -> Result<LogicalFacts, NodeError> {
+        let psql = bin
+            .psql()
+            .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
+        let conninfo = append_conninfo(
+            &source.conninfo,
+            &[
+                ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
+                ("application_name", "ramify-check"),
+            ],
+        );
+        let mut cmd = tokio::process::Command::new(psql);
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(&conninfo)
+            .args([
+                "-c",
+                "SHOW server_version_num",
+                "-c",
+                "SHOW wal_level",
+                "-c",
+                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                "-c",
+                &format!(
+                    "SELECT count(*) FROM pg_publication WHERE pubname = {}",
+                    quote_literal(publication)
+                ),
+                "-c",
+                &format!(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+                    quote_literal(slot)
+                ),
+            ]);
+        source_env(&mut cmd, source);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_op("run psql to check the source"))?;
+        if !out.status.success() {
+            return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let value = |i: usize| lines.get(i).copied().unwrap_or("");
+        let refused = |message: String| NodeError::Source {
+            unreachable: false,
+            message,
+        };
+        let major = value(0).parse::<u32>().map(|v| v / 10000).map_err(|_| {
+            NodeError::Conflict(format!(
+                "the source answered an unreadable server_version_num {:?}",
+                value(0)
+            ))
+        })?;
+        let ours = bin
+            .major_version()
+            .map_err(|e| NodeError::Conflict(format!("Postgres binaries: {e}")))?;
+        if major > ours {
+            return Err(refused(format!(
+                "the source runs Postgres {major}, newer than this node's Postgres {ours}: pg_dump {ours} cannot read its schema (use a node with Postgres {major} or newer)"
+            )));
+        }
+        if major < 10 {
+            return Err(refused(format!(
+                "the source runs Postgres {major}: logical replication needs Postgres 10 or newer"
+            )));
+        }
+        if value(1) != "logical" {
+            return Err(refused(format!(
+                "the source has wal_level = {}: logical following needs wal_level = logical (ALTER SYSTEM SET wal_level = logical and restart it; on RDS set rds.logical_replication = 1, on Cloud SQL cloudsql.logical_decoding = on)",
+                value(1)
+            )));
+        }
+        if value(2) != "t" {
+            return Err(refused(
+                "the source's role may not replicate: ALTER ROLE ... REPLICATION on the source (on RDS: GRANT rds_replication TO it)".into(),
+            ));
+        }
+        if value(3) != "1" {
+            return Err(refused(format!(
+                "the source has no publication {publication:?}: CREATE PUBLICATION {publication} FOR ALL TABLES (or FOR TABLE ...) on it"
+            )));
+        }
+        if value(4) != "0" {
+            return Err(refused(format!(
+                "a replication slot {slot:?} already exists on the source: a logical follower makes its own (name another slot, or drop that one if nothing uses it)"
+            )));
+        }
+        Ok(LogicalFacts { major })
+    }
+}
+
+impl Node {
+    /// Drops a deleted logical follower's slot on its source (its compute is stopped, so
+    /// the slot is let go of within moments): a slot nobody reads makes the source keep
+    /// its WAL for ever. A source that cannot be reached does not stop the deletion; the
+    /// log then names the command to run there.
+    pub(in crate::node) async fn release_source_slot(&self, rec: &TimelineRecord) {
+        let Some(source) = rec
+            .request
+            .follow
+            .as_ref()
+            .filter(|f| !f.mode.is_physical())
+        else {
+            return;
+        };
+        let slot = slot_name(rec.id, source);
+        let password = self
+            .open_dir(&self.dir(rec.id).run())
+            .and_then(|d| d.read(PASSFILE).map_err(|e| CloneError::from(e).into()))
+            .ok()
+            .and_then(|b| passfile_password(&String::from_utf8_lossy(&b)));
+        let source = FollowSource {
+            password,
+            ..source.clone()
+        };
+        let dropped = match self.follow_bin() {
+            Ok((bin, _)) => drop_source_slot(&bin, &source, &slot).await,
+            Err(e) => Err(e),
+        };
+        match dropped {
+            Ok(()) => {
+                info!(timeline = %rec.id, slot, "dropped the logical follower's slot on its source")
+            }
+            Err(e) => warn!(timeline = %rec.id, error = %e, "{}", slot_left(&slot)),
+        }
+    }
+}
+
+/// Drops `slot` on the source once no walsender holds it (a subscriber that just
+/// stopped lets go within moments); a slot that is already gone is fine.
+async fn drop_source_slot(bin: &PgBin, source: &FollowSource, slot: &str) -> Result<(), NodeError> {
+    let psql = bin
+        .psql()
+        .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
+    let conninfo = append_conninfo(
+        &source.conninfo,
+        &[
+            ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
+            ("application_name", "ramify-cleanup"),
+        ],
+    );
+    let slot = quote_literal(slot);
+    let mut last = String::new();
+    for _ in 0..DROP_SLOT_TRIES {
+        let mut cmd = tokio::process::Command::new(&psql);
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(&conninfo)
+            .args([
+                "-c",
+                &format!(
+                    "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = {slot} AND NOT active"
+                ),
+                "-c",
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = {slot}"),
+            ]);
+        source_env(&mut cmd, source);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_op("run psql to drop the slot"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && stdout.lines().map(str::trim).next_back() == Some("0") {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Unreachable or refused: no point in waiting.
+        if !out.status.success() && !last.contains("is active") {
+            return Err(source_error(&last));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(NodeError::Conflict(format!(
+        "the slot is still in use on the source {}",
+        compute_tail(&last)
+    )))
+}
+
+/// What the log says when a logical follower's slot could not be dropped.
+fn slot_left(slot: &str) -> String {
+    format!(
+        "replication slot {slot} is left on the source: drop it there (SELECT pg_drop_replication_slot('{slot}')) or it keeps WAL for a follower that is gone"
+    )
+}
+
+/// The password of the follower's password file (one `*:*:*:*:password` line).
+fn passfile_password(text: &str) -> Option<String> {
+    let rest = text.lines().next()?.strip_prefix("*:*:*:*:")?;
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// How often a deleted follower's slot is tried before it is left (every 0.5 s).
+const DROP_SLOT_TRIES: u32 = 20;
+
+/// The slot the subscription makes on the source: the one asked for, or one named after
+/// the timeline so that two followers of one source never share one.
+pub(super) fn slot_name(id: TimelineId, source: &FollowSource) -> String {
+    source
+        .slot
+        .clone()
+        .unwrap_or_else(|| format!("ramify_{}", id.simple()))
+}
+
+/// The first error a logical replication worker logged since `from`, if any.
+fn worker_error(log: &Path, from: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let new = String::from_utf8_lossy(text.get(from as usize..)?).into_owned();
+    new.lines()
+        .find(|l| l.contains("ERROR:"))
+        .map(|l| l.split("ERROR:").nth(1).unwrap_or(l).trim().to_owned())
+}
+
+/// Why a logical follower is not applying, from the last error in its compute's log,
+/// with what to do about it.
+pub(super) fn diagnose_log(log: &str) -> String {
+    let Some(error) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("ERROR:") || l.contains("FATAL:"))
+        .map(|l| {
+            l.split_once("ERROR:")
+                .or_else(|| l.split_once("FATAL:"))
+                .map_or(l, |(_, m)| m)
+                .trim()
+        })
+    else {
+        return "the subscription's worker is not running and logged no error yet: it retries every few seconds".into();
+    };
+    let hint = if error.contains("password authentication failed")
+        || error.contains("no password supplied")
+    {
+        "the source refused the password: recreate the follower with the right one"
+    } else if error.contains("does not exist") && error.contains("replication slot") {
+        "the slot was dropped on the source: recreate the follower (a new initial copy)"
+    } else if error.contains("logical replication target relation")
+        || error.contains("missing replicated column")
+        || error.contains("is missing some replicated columns")
+    {
+        "the source's schema changed (DDL is not replicated): recreate the follower to copy the new schema"
+    } else if error.contains("could not connect") || error.contains("could not receive") {
+        "the source is unreachable: the worker reconnects by itself once it answers"
+    } else {
+        "the worker retries every few seconds"
+    };
+    format!("{error} — {hint}")
+}
+
+fn query_error(what: &str, e: tokio_postgres::Error) -> NodeError {
+    NodeError::Io {
+        op: what.to_owned(),
+        source: io::Error::other(match e.as_db_error() {
+            Some(d) => d.message().to_owned(),
+            None => e.to_string(),
+        }),
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_is_the_one_asked_for_or_the_timelines_own() {
+        let id: TimelineId = "0b9a1c54-3f43-4e0a-9d57-8f0d2f5a8e11".parse().unwrap();
+        let mut s = FollowSource::default();
+        assert_eq!(slot_name(id, &s), "ramify_0b9a1c543f434e0a9d578f0d2f5a8e11");
+        assert!(slot_name(id, &s).len() <= 63);
+        s.slot = Some("prod_copy".into());
+        assert_eq!(slot_name(id, &s), "prod_copy");
+    }
+
+    #[test]
+    fn the_password_file_reads_back_what_was_written() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(PASSFILE);
+        let user = PgUser::resolve(None).unwrap();
+        write_passfile(&path, Some(r"a:b\c"), &user).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(passfile_password(&text).as_deref(), Some(r"a:b\c"));
+        assert_eq!(passfile_password(""), None);
+    }
+
+    #[test]
+    fn a_workers_error_is_found_after_the_offset_only() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("postgres.log");
+        std::fs::write(&log, "old ERROR:  before\n").unwrap();
+        let from = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(worker_error(&log, from), None);
+        std::fs::write(
+            &log,
+            "old ERROR:  before\n2026 [7] ERROR:  relation \"public.t\" does not exist\n",
+        )
+        .unwrap();
+        assert_eq!(
+            worker_error(&log, from).as_deref(),
+            Some("relation \"public.t\" does not exist")
+        );
+    }
+}
