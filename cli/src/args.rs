@@ -679,19 +679,42 @@ pub struct CreateArgs {
     #[arg(long)]
     pub protected: bool,
 
-    /// Make a root that follows this Postgres as a read-only hot standby (physical
-    /// replication), instead of an empty one: a URI such as
+    /// Make a root that follows this Postgres instead of an empty one: a URI such as
     /// postgresql://replicator@db.example:5432/postgres naming a role with REPLICATION.
     /// The password comes from the URI, --password-file, or PGPASSFILE/~/.pgpass; it is
     /// never stored with the branch or echoed. Fork the follower to get writable
-    /// branches of production. The source must run the same Postgres major version.
+    /// branches of production. Physical (the default) copies the whole cluster and
+    /// streams its WAL as a hot standby: same Postgres major. Logical (--mode logical
+    /// --publication P) copies the schema and subscribes: for managed services and other
+    /// majors; DDL and sequences are not replicated.
     #[arg(long, value_name = "URI", conflicts_with_all = ["parent", "suspend_after", "expires_in", "expires_at"])]
     pub follow: Option<String>,
 
-    /// With --follow: a physical replication slot on the source (made when missing), so
-    /// it keeps the WAL the follower has not received yet — also while it is down.
+    /// With --follow: a replication slot on the source, so it keeps the WAL the
+    /// follower has not received yet — also while it is down. Physical: made when
+    /// missing. Logical: always made by the subscription (default ramify_<timeline>).
     #[arg(long, value_name = "NAME", requires = "follow")]
     pub slot: Option<String>,
+
+    /// With --follow: physical (a hot standby of the whole cluster) or logical (a
+    /// subscription to --publication).
+    #[arg(
+        long,
+        value_name = "MODE",
+        requires = "follow",
+        default_value = "physical"
+    )]
+    pub mode: ramify_api::FollowMode,
+
+    /// With --mode logical: the source's publication to subscribe to (CREATE
+    /// PUBLICATION NAME FOR ALL TABLES on the source).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "follow",
+        required_if_eq("mode", "logical")
+    )]
+    pub publication: Option<String>,
 
     /// With --follow: a file whose first line is the source's password.
     #[arg(long, value_name = "FILE", requires = "follow")]

@@ -26,6 +26,7 @@ pub fn source(
         conninfo,
         password,
         slot,
+        ..Default::default()
     })
 }
 

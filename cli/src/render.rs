@@ -221,6 +221,13 @@ pub fn follow_state(f: &ramify_api::FollowInfo) -> String {
 /// The `branch get` lines of a following root: its source and replication state.
 fn follow_details(f: &ramify_api::FollowInfo, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
     let mut pairs = vec![("follows", f.conninfo.clone())];
+    pairs.push((
+        "mode",
+        match &f.publication {
+            Some(p) => format!("{} (publication {p})", f.mode),
+            None => f.mode.to_string(),
+        },
+    ));
     if let Some(slot) = &f.slot {
         pairs.push(("slot", slot.clone()));
     }

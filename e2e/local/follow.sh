@@ -4,7 +4,8 @@
 # running transfers that move money between two accounts and write a ledger row), a root
 # that follows it (`ramify branch create prod --follow URI --slot …`), forks of it at
 # latest, an LSN and a time taken under load, a daemon restart, a reset that pulls the
-# newest production state, and bad input. Run by `make test`.
+# newest production state, and bad input; then a logical follower (`--mode logical
+# --publication bank`) and its forks. Run by `make test`.
 #
 #   e2e/local/follow.sh [path/to/ramify]
 set -euo pipefail
@@ -23,7 +24,7 @@ mkdir -p "$PROD_DIR"
 PROD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "${AS[@]}" initdb -D "$PROD_DIR/pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 "${AS[@]}" pg_ctl -D "$PROD_DIR/pgdata" -l "$PROD_DIR/log" -w \
-  -o "-p $PROD_PORT -k $PROD_DIR -c listen_addresses=127.0.0.1" start >/dev/null
+  -o "-p $PROD_PORT -k $PROD_DIR -c listen_addresses=127.0.0.1 -c wal_level=logical" start >/dev/null
 stop_prod() { "${AS[@]}" pg_ctl -D "$PROD_DIR/pgdata" -m fast -w stop >/dev/null 2>&1 || true; }
 trap 'kill "${LOAD:-0}" 2>/dev/null || true; stop_prod; cleanup' EXIT
 PROD="host=$PROD_DIR port=$PROD_PORT user=postgres dbname=postgres"
@@ -34,7 +35,8 @@ q "$PROD" -c "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '$SECRET';
               INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 100) g;
               CREATE TABLE ledger (id bigserial PRIMARY KEY, src int NOT NULL, dst int NOT NULL,
                                    amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-              GRANT SELECT ON accounts, ledger TO reader"
+              GRANT SELECT ON accounts, ledger TO reader, replicator;
+              CREATE PUBLICATION bank FOR TABLE accounts, ledger"
 cat >"$WORK/transfer.sql" <<'SQL'
 \set src random(1, 100)
 \set dst random(1, 100)
@@ -127,6 +129,30 @@ fails_with "--follow wants a URI" "takes a URI" "$RAMIFY" branch create x --foll
 fails_with "a wrong password is named, not echoed" "password authentication failed" "$RAMIFY" branch create x --follow "postgresql://replicator:nope@127.0.0.1:$PROD_PORT/postgres"
 fails_with "an unreachable source is named" "check that the source runs" "$RAMIFY" branch create x --follow "postgresql://replicator@127.0.0.1:1/postgres"
 check "a refused create leaves no branch" bash -c '! "$1" branch get x >/dev/null 2>&1' _ "$RAMIFY"
+
+echo "# 5. a logical follower: the schema, a subscription to a publication, forks"
+fails_with "--mode logical wants a publication" "required arguments were not provided" "$RAMIFY" branch create x --follow "$URI" --password-file <(echo "$SECRET") --mode logical
+fails_with "a publication production lacks is named, with the command that makes it" "CREATE PUBLICATION nosuch" "$RAMIFY" branch create x --follow "$URI" --password-file <(echo "$SECRET") --mode logical --publication nosuch
+out=$("$RAMIFY" branch create prod-l --follow "$URI" --password-file <(echo "$SECRET") --mode logical --publication bank 2>&1) || { echo "$out"; tail -20 "$RAMIFY_DATA_DIR/ramify.log" 2>/dev/null; exit 1; }
+check "create --mode logical names the source" grep -q "following $URI" <<<"$out"
+check "branch get shows the mode, the publication and the subscription's slot" bash -c 'o=$("$1" branch get prod-l); grep -q "mode: *logical (publication bank)" <<<"$o" && grep -Eq "slot: *ramify_[0-9a-f]{32}" <<<"$o"' _ "$RAMIFY"
+lfollowing() { "$RAMIFY" branch get prod-l -o json | json '["following"].get("status", {}).get("streaming")' | grep -q True; }
+check "the logical follower applies production's changes" wait_until 30 lfollowing
+before=$(q "$PROD" -c "SELECT count(*) FROM ledger")
+sleep 2
+"$RAMIFY" branch create pr-l --parent prod-l >/dev/null
+PRL=$(connect pr-l)
+check "a fork of the logical follower holds the invariants" bank_ok "$PRL"
+check "and has the transfers committed before it" test "$(q "$PRL" -c 'SELECT count(*) FROM ledger')" -ge "$before"
+check "and is clean under pg_amcheck" amcheck_ok pr-l
+check "its sequences were advanced: its own inserts take new ids" q "$PRL" -c "INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)"
+check "it never runs the subscription its catalog carries" test "$(q "$PRL" -c "SHOW max_logical_replication_workers")" = 0
+newest=$(q "$PROD" -c "SELECT max(id) FROM ledger")
+sleep 2
+"$RAMIFY" branch reset pr-l >/dev/null
+check "a reset of the fork pulls production's newer transfers" test "$(q "$PRL" -c "SELECT max(id) FROM ledger WHERE src <> dst OR amount <> 0")" -ge "$newest"
+check "production has one logical slot for it, beside the physical one" test "$(q "$PROD" -c "SELECT string_agg(slot_type, ',' ORDER BY slot_type) FROM pg_replication_slots")" = logical,physical
+"$RAMIFY" branch delete pr-l >/dev/null
 
 kill "$LOAD" 2>/dev/null || true
 wait "$LOAD" 2>/dev/null || true

@@ -2,6 +2,7 @@
 //! protect, unprotect, expire.
 
 use chrono::{DateTime, Utc};
+use ramify_api::FollowSource;
 use ramify_lifecycle::{CreateBranch, Expiry, RestoreBranch, UpdateBranch};
 use serde::Serialize;
 
@@ -22,11 +23,11 @@ struct Connection<'a> {
 /// The request `branch create` sends; a relative expiry counts from `now`.
 pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> anyhow::Result<CreateBranch> {
     let follow = match &args.follow {
-        Some(uri) => Some(crate::follow::source(
-            uri,
-            args.slot.clone(),
-            args.password_file.as_deref(),
-        )?),
+        Some(uri) => Some(FollowSource {
+            mode: args.mode,
+            publication: args.publication.clone(),
+            ..crate::follow::source(uri, args.slot.clone(), args.password_file.as_deref())?
+        }),
         None => None,
     };
     Ok(CreateBranch {
@@ -162,6 +163,8 @@ mod tests {
                 protected: false,
                 follow: None,
                 slot: None,
+                mode: Default::default(),
+                publication: None,
                 password_file: None,
                 wait: crate::args::WaitArgs {
                     wait: false,
@@ -186,6 +189,8 @@ mod tests {
                 protected: true,
                 follow: Some("postgresql://rep:pw@db/postgres".into()),
                 slot: Some("s1".into()),
+                mode: Default::default(),
+                publication: None,
                 password_file: None,
                 wait: crate::args::WaitArgs {
                     wait: false,
