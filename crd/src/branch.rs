@@ -123,13 +123,14 @@ pub struct ParentRef {
 #[serde(rename_all = "camelCase")]
 pub struct BranchSource {
     /// An existing Postgres outside Ramify: the branch is a copy of it that keeps
-    /// following it (streaming replication), readable and forkable at any point since.
+    /// following it (streaming or logical replication), forkable at any point since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalSource>,
 }
 
-/// The external Postgres a following branch streams from.
+/// The external Postgres a following branch copies and keeps following.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("(has(self.mode) && self.mode == 'logical') == has(self.publication)").message("spec.source.external: mode logical needs publication (the source's publication to subscribe to); physical takes none"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalSource {
     /// The key of a Secret in the branch's namespace holding the source's libpq
@@ -137,18 +138,25 @@ pub struct ExternalSource {
     /// network host) for a role with the REPLICATION attribute. The operator passes the
     /// password to the storage node apart from the rest; it never shows it.
     pub connection_secret_ref: SecretKeyRef,
-    /// How to follow: `physical` (streaming replication of the whole cluster, the
-    /// default). `logical` is not supported yet.
+    /// How to follow: `physical` (the default: a copy of the whole cluster kept current
+    /// by streaming replication; same Postgres major) or `logical` (the source's schema
+    /// and a subscription to `publication`: for managed services without physical
+    /// replication; DDL is not replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == 'physical'").message("spec.source.external.mode: logical replication is not supported yet; use physical (streaming replication of the whole cluster)"))]
     pub mode: Option<ReplicationMode>,
-    /// A physical replication slot on the source, so that it keeps the WAL the branch has
-    /// not received yet (made when missing). Without one, a branch that falls behind by
-    /// more than the source's `wal_keep_size` must be recreated. Deleting the branch
-    /// leaves the slot on the source: drop it there.
+    /// A replication slot on the source, so that it keeps the WAL the branch has not
+    /// received yet. Physical: optional, made when missing; without one, a branch that
+    /// falls behind by more than the source's `wal_keep_size` must be recreated, and
+    /// deleting the branch leaves the slot on the source. Logical: the subscription always
+    /// makes one (default `ramify_<timeline>`) and deleting the branch drops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
     pub slot: Option<String>,
+    /// With `mode: logical`: the publication on the source to subscribe to (`CREATE
+    /// PUBLICATION bank FOR ALL TABLES` there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub publication: Option<String>,
 }
 
 /// A key of a Secret in the same namespace.
@@ -171,8 +179,26 @@ pub enum ReplicationMode {
     /// Streaming replication: the branch is a hot standby of the whole source cluster.
     #[default]
     Physical,
-    /// Logical replication of chosen tables (not supported yet).
+    /// Logical replication: the source's schema, then a subscription to a publication.
     Logical,
+}
+
+impl From<ReplicationMode> for ramify_api::FollowMode {
+    fn from(m: ReplicationMode) -> Self {
+        match m {
+            ReplicationMode::Physical => ramify_api::FollowMode::Physical,
+            ReplicationMode::Logical => ramify_api::FollowMode::Logical,
+        }
+    }
+}
+
+impl From<ramify_api::FollowMode> for ReplicationMode {
+    fn from(m: ramify_api::FollowMode) -> Self {
+        match m {
+            ramify_api::FollowMode::Physical => ReplicationMode::Physical,
+            ramify_api::FollowMode::Logical => ReplicationMode::Logical,
+        }
+    }
 }
 
 /// A point in the parent's history: at most one of the fields.
@@ -311,6 +337,12 @@ pub struct FollowingStatus {
     /// The replication slot it streams from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// `physical` (a hot standby) or `logical` (a subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ReplicationMode>,
+    /// The publication a logical follower subscribes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
     /// Whether WAL is streaming from the source now (absent while the compute starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streaming: Option<bool>,

@@ -14,7 +14,11 @@
 # 3. `preview`, a fork of mirror in $NS_V (mirror shares with it), under load: Ready, the
 #    bank's invariants hold, it holds every transfer committed on production before it
 #    was asked for and none committed after it was Ready, and its own role writes.
-# 4. Both are deleted; mirror's deletion names the slot it leaves on production.
+# 4. `mirror-l` follows production logically (mode: logical, publication bank); its fork
+#    `preview-l` in $NS_V is Ready, consistent, within the transfers committed around it,
+#    writable (its sequences were advanced), and never runs the subscription.
+# 5. All are deleted; mirror's deletion names the slot it leaves on production, and
+#    mirror-l's slot is dropped there by the storage node.
 
 PROD_PW="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')"
 BANK_PW="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')"
@@ -80,7 +84,7 @@ spec:
                 echo "host replication replicator all scram-sha-256" >> "\$PGDATA/pg_hba.conf"
                 echo "host all all all scram-sha-256" >> "\$PGDATA/pg_hba.conf"
               fi
-              exec postgres -c listen_addresses='*' -c wal_level=replica -c max_wal_senders=10
+              exec postgres -c listen_addresses='*' -c wal_level=logical -c max_wal_senders=10
           ports: [{name: postgres, containerPort: 5432}]
           readinessProbe:
             exec: {command: [pg_isready, -q, -h, 127.0.0.1]}
@@ -116,6 +120,9 @@ BEGIN
     PERFORM pg_sleep(0.005);
   END LOOP;
 END $$;
+-- What a logical follower subscribes to, readable by the replication role.
+CREATE PUBLICATION bank FOR TABLE accounts, ledger;
+GRANT SELECT ON accounts, ledger TO replicator;
 SQL
 k -n "$NS_P" exec prod-db-0 -- psql -X -q -h /var/run/postgresql -U bank -d bank -c 'CALL transfers(300)' \
   >"$WORK/transfers.out" 2>&1 &
@@ -229,11 +236,61 @@ psql_in "$NS_V" -c "UPDATE accounts SET balance = balance - 7 WHERE id = 1; UPDA
 [ "$(mirror_sql -c "SELECT count(*) FROM ledger WHERE at < '2001-01-01'")" = 0 ] || fail "preview's write reached mirror"
 [ "$(psql_in "$NS_V" -c 'SELECT current_user')" = app ] || fail "preview's Secret does not log in as its own role"
 
-step "follow: delete preview and mirror; the slot left on production is named"
+step "follow: mirror-l follows production logically; preview-l, its fork in $NS_V, under load"
+# Every transfer committed before mirror-l is asked for is in its initial copy.
+before=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: mirror-l, namespace: $NS_P}
+spec:
+  source:
+    external:
+      connectionSecretRef: {name: prod-replication, key: uri}
+      mode: logical
+      publication: bank
+  sharing: {namespaces: [$NS_V]}
+EOF
+k -n "$NS_P" wait --for=condition=Ready databasebranch/mirror-l --timeout=240s >/dev/null \
+  || fail "mirror-l is not Ready: $(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.conditions}')"
+wait_for "mirror-l applying" '{.status.conditions[?(@.type=="Following")].status}' '^True$' 90 -n "$NS_P" databasebranch mirror-l
+[ "$(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.following.mode} {.status.following.publication}')" = "logical bank" ] \
+  || fail "mirror-l's status.following does not show mode logical and publication bank"
+lslot=$(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.following.slot}')
+[ "$(prod_sql postgres -c "SELECT slot_type FROM pg_replication_slots WHERE slot_name = '$lslot'")" = logical ] \
+  || fail "production has no logical slot $lslot for mirror-l"
+echo "    mirror-l: $(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.conditions[?(@.type=="Following")].message}'), slot $lslot"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: ramify.dev/v1alpha1
+kind: DatabaseBranch
+metadata: {name: preview-l, namespace: $NS_V}
+spec:
+  parent: {name: mirror-l, namespace: $NS_P}
+EOF
+k -n "$NS_V" wait --for=condition=Ready databasebranch/preview-l --timeout=240s >/dev/null \
+  || fail "preview-l is not Ready: $(k -n "$NS_V" get databasebranch preview-l -o jsonpath='{.status.conditions}')"
+after=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+k -n "$NS_V" delete pod psql --timeout=60s >/dev/null
+client_pod "$NS_V" preview-l
+[ "$(psql_in "$NS_V" -c 'SELECT current_database()')" = bank ] || fail "preview-l's Secret does not name the bank database"
+n=$(bank_check "preview-l" psql_in "$NS_V")
+if [ "$n" -lt "$before" ] || [ "$n" -gt "$after" ]; then
+  fail "preview-l holds $n transfers: not between the $before committed before mirror-l was asked for and the $after when preview-l was Ready"
+fi
+psql_in "$NS_V" -c "INSERT INTO ledger (src, dst, amount, at) VALUES (3, 3, 0, '2000-01-01')" \
+  || fail "preview-l's role cannot insert into the ledger (sequence not advanced past production's ids?)"
+[ "$(psql_in "$NS_V" -c 'SHOW max_logical_replication_workers')" = 0 ] \
+  || fail "preview-l may run the subscription its catalog carries"
+[ "$(prod_sql bank -c "SELECT count(*) FROM ledger WHERE at < '2001-01-01'")" = 0 ] || fail "preview-l's write reached production"
+echo "    preview-l: $n transfers ($before before mirror-l was asked for, $after once preview-l was Ready), invariants hold, writable"
+
+step "follow: delete the branches; mirror's slot left on production is named, mirror-l's is dropped"
 k -n "$NS_V" delete pod psql --wait=false >/dev/null
 k -n "$NS_P" delete pod psql --wait=false >/dev/null
-k -n "$NS_V" delete databasebranch preview --timeout=120s >/dev/null
-k -n "$NS_P" delete databasebranch mirror --timeout=120s >/dev/null
+k -n "$NS_V" delete databasebranch preview preview-l --timeout=120s >/dev/null
+k -n "$NS_P" delete databasebranch mirror mirror-l --timeout=120s >/dev/null
+[ "$(prod_sql postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$lslot'")" = 0 ] \
+  || fail "mirror-l's slot $lslot is still on production after its deletion"
 notes="$(k -n "$NS_P" get events.events.k8s.io --field-selector reason=Deleted -o jsonpath='{.items[*].note}')"
 case "$notes" in *"pg_drop_replication_slot('ramify_e2e')"*) ;; *) fail "mirror's deletion does not name the slot it leaves: $notes" ;; esac
 [ "$(prod_sql postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ramify_e2e'")" = 1 ] \

@@ -206,10 +206,12 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
     if !left.is_empty() {
         info!(objects = %left.join(", "), "left alone: not created for this branch");
     }
-    // The one object a follower made on its source: Ramify does not touch the source
-    // again, and a slot nobody reads keeps WAL there until its disk fills.
+    // The one object a physical follower made on its source: Ramify does not touch the
+    // source again, and a slot nobody reads keeps WAL there until its disk fills. (The
+    // storage node drops a logical follower's slot itself when it deletes the timeline.)
     let slot = b
         .external_source()
+        .filter(|e| e.mode.unwrap_or_default() == ramify_crd::ReplicationMode::Physical)
         .and_then(|e| e.slot.clone())
         .map(|s| {
             format!(

@@ -51,6 +51,8 @@ pub fn following_status(
     let fresh = FollowingStatus {
         source: f.conninfo.clone(),
         slot: f.slot.clone(),
+        mode: Some(f.mode.into()),
+        publication: f.publication.clone(),
         streaming: st.map(|s| s.streaming),
         received_lsn: st.and_then(|s| s.received_lsn).map(|l| l.to_string()),
         replayed_lsn: st.and_then(|s| s.replayed_lsn).map(|l| l.to_string()),
@@ -69,6 +71,8 @@ pub fn following_status(
         Some(o)
             if o.source == fresh.source
                 && o.slot == fresh.slot
+                && o.mode == fresh.mode
+                && o.publication == fresh.publication
                 && o.streaming == fresh.streaming
                 && o.checked_at
                     .is_some_and(|t| (now - t).to_std().unwrap_or_default() < REFRESH_AFTER) =>

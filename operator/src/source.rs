@@ -14,7 +14,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use ramify_api::names::SOURCE_URI_PARAMS as URI_PARAMS;
-use ramify_crd::{DatabaseBranch, ReplicationMode};
+use ramify_crd::DatabaseBranch;
 
 /// How a source must be written, for messages.
 const URI_FORM: &str = "postgresql://ROLE:PASSWORD@HOST:PORT/DATABASE";
@@ -279,9 +279,6 @@ pub async fn read(
             "spec.source.external is missing".into(),
         )));
     };
-    if ext.mode.unwrap_or_default() != ReplicationMode::Physical {
-        return Ok(Err(SourceProblem::Invalid(not_physical())));
-    }
     let ns = b.metadata.namespace.clone().unwrap_or_default();
     let r = &ext.connection_secret_ref;
     let where_ = format!("Secret {ns}/{} key {:?}", r.name, r.key);
@@ -315,13 +312,9 @@ pub async fn read(
         conninfo: c.without_password,
         password: c.password,
         slot: ext.slot.clone(),
-        ..Default::default()
+        mode: ext.mode.unwrap_or_default().into(),
+        publication: ext.publication.clone(),
     }))
-}
-
-/// The refusal of `mode: logical`.
-pub fn not_physical() -> String {
-    "spec.source.external.mode: logical replication is not supported yet; use physical (streaming replication of the whole cluster)".into()
 }
 
 #[cfg(test)]

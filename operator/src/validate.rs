@@ -154,11 +154,11 @@ fn validate_source(b: &DatabaseBranch) -> Result<bool, Problem> {
             "spec.connection.user is not for a following branch: its logins are its source's roles",
         ));
     }
-    if ext.mode.unwrap_or_default() != ramify_crd::ReplicationMode::Physical {
-        return Err(Problem {
-            reason: "UnsupportedReplicationMode",
-            message: crate::source::not_physical(),
-        });
+    let logical = ext.mode.unwrap_or_default() == ramify_crd::ReplicationMode::Logical;
+    if logical != ext.publication.is_some() {
+        return Err(Problem::invalid(
+            "spec.source.external: mode logical needs publication (the source's publication to subscribe to); physical takes none",
+        ));
     }
     Ok(true)
 }
@@ -495,6 +495,7 @@ mod tests {
                     },
                     mode: None,
                     slot: Some("ramify".into()),
+                    publication: None,
                 }),
             }),
             compute: Some(ComputeSpec {
@@ -560,7 +561,7 @@ mod tests {
                         e.mode = Some(ramify_crd::ReplicationMode::Logical);
                     }
                 },
-                "logical replication is not supported yet",
+                "mode logical needs publication",
             ),
         ];
         for (change, said) in cases {

@@ -1574,7 +1574,11 @@ async fn a_following_branch_on_a_real_api_server() {
         ),
         (
             json!({"source": {"external": {"connectionSecretRef": {"name": "prod-db", "key": "uri"}, "mode": "logical"}}}),
-            "logical replication is not supported yet",
+            "mode logical needs publication",
+        ),
+        (
+            json!({"source": {"external": {"connectionSecretRef": {"name": "prod-db", "key": "uri"}, "publication": "bank"}}}),
+            "physical takes none",
         ),
         (json!({"ttl": "2h"}), "a following branch does not expire"),
         (json!({"source": {}}), "spec.source needs external"),
