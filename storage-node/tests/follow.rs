@@ -938,3 +938,81 @@ async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
         format!("{slot}:logical")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logical_follower_rides_out_a_restart_and_names_a_refused_password_and_a_dropped_slot() {
+    let env = Env::new(2 << 30, &[]).await;
+    let mut prod = Production::start_with(&env, "prod", true).await;
+    prod.pg
+        .execute(
+            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
+             GRANT SELECT ON accounts, ledger TO replicator",
+        )
+        .await
+        .unwrap();
+    let transfer =
+        "INSERT INTO ledger (src, dst, amount) SELECT 1, 2, g FROM generate_series(1, 10) g";
+    prod.pg.execute(transfer).await.unwrap();
+    let (tl, fc) = follower_of(&env, prod.logical("bank")).await;
+    applied(&env, &tl, &fc, 10).await;
+    let (_, early) = start_fork(&env, &tl, At::Latest).await;
+    assert_eq!(count(&early, "ledger").await, 10);
+
+    // The source restarts: the apply worker reconnects by itself and catches up.
+    prod.pg.restart().await.expect("production restarts");
+    prod.pg.execute(transfer).await.unwrap();
+    applied(&env, &tl, &fc, 20).await;
+
+    // The source changes the role's password: named, with what to do.
+    prod.pg
+        .execute("ALTER ROLE replicator PASSWORD 'changed-Secret-7'")
+        .await
+        .unwrap();
+    let walsender = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE application_name = 'ramify'";
+    prod.pg.query_i64(walsender).await.unwrap();
+    let problem = problem_naming(&env, &tl, "refused the password").await;
+    assert!(
+        problem.contains("password authentication failed"),
+        "{problem}"
+    );
+
+    // Its slot is dropped on the source: named, with what to do.
+    let slot = logical_slot(&tl);
+    prod.pg
+        .execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .await
+        .unwrap();
+    prod.pg
+        .execute(&format!("ALTER ROLE replicator PASSWORD '{PASSWORD}'"))
+        .await
+        .unwrap();
+    let problem = problem_naming(&env, &tl, "slot was dropped on the source").await;
+    assert!(problem.contains(&slot), "{problem}");
+    // A fork taken before the faults is untouched; the follower still holds what it had.
+    assert_eq!(count(&early, "ledger").await, 10);
+    assert_eq!(count(&fc, "ledger").await, 20);
+}
+
+/// Waits until the follower's problem says `what` (a fault shows other problems first,
+/// such as the terminated connection), and returns it.
+async fn problem_naming(env: &Env, tl: &TimelineInfo, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = eventually_problem(env, tl).await;
+        if p.contains(what) {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no problem saying {what:?} within 60 s; the last: {p}"
+        );
+        sleep_ms(300).await;
+    }
+}
+
+fn logical_slot(tl: &TimelineInfo) -> String {
+    tl.follow
+        .as_ref()
+        .and_then(|f| f.slot.clone())
+        .expect("a logical follower names its slot")
+}
