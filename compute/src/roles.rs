@@ -38,8 +38,13 @@ pub const QUIET_SESSION: &str = "SET log_statement = 'none'; \
      SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'; \
      SET log_duration = off";
 
+/// Attributes of a logical follower's reader role: it may log in, nothing more.
+const READER_ATTRIBUTES: &str =
+    "LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER NOREPLICATION NOBYPASSRLS";
+
 /// Makes `user` the branch role with the password whose verifier is `verifier`: created,
-/// or (a fork's inherited role) altered back to exactly the branch role's attributes.
+/// or (a fork's inherited role) altered back to exactly the branch role's attributes —
+/// a logical follower's reader role becomes writable again in its forks.
 /// `user` must be a validated SQL identifier (`ramify_api::names`).
 pub fn login_statements(user: &str, verifier: &str, role_exists: bool) -> Vec<String> {
     let verb = if role_exists { "ALTER" } else { "CREATE" };
@@ -47,9 +52,34 @@ pub fn login_statements(user: &str, verifier: &str, role_exists: bool) -> Vec<St
         "{verb} ROLE {user} {ATTRIBUTES} PASSWORD '{}'",
         verifier.replace('\'', "''")
     )];
+    if role_exists {
+        out.push(format!(
+            "ALTER ROLE {user} RESET default_transaction_read_only"
+        ));
+    }
     for role in GRANTED_ROLES {
         out.push(format!("GRANT {role} TO {user}"));
     }
+    out
+}
+
+/// Makes `user` the read-only login of a logical follower: it reads every table
+/// (`pg_read_all_data`) and owns nothing, so it can neither write the copied data nor
+/// create objects (Postgres 15 gives PUBLIC no CREATE on `public`, and the follower's
+/// schema was loaded without grants); its transactions are read-only by default too.
+/// Writing stays the subscription's alone. `user` must be a validated identifier.
+pub fn reader_statements(user: &str, verifier: &str, role_exists: bool) -> Vec<String> {
+    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    let mut out = vec![format!(
+        "{verb} ROLE {user} {READER_ATTRIBUTES} PASSWORD '{}'",
+        verifier.replace('\'', "''")
+    )];
+    for role in GRANTED_ROLES.iter().chain(&["pg_read_all_data"]) {
+        out.push(format!("GRANT {role} TO {user}"));
+    }
+    out.push(format!(
+        "ALTER ROLE {user} SET default_transaction_read_only = on"
+    ));
     out
 }
 
@@ -220,11 +250,31 @@ mod tests {
         );
         let s = login_statements("app", "v", true);
         assert!(s[0].starts_with("ALTER ROLE app LOGIN CREATEDB NOCREATEROLE"));
+        // A logical follower's reader, inherited by a fork, writes again there.
+        assert_eq!(s[1], "ALTER ROLE app RESET default_transaction_read_only");
         for stmt in &s {
             for os in OS_ROLES {
                 assert!(!stmt.contains(os), "{stmt}");
             }
         }
+    }
+
+    #[test]
+    fn a_reader_may_log_in_and_read_and_nothing_more() {
+        let s = reader_statements("app", "v", false);
+        assert_eq!(
+            s,
+            vec![
+                "CREATE ROLE app LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER NOREPLICATION \
+                 NOBYPASSRLS PASSWORD 'v'",
+                "GRANT pg_monitor TO app",
+                "GRANT pg_read_all_data TO app",
+                "ALTER ROLE app SET default_transaction_read_only = on",
+            ]
+        );
+        assert!(
+            reader_statements("app", "v", true)[0].starts_with("ALTER ROLE app LOGIN NOCREATEDB")
+        );
     }
 
     #[test]

@@ -131,13 +131,16 @@ fails_with "an unreachable source is named" "check that the source runs" "$RAMIF
 check "a refused create leaves no branch" bash -c '! "$1" branch get x >/dev/null 2>&1' _ "$RAMIFY"
 
 echo "# 5. a logical follower: the schema, a subscription to a publication, forks"
-fails_with "--mode logical wants a publication" "required arguments were not provided" "$RAMIFY" branch create x --follow "$URI" --password-file <(echo "$SECRET") --mode logical
+check "--mode logical wants a publication" bash -c '"$1" branch create x --follow "$2" --mode logical 2>&1 | grep -q "required arguments were not provided: *$" ' _ "$RAMIFY" "$URI"
 fails_with "a publication production lacks is named, with the command that makes it" "CREATE PUBLICATION nosuch" "$RAMIFY" branch create x --follow "$URI" --password-file <(echo "$SECRET") --mode logical --publication nosuch
 out=$("$RAMIFY" branch create prod-l --follow "$URI" --password-file <(echo "$SECRET") --mode logical --publication bank 2>&1) || { echo "$out"; tail -20 "$RAMIFY_DATA_DIR/ramify.log" 2>/dev/null; exit 1; }
 check "create --mode logical names the source" grep -q "following $URI" <<<"$out"
 check "branch get shows the mode, the publication and the subscription's slot" bash -c 'o=$("$1" branch get prod-l); grep -q "mode: *logical (publication bank)" <<<"$o" && grep -Eq "slot: *ramify_[0-9a-f]{32}" <<<"$o"' _ "$RAMIFY"
 lfollowing() { "$RAMIFY" branch get prod-l -o json | json '["following"].get("status", {}).get("streaming")' | grep -q True; }
 check "the logical follower applies production's changes" wait_until 30 lfollowing
+PRODL=$(connect prod-l)
+check "the logical follower's own login reads production's data" test "$(q "$PRODL" -c 'SELECT count(*) FROM accounts')" = 100
+check "and writes nothing, even out of read-only mode" bash -c '! psql -X -q "$1" -c "SET default_transaction_read_only = off; INSERT INTO ledger (src, dst, amount) VALUES (1, 2, 3)" 2>/dev/null' _ "$PRODL"
 before=$(q "$PROD" -c "SELECT count(*) FROM ledger")
 sleep 2
 "$RAMIFY" branch create pr-l --parent prod-l >/dev/null

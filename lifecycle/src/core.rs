@@ -268,13 +268,14 @@ impl<R: Runtime> Lifecycle<R> {
             password_pending: false,
             follows,
         };
-        if branch.follows.is_some() {
-            // Its logins are its source's: the connection string names none.
-            (branch.user, branch.password, branch.database) = (
-                String::new(),
-                String::new(),
-                crate::names::uri_database(req.follow.as_ref().map_or("", |f| &f.conninfo)),
-            );
+        if let Some(f) = &req.follow {
+            // It connects to the database it copies. A physical follower's logins are its
+            // source's (the connection string names none); a logical one gets a
+            // read-only login of the branch role's name.
+            branch.database = crate::names::uri_database(&f.conninfo);
+            if f.mode.is_physical() {
+                (branch.user, branch.password) = (String::new(), String::new());
+            }
         }
         match self
             .bring_up(&mut branch, &timeline, parent.is_none())
@@ -315,8 +316,12 @@ impl<R: Runtime> Lifecycle<R> {
             .await
             .map_err(LifecycleError::Runtime)?;
         if branch.follows.is_some() {
-            // A read-only standby: its roles and databases are its source's.
-            return Ok(());
+            // A read-only standby: its roles and databases are its source's. A logical
+            // follower: the storage node makes its login a reader.
+            if branch.user.is_empty() {
+                return Ok(());
+            }
+            return self.set_credentials(branch).await;
         }
         if !root {
             // A fork inherited its parent's role and password hash: the role gets the

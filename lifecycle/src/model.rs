@@ -62,17 +62,18 @@ pub struct Branch {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub password_pending: bool,
     /// Set on a root that follows another Postgres: the source, without its password.
-    /// Such a branch is a read-only hot standby whose roles are its source's: it has no
-    /// credentials of its own, never suspends, and is never reset or restored.
+    /// Such a branch never suspends and is never reset or restored. A physical one is a
+    /// read-only hot standby whose roles are its source's (no credentials of its own:
+    /// `user` is empty); a logical one's `user` is a read-only login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<String>,
 }
 
 impl Branch {
-    /// `postgresql://` URI through the proxy. A following root's names no role: its
-    /// logins are its source's.
+    /// `postgresql://` URI through the proxy. A physical following root's names no role:
+    /// its logins are its source's.
     pub fn uri(&self, host: &str) -> String {
-        if self.follows.is_some() {
+        if self.user.is_empty() {
             return format!("postgresql://{host}:{}/{}", self.port, self.database);
         }
         format!(

@@ -276,6 +276,7 @@ pub async fn restore_point(c: &Client, label: &str) -> Result<(Lsn, DateTime<Utc
 /// or resetting the role a fork inherited — and `database` a database it owns; takes
 /// from every other non-superuser role what would reach the OS or other roles. The
 /// password travels as a SCRAM verifier in a session that logs nothing.
+/// With `reader`, a logical follower's read-only login instead, in its existing database.
 /// The names must be validated identifiers (`ramify_api::names`): they are written into
 /// the statements as they are.
 pub async fn ensure_login(
@@ -284,6 +285,7 @@ pub async fn ensure_login(
     password: &str,
     database: &str,
     disable_other_logins: bool,
+    reader: bool,
 ) -> Result<(), ControlError> {
     use ramify_compute::roles;
     let what = "setting the branch's credentials";
@@ -295,7 +297,11 @@ pub async fn ensure_login(
         .map_err(q)?
         .is_empty();
     let verifier = roles::scram_verifier(password);
-    let mut tx = roles::login_statements(user, &verifier, role_exists);
+    let mut tx = if reader {
+        roles::reader_statements(user, &verifier, role_exists)
+    } else {
+        roles::login_statements(user, &verifier, role_exists)
+    };
     tx.push(roles::revoke_escapes());
     if disable_other_logins {
         tx.push(roles::disable_other_logins(user));
@@ -308,7 +314,8 @@ pub async fn ensure_login(
         .await
         .map_err(q)?
         .is_empty();
-    if !db_exists {
+    // A reader's database is the follower's own (the node checks it is), never made here.
+    if !db_exists && !reader {
         // CREATE DATABASE cannot run inside a transaction block: its own statement.
         c.batch_execute(&roles::create_database(database, user))
             .await

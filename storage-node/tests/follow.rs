@@ -840,6 +840,42 @@ async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
     assert!(status.streaming, "{status:?}");
     assert!(status.last_received_at.is_some(), "{status:?}");
 
+    // Its one login reads everything and writes nothing, whatever it tries.
+    let e = env
+        .client
+        .set_credentials(tl.id, &app_creds("bank", false))
+        .await
+        .expect_err("a reader of another database is refused");
+    assert!(e.to_string().contains("reads database \"postgres\""), "{e}");
+    env.client
+        .set_credentials(tl.id, &app_creds("postgres", false))
+        .await
+        .expect("a logical follower's reader login");
+    let reader = app_login(fc.port()).await;
+    assert!(reader
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .is_ok());
+    for write in [
+        "INSERT INTO ledger (src, dst, amount) VALUES (1, 2, 3)",
+        "SET default_transaction_read_only = off; UPDATE accounts SET balance = 0",
+        "SET default_transaction_read_only = off; SELECT nextval('ledger_id_seq')",
+        "SET default_transaction_read_only = off; CREATE TABLE mine (x int)",
+        "SET default_transaction_read_only = off; CREATE SCHEMA mine",
+        "SET default_transaction_read_only = off; ALTER SUBSCRIPTION ramify_follow DISABLE",
+    ] {
+        let e = reader
+            .batch_execute(write)
+            .await
+            .expect_err("the follower's login must not write");
+        let code = e.code().cloned();
+        assert!(
+            code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                || code == Some(tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{write}: {e:?}"
+        );
+    }
+
     // At latest, under load: consistent, and at least what was committed before.
     let floor = count(&prod.pg, "ledger").await;
     applied(&env, &tl, &fc, floor).await;
@@ -861,15 +897,18 @@ async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
             .unwrap(),
         0
     );
-    // A fork's role adopts the data; sequences were advanced past the copied rows, so the
-    // fork's own inserts do not collide with production's ids.
-    lc.execute("CREATE ROLE app LOGIN").await.unwrap();
-    lc.execute(&ramify_compute::roles::adopt_objects("app"))
+    // A fork's role — the follower's reader, inherited — adopts the data and writes;
+    // sequences were advanced past the copied rows, so the fork's own inserts do not
+    // collide with production's ids.
+    env.client
+        .set_credentials(latest.id, &app_creds("postgres", true))
         .await
-        .unwrap();
-    lc.execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)")
+        .expect("the fork's credentials");
+    app_login(lc.port())
         .await
-        .expect("a fork of a logical follower takes new ledger ids");
+        .batch_execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)")
+        .await
+        .expect("a fork of a logical follower takes new ledger ids, as its own role");
 
     // At a time: the follower's own history, so at most what production had committed
     // by then, and consistent.
@@ -1008,6 +1047,30 @@ async fn problem_naming(env: &Env, tl: &TimelineInfo, what: &str) -> String {
         );
         sleep_ms(300).await;
     }
+}
+
+const APP_PASSWORD: &str = "App-Password-0123456789abcdef";
+
+fn app_creds(database: &str, adopt_objects: bool) -> ramify_api::Credentials {
+    ramify_api::Credentials {
+        user: "app".into(),
+        password: APP_PASSWORD.into(),
+        database: database.into(),
+        disable_other_logins: false,
+        adopt_objects,
+    }
+}
+
+/// A TCP session as the branch role `app` in database `postgres`.
+async fn app_login(port: u16) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=app dbname=postgres password={APP_PASSWORD}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("log in as app");
+    tokio::spawn(conn);
+    c
 }
 
 fn logical_slot(tl: &TimelineInfo) -> String {

@@ -16,18 +16,35 @@ impl Node {
     ) -> Result<(), NodeError> {
         use ramify_api::names::{validate_password, validate_sql_identifier};
         validate_sql_identifier("role name", &creds.user).map_err(NodeError::Invalid)?;
-        if creds.adopt_objects {
+        let follow = self.record(id)?.request.follow;
+        // A source's database (`postgres` included) for a fork that adopts its objects
+        // and for a logical follower's reader; a name of the branch's own otherwise.
+        if creds.adopt_objects || follow.is_some() {
             ramify_api::names::validate_source_database(&creds.database)
         } else {
             validate_sql_identifier("database name", &creds.database)
         }
         .map_err(NodeError::Invalid)?;
         validate_password(&creds.password).map_err(NodeError::Invalid)?;
-        if self.record(id)?.request.follow.is_some() {
-            return Err(NodeError::Conflict(format!(
-                "timeline {id} follows another Postgres and has no credentials of its own (a physical follower's roles are its source's, a logical follower's data belongs to no login); fork it to get a branch with credentials of its own"
-            )));
-        }
+        // A physical follower's roles are its source's; a logical follower gets one
+        // read-only login, in the database it copied.
+        let reader = match &follow {
+            Some(f) if f.mode.is_physical() => {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {id} is a hot standby of another Postgres: its roles are its source's; fork it to get a branch with credentials of its own"
+                )));
+            }
+            Some(f) => {
+                let copied = ramify_api::names::uri_database(&f.conninfo);
+                if creds.database != copied || creds.adopt_objects || creds.disable_other_logins {
+                    return Err(NodeError::Invalid(format!(
+                        "timeline {id} follows a publication logically: its login reads database {copied:?} and nothing more (no adopt_objects, no disable_other_logins)"
+                    )));
+                }
+                true
+            }
+            None => false,
+        };
         let Some(running) = self.running(id).await else {
             return Err(NodeError::Conflict(format!(
                 "timeline {id} has no running compute; start it before setting credentials"
@@ -40,6 +57,7 @@ impl Node {
             &creds.password,
             &creds.database,
             creds.disable_other_logins,
+            reader,
         )
         .await?;
         if creds.adopt_objects {
@@ -51,7 +69,7 @@ impl Node {
             )
             .await?;
         }
-        info!(timeline = %id, adopt = creds.adopt_objects, "credentials set");
+        info!(timeline = %id, adopt = creds.adopt_objects, reader, "credentials set");
         Ok(())
     }
 }
