@@ -14,7 +14,8 @@
 # 3. `preview`, a fork of mirror in $NS_V (mirror shares with it), under load: Ready, the
 #    bank's invariants hold, it holds every transfer committed on production before it
 #    was asked for and none committed after it was Ready, and its own role writes.
-# 4. `mirror-l` follows production logically (mode: logical, publication bank); its fork
+# 4. `mirror-l` follows production logically (mode: logical, publication bank); its own
+#    login reads and cannot write even out of read-only mode; its fork
 #    `preview-l` in $NS_V is Ready, consistent, within the transfers committed around it,
 #    writable (its sequences were advanced), and never runs the subscription.
 # 5. All are deleted; mirror's deletion names the slot it leaves on production, and
@@ -260,6 +261,14 @@ lslot=$(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.following
 [ "$(prod_sql postgres -c "SELECT slot_type FROM pg_replication_slots WHERE slot_name = '$lslot'")" = logical ] \
   || fail "production has no logical slot $lslot for mirror-l"
 echo "    mirror-l: $(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.conditions[?(@.type=="Following")].message}'), slot $lslot"
+# Its own login (its Secret's uri) reads and never writes.
+luri=$(k -n "$NS_P" get secret mirror-l-postgres -o jsonpath='{.data.uri}' | base64 -d)
+[ "$(k -n "$NS_P" exec psql -- psql -X -q -At "$luri" -c 'SELECT count(*) > 0 FROM ledger')" = t ] \
+  || fail "mirror-l's own login cannot read the ledger"
+if out=$(k -n "$NS_P" exec psql -- psql -X -q -At "$luri" -c "SET default_transaction_read_only = off" -c "INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)" 2>&1); then
+  fail "mirror-l's login wrote to the ledger"
+fi
+echo "$out" | grep -q "permission denied" || fail "mirror-l refused the write with: $out"
 cat <<EOF | k apply -f - >/dev/null
 apiVersion: ramify.dev/v1alpha1
 kind: DatabaseBranch

@@ -62,8 +62,11 @@ pub struct BranchPlan {
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Set for a following branch: its compute is a hot standby of the source.
     pub standby: Option<Standby>,
-    /// A following branch: its Secret names no role (its logins are the source's).
+    /// A following branch (of either mode): it never suspends.
     pub following: bool,
+    /// A physical following branch: its Secret names no role (its logins are the
+    /// source's).
+    pub source_logins: bool,
 }
 
 /// What starting a timeline's compute needs from its storage node, remembered per
@@ -151,7 +154,7 @@ fn branch_meta(branch: &DatabaseBranch, plan: &BranchPlan, name: String) -> Obje
 pub const LOGINS_ANNOTATION: &str = "ramify.dev/logins";
 
 /// The connection Secret: host, port, database, user, password, a `postgresql://` URI and,
-/// when the proxy has a TLS CA, its certificate `ca.crt`. A following branch's names no
+/// when the proxy has a TLS CA, its certificate `ca.crt`. A physical follower's names no
 /// user or password (its roles are its source's, whose passwords Ramify does not know):
 /// its `uri` has none, and annotation [`LOGINS_ANNOTATION`] says so.
 pub fn secret(branch: &DatabaseBranch, plan: &BranchPlan, password: &str, cfg: &Config) -> Secret {
@@ -162,7 +165,7 @@ pub fn secret(branch: &DatabaseBranch, plan: &BranchPlan, password: &str, cfg: &
         ("database".to_string(), plan.database.clone()),
     ]);
     let mut meta = branch_meta(branch, plan, connection_name(&plan.name));
-    if plan.following {
+    if plan.source_logins {
         data.insert(
             "uri".to_string(),
             format!("postgresql://{host}:{POSTGRES_PORT}/{}", plan.database),
@@ -610,6 +613,7 @@ mod tests {
             resources: None,
             standby: None,
             following: false,
+            source_logins: false,
         }
     }
 
@@ -815,6 +819,7 @@ mod tests {
             archive_command: facts.archive_command,
             standby: facts.standby,
             following: true,
+            source_logins: true,
             ..plan()
         }
     }

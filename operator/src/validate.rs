@@ -46,6 +46,10 @@ pub struct ValidSpec {
     pub database_given: bool,
     /// `spec.source.external` is set: a read-only follower of an external Postgres.
     pub following: bool,
+    /// A physical follower: its logins are its source's roles, so Ramify sets no
+    /// credentials and its Secret names no user. (A logical follower's login is the branch
+    /// role, made read-only by the storage node.)
+    pub source_logins: bool,
     /// `None`: never suspend.
     pub suspend_after: Option<Duration>,
     pub postgres_parameters: BTreeMap<String, String>,
@@ -116,6 +120,10 @@ pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Prob
         database,
         database_given,
         following,
+        source_logins: following
+            && b.external_source().is_some_and(|e| {
+                e.mode.unwrap_or_default() == ramify_crd::ReplicationMode::Physical
+            }),
         suspend_after: (!suspend_after.is_zero()).then_some(suspend_after),
         postgres_parameters: compute.postgres_parameters,
         resources,
@@ -149,9 +157,11 @@ fn validate_source(b: &DatabaseBranch) -> Result<bool, Problem> {
             "a following branch does not expire (spec.ttl, spec.expiresAt): delete it when you stop following",
         ));
     }
-    if spec.connection.as_ref().is_some_and(|c| c.user.is_some()) {
+    if spec.connection.as_ref().is_some_and(|c| c.user.is_some())
+        && ext.mode.unwrap_or_default() == ramify_crd::ReplicationMode::Physical
+    {
         return Err(Problem::invalid(
-            "spec.connection.user is not for a following branch: its logins are its source's roles",
+            "spec.connection.user is not for a physical following branch: its logins are its source's roles",
         ));
     }
     let logical = ext.mode.unwrap_or_default() == ramify_crd::ReplicationMode::Logical;

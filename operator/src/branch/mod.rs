@@ -33,6 +33,14 @@ use crate::sharing;
 use crate::source::SourceProblem;
 use crate::validate::{validate_spec, Problem, ValidSpec};
 
+mod plan;
+mod timeline;
+
+pub use plan::{plan, ready_plan, PlanError};
+pub(crate) use timeline::storage_nodes;
+use timeline::{adopt_timeline, create_timeline};
+pub use timeline::{ADOPT_CREDENTIALS_ANNOTATION, ADOPT_TIMELINE_ANNOTATION};
+
 /// Finalizer guarding a branch's storage timeline and compute.
 pub const FINALIZER: &str = "ramify.dev/storage";
 
@@ -515,8 +523,8 @@ async fn converge(
         .await
         .map_err(Error::from)?
         .map_err(Step::Problem)?;
-    // A follower has no role of its own: its Secret names no password.
-    let password = if spec.following {
+    // A physical follower has no role of its own: its Secret names no password.
+    let password = if spec.source_logins {
         String::new()
     } else {
         password(own_secret)?
@@ -570,8 +578,8 @@ async fn converge(
         host: build::service_host(&name, &ns, &cfg.cluster_domain),
         port: POSTGRES_PORT.into(),
         database: plan.database.clone(),
-        // A follower's logins are its source's roles: none is named.
-        user: if spec.following {
+        // A physical follower's logins are its source's roles: none is named.
+        user: if spec.source_logins {
             String::new()
         } else {
             plan.user.clone()
@@ -579,12 +587,14 @@ async fn converge(
         secret_name: conn_name,
     });
 
-    // Credentials, once per timeline: they need the compute running. A follower is a
-    // read-only standby whose roles are its source's: it only needs its compute up.
+    // Credentials, once per timeline: they need the compute running. A physical follower
+    // is a read-only standby whose roles are its source's: it only needs its compute up.
+    // A logical follower's are set like any branch's; the storage node makes them a
+    // read-only login.
     if status.credentials_timeline.as_deref() != Some(timeline.id.as_str()) {
         status.phase = Some(Phase::Creating);
         match compute::ensure(ctx, &plan).await? {
-            PodState::Ready(_) if spec.following => {
+            PodState::Ready(_) if spec.source_logins => {
                 status.credentials_timeline = Some(timeline.id.clone());
             }
             PodState::Ready(_) => {
@@ -756,148 +766,6 @@ fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &Br
     });
 }
 
-/// Annotation of a branch created to take over an existing timeline (a restore's backup
-/// branch): the timeline id. It is adopted only once the operator handed that timeline's
-/// `Timeline` object over to this branch's uid, so the annotation alone grants nothing.
-pub const ADOPT_TIMELINE_ANNOTATION: &str = "ramify.dev/adopt-timeline";
-/// With [`ADOPT_TIMELINE_ANNOTATION`]: the branch's Secret was written with the password
-/// its role already has on that timeline, so no compute must start to set it.
-pub const ADOPT_CREDENTIALS_ANNOTATION: &str = "ramify.dev/adopt-credentials";
-
-/// Takes over timeline `id` (see [`ADOPT_TIMELINE_ANNOTATION`]).
-async fn adopt_timeline(
-    b: &DatabaseBranch,
-    ctx: &Context,
-    id: &str,
-    status: &mut DatabaseBranchStatus,
-) -> Result<(TimelineRef, TimelineInfo), Step> {
-    let tl_name = build::timeline_name(id);
-    let tl = Api::<Timeline>::namespaced(ctx.client.clone(), &ctx.config.namespace)
-        .get_opt(&tl_name)
-        .await
-        .map_err(Error::from)?;
-    let handed_over = tl
-        .as_ref()
-        .is_some_and(|t| Some(&t.spec.branch.uid) == b.metadata.uid.as_ref());
-    let Some(tl) = tl.filter(|_| handed_over) else {
-        return Err(wait(
-            "TimelineHandover",
-            format!("waiting for timeline {id} to be handed over to this branch"),
-            Duration::from_secs(2),
-        ));
-    };
-    let tid: TimelineId = id.parse().map_err(|_| {
-        Step::Problem(Problem {
-            reason: "InvalidSpec",
-            message: format!("annotation {ADOPT_TIMELINE_ANNOTATION} {id:?} is not a UUID"),
-        })
-    })?;
-    let node = tl.spec.storage_node.clone();
-    let info = ctx
-        .storage(&node)
-        .get_timeline(tid)
-        .await
-        .map_err(storage_err(&node))?;
-    if b.annotations()
-        .get(ADOPT_CREDENTIALS_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        status.credentials_timeline = Some(id.to_string());
-    }
-    info!(timeline = %id, node = %node, "timeline adopted");
-    Ok((
-        TimelineRef {
-            id: id.to_string(),
-            name: tl_name,
-            storage_node: node,
-        },
-        info,
-    ))
-}
-
-/// The builders' input from the validated spec and the resolved timeline.
-pub fn plan(
-    b: &DatabaseBranch,
-    spec: &ValidSpec,
-    timeline: &TimelineRef,
-    proxy_port: u16,
-    facts: &ComputeFacts,
-    parent_timeline: Option<String>,
-) -> BranchPlan {
-    BranchPlan {
-        name: b.name_any(),
-        namespace: b.namespace().unwrap_or_default(),
-        uid: b.uid().unwrap_or_default(),
-        timeline_id: timeline.id.clone(),
-        storage_node: timeline.storage_node.clone(),
-        parent_timeline,
-        user: spec.user.clone(),
-        database: spec.database.clone(),
-        proxy_port,
-        postgres_parameters: spec.postgres_parameters.clone(),
-        archive_command: facts.archive_command.clone(),
-        resources: spec.resources.clone(),
-        standby: facts.standby.clone(),
-        following: spec.following,
-    }
-}
-
-/// Why a branch's compute cannot be started yet.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("branch {0} is still being created")]
-    NotReady(String),
-    #[error("{0}")]
-    InvalidSpec(String),
-    #[error("storage node {node}: {source}")]
-    Storage {
-        node: String,
-        #[source]
-        source: ClientError,
-    },
-}
-
-/// The plan for starting the compute of a created branch (on its timeline, with its
-/// credentials set): what a wake, a suspend and a checkpoint act on.
-pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan, PlanError> {
-    let not_ready = || {
-        PlanError::NotReady(format!(
-            "{}/{}",
-            b.namespace().unwrap_or_default(),
-            b.name_any()
-        ))
-    };
-    let st = b.status.as_ref().ok_or_else(not_ready)?;
-    let tl = st.timeline.clone().ok_or_else(not_ready)?;
-    if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
-        return Err(not_ready());
-    }
-    let port = st
-        .proxy_port
-        .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(not_ready)?;
-    let spec = validate_spec(b, &ctx.config).map_err(|p| PlanError::InvalidSpec(p.message))?;
-    let facts = match ctx.compute_facts(&tl.id) {
-        Some(f) => f,
-        None => {
-            let id = tl.id.parse().map_err(|_| not_ready())?;
-            let info = ctx
-                .storage(&tl.storage_node)
-                .get_timeline(id)
-                .await
-                .map_err(|source| PlanError::Storage {
-                    node: tl.storage_node.clone(),
-                    source,
-                })?;
-            let facts = ComputeFacts::of(&info);
-            ctx.remember_compute_facts(&tl.id, &facts);
-            facts
-        }
-    };
-    Ok(plan(b, &spec, &tl, port, &facts, None))
-}
-
-/// The password the branch's Secret already holds, or a new one.
 /// The branch's password: the one in its own connection Secret, or a new one.
 fn password(own_secret: Option<Secret>) -> Result<String, Error> {
     let existing = own_secret
@@ -908,202 +776,6 @@ fn password(own_secret: Option<Secret>) -> Result<String, Error> {
         Some(p) => Ok(p),
         None => ramify_lifecycle::password::generate().map_err(|e| Error::Random(e.to_string())),
     }
-}
-
-/// Creates (or finds: the id is the branch's uid) the branch's storage timeline.
-async fn create_timeline(
-    b: &DatabaseBranch,
-    ctx: &Context,
-    spec: &ValidSpec,
-    uid: &str,
-) -> Result<(TimelineRef, TimelineInfo), Step> {
-    let id: TimelineId = uid.parse().map_err(|_| {
-        Step::Problem(Problem {
-            reason: "InvalidSpec",
-            message: format!("metadata.uid {uid:?} is not a UUID"),
-        })
-    })?;
-    let follow = if spec.following {
-        match crate::source::read(&ctx.client, b)
-            .await
-            .map_err(Error::from)?
-        {
-            Ok(f) => Some(f),
-            Err(SourceProblem::Missing(m)) => {
-                return Err(wait("SourceSecretNotFound", m, Duration::from_secs(10)))
-            }
-            Err(SourceProblem::Invalid(m)) => {
-                return Err(Step::Problem(Problem {
-                    reason: "InvalidSource",
-                    message: m,
-                }))
-            }
-        }
-    } else {
-        None
-    };
-    let (node, parent) = match &b.spec.parent {
-        None => (choose_node(ctx).await?, None),
-        Some(p) => {
-            let (parent_ns, parent) = dereference_parent(b, ctx, &p.name).await?;
-            let ptl = parent
-                .status
-                .as_ref()
-                .and_then(|s| Some((s.timeline.clone()?, s.credentials_timeline.clone()?)))
-                .filter(|(t, c)| &t.id == c)
-                .map(|(t, _)| t)
-                .ok_or_else(|| {
-                    wait(
-                        "ParentNotReady",
-                        format!(
-                            "waiting for parent branch {parent_ns}/{} to be ready",
-                            p.name
-                        ),
-                        Duration::from_secs(3),
-                    )
-                })?;
-            let pid: TimelineId = ptl.id.parse().map_err(|_| {
-                wait(
-                    "ParentNotReady",
-                    "parent has no valid timeline yet",
-                    Duration::from_secs(3),
-                )
-            })?;
-            (ptl.storage_node, Some(pid))
-        }
-    };
-    let req = CreateTimeline {
-        id: Some(id),
-        parent,
-        at: spec.at.clone(),
-        follow,
-    };
-    if req.follow.is_some() {
-        info!(timeline = %id, node = %node, "copying the source (pg_basebackup) for a following branch");
-    }
-    match ctx.storage(&node).create_timeline(&req).await {
-        Ok(created) => {
-            if created.created {
-                info!(timeline = %id, node = %node, "timeline created");
-                publish(
-                    ctx,
-                    b,
-                    EventType::Normal,
-                    "TimelineCreated",
-                    format!(
-                        "timeline {id} on storage node {node}{}",
-                        created
-                            .value
-                            .fork_lsn
-                            .map(|l| format!(", forked at {l}"))
-                            .unwrap_or_default()
-                    ),
-                )
-                .await;
-            }
-            Ok((
-                TimelineRef {
-                    id: id.to_string(),
-                    name: build::timeline_name(&id.to_string()),
-                    storage_node: node,
-                },
-                created.value,
-            ))
-        }
-        Err(e) if req.follow.is_some() => Err(following::create_failed(&node, e)),
-        Err(e) => match e.status().map(|s| s.as_u16()) {
-            Some(400) | Some(422) => Err(Step::Problem(Problem {
-                reason: "InvalidForkPoint",
-                message: e.to_string(),
-            })),
-            Some(409) => Err(wait(
-                "ParentNotReady",
-                e.to_string(),
-                Duration::from_secs(3),
-            )),
-            _ => Err(storage_err(&node)(e).into()),
-        },
-    }
-}
-
-/// The parent branch, if it exists and shares itself with the branch's namespace.
-async fn dereference_parent(
-    b: &DatabaseBranch,
-    ctx: &Context,
-    parent_name: &str,
-) -> Result<(String, DatabaseBranch), Step> {
-    let ns = b.namespace().unwrap_or_default();
-    let parent_ns = b.parent_namespace().unwrap_or_else(|| ns.clone());
-    let api: Api<DatabaseBranch> = Api::namespaced(ctx.client.clone(), &parent_ns);
-    let Some(parent) = api.get_opt(parent_name).await.map_err(Error::from)? else {
-        return Err(wait(
-            "ParentNotFound",
-            format!("parent branch {parent_ns}/{parent_name} does not exist"),
-            Duration::from_secs(10),
-        ));
-    };
-    if !sharing::shares_with(&ctx.client, &parent, &ns)
-        .await
-        .map_err(Error::from)?
-    {
-        return Err(Step::Problem(Problem {
-            reason: "ParentNotShared",
-            message: sharing::not_shared(&parent_ns, parent_name, &ns),
-        }));
-    }
-    if parent.metadata.deletion_timestamp.is_some() {
-        return Err(wait(
-            "ParentNotFound",
-            format!("parent branch {parent_ns}/{parent_name} is being deleted"),
-            Duration::from_secs(10),
-        ));
-    }
-    Ok((parent_ns, parent))
-}
-
-/// The storage nodes: the Pods of the storage StatefulSet.
-pub(crate) async fn storage_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
-    let cfg = &ctx.config;
-    let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &cfg.namespace)
-        .get_opt(&cfg.storage_service)
-        .await?
-        .ok_or_else(|| {
-            Error::NoStorageNode(format!(
-                "storage StatefulSet {}/{} does not exist",
-                cfg.namespace, cfg.storage_service
-            ))
-        })?;
-    let replicas = sts.spec.replicas.unwrap_or(1).max(0);
-    Ok((0..replicas)
-        .map(|i| format!("{}-{i}", cfg.storage_service))
-        .collect())
-}
-
-/// The storage node with the most free space among those answering.
-async fn choose_node(ctx: &Context) -> Result<String, Error> {
-    let mut best: Option<(u64, String)> = None;
-    let mut errors = Vec::new();
-    for node in storage_nodes(ctx).await? {
-        match ctx.storage(&node).status().await {
-            Ok(s) => {
-                let free = s.capacity_bytes.saturating_sub(s.used_bytes);
-                if best.as_ref().is_none_or(|(f, _)| free > *f) {
-                    best = Some((free, node));
-                }
-            }
-            Err(e) => errors.push(format!("{node}: {e}")),
-        }
-    }
-    best.map(|(_, n)| n).ok_or_else(|| {
-        Error::NoStorageNode(format!(
-            "no storage node answers ({})",
-            if errors.is_empty() {
-                "the StatefulSet has no replicas".to_string()
-            } else {
-                errors.join("; ")
-            }
-        ))
-    })
 }
 
 /// Patches the status subresource when it changed, and publishes an Event when the phase
