@@ -69,10 +69,20 @@ pub async fn connect(run_dir: &Path, port: u16) -> Result<Client, ControlError> 
 
 /// [`connect`] to database `database`.
 pub async fn connect_db(run_dir: &Path, port: u16, database: &str) -> Result<Client, ControlError> {
+    connect_as(run_dir, port, database, SUPERUSER).await
+}
+
+/// [`connect_db`] as role `user` (the socket is trusted: any role with LOGIN gets in).
+pub async fn connect_as(
+    run_dir: &Path,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Result<Client, ControlError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host_path(run_dir)
         .port(port)
-        .user(SUPERUSER)
+        .user(user)
         .dbname(database)
         .application_name("ramify-storage")
         .connect_timeout(Duration::from_secs(5));

@@ -1092,3 +1092,74 @@ fn logical_slot(tl: &TimelineInfo) -> String {
         .and_then(|f| f.slot.clone())
         .expect("a logical follower names its slot")
 }
+
+/// A source's schema is its owner's SQL: a trigger that would run a program on the
+/// storage node's machine (as the user owning every timeline) if it ran as a superuser.
+/// Marked to fire only under replication, it never fires on production; in the follower
+/// it fires as the role that owns the copy, which may not run programs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_sources_schema_never_runs_as_a_superuser_here() {
+    let env = Env::new(2 << 30, &[]).await;
+    let prod = Production::start_with(&env, "prod", true).await;
+    let marker = std::env::temp_dir().join(format!(
+        "ramify-pwned-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ));
+    let program = format!("touch {}", marker.display());
+    prod.pg
+        .execute(&format!(
+            "CREATE TABLE trap (x int PRIMARY KEY); \
+             INSERT INTO trap VALUES (1); \
+             CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+               BEGIN COPY (SELECT 1) TO PROGRAM '{program}'; RETURN NEW; END $f$; \
+             CREATE TRIGGER trap BEFORE INSERT ON trap FOR EACH ROW EXECUTE FUNCTION trap(); \
+             ALTER TABLE trap ENABLE REPLICA TRIGGER trap; \
+             CREATE PUBLICATION bank FOR TABLE accounts, ledger, trap; \
+             GRANT SELECT ON accounts, ledger, trap TO replicator"
+        ))
+        .await
+        .unwrap();
+    // The trap works: run by a superuser under replication, it runs the program.
+    prod.pg
+        .execute("SET session_replication_role = replica; INSERT INTO trap VALUES (0); RESET session_replication_role")
+        .await
+        .unwrap();
+    assert!(marker.exists(), "the trap did not fire for a superuser");
+    std::fs::remove_file(&marker).unwrap();
+    let refused = "pg_execute_server_program";
+    match env
+        .client
+        .create_timeline(&CreateTimeline {
+            follow: Some(prod.logical("bank")),
+            ..Default::default()
+        })
+        .await
+    {
+        // The initial copy fires the trigger, as the follower's owner role.
+        Err(e) => assert!(e.to_string().contains(refused), "{e}"),
+        // Or the first change applied does.
+        Ok(tl) => {
+            let tl = tl.value;
+            let _fc = env.start(&tl).await;
+            prod.pg
+                .execute("INSERT INTO trap VALUES (2)")
+                .await
+                .unwrap();
+            let problem = problem_naming(&env, &tl, refused).await;
+            assert!(problem.contains("COPY"), "{problem}");
+        }
+    }
+    assert!(
+        !marker.exists(),
+        "the source's trigger ran a program on this machine"
+    );
+    // A refused copy leaves no slot on production.
+    assert_eq!(
+        prod.pg
+            .query_i64("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical' AND NOT active")
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -8,14 +8,15 @@
 //! What logical replication does not carry, and the follower therefore lacks: DDL after
 //! the copy (a schema change on the source stops the apply until the follower's schema
 //! is changed alike), sequences (a fork advances each sequence a column owns past the
-//! column's largest value), large objects, and roles (its objects belong to the
-//! bootstrap superuser, and a fork's role adopts them).
+//! column's largest value), large objects, and roles (its objects belong to [`OWNER`],
+//! and a fork's role adopts them).
+//!
+//! The source's schema is untrusted SQL, loaded and applied only as [`OWNER`], a role
+//! that is no superuser: see [`UntrustedSchema`] and `load_and_subscribe`.
 //!
 //! A fork carries the subscription in its catalog: every timeline below a logical
 //! follower starts with `max_logical_replication_workers = 0` in its own
 //! `postgresql.auto.conf`, so no fork ever connects to the source or takes the slot.
-
-use std::process::Stdio;
 
 use ramify_api::FollowSource;
 use ramify_compute::settings::append_conninfo;
@@ -26,6 +27,10 @@ use super::*;
 
 /// The subscription's name in the follower (one per follower).
 pub const SUBSCRIPTION: &str = "ramify_follow";
+
+/// The role that owns a logical follower's objects and its subscription: no superuser,
+/// so what the source's schema defines never runs with a superuser's rights.
+pub const OWNER: &str = "ramify_follower";
 
 /// The line every timeline below a logical follower carries in `postgresql.auto.conf`.
 pub(in crate::node) const NO_APPLY_WORKERS: &str =
@@ -87,8 +92,17 @@ impl Node {
         let running =
             ramify_compute::process::start(&bin, &user, &dir.pgdata(), &settings, START_TIMEOUT)
                 .await?;
+        let mut subscription = None;
         let loaded = self
-            .load_and_subscribe(id, &bin, &user, source, publication, &slot, &settings)
+            .load_and_subscribe(
+                id,
+                &bin,
+                source,
+                publication,
+                &slot,
+                &settings,
+                &mut subscription,
+            )
             .await;
         let mode = if loaded.is_ok() {
             StopMode::Fast
@@ -100,7 +114,7 @@ impl Node {
         if let Err(e) = &loaded {
             // The subscription may have made its slot before the copy failed: a slot
             // nobody reads would make the source keep WAL for ever.
-            if let Err(d) = drop_source_slot(&bin, source, &slot).await {
+            if let Err(d) = drop_source_slot(&bin, source, &slot, subscription).await {
                 warn!(timeline = %id, error = %e, drop_error = %d, "{}", slot_left(&slot));
             }
         }
@@ -122,20 +136,31 @@ impl Node {
         &self,
         id: TimelineId,
         bin: &PgBin,
-        user: &PgUser,
         source: &FollowSource,
         publication: &str,
         slot: &str,
         settings: &ComputeSettings,
+        subscription: &mut Option<u32>,
     ) -> Result<usize, NodeError> {
         let database = ramify_api::names::uri_database(&source.conninfo);
         let run = &settings.run_dir;
         let c = control::connect(run, settings.port).await?;
-        if database != "postgres" {
-            c.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
-                .await
-                .map_err(|e| query_error("create the source's database", e))?;
-        }
+        // The source's schema is SQL its owner wrote (or a hostile server made up): it is
+        // loaded by OWNER, a role that is no superuser, which also owns the subscription.
+        // Nothing the source defines — a trigger, a default, an index expression — ever
+        // runs with a superuser's rights here, where every timeline's files are.
+        c.batch_execute(&format!(
+            "CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        ))
+        .await
+        .map_err(|e| query_error("create the follower's owner role", e))?;
+        c.batch_execute(&if database == "postgres" {
+            format!("ALTER DATABASE postgres OWNER TO {OWNER}")
+        } else {
+            format!("CREATE DATABASE {} OWNER {OWNER}", quote_ident(&database))
+        })
+        .await
+        .map_err(|e| query_error("create the source's database", e))?;
         // The schema, without owners, grants, publications or subscriptions: the source's
         // roles do not exist here.
         let pg_dump = bin
@@ -158,44 +183,46 @@ impl Node {
             &[("application_name", "ramify-schema")],
         ));
         source_env(&mut dump, source);
-        let out = dump
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_op("run pg_dump --schema-only"))?;
-        if !out.status.success() {
-            return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
-        }
-        let schema = run.join("source-schema.sql");
-        std::fs::write(&schema, &out.stdout).map_err(io_op("write the source's schema"))?;
-        user.chown(&schema)
-            .map_err(ramify_compute::ProcessError::from)?;
-        let psql = bin
-            .psql()
-            .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
-        let mut load = tokio::process::Command::new(psql);
-        load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(run)
-            .args(["-p", &settings.port.to_string(), "-U", control::SUPERUSER])
-            .args(["-d", &database, "-f"])
-            .arg(&schema);
-        user.apply_tokio(&mut load);
-        let out = load
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_op("run psql to load the schema"))?;
-        let _ = std::fs::remove_file(&schema);
-        if !out.status.success() {
-            return Err(NodeError::Source {
+        let dumped = source_output(&mut dump, "pg_dump --schema-only").await?;
+        let schema = UntrustedSchema::of(&dumped);
+        let major = bin.major_version().unwrap_or(0);
+        let db = control::connect_db(run, settings.port, &database).await?;
+        // Extensions are this node's own code, which only a superuser may install: each
+        // one the schema names is installed first (by name, quoted here), in a schema of
+        // OWNER's; the dump's own CREATE EXTENSION IF NOT EXISTS then does nothing.
+        for (extension, in_schema) in &schema.extensions {
+            let mut sql = String::new();
+            if in_schema != "public" {
+                sql.push_str(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {OWNER}; ",
+                    quote_ident(in_schema)
+                ));
+            }
+            sql.push_str(&format!(
+                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}",
+                quote_ident(extension),
+                quote_ident(in_schema)
+            ));
+            db.batch_execute(&sql).await.map_err(|e| NodeError::Source {
                 unreachable: false,
                 message: format!(
-                    "the source's schema does not load into Postgres {} here (an extension this node lacks?): {}",
-                    bin.major_version().unwrap_or(0),
-                    compute_tail(&String::from_utf8_lossy(&out.stderr))
+                    "the source's schema needs extension {extension:?}, which Postgres {major} here cannot install: {}",
+                    db_message(&e)
                 ),
-            });
+            })?;
         }
+        let loader = control::connect_as(run, settings.port, &database, OWNER).await?;
+        loader
+            .batch_execute(&schema.script)
+            .await
+            .map_err(|e| NodeError::Source {
+                unreachable: false,
+                message: format!(
+                    "the source's schema does not load into Postgres {major} here: {}",
+                    db_message(&e)
+                ),
+            })?;
+        drop(loader);
         // The subscription names the password file relative to the data directory (a
         // backend's working directory), so the same catalog works wherever the
         // timeline is mounted; a fork's run directory has no such file.
@@ -207,11 +234,14 @@ impl Node {
                 ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
             ],
         );
-        let db = control::connect_db(run, settings.port, &database).await?;
         let log = run.join(ramify_compute::process::SERVER_LOG);
         let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        // Made disabled (no worker runs yet), handed to OWNER — Postgres 15 lets only a
+        // superuser own a subscription, so OWNER is one for that moment only, in one
+        // transaction — and enabled: its workers copy and apply as OWNER, whose rights
+        // Postgres checks on every table, and whose triggers run as OWNER.
         db.batch_execute(&format!(
-            "CREATE SUBSCRIPTION {SUBSCRIPTION} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = true)",
+            "CREATE SUBSCRIPTION {SUBSCRIPTION} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = true, enabled = false)",
             quote_literal(&conninfo),
             quote_ident(publication),
             quote_literal(slot),
@@ -221,6 +251,21 @@ impl Node {
             Some(d) => source_error(d.message()),
             None => query_error("create the subscription", e),
         })?;
+        let oid: u32 = db
+            .query_one(
+                "SELECT oid FROM pg_subscription WHERE subname = $1",
+                &[&SUBSCRIPTION],
+            )
+            .await
+            .map_err(|e| query_error("read the subscription's oid", e))?
+            .get(0);
+        *subscription = Some(oid);
+        db.batch_execute(&format!(
+            "BEGIN; ALTER ROLE {OWNER} SUPERUSER; ALTER SUBSCRIPTION {SUBSCRIPTION} OWNER TO {OWNER}; \
+             ALTER ROLE {OWNER} NOSUPERUSER; ALTER SUBSCRIPTION {SUBSCRIPTION} ENABLE; COMMIT"
+        ))
+        .await
+        .map_err(|e| query_error("hand the subscription to its owner", e))?;
         // The copy is done when every table is ready ('r'); an apply or copy worker's
         // error (a table missing here, a constraint the data breaks) fails the create.
         let started_at = Utc::now();
@@ -267,47 +312,26 @@ impl Node {
         publication: &str,
         slot: &str,
     ) -> Result<LogicalFacts, NodeError> {
-        let psql = bin
-            .psql()
-            .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
-        let conninfo = append_conninfo(
-            &source.conninfo,
-            &[
-                ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
-                ("application_name", "ramify-check"),
-            ],
-        );
-        let mut cmd = tokio::process::Command::new(psql);
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(&conninfo)
-            .args([
-                "-c",
-                "SHOW server_version_num",
-                "-c",
-                "SHOW wal_level",
-                "-c",
-                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-                "-c",
-                &format!(
-                    "SELECT count(*) FROM pg_publication WHERE pubname = {}",
-                    quote_literal(publication)
-                ),
-                "-c",
-                &format!(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
-                    quote_literal(slot)
-                ),
-            ]);
-        source_env(&mut cmd, source);
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_op("run psql to check the source"))?;
-        if !out.status.success() {
-            return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut cmd = source_psql(bin, source, "ramify-check", &[])?;
+        cmd.args([
+            "-c",
+            "SHOW server_version_num",
+            "-c",
+            "SHOW wal_level",
+            "-c",
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            "-c",
+            &format!(
+                "SELECT count(*) FROM pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            ),
+            "-c",
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+                quote_literal(slot)
+            ),
+        ]);
+        let stdout = source_output(&mut cmd, "psql to check the source").await?;
         let lines: Vec<&str> = stdout
             .lines()
             .map(str::trim)
@@ -387,7 +411,8 @@ impl Node {
             ..source.clone()
         };
         let dropped = match self.follow_bin() {
-            Ok((bin, _)) => drop_source_slot(&bin, &source, &slot).await,
+            // A follower is made once every table is copied: no table's sync slot is left.
+            Ok((bin, _)) => drop_source_slot(&bin, &source, &slot, None).await,
             Err(e) => Err(e),
         };
         match dropped {
@@ -401,34 +426,33 @@ impl Node {
 
 /// Drops `slot` on the source once no walsender holds it (a subscriber that just
 /// stopped lets go within moments); a slot that is already gone is fine.
-async fn drop_source_slot(bin: &PgBin, source: &FollowSource, slot: &str) -> Result<(), NodeError> {
-    let psql = bin
-        .psql()
-        .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
-    let conninfo = append_conninfo(
-        &source.conninfo,
-        &[
-            ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
-            ("application_name", "ramify-cleanup"),
-        ],
-    );
-    let slot = quote_literal(slot);
+async fn drop_source_slot(
+    bin: &PgBin,
+    source: &FollowSource,
+    slot: &str,
+    subscription: Option<u32>,
+) -> Result<(), NodeError> {
+    // With the subscription's oid, also the slots its table sync workers made (Postgres
+    // names them pg_<subscription>_sync_<table>_<system>), left by a copy cut short.
+    let ours = match subscription {
+        Some(oid) => format!(
+            "(slot_name = {} OR slot_name LIKE 'pg\\_{oid}\\_sync\\_%')",
+            quote_literal(slot)
+        ),
+        None => format!("slot_name = {}", quote_literal(slot)),
+    };
     let mut last = String::new();
     for _ in 0..DROP_SLOT_TRIES {
-        let mut cmd = tokio::process::Command::new(&psql);
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(&conninfo)
-            .args([
+        let mut cmd = source_psql(bin, source, "ramify-cleanup", &[])?;
+        cmd.args([
                 "-c",
                 &format!(
-                    "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = {slot} AND NOT active"
+                    "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE {ours} AND NOT active"
                 ),
                 "-c",
-                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = {slot}"),
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE {ours}"),
             ]);
-        source_env(&mut cmd, source);
         let out = cmd
-            .stdin(Stdio::null())
             .output()
             .await
             .map_err(io_op("run psql to drop the slot"))?;
@@ -526,6 +550,89 @@ pub(super) fn diagnose_log(log: &str) -> String {
     format!("{error} — {hint}")
 }
 
+/// A schema dump as it may be loaded by [`OWNER`]: `pg_dump`'s `\restrict` lines (psql
+/// commands; the script goes to the server as SQL, never through psql) and its comments
+/// on extensions (their owner is the superuser who installs them) left out, each
+/// `CREATE SCHEMA` made idempotent (an extension's schema is made first), and the
+/// extensions it names, to install beforehand.
+#[derive(Debug, PartialEq)]
+struct UntrustedSchema {
+    script: String,
+    /// (extension, schema), as names (unquoted).
+    extensions: Vec<(String, String)>,
+}
+
+impl UntrustedSchema {
+    fn of(dump: &str) -> UntrustedSchema {
+        let mut script = String::with_capacity(dump.len());
+        let mut extensions = Vec::new();
+        for line in dump.lines() {
+            if line.starts_with("\\restrict ")
+                || line.starts_with("\\unrestrict ")
+                || line.starts_with("COMMENT ON EXTENSION ")
+            {
+                continue;
+            }
+            if let Some(e) = extension_line(line) {
+                extensions.push(e);
+            }
+            match line.strip_prefix("CREATE SCHEMA ") {
+                Some(rest) if !rest.starts_with("IF NOT EXISTS ") => {
+                    script.push_str("CREATE SCHEMA IF NOT EXISTS ");
+                    script.push_str(rest);
+                }
+                _ => script.push_str(line),
+            }
+            script.push('\n');
+        }
+        UntrustedSchema { script, extensions }
+    }
+}
+
+/// `CREATE EXTENSION IF NOT EXISTS e WITH SCHEMA s;` exactly as `pg_dump` writes it, as
+/// the two names; anything else is no extension line (and loads, or fails, as OWNER).
+fn extension_line(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("CREATE EXTENSION IF NOT EXISTS ")?;
+    let (extension, rest) = identifier(rest)?;
+    let rest = rest.strip_prefix(" WITH SCHEMA ")?;
+    let (schema, rest) = identifier(rest)?;
+    (rest == ";").then_some((extension, schema))
+}
+
+/// An SQL identifier at the start of `s` as `pg_dump` writes one (bare, or in double
+/// quotes with `""` for a quote): the name, and what follows it.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut rest = quoted;
+        loop {
+            let end = rest.find('"')?;
+            name.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(after) => {
+                    name.push('"');
+                    rest = after;
+                }
+                None => return (!name.is_empty()).then_some((name, rest)),
+            }
+        }
+    }
+    let end = s
+        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    (end > 0 && !s.starts_with(|c: char| c.is_ascii_digit() || c == '$'))
+        .then(|| (s[..end].to_owned(), &s[end..]))
+}
+
+/// A server's message, or the client's error.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_owned(),
+        None => e.to_string(),
+    }
+}
+
 fn query_error(what: &str, e: tokio_postgres::Error) -> NodeError {
     NodeError::Io {
         op: what.to_owned(),
@@ -556,6 +663,41 @@ mod tests {
         assert!(slot_name(id, &s).len() <= 63);
         s.slot = Some("prod_copy".into());
         assert_eq!(slot_name(id, &s), "prod_copy");
+    }
+
+    #[test]
+    fn an_untrusted_schema_loses_psql_commands_and_names_its_extensions() {
+        let dump = "\\restrict AbC123\n\
+SET statement_timeout = 0;\n\
+CREATE SCHEMA app;\n\
+CREATE SCHEMA IF NOT EXISTS other;\n\
+CREATE EXTENSION IF NOT EXISTS amcheck WITH SCHEMA public;\n\
+COMMENT ON EXTENSION amcheck IS 'functions for verifying relation integrity';\n\
+CREATE EXTENSION IF NOT EXISTS \"my\"\"ext\" WITH SCHEMA app;\n\
+CREATE EXTENSION IF NOT EXISTS x WITH SCHEMA public; COPY t TO PROGRAM 'id';\n\
+CREATE TABLE app.t (id int);\n\
+\\unrestrict AbC123\n";
+        let s = UntrustedSchema::of(dump);
+        assert_eq!(
+            s.extensions,
+            vec![
+                ("amcheck".to_owned(), "public".to_owned()),
+                ("my\"ext".to_owned(), "app".to_owned()),
+            ],
+            "a line with more after the extension is no extension line"
+        );
+        assert!(!s.script.contains("restrict"), "{}", s.script);
+        assert!(!s.script.contains("COMMENT ON EXTENSION"), "{}", s.script);
+        assert!(s.script.contains("CREATE SCHEMA IF NOT EXISTS app;\n"));
+        assert!(s.script.contains("CREATE SCHEMA IF NOT EXISTS other;\n"));
+        // What the owner role runs, and may fail to, stays in the script.
+        assert!(s.script.contains("COPY t TO PROGRAM 'id';"));
+        assert_eq!(identifier("\"\" x"), None);
+        assert_eq!(identifier("1abc"), None);
+        assert_eq!(
+            identifier("ab_c1 rest"),
+            Some(("ab_c1".to_owned(), " rest"))
+        );
     }
 
     #[test]

@@ -291,6 +291,49 @@ pub fn conninfo_has_password(c: &str) -> bool {
         || lower.contains("password =")
 }
 
+/// `psql` against the source as `application_name` (unaligned, tuples only, stopping at
+/// the first error), `extra` parameters added to the connection string (such as
+/// `replication=true`), its environment set by [`source_env`].
+fn source_psql(
+    bin: &ramify_compute::PgBin,
+    source: &FollowSource,
+    application_name: &str,
+    extra: &[(&str, &str)],
+) -> Result<tokio::process::Command, NodeError> {
+    let psql = bin
+        .psql()
+        .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
+    let timeout = CONNECT_TIMEOUT_SECS.to_string();
+    let mut params = extra.to_vec();
+    params.extend([
+        ("connect_timeout", timeout.as_str()),
+        ("application_name", application_name),
+    ]);
+    let mut cmd = tokio::process::Command::new(psql);
+    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(ramify_compute::settings::append_conninfo(
+            &source.conninfo,
+            &params,
+        ))
+        .stdin(std::process::Stdio::null());
+    source_env(&mut cmd, source);
+    Ok(cmd)
+}
+
+/// Runs `cmd` (a program talking to the source, see [`source_env`]) to its end: its
+/// standard output, or the source's refusal named by [`source_error`].
+async fn source_output(cmd: &mut tokio::process::Command, what: &str) -> Result<String, NodeError> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(io_op(format!("run {what}")))?;
+    if !out.status.success() {
+        return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The environment of a program talking to the source: the password (never on a
 /// command line) and no password file of the node's own user.
 fn source_env(cmd: &mut tokio::process::Command, source: &FollowSource) {

@@ -106,36 +106,15 @@ impl Node {
         bin: &ramify_compute::PgBin,
         source: &FollowSource,
     ) -> Result<SourceFacts, NodeError> {
-        let psql = bin
-            .psql()
-            .ok_or_else(|| NodeError::Conflict("psql not found next to initdb".into()))?;
-        let conninfo = append_conninfo(
-            &source.conninfo,
-            &[
-                ("replication", "true"),
-                ("connect_timeout", &CONNECT_TIMEOUT_SECS.to_string()),
-                ("application_name", "ramify-check"),
-            ],
-        );
-        let mut cmd = tokio::process::Command::new(psql);
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(&conninfo)
-            .args(["-c", "IDENTIFY_SYSTEM", "-c", "SHOW server_version_num"]);
+        let mut cmd = source_psql(bin, source, "ramify-check", &[("replication", "true")])?;
+        cmd.args(["-c", "IDENTIFY_SYSTEM", "-c", "SHOW server_version_num"]);
         for s in STANDBY_MINIMUMS {
             cmd.args(["-c", &format!("SHOW {s}")]);
         }
         if let Some(slot) = &source.slot {
             cmd.args(["-c", &format!("READ_REPLICATION_SLOT {slot}")]);
         }
-        source_env(&mut cmd, source);
-        let out = cmd
-            .output()
-            .await
-            .map_err(io_op("run psql to check the source"))?;
-        if !out.status.success() {
-            return Err(source_error(&String::from_utf8_lossy(&out.stderr)));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = source_output(&mut cmd, "psql to check the source").await?;
         let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
         let value = |i: usize| lines.get(i).map(|s| s.trim()).unwrap_or("");
         let version_num: u32 = value(1).parse().map_err(|_| {
