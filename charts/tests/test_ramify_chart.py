@@ -372,6 +372,20 @@ def test_compute_max_resources_reach_the_operator_only_when_set(rendered):
         kube.render(RAMIFY_CHART, {"compute": {"maxResources": {"gpu": "1"}}}, namespace=NAMESPACE)
 
 
+def test_following_is_refused_unless_the_administrator_lists_source_hosts(rendered):
+    args = container(rendered.get("Deployment", "ramify-operator"), "operator")[CONTAINER_ARGS]
+    assert not [a for a in args if a.startswith("--follow-allowed-host")]
+    out = kube.render(RAMIFY_CHART, {"following": {"allowedHosts": ["db.prod.svc", "*.rds.amazonaws.com"]}},
+                      namespace=NAMESPACE)
+    args = container(out.get("Deployment", "ramify-operator"), "operator")[CONTAINER_ARGS]
+    assert [a for a in args if a.startswith("--follow-allowed-host")] == [
+        "--follow-allowed-host=db.prod.svc", "--follow-allowed-host=*.rds.amazonaws.com",
+    ]
+    # A pattern the operator would not read (a list, a URI) is refused by the schema.
+    with pytest.raises(Exception, match="allowedHosts"):
+        kube.render(RAMIFY_CHART, {"following": {"allowedHosts": ["postgresql://db"]}}, namespace=NAMESPACE)
+
+
 # --- images -----------------------------------------------------------------------------
 
 

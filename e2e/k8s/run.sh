@@ -194,7 +194,7 @@ if k api-resources --api-group=admissionregistration.k8s.io -o name | grep -qx '
 fi
 "$PYTHON" e2e/k8s/render.py charts/ramify "$SYS" --values "$VALUES" "${CAPS[@]}" \
   --set "storage.storageClassName=$STORAGE_CLASS" --set storage.replicas=1 \
-  --set compute.maxResources.memory=2Gi > "$WORK/ramify.yaml"
+  --set compute.maxResources.memory=2Gi --set "following.allowedHosts=[prod-db.$NS_P.svc]" > "$WORK/ramify.yaml"
 k apply --server-side -n "$SYS" -f "$WORK/ramify.yaml" >/dev/null
 k -n "$SYS" rollout status statefulset/ramify-storage --timeout=180s >/dev/null
 k -n "$SYS" rollout status deploy/ramify-operator --timeout=180s >/dev/null

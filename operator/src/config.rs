@@ -57,6 +57,18 @@ pub struct Config {
     )]
     pub compute_image_pull_policy: String,
 
+    /// Hosts a following branch may name as its source (`spec.source.external`): a host
+    /// name or address exactly, `*.SUFFIX` for every name under SUFFIX, or `*` for any.
+    /// None (the default): following is refused. The storage nodes copy a source with the
+    /// rights of every branch's files, and its schema and answers are the source's to
+    /// write: list only the databases this installation's tenants may copy and trust.
+    #[arg(
+        long = "follow-allowed-host",
+        env = "RAMIFY_FOLLOW_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub follow_allowed_hosts: Vec<String>,
+
     /// Postgres major version of the compute image (a root asking for another is refused).
     #[arg(long, env = "RAMIFY_POSTGRES_VERSION", default_value_t = 15)]
     pub postgres_version: i32,

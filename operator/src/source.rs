@@ -267,12 +267,31 @@ pub enum SourceProblem {
     Missing(String),
     /// The Secret holds something the operator refuses.
     Invalid(String),
+    /// The source's host is not one the installation lets branches follow.
+    NotAllowed(String),
+}
+
+/// Whether `host` is one of `allowed` (see `Config::follow_allowed_hosts`): equal to an
+/// entry, under a `*.SUFFIX` entry, or anything with `*`. Case does not matter.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.to_ascii_lowercase();
+    allowed
+        .iter()
+        .map(|a| a.trim().to_ascii_lowercase())
+        .any(|a| {
+            a == "*"
+                || a == host
+                || a.strip_prefix("*.").is_some_and(|suffix| {
+                    !suffix.is_empty() && host.ends_with(&format!(".{suffix}"))
+                })
+        })
 }
 
 /// The branch's source as the storage node takes it: read from its Secret, checked.
 pub async fn read(
     client: &kube::Client,
     b: &DatabaseBranch,
+    allowed_hosts: &[String],
 ) -> Result<Result<ramify_api::FollowSource, SourceProblem>, kube::Error> {
     let Some(ext) = b.external_source() else {
         return Ok(Err(SourceProblem::Invalid(
@@ -305,9 +324,22 @@ pub async fn read(
             "{where_} is not UTF-8 text"
         ))));
     };
-    let parsed = parse(&text)
+    let parsed = match parse(&text)
         .and_then(|c| check(&c).map(|()| c))
-        .map_err(|e| SourceProblem::Invalid(format!("{where_}: {e}")));
+        .map_err(|e| SourceProblem::Invalid(format!("{where_}: {e}")))
+    {
+        Ok(c) => {
+            let host = c.param("host").unwrap_or_default();
+            if host_allowed(host, allowed_hosts) {
+                Ok(c)
+            } else {
+                Err(SourceProblem::NotAllowed(format!(
+                    "{where_} names host {host:?}, which this installation does not let branches follow; an administrator allows it in the chart's following.allowedHosts (the storage nodes copy a followed source with the rights of every branch's files: list only sources you trust)"
+                )))
+            }
+        }
+        Err(e) => Err(e),
+    };
     Ok(parsed.map(|c| ramify_api::FollowSource {
         conninfo: c.without_password,
         password: c.password,
@@ -322,6 +354,25 @@ mod tests {
     use super::*;
 
     const PW: &str = "s3cr:t@/pw?&x";
+
+    #[test]
+    fn only_the_hosts_an_administrator_lists_may_be_followed() {
+        let allowed = |list: &[&str], host: &str| {
+            host_allowed(
+                host,
+                &list.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert!(!allowed(&[], "db.prod.svc"), "none listed: none allowed");
+        assert!(allowed(&["db.prod.svc"], "DB.prod.svc"));
+        assert!(!allowed(&["db.prod.svc"], "db.prod.svc.evil.example"));
+        assert!(allowed(&["*.prod.svc"], "db.prod.svc"));
+        assert!(!allowed(&["*.prod.svc"], "prod.svc"));
+        assert!(!allowed(&["*.prod.svc"], "db.xprod.svc"));
+        assert!(!allowed(&["*."], "db.prod.svc"));
+        assert!(allowed(&[" 10.0.0.7 "], "10.0.0.7"));
+        assert!(allowed(&["*"], "anything.example"));
+    }
 
     #[test]
     fn a_uri_loses_its_password_and_keeps_the_rest() {

@@ -391,6 +391,8 @@ async fn start_env(test: &str, namespaces: &[(&str, Vec<(&str, &str)>)]) -> Opti
     let storage = Arc::new(FakeStorage::default());
     let mut config = Config::for_namespace(STORAGE_NS);
     config.storage_url = Some(fake_storage(Arc::clone(&storage)).await);
+    // The administrator lets branches follow production's databases, nothing else.
+    config.follow_allowed_hosts = vec!["*.prod.svc".into()];
     play_kubelet(client.clone());
     let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel();
     {
@@ -1617,6 +1619,23 @@ async fn a_following_branch_on_a_real_api_server() {
     let refused = wait_condition(&client, "prod", "mirror", "InvalidSource").await;
     let msg = condition(&refused, "Ready").unwrap().2;
     assert!(msg.contains("over TCP") && !msg.contains(PASSWORD), "{msg}");
+    // A host the administrator did not list: the storage node would connect to it and
+    // load what it answers.
+    source_secret(
+        &client,
+        "prod",
+        "prod-db",
+        &format!("postgresql://replicator:{PASSWORD}@db.elsewhere.example:5432/bank"),
+    )
+    .await;
+    let refused = wait_condition(&client, "prod", "mirror", "SourceNotAllowed").await;
+    let msg = condition(&refused, "Ready").unwrap().2;
+    assert!(
+        msg.contains("\"db.elsewhere.example\"")
+            && msg.contains("following.allowedHosts")
+            && !msg.contains(PASSWORD),
+        "{msg}"
+    );
     // A password the source refuses: the node's reason, retried.
     source_secret(
         &client,

@@ -77,7 +77,7 @@ pub(super) async fn create_timeline(
         })
     })?;
     let follow = if spec.following {
-        match crate::source::read(&ctx.client, b)
+        match crate::source::read(&ctx.client, b, &ctx.config.follow_allowed_hosts)
             .await
             .map_err(Error::from)?
         {
@@ -88,6 +88,12 @@ pub(super) async fn create_timeline(
             Err(SourceProblem::Invalid(m)) => {
                 return Err(Step::Problem(Problem {
                     reason: "InvalidSource",
+                    message: m,
+                }))
+            }
+            Err(SourceProblem::NotAllowed(m)) => {
+                return Err(Step::Problem(Problem {
+                    reason: "SourceNotAllowed",
                     message: m,
                 }))
             }
