@@ -3,7 +3,8 @@
 # (default 100) started here on a loopback port; side by side, its initial copy by
 # `ramify branch create --follow` against plain `pg_basebackup` to the same local disk,
 # replication lag under pgbench (the source's own pg_stat_replication), and a fork of the
-# follower against a fork of an ordinary root of the same data. Prints a Markdown table.
+# follower against a fork of an ordinary root of the same data; each for a physical and a
+# logical (`--mode logical`) follower. Prints a Markdown table.
 #
 #   e2e/local/bench-follow.sh [path/to/ramify]     (SCALE=10 for a quick run)
 set -euo pipefail
@@ -40,7 +41,7 @@ if [ "$(id -u)" -eq 0 ]; then XFS=(--xfs-image 24G); else XFS=(); fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "${AS[@]}" initdb -D "$PROD_DIR/pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 "${AS[@]}" pg_ctl -D "$PROD_DIR/pgdata" -l "$PROD_DIR/log" -w \
-  -o "-p $PORT -k $PROD_DIR -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null
+  -o "-p $PORT -k $PROD_DIR -c listen_addresses=127.0.0.1 -c max_wal_size=4GB -c wal_level=logical" start >/dev/null
 PROD="host=$PROD_DIR port=$PORT user=postgres dbname=postgres"
 q "$PROD" -c "CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'bench-Secret-1234'"
 echo "# loading pgbench scale $SCALE into the source" >&2
@@ -60,32 +61,44 @@ for i in $(seq 1 "${COPY_RUNS:-2}"); do
 done
 t=$(date +%s%N)
 "$RAMIFY" branch create prod --follow "postgresql://replicator:bench-Secret-1234@127.0.0.1:$PORT/postgres" \
-  --slot ramify_bench >/dev/null 2>"$WORK/progress"
+  --slot ramify_bench >/dev/null 2>"$WORK/progress" || { cat "$WORK/progress" >&2; exit 1; }
 follow_ms=$(ms "$t")
 progress_lines=$(grep -c "copying the source" "$WORK/progress" || true)
 plain_ms=$(printf '%s\n' "${plain[@]}" | pct 50)
+q "$PROD" -c "CREATE PUBLICATION bench FOR ALL TABLES" -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO replicator"
+t=$(date +%s%N)
+"$RAMIFY" branch create prod-l --follow "postgresql://replicator:bench-Secret-1234@127.0.0.1:$PORT/postgres" \
+  --mode logical --publication bench >/dev/null 2>"$WORK/progress-l" || { cat "$WORK/progress-l" >&2; exit 1; }
+logical_ms=$(ms "$t")
+lslot=$("$RAMIFY" branch get prod-l -o json | json '["following"]["slot"]')
 
-# Lag under load: the source's own view of its standby (replay_lag), sampled 4 times a second.
+# Lag under load: the source's own view of each follower (replay_lag of the walsender
+# holding its slot), sampled 4 times a second, both followers under the same load.
 pgbench -n -c 4 -j 2 -T "$LOAD_SECS" -N "$PROD" >"$WORK/load.txt" 2>&1 &
 load=$!
-: >"$WORK/lag"
-: >"$WORK/lagbytes"
+for f in lag lagbytes lag-l lagbytes-l; do : >"$WORK/$f"; done
 while kill -0 "$load" 2>/dev/null; do
-  q "$PROD" -c "SELECT coalesce(extract(epoch FROM replay_lag) * 1000, 0)::int,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
-                FROM pg_stat_replication WHERE application_name = 'ramify'" |
-    awk -F'|' -v L="$WORK/lag" -v B="$WORK/lagbytes" 'NF == 2 { print $1 >> L; print $2 >> B }'
+  q "$PROD" -c "SELECT s.slot_name = '$lslot', coalesce(extract(epoch FROM r.replay_lag) * 1000, 0)::int,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint
+                FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+                WHERE s.slot_name IN ('ramify_bench', '$lslot')" |
+    awk -F'|' -v W="$WORK" 'NF == 3 { sfx = ($1 == "t") ? "-l" : ""; print $2 >> (W "/lag" sfx); print $3 >> (W "/lagbytes" sfx) }'
   sleep 0.25
 done
 tps=$(grep -Eo 'tps = [0-9.]+' "$WORK/load.txt" | head -1 | awk '{print $3}')
 lag50=$(pct 50 <"$WORK/lag"); lag99=$(pct 99 <"$WORK/lag")
 lagb50=$(pct 50 <"$WORK/lagbytes"); lagb99=$(pct 99 <"$WORK/lagbytes")
+llag50=$(pct 50 <"$WORK/lag-l"); llag99=$(pct 99 <"$WORK/lag-l")
+llagb50=$(pct 50 <"$WORK/lagbytes-l"); llagb99=$(pct 99 <"$WORK/lagbytes-l")
 
-# A fork of the follower vs a fork of an ordinary root holding the same data: request to
-# first query on the fork.
+# A fork of the follower vs a fork of an ordinary root holding the same data after the
+# same load: request to first query on the fork.
 "$RAMIFY" branch create plain --suspend-after 0 >/dev/null
 j=$("$RAMIFY" branch get plain -o json)
 PGPASSWORD=$(json '["password"]' <<<"$j") pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$(json '["port"]' <<<"$j")" -U app app >/dev/null 2>&1
+# The same write load the followers applied: updates of pages a snapshot shares make a
+# copy-on-write file fragmented, and a fork's clone pays per extent.
+PGPASSWORD=$(json '["password"]' <<<"$j") pgbench -n -c 4 -j 2 -T "$LOAD_SECS" -N -h 127.0.0.1 -p "$(json '["port"]' <<<"$j")" -U app app >/dev/null 2>&1
 fork_time() {
   local parent=$1 name=$2 t uri
   t=$(date +%s%N)
@@ -94,12 +107,14 @@ fork_time() {
   ms "$t"
   "$RAMIFY" branch delete "$name" >/dev/null
 }
-ff=(); fo=()
+ff=(); fl=(); fo=()
 for i in $(seq 1 "$RUNS"); do
   ff+=("$(fork_time prod "ff-$i")")
+  fl+=("$(fork_time prod-l "fl-$i")")
   fo+=("$(fork_time plain "fo-$i")")
 done
 ff50=$(printf '%s\n' "${ff[@]}" | pct 50)
+fl50=$(printf '%s\n' "${fl[@]}" | pct 50)
 fo50=$(printf '%s\n' "${fo[@]}" | pct 50)
 
 # Where a fork of the follower spends its time (the storage node's own breakdown).
@@ -113,6 +128,10 @@ echo "|---|---:|---:|---:|---|"
 echo "| initial copy (\`branch create --follow\`, to streaming) vs plain \`pg_basebackup\` to the same disk | ${follow_ms} ms | ${plain_ms} ms | $(ratio "$follow_ms" "$plain_ms") | ≤ 1.3x |"
 echo "| replication lag under \`pgbench -N -c 4\` (${tps:-?} tps), p50 / p99 (source's replay_lag) | ${lag50} / ${lag99} ms | — | — | p50 ≤ 1000 ms |"
 echo "| replication lag in bytes, p50 / p99 | ${lagb50} / ${lagb99} B | — | — | — |"
-echo "| fork → first query, of the follower vs of an ordinary root (p50 of $RUNS) | ${ff50} ms | ${fo50} ms | $(ratio "$ff50" "$fo50") | same as an ordinary root |"
+echo "| fork → first query, of the follower vs of an ordinary root after the same load (p50 of $RUNS) | ${ff50} ms | ${fo50} ms | $(ratio "$ff50" "$fo50") | same as an ordinary root |"
+echo "| logical: initial copy (\`--mode logical\`: schema, subscription, every table copied) vs plain \`pg_basebackup\` | ${logical_ms} ms | ${plain_ms} ms | $(ratio "$logical_ms" "$plain_ms") | — |"
+echo "| logical: lag under the same load, p50 / p99 (source's replay_lag) | ${llag50} / ${llag99} ms | — | — | p50 ≤ 1000 ms |"
+echo "| logical: lag in bytes, p50 / p99 | ${llagb50} / ${llagb99} B | — | — | — |"
+echo "| logical: fork → first query, of the follower vs of the same ordinary root (p50 of $RUNS) | ${fl50} ms | ${fo50} ms | $(ratio "$fl50" "$fo50") | same as an ordinary root |"
 echo
 echo "progress lines the CLI printed during the copy: $progress_lines"
