@@ -158,12 +158,7 @@ pub async fn follow_status(c: &Client) -> Result<ramify_api::FollowStatus, Contr
         )
         .await
         .map_err(q)?;
-    let lsn = |i: usize| -> Result<Option<Lsn>, ControlError> {
-        match row.try_get::<_, Option<String>>(i).map_err(q)? {
-            Some(s) => parse_lsn("replication LSN", s).map(Some),
-            None => Ok(None),
-        }
-    };
+    let lsn = |i: usize| optional_lsn(&row, i, what);
     let streaming: Option<bool> = row.try_get(0).map_err(q)?;
     let (received, replayed, source) = (lsn(1)?, lsn(2)?, lsn(3)?);
     let lag_bytes = match (source.or(received), replayed) {
@@ -183,6 +178,21 @@ pub async fn follow_status(c: &Client) -> Result<ramify_api::FollowStatus, Contr
         last_received_at: row.try_get(4).map_err(q)?,
         problem: None,
     })
+}
+
+/// Column `i` of `row`: an LSN as text, or NULL.
+fn optional_lsn(
+    row: &tokio_postgres::Row,
+    i: usize,
+    what: &'static str,
+) -> Result<Option<Lsn>, ControlError> {
+    match row
+        .try_get::<_, Option<String>>(i)
+        .map_err(|source| ControlError::Query { what, source })?
+    {
+        Some(s) => parse_lsn("replication LSN", s).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The replication state of a logical follower's subscription `subscription`, in the
@@ -206,12 +216,7 @@ pub async fn subscription_status(
         )
         .await
         .map_err(q)?;
-    let lsn = |i: usize| -> Result<Option<Lsn>, ControlError> {
-        match row.try_get::<_, Option<String>>(i).map_err(q)? {
-            Some(s) => parse_lsn("replication LSN", s).map(Some),
-            None => Ok(None),
-        }
-    };
+    let lsn = |i: usize| optional_lsn(&row, i, what);
     let streaming: Option<bool> = row.try_get(0).map_err(q)?;
     let (received, reported) = (lsn(1)?, lsn(2)?);
     let source = match (received, reported) {

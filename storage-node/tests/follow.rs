@@ -589,6 +589,16 @@ async fn follower_of(env: &Env, source: FollowSource) -> (TimelineInfo, Compute)
     (tl, c)
 }
 
+/// Waits up to 30 s until `condition` (SQL) holds on production's standby, failing
+/// with `what`.
+async fn standby_replays(standby: &Compute, condition: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while query_text(standby, &format!("SELECT ({condition})::text")).await != "true" {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        sleep_ms(100).await;
+    }
+}
+
 /// How long the network stays down in [`a_follower_rides_out_a_minute_without_network`].
 fn cut_secs() -> u64 {
     std::env::var("RAMIFY_FOLLOW_CUT_SECS")
@@ -700,20 +710,12 @@ async fn a_follower_follows_its_source_through_a_failover() {
     replayed(&env, &tl, prod.lsn().await).await;
     // Wait for production's standby to have it too, then fail over to it.
     let lsn = prod.lsn().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while query_text(
+    standby_replays(
         &standby,
-        &format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}')::text"),
+        &format!("pg_last_wal_replay_lsn() >= '{lsn}'"),
+        "production's standby lags",
     )
-    .await
-        != "true"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "production's standby lags"
-        );
-        sleep_ms(100).await;
-    }
+    .await;
     prod.pg.stop().await.unwrap();
     // A careful failover promotes only once the standby has replayed all the old primary
     // wrote, down to its shutdown checkpoint: promoted a moment earlier, Postgres ends
@@ -730,20 +732,12 @@ async fn a_follower_follows_its_source_through_a_failover() {
         .expect("pg_controldata names the last checkpoint")
         .trim()
         .to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while query_text(
+    standby_replays(
         &standby,
-        &format!("SELECT (pg_last_wal_replay_lsn() > '{last}')::text"),
+        &format!("pg_last_wal_replay_lsn() > '{last}'"),
+        &format!("production's standby never replayed the shutdown checkpoint at {last}"),
     )
-    .await
-        != "true"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "production's standby never replayed the shutdown checkpoint at {last}"
-        );
-        sleep_ms(100).await;
-    }
+    .await;
     standby.execute("SELECT pg_promote()").await.unwrap();
     relay.point_at(standby.port());
     // The new primary writes on its new timeline; the follower switches to it.
