@@ -13,7 +13,8 @@
 //! Example: `RAMIFY_FAILPOINTS='fork.after_build=kill,snapshot.before_publish=2*kill'`.
 //! The steps are the names passed to [`hit`] and [`hit_async`]; `CASES` in
 //! `storage-node/tests/crash_steps.rs` lists the crash steps with the operation each one
-//! interrupts. A name no step has is accepted and never fires (so keep that list and the
+//! interrupts (`logical.after_subscribe`, a logical follower's copy, is exercised by
+//! `storage-node/tests/follow.rs`). A name no step has is accepted and never fires (so keep that list and the
 //! code in step); a malformed entry makes the process refuse to start, so a typo in the
 //! syntax never silently tests nothing.
 

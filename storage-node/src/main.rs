@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
     );
     node.set_reserve(args.reserve);
+    node.spawn_release_leftover_slots();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -1157,3 +1157,61 @@ async fn a_hostile_sources_schema_never_runs_as_a_superuser_here() {
         0
     );
 }
+
+/// The node is killed once the subscription runs, in the middle of the initial copy: at
+/// its next start the temporary Postgres that was loading is stopped, the half-made
+/// follower is gone, and so are the slots it made on production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_a_logical_copy_leaves_nothing_on_the_source() {
+    let mut env = Env::new(2 << 30, &[]).await;
+    let prod = Production::start_with(&env, "prod", true).await;
+    prod.pg
+        .execute(
+            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
+             GRANT SELECT ON accounts, ledger TO replicator",
+        )
+        .await
+        .unwrap();
+    env.node
+        .set_env(&[("RAMIFY_FAILPOINTS", "logical.after_subscribe=kill")]);
+    env.node.restart().await.unwrap();
+    env.client
+        .create_timeline(&CreateTimeline {
+            follow: Some(prod.logical("bank")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the node dies at the failpoint");
+    let slots = "SELECT count(*) FROM pg_replication_slots";
+    assert!(
+        prod.pg.query_i64(slots).await.unwrap() >= 1,
+        "the copy had made its slot on production"
+    );
+    let loaders = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path().join("cwd")).ok())
+            .filter(|cwd| {
+                cwd.starts_with(env.scratch.path()) && cwd.to_string_lossy().contains(".creating-")
+            })
+            .count()
+    };
+    assert!(loaders() >= 1, "the schema loader outlived the node");
+    env.node.set_env(&[]);
+    env.node.restart().await.unwrap();
+    assert_eq!(
+        loaders(),
+        0,
+        "the node's start left the schema loader running"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while prod.pg.query_i64(slots).await.unwrap() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted copy's slots are still on production:\n{}",
+            env.node.log_tail()
+        );
+        sleep_ms(200).await;
+    }
+    assert!(env.client.list_timelines().await.unwrap().is_empty());
+}

@@ -79,7 +79,13 @@ impl Node {
     }
 }
 
-pub(super) async fn stop_postmaster(pgdata: &Path, pgdata_dir: Dir) -> Result<(), NodeError> {
+/// The postmaster running in `pgdata`, as a process of this PID namespace: the pid its
+/// `postmaster.pid` names, if that process's working directory is this very data
+/// directory. Else why not.
+pub(super) fn local_postmaster(
+    pgdata: &Path,
+    pgdata_dir: &Dir,
+) -> Result<nix::unistd::Pid, NodeError> {
     let Some(pid) = pgdata_dir
         .read("postmaster.pid")
         .ok()
@@ -105,9 +111,12 @@ pub(super) async fn stop_postmaster(pgdata: &Path, pgdata_dir: Dir) -> Result<()
             "the compute runs in another process namespace (e.g. its own Pod); stop it first, then delete".into(),
         ));
     }
+    Ok(nix::unistd::Pid::from_raw(pid))
+}
+
+pub(super) async fn stop_postmaster(pgdata: &Path, pgdata_dir: Dir) -> Result<(), NodeError> {
     use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let pid = Pid::from_raw(pid);
+    let pid = local_postmaster(pgdata, &pgdata_dir)?;
     // SIGINT = fast shutdown.
     if kill(pid, Signal::SIGINT).is_err() {
         return Err(NodeError::Conflict(

@@ -97,6 +97,9 @@ pub struct Node {
     space: reserve::SpaceGuard,
     /// Initial copies of following roots under way (see [`follow`]).
     copies: StdMutex<HashMap<TimelineId, follow::CopyProgress>>,
+    /// Slots on their sources of logical copies a crash interrupted, to drop once the node
+    /// serves (see [`Node::spawn_release_leftover_slots`]).
+    leftover_slots: StdMutex<Vec<follow::logical::LeftoverSlot>>,
 }
 
 /// What a compute looks like from the storage side.
@@ -148,6 +151,7 @@ impl Node {
             accountant: Arc::default(),
             space: reserve::SpaceGuard::default(),
             copies: StdMutex::new(HashMap::new()),
+            leftover_slots: StdMutex::new(Vec::new()),
         };
         node.recover()?;
         Ok(node)
@@ -174,6 +178,7 @@ impl Node {
             match r.phase {
                 Phase::Creating => {
                     warn!(timeline = %r.id, "removing a timeline whose creation was interrupted");
+                    self.interrupted_logical_copy(&r);
                     self.remove_tree(&self.layout.creating(r.id))?;
                     self.remove_tree(&self.layout.timeline(r.id))?;
                     crate::failpoint::hit("recover.mid");

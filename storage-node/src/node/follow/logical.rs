@@ -39,6 +39,9 @@ pub(in crate::node) const NO_APPLY_WORKERS: &str =
 # follower's slot.\n\
 max_logical_replication_workers = 0\n";
 
+/// The file in an initial copy's `run/` holding its subscription's oid.
+const SUBSCRIPTION_OID_FILE: &str = "subscription.oid";
+
 /// How long the temporary Postgres that loads the schema may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -260,12 +263,18 @@ impl Node {
             .map_err(|e| query_error("read the subscription's oid", e))?
             .get(0);
         *subscription = Some(oid);
+        // For the start-up recovery of a node killed from here on: the table-sync slots
+        // on the source are named after this oid.
+        self.open_dir(&TimelineDir(self.layout.creating(id)).run())?
+            .write(SUBSCRIPTION_OID_FILE, oid.to_string().as_bytes(), false)
+            .map_err(CloneError::from)?;
         db.batch_execute(&format!(
             "BEGIN; ALTER ROLE {OWNER} SUPERUSER; ALTER SUBSCRIPTION {SUBSCRIPTION} OWNER TO {OWNER}; \
              ALTER ROLE {OWNER} NOSUPERUSER; ALTER SUBSCRIPTION {SUBSCRIPTION} ENABLE; COMMIT"
         ))
         .await
         .map_err(|e| query_error("hand the subscription to its owner", e))?;
+        crate::failpoint::hit_async("logical.after_subscribe").await;
         // The copy is done when every table is ready ('r'); an apply or copy worker's
         // error (a table missing here, a constraint the data breaks) fails the create.
         let started_at = Utc::now();
@@ -421,6 +430,98 @@ impl Node {
             }
             Err(e) => warn!(timeline = %rec.id, error = %e, "{}", slot_left(&slot)),
         }
+    }
+}
+
+/// What a logical follower's initial copy, interrupted by a crash, left on its source.
+pub(in crate::node) struct LeftoverSlot {
+    id: TimelineId,
+    source: FollowSource,
+    slot: String,
+    subscription: Option<u32>,
+}
+
+impl Node {
+    /// Start-up recovery of a logical follower whose creation a crash interrupted, before
+    /// its staging directory is removed: stops the temporary Postgres the copy left
+    /// running (it would go on holding the slot) and keeps what its slots on the source
+    /// need to be dropped — the password from its file, the subscription's oid — for
+    /// [`Node::spawn_release_leftover_slots`].
+    pub(in crate::node) fn interrupted_logical_copy(&self, rec: &TimelineRecord) {
+        let Some(source) = rec
+            .request
+            .follow
+            .as_ref()
+            .filter(|f| !f.mode.is_physical())
+        else {
+            return;
+        };
+        let dir = TimelineDir(self.layout.creating(rec.id));
+        if let Ok(pgdata) = self.open_dir(&dir.pgdata()) {
+            if let Ok(pid) = super::super::delete::local_postmaster(&dir.pgdata(), &pgdata) {
+                use nix::sys::signal::{kill, Signal};
+                warn!(timeline = %rec.id, %pid, "stopping the schema loader an interrupted copy left running");
+                // SIGQUIT: immediate shutdown, the postmaster ends its workers itself.
+                let _ = kill(pid, Signal::SIGQUIT);
+                for _ in 0..50 {
+                    if kill(pid, None).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        let run = self.open_dir(&dir.run()).ok();
+        let read = |name: &str| {
+            run.as_ref()
+                .and_then(|d| d.read(name).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        self.leftover_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(LeftoverSlot {
+                id: rec.id,
+                slot: slot_name(rec.id, source),
+                source: FollowSource {
+                    password: read(PASSFILE).and_then(|t| passfile_password(&t)),
+                    ..source.clone()
+                },
+                subscription: read(SUBSCRIPTION_OID_FILE).and_then(|t| t.trim().parse().ok()),
+            });
+    }
+
+    /// Drops, in the background, the slots interrupted logical copies left on their
+    /// sources (see [`Node::interrupted_logical_copy`]); a source that cannot be reached
+    /// is logged with the command to run there.
+    pub fn spawn_release_leftover_slots(self: &std::sync::Arc<Self>) {
+        let leftovers = std::mem::take(
+            &mut *self
+                .leftover_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if leftovers.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            for l in leftovers {
+                let dropped = match node.follow_bin() {
+                    Ok((bin, _)) => {
+                        drop_source_slot(&bin, &l.source, &l.slot, l.subscription).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match dropped {
+                    Ok(()) => {
+                        info!(timeline = %l.id, slot = l.slot, "dropped the slots an interrupted logical copy left on its source")
+                    }
+                    Err(e) => warn!(timeline = %l.id, error = %e, "{}", slot_left(&l.slot)),
+                }
+            }
+        });
     }
 }
 

@@ -449,6 +449,7 @@ pub(super) fn diagnose_log(log: &str) -> String {
             && (l.contains("primary")
                 || l.contains("replication")
                 || l.contains("WAL segment")
+                || l.contains("WAL stream")
                 || l.contains("authentication")
                 || l.contains("pg_hba")
                 || l.contains("timeline")
@@ -474,6 +475,8 @@ pub(super) fn diagnose_log(log: &str) -> String {
         "the source's pg_hba.conf no longer admits this node: add the replication line back and reload"
     } else if lower.contains("connection refused")
         || lower.contains("could not connect")
+        || lower.contains("could not receive data")
+        || lower.contains("closed the connection")
         || lower.contains("terminating walreceiver")
         || lower.contains("timeout")
     {
@@ -591,6 +594,10 @@ mod tests {
         assert!(d.contains("replication slot \"s1\" does not exist"), "{d}");
         assert!(d.contains("dropped on the source"), "{d}");
         let d = diagnose_log("x FATAL:  could not connect to the primary server: connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n");
+        assert!(d.contains("retries"), "{d}");
+        // The network cut mid-stream.
+        let d = diagnose_log("x FATAL:  could not receive data from WAL stream: server closed the connection unexpectedly
+");
         assert!(d.contains("retries"), "{d}");
     }
 }
