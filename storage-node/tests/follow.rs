@@ -91,6 +91,17 @@ impl Production {
         }
     }
 
+    /// Publication `bank` of the bank's tables, readable by the replication role.
+    async fn publish_bank(&self) {
+        self.pg
+            .execute(
+                "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
+                 GRANT SELECT ON accounts, ledger TO replicator",
+            )
+            .await
+            .expect("publish the bank");
+    }
+
     /// A source for a logical follower subscribing to `publication`.
     fn logical(&self, publication: &str) -> FollowSource {
         FollowSource {
@@ -798,13 +809,7 @@ async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
     drop(replica);
 
     let prod = Production::start_with(&env, "prod", true).await;
-    prod.pg
-        .execute(
-            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
-             GRANT SELECT ON accounts, ledger TO replicator",
-        )
-        .await
-        .unwrap();
+    prod.publish_bank().await;
     let before = prod.catalog_counts().await;
     let e = env
         .client
@@ -989,13 +994,7 @@ async fn a_logical_follower_is_an_ordinary_root_whose_forks_never_subscribe() {
 async fn a_logical_follower_rides_out_a_restart_and_names_a_refused_password_and_a_dropped_slot() {
     let env = Env::new(2 << 30, &[]).await;
     let mut prod = Production::start_with(&env, "prod", true).await;
-    prod.pg
-        .execute(
-            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
-             GRANT SELECT ON accounts, ledger TO replicator",
-        )
-        .await
-        .unwrap();
+    prod.publish_bank().await;
     let transfer =
         "INSERT INTO ledger (src, dst, amount) SELECT 1, 2, g FROM generate_series(1, 10) g";
     prod.pg.execute(transfer).await.unwrap();
@@ -1165,13 +1164,7 @@ async fn a_hostile_sources_schema_never_runs_as_a_superuser_here() {
 async fn a_node_killed_during_a_logical_copy_leaves_nothing_on_the_source() {
     let mut env = Env::new(2 << 30, &[]).await;
     let prod = Production::start_with(&env, "prod", true).await;
-    prod.pg
-        .execute(
-            "CREATE PUBLICATION bank FOR TABLE accounts, ledger; \
-             GRANT SELECT ON accounts, ledger TO replicator",
-        )
-        .await
-        .unwrap();
+    prod.publish_bank().await;
     env.node
         .set_env(&[("RAMIFY_FAILPOINTS", "logical.after_subscribe=kill")]);
     env.node.restart().await.unwrap();

@@ -395,65 +395,41 @@ impl Node {
     }
 }
 
+/// The source of `rec` when it is a logical follower.
+pub(in crate::node) fn logical_source(rec: &TimelineRecord) -> Option<&FollowSource> {
+    rec.request
+        .follow
+        .as_ref()
+        .filter(|f| !f.mode.is_physical())
+}
+
+/// A logical follower's slots on its source, and what dropping them takes.
+pub(in crate::node) struct LeftoverSlot {
+    id: TimelineId,
+    source: FollowSource,
+    slot: String,
+    /// The subscription's oid, which names its table-sync slots (known once it exists).
+    subscription: Option<u32>,
+}
+
 impl Node {
     /// Drops a deleted logical follower's slot on its source (its compute is stopped, so
     /// the slot is let go of within moments): a slot nobody reads makes the source keep
     /// its WAL for ever. A source that cannot be reached does not stop the deletion; the
     /// log then names the command to run there.
     pub(in crate::node) async fn release_source_slot(&self, rec: &TimelineRecord) {
-        let Some(source) = rec
-            .request
-            .follow
-            .as_ref()
-            .filter(|f| !f.mode.is_physical())
-        else {
-            return;
-        };
-        let slot = slot_name(rec.id, source);
-        let password = self
-            .open_dir(&self.dir(rec.id).run())
-            .and_then(|d| d.read(PASSFILE).map_err(|e| CloneError::from(e).into()))
-            .ok()
-            .and_then(|b| passfile_password(&String::from_utf8_lossy(&b)));
-        let source = FollowSource {
-            password,
-            ..source.clone()
-        };
-        let dropped = match self.follow_bin() {
-            // A follower is made once every table is copied: no table's sync slot is left.
-            Ok((bin, _)) => drop_source_slot(&bin, &source, &slot, None).await,
-            Err(e) => Err(e),
-        };
-        match dropped {
-            Ok(()) => {
-                info!(timeline = %rec.id, slot, "dropped the logical follower's slot on its source")
-            }
-            Err(e) => warn!(timeline = %rec.id, error = %e, "{}", slot_left(&slot)),
+        if let Some(source) = logical_source(rec) {
+            let slots = self.slots_of(rec.id, source, &self.dir(rec.id).run());
+            self.release(slots).await;
         }
     }
-}
 
-/// What a logical follower's initial copy, interrupted by a crash, left on its source.
-pub(in crate::node) struct LeftoverSlot {
-    id: TimelineId,
-    source: FollowSource,
-    slot: String,
-    subscription: Option<u32>,
-}
-
-impl Node {
     /// Start-up recovery of a logical follower whose creation a crash interrupted, before
     /// its staging directory is removed: stops the temporary Postgres the copy left
     /// running (it would go on holding the slot) and keeps what its slots on the source
-    /// need to be dropped — the password from its file, the subscription's oid — for
-    /// [`Node::spawn_release_leftover_slots`].
+    /// need to be dropped for [`Node::spawn_release_leftover_slots`].
     pub(in crate::node) fn interrupted_logical_copy(&self, rec: &TimelineRecord) {
-        let Some(source) = rec
-            .request
-            .follow
-            .as_ref()
-            .filter(|f| !f.mode.is_physical())
-        else {
+        let Some(source) = logical_source(rec) else {
             return;
         };
         let dir = TimelineDir(self.layout.creating(rec.id));
@@ -472,29 +448,15 @@ impl Node {
                 let _ = kill(pid, Signal::SIGKILL);
             }
         }
-        let run = self.open_dir(&dir.run()).ok();
-        let read = |name: &str| {
-            run.as_ref()
-                .and_then(|d| d.read(name).ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-        };
+        let slots = self.slots_of(rec.id, source, &dir.run());
         self.leftover_slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(LeftoverSlot {
-                id: rec.id,
-                slot: slot_name(rec.id, source),
-                source: FollowSource {
-                    password: read(PASSFILE).and_then(|t| passfile_password(&t)),
-                    ..source.clone()
-                },
-                subscription: read(SUBSCRIPTION_OID_FILE).and_then(|t| t.trim().parse().ok()),
-            });
+            .push(slots);
     }
 
     /// Drops, in the background, the slots interrupted logical copies left on their
-    /// sources (see [`Node::interrupted_logical_copy`]); a source that cannot be reached
-    /// is logged with the command to run there.
+    /// sources (see [`Node::interrupted_logical_copy`]).
     pub fn spawn_release_leftover_slots(self: &std::sync::Arc<Self>) {
         let leftovers = std::mem::take(
             &mut *self
@@ -507,21 +469,47 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move {
-            for l in leftovers {
-                let dropped = match node.follow_bin() {
-                    Ok((bin, _)) => {
-                        drop_source_slot(&bin, &l.source, &l.slot, l.subscription).await
-                    }
-                    Err(e) => Err(e),
-                };
-                match dropped {
-                    Ok(()) => {
-                        info!(timeline = %l.id, slot = l.slot, "dropped the slots an interrupted logical copy left on its source")
-                    }
-                    Err(e) => warn!(timeline = %l.id, error = %e, "{}", slot_left(&l.slot)),
-                }
+            for slots in leftovers {
+                node.release(slots).await;
             }
         });
+    }
+
+    /// What dropping the slots of logical follower `id` takes, from its `run` directory:
+    /// the source's password from its file, the subscription's oid when it was written.
+    fn slots_of(&self, id: TimelineId, source: &FollowSource, run: &Path) -> LeftoverSlot {
+        let run = self.open_dir(run).ok();
+        let read = |name: &str| {
+            run.as_ref()
+                .and_then(|d| d.read(name).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        LeftoverSlot {
+            id,
+            slot: slot_name(id, source),
+            source: FollowSource {
+                password: read(PASSFILE).and_then(|t| passfile_password(&t)),
+                ..source.clone()
+            },
+            subscription: read(SUBSCRIPTION_OID_FILE).and_then(|t| t.trim().parse().ok()),
+        }
+    }
+
+    /// Drops `slots` on their source; a source that cannot be reached is logged with the
+    /// command to run there.
+    async fn release(&self, slots: LeftoverSlot) {
+        let dropped = match self.follow_bin() {
+            Ok((bin, _)) => {
+                drop_source_slot(&bin, &slots.source, &slots.slot, slots.subscription).await
+            }
+            Err(e) => Err(e),
+        };
+        match dropped {
+            Ok(()) => {
+                info!(timeline = %slots.id, slot = slots.slot, "dropped the logical follower's slots on its source")
+            }
+            Err(e) => warn!(timeline = %slots.id, error = %e, "{}", slot_left(&slots.slot)),
+        }
     }
 }
 

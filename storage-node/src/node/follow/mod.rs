@@ -135,12 +135,7 @@ impl Node {
             let Ok(rec) = self.record(id) else {
                 return false;
             };
-            if rec
-                .request
-                .follow
-                .as_ref()
-                .is_some_and(|f| !f.mode.is_physical())
-            {
+            if logical::logical_source(&rec).is_some() {
                 return true;
             }
             match rec.parent {
