@@ -205,10 +205,6 @@ pub struct Commit {
 pub fn parse_waldump(out: &str) -> Vec<Commit> {
     let mut commits = Vec::new();
     for line in out.lines() {
-        let Some(lsn_at) = line.find(" lsn: ") else {
-            continue;
-        };
-        let lsn_str = line[lsn_at + 6..].split(',').next().unwrap_or("");
         let Some(desc_at) = line.find("desc: COMMIT") else {
             continue;
         };
@@ -225,8 +221,8 @@ pub fn parse_waldump(out: &str) -> Vec<Commit> {
             }
         }
         let Some(end) = ts.find(" UTC") else { continue };
-        let (Ok(lsn), Ok(naive)) = (
-            lsn_str.trim().parse::<Lsn>(),
+        let (Some(lsn), Ok(naive)) = (
+            record_lsn(line),
             NaiveDateTime::parse_from_str(&ts[..end], "%Y-%m-%d %H:%M:%S%.f"),
         ) else {
             continue;
@@ -301,6 +297,41 @@ pub fn record_at_or_after(
         return Ok(false);
     }
     Err(WalError::Waldump(stderr.trim().to_string()))
+}
+
+/// The start of the last complete WAL record in `pg_wal` on timeline `tli`, reading from
+/// `start` (a segment's first byte will do: `pg_waldump` finds the first record after
+/// it) to the end of the WAL present, as recovery does. `None` when no record starts
+/// there.
+pub fn last_record(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+) -> Result<Option<Lsn>, WalError> {
+    let out = Command::new(waldump)
+        .arg("--path")
+        .arg(pg_wal)
+        .arg("--timeline")
+        .arg(tli.to_string())
+        .arg("--start")
+        .arg(start.to_string())
+        .output()
+        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let end_of_wal =
+        stderr.contains("error in WAL record") || stderr.contains("could not find a valid record");
+    if !out.status.success() && !end_of_wal {
+        return Err(WalError::Waldump(stderr.trim().to_string()));
+    }
+    Ok(stdout.lines().rev().find_map(record_lsn))
+}
+
+/// The LSN of one `pg_waldump` record line (`rmgr: … lsn: 0/01000028, prev …`).
+fn record_lsn(line: &str) -> Option<Lsn> {
+    let at = line.find(" lsn: ")?;
+    line[at + 6..].split(',').next()?.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -283,6 +283,13 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
     let floor = count(&prod.pg, "ledger").await;
     replayed(&env, &tl, prod.lsn().await).await;
     let (latest, lc) = start_fork(&env, &tl, At::Latest).await;
+    // It replayed all the follower gave it and promoted fast: the first connection did
+    // not wait for a checkpoint writing every page replay dirtied.
+    let log = lc.log();
+    assert!(
+        log.contains("selected new timeline ID") && !log.contains("end-of-recovery"),
+        "a fork of a follower at latest must promote without an end-of-recovery checkpoint:\n{log}"
+    );
     let n = check_bank(&lc, "fork at latest").await;
     assert!(
         n >= floor,

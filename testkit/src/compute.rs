@@ -201,6 +201,13 @@ impl Compute {
         file_tail(&self.settings.run_dir.join(SERVER_LOG), 0, TAIL_LINES)
     }
 
+    /// The whole server log so far (empty if it cannot be read).
+    pub fn log(&self) -> String {
+        std::fs::read(self.settings.run_dir.join(SERVER_LOG))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     /// A connected client to database `postgres`.
     pub async fn client(&self) -> Result<Client, ComputeError> {
         self.client_db("postgres").await

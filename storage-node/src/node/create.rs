@@ -261,10 +261,16 @@ impl Node {
             // follow yet: the fork does not stop at a target but replays all the WAL it
             // was given, from the backup's label, and carries on the source's timeline
             // in an archive of its own.
-            Plan::Backup { port } if super::follow::is_standby(&prec) => Fork {
-                recovery: RecoveryTarget::None,
-                ..self.fork_backup(&pdir, port, &dir, id).await?
-            },
+            Plan::Backup { port } if super::follow::is_standby(&prec) => {
+                let f = self.fork_backup(&pdir, port, &dir, id).await?;
+                Fork {
+                    recovery: self
+                        .through_the_end(&dir.pg_wal(), f.pg_timeline, f.start_lsn, f.lsn)
+                        .await?,
+                    plain_start: true,
+                    ..f
+                }
+            }
             Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
             Plan::Stopped => self.fork_stopped(parent, &pdir, &dir, id).await?,
             Plan::FromSnapshot { base, target } => {
@@ -306,7 +312,7 @@ impl Node {
             },
             consistent_lsn: fork.consistent_lsn,
             after_lsn: None,
-            plain_start: fork.recovery == RecoveryTarget::None,
+            plain_start: fork.plain_start,
         });
         let t_commit = Instant::now();
         let rec = self.commit(rec)?;
@@ -588,6 +594,7 @@ impl Node {
             time,
             pg_timeline: c.timeline,
             recovery: RecoveryTarget::None,
+            plain_start: true,
         })
     }
 
@@ -673,17 +680,18 @@ impl Node {
                 }
             }
         };
-        let recovery = if lsn == base.info.end_lsn && base.plain_start {
-            RecoveryTarget::None
+        let (recovery, plain_start) = if lsn == base.info.end_lsn && base.plain_start {
+            (RecoveryTarget::None, true)
         } else if !writes && !self.record_follows(&pg_wal, tli, lsn).await? {
             // A follower's WAL may end exactly at the target when its source has been
-            // idle since: no record follows for recovery to stop at, and replaying all
-            // of it from the base's label is the same state.
-            RecoveryTarget::None
+            // idle since: no record follows for recovery to stop before, and replaying
+            // all of it from the base's label is the same state.
+            let start = base.info.start_lsn;
+            (self.through_the_end(&pg_wal, tli, start, lsn).await?, true)
         } else if lsn == base.consistent_lsn {
-            RecoveryTarget::Immediate
+            (RecoveryTarget::Immediate, false)
         } else {
-            RecoveryTarget::Lsn(lsn)
+            (RecoveryTarget::Lsn(lsn), false)
         };
         Ok(Fork {
             start_lsn: base.info.start_lsn,
@@ -692,6 +700,43 @@ impl Node {
             time,
             pg_timeline: tli,
             recovery,
+            plain_start,
+        })
+    }
+
+    /// How a fork replays *all* the WAL gathered into `pg_wal`, whose last record ends at
+    /// or after `end` (a follower's: no record need follow its replay position). A plain
+    /// start would do it as crash recovery from the label, which Postgres ends with a
+    /// synchronous checkpoint writing every page replay dirtied before the first
+    /// connection. A target at the last complete record (inclusive) replays the same WAL
+    /// to the same state and lets the first start pause there and promote fast
+    /// ([`ramify_compute::promote`]). Plain when that record cannot be found (no
+    /// `pg_waldump`, or a record longer than the two segments scanned).
+    async fn through_the_end(
+        &self,
+        pg_wal: &Path,
+        tli: u32,
+        start: Lsn,
+        end: Lsn,
+    ) -> Result<RecoveryTarget, NodeError> {
+        let Some(waldump) = self.cfg.waldump.clone() else {
+            return Ok(RecoveryTarget::None);
+        };
+        if end <= start {
+            return Ok(RecoveryTarget::None);
+        }
+        // The segment the last record ends in, and the one before: the last record
+        // starts in one of them unless it is longer than a segment.
+        let from = Lsn(((end.0 - 1) / SEGMENT_SIZE)
+            .saturating_sub(1)
+            .saturating_mul(SEGMENT_SIZE)
+            .max(start.0));
+        let p = pg_wal.to_path_buf();
+        let last = tokio::task::spawn_blocking(move || wal::last_record(&waldump, &p, tli, from))
+            .await??;
+        Ok(match last {
+            Some(l) => RecoveryTarget::Lsn(l),
+            None => RecoveryTarget::None,
         })
     }
 
@@ -763,7 +808,11 @@ pub(super) struct Fork {
     consistent_lsn: Lsn,
     time: DateTime<Utc>,
     pg_timeline: u32,
+    /// How the fork's first start recovers.
     recovery: RecoveryTarget,
+    /// Whether a plain start of the fork's snapshot (no recovery target: crash recovery
+    /// from its label, or from its last checkpoint) reaches `lsn`.
+    plain_start: bool,
 }
 
 impl Fork {
@@ -776,6 +825,7 @@ impl Fork {
             time: b.time,
             pg_timeline: b.pg_timeline,
             recovery: RecoveryTarget::Immediate,
+            plain_start: false,
         }
     }
 }
