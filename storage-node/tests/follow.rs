@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use ramify_api::{At, CreateTimeline, FollowMode, FollowSource, Lsn, TimelineInfo};
+use ramify_compute::PgBin;
 use ramify_testkit::Compute;
 use tokio::sync::Mutex;
 
@@ -31,16 +32,34 @@ impl Production {
     /// A production database named `name`; at `wal_level = logical` when asked (set with
     /// ALTER SYSTEM, which wins over the settings Ramify's compute writes, and a restart).
     async fn start_with(env: &Env, name: &str, logical: bool) -> Production {
+        Production::start_on(env, &env.pg, name, logical).await
+    }
+
+    /// [`Production::start_with`] on the Postgres binaries `bin` (another major).
+    async fn start_on(env: &Env, bin: &PgBin, name: &str, logical: bool) -> Production {
         let dir = env.scratch.path().join(name);
         std::fs::create_dir(&dir).expect("production's directory");
         env.user.chown(&dir).expect("chown production's directory");
+        let pgdata = dir.join("pgdata");
+        ramify_compute::process::initdb(bin, &env.user, &pgdata)
+            .await
+            .expect("initdb production");
+        if bin.dir() != env.pg.dir() {
+            // Other majors come as builds without lz4 (and 14 knows only on and off);
+            // auto.conf is read last.
+            std::fs::write(
+                pgdata.join("postgresql.auto.conf"),
+                "wal_compression = on\n",
+            )
+            .unwrap();
+        }
         let pg = Compute::start(
-            &env.pg,
+            bin,
             &env.user,
-            &dir.join("pgdata"),
+            &pgdata,
             &dir.join("run"),
             "/bin/true",
-            true,
+            false,
             &[],
         )
         .await
@@ -1214,4 +1233,97 @@ async fn a_node_killed_during_a_logical_copy_leaves_nothing_on_the_source() {
         sleep_ms(200).await;
     }
     assert!(env.client.list_timelines().await.unwrap().is_empty());
+}
+
+/// Postgres `major` from `make tools` (scripts/build-tools.sh puts it in
+/// `$RAMIFY_TOOLS/pg<major>`): required under `make test`, else a missing one skips the
+/// test, saying so.
+fn other_major(major: u32) -> Option<PgBin> {
+    let tools = std::env::var("RAMIFY_TOOLS").unwrap_or_else(|_| "/var/tmp/ramify-tools".into());
+    let dir = std::path::Path::new(&tools).join(format!("pg{major}/bin"));
+    match PgBin::find(Some(&dir)) {
+        Ok(bin) => Some(bin),
+        Err(e) if std::env::var("RAMIFY_REQUIRE_TOOLS").as_deref() == Ok("1") => {
+            panic!("Postgres {major} is required under make test (scripts/build-tools.sh fetches it): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no Postgres {major} here ({e}); `make tools` fetches it");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_of_another_major_is_refused_physically_and_followed_logically_when_older() {
+    let (Some(pg14), Some(pg16)) = (other_major(14), other_major(16)) else {
+        return;
+    };
+    let env = Env::new(2 << 30, &[]).await;
+    let refused = |source: FollowSource| {
+        let client = env.client.clone();
+        async move {
+            client
+                .create_timeline(&CreateTimeline {
+                    follow: Some(source),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("refused")
+        }
+    };
+    // Postgres 16: a standby must run its primary's major, and pg_dump 15 cannot read
+    // a newer schema; each refusal names both majors and what to use instead.
+    let newer = Production::start_on(&env, &pg16, "pg16", true).await;
+    newer.publish_bank().await;
+    let e = refused(newer.source(Some("ramify_follow"))).await;
+    assert_eq!(e.code(), Some("source_refused"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("runs Postgres 16 and this node runs Postgres 15")
+            && e.to_string().contains("follow it logically"),
+        "{e}"
+    );
+    let e = refused(newer.logical("bank")).await;
+    assert_eq!(e.code(), Some("source_refused"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Postgres 16, newer than this node's Postgres 15"),
+        "{e}"
+    );
+    assert!(env.client.list_timelines().await.unwrap().is_empty());
+    assert_eq!(
+        newer
+            .pg
+            .query_i64("SELECT count(*) FROM pg_replication_slots")
+            .await
+            .unwrap(),
+        0,
+        "a refused source is left without a slot"
+    );
+    drop(newer);
+
+    // Postgres 14: no physical follower, but a logical one under load, whose fork is an
+    // ordinary Postgres 15 branch holding the bank's invariants.
+    let older = Production::start_on(&env, &pg14, "pg14", true).await;
+    older.publish_bank().await;
+    let e = refused(older.source(None)).await;
+    assert!(
+        e.to_string()
+            .contains("runs Postgres 14 and this node runs Postgres 15"),
+        "{e}"
+    );
+    let work = Workload::start(&older).await;
+    sleep_ms(300).await;
+    let (tl, fc) = follower_of(&env, older.logical("bank")).await;
+    let floor = count(&older.pg, "ledger").await;
+    applied(&env, &tl, &fc, floor).await;
+    let (_, lc) = start_fork(&env, &tl, At::Latest).await;
+    assert_eq!(query_text(&lc, "SHOW server_version_num").await[..2], *"15");
+    let n = check_bank(&lc, "fork of a Postgres 14 source's follower").await;
+    assert!(n >= floor, "the fork has {n} transfers, fewer than {floor}");
+    let transfers = work.finish().await;
+    assert!(transfers > 50, "the workload ran ({transfers} transfers)");
+    let all = count(&older.pg, "ledger").await;
+    applied(&env, &tl, &fc, all).await;
+    assert_eq!(check_bank(&fc, "the follower of Postgres 14").await, all);
 }
