@@ -2,9 +2,15 @@
 //! BranchCheckpoint, BranchRestore) or annotations the operator acts on, and wait for
 //! the operator's status; connections go through a port-forward to a proxy Pod.
 
+mod branches;
+mod checkpoints;
+mod cluster;
 pub mod errors;
+mod objects;
 pub mod portforward;
 pub mod view;
+
+pub use objects::{branch_object, go_duration, parent_ref, restore_source};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,14 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use async_trait::async_trait;
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use ramify_api::At;
 use ramify_crd::{
-    BranchCheckpoint, BranchPoint, BranchRestore, ComputeSpec, DatabaseBranch, DatabaseBranchSpec,
-    ParentRef, Phase, RestoreSource, DELETE_CHILDREN_ANNOTATION,
+    BranchCheckpoint, BranchPoint, BranchRestore, DatabaseBranch, DatabaseBranchSpec, ParentRef,
+    Phase, RestoreSource, DELETE_CHILDREN_ANNOTATION,
 };
 use ramify_lifecycle::HistoryPoint;
 use serde::de::DeserializeOwned;
@@ -531,315 +537,12 @@ impl Kube {
             "items": serde_json::to_value(items)?,
         }))
     }
-
-    /// Everything `status` reports.
-    async fn cluster_status(&self) -> anyhow::Result<view::ClusterStatus> {
-        let ns = &self.storage_ns;
-        let pods = match Api::<Pod>::namespaced(self.client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(l) => l.items,
-            Err(e) => {
-                let op = Op {
-                    verb: "list",
-                    resource: "pods",
-                    namespace: Some(ns),
-                };
-                return Err(from_kube(e, op, &self.server).into());
-            }
-        };
-        if pods.is_empty() && self.namespace_missing(ns).await {
-            bail!("namespace \"{ns}\" not found: Ramify is not installed there (name its namespace with --storage-namespace or RAMIFY_NAMESPACE)");
-        }
-        let mut problems = Vec::new();
-        if let Some(missing) = self.missing_crd(BRANCHES).await {
-            problems.push(missing.to_string());
-        }
-        let component = |p: &Pod| {
-            p.labels()
-                .get("app.kubernetes.io/component")
-                .cloned()
-                .unwrap_or_default()
-        };
-        let mut summary = |name: &str| -> view::ComponentStatus {
-            let of: Vec<&Pod> = pods.iter().filter(|p| component(p) == name).collect();
-            let ready = of.iter().filter(|p| portforward::pod_ready(p)).count();
-            for p in of.iter().filter(|p| !portforward::pod_ready(p)) {
-                problems.push(format!("{name} Pod {}: {}", p.name_any(), pod_problem(p)));
-            }
-            if of.is_empty() {
-                problems.push(format!(
-                    "no {name} Pod in namespace {ns} (label app.kubernetes.io/component={name})"
-                ));
-            }
-            view::ComponentStatus {
-                name: name.to_string(),
-                summary: format!("{ready}/{} ready", of.len()),
-                healthy: !of.is_empty() && ready == of.len(),
-            }
-        };
-        let operator = summary("operator");
-        let proxy = summary("proxy");
-        let mut storage = Vec::new();
-        for p in pods.iter().filter(|p| component(p) == "storage") {
-            let pod = p.name_any();
-            let ready = portforward::pod_ready(p);
-            if !ready {
-                problems.push(format!("storage Pod {pod}: {}", pod_problem(p)));
-            }
-            let req =
-                kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods/{pod}:7071/proxy"))
-                    .get_subresource("status", "v1");
-            let node: Result<ramify_api::NodeStatus, String> = match req {
-                Ok(req) => self.client.request(req).await.map_err(|e| {
-                    let op = Op {
-                        verb: "get",
-                        resource: "pods/proxy",
-                        namespace: Some(ns),
-                    };
-                    from_kube(e, op, &self.server).to_string()
-                }),
-                Err(e) => Err(e.to_string()),
-            };
-            storage.push(match node {
-                Ok(n) => {
-                    if n.clone_method == ramify_api::CloneMethod::Copy {
-                        problems.push(format!("storage Pod {pod}: copy mode: its volume ({}) has no reflinks, so every fork is a full copy", n.filesystem));
-                    }
-                    view::StorageNodeStatus {
-                        pod,
-                        ready,
-                        clone_method: Some(n.clone_method.to_string()),
-                        filesystem: Some(n.filesystem),
-                        capacity_bytes: Some(n.capacity_bytes),
-                        used_bytes: Some(n.used_bytes),
-                        error: None,
-                    }
-                }
-                Err(e) => view::StorageNodeStatus {
-                    pod,
-                    ready,
-                    clone_method: None,
-                    filesystem: None,
-                    capacity_bytes: None,
-                    used_bytes: None,
-                    error: Some(format!("its status could not be read: {e}")),
-                },
-            });
-        }
-        if storage.is_empty() {
-            problems.push(format!(
-                "no storage Pod in namespace {ns} (label app.kubernetes.io/component=storage)"
-            ));
-        }
-        let branches = match Api::<DatabaseBranch>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(list) => {
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready))
-                    .count();
-                let stale = Utc::now() - chrono::Duration::minutes(2);
-                for b in &list.items {
-                    let phase = b.status.as_ref().and_then(|s| s.phase);
-                    let failed = phase == Some(Phase::Failed);
-                    let stuck = !matches!(phase, Some(Phase::Ready) | Some(Phase::Deleting))
-                        && view::created(b) < stale;
-                    if failed || stuck {
-                        problems.push(format!("branch {}", view::progress(b)));
-                    }
-                }
-                Some(format!(
-                    "{} in all namespaces ({ready} ready)",
-                    list.items.len()
-                ))
-            }
-            Err(_) => None,
-        };
-        Ok(view::ClusterStatus {
-            storage_namespace: ns.clone(),
-            operator,
-            proxy,
-            storage,
-            branches,
-            problems,
-        })
-    }
-}
-
-/// Why a Pod is not ready, from its containers' states.
-fn pod_problem(p: &Pod) -> String {
-    let Some(st) = &p.status else {
-        return "no status yet".to_string();
-    };
-    for c in st.container_statuses.iter().flatten() {
-        if let Some(s) = &c.state {
-            if let Some(w) = &s.waiting {
-                return format!(
-                    "not ready: container {} waiting: {}{}",
-                    c.name,
-                    w.reason.as_deref().unwrap_or("?"),
-                    w.message
-                        .as_ref()
-                        .map(|m| format!(" ({m})"))
-                        .unwrap_or_default()
-                );
-            }
-            if let Some(t) = &s.terminated {
-                return format!(
-                    "not ready: container {} terminated: {} (exit {})",
-                    c.name,
-                    t.reason.as_deref().unwrap_or("?"),
-                    t.exit_code
-                );
-            }
-        }
-        if !c.ready {
-            return format!(
-                "not ready: container {} is running but not ready (restarts: {})",
-                c.name, c.restart_count
-            );
-        }
-    }
-    format!(
-        "not ready: phase {}{}",
-        st.phase.as_deref().unwrap_or("Unknown"),
-        st.conditions
-            .iter()
-            .flatten()
-            .find(|c| c.status != "True" && c.message.is_some())
-            .map(|c| format!(
-                " ({}: {})",
-                c.type_,
-                c.message.as_deref().unwrap_or_default()
-            ))
-            .unwrap_or_default()
-    )
-}
-
-/// `parent` or `namespace/parent` of `--parent`.
-pub fn parent_ref(parent: &str) -> ParentRef {
-    match parent.split_once('/') {
-        Some((ns, name)) => ParentRef {
-            name: name.to_string(),
-            namespace: Some(ns.to_string()),
-        },
-        None => ParentRef {
-            name: parent.to_string(),
-            namespace: None,
-        },
-    }
-}
-
-/// A Go-style duration of whole seconds (`300s`), as `spec.ttl` and `suspendAfter` take.
-pub fn go_duration(secs: u64) -> String {
-    format!("{secs}s")
-}
-
-/// The DatabaseBranch `branch create` writes (the point already resolved).
-pub fn branch_object(
-    args: &CreateArgs,
-    namespace: &str,
-    at: Option<BranchPoint>,
-) -> DatabaseBranch {
-    let mut b = DatabaseBranch::new(
-        &args.name,
-        DatabaseBranchSpec {
-            parent: args.parent.as_deref().map(parent_ref),
-            at,
-            compute: args.suspend_after.map(|s| ComputeSpec {
-                suspend_after: Some(go_duration(s)),
-                ..ComputeSpec::default()
-            }),
-            protected: args.protected.then_some(true),
-            expires_at: args.expires_at,
-            ttl: args.expires_in.map(go_duration),
-            ..DatabaseBranchSpec::default()
-        },
-    );
-    b.metadata.namespace = Some(namespace.to_string());
-    // `new` copies the CRD's own annotations (helm.sh/resource-policy): not the object's.
-    b.metadata.annotations = None;
-    b
-}
-
-/// The source of `branch restore` on a cluster.
-pub fn restore_source(args: &RestoreArgs) -> anyhow::Result<RestoreSource> {
-    let mut s = RestoreSource {
-        branch: args.from.clone(),
-        ..RestoreSource::default()
-    };
-    match &args.at {
-        None | Some(HistoryPoint::At(At::Latest)) => {
-            if args.from.is_none() {
-                bail!("restore needs --at WHEN (or --from BRANCH): like --at -10m or --at checkpoint:NAME");
-            }
-        }
-        Some(HistoryPoint::At(At::Lsn(l))) => s.lsn = Some(l.to_string()),
-        Some(HistoryPoint::At(At::Time(t))) => {
-            s.time = Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        }
-        Some(HistoryPoint::Checkpoint(c)) => s.checkpoint = Some(c.clone()),
-        Some(HistoryPoint::At(At::Snapshot(_))) => bail!(
-            "restoring to a snapshot is not available against a cluster (BranchRestore takes lsn, time or checkpoint): use --at checkpoint:NAME or an LSN"
-        ),
-    }
-    Ok(s)
 }
 
 #[async_trait]
 impl Backend for Kube {
     async fn create_branch(&self, args: CreateArgs) -> anyhow::Result<Shown> {
-        if args.follow.is_some() {
-            anyhow::bail!(
-                "--follow is for local mode; on a cluster a following root is a DatabaseBranch with spec.source.external naming a Secret that holds the source's URI (see docs/kubernetes.md)"
-            );
-        }
-        let ns = self.namespace.clone();
-        let mut at = None;
-        if let Some(parent) = &args.parent {
-            let p = parent_ref(parent);
-            let pns = p.namespace.clone().unwrap_or_else(|| ns.clone());
-            let api: Api<DatabaseBranch> = Api::namespaced(self.client.clone(), &pns);
-            // A missing parent is refused here, before anything is written; a parent this
-            // user may not read is left to the operator (spec.sharing decides).
-            if let Err(e) = api.get(&p.name).await {
-                if is_not_found(&e) {
-                    let op = Op {
-                        verb: "get",
-                        resource: BRANCHES,
-                        namespace: Some(&pns),
-                    };
-                    return Err(self.fail(e, op, Some(("parent branch", &p.name))).await);
-                }
-            }
-            if let Some(point) = &args.at {
-                at = self.branch_point(&pns, &p.name, point).await?;
-            }
-        }
-        let obj = branch_object(&args, &ns, at);
-        let created = match self
-            .api::<DatabaseBranch>()
-            .create(&PostParams::default(), &obj)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return Err(self.fail(e, self.op("create", BRANCHES), None).await),
-        };
-        if !args.wait.wait {
-            let text = view::created_branch(&created, None, None, &self.program);
-            return Ok(Shown::new(created, text));
-        }
-        let (b, waited) = self
-            .wait_ready(&args.name, Duration::from_secs(args.wait.timeout))
-            .await?;
-        let uri = self.secret_conn(&b).await.ok().map(|c| c.uri);
-        let text = view::created_branch(&b, uri.as_deref(), Some(waited), &self.program);
-        Ok(Shown::new(b, text))
+        self.create(args).await
     }
 
     async fn list_branches(&self) -> anyhow::Result<Listing> {
@@ -894,98 +597,7 @@ impl Backend for Kube {
         force: bool,
         wait: WaitArgs,
     ) -> anyhow::Result<Shown> {
-        let b = self.get_branch_obj(name).await?;
-        if b.is_protected() {
-            bail!(
-                "branch {name} is protected (spec.protected: true): unprotect it first: {} branch unprotect {name} -n {}",
-                self.program, self.namespace
-            );
-        }
-        // Children may be in any namespace (spec.sharing): look everywhere this user may,
-        // else in the branch's own namespace.
-        let listed = match Api::<DatabaseBranch>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(l) => l.items,
-            Err(_) => match self
-                .api::<DatabaseBranch>()
-                .list(&ListParams::default())
-                .await
-            {
-                Ok(l) => l.items,
-                Err(e) => return Err(self.fail(e, self.op("list", BRANCHES), None).await),
-            },
-        };
-        let children: Vec<String> = listed
-            .iter()
-            .filter(|c| {
-                c.spec.parent.as_ref().is_some_and(|p| p.name == name)
-                    && c.parent_namespace().as_deref() == Some(self.namespace.as_str())
-            })
-            .map(|c| match c.namespace() {
-                Some(ns) if ns != self.namespace => format!("{ns}/{}", c.name_any()),
-                _ => c.name_any(),
-            })
-            .collect();
-        if !children.is_empty() && !force {
-            bail!(
-                "branch {name} has child branches ({}): delete them first, or use --force to delete them too",
-                children.join(", ")
-            );
-        }
-        if let Err(e) = self
-            .api::<DatabaseBranch>()
-            .delete(name, &DeleteParams::default())
-            .await
-        {
-            return Err(self
-                .fail(e, self.op("delete", BRANCHES), Some(("branch", name)))
-                .await);
-        }
-        if force && !children.is_empty() {
-            // After the DELETE was accepted, so a refused one leaves the branch unchanged.
-            self.patch_branch(
-                name,
-                json!({"metadata": {"annotations": {DELETE_CHILDREN_ANNOTATION: "true"}}}),
-            )
-            .await?;
-        }
-        let text = if wait.wait {
-            let deadline = Instant::now() + Duration::from_secs(wait.timeout);
-            let mut last = String::new();
-            loop {
-                match self.api::<DatabaseBranch>().get(name).await {
-                    Err(e) if is_not_found(&e) => break,
-                    Err(e) => {
-                        return Err(from_kube(e, self.op("get", BRANCHES), &self.server).into())
-                    }
-                    Ok(b) => {
-                        let line = view::progress(&b);
-                        if Instant::now() >= deadline {
-                            let warnings = self.warnings("DatabaseBranch", name).await;
-                            bail!(
-                                "branch {name} is still there after {}: {}",
-                                humantime::format_duration(Duration::from_secs(wait.timeout)),
-                                view::stuck(&b, &warnings)
-                            );
-                        }
-                        if line != last {
-                            eprintln!("waiting: {line}");
-                            last = line;
-                        }
-                    }
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            format!("deleted branch {name} in namespace {}\n", self.namespace)
-        } else {
-            format!(
-                "deleting branch {name} in namespace {}: the operator removes its compute and storage (--wait waits for it)\n",
-                self.namespace
-            )
-        };
-        Ok(Shown::new(b, text))
+        self.delete(name, force, wait).await
     }
 
     async fn connection(&self, name: &str) -> anyhow::Result<Conn> {
@@ -1130,116 +742,15 @@ impl Backend for Kube {
         name: Option<&str>,
         timeout: u64,
     ) -> anyhow::Result<Shown> {
-        self.get_branch_obj(branch).await?;
-        let api = self.api::<BranchCheckpoint>();
-        let name = match name {
-            Some(n) => n.to_string(),
-            None => match api.list(&ListParams::default()).await {
-                Ok(l) => view::next_checkpoint_name(
-                    l.items
-                        .iter()
-                        .map(|c| c.metadata.name.as_deref().unwrap_or_default()),
-                ),
-                Err(e) => return Err(self.fail(e, self.op("list", CHECKPOINTS), None).await),
-            },
-        };
-        let mut cp = BranchCheckpoint::new(
-            &name,
-            ramify_crd::BranchCheckpointSpec {
-                branch: branch.to_string(),
-            },
-        );
-        cp.metadata.namespace = Some(self.namespace.clone());
-        cp.metadata.annotations = None;
-        if let Err(e) = api.create(&PostParams::default(), &cp).await {
-            return Err(self.fail(e, self.op("create", CHECKPOINTS), None).await);
-        }
-        let (cp, _) = self
-            .wait_for::<BranchCheckpoint, _>(
-                CHECKPOINTS,
-                &name,
-                Duration::from_secs(timeout),
-                |c| view::checkpoint_finished(c).map(|_| Ok(c.clone())),
-                |c| {
-                    let st = c.status.as_ref();
-                    format!(
-                        "checkpoint {}: {}",
-                        c.name_any(),
-                        view::conditions(st.map_or(&[][..], |s| &s.conditions[..]))
-                    )
-                },
-            )
-            .await
-            .with_context(|| format!("checkpoint {name} of {branch}"))?;
-        if view::checkpoint_finished(&cp) == Some(false) {
-            let st = cp.status.as_ref();
-            bail!(
-                "checkpoint {name} of {branch} failed: {}",
-                view::conditions(st.map_or(&[][..], |s| &s.conditions[..]))
-            );
-        }
-        let text = view::created_checkpoint(&cp, &self.program);
-        Ok(Shown::new(cp, text))
+        self.checkpoint(branch, name, timeout).await
     }
 
     async fn list_checkpoints(&self, branch: &str) -> anyhow::Result<Shown> {
-        let b = self.get_branch_obj(branch).await?;
-        let list: Vec<BranchCheckpoint> = match self
-            .api::<BranchCheckpoint>()
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(l) => l
-                .items
-                .into_iter()
-                .filter(|c| c.spec.branch == branch)
-                .collect(),
-            Err(e) => return Err(self.fail(e, self.op("list", CHECKPOINTS), None).await),
-        };
-        let timeline = b
-            .status
-            .as_ref()
-            .and_then(|s| s.timeline.as_ref())
-            .map(|t| t.id.clone());
-        let text = view::checkpoint_list(
-            branch,
-            &list,
-            timeline.as_deref(),
-            Utc::now(),
-            &self.program,
-        );
-        Ok(Shown::new(Self::list_value(&list)?, text))
+        self.checkpoints(branch).await
     }
 
     async fn delete_checkpoint(&self, branch: &str, name: &str) -> anyhow::Result<Shown> {
-        let api = self.api::<BranchCheckpoint>();
-        let cp = match api.get(name).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(self
-                    .fail(e, self.op("get", CHECKPOINTS), Some(("checkpoint", name)))
-                    .await)
-            }
-        };
-        if cp.spec.branch != branch {
-            bail!(
-                "checkpoint {name} is of branch {}, not {branch}: nothing was deleted",
-                cp.spec.branch
-            );
-        }
-        if let Err(e) = api.delete(name, &DeleteParams::default()).await {
-            return Err(self
-                .fail(
-                    e,
-                    self.op("delete", CHECKPOINTS),
-                    Some(("checkpoint", name)),
-                )
-                .await);
-        }
-        Ok(Shown::new(
-            cp,
-            format!("deleted checkpoint {name} of {branch}\n"),
-        ))
+        self.drop_checkpoint(branch, name).await
     }
 
     async fn status(&self) -> anyhow::Result<Shown> {
@@ -1326,75 +837,5 @@ impl Backend for Kube {
                 Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args::{BranchCommand, Cli, Command};
-    use clap::Parser;
-
-    fn create_args(args: &[&str]) -> CreateArgs {
-        let cli =
-            Cli::try_parse_from(["kubectl-ramify", "branch", "create"].iter().chain(args)).unwrap();
-        match cli.command {
-            Command::Branch(BranchCommand::Create(c)) => c,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn branch_objects_carry_every_flag() {
-        let args = create_args(&[
-            "dev",
-            "--parent",
-            "prod/main",
-            "--suspend-after",
-            "0",
-            "--expires-in",
-            "2h",
-        ]);
-        let b = branch_object(&args, "team-a", None);
-        assert_eq!(
-            serde_json::to_value(&b).unwrap(),
-            json!({
-                "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
-                "metadata": {"name": "dev", "namespace": "team-a"},
-                "spec": {"parent": {"name": "main", "namespace": "prod"}, "compute": {"suspendAfter": "0s"}, "ttl": "7200s"}
-            })
-        );
-        let root = branch_object(&create_args(&["main", "--protected"]), "prod", None);
-        assert_eq!(
-            serde_json::to_value(&root.spec).unwrap(),
-            json!({"protected": true})
-        );
-    }
-
-    #[test]
-    fn restore_sources() {
-        let args = |a: &[&str]| -> RestoreArgs {
-            let cli = Cli::try_parse_from(["kubectl-ramify", "branch", "restore"].iter().chain(a))
-                .unwrap();
-            match cli.command {
-                Command::Branch(BranchCommand::Restore(r)) => r,
-                other => panic!("{other:?}"),
-            }
-        };
-        let s = restore_source(&args(&["dev", "--at", "checkpoint:step-3"])).unwrap();
-        assert_eq!(
-            serde_json::to_value(&s).unwrap(),
-            json!({"checkpoint": "step-3"})
-        );
-        let s = restore_source(&args(&["dev", "--from", "main", "--at", "0/16B3748"])).unwrap();
-        assert_eq!(
-            serde_json::to_value(&s).unwrap(),
-            json!({"branch": "main", "lsn": "0/16B3748"})
-        );
-        let e = restore_source(&args(&["dev", "--at", "snapshot:x"]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not available against a cluster"), "{e}");
-        assert!(restore_source(&args(&["dev"])).is_err());
     }
 }
