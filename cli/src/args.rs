@@ -682,7 +682,10 @@ pub struct CreateArgs {
     /// Make a root that follows this Postgres instead of an empty one: a URI such as
     /// postgresql://replicator@db.example:5432/postgres naming a role with REPLICATION.
     /// The password comes from the URI, --password-file, or PGPASSFILE/~/.pgpass; it is
-    /// never stored with the branch or echoed. Fork the follower to get writable
+    /// never echoed. Local mode keeps it only in the storage node's run directory; on a
+    /// cluster it goes into the Secret NAME-source (key uri), which the DatabaseBranch's
+    /// spec.source.external names and which is deleted with the branch; the cluster's
+    /// chart must list the source's host (following.allowedHosts). Fork the follower to get writable
     /// branches of production. Physical (the default) copies the whole cluster and
     /// streams its WAL as a hot standby: same Postgres major. Logical (--mode logical
     /// --publication P) copies the schema and subscribes: for managed services and other

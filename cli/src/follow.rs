@@ -62,6 +62,23 @@ fn take_password(uri: &str) -> anyhow::Result<(String, Option<String>)> {
     Ok((format!("{scheme}{user}@{host}{tail}"), Some(password)))
 }
 
+/// The URI `conninfo` (as [`source`] returns it: no password) with `password` put back
+/// into its user part, `%`-encoded: what a cluster's Secret holds for the operator,
+/// which takes it out again before anything is shown or logged.
+pub fn with_password(conninfo: &str, password: Option<&str>) -> String {
+    let Some(password) = password else {
+        return conninfo.to_string();
+    };
+    let (scheme, rest) = conninfo.split_at(conninfo.find("://").map_or(0, |i| i + 3));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let secret = crate::backend::uri_component(password);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => format!("{scheme}{user}:{secret}@{host}{tail}"),
+        None => format!("{scheme}:{secret}@{authority}{tail}"),
+    }
+}
+
 fn percent_decode(s: &str) -> anyhow::Result<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -207,6 +224,39 @@ mod tests {
         assert_eq!((c.as_str(), p), ("postgres://rep@db/postgres", None));
         assert!(take_password("host=db user=rep").is_err());
         assert!(take_password("postgresql://rep@db/postgres?password=x").is_err());
+    }
+
+    #[test]
+    fn a_password_put_back_comes_out_the_same() {
+        for (conninfo, password, back) in [
+            (
+                "postgresql://replicator@db.example:5432/postgres",
+                "p@ss:w/rd%20?#&",
+                "postgresql://replicator@db.example:5432/postgres",
+            ),
+            (
+                "postgres://rep@[::1]/app?sslmode=require",
+                "plain",
+                "postgres://rep@[::1]/app?sslmode=require",
+            ),
+            // No user: libpq's default user, with this password.
+            (
+                "postgresql://db.example/postgres",
+                "no user",
+                "postgresql://@db.example/postgres",
+            ),
+        ] {
+            let uri = with_password(conninfo, Some(password));
+            assert_eq!(
+                take_password(&uri).unwrap(),
+                (back.to_string(), Some(password.to_string())),
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            with_password("postgresql://r@h/d", None),
+            "postgresql://r@h/d"
+        );
     }
 
     #[test]

@@ -504,3 +504,124 @@ async fn without_the_crds_the_cli_says_the_operator_is_not_installed() {
         assert!(line.contains("helm install ramify-crds"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_created_by_the_cli_owns_a_source_secret_holding_its_password() {
+    if kube_env::skip_without_api_server(
+        "a_follower_created_by_the_cli_owns_a_source_secret_holding_its_password",
+    ) {
+        return;
+    }
+    let server = ApiServer::start().unwrap();
+    let client = server.client().await;
+    kube_env::install_crds(&client).await;
+    kube_env::create_namespace(&client, "prod", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, server.kubeconfig(&server.token, Some("prod"))).unwrap();
+    let plugin = binary(dir.path(), "kubectl-ramify");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "prod");
+    let branches: Api<DatabaseBranch> = Api::namespaced(client.clone(), "prod");
+    let uri_of = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("uri"))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+
+    // The password from --password-file goes into mirror-source, owned by the branch,
+    // and is printed nowhere.
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "s3cret@x:y\n").unwrap();
+    let o = cli(
+        &plugin,
+        &kc,
+        &[
+            "branch",
+            "create",
+            "mirror",
+            "--follow",
+            "postgresql://replicator@db.prod.svc:5432/bank",
+            "--password-file",
+            pass.to_str().unwrap(),
+            "--mode",
+            "logical",
+            "--publication",
+            "bank",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(!format!("{}{}", o.stdout, o.stderr).contains("s3cret"));
+    let b = branches.get("mirror").await.unwrap();
+    let ext = b.spec.source.clone().and_then(|s| s.external).unwrap();
+    assert_eq!(ext.connection_secret_ref.name, "mirror-source");
+    assert_eq!(ext.publication.as_deref(), Some("bank"));
+    let s = secrets.get("mirror-source").await.unwrap();
+    assert_eq!(
+        uri_of(&s).as_deref(),
+        Some("postgresql://replicator:s3cret%40x%3Ay@db.prod.svc:5432/bank")
+    );
+    let owner = &s.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), Some(&owner.uid)),
+        ("DatabaseBranch", "mirror", b.metadata.uid.as_ref())
+    );
+
+    // An existing Secret of that name is never overwritten, and no branch is made.
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("mirror2-source".into());
+    theirs.string_data = Some([("uri".to_string(), "theirs".to_string())].into());
+    secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let o = cli(
+        &plugin,
+        &kc,
+        &[
+            "branch",
+            "create",
+            "mirror2",
+            "--follow",
+            "postgresql://replicator:pw@db.prod.svc/bank",
+        ],
+    )
+    .await;
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("Secret mirror2-source already exists") && line.contains("never overwritten"),
+        "{line}"
+    );
+    assert_eq!(
+        uri_of(&secrets.get("mirror2-source").await.unwrap()).as_deref(),
+        Some("theirs")
+    );
+    assert!(branches.get_opt("mirror2").await.unwrap().is_none());
+
+    // A branch that cannot be made (its name is taken) leaves no password behind.
+    let o = cli(&plugin, &kc, &["branch", "create", "taken"]).await;
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let o = cli(
+        &plugin,
+        &kc,
+        &[
+            "branch",
+            "create",
+            "taken",
+            "--follow",
+            "postgresql://replicator:other@db.prod.svc/bank",
+        ],
+    )
+    .await;
+    assert!(
+        one_line_error(&o).contains("already exists"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        secrets.get_opt("taken-source").await.unwrap().is_none(),
+        "the Secret of a branch that was not made is deleted"
+    );
+    assert!(branches.get("taken").await.unwrap().spec.source.is_none());
+}

@@ -237,23 +237,22 @@ psql_in "$NS_V" -c "UPDATE accounts SET balance = balance - 7 WHERE id = 1; UPDA
 [ "$(mirror_sql -c "SELECT count(*) FROM ledger WHERE at < '2001-01-01'")" = 0 ] || fail "preview's write reached mirror"
 [ "$(psql_in "$NS_V" -c 'SELECT current_user')" = app ] || fail "preview's Secret does not log in as its own role"
 
-step "follow: mirror-l follows production logically; preview-l, its fork in $NS_V, under load"
+step "follow: kubectl ramify branch create mirror-l --follow URI --mode logical; preview-l, its fork in $NS_V, under load"
 # Every transfer committed before mirror-l is asked for is in its initial copy.
 before=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
-cat <<EOF | k apply -f - >/dev/null
-apiVersion: ramify.dev/v1alpha1
-kind: DatabaseBranch
-metadata: {name: mirror-l, namespace: $NS_P}
-spec:
-  source:
-    external:
-      connectionSecretRef: {name: prod-replication, key: uri}
-      mode: logical
-      publication: bank
-  sharing: {namespaces: [$NS_V]}
-EOF
-k -n "$NS_P" wait --for=condition=Ready databasebranch/mirror-l --timeout=240s >/dev/null \
-  || fail "mirror-l is not Ready: $(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.conditions}')"
+# The password in a file, as a script keeps it off its command line.
+printf '%s\n' "$PROD_PW" >"$WORK/prod.pass"
+out=$(kr branch create mirror-l -n "$NS_P" --follow "postgresql://replicator@prod-db.$NS_P.svc:5432/bank" \
+  --password-file "$WORK/prod.pass" --mode logical --publication bank --wait --timeout 240 2>&1) \
+  || fail "kubectl ramify branch create mirror-l --follow: $out"
+case "$out" in *"$PROD_PW"*) fail "kubectl ramify branch create --follow printed the password" ;; esac
+[ "$(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.spec.source.external.connectionSecretRef.name} {.spec.source.external.mode} {.spec.source.external.publication}')" = "mirror-l-source logical bank" ] \
+  || fail "mirror-l's spec.source.external is not the CLI's Secret, mode and publication: $(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.spec.source}')"
+[ "$(k -n "$NS_P" get secret mirror-l-source -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')" = DatabaseBranch/mirror-l ] \
+  || fail "the source Secret mirror-l-source is not owned by mirror-l"
+[ "$(k -n "$NS_P" get secret mirror-l-source -o jsonpath='{.data.uri}' | base64 -d)" = "postgresql://replicator:$PROD_PW@prod-db.$NS_P.svc:5432/bank" ] \
+  || fail "the source Secret mirror-l-source does not hold the URI with the password from --password-file"
+k -n "$NS_P" patch databasebranch mirror-l --type merge -p "{\"spec\":{\"sharing\":{\"namespaces\":[\"$NS_V\"]}}}" >/dev/null
 wait_for "mirror-l applying" '{.status.conditions[?(@.type=="Following")].status}' '^True$' 90 -n "$NS_P" databasebranch mirror-l
 [ "$(k -n "$NS_P" get databasebranch mirror-l -o jsonpath='{.status.following.mode} {.status.following.publication}')" = "logical bank" ] \
   || fail "mirror-l's status.following does not show mode logical and publication bank"
@@ -300,6 +299,12 @@ k -n "$NS_V" delete databasebranch preview preview-l --timeout=120s >/dev/null
 k -n "$NS_P" delete databasebranch mirror mirror-l --timeout=120s >/dev/null
 [ "$(prod_sql postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$lslot'")" = 0 ] \
   || fail "mirror-l's slot $lslot is still on production after its deletion"
+# The source Secret the CLI wrote goes with the branch that owns it.
+deadline=$(( $(date +%s) + 60 ))
+while k -n "$NS_P" get secret mirror-l-source >/dev/null 2>&1; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "the source Secret mirror-l-source outlived mirror-l by 60 s"
+  sleep 0.5
+done
 notes="$(k -n "$NS_P" get events.events.k8s.io --field-selector reason=Deleted -o jsonpath='{.items[*].note}')"
 case "$notes" in *"pg_drop_replication_slot('ramify_e2e')"*) ;; *) fail "mirror's deletion does not name the slot it leaves: $notes" ;; esac
 [ "$(prod_sql postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ramify_e2e'")" = 1 ] \

@@ -4,11 +4,6 @@ use super::*;
 
 impl Kube {
     pub(super) async fn create(&self, args: CreateArgs) -> anyhow::Result<Shown> {
-        if args.follow.is_some() {
-            anyhow::bail!(
-                "--follow is for local mode; on a cluster a following root is a DatabaseBranch with spec.source.external naming a Secret that holds the source's URI (see docs/kubernetes.md)"
-            );
-        }
         let ns = self.namespace.clone();
         let mut at = None;
         if let Some(parent) = &args.parent {
@@ -31,6 +26,10 @@ impl Kube {
                 at = self.branch_point(&pns, &p.name, point).await?;
             }
         }
+        let source = match &args.follow {
+            Some(uri) => Some(self.create_source_secret(&args, uri).await?),
+            None => None,
+        };
         let obj = branch_object(&args, &ns, at);
         let created = match self
             .api::<DatabaseBranch>()
@@ -38,8 +37,20 @@ impl Kube {
             .await
         {
             Ok(b) => b,
-            Err(e) => return Err(self.fail(e, self.op("create", BRANCHES), None).await),
+            Err(e) => {
+                if let Some(secret) = &source {
+                    // The password is not left behind for a branch that does not exist.
+                    let _ = self
+                        .api::<Secret>()
+                        .delete(secret, &DeleteParams::default())
+                        .await;
+                }
+                return Err(self.fail(e, self.op("create", BRANCHES), None).await);
+            }
         };
+        if let Some(secret) = &source {
+            self.give_to_branch(secret, &created).await?;
+        }
         if !args.wait.wait {
             let text = view::created_branch(&created, None, None, &self.program);
             return Ok(Shown::new(created, text));
@@ -50,6 +61,67 @@ impl Kube {
         let uri = self.secret_conn(&b).await.ok().map(|c| c.uri);
         let text = view::created_branch(&b, uri.as_deref(), Some(waited), &self.program);
         Ok(Shown::new(b, text))
+    }
+
+    /// Writes the source URI of `branch create NAME --follow URI`, with its password
+    /// (from the URI, `--password-file` or `PGPASSFILE`), into the Secret the branch's
+    /// `spec.source.external` names; nothing of it is printed. An existing Secret of that
+    /// name is never overwritten.
+    async fn create_source_secret(&self, args: &CreateArgs, uri: &str) -> anyhow::Result<String> {
+        let source = crate::follow::source(uri, args.slot.clone(), args.password_file.as_deref())?;
+        let name = objects::source_secret_name(&args.name);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/managed-by".into(), "ramify".into()),
+                    ("ramify.dev/source-of".into(), args.name.clone()),
+                ])),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            string_data: Some(BTreeMap::from([(
+                objects::SOURCE_KEY.to_string(),
+                crate::follow::with_password(&source.conninfo, source.password.as_deref()),
+            )])),
+            ..Default::default()
+        };
+        match self
+            .api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => Ok(name),
+            Err(e) => match from_kube(e, self.op("create", "secrets"), &self.server) {
+                KubeError::AlreadyExists(_) => bail!(
+                    "Secret {name} already exists in namespace {ns}: a follower's source Secret is made new, never overwritten (left by an earlier create? `kubectl delete secret {name} -n {ns}`), or choose another branch name",
+                    ns = self.namespace
+                ),
+                other => Err(other.into()),
+            },
+        }
+    }
+
+    /// Makes the source Secret `secret` the branch's own, so that deleting the branch
+    /// deletes it.
+    async fn give_to_branch(&self, secret: &str, b: &DatabaseBranch) -> anyhow::Result<()> {
+        let owner = json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "ramify.dev/v1alpha1",
+            "kind": "DatabaseBranch",
+            "name": b.name_any(),
+            "uid": b.metadata.uid.clone().unwrap_or_default(),
+        }]}});
+        if let Err(e) = self
+            .api::<Secret>()
+            .patch(secret, &PatchParams::default(), &Patch::Merge(&owner))
+            .await
+        {
+            return Err(self
+                .fail(e, self.op("patch", "secrets"), Some(("Secret", secret)))
+                .await);
+        }
+        Ok(())
     }
 
     pub(super) async fn delete(

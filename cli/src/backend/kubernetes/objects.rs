@@ -3,7 +3,8 @@
 use anyhow::bail;
 use ramify_api::At;
 use ramify_crd::{
-    BranchPoint, ComputeSpec, DatabaseBranch, DatabaseBranchSpec, ParentRef, RestoreSource,
+    BranchPoint, BranchSource, ComputeSpec, DatabaseBranch, DatabaseBranchSpec, ExternalSource,
+    ParentRef, RestoreSource, SecretKeyRef,
 };
 use ramify_lifecycle::HistoryPoint;
 
@@ -28,6 +29,15 @@ pub fn go_duration(secs: u64) -> String {
     format!("{secs}s")
 }
 
+/// The key of a follower's source Secret that holds the URI.
+pub const SOURCE_KEY: &str = "uri";
+
+/// The Secret `branch create NAME --follow URI` writes the source's URI into (with its
+/// password), which the branch's `spec.source.external` names.
+pub fn source_secret_name(branch: &str) -> String {
+    format!("{branch}-source")
+}
+
 /// The DatabaseBranch `branch create` writes (the point already resolved).
 pub fn branch_object(
     args: &CreateArgs,
@@ -46,6 +56,17 @@ pub fn branch_object(
             protected: args.protected.then_some(true),
             expires_at: args.expires_at,
             ttl: args.expires_in.map(go_duration),
+            source: args.follow.as_ref().map(|_| BranchSource {
+                external: Some(ExternalSource {
+                    connection_secret_ref: SecretKeyRef {
+                        name: source_secret_name(&args.name),
+                        key: SOURCE_KEY.to_string(),
+                    },
+                    mode: Some(args.mode.into()),
+                    slot: args.slot.clone(),
+                    publication: args.publication.clone(),
+                }),
+            }),
             ..DatabaseBranchSpec::default()
         },
     );
@@ -119,6 +140,41 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&root.spec).unwrap(),
             json!({"protected": true})
+        );
+        // A follower names the Secret `branch create` writes its URI into.
+        let follower = branch_object(
+            &create_args(&[
+                "mirror",
+                "--follow",
+                "postgresql://replicator:pw@db.prod.svc/bank",
+                "--mode",
+                "logical",
+                "--publication",
+                "bank",
+                "--slot",
+                "mirror_slot",
+            ]),
+            "prod",
+            None,
+        );
+        assert_eq!(
+            serde_json::to_value(&follower.spec).unwrap(),
+            json!({"source": {"external": {
+                "connectionSecretRef": {"name": "mirror-source", "key": "uri"},
+                "mode": "logical", "slot": "mirror_slot", "publication": "bank"
+            }}})
+        );
+        let physical = branch_object(
+            &create_args(&["mirror", "--follow", "postgresql://r@db/bank"]),
+            "prod",
+            None,
+        );
+        assert_eq!(
+            serde_json::to_value(&physical.spec).unwrap(),
+            json!({"source": {"external": {
+                "connectionSecretRef": {"name": "mirror-source", "key": "uri"},
+                "mode": "physical"
+            }}})
         );
     }
 
