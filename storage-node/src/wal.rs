@@ -320,8 +320,11 @@ pub fn last_record(
         .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let end_of_wal =
-        stderr.contains("error in WAL record") || stderr.contains("could not find a valid record");
+    // The WAL present ends with an invalid record, or (after a segment switch) with a
+    // segment whose successor is not there.
+    let end_of_wal = stderr.contains("error in WAL record")
+        || stderr.contains("could not find a valid record")
+        || stderr.contains("could not find file");
     if !out.status.success() && !end_of_wal {
         return Err(WalError::Waldump(stderr.trim().to_string()));
     }

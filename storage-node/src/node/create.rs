@@ -711,7 +711,7 @@ impl Node {
     /// connection. A target at the last complete record (inclusive) replays the same WAL
     /// to the same state and lets the first start pause there and promote fast
     /// ([`ramify_compute::promote`]). Plain when that record cannot be found (no
-    /// `pg_waldump`, or a record longer than the two segments scanned).
+    /// `pg_waldump`, an error of it, or a record longer than the two segments scanned).
     async fn through_the_end(
         &self,
         pg_wal: &Path,
@@ -733,10 +733,15 @@ impl Node {
             .max(start.0));
         let p = pg_wal.to_path_buf();
         let last = tokio::task::spawn_blocking(move || wal::last_record(&waldump, &p, tli, from))
-            .await??;
+            .await?;
         Ok(match last {
-            Some(l) => RecoveryTarget::Lsn(l),
-            None => RecoveryTarget::None,
+            Ok(Some(l)) => RecoveryTarget::Lsn(l),
+            Ok(None) => RecoveryTarget::None,
+            // The plain start is always right, only slower: no fork fails for this.
+            Err(e) => {
+                warn!(error = %e, "cannot find the last WAL record of a fork; it starts plainly");
+                RecoveryTarget::None
+            }
         })
     }
 
