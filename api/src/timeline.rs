@@ -206,7 +206,7 @@ pub struct FollowInfo {
 }
 
 /// A following root's replication state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FollowStatus {
     /// Whether a WAL receiver is streaming from the source now.
     pub streaming: bool,

@@ -387,7 +387,11 @@ async fn metrics(State(node): State<AppState>) -> Result<Response> {
             ),
         ]);
     }
-    Ok(node.metrics().render(&gauges).into_response())
+    let mut text = node.metrics().render(&gauges);
+    text.push_str(&crate::metrics::render_followers(
+        &node.follower_samples().await?,
+    ));
+    Ok(text.into_response())
 }
 
 #[cfg(test)]

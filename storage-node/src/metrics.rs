@@ -242,9 +242,105 @@ impl Metrics {
     }
 }
 
+/// One following root's replication state as `GET /metrics` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerSample {
+    pub timeline: String,
+    /// `physical` or `logical`.
+    pub mode: &'static str,
+    /// `None` when its compute did not answer (stopped, starting, or overloaded).
+    pub status: Option<ramify_api::FollowStatus>,
+}
+
+/// The followers' gauges: streaming (0 also when the state could not be read), lag in
+/// bytes and seconds, and the time of the last message from the source; a figure the
+/// compute did not report is left out rather than shown as 0. The families are there
+/// (without samples) on a node with no follower, so dashboards and rules can name them.
+pub fn render_followers(samples: &[FollowerSample]) -> String {
+    let mut s = String::new();
+    type Figure = fn(&ramify_api::FollowStatus) -> Option<f64>;
+    let figures: [(&str, &str, Figure); 4] = [
+        (
+            "ramify_storage_follower_streaming",
+            "1 while a following root receives from its source (0 also when its state could not be read).",
+            |st| Some(st.streaming as u8 as f64),
+        ),
+        (
+            "ramify_storage_follower_lag_bytes",
+            "Bytes between the source's end of WAL (as it last reported it) and what the follower has applied.",
+            |st| st.lag_bytes.map(|b| b as f64),
+        ),
+        (
+            "ramify_storage_follower_lag_seconds",
+            "Seconds the follower's newest applied commit is behind while it has WAL still to apply (0 when caught up).",
+            |st| st.lag_seconds,
+        ),
+        (
+            "ramify_storage_follower_last_received_timestamp_seconds",
+            "Unix time of the last message from the source.",
+            |st| st.last_received_at.map(|t| t.timestamp_millis() as f64 / 1000.0),
+        ),
+    ];
+    for (i, (name, help, figure)) in figures.iter().enumerate() {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} gauge");
+        for f in samples {
+            let labels = format!("timeline=\"{}\",mode=\"{}\"", f.timeline, f.mode);
+            let v = match &f.status {
+                Some(st) => figure(st),
+                None if i == 0 => Some(0.0),
+                None => None,
+            };
+            if let Some(v) = v {
+                let _ = writeln!(s, "{name}{{{labels}}} {v}");
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn followers_show_what_their_computes_reported() {
+        let caught_up = ramify_api::FollowStatus {
+            streaming: true,
+            lag_bytes: Some(4096),
+            lag_seconds: Some(0.0),
+            last_received_at: chrono::DateTime::from_timestamp(1_700_000_000, 500_000_000),
+            ..Default::default()
+        };
+        let text = render_followers(&[
+            FollowerSample {
+                timeline: "a".into(),
+                mode: "physical",
+                status: Some(caught_up),
+            },
+            FollowerSample {
+                timeline: "b".into(),
+                mode: "logical",
+                status: None,
+            },
+        ]);
+        for line in [
+            "ramify_storage_follower_streaming{timeline=\"a\",mode=\"physical\"} 1",
+            "ramify_storage_follower_streaming{timeline=\"b\",mode=\"logical\"} 0",
+            "ramify_storage_follower_lag_bytes{timeline=\"a\",mode=\"physical\"} 4096",
+            "ramify_storage_follower_lag_seconds{timeline=\"a\",mode=\"physical\"} 0",
+            "ramify_storage_follower_last_received_timestamp_seconds{timeline=\"a\",mode=\"physical\"} 1700000000.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("lag_bytes{timeline=\"b\""), "{text}");
+        let none = render_followers(&[]);
+        assert!(
+            none.contains("# TYPE ramify_storage_follower_lag_bytes gauge"),
+            "{none}"
+        );
+        assert!(none.lines().all(|l| l.starts_with('#')), "{none}");
+    }
 
     #[test]
     fn create_durations_are_a_cumulative_histogram_by_kind() {

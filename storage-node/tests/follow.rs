@@ -288,6 +288,28 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
             && status.last_received_at.is_some(),
         "{status:?}"
     );
+    // The same figures on /metrics, for alerting on a follower falling behind.
+    let metrics = reqwest::get(format!("{}/metrics", env.node.metrics_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = format!("{{timeline=\"{}\",mode=\"physical\"}}", tl.id);
+    for figure in [
+        "streaming",
+        "lag_bytes",
+        "lag_seconds",
+        "last_received_timestamp_seconds",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("ramify_storage_follower_{figure}{labels} ")))
+            .unwrap_or_else(|| panic!("no follower {figure} on /metrics:\n{metrics}"));
+        if figure == "streaming" {
+            assert!(line.ends_with(" 1"), "{line}");
+        }
+    }
     let refused = fc
         .execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 2, 3)")
         .await;

@@ -55,6 +55,38 @@ impl Node {
             .collect()
     }
 
+    /// Every following root's replication state for `GET /metrics`, each read from its
+    /// compute with a short deadline so one stuck compute never stalls a scrape.
+    pub async fn follower_samples(&self) -> Result<Vec<crate::metrics::FollowerSample>, NodeError> {
+        let mut samples = Vec::new();
+        for rec in self.meta.all()? {
+            let Some(source) = rec.request.follow.as_ref() else {
+                continue;
+            };
+            if rec.phase != Phase::Ready {
+                continue;
+            }
+            let running = self.running(rec.id).await;
+            let status = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.follow_info(&rec, running.as_ref()),
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|f| f.status);
+            samples.push(crate::metrics::FollowerSample {
+                timeline: rec.id.to_string(),
+                mode: match source.mode {
+                    FollowMode::Physical => "physical",
+                    FollowMode::Logical => "logical",
+                },
+                status,
+            });
+        }
+        Ok(samples)
+    }
+
     /// The follow view of a following root: its source, and its replication state read
     /// from the running compute (`None` when it is stopped or not answering yet).
     pub(super) async fn follow_info(
