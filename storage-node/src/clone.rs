@@ -1,8 +1,9 @@
 //! The filesystem primitives copy-on-write rests on: `FICLONE` (reflink a file),
 //! `FIEMAP` (which extents a file shares), `syncfs` and `statfs`.
 //!
-//! This is the only module of the storage node with `unsafe` code: four ioctls/syscalls
-//! on file descriptors we own, with buffers sized and aligned for the kernel structs.
+//! With `sandbox.rs` (Landlock), one of the two modules of the storage node with `unsafe`
+//! code: four ioctls/syscalls on file descriptors we own, with buffers sized and aligned
+//! for the kernel structs.
 #![allow(unsafe_code)]
 
 use std::ffi::OsStr;

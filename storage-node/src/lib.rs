@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod node;
 pub mod pgcontrol;
 pub mod pgdata;
+pub mod sandbox;
 pub mod wal;
 pub mod window;

@@ -206,7 +206,18 @@ impl Node {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Whatever the source sends, the copy writes nowhere but the staging directory.
+        let jail = crate::sandbox::WriteJail::beneath(pgdata)
+            .map_err(io_op("confine pg_basebackup to the staging directory"))?;
+        match &jail {
+            Some(j) => j.confine(cmd.as_std_mut()),
+            None => warn!(
+                timeline = %id,
+                "this kernel has no Landlock: the initial copy cannot be confined to its staging directory (follow only sources you trust)"
+            ),
+        }
         let mut child = cmd.spawn().map_err(io_op("run pg_basebackup"))?;
+        drop(jail);
         // pg_basebackup reports progress only to a terminal: the bytes that have arrived
         // in the staging directory are the progress, measured every second.
         let mut stderr = child.stderr.take().expect("piped stderr");
@@ -239,7 +250,38 @@ impl Node {
         let text = output.await.unwrap_or_default();
         self.set_copy_progress(id, None);
         if !status.success() {
-            return Err(source_error(&text));
+            return Err(match source_error(&text) {
+                NodeError::Source { unreachable, message } if text.contains("Permission denied") => {
+                    NodeError::Source {
+                        unreachable,
+                        message: format!(
+                            "{message} (the copy may write only inside its staging directory: a source with tablespaces outside its data directory cannot be followed physically; follow it logically)"
+                        ),
+                    }
+                }
+                e => e,
+            });
+        }
+        // A tablespace link would let the follower's Postgres reach a path outside the
+        // timeline: refused, whatever the source answered.
+        if let Some(ts) = std::fs::read_dir(pgdata.join("pg_tblspc"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+        {
+            return Err(NodeError::Source {
+                unreachable: false,
+                message: format!(
+                    "the source has a tablespace (pg_tblspc/{}): a physical follower copies only the data directory; follow it logically{}",
+                    ts.file_name().to_string_lossy(),
+                    match (&source.slot, create_slot) {
+                        (Some(slot), true) => format!(
+                            " (the slot made for the copy stays on the source: SELECT pg_drop_replication_slot('{slot}'))"
+                        ),
+                        _ => String::new(),
+                    }
+                ),
+            });
         }
         BackupPoints::parse(&text).ok_or_else(|| NodeError::Io {
             op: "read pg_basebackup's start and end points".into(),
