@@ -151,6 +151,42 @@ fn binary(dir: &Path, name: &str) -> PathBuf {
     link
 }
 
+/// A real API server (with Ramify's CRDs when `crds`), the namespaces `namespaces`, and a
+/// kubeconfig whose context's namespace is the first of them, beside the plugin's name.
+struct Cluster {
+    server: ApiServer,
+    client: Client,
+    dir: tempfile::TempDir,
+    kc: PathBuf,
+    plugin: PathBuf,
+}
+
+async fn cluster(crds: bool, namespaces: &[&str]) -> Cluster {
+    let server = ApiServer::start().unwrap();
+    let client = server.client().await;
+    if crds {
+        kube_env::install_crds(&client).await;
+    }
+    for ns in namespaces {
+        kube_env::create_namespace(&client, ns, &[]).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        server.kubeconfig(&server.token, namespaces.first().copied()),
+    )
+    .unwrap();
+    let plugin = binary(dir.path(), "kubectl-ramify");
+    Cluster {
+        server,
+        client,
+        dir,
+        kc,
+        plugin,
+    }
+}
+
 struct Out {
     code: i32,
     stdout: String,
@@ -185,17 +221,14 @@ async fn branch_verbs_against_a_real_api_server() {
     if kube_env::skip_without_api_server("branch_verbs_against_a_real_api_server") {
         return;
     }
-    let server = ApiServer::start().unwrap();
-    let client = server.client().await;
-    kube_env::install_crds(&client).await;
-    for ns in ["team-a", "team-b", "prod"] {
-        kube_env::create_namespace(&client, ns, &[]).await;
-    }
+    let Cluster {
+        server,
+        client,
+        dir,
+        kc,
+        plugin,
+    } = cluster(true, &["team-a", "team-b", "prod"]).await;
     play_operator(client.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, server.kubeconfig(&server.token, Some("team-a"))).unwrap();
-    let plugin = binary(dir.path(), "kubectl-ramify");
     let ramify = binary(dir.path(), "ramify");
 
     // Acceptance (1): create --wait prints progress and returns when Ready.
@@ -483,13 +516,13 @@ async fn without_the_crds_the_cli_says_the_operator_is_not_installed() {
     ) {
         return;
     }
-    let server = ApiServer::start().unwrap();
-    let client = server.client().await;
-    kube_env::create_namespace(&client, "team-a", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, server.kubeconfig(&server.token, Some("team-a"))).unwrap();
-    let plugin = binary(dir.path(), "kubectl-ramify");
+    let Cluster {
+        server: _server,
+        dir: _dir,
+        kc,
+        plugin,
+        ..
+    } = cluster(false, &["team-a"]).await;
     for args in [
         &["branch", "list"][..],
         &["branch", "create", "main", "--wait"],
@@ -512,14 +545,13 @@ async fn a_follower_created_by_the_cli_owns_a_source_secret_holding_its_password
     ) {
         return;
     }
-    let server = ApiServer::start().unwrap();
-    let client = server.client().await;
-    kube_env::install_crds(&client).await;
-    kube_env::create_namespace(&client, "prod", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, server.kubeconfig(&server.token, Some("prod"))).unwrap();
-    let plugin = binary(dir.path(), "kubectl-ramify");
+    let Cluster {
+        server: _server,
+        client,
+        dir,
+        kc,
+        plugin,
+    } = cluster(true, &["prod"]).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "prod");
     let branches: Api<DatabaseBranch> = Api::namespaced(client.clone(), "prod");
     let uri_of = |s: &Secret| {

@@ -159,6 +159,11 @@ keys=$(k -n "$NS_P" get secret mirror-postgres -o jsonpath='{.data}' | "$PYTHON"
 [ "$keys" = "database host port uri" ] || fail "mirror's Secret holds $keys, not database host port uri"
 [ "$(k -n "$NS_P" get secret mirror-postgres -o jsonpath='{.data.database}' | base64 -d)" = bank ] \
   || fail "mirror's Secret does not name production's database"
+# The initial copy ran confined to its staging directory (Landlock) inside the storage
+# node's Pod: the node says so when it cannot.
+if k -n "$SYS" logs statefulset/ramify-storage --tail=-1 | grep -q "cannot be confined"; then
+  fail "the storage node copied mirror's source unconfined: $(k -n "$SYS" logs statefulset/ramify-storage --tail=-1 | grep "cannot be confined" | head -1)"
+fi
 
 step "follow: production's roles read mirror; mirror refuses writes and a restore"
 cat <<EOF | k apply -f - >/dev/null

@@ -244,15 +244,8 @@ pub fn commits(
     start: Lsn,
     end: Option<Lsn>,
 ) -> Result<Vec<Commit>, WalError> {
-    let mut cmd = Command::new(waldump);
-    cmd.env("TZ", "UTC")
-        .arg("--path")
-        .arg(pg_wal)
-        .arg("--timeline")
-        .arg(tli.to_string())
-        .arg("--start")
-        .arg(start.to_string())
-        .arg("--rmgr=Transaction");
+    let mut cmd = waldump_from(waldump, pg_wal, tli, start);
+    cmd.env("TZ", "UTC").arg("--rmgr=Transaction");
     if let Some(e) = end {
         cmd.arg("--end").arg(e.to_string());
     }
@@ -263,12 +256,31 @@ pub fn commits(
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Reaching the end of the WAL present is how pg_waldump stops without --end, and a
     // start at the very end finds no record at all; anything else is a real error.
-    let end_of_wal =
-        stderr.contains("error in WAL record") || stderr.contains("could not find a valid record");
-    if !out.status.success() && stdout.is_empty() && !end_of_wal {
+    if !out.status.success() && stdout.is_empty() && !end_of_wal(&stderr) {
         return Err(WalError::Waldump(stderr.trim().to_string()));
     }
     Ok(parse_waldump(&stdout))
+}
+
+/// `pg_waldump` over the segments in `pg_wal` on timeline `tli`, from `start`.
+fn waldump_from(waldump: &Path, pg_wal: &Path, tli: u32, start: Lsn) -> Command {
+    let mut cmd = Command::new(waldump);
+    cmd.arg("--path")
+        .arg(pg_wal)
+        .arg("--timeline")
+        .arg(tli.to_string())
+        .arg("--start")
+        .arg(start.to_string());
+    cmd
+}
+
+/// Whether `pg_waldump` stopped where the WAL present ends (how it stops without
+/// `--end`) rather than on a real error: an invalid record, no record at all from the
+/// start, or after a segment switch a next segment that is not there.
+fn end_of_wal(stderr: &str) -> bool {
+    stderr.contains("error in WAL record")
+        || stderr.contains("could not find a valid record")
+        || stderr.contains("could not find file")
 }
 
 /// Whether `pg_wal` holds a WAL record that starts at or after `lsn` on timeline `tli`
@@ -279,13 +291,7 @@ pub fn record_at_or_after(
     tli: u32,
     lsn: Lsn,
 ) -> Result<bool, WalError> {
-    let out = Command::new(waldump)
-        .arg("--path")
-        .arg(pg_wal)
-        .arg("--timeline")
-        .arg(tli.to_string())
-        .arg("--start")
-        .arg(lsn.to_string())
+    let out = waldump_from(waldump, pg_wal, tli, lsn)
         .args(["--limit", "1"])
         .output()
         .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
@@ -293,7 +299,7 @@ pub fn record_at_or_after(
     if out.status.success() && !out.stdout.is_empty() {
         return Ok(true);
     }
-    if stderr.contains("could not find a valid record") || stderr.contains("error in WAL record") {
+    if end_of_wal(&stderr) {
         return Ok(false);
     }
     Err(WalError::Waldump(stderr.trim().to_string()))
@@ -309,23 +315,12 @@ pub fn last_record(
     tli: u32,
     start: Lsn,
 ) -> Result<Option<Lsn>, WalError> {
-    let out = Command::new(waldump)
-        .arg("--path")
-        .arg(pg_wal)
-        .arg("--timeline")
-        .arg(tli.to_string())
-        .arg("--start")
-        .arg(start.to_string())
+    let out = waldump_from(waldump, pg_wal, tli, start)
         .output()
         .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The WAL present ends with an invalid record, or (after a segment switch) with a
-    // segment whose successor is not there.
-    let end_of_wal = stderr.contains("error in WAL record")
-        || stderr.contains("could not find a valid record")
-        || stderr.contains("could not find file");
-    if !out.status.success() && !end_of_wal {
+    if !out.status.success() && !end_of_wal(&stderr) {
         return Err(WalError::Waldump(stderr.trim().to_string()));
     }
     Ok(stdout.lines().rev().find_map(record_lsn))

@@ -243,6 +243,17 @@ async fn replayed(env: &Env, tl: &TimelineInfo, lsn: Lsn) {
     }
 }
 
+/// The node's refusal of a follower of `source` (panics if it is made).
+async fn refused(env: &Env, source: FollowSource) -> ramify_api::ClientError {
+    env.client
+        .create_timeline(&CreateTimeline {
+            follow: Some(source),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused")
+}
+
 async fn follower(env: &Env, prod: &Production, slot: Option<&str>) -> (TimelineInfo, Compute) {
     follower_of(env, prod.source(slot)).await
 }
@@ -394,18 +405,7 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
 async fn a_source_that_refuses_or_cannot_be_reached_is_named() {
     let env = Env::new(1 << 30, &[]).await;
     let prod = Production::start(&env).await;
-    let create = |source: FollowSource| {
-        let client = env.client.clone();
-        async move {
-            client
-                .create_timeline(&CreateTimeline {
-                    follow: Some(source),
-                    ..Default::default()
-                })
-                .await
-                .expect_err("refused")
-        }
-    };
+    let create = |source: FollowSource| refused(&env, source);
     let e = create(FollowSource {
         password: Some("wrong".into()),
         ..prod.source(None)
@@ -1281,18 +1281,7 @@ async fn a_source_of_another_major_is_refused_physically_and_followed_logically_
         return;
     };
     let env = Env::new(2 << 30, &[]).await;
-    let refused = |source: FollowSource| {
-        let client = env.client.clone();
-        async move {
-            client
-                .create_timeline(&CreateTimeline {
-                    follow: Some(source),
-                    ..Default::default()
-                })
-                .await
-                .expect_err("refused")
-        }
-    };
+    let refused = |source: FollowSource| refused(&env, source);
     // Postgres 16: a standby must run its primary's major, and pg_dump 15 cannot read
     // a newer schema; each refusal names both majors and what to use instead.
     let newer = Production::start_on(&env, &pg16, "pg16", true).await;

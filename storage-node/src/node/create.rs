@@ -732,8 +732,8 @@ impl Node {
             .saturating_mul(SEGMENT_SIZE)
             .max(start.0));
         let p = pg_wal.to_path_buf();
-        let last = tokio::task::spawn_blocking(move || wal::last_record(&waldump, &p, tli, from))
-            .await?;
+        let last =
+            tokio::task::spawn_blocking(move || wal::last_record(&waldump, &p, tli, from)).await?;
         Ok(match last {
             Ok(Some(l)) => RecoveryTarget::Lsn(l),
             Ok(None) => RecoveryTarget::None,
