@@ -725,6 +725,13 @@ impl Node {
         if end <= start {
             return Ok(RecoveryTarget::None);
         }
+        // Its WAL must end on timeline `tli` (where `end` is): the last record of an older
+        // timeline could lie before the point recovery counts as consistent (a follower
+        // that followed its source's failover during the backup), and stopping there is
+        // refused. Such a fork starts plainly.
+        if wal::newest_timeline(&self.open_dir(pg_wal)?) != tli {
+            return Ok(RecoveryTarget::None);
+        }
         // The segment the last record ends in, and the one before: the last record
         // starts in one of them unless it is longer than a segment.
         let from = Lsn(((end.0 - 1) / SEGMENT_SIZE)
