@@ -203,6 +203,11 @@ pub struct FollowInfo {
     /// Replication state, read from the running compute; `None` when it is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<FollowStatus>,
+    /// A physical follower's warm standby, which serves its next fork at latest without
+    /// replay: `ready`, `catching up`, `busy` (being built or serving a fork), `failed`
+    /// (retried) or `none`; absent when the node keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_standby: Option<String>,
 }
 
 /// A following root's replication state.

@@ -209,6 +209,7 @@ def test_storage_statefulset(rendered):
         "snapshot-interval": values["storage"]["snapshotInterval"],
         "snapshot-wal-bytes": "256MiB",
         "reserve": "default",
+        "warm-standbys": "true",
         "log-format": "text",
     }
     assert {"name": "data", "mountPath": "/var/lib/ramify"} in c["volumeMounts"]
@@ -233,6 +234,11 @@ def test_storage_statefulset(rendered):
 def test_storage_reserve_reaches_the_node(reserve):
     out = kube.render(RAMIFY_CHART, {"storage": {"reserve": reserve}}, namespace=NAMESPACE)
     assert flags(container(out.get("StatefulSet", "ramify-storage"), "storage"))["reserve"] == reserve
+
+
+def test_warm_standbys_can_be_turned_off():
+    out = kube.render(RAMIFY_CHART, {"storage": {"warmStandbys": False}}, namespace=NAMESPACE)
+    assert flags(container(out.get("StatefulSet", "ramify-storage"), "storage"))["warm-standbys"] == "false"
 
 
 def test_storage_api_token_is_the_operators_secret(rendered):
@@ -571,6 +577,7 @@ def test_monitoring_peers_and_disabling_policies():
     ({"storage": {"size": "lots"}}, "size"),
     ({"storage": {"reserve": "a bit"}}, "reserve"),
     ({"storage": {"reserve": "5 %"}}, "reserve"),
+    ({"storage": {"warmStandbys": "yes"}}, "warmStandbys"),
     ({"proxy": {"maxConnectionsPerBranch": 0}}, "maxConnectionsPerBranch"),
     ({"proxy": {"maxConnections": "many"}}, "maxConnections"),
     ({"proxy": {"startupTimeout": "ten seconds"}}, "startupTimeout"),

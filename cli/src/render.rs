@@ -267,6 +267,9 @@ fn follow_details(f: &ramify_api::FollowInfo, now: DateTime<Utc>) -> Vec<(&'stat
             }
         }
     }
+    if let Some(w) = &f.warm_standby {
+        pairs.push(("warm standby", w.clone()));
+    }
     pairs
 }
 

@@ -340,13 +340,26 @@ pub async fn initdb_with(
 /// `pgdata` as `user`, logging to `<run_dir>/postgres.log`. Returns once Postgres accepts
 /// connections; on failure the error carries the log lines this start wrote (a recovery
 /// ending in FATAL included), and on timeout the postmaster is killed first.
-#[instrument(skip(bin, user, settings), fields(pgdata = %pgdata.display(), port = settings.port))]
 pub async fn start(
     bin: &PgBin,
     user: &PgUser,
     pgdata: &Path,
     settings: &ComputeSettings,
     timeout: Duration,
+) -> Result<RunningCompute, ProcessError> {
+    start_with(bin, user, pgdata, settings, timeout, |_| {}).await
+}
+
+/// [`start`], with `prepare` applied to the postmaster's command before it is spawned
+/// (e.g. a `pre_exec` hook confining what it may write).
+#[instrument(skip(bin, user, settings, prepare), fields(pgdata = %pgdata.display(), port = settings.port))]
+pub async fn start_with(
+    bin: &PgBin,
+    user: &PgUser,
+    pgdata: &Path,
+    settings: &ComputeSettings,
+    timeout: Duration,
+    prepare: impl FnOnce(&mut std::process::Command),
 ) -> Result<RunningCompute, ProcessError> {
     let pgdata = absolute(pgdata)?;
     if let Some(pid) = running_pid(&pgdata)? {
@@ -390,6 +403,7 @@ pub async fn start(
         // Own process group: a terminal's ^C does not reach it and kill9 can signal it whole.
         .process_group(0);
     user.apply_tokio(&mut cmd);
+    prepare(cmd.as_std_mut());
     let command = format!("{} -D {}", bin.postgres().display(), pgdata.display());
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         command: command.clone(),

@@ -362,6 +362,10 @@ pub struct FollowingStatus {
     /// When the last message from the source arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_received_at: Option<DateTime<Utc>>,
+    /// A physical follower's warm standby on its storage node, which serves its next fork
+    /// at latest without replay: `ready`, `catching up`, `busy`, `failed` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_standby: Option<String>,
     /// When the operator read these figures (every 15 s or so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<DateTime<Utc>>,

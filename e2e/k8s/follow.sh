@@ -11,7 +11,8 @@
 #    the URI (password in it) and a slot. It becomes Ready, Following=True, shows its lag;
 #    its Secret names no login; it refuses writes; production's roles log in to it; its
 #    restore is refused.
-# 3. `preview`, a fork of mirror in $NS_V (mirror shares with it), under load: Ready, the
+# 3. `preview`, a fork of mirror in $NS_V (mirror shares with it), under load, once
+#    mirror's status shows its warm standby ready: served by it, Ready, the
 #    bank's invariants hold, it holds every transfer committed on production before it
 #    was asked for and none committed after it was Ready, and its own role writes.
 # 4. `mirror-l` follows production logically (mode: logical, publication bank); its own
@@ -210,6 +211,10 @@ wait_for "mirror's restore refused" '{.status.conditions[?(@.type=="Succeeded")]
 echo "    $(k -n "$NS_P" get branchrestore rewind-mirror -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].message}' | cut -c1-150)…"
 
 step "follow: preview, a fork of mirror in $NS_V under load: consistent, and writable"
+# The storage node keeps a warm standby beside mirror; once it has caught up, a fork at
+# latest is its promotion and replays nothing of production's WAL.
+wait_for "mirror's warm standby" '{.status.following.warmStandby}' '^ready$' 240 -n "$NS_P" databasebranch mirror
+served=$(k -n "$SYS" logs statefulset/ramify-storage --tail=-1 | grep -c "fork served by the follower's warm standby" || true)
 before=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
 # What production committed so far is on mirror before the fork is asked for.
 deadline=$(( $(date +%s) + 60 ))
@@ -227,6 +232,8 @@ EOF
 k -n "$NS_V" wait --for=condition=Ready databasebranch/preview --timeout=240s >/dev/null \
   || fail "preview is not Ready: $(k -n "$NS_V" get databasebranch preview -o jsonpath='{.status.conditions}')"
 after=$(prod_sql bank -c 'SELECT count(*) FROM ledger')
+[ "$(k -n "$SYS" logs statefulset/ramify-storage --tail=-1 | grep -c "fork served by the follower's warm standby" || true)" -gt "$served" ] \
+  || fail "preview was not served by mirror's warm standby: $(k -n "$SYS" logs statefulset/ramify-storage --tail=-1 | grep -i "warm" | tail -3)"
 client_pod "$NS_V" preview
 [ "$(psql_in "$NS_V" -c 'SELECT current_database()')" = bank ] || fail "preview's Secret does not name the bank database"
 n=$(bank_check "preview" psql_in "$NS_V")

@@ -123,6 +123,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // Keeps the default space reserve: one branch filling the disk is made read-only
     // before the others' WAL writes fail.
     node.spawn_space_guard(Duration::from_millis(500));
+    // A warm standby beside each physical follower: its forks at latest replay nothing.
+    if std::env::var("RAMIFY_WARM_STANDBYS").as_deref() != Ok("false") {
+        node.spawn_warm_standbys();
+    }
     let bg = node.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(10));

@@ -65,6 +65,7 @@ pub fn following_status(
             .filter(|s| s.is_finite())
             .map(|s| (s * 10.0).round() / 10.0),
         last_received_at: st.and_then(|s| s.last_received_at),
+        warm_standby: f.warm_standby.clone(),
         checked_at: Some(now),
     };
     match old {
@@ -74,6 +75,7 @@ pub fn following_status(
                 && o.mode == fresh.mode
                 && o.publication == fresh.publication
                 && o.streaming == fresh.streaming
+                && o.warm_standby == fresh.warm_standby
                 && o.checked_at
                     .is_some_and(|t| (now - t).to_std().unwrap_or_default() < REFRESH_AFTER) =>
         {
@@ -315,6 +317,7 @@ mod tests {
             mode: Default::default(),
             publication: None,
             status,
+            warm_standby: None,
         }
     }
 

@@ -170,6 +170,7 @@ async fn create_timeline(
                 mode: f.mode,
                 publication: f.publication.clone(),
                 status: None,
+                warm_standby: None,
             }),
             ..info(id, req.parent)
         })

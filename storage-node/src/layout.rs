@@ -40,6 +40,17 @@ impl Layout {
         self.timelines().join(format!(".deleting-{id}"))
     }
 
+    /// Warm standbys of physical followers (see `node::follow::warm`): mounted by no
+    /// compute.
+    pub fn warm_root(&self) -> PathBuf {
+        self.root.join("warm")
+    }
+
+    /// `warm/<id>`: the warm standby of follower `id`.
+    pub fn warm(&self, id: TimelineId) -> PathBuf {
+        self.warm_root().join(id.to_string())
+    }
+
     /// Metadata store file.
     pub fn meta_db(&self) -> PathBuf {
         self.root.join("meta").join("meta.redb")

@@ -62,6 +62,11 @@ struct Args {
     /// snapshots and GC also do it first, so this only bounds how current `wal/` is).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     archive_drain_interval: Duration,
+    /// Keep a warm standby beside each physical follower, so a fork of it at latest
+    /// replays none of its source's WAL (one more Postgres per follower, replaying the
+    /// same WAL; see docs/architecture.md). `--warm-standbys false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "RAMIFY_WARM_STANDBYS")]
+    warm_standbys: bool,
     /// Longest pause between two passes of the space accounting (logical, exclusive and
     /// history bytes of every timeline), which runs in the background: reads answer with
     /// the last pass's figures and its time, `?sizes=fresh` waits for a new one. A pass
@@ -234,6 +239,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     node.spawn_archive_drain(args.archive_drain_interval);
+    if args.warm_standbys {
+        node.spawn_warm_standbys();
+    }
     node.spawn_accounting(args.accounting_interval);
     node.spawn_space_guard(args.space_check_interval);
     if let Some(addr) = args.metrics_listen {

@@ -100,6 +100,12 @@ impl WriteJail {
     /// A jail whose only writable place is `dir` and what lies beneath it (and
     /// `/dev/null`). `Ok(None)` when the kernel has no Landlock.
     pub fn beneath(dir: &Path) -> io::Result<Option<WriteJail>> {
+        Self::beneath_all(&[dir])
+    }
+
+    /// A jail whose writable places are `dirs` and what lies beneath them (and
+    /// `/dev/null`). `Ok(None)` when the kernel has no Landlock.
+    pub fn beneath_all(dirs: &[&Path]) -> io::Result<Option<WriteJail>> {
         let Some(abi) = abi() else {
             return Ok(None);
         };
@@ -121,7 +127,9 @@ impl WriteJail {
         }
         // SAFETY: the kernel just returned this descriptor, owned by nobody else.
         let ruleset = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        add_beneath(&ruleset, dir, handled)?;
+        for dir in dirs {
+            add_beneath(&ruleset, dir, handled)?;
+        }
         add_beneath(
             &ruleset,
             Path::new("/dev/null"),
@@ -148,6 +156,22 @@ impl WriteJail {
                 Ok(())
             });
         }
+    }
+}
+
+/// Makes the child `cmd` spawns receive `signal` when the thread that spawned it ends
+/// (the node's runtime worker, i.e. the node): a Postgres the node runs for itself never
+/// outlives it. Set after the child's user is switched, which would clear it.
+pub fn die_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: one system call, touching no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

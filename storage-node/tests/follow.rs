@@ -331,18 +331,26 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
         "a follower must refuse writes: {refused:?}"
     );
 
-    // At latest, with transfers committing all the while.
+    // At latest, with transfers committing all the while: first from the follower's
+    // warm standby, which the node promoted and shut down for it, so the fork's first
+    // start replays nothing.
+    warm_standby_ready(&env, &tl).await;
     let floor = count(&prod.pg, "ledger").await;
     replayed(&env, &tl, prod.lsn().await).await;
+    let served = env.node.log().matches(WARM_SERVED).count();
     let (latest, lc) = start_fork(&env, &tl, At::Latest).await;
-    // It replayed all the follower gave it and promoted fast: the first connection did
-    // not wait for a checkpoint writing every page replay dirtied.
+    assert_eq!(
+        env.node.log().matches(WARM_SERVED).count(),
+        served + 1,
+        "a fork at latest of a follower whose warm standby is ready must be served by it:\n{}",
+        env.node.log_tail()
+    );
     let log = lc.log();
     assert!(
-        log.contains("selected new timeline ID") && !log.contains("end-of-recovery"),
-        "a fork of a follower at latest must promote without an end-of-recovery checkpoint:\n{log}"
+        !log.contains("redo starts") && !log.contains("selected new timeline ID"),
+        "a fork from the warm standby must start without any recovery:\n{log}"
     );
-    let n = check_bank(&lc, "fork at latest").await;
+    let n = check_bank(&lc, "fork at latest (warm standby)").await;
     assert!(
         n >= floor,
         "fork at latest has {n} transfers, fewer than the {floor} committed before it"
@@ -350,6 +358,28 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
     lc.execute("INSERT INTO ledger (src, dst, amount) VALUES (1, 1, 0)")
         .await
         .expect("a fork of a follower is writable");
+    // The fork's point is on the follower's history, and its own history starts there.
+    let lt = env.client.get_timeline(latest.id).await.unwrap();
+    let now = prod.lsn().await;
+    assert!(lt.fork_lsn.is_some_and(|l| l <= now), "{lt:?}");
+
+    // At once again: the warm standby is being rebuilt, so this one replays the WAL the
+    // follower gave it and promotes fast (no end-of-recovery checkpoint) — unless the
+    // new warm standby caught up already, which the node's log tells.
+    let floor = count(&prod.pg, "ledger").await;
+    replayed(&env, &tl, prod.lsn().await).await;
+    let served = env.node.log().matches(WARM_SERVED).count();
+    let (_, mut lc2) = start_fork(&env, &tl, At::Latest).await;
+    let log = lc2.log();
+    if env.node.log().matches(WARM_SERVED).count() == served {
+        assert!(
+            log.contains("selected new timeline ID") && !log.contains("end-of-recovery"),
+            "a fork of a follower at latest must promote without an end-of-recovery checkpoint:\n{log}"
+        );
+    }
+    let again = check_bank(&lc2, "second fork at latest").await;
+    assert!(again >= floor, "{again} < {floor}");
+    lc2.stop().await.unwrap();
 
     // At an LSN: the exact prefix committed before it.
     let (lsn, at_lsn) = {
@@ -399,6 +429,50 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
         .await,
         "ramify_follow"
     );
+}
+
+/// The pid in a warm standby's `postmaster.pid`, if it has one.
+fn warm_pid(env: &Env, tl: &TimelineInfo) -> Option<i32> {
+    let pidfile = env
+        .scratch
+        .path()
+        .join(format!("data/warm/{}/pgdata/postmaster.pid", tl.id));
+    std::fs::read_to_string(pidfile)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_dies_with_its_node_and_is_rebuilt_after_a_restart() {
+    let mut env = Env::new(1 << 30, &[]).await;
+    let prod = Production::start(&env).await;
+    let (tl, mut fc) = follower(&env, &prod, None).await;
+    warm_standby_ready(&env, &tl).await;
+    let pid = warm_pid(&env, &tl).expect("the warm standby's postmaster.pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // A SIGKILL of the node leaves no Postgres of its own running.
+    env.node.kill9().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm standby {pid} outlived its node by 10 s"
+        );
+        sleep_ms(100).await;
+    }
+    env.node.restart().await.unwrap();
+    warm_standby_ready(&env, &tl).await;
+    assert_ne!(warm_pid(&env, &tl), Some(pid));
+    let served = env.node.log().matches(WARM_SERVED).count();
+    let (_, mut c) = start_fork(&env, &tl, At::Latest).await;
+    assert_eq!(env.node.log().matches(WARM_SERVED).count(), served + 1);
+    check_bank(&c, "fork after the node's restart").await;
+    c.stop().await.unwrap();
+    fc.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,6 +612,32 @@ async fn a_follower_rides_out_a_source_restart_and_names_a_dropped_slot() {
         early_rows
     );
     fc.stop().await.unwrap();
+}
+
+/// What the node logs when a follower's warm standby serves a fork.
+const WARM_SERVED: &str = "fork served by the follower's warm standby";
+
+/// Waits until the follower's warm standby has caught up.
+async fn warm_standby_ready(env: &Env, tl: &TimelineInfo) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = env
+            .client
+            .get_timeline(tl.id)
+            .await
+            .expect("get follower")
+            .follow
+            .and_then(|f| f.warm_standby);
+        if state.as_deref() == Some("ready") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower's warm standby did not catch up within 120 s: {state:?}\n{}",
+            env.node.log_tail()
+        );
+        sleep_ms(250).await;
+    }
 }
 
 /// The follower's replication state as the node reports it.

@@ -256,19 +256,31 @@ impl Node {
         let mut rec = self.begin(id, req)?;
         let dir = TimelineDir(self.layout.creating(id));
         let t0 = Instant::now();
+        // Where the fork left the parent's history, when its own state starts elsewhere
+        // (a promoted warm standby: on a Postgres timeline of its own).
+        let mut on_parent = None;
         let fork = match plan {
             // A backup of a hot standby ends at its replay position, which no record may
             // follow yet: the fork does not stop at a target but replays all the WAL it
             // was given, from the backup's label, and carries on the source's timeline
             // in an archive of its own.
+            // Its warm standby, when one has caught up, replays none of that.
             Plan::Backup { port } if super::follow::is_standby(&prec) => {
-                let f = self.fork_backup(&pdir, port, &dir, id).await?;
-                Fork {
-                    recovery: self
-                        .through_the_end(&dir.pg_wal(), f.pg_timeline, f.start_lsn, f.lsn)
-                        .await?,
-                    plain_start: true,
-                    ..f
+                match self.fork_from_warm(parent, port, &dir).await {
+                    Some((f, at)) => {
+                        on_parent = Some(at);
+                        f
+                    }
+                    None => {
+                        let f = self.fork_backup(&pdir, port, &dir, id).await?;
+                        Fork {
+                            recovery: self
+                                .through_the_end(&dir.pg_wal(), f.pg_timeline, f.start_lsn, f.lsn)
+                                .await?,
+                            plain_start: true,
+                            ..f
+                        }
+                    }
                 }
             }
             Plan::Backup { port } => self.fork_backup(&pdir, port, &dir, id).await?,
@@ -299,7 +311,7 @@ impl Node {
         crate::failpoint::hit_async("fork.after_fork_snapshot").await;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
             .map_err(io_op("write recovery settings"))?;
-        rec.fork_lsn = Some(fork.lsn);
+        rec.fork_lsn = Some(on_parent.unwrap_or(fork.lsn));
         rec.fork_time = Some(fork.time);
         rec.snapshots.push(SnapshotRecord {
             info: SnapshotInfo {
@@ -815,16 +827,16 @@ pub(super) enum Target {
 }
 
 pub(super) struct Fork {
-    start_lsn: Lsn,
-    lsn: Lsn,
-    consistent_lsn: Lsn,
-    time: DateTime<Utc>,
-    pg_timeline: u32,
+    pub(super) start_lsn: Lsn,
+    pub(super) lsn: Lsn,
+    pub(super) consistent_lsn: Lsn,
+    pub(super) time: DateTime<Utc>,
+    pub(super) pg_timeline: u32,
     /// How the fork's first start recovers.
-    recovery: RecoveryTarget,
+    pub(super) recovery: RecoveryTarget,
     /// Whether a plain start of the fork's snapshot (no recovery target: crash recovery
     /// from its label, or from its last checkpoint) reaches `lsn`.
-    plain_start: bool,
+    pub(super) plain_start: bool,
 }
 
 impl Fork {

@@ -100,6 +100,9 @@ pub struct Node {
     /// Slots on their sources of logical copies a crash interrupted, to drop once the node
     /// serves (see [`Node::spawn_release_leftover_slots`]).
     leftover_slots: StdMutex<Vec<follow::logical::LeftoverSlot>>,
+    /// Each physical follower's warm standby (see [`follow::warm`]); `None` when the node
+    /// keeps none.
+    warm: StdMutex<Option<HashMap<TimelineId, follow::warm::Slot>>>,
 }
 
 /// What a compute looks like from the storage side.
@@ -152,6 +155,7 @@ impl Node {
             space: reserve::SpaceGuard::default(),
             copies: StdMutex::new(HashMap::new()),
             leftover_slots: StdMutex::new(Vec::new()),
+            warm: StdMutex::new(None),
         };
         node.recover()?;
         Ok(node)
@@ -193,6 +197,7 @@ impl Node {
                 Phase::Empty | Phase::Ready => {}
             }
         }
+        self.remove_leftover_warm()?;
         let records: HashMap<String, TimelineRecord> = self
             .meta
             .all()?

@@ -16,6 +16,7 @@ use super::*;
 
 pub(super) mod logical;
 mod physical;
+pub(super) mod warm;
 
 /// The password file a following root's compute names in `primary_conninfo`, in `run/`.
 pub const PASSFILE: &str = "source.pass";
@@ -128,6 +129,11 @@ impl Node {
             publication: source.publication.clone(),
             passfile: PASSFILE.into(),
             status,
+            warm_standby: source
+                .mode
+                .is_physical()
+                .then(|| self.warm_state(rec.id))
+                .flatten(),
         })
     }
 

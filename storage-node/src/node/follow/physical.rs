@@ -14,7 +14,7 @@ use super::*;
 
 /// Settings a hot standby must have at least as high as its primary (Postgres refuses
 /// to start, or pauses, otherwise).
-const STANDBY_MINIMUMS: &[&str] = &[
+pub(super) const STANDBY_MINIMUMS: &[&str] = &[
     "max_connections",
     "max_worker_processes",
     "max_wal_senders",
@@ -309,6 +309,18 @@ fn configure_standby(
             Err(e) => return Err(io_op(format!("keep the source's {file}"))(e)),
         }
     }
+    write_standby_conf(pgdata, minimums, "", user)
+}
+
+/// Writes a following root's own `postgresql.conf` (the `minimums` a hot standby must
+/// match, then `extra`), an empty `postgresql.auto.conf`, its `pg_hba.conf` and, when
+/// missing, `pg_ident.conf`, replacing whatever was there.
+pub(super) fn write_standby_conf(
+    pgdata: &Path,
+    minimums: &[(String, String)],
+    extra: &str,
+    user: &PgUser,
+) -> Result<(), NodeError> {
     let mut conf = String::from(
         "# Written by ramify-storage for a root that follows another Postgres; the\n\
          # source's own settings are in postgresql.source.conf, unused. A hot standby\n\
@@ -320,6 +332,7 @@ fn configure_standby(
             ramify_compute::settings::quote(value)
         ));
     }
+    conf.push_str(extra);
     let hba = format!(
         "# Written by ramify-storage. The socket directory is 0700: only the storage\n\
          # node and the compute's own user reach it.\n\
