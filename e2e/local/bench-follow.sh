@@ -117,6 +117,8 @@ fork_time() {
 warm_ready() {
   local t deadline state
   t=$(date +%s%N); deadline=$(( $(date +%s) + 300 ))
+  # RAMIFY_WARM_STANDBYS=false: the daemon keeps none, so forks replay (the comparison).
+  if [ "${RAMIFY_WARM_STANDBYS:-}" = false ]; then echo 0; return; fi
   while state=$("$RAMIFY" branch get prod -o json | json '["following"].get("warm_standby")'); [ "$state" != ready ]; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "the warm standby is not ready after 300 s ($state)" >&2; exit 1; }
     sleep 0.2
