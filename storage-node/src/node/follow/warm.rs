@@ -384,6 +384,16 @@ impl Node {
     ) -> Result<(Fork, Lsn), NodeError> {
         let (bin, _) = self.follow_bin()?;
         let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
+        // What the follower had replayed when the fork was asked for: the fork must hold
+        // at least that (a warm standby that did not follow the source's switch to a new
+        // timeline would stop short of it).
+        let floor = match self.connect_compute(parent, port).await {
+            Ok(c) => control::follow_status(&c)
+                .await
+                .ok()
+                .and_then(|s| s.replayed_lsn),
+            Err(_) => None,
+        };
         if let Err(e) = self.feed_warm(parent, port, &mut w).await {
             let _ = w.running.kill9();
             return Err(e);
@@ -405,6 +415,16 @@ impl Node {
                 c.timeline
             ))
         })?;
+        let Some(floor) = floor else {
+            return Err(NodeError::Conflict(
+                "the follower did not report its replay position".into(),
+            ));
+        };
+        if at < floor {
+            return Err(NodeError::Conflict(format!(
+                "it ended recovery at {at}, before the {floor} the follower had replayed (a timeline it did not follow?)"
+            )));
+        }
         if c.state != pgcontrol::ClusterState::ShutDown || pg.has_file("standby.signal") {
             return Err(NodeError::Conflict(
                 "it did not promote and shut down cleanly".into(),
