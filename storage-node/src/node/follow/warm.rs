@@ -224,7 +224,7 @@ impl Node {
         warm.create_dir("archive-inbox", 0o700)
             .map_err(CloneError::from)?;
         let pdir = self.dir(id);
-        let received = self.received_segment(id, port).await?;
+        let received = self.received_segment_of(id, port).await?;
         let t0 = Instant::now();
         let base = {
             // Held while the snapshot and WAL are cloned: GC removes neither meanwhile.
@@ -284,14 +284,35 @@ impl Node {
     /// Feeds the warm standby the follower's WAL from the last segment fed to the one it
     /// receives now.
     async fn feed_warm(&self, id: TimelineId, port: u16, w: &mut Warm) -> Result<(), NodeError> {
-        if !w.alive() {
+        let status = self.follower_status(id, port).await?;
+        self.feed_warm_to(id, w, &status).await
+    }
+
+    /// Feeds the warm standby up to the segment of what the follower reported receiving.
+    async fn feed_warm_to(
+        &self,
+        id: TimelineId,
+        w: &mut Warm,
+        status: &ramify_api::FollowStatus,
+    ) -> Result<(), NodeError> {
+        // A zombie or a stale pid file counts as exited.
+        if !ramify_compute::process::is_running(&w.dir.join("pgdata"))? {
             return Err(NodeError::Conflict("its Postgres exited".into()));
         }
-        let received = self.received_segment(id, port).await?;
+        let received = received_segment(status)?;
         self.gather_for_warm(&self.dir(id), &w.dir, w.fed, received)
             .await?;
         w.fed = w.fed.max(received);
         Ok(())
+    }
+
+    async fn follower_status(
+        &self,
+        id: TimelineId,
+        port: u16,
+    ) -> Result<ramify_api::FollowStatus, NodeError> {
+        let c = self.connect_compute(id, port).await?;
+        Ok(control::follow_status(&c).await?)
     }
 
     /// Clones segments `from..=to` (and every history file) of the follower in `pdir`
@@ -318,16 +339,21 @@ impl Node {
     }
 
     /// The segment holding the follower's last received WAL.
-    async fn received_segment(&self, id: TimelineId, port: u16) -> Result<u64, NodeError> {
-        let c = self.connect_compute(id, port).await?;
-        let s = control::follow_status(&c).await?;
-        let lsn = s
-            .received_lsn
-            .or(s.replayed_lsn)
-            .ok_or_else(|| NodeError::Conflict("the follower reports no WAL position".into()))?;
-        Ok(Lsn(lsn.0.saturating_sub(1)).segment(SEGMENT_SIZE))
+    async fn received_segment_of(&self, id: TimelineId, port: u16) -> Result<u64, NodeError> {
+        received_segment(&self.follower_status(id, port).await?)
     }
+}
 
+/// The segment holding the WAL the follower reports as received.
+fn received_segment(s: &ramify_api::FollowStatus) -> Result<u64, NodeError> {
+    let lsn = s
+        .received_lsn
+        .or(s.replayed_lsn)
+        .ok_or_else(|| NodeError::Conflict("the follower reports no WAL position".into()))?;
+    Ok(Lsn(lsn.0.saturating_sub(1)).segment(SEGMENT_SIZE))
+}
+
+impl Node {
     /// Serves a fork at latest of follower `parent` from its warm standby, if one has
     /// caught up: the newest WAL is fed, the standby promoted and shut down cleanly, and
     /// its PGDATA (and what it archived) moved into the fork's staging directory `dir`.
@@ -357,10 +383,10 @@ impl Node {
         let t0 = Instant::now();
         let result = self.promote_warm(parent, port, *w, dir).await;
         // The next one is built by the keeper from a newer snapshot.
-        let rebuild_now = Instant::now()
-            .checked_sub(RETRY_AFTER)
-            .unwrap_or_else(Instant::now);
-        self.put_warm(parent, Slot::Failed(rebuild_now));
+        // No slot: the keeper builds the next one at its next tick.
+        if let Some(m) = self.warm.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            m.remove(&parent);
+        }
         match result {
             Ok((fork, at)) => {
                 info!(timeline = %parent, fork_lsn = %at, elapsed_ms = t0.elapsed().as_millis() as u64, "fork served by the follower's warm standby");
@@ -387,14 +413,14 @@ impl Node {
         // What the follower had replayed when the fork was asked for: the fork must hold
         // at least that (a warm standby that did not follow the source's switch to a new
         // timeline would stop short of it).
-        let floor = match self.connect_compute(parent, port).await {
-            Ok(c) => control::follow_status(&c)
-                .await
-                .ok()
-                .and_then(|s| s.replayed_lsn),
-            Err(_) => None,
+        // One reading of the follower serves both: the floor, and how far to feed.
+        let status = self.follower_status(parent, port).await;
+        let floor = status.as_ref().ok().and_then(|s| s.replayed_lsn);
+        let fed = match &status {
+            Ok(s) => self.feed_warm_to(parent, &mut w, s).await,
+            Err(_) => Err(NodeError::Conflict("the follower did not answer".into())),
         };
-        if let Err(e) = self.feed_warm(parent, port, &mut w).await {
+        if let Err(e) = fed {
             let _ = w.running.kill9();
             return Err(e);
         }
@@ -493,10 +519,6 @@ impl Node {
 }
 
 impl Warm {
-    fn alive(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}", self.running.pid())).exists()
-    }
-
     /// Caught up when its startup process replays (or waits for) the segment before the
     /// last one fed or a later one: promoting it replays at most two segments.
     fn caught_up(&self) -> bool {
