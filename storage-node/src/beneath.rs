@@ -172,6 +172,27 @@ fn plain_relative(rel: &Path, base: &Path) -> Result<()> {
     }
 }
 
+/// How [`Dir::sync_tree`] makes a tree durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The filesystem journals all metadata in one ordered log (XFS): data is written
+    /// back, and one later fsync forces the log.
+    OrderedLog,
+    /// Every file and directory is fsynced.
+    PerFile,
+}
+
+impl Durability {
+    /// What the filesystem named by `statfs` (see `clone::fs_info`) needs.
+    pub fn for_filesystem(fs_type: &str) -> Durability {
+        if fs_type == "xfs" {
+            Durability::OrderedLog
+        } else {
+            Durability::PerFile
+        }
+    }
+}
+
 impl Dir {
     /// Opens the data directory itself: the one path the node trusts as given (its
     /// `--data-dir`, chosen by the operator, may well be reached through a link).
@@ -531,6 +552,47 @@ impl Dir {
         rustix::fs::fsync(&self.fd).map_err(io_at("fsync", self.rel.clone()))
     }
 
+    /// Prepares everything below this directory to be published durably by a rename and
+    /// an fsync of the rename's directory, never following a link (a link's or special
+    /// file's entry is covered by its directory).
+    ///
+    /// [`Durability::OrderedLog`] (XFS): each regular file's dirty data is written back
+    /// and waited for — no fsync, no device flush. XFS journals every metadata change,
+    /// a reflink clone's extent map or a new name alike, in one ordered log, and the
+    /// publishing fsync forces that log up to the rename, so every earlier change with
+    /// it (and its flush makes the written data stable first). This is what `syncfs`
+    /// does on XFS, limited to this tree: `syncfs` also writes back whatever every other
+    /// branch on the filesystem left dirty, which under load takes seconds.
+    /// [`Durability::PerFile`] (any other filesystem): every file and directory fsynced.
+    pub fn sync_tree(&self, how: Durability) -> Result<()> {
+        for e in self.entries()? {
+            match e.kind {
+                Kind::Dir => self.open_dir(Path::new(&e.name))?.sync_tree(how)?,
+                Kind::File => {
+                    let fd =
+                        match rustix::fs::openat(&self.fd, &e.name, file_flags(), Mode::empty()) {
+                            Ok(fd) => fd,
+                            // Replaced by a link or removed since the listing: nothing of ours.
+                            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOENT) => continue,
+                            Err(err) => return Err(io_at("open", self.path_of(&e.name))(err)),
+                        };
+                    match how {
+                        Durability::OrderedLog => crate::clone::write_back(&fd)
+                            .map_err(io_at("write back", self.path_of(&e.name)))?,
+                        Durability::PerFile => {
+                            rustix::fs::fsync(&fd).map_err(io_at("fsync", self.path_of(&e.name)))?
+                        }
+                    }
+                }
+                Kind::Symlink | Kind::Special(_) => {}
+            }
+        }
+        match how {
+            Durability::OrderedLog => Ok(()),
+            Durability::PerFile => self.fsync(),
+        }
+    }
+
     /// The descriptor, for calls on the directory itself (`syncfs`, `statfs`).
     pub fn as_file(&self) -> Result<File> {
         let fd = rustix::io::dup(&self.fd).map_err(io_at("dup", self.rel.clone()))?;
@@ -576,6 +638,44 @@ mod tests {
         fs::write(t.path().join("outside/secret"), b"secret").unwrap();
         let root = Dir::open_root(&t.path().join("data")).unwrap();
         (t, root)
+    }
+
+    #[test]
+    fn a_tree_is_synced_without_following_a_link_or_opening_a_fifo() {
+        let (t, root) = setup();
+        fs::write(t.path().join("data/tl/sub/f"), b"x").unwrap();
+        // Opened for reading without O_NONBLOCK, a FIFO would block the sync for good.
+        let fifo = t.path().join("outside/fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        symlink(&fifo, t.path().join("data/tl/to-fifo")).unwrap();
+        symlink(t.path().join("outside"), t.path().join("data/tl/to-dir")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join("data/tl/sub/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (done, rx) = std::sync::mpsc::channel();
+        let tl = root.open_dir("tl").unwrap();
+        std::thread::spawn(move || {
+            let r = [Durability::PerFile, Durability::OrderedLog]
+                .into_iter()
+                .try_for_each(|how| tl.sync_tree(how));
+            done.send(r.map_err(|e| e.to_string()))
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("sync_tree blocked on a FIFO or followed a link");
+        assert_eq!(r, Ok(()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The filesystem primitives copy-on-write rests on: `FICLONE` (reflink a file),
-//! `FIEMAP` (which extents a file shares), `syncfs` and `statfs`.
+//! `FIEMAP` (which extents a file shares) and `statfs`.
 //!
 //! With `sandbox.rs` (Landlock), one of the two modules of the storage node with `unsafe`
 //! code: four ioctls/syscalls on file descriptors we own, with buffers sized and aligned
@@ -322,13 +322,28 @@ pub fn set_cow_extent_size(dir: &Path, bytes: u32) -> Result<bool, CloneError> {
     Ok(true)
 }
 
-/// Flushes the whole filesystem holding `path`: makes every clone made so far durable.
-pub fn syncfs(path: &Path) -> Result<(), CloneError> {
-    let f = File::open(path).map_err(io_err("open", path))?;
-    // SAFETY: plain syscall on an fd we own.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+/// Writes back a file's dirty pages and waits for them: `sync_file_range` over the whole
+/// file, which flushes no device cache and commits no metadata (see
+/// `beneath::Dir::sync_tree` for what does).
+pub fn write_back(fd: &impl AsRawFd) -> Result<(), rustix::io::Errno> {
+    // SAFETY: plain syscall on an open descriptor; offset 0 and length 0 mean the
+    // whole file.
+    let rc = unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
     if rc != 0 {
-        return Err(io_err("syncfs", path)(io::Error::last_os_error()));
+        return Err(rustix::io::Errno::from_raw_os_error(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ));
     }
     Ok(())
 }

@@ -66,6 +66,8 @@ pub struct Node {
     layout: Layout,
     meta: Meta,
     clone_method: CloneMethod,
+    /// How a new timeline or snapshot is made durable before it is published.
+    durability: crate::beneath::Durability,
     metrics: Arc<Metrics>,
     /// Serialises read-modify-write of metadata records.
     meta_write: Mutex<()>,
@@ -134,6 +136,8 @@ impl Node {
                 "set XFS copy-on-write extent size hint"
             );
         }
+        let durability =
+            crate::beneath::Durability::for_filesystem(&clone::fs_info(layout.root())?.fs_type);
         let meta = Meta::open(&layout.meta_db())?;
         let data = Arc::new(Dir::open_root(layout.root()).map_err(CloneError::from)?);
         let node = Node {
@@ -142,6 +146,7 @@ impl Node {
             layout,
             meta,
             clone_method,
+            durability,
             metrics,
             meta_write: Mutex::new(()),
             locks: StdMutex::new(HashMap::new()),

@@ -188,7 +188,13 @@ impl Node {
                 return Err(e);
             }
         };
-        clone::syncfs(self.layout.root())?;
+        if let Err(e) = snaps
+            .open_dir(Path::new(&staging_name))
+            .and_then(|d| d.sync_tree(self.durability))
+        {
+            let _ = snaps.remove_tree(&staging_name);
+            return Err(CloneError::from(e).into());
+        }
         crate::failpoint::hit_async("snapshot.before_publish").await;
         let info = SnapshotInfo {
             name: name.to_string(),
@@ -223,6 +229,8 @@ impl Node {
         snaps
             .rename(&staging_name, &snaps, name)
             .map_err(CloneError::from)?;
+        // Durable from here on (on XFS this fsync is what makes the tree durable too).
+        snaps.fsync().map_err(CloneError::from)?;
         crate::failpoint::hit_async("snapshot.after_publish").await;
         rec.snapshots.push(SnapshotRecord {
             info: info.clone(),
