@@ -137,7 +137,12 @@ fl50=$(printf '%s\n' "${fl[@]}" | pct 50)
 fo50=$(printf '%s\n' "${fo[@]}" | pct 50)
 # The first wait is the build after the load; the others the rebuild after a fork.
 wr50=$(printf '%s\n' "${wr[@]:1}" | pct 50)
-served=$(grep -h -c "fork served by the follower's warm standby" "$RAMIFY_DATA_DIR"/local/*.log 2>/dev/null | awk '{s+=$1} END {print s+0}')
+# (grep -c exits 1 on a log without the line: RAMIFY_WARM_STANDBYS=false.)
+served=$({ grep -h -c "fork served by the follower's warm standby" "$RAMIFY_DATA_DIR"/local/*.log 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}')
+# Why a fork the warm standby did not serve fell back to replaying.
+grep -h "could not serve this fork" "$RAMIFY_DATA_DIR"/local/*.log >&2 || true
+# Where the warm standby's forks spent their time: feed, promotion, shutdown checkpoint.
+grep -h "promoted and stopped the warm standby" "$RAMIFY_DATA_DIR"/local/*.log 2>/dev/null | grep -o 'feed_ms=[0-9]*.*stop_ms=[0-9]*' >&2 || true
 
 # Where a fork of the follower spends its time (the storage node's own breakdown).
 grep -h "forked timeline" "$RAMIFY_DATA_DIR"/local/*.log 2>/dev/null | grep -o 'elapsed_ms=[0-9]*.*commit_ms=[0-9]*' | tail -"$((2 * RUNS))" >&2 || true

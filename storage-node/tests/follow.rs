@@ -912,8 +912,23 @@ async fn a_follower_follows_its_source_through_a_failover() {
         "2",
         "the follower streams the new primary's timeline"
     );
-    let (_, after) = start_fork(&env, &tl, At::Latest).await;
-    assert_eq!(check_bank(&after, "a fork after the failover").await, 2);
+    // The warm standby follows the switch too (or is rebuilt past it) and serves forks of
+    // the new timeline: twice, so the one rebuilt after the first fork does as well.
+    for round in [
+        "a fork after the failover",
+        "a second fork after the failover",
+    ] {
+        warm_standby_ready(&env, &tl).await;
+        let served = env.node.log().matches(WARM_SERVED).count();
+        let (_, after) = start_fork(&env, &tl, At::Latest).await;
+        assert_eq!(
+            env.node.log().matches(WARM_SERVED).count(),
+            served + 1,
+            "{round} must be served by the warm standby:\n{}",
+            env.node.log_tail()
+        );
+        assert_eq!(check_bank(&after, round).await, 2);
+    }
 }
 
 /// Waits until the logical follower `fc` holds at least `rows` ledger rows.

@@ -50,7 +50,10 @@ hot_standby = off\n\
 shared_buffers = '32MB'\n\
 wal_retrieve_retry_interval = '200ms'\n\
 checkpoint_timeout = '30s'\n\
-log_checkpoints = off\n";
+log_checkpoints = off\n\
+# What replay writes goes to disk as it is written, not all at the fork's shutdown\n\
+# checkpoint (which fsyncs every file replay touched since the last restartpoint).\n\
+backend_flush_after = '1MB'\n";
 
 /// One follower's warm standby, as the keeper tracks it.
 pub(in crate::node) enum Slot {
@@ -71,14 +74,20 @@ pub(in crate::node) struct Warm {
     running: RunningCompute,
     /// The last segment fed (it may have been partial, so it is fed again).
     fed: u64,
+    /// The newest Postgres timeline among the history files fed: after a failover of the
+    /// source, the one the follower went on to, which it must switch to as well.
+    fed_tli: u32,
     minimums: Vec<(String, String)>,
 }
 
 /// What a warm standby reports of itself through its startup process's title.
 #[derive(Debug, PartialEq, Eq)]
 enum Replay {
-    /// Replaying (or waiting for) this segment number.
-    At(u64),
+    /// Replaying (or waiting for) this segment of this Postgres timeline.
+    At {
+        tli: u32,
+        segno: u64,
+    },
     Unknown,
 }
 
@@ -272,11 +281,13 @@ impl Node {
             elapsed_ms = t0.elapsed().as_millis() as u64,
             "started a warm standby for fast forks of this follower"
         );
+        let fed_tli = newest_fed_timeline(&self.open_dir(&pgdata)?);
         Ok(Warm {
             dir,
             sockets,
             running,
             fed: received,
+            fed_tli,
             minimums,
         })
     }
@@ -303,6 +314,7 @@ impl Node {
         self.gather_for_warm(&self.dir(id), &w.dir, w.fed, received)
             .await?;
         w.fed = w.fed.max(received);
+        w.fed_tli = newest_fed_timeline(&self.open_dir(&w.dir.join("pgdata"))?);
         Ok(())
     }
 
@@ -414,6 +426,7 @@ impl Node {
         // at least that (a warm standby that did not follow the source's switch to a new
         // timeline would stop short of it).
         // One reading of the follower serves both: the floor, and how far to feed.
+        let t_feed = Instant::now();
         let status = self.follower_status(parent, port).await;
         let floor = status.as_ref().ok().and_then(|s| s.replayed_lsn);
         let fed = match &status {
@@ -424,11 +437,29 @@ impl Node {
             let _ = w.running.kill9();
             return Err(e);
         }
+        // Just fed the history file of the source's new timeline: promoted before it
+        // switches, it would end on the old one.
+        if !w.on_newest_timeline(Duration::from_secs(3)).await {
+            let _ = w.running.kill9();
+            return Err(NodeError::Conflict(format!(
+                "it did not switch to timeline {} within 3 s",
+                w.fed_tli
+            )));
+        }
         let pgdata = w.dir.join("pgdata");
+        let t_promote = Instant::now();
         let promoted = promote(&bin, &user, &pgdata).await;
+        let t_stop = Instant::now();
         let stopped = w.running.stop(&bin, &user, StopMode::Fast).await;
         promoted?;
         stopped?;
+        info!(
+            timeline = %parent,
+            feed_ms = (t_promote - t_feed).as_millis() as u64,
+            promote_ms = (t_stop - t_promote).as_millis() as u64,
+            stop_ms = t_stop.elapsed().as_millis() as u64,
+            "promoted and stopped the warm standby"
+        );
         let pg = self.open_dir(&pgdata)?;
         let c = self.read_pg_control(&pgdata)?;
         let history = pg
@@ -520,11 +551,29 @@ impl Node {
 
 impl Warm {
     /// Caught up when its startup process replays (or waits for) the segment before the
-    /// last one fed or a later one: promoting it replays at most two segments.
+    /// last one fed or a later one, on the newest timeline fed: promoting it replays at
+    /// most two segments. (A standby promoted before it switched to a newer timeline
+    /// would end on the old one, short of what the follower replayed.)
     fn caught_up(&self) -> bool {
         match replay_of(self.running.pid()) {
-            Replay::At(seg) => seg + 1 >= self.fed,
+            Replay::At { tli, segno } => tli >= self.fed_tli && segno + 1 >= self.fed,
             Replay::Unknown => false,
+        }
+    }
+
+    /// Waits up to `limit` for it to switch to the newest timeline fed: it rescans for a
+    /// new history file whenever it runs out of WAL (every `wal_retrieve_retry_interval`).
+    async fn on_newest_timeline(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if matches!(replay_of(self.running.pid()), Replay::At { tli, .. } if tli >= self.fed_tli)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -625,6 +674,14 @@ fn parse_minimums(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The newest Postgres timeline with a history file in a warm standby's `pg_wal`.
+fn newest_fed_timeline(pgdata: &Dir) -> u32 {
+    pgdata
+        .open_dir("pg_wal")
+        .map(|d| wal::newest_timeline(&d))
+        .unwrap_or(1)
+}
+
 /// The point where the newest timeline of a history file branched off its parent.
 fn switch_point(history: &str) -> Option<Lsn> {
     history
@@ -674,7 +731,7 @@ fn parse_title(title: &str) -> Option<Replay> {
         .strip_prefix("recovering ")
         .or_else(|| rest.strip_prefix("waiting for "))?;
     match wal::parse_name(seg.split_whitespace().next()?) {
-        Some(wal::WalFile::Segment { segno, .. }) => Some(Replay::At(segno)),
+        Some(wal::WalFile::Segment { tli, segno }) => Some(Replay::At { tli, segno }),
         _ => Some(Replay::Unknown),
     }
 }
@@ -708,11 +765,14 @@ mod tests {
     fn the_startup_process_title_names_its_segment() {
         assert_eq!(
             parse_title("postgres: startup recovering 000000010000000200000003"),
-            Some(Replay::At(2 * 256 + 3))
+            Some(Replay::At {
+                tli: 1,
+                segno: 2 * 256 + 3
+            })
         );
         assert_eq!(
             parse_title("postgres: main: startup waiting for 00000002000000000000000A   "),
-            Some(Replay::At(10))
+            Some(Replay::At { tli: 2, segno: 10 })
         );
         assert_eq!(parse_title("postgres: checkpointer"), None);
         assert_eq!(parse_title("postgres: startup "), None);
