@@ -283,7 +283,7 @@ pub async fn initdb(bin: &PgBin, user: &PgUser, pgdata: &Path) -> Result<(), Pro
 
 /// [`initdb`] with an explicit `initdb` program. With `sync = false` it passes
 /// `--no-sync`: for a caller that makes the result durable itself (the storage node runs
-/// fsyncs its staging tree once before it publishes a new timeline).
+/// makes its staging tree durable once before it publishes a new timeline).
 #[instrument(skip(initdb, user), fields(pgdata = %pgdata.display()))]
 pub async fn initdb_with(
     initdb: &Path,

@@ -337,14 +337,12 @@ async fn forks_of_a_follower_under_load_hold_the_banks_invariants() {
     warm_standby_ready(&env, &tl).await;
     let floor = count(&prod.pg, "ledger").await;
     replayed(&env, &tl, prod.lsn().await).await;
-    let served = env.node.log().matches(WARM_SERVED).count();
-    let (latest, lc) = start_fork(&env, &tl, At::Latest).await;
-    assert_eq!(
-        env.node.log().matches(WARM_SERVED).count(),
-        served + 1,
-        "a fork at latest of a follower whose warm standby is ready must be served by it:\n{}",
-        env.node.log_tail()
-    );
+    let (latest, lc) = start_warm_fork(
+        &env,
+        &tl,
+        "a fork at latest of a follower whose warm standby is ready",
+    )
+    .await;
     let log = lc.log();
     assert!(
         !log.contains("redo starts") && !log.contains("selected new timeline ID"),
@@ -467,9 +465,7 @@ async fn a_warm_standby_dies_with_its_node_and_is_rebuilt_after_a_restart() {
     env.node.restart().await.unwrap();
     warm_standby_ready(&env, &tl).await;
     assert_ne!(warm_pid(&env, &tl), Some(pid));
-    let served = env.node.log().matches(WARM_SERVED).count();
-    let (_, mut c) = start_fork(&env, &tl, At::Latest).await;
-    assert_eq!(env.node.log().matches(WARM_SERVED).count(), served + 1);
+    let (_, mut c) = start_warm_fork(&env, &tl, "a fork after the node's restart").await;
     check_bank(&c, "fork after the node's restart").await;
     c.stop().await.unwrap();
     fc.stop().await.unwrap();
@@ -616,6 +612,20 @@ async fn a_follower_rides_out_a_source_restart_and_names_a_dropped_slot() {
 
 /// What the node logs when a follower's warm standby serves a fork.
 const WARM_SERVED: &str = "fork served by the follower's warm standby";
+
+/// A fork at latest of follower `tl` that its warm standby must serve (`what` names it
+/// in the failure).
+async fn start_warm_fork(env: &Env, tl: &TimelineInfo, what: &str) -> (TimelineInfo, Compute) {
+    let served = env.node.log().matches(WARM_SERVED).count();
+    let fork = start_fork(env, tl, At::Latest).await;
+    assert_eq!(
+        env.node.log().matches(WARM_SERVED).count(),
+        served + 1,
+        "{what} must be served by the warm standby:\n{}",
+        env.node.log_tail()
+    );
+    fork
+}
 
 /// Waits until the follower's warm standby has caught up.
 async fn warm_standby_ready(env: &Env, tl: &TimelineInfo) {
@@ -919,14 +929,7 @@ async fn a_follower_follows_its_source_through_a_failover() {
         "a second fork after the failover",
     ] {
         warm_standby_ready(&env, &tl).await;
-        let served = env.node.log().matches(WARM_SERVED).count();
-        let (_, after) = start_fork(&env, &tl, At::Latest).await;
-        assert_eq!(
-            env.node.log().matches(WARM_SERVED).count(),
-            served + 1,
-            "{round} must be served by the warm standby:\n{}",
-            env.node.log_tail()
-        );
+        let (_, after) = start_warm_fork(&env, &tl, round).await;
         assert_eq!(check_bank(&after, round).await, 2);
     }
 }

@@ -195,7 +195,7 @@ impl Node {
         // The node runs as the Postgres OS user; as root (unsupported, warned at start-up)
         // initdb runs as that user instead.
         let user = PgUser::resolve(None).map_err(ramify_compute::ProcessError::from)?;
-        // No sync here: `commit` fsyncs the whole staging directory once.
+        // No sync here: `commit` makes the whole staging directory durable once.
         ramify_compute::process::initdb_with(initdb, &user, &dir.pgdata(), false).await?;
         let initdb_ms = t0.elapsed().as_millis() as u64;
         crate::failpoint::hit_async("root.after_initdb").await;

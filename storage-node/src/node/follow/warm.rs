@@ -233,7 +233,7 @@ impl Node {
         warm.create_dir("archive-inbox", 0o700)
             .map_err(CloneError::from)?;
         let pdir = self.dir(id);
-        let received = self.received_segment_of(id, port).await?;
+        let received = received_segment(&self.follower_status(id, port).await?)?;
         let t0 = Instant::now();
         let base = {
             // Held while the snapshot and WAL are cloned: GC removes neither meanwhile.
@@ -350,22 +350,6 @@ impl Node {
         Ok(())
     }
 
-    /// The segment holding the follower's last received WAL.
-    async fn received_segment_of(&self, id: TimelineId, port: u16) -> Result<u64, NodeError> {
-        received_segment(&self.follower_status(id, port).await?)
-    }
-}
-
-/// The segment holding the WAL the follower reports as received.
-fn received_segment(s: &ramify_api::FollowStatus) -> Result<u64, NodeError> {
-    let lsn = s
-        .received_lsn
-        .or(s.replayed_lsn)
-        .ok_or_else(|| NodeError::Conflict("the follower reports no WAL position".into()))?;
-    Ok(Lsn(lsn.0.saturating_sub(1)).segment(SEGMENT_SIZE))
-}
-
-impl Node {
     /// Serves a fork at latest of follower `parent` from its warm standby, if one has
     /// caught up: the newest WAL is fed, the standby promoted and shut down cleanly, and
     /// its PGDATA (and what it archived) moved into the fork's staging directory `dir`.
@@ -427,16 +411,25 @@ impl Node {
         // timeline would stop short of it).
         // One reading of the follower serves both: the floor, and how far to feed.
         let t_feed = Instant::now();
-        let status = self.follower_status(parent, port).await;
-        let floor = status.as_ref().ok().and_then(|s| s.replayed_lsn);
-        let fed = match &status {
-            Ok(s) => self.feed_warm_to(parent, &mut w, s).await,
-            Err(_) => Err(NodeError::Conflict("the follower did not answer".into())),
-        };
-        if let Err(e) = fed {
-            let _ = w.running.kill9();
-            return Err(e);
+        let fed: Result<Lsn, NodeError> = async {
+            let s = self
+                .follower_status(parent, port)
+                .await
+                .map_err(|_| NodeError::Conflict("the follower did not answer".into()))?;
+            let floor = s.replayed_lsn.ok_or_else(|| {
+                NodeError::Conflict("the follower did not report its replay position".into())
+            })?;
+            self.feed_warm_to(parent, &mut w, &s).await?;
+            Ok(floor)
         }
+        .await;
+        let floor = match fed {
+            Ok(floor) => floor,
+            Err(e) => {
+                let _ = w.running.kill9();
+                return Err(e);
+            }
+        };
         // Just fed the history file of the source's new timeline: promoted before it
         // switches, it would end on the old one.
         if !w.on_newest_timeline(Duration::from_secs(3)).await {
@@ -472,11 +465,6 @@ impl Node {
                 c.timeline
             ))
         })?;
-        let Some(floor) = floor else {
-            return Err(NodeError::Conflict(
-                "the follower did not report its replay position".into(),
-            ));
-        };
         if at < floor {
             return Err(NodeError::Conflict(format!(
                 "it ended recovery at {at}, before the {floor} the follower had replayed (a timeline it did not follow?)"
@@ -672,6 +660,15 @@ fn parse_minimums(text: &str) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The segment holding the WAL the follower reports as received.
+fn received_segment(s: &ramify_api::FollowStatus) -> Result<u64, NodeError> {
+    let lsn = s
+        .received_lsn
+        .or(s.replayed_lsn)
+        .ok_or_else(|| NodeError::Conflict("the follower reports no WAL position".into()))?;
+    Ok(Lsn(lsn.0.saturating_sub(1)).segment(SEGMENT_SIZE))
 }
 
 /// The newest Postgres timeline with a history file in a warm standby's `pg_wal`.
