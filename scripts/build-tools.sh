@@ -5,6 +5,7 @@
 #                every plugin manifest (install step included) — plugins/package.sh output
 #   actionlint   the GitHub Actions workflow linter (with shellcheck from apt for `run:`)
 #                — the workflows in examples/
+#   weed         SeaweedFS, the S3-compatible server the backup tests archive to
 #   Postgres 14 and 16 servers (zonky's embedded-postgres-binaries from Maven Central,
 #                checksums pinned) — "production" of another major than the node's 15
 #                in the following tests (storage-node/tests/follow.rs)
@@ -50,6 +51,28 @@ for spec in "${SPECS[@]}"; do
   echo "$want" >"$stamp"
   echo "    built $BIN/$name in $(($(date +%s) - start))s"
 done
+
+# SeaweedFS: the S3-compatible server the off-node durability tests archive to (Apache-2.0).
+# Its module carries replace directives, which `go install pkg@version` refuses, so the
+# module is downloaded through GOPROXY and built as the main module, its own go.mod and
+# go.sum deciding every dependency.
+WEED_MOD=github.com/seaweedfs/seaweedfs
+WEED_VERSION=v0.0.0-20261109003541-7506e5f91cd6
+stamp="$BIN/.weed.stamp"
+want="$WEED_MOD@$WEED_VERSION $GO_VERSION"
+if [ $FORCE = 1 ] || [ ! -x "$BIN/weed" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> building weed from $WEED_MOD@$WEED_VERSION ($GO_VERSION; a few minutes)"
+  start=$(date +%s)
+  stage=$(mktemp -d)
+  dir=$(GOFLAGS=-mod=mod "$GO" mod download -json "$WEED_MOD@$WEED_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$dir" "$stage/src" && chmod -R u+w "$stage/src"
+  (cd "$stage/src" && GOFLAGS=-mod=mod CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$BIN/weed.new" ./weed)
+  mv "$BIN/weed.new" "$BIN/weed"
+  rm -rf "$stage"
+  echo "$want" >"$stamp"
+  echo "    built $BIN/weed in $(($(date +%s) - start))s"
+fi
 
 # actionlint checks `run:` scripts with shellcheck when it finds one on PATH.
 if ! command -v shellcheck >/dev/null 2>&1; then

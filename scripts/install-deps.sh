@@ -18,6 +18,8 @@ need_cmd curl curl
 need_cmd openssl openssl
 need_cmd bc bc
 need_cmd psql postgresql-client-${PG_MAJOR}
+# Off-node durability: the storage node archives WAL and backs up snapshots through it.
+need_cmd pgbackrest pgbackrest
 
 # Deduplicate.
 if [ ${#missing_pkgs[@]} -gt 0 ]; then

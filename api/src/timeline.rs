@@ -103,6 +103,12 @@ pub struct CreateTimeline {
     /// empty. Not with `parent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowSource>,
+    /// Keep this timeline in the node's backup repository (continuous WAL archiving and
+    /// base backups), so it survives the loss of the node's volume. Default, when the
+    /// node has a repository: on for roots that follow nothing, off for forks and
+    /// followers. A durable fork of a durable parent stores only its own WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<bool>,
 }
 
 /// The Postgres a following root streams from (physical replication).
@@ -416,6 +422,42 @@ pub struct TimelineInfo {
     /// Set for a root that follows an external Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowInfo>,
+    /// Set for a durable timeline: how its archiving to the backup repository stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// A durable timeline's place in the node's backup repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// `s3://bucket/prefix at host:port`.
+    pub repository: String,
+    /// False while archiving fails (`error` says why; WAL stays on the node meanwhile).
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The newest WAL file in the repository, and when it got there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
+    /// Bytes of archived WAL on the node not yet in the repository.
+    pub backlog_bytes: u64,
+    /// The newest base backup: this timeline's own, or none (a fork recovered from an
+    /// ancestor's backup and its own WAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_backup: Option<BackupInfo>,
+}
+
+/// One base backup in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// pgBackRest's backup set label.
+    pub set: String,
+    /// The snapshot it is a backup of.
+    pub snapshot: String,
+    pub lsn: Lsn,
+    pub time: DateTime<Utc>,
 }
 
 /// `GET /v1/copies`: an initial copy of a following root's source under way.

@@ -238,6 +238,7 @@ impl<R: Runtime> Lifecycle<R> {
                 parent: source.as_ref().map(|(tl, _)| *tl),
                 at: source.map(|(_, at)| at),
                 follow: req.follow.clone(),
+                backup: None,
             })
             .await?
             .value;

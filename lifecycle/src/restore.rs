@@ -200,6 +200,7 @@ impl<R: Runtime> Lifecycle<R> {
                 parent: Some(parent),
                 at: Some(at),
                 follow: None,
+                backup: None,
             })
             .await?
             .value)

@@ -290,6 +290,7 @@ async fn fork(
         parent: Some(parent),
         at: Some(source.at.clone()),
         follow: None,
+        backup: None,
     };
     let info = match ctx.storage(node).create_timeline(&req).await {
         Ok(created) => created.value,

@@ -109,6 +109,7 @@ fn info(id: TimelineId, parent: Option<TimelineId>) -> TimelineInfo {
         },
         snapshots: vec![],
         follow: None,
+        backup: None,
     }
 }
 

@@ -272,6 +272,7 @@ async fn run() -> Result<()> {
                     parent: Some(root.id),
                     at: Some(At::Latest),
                     follow: None,
+                    backup: None,
                 })
                 .await
                 .with_context(|| format!("fork {}; node log:\n{}", ids.len(), node.log_tail()))?

@@ -178,6 +178,7 @@ impl Bench {
                 parent: Some(parent),
                 at: Some(at.clone()),
                 follow: None,
+                backup: None,
             })
             .await
             .with_context(|| {

@@ -4,6 +4,7 @@
 
 pub mod accounting;
 pub mod api;
+pub mod backup;
 pub mod beneath;
 pub mod clone;
 pub mod control;

@@ -11,7 +11,11 @@ use ramify_api::{At, CreateTimeline, Lsn, SnapshotInfo, TimelineId};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::backup::BackupState;
+
 const TIMELINES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("timelines");
+/// Where each durable timeline's archiving and backups stand (`backup::BackupState`).
+const BACKUP: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("backup");
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,7 @@ impl Meta {
         let db = Database::create(path)?;
         let w = db.begin_write()?;
         w.open_table(TIMELINES)?;
+        w.open_table(BACKUP)?;
         w.commit()?;
         Ok(Meta { db })
     }
@@ -141,6 +146,39 @@ impl Meta {
         serde_json::from_slice(v.value())
             .map(Some)
             .map_err(|source| MetaError::Decode { id, source })
+    }
+
+    /// The backup state of timeline `id` (default when it has none yet).
+    pub fn backup_state(&self, id: TimelineId) -> Result<BackupState, MetaError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BACKUP)?;
+        let Some(v) = t.get(id.as_bytes())? else {
+            return Ok(BackupState::default());
+        };
+        serde_json::from_slice(v.value()).map_err(|source| MetaError::Decode { id, source })
+    }
+
+    /// Writes the backup state of timeline `id` in one durable commit.
+    pub fn put_backup_state(&self, id: TimelineId, state: &BackupState) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(state).map_err(|source| MetaError::Decode { id, source })?;
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(BACKUP)?;
+            t.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Forgets the backup state of timeline `id`.
+    pub fn remove_backup_state(&self, id: TimelineId) -> Result<(), MetaError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(BACKUP)?;
+            t.remove(id.as_bytes())?;
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Reads every record, oldest first.

@@ -326,6 +326,29 @@ pub fn last_record(
     Ok(stdout.lines().rev().find_map(record_lsn))
 }
 
+/// [`last_record`] reading no further than `end` (the end of the last segment present):
+/// `pg_waldump` stops there instead of waiting seconds for a next segment that will
+/// never come.
+pub fn last_record_before(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Option<Lsn>, WalError> {
+    let out = waldump_from(waldump, pg_wal, tli, start)
+        .arg("--end")
+        .arg(end.to_string())
+        .output()
+        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !end_of_wal(&stderr) {
+        return Err(WalError::Waldump(stderr.trim().to_string()));
+    }
+    Ok(stdout.lines().rev().find_map(record_lsn))
+}
+
 /// The LSN of one `pg_waldump` record line (`rmgr: … lsn: 0/01000028, prev …`).
 fn record_lsn(line: &str) -> Option<Lsn> {
     let at = line.find(" lsn: ")?;

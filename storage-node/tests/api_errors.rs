@@ -237,6 +237,7 @@ async fn every_error_code_is_answered_as_json() {
         parent: Some(root.id),
         at: Some(At::Latest),
         follow: None,
+        backup: None,
     };
     let first = env.client.create_timeline(&req).await.unwrap();
     assert!(first.created);

@@ -33,6 +33,7 @@ async fn kill_9_mid_fork_then_restart_and_retry() {
             parent: Some(root.id),
             at: Some(At::Latest),
             follow: None,
+            backup: None,
         };
         let client = env.client.clone();
         let r = req.clone();

@@ -187,6 +187,7 @@ fn fork_req(id: TimelineId, parent: TimelineId, at: At) -> CreateTimeline {
         parent: Some(parent),
         at: Some(at),
         follow: None,
+        backup: None,
     }
 }
 

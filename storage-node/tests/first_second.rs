@@ -124,6 +124,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             parent: Some(root.id),
             at: Some(At::Lsn(before)),
             follow: None,
+            backup: None,
         })
         .await
         .expect_err("an LSN before the root's creation");
@@ -140,6 +141,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             parent: Some(root.id),
             at: Some(At::Time(from_time - chrono::Duration::seconds(60))),
             follow: None,
+            backup: None,
         })
         .await
         .expect_err("a time before the root's creation");

@@ -298,6 +298,7 @@ async fn a_branch_filling_the_disk_leaves_the_others_writing() {
                 parent: Some(app_tl.id),
                 at: Some(At::Latest),
                 follow: None,
+                backup: None,
             })
             .await,
     )

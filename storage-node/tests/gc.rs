@@ -148,6 +148,7 @@ async fn restore_window_gc_removes_history_and_bounds_forks() {
             parent: Some(tl.id),
             at: Some(At::Lsn(Lsn(from.0 - 1))),
             follow: None,
+            backup: None,
         })
         .await
         .unwrap_err();

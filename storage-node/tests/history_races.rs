@@ -69,6 +69,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
         parent: Some(root.id),
         at: Some(At::Snapshot("s1".into())),
         follow: None,
+        backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     // The fork is in the middle of cloning s1 now.
@@ -88,6 +89,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
             parent: Some(root.id),
             at: Some(At::Snapshot("s1".into())),
             follow: None,
+            backup: None,
         })
         .await
         .unwrap_err();
@@ -155,6 +157,7 @@ async fn fork_at_a_time_while_gc_removes_its_base() {
         parent: Some(root.id),
         at: Some(At::Time(at)),
         follow: None,
+        backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     let served = judge(&env, fork.await.unwrap(), &expected).await;

@@ -43,6 +43,7 @@ async fn fork(
             parent: Some(parent),
             at: Some(at),
             follow: None,
+            backup: None,
         })
         .await
         .map(|r| r.value)

@@ -126,6 +126,7 @@ async fn wake_during_the_clone_of_a_suspended_branch() {
         parent: Some(root.id),
         at: Some(At::Latest),
         follow: None,
+        backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await });
     sleep_ms(300).await;
@@ -202,6 +203,7 @@ async fn a_retried_create_answers_only_once_the_timeline_exists() {
         parent: Some(root.id),
         at: Some(At::Latest),
         follow: None,
+        backup: None,
     };
     // The client goes away mid-fork (an operator restarting), then retries at once.
     let client = env.client.clone();
@@ -296,6 +298,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                         parent: Some(parent),
                         at: Some(At::Latest),
                         follow: None,
+                        backup: None,
                     })
                     .await
                     .map(|c| c.value);
@@ -312,6 +315,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                             parent: Some(parent),
                             at: Some(At::Snapshot(snapshot.clone())),
                             follow: None,
+                            backup: None,
                         })
                         .await
                         .map(|c| c.value);

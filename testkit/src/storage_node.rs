@@ -16,8 +16,9 @@ use ramify_compute::PgUser;
 
 use crate::port::free_port;
 
-/// How long the node may take to answer `/healthz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the node may take to answer `/healthz` (with `--recover` it restores
+/// timelines from its backup repository first).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a SIGTERM'd node may take to exit before it is SIGKILLed.
 const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -191,6 +192,11 @@ impl StorageNodeProcess {
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
+    }
+
+    /// Adds flags to every later (re)start, e.g. `--recover`.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(OsString::from));
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.

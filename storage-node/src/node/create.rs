@@ -729,7 +729,7 @@ impl Node {
     /// to the same state and lets the first start pause there and promote fast
     /// ([`ramify_compute::promote`]). Plain when that record cannot be found (no
     /// `pg_waldump`, an error of it, or a record longer than the two segments scanned).
-    async fn through_the_end(
+    pub(super) async fn through_the_end(
         &self,
         pg_wal: &Path,
         tli: u32,

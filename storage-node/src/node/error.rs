@@ -40,6 +40,9 @@ pub enum NodeError {
     /// reached (see `node::follow`).
     #[error("{message}")]
     Source { unreachable: bool, message: String },
+    /// The backup repository or pgBackRest failed (see `node::backup`).
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl NodeError {
@@ -55,6 +58,8 @@ impl NodeError {
                 unreachable: true, ..
             } => "source_unreachable",
             NodeError::Source { .. } => "source_refused",
+            NodeError::Backup(crate::backup::BackupError::Config(_)) => "invalid_request",
+            NodeError::Backup(_) => "backup_failed",
             e if e.is_disk_full() => "insufficient_storage",
             _ => "internal",
         }

@@ -197,10 +197,12 @@ impl Node {
         // Every pass sweeps the archive below wal-kept-from, so segments a pass recorded
         // but did not get to remove (the node stopped) are removed by the next.
         let mut freed_files = 0;
+        // What a durable timeline has not pushed to the backup repository yet stays.
+        let pushed = self.pushed_to_repository(id)?;
         if let Some(first) = plan.first_needed_segment() {
             for (name, f) in wal::list(&archive)? {
                 if let wal::WalFile::Segment { segno, .. } = f {
-                    if segno < first {
+                    if segno < first && pushed.as_ref().is_none_or(|p| p.has(&name)) {
                         archive
                             .remove_file_if_exists(&name)
                             .map_err(CloneError::from)?;
@@ -212,7 +214,9 @@ impl Node {
             for e in archive.entries().map_err(CloneError::from)? {
                 let n = e.name.to_string_lossy().into_owned();
                 if let Some(seg) = n.strip_suffix(".partial").and_then(wal::parse_name) {
-                    if matches!(seg, wal::WalFile::Segment { segno, .. } if segno < first) {
+                    if matches!(seg, wal::WalFile::Segment { segno, .. } if segno < first)
+                        && pushed.as_ref().is_none_or(|p| p.has(&n))
+                    {
                         let _ = archive.remove_file_if_exists(&e.name);
                     }
                 }

@@ -45,6 +45,7 @@ pub struct NodeConfig {
     pub initdb: Option<PathBuf>,
 }
 
+mod backup;
 mod create;
 mod credentials;
 mod delete;
@@ -56,6 +57,7 @@ mod reserve;
 mod snapshots;
 mod stopped;
 
+pub use backup::{Backups, Health as BackupHealth, Recovered};
 pub use error::NodeError;
 use housekeeping::read_wal_kept_from;
 pub use reserve::Reserve;
@@ -105,6 +107,8 @@ pub struct Node {
     /// Each physical follower's warm standby (see [`follow::warm`]); `None` when the node
     /// keeps none.
     warm: StdMutex<Option<HashMap<TimelineId, follow::warm::Slot>>>,
+    /// The backup repository, when the node has one (see [`backup`]).
+    backups: backup::BackupSlot,
 }
 
 /// What a compute looks like from the storage side.
@@ -161,6 +165,7 @@ impl Node {
             copies: StdMutex::new(HashMap::new()),
             leftover_slots: StdMutex::new(Vec::new()),
             warm: StdMutex::new(None),
+            backups: backup::BackupSlot::new(),
         };
         node.recover()?;
         Ok(node)

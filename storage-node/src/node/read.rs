@@ -197,6 +197,7 @@ impl Node {
             restore_window,
             snapshots: rec.snapshots.iter().map(|s| s.info.clone()).collect(),
             follow: self.follow_info(rec, running.as_ref()).await,
+            backup: self.backup_status(rec),
         })
     }
 

@@ -138,6 +138,7 @@ impl Env {
                 parent: Some(parent),
                 at: Some(at),
                 follow: None,
+                backup: None,
             })
             .await
             .unwrap_or_else(|e| panic!("fork failed: {e}\nnode log:\n{}", self.node.log_tail()))

@@ -1,0 +1,378 @@
+//! Off-node durability: the object-storage repository, pgBackRest as the tool that moves
+//! WAL and base backups into it, and Ramify's own record of each durable timeline beside
+//! them (see docs/architecture.md, "Off-node durability").
+//!
+//! Credentials live in the storage node only: pgBackRest gets them through its
+//! environment, never a file on a volume a compute mounts; computes never see the bucket.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use ramify_api::{CreateTimeline, Lsn, TimelineId};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+pub mod s3;
+
+/// Errors of the repository and of pgBackRest.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup configuration: {0}")]
+    Config(String),
+    #[error("object storage: {0}")]
+    Bucket(String),
+    #[error("pgbackrest {command} failed: {message}")]
+    Tool { command: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where durable timelines are kept: an S3-compatible bucket and a prefix in it.
+#[derive(Clone)]
+pub struct Repo {
+    pub bucket: String,
+    /// Key prefix without leading or trailing slash ("" for the bucket's root).
+    pub prefix: String,
+    /// Host name of the S3 endpoint (TLS only; its certificate must name this host).
+    pub endpoint: String,
+    pub port: u16,
+    pub region: String,
+    /// Path-style URLs (`https://host/bucket/key`), which S3-compatible servers need;
+    /// otherwise virtual-host style (`https://bucket.host/key`).
+    pub path_style: bool,
+    pub access_key: String,
+    pub secret_key: String,
+    /// CA bundle that signs the endpoint's certificate; default: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Passphrase encrypting everything pgBackRest writes (aes-256-cbc); none: plain.
+    pub cipher_pass: Option<String>,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// System CA bundle used when no `--backup-ca-file` is given.
+const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Repo {
+    /// Parses `s3://bucket/prefix` with the endpoint (`host` or `host:port`).
+    pub fn parse(url: &str, endpoint: &str) -> Result<Repo, BackupError> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            BackupError::Config(format!(
+                "repository {url:?} is not an s3:// URL (expected s3://BUCKET/PREFIX)"
+            ))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = bucket.len() >= 3
+            && bucket.len() <= 63
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(BackupError::Config(format!(
+                "bucket name {bucket:?} in {url:?} is not valid: 3 to 63 lower-case letters, digits, dots and hyphens"
+            )));
+        }
+        let prefix = prefix.trim_matches('/').to_string();
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(BackupError::Config(format!(
+                "prefix {prefix:?} in {url:?} may not contain . or .. components"
+            )));
+        }
+        let (host, port) = match endpoint.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>().map_err(|_| {
+                    BackupError::Config(format!(
+                        "endpoint {endpoint:?}: port {p:?} is not a number"
+                    ))
+                })?,
+            ),
+            None => (endpoint, 443),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(BackupError::Config(format!(
+                "endpoint {endpoint:?} must be a host name with an optional :port, like s3.eu-west-1.amazonaws.com"
+            )));
+        }
+        Ok(Repo {
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint: host.to_string(),
+            port,
+            region: "us-east-1".into(),
+            path_style: false,
+            access_key: String::new(),
+            secret_key: String::new(),
+            ca_file: None,
+            cipher_pass: None,
+        })
+    }
+
+    /// `s3://bucket/prefix at host:port`, for messages (no credentials).
+    pub fn describe(&self) -> String {
+        format!(
+            "s3://{}/{} at {}:{}",
+            self.bucket, self.prefix, self.endpoint, self.port
+        )
+    }
+
+    /// The object key of `rel` under the prefix.
+    pub fn key(&self, rel: &str) -> String {
+        if self.prefix.is_empty() {
+            rel.to_string()
+        } else if rel.is_empty() {
+            format!("{}/", self.prefix)
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CA))
+    }
+
+    pub(crate) fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, BackupError> {
+        let path = self.ca_path();
+        let pem = std::fs::read(&path).map_err(|e| {
+            BackupError::Config(format!(
+                "cannot read the CA bundle {} (--backup-ca-file): {e}",
+                path.display()
+            ))
+        })?;
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            BackupError::Config(format!("{} holds no PEM certificates: {e}", path.display()))
+        })
+    }
+}
+
+/// Runs pgBackRest against the repository, as the node's own user, with every option in
+/// its environment (no configuration file: `/etc/pgbackrest.conf` is never read).
+pub struct PgBackRest {
+    repo: Repo,
+    /// The node's working directory for pgBackRest (locks, spool, empty config).
+    work: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgBackRest {
+    pub fn new(repo: Repo, work: &Path, bin: PathBuf) -> Result<PgBackRest, BackupError> {
+        for d in ["lock", "spool", "log"] {
+            std::fs::create_dir_all(work.join(d))?;
+        }
+        std::fs::write(work.join("pgbackrest.conf"), b"")?;
+        Ok(PgBackRest {
+            repo,
+            work: work.to_path_buf(),
+            bin,
+        })
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    fn env(&self) -> Vec<(String, OsString)> {
+        let r = &self.repo;
+        let mut env: Vec<(&str, OsString)> = vec![
+            ("CONFIG", self.work.join("pgbackrest.conf").into()),
+            ("LOCK_PATH", self.work.join("lock").into()),
+            ("SPOOL_PATH", self.work.join("spool").into()),
+            ("LOG_PATH", self.work.join("log").into()),
+            ("LOG_LEVEL_CONSOLE", "off".into()),
+            ("LOG_LEVEL_STDERR", "error".into()),
+            ("LOG_LEVEL_FILE", "off".into()),
+            ("COMPRESS_TYPE", "lz4".into()),
+            ("REPO1_TYPE", "s3".into()),
+            ("REPO1_PATH", format!("/{}", r.prefix).into()),
+            ("REPO1_S3_BUCKET", r.bucket.clone().into()),
+            ("REPO1_S3_ENDPOINT", r.endpoint.clone().into()),
+            ("REPO1_STORAGE_PORT", r.port.to_string().into()),
+            ("REPO1_S3_REGION", r.region.clone().into()),
+            ("REPO1_S3_KEY", r.access_key.clone().into()),
+            ("REPO1_S3_KEY_SECRET", r.secret_key.clone().into()),
+            (
+                "REPO1_S3_URI_STYLE",
+                if r.path_style { "path" } else { "host" }.into(),
+            ),
+            ("REPO1_STORAGE_CA_FILE", r.ca_path().into()),
+        ];
+        if let Some(pass) = &r.cipher_pass {
+            env.push(("REPO1_CIPHER_TYPE", "aes-256-cbc".into()));
+            env.push(("REPO1_CIPHER_PASS", pass.clone().into()));
+        }
+        env.into_iter()
+            .map(|(k, v)| (format!("PGBACKREST_{k}"), v))
+            .collect()
+    }
+
+    /// Runs `pgbackrest --stanza=STANZA COMMAND ARGS…` and returns its standard output.
+    pub async fn run(
+        &self,
+        stanza: Option<&str>,
+        command: &str,
+        args: &[OsString],
+    ) -> Result<String, BackupError> {
+        let t0 = Instant::now();
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        // Only what pgBackRest needs; nothing of the node's own environment leaks in.
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(s) = stanza {
+            cmd.arg(format!("--stanza={s}"));
+        }
+        // Options before the command, its parameters (a WAL file, a destination) after.
+        let (options, params): (Vec<&OsString>, Vec<&OsString>) = args
+            .iter()
+            .partition(|a| a.to_string_lossy().starts_with("--"));
+        cmd.args(options).arg(command).args(params);
+        let out = cmd.output().await.map_err(|e| BackupError::Tool {
+            command: command.into(),
+            message: format!("cannot run {}: {e}", self.bin.display()),
+        })?;
+        debug!(
+            command,
+            stanza,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            ok = out.status.success(),
+            "pgbackrest"
+        );
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let text = if stderr.trim().is_empty() {
+                stdout
+            } else {
+                stderr
+            };
+            let message = text
+                .lines()
+                .map(|l| {
+                    l.trim_start_matches(|c: char| {
+                        c.is_ascii_digit() || c == '-' || c == ' ' || c == ':' || c == '.'
+                    })
+                })
+                .map(|l| l.trim_start_matches("P00").trim())
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(BackupError::Tool {
+                command: command.into(),
+                message: format!("{message} (exit {})", out.status.code().unwrap_or(-1)),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// One base backup of a durable timeline: a pgBackRest backup set of one of its
+/// snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSet {
+    /// pgBackRest's label (`--set` on restore: an offline backup carries no LSN range, so
+    /// pgBackRest cannot choose one for a target itself).
+    pub set: String,
+    /// The snapshot it was taken of.
+    pub snapshot: String,
+    pub start_lsn: Lsn,
+    /// Where replay from it is consistent.
+    pub consistent_lsn: Lsn,
+    /// The snapshot's end (its LSN in the timeline's history).
+    pub end_lsn: Lsn,
+    pub pg_timeline: u32,
+    pub time: DateTime<Utc>,
+}
+
+/// Ramify's record of a durable timeline in the bucket
+/// (`<prefix>/ramify/timelines/<id>.json`): what recovery needs beyond pgBackRest's
+/// stanza — where the timeline forked from, and which backup sets are whose snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    pub format: u32,
+    pub id: TimelineId,
+    pub parent: Option<TimelineId>,
+    pub request: CreateTimeline,
+    pub fork_lsn: Option<Lsn>,
+    pub fork_time: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// Oldest first.
+    pub backups: Vec<BackupSet>,
+    /// Set when the timeline was deleted: recovery skips it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+pub const RECORD_FORMAT: u32 = 1;
+
+/// Key of a timeline's record below the repository prefix.
+pub fn record_key(id: TimelineId) -> String {
+    format!("ramify/timelines/{id}.json")
+}
+
+/// Where a durable timeline's archiving and backups stand, kept in the node's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupState {
+    pub stanza_created: bool,
+    /// Every WAL segment (and `.backup` file) in the timeline's archive up to this name,
+    /// in name order, is in the bucket.
+    pub pushed_to: Option<String>,
+    /// `.history` and `.partial` files pushed (they can arrive after a later segment).
+    #[serde(default)]
+    pub pushed_other: Vec<String>,
+    pub pushed_at: Option<DateTime<Utc>>,
+    pub backups: Vec<BackupSet>,
+    /// The record last written to the bucket, to write it again only when it changes.
+    pub record: Option<BucketRecord>,
+}
+
+impl BackupState {
+    /// Whether archive file `name` is in the repository.
+    pub fn has(&self, name: &str) -> bool {
+        if name.ends_with(".history") || name.ends_with(".partial") {
+            self.pushed_other.iter().any(|n| n == name)
+        } else {
+            self.pushed_to.as_deref().is_some_and(|w| name <= w)
+        }
+    }
+}
+
+/// Name pgBackRest's offline backup cannot leave out: it drops `backup_label`, without
+/// which a restore fails ("could not locate a valid checkpoint record"), so the node
+/// backs up a clone with the label renamed and renames it back after a restore.
+pub const KEPT_LABEL: &str = "ramify_backup_label";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repositories() {
+        let r = Repo::parse("s3://ramify-backups/prod/eu", "s3.example.com").unwrap();
+        assert_eq!(r.bucket, "ramify-backups");
+        assert_eq!(r.prefix, "prod/eu");
+        assert_eq!(r.port, 443);
+        assert_eq!(r.key("ramify/x.json"), "prod/eu/ramify/x.json");
+        let r = Repo::parse("s3://abc", "localhost:9000").unwrap();
+        assert_eq!(r.prefix, "");
+        assert_eq!(r.port, 9000);
+        assert_eq!(r.key("a"), "a");
+        for bad in ["https://x/y", "s3://ab/x", "s3://Upper/x", "s3://abc/../x"] {
+            assert!(Repo::parse(bad, "h").is_err(), "{bad} accepted");
+        }
+        assert!(Repo::parse("s3://abc", "h:port").is_err());
+        assert!(Repo::parse("s3://abc", "http://h").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Off-node durability against a real S3 server (SeaweedFS) and pgBackRest: durable
+//! timelines are archived and backed up into the bucket, and a node whose data
+//! directory is gone gets them back — same ids, fork relations, every archived row.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{amcheck, table_checksum, Env};
+use ramify_api::{At, CreateTimeline, TimelineId, TimelineInfo};
+use ramify_testkit::s3::{skip_without_s3, S3Server};
+use ramify_testkit::Compute;
+
+const GIB: u64 = 1 << 30;
+
+/// Node flags for a repository at `prefix`, pushing often (tests wait for it).
+fn backup_args(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let mut a = s3.node_args(prefix);
+    a.push("--backup-interval=200ms".into());
+    a
+}
+
+async fn fork(env: &Env, parent: TimelineId, backup: Option<bool>) -> TimelineInfo {
+    env.client
+        .create_timeline(&CreateTimeline {
+            parent: Some(parent),
+            at: Some(At::Latest),
+            backup,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("fork: {e}\n{}", env.node.log_tail()))
+        .value
+}
+
+/// Ends the compute's current WAL segment (after a commit) and waits until the node
+/// reports it in the repository, with nothing left to push.
+async fn archived(env: &Env, c: &Compute, id: TimelineId) {
+    let seg: String = c
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tl = env.client.get_timeline_without_sizes(id).await.unwrap();
+        let b = tl
+            .backup
+            .clone()
+            .expect("a durable timeline reports its backup");
+        if b.healthy && b.backlog_bytes == 0 && b.archived_to.as_deref() >= Some(seg.as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeline {id}: segment {seg} not in the repository after 60 s: {b:?}\n{}",
+            env.node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_volume_comes_back_from_the_bucket() {
+    if skip_without_s3("a_lost_volume_comes_back_from_the_bucket") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-test").expect("S3 server");
+    let args = backup_args(&s3, "node-a");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+
+    // A durable root, a durable fork of it, a durable fork of that fork, and a fork
+    // nobody asked to keep.
+    let (root, mut rc) = env.root().await;
+    rc.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, who text, pad text);
+         INSERT INTO t SELECT g, 'root', repeat('x', 200) FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    archived(&env, &rc, root.id).await;
+    let child = fork(&env, root.id, Some(true)).await;
+    let mut cc = env.start(&child).await;
+    cc.execute("INSERT INTO t SELECT g, 'child', 'c' FROM generate_series(100001, 100500) g")
+        .await
+        .unwrap();
+    let grand = fork(&env, child.id, Some(true)).await;
+    let mut gc = env.start(&grand).await;
+    gc.execute("DELETE FROM t WHERE id <= 100; INSERT INTO t VALUES (200001, 'grand', 'g')")
+        .await
+        .unwrap();
+    let scratch = fork(&env, root.id, None).await;
+    assert!(
+        scratch.backup.is_none(),
+        "a fork is not durable unless asked"
+    );
+    // The root goes on after its forks.
+    rc.execute("UPDATE t SET who = 'root-later' WHERE id BETWEEN 500 AND 600")
+        .await
+        .unwrap();
+    for (c, id) in [(&rc, root.id), (&cc, child.id), (&gc, grand.id)] {
+        archived(&env, c, id).await;
+    }
+    let root_info = env
+        .client
+        .get_timeline_without_sizes(root.id)
+        .await
+        .unwrap();
+    assert!(
+        root_info
+            .backup
+            .as_ref()
+            .and_then(|b| b.newest_backup.as_ref())
+            .is_some(),
+        "the root has a base backup: {:?}",
+        root_info.backup
+    );
+    let child_info = env
+        .client
+        .get_timeline_without_sizes(child.id)
+        .await
+        .unwrap();
+    assert!(
+        child_info.backup.as_ref().unwrap().newest_backup.is_none(),
+        "a durable fork of a durable parent stores no backup of its own"
+    );
+    let sums = [
+        table_checksum(&rc, "t").await,
+        table_checksum(&cc, "t").await,
+        table_checksum(&gc, "t").await,
+    ];
+
+    // The volume is lost: computes and node die, the data directory is emptied.
+    for c in [&mut rc, &mut cc, &mut gc] {
+        c.kill9().unwrap();
+    }
+    env.node.kill9().unwrap();
+    let data = env.scratch.path().join("data");
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+
+    let t0 = Instant::now();
+    env.node.add_args(&["--recover"]);
+    env.node.restart().await.expect("node recovers and serves");
+    let rto = t0.elapsed();
+    let listed: Vec<TimelineId> = env
+        .client
+        .list_timelines()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    for id in [root.id, child.id, grand.id] {
+        assert!(
+            listed.contains(&id),
+            "timeline {id} recovered:\n{}",
+            env.node.log_tail()
+        );
+    }
+    assert!(
+        !listed.contains(&scratch.id),
+        "a fork that was not durable is not recovered"
+    );
+    let got = |id| {
+        let client = env.client.clone();
+        async move { client.get_timeline_without_sizes(id).await.unwrap() }
+    };
+    assert_eq!(got(child.id).await.parent, Some(root.id));
+    assert_eq!(got(grand.id).await.parent, Some(child.id));
+
+    let rc = env.start(&got(root.id).await).await;
+    let cc = env.start(&got(child.id).await).await;
+    let gc = env.start(&got(grand.id).await).await;
+    let after = [
+        table_checksum(&rc, "t").await,
+        table_checksum(&cc, "t").await,
+        table_checksum(&gc, "t").await,
+    ];
+    assert_eq!(
+        after, sums,
+        "every archived row is back, each branch its own"
+    );
+    assert_eq!(
+        gc.query_i64("SELECT count(*) FROM t WHERE who = 'grand'")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cc.query_i64("SELECT count(*) FROM t WHERE who = 'grand' OR who = 'root-later'")
+            .await
+            .unwrap(),
+        0,
+        "the child has neither its child's nor its parent's later rows"
+    );
+    for c in [&rc, &cc, &gc] {
+        amcheck(c).await;
+    }
+    // Recovered timelines go on: written, archived again, forked.
+    rc.execute("INSERT INTO t VALUES (300001, 'after-recovery', '')")
+        .await
+        .unwrap();
+    archived(&env, &rc, root.id).await;
+    let again = fork(&env, root.id, None).await;
+    let ac = env.start(&again).await;
+    assert_eq!(
+        ac.query_i64("SELECT count(*) FROM t WHERE who = 'after-recovery'")
+            .await
+            .unwrap(),
+        1
+    );
+    eprintln!("recovery of 3 timelines took {rto:?}");
+}
