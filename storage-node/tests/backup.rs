@@ -222,3 +222,183 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
     );
     eprintln!("recovery of 3 timelines took {rto:?}");
 }
+
+/// The archive's WAL file names on the node.
+fn archive_names(tl: &TimelineInfo) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&tl.archive)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_backup<F: Fn(&ramify_api::BackupStatus) -> bool>(
+    env: &Env,
+    id: TimelineId,
+    what: &str,
+    ok: F,
+) -> ramify_api::BackupStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = env
+            .client
+            .get_timeline_without_sizes(id)
+            .await
+            .unwrap()
+            .backup
+            .expect("durable");
+        if ok(&b) {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {b:?}\n{}",
+            env.node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bucket_keeps_wal_on_the_node_and_wrong_credentials_say_so() {
+    if skip_without_s3("an_unreachable_bucket_keeps_wal_on_the_node") {
+        return;
+    }
+    let mut s3 = S3Server::start("ramify-faults").expect("S3 server");
+    let mut args = backup_args(&s3, "node-b");
+    // GC runs often and its window is short: only the backlog keeps old WAL.
+    args.extend([
+        "--housekeeping-interval=200ms".into(),
+        "--restore-window=1s".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut envs = s3.node_env();
+    envs.push(("RUST_LOG", "info,ramify_storage::backup=debug"));
+    let mut env = Env::new_with_env(4 * GIB, &args, &envs).await;
+    let (root, rc) = env.root().await;
+    rc.execute("CREATE TABLE t (id int, pad text)")
+        .await
+        .unwrap();
+    archived(&env, &rc, root.id).await;
+
+    s3.stop();
+    for _ in 0..3 {
+        rc.execute("INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g")
+            .await
+            .unwrap();
+        rc.execute("SELECT pg_switch_wal()").await.unwrap();
+    }
+    let down = wait_backup(
+        &env,
+        root.id,
+        "archiving reports the unreachable bucket",
+        |b| !b.healthy && b.backlog_bytes > 0,
+    )
+    .await;
+    let error = down.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("archive-push") || error.contains("reach") || error.contains("connect"),
+        "{down:?}"
+    );
+    // A snapshot makes everything before it unneeded for the (1 s) restore window: GC
+    // would remove those segments, but they are not in the bucket yet.
+    let before = archive_names(
+        &env.client
+            .get_timeline_without_sizes(root.id)
+            .await
+            .unwrap(),
+    );
+    env.client
+        .create_snapshot(root.id, "after-outage")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tl = env
+        .client
+        .get_timeline_without_sizes(root.id)
+        .await
+        .unwrap();
+    let during = archive_names(&tl);
+    for name in &before {
+        if tl.backup.as_ref().unwrap().archived_to.as_deref() < Some(name.as_str()) {
+            assert!(
+                during.contains(name),
+                "segment {name}, not yet in the bucket, was removed"
+            );
+        }
+    }
+
+    // Back: the backlog drains, oldest first, and GC may then remove what is uploaded.
+    s3.restart().expect("S3 server again");
+    rc.execute("INSERT INTO t VALUES (0, '')").await.unwrap();
+    archived(&env, &rc, root.id).await;
+    let b = wait_backup(&env, root.id, "healthy again", |b| {
+        b.healthy && b.error.is_none()
+    })
+    .await;
+    assert_eq!(b.backlog_bytes, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while archive_names(
+        &env.client
+            .get_timeline_without_sizes(root.id)
+            .await
+            .unwrap(),
+    )
+    .iter()
+    .any(|n| before.first() == Some(n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "GC never removed the uploaded segments: the test would not have shown anything\n{}",
+            env.node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Wrong credentials: the node serves, and the timeline says why it is not archived.
+    env.node.kill9().unwrap();
+    env.node.set_env(&[
+        ("AWS_ACCESS_KEY_ID", ramify_testkit::s3::ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ]);
+    env.node.restart().await.unwrap();
+    rc.execute("INSERT INTO t VALUES (1, ''); SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    let bad = wait_backup(&env, root.id, "wrong credentials reported", |b| !b.healthy).await;
+    let error = bad.error.unwrap_or_default();
+    assert!(
+        error.contains("403") || error.contains("Signature") || error.contains("Access"),
+        "the error names the refusal: {error}"
+    );
+
+    // Recovering from a prefix with no timelines is a clear error, and the node does
+    // not start.
+    let other = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = other.path().join("data");
+    let mut a = s3.node_args("nothing-here");
+    a.push("--recover".into());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    // The message, not a backtrace, ends its log.
+    let mut envs = s3.node_env();
+    envs.push(("RUST_LIB_BACKTRACE", "0"));
+    let err = match ramify_testkit::StorageNodeProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+        &data,
+        &a,
+        &envs,
+    )
+    .await
+    {
+        Ok(_) => panic!("a node recovering from an empty repository started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("holds no Ramify timelines"), "{err}");
+}

@@ -227,6 +227,18 @@ impl PgBackRest {
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(self.env())
+            // pgBackRest gives up on an unreachable repository after four of these: a
+            // WAL push or listing fails in 20 s (and is retried with backoff), not
+            // minutes. Backups and restores move large files and keep the default.
+            .envs(
+                (!matches!(command, "backup" | "restore"))
+                    .then_some([
+                        ("PGBACKREST_IO_TIMEOUT", "5"),
+                        ("PGBACKREST_ARCHIVE_TIMEOUT", "20"),
+                    ])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -23,6 +23,10 @@ pub struct Backups {
     /// A new base backup once this much WAL was written since the newest one.
     full_after_wal_bytes: u64,
     health: StdMutex<HashMap<TimelineId, Health>>,
+    /// Timelines with a base backup under way.
+    backing_up: StdMutex<HashSet<TimelineId>>,
+    /// Serialises read-modify-write of backup states.
+    state_write: StdMutex<()>,
 }
 
 /// How a durable timeline's archiving goes, for status and metrics.
@@ -35,6 +39,8 @@ pub struct Health {
     pub next_try: Option<Instant>,
     /// Bytes in the timeline's archive not yet in the bucket.
     pub backlog_bytes: u64,
+    /// The last base backup's failure, until one succeeds.
+    pub backup_error: Option<String>,
 }
 
 /// Longest pause between two attempts while the repository fails.
@@ -102,6 +108,8 @@ impl Node {
             work,
             full_after_wal_bytes,
             health: StdMutex::new(HashMap::new()),
+            backing_up: StdMutex::new(HashSet::new()),
+            state_write: StdMutex::new(()),
         };
         if self.backups.set(Arc::new(b)).is_err() {
             return Err(NodeError::Conflict(
@@ -148,7 +156,7 @@ impl Node {
         let h = b.health_of(rec.id);
         Some(ramify_api::BackupStatus {
             repository: b.repo().describe(),
-            healthy: h.error.is_none() && st.stanza_created,
+            healthy: h.error.is_none() && h.backup_error.is_none() && st.stanza_created,
             error: h
                 .error
                 .clone()
@@ -192,7 +200,7 @@ impl Node {
     }
 
     /// One backup pass over every durable timeline (those backing off are skipped).
-    pub async fn backup_all(&self) {
+    pub async fn backup_all(self: &Arc<Self>) {
         let Some(b) = self.backups.get() else {
             return;
         };
@@ -207,7 +215,11 @@ impl Node {
             if h.next_try.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
-            match self.backup_pass(rec.id).await {
+            let pass = match self.backup_pass(rec.id).await {
+                Ok(()) => self.spawn_backup_if_due(b, rec.id),
+                Err(e) => Err(e),
+            };
+            match pass {
                 Ok(()) => b.update_health(rec.id, |h| {
                     if h.error.is_some() {
                         info!(timeline = %rec.id, "archiving to the backup repository works again");
@@ -257,8 +269,7 @@ impl Node {
                     &[pg1(&ctl), "--no-online".into()],
                 )
                 .await?;
-            st.stanza_created = true;
-            self.meta.put_backup_state(id, &st)?;
+            st = self.update_backup_state(id, |s| s.stanza_created = true)?;
         }
         self.write_record(&b, &rec, &mut st).await?;
         // WAL, in name order: segments (and `.backup` files) up to a watermark; history
@@ -313,13 +324,14 @@ impl Node {
                 .remove_file_if_exists(&name)
                 .map_err(CloneError::from)?;
             pushed?;
-            if name.ends_with(".history") || name.ends_with(".partial") {
-                st.pushed_other.push(name.clone());
-            } else {
-                st.pushed_to = Some(name.clone());
-            }
-            st.pushed_at = Some(Utc::now());
-            self.meta.put_backup_state(id, &st)?;
+            self.update_backup_state(id, |s| {
+                if name.ends_with(".history") || name.ends_with(".partial") {
+                    s.pushed_other.push(name.clone());
+                } else {
+                    s.pushed_to = Some(name.clone());
+                }
+                s.pushed_at = Some(Utc::now());
+            })?;
             let size = archive
                 .lstat(&name)
                 .ok()
@@ -330,11 +342,66 @@ impl Node {
             });
         }
         drop(_g);
-        if let Some(snap) = self.backup_due(&b, &rec, &st)? {
-            self.take_backup(&b, &rec, &snap, &mut st).await?;
-            self.write_record(&b, &rec, &mut st).await?;
-        }
         Ok(())
+    }
+
+    /// Takes a base backup of timeline `id` if one is due, unless one is under way.
+    /// A backup runs for minutes on a large database: in a task of its own, so the WAL
+    /// pushes that bound what a lost volume loses go on meanwhile.
+    fn spawn_backup_if_due(
+        self: &Arc<Self>,
+        b: &Arc<Backups>,
+        id: TimelineId,
+    ) -> Result<(), NodeError> {
+        let rec = self.record(id)?;
+        let st = self.meta.backup_state(id)?;
+        let Some(snap) = self.backup_due(b, &rec, &st)? else {
+            return Ok(());
+        };
+        if !b
+            .backing_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            return Ok(());
+        }
+        let (node, b) = (Arc::clone(self), Arc::clone(b));
+        tokio::spawn(async move {
+            let result = async {
+                let mut st = node.meta.backup_state(id)?;
+                node.take_backup(&b, &rec, &snap, &mut st).await?;
+                node.write_record(&b, &rec, &mut st).await
+            }
+            .await;
+            if let Err(e) = result {
+                let message = e.to_string();
+                warn!(timeline = %id, error = %message, "base backup failed; it is tried again later");
+                b.update_health(id, |h| h.backup_error = Some(message));
+            } else {
+                b.update_health(id, |h| h.backup_error = None);
+            }
+            b.backing_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Ok(())
+    }
+
+    /// Changes a timeline's backup state as it is now in metadata (the push pass and a
+    /// base backup running beside it both write it) and returns the new state.
+    fn update_backup_state(
+        &self,
+        id: TimelineId,
+        f: impl FnOnce(&mut BackupState),
+    ) -> Result<BackupState, NodeError> {
+        let b = self.backups.get().expect("only called with a repository");
+        let _one = b.state_write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.meta.backup_state(id)?;
+        f(&mut st);
+        self.meta.put_backup_state(id, &st)?;
+        Ok(st)
     }
 
     /// `global/pg_control` and `PG_VERSION` of the timeline's first snapshot, in a
@@ -386,8 +453,7 @@ impl Node {
         }
         let body = serde_json::to_vec_pretty(&record).expect("records serialise");
         b.bucket.put(&record_key(rec.id), body).await?;
-        st.record = Some(record);
-        self.meta.put_backup_state(rec.id, st)?;
+        *st = self.update_backup_state(rec.id, |s| s.record = Some(record))?;
         Ok(())
     }
 
@@ -515,7 +581,7 @@ impl Node {
             .await;
         let _ = std::fs::remove_dir_all(&stage);
         result?;
-        let set = newest_set(
+        let label = newest_set(
             &b.pgbr
                 .run(Some(&stanza), "info", &["--output=json".into()])
                 .await?,
@@ -526,17 +592,17 @@ impl Node {
                 message: format!("no backup set listed for stanza {stanza} right after a backup"),
             })
         })?;
-        st.backups.push(BackupSet {
-            set: set.clone(),
+        let set = BackupSet {
+            set: label.clone(),
             snapshot: snap.info.name.clone(),
             start_lsn: snap.info.start_lsn,
             consistent_lsn: snap.consistent_lsn,
             end_lsn: snap.info.end_lsn,
             pg_timeline: snap.info.pg_timeline,
             time: snap.info.time,
-        });
-        self.meta.put_backup_state(rec.id, st)?;
-        info!(timeline = %rec.id, snapshot = %snap.info.name, set, elapsed_ms = t0.elapsed().as_millis() as u64, "base backup in the repository");
+        };
+        *st = self.update_backup_state(rec.id, |s| s.backups.push(set.clone()))?;
+        info!(timeline = %rec.id, snapshot = %snap.info.name, set = %label, elapsed_ms = t0.elapsed().as_millis() as u64, "base backup in the repository");
         Ok(())
     }
 
