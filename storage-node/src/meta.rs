@@ -170,6 +170,21 @@ impl Meta {
         Ok(())
     }
 
+    /// Every timeline's backup state (deleted timelines' included, until forgotten).
+    pub fn backup_states(&self) -> Result<Vec<(TimelineId, BackupState)>, MetaError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BACKUP)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let id = TimelineId::from_bytes(*k.value());
+            let st = serde_json::from_slice(v.value())
+                .map_err(|source| MetaError::Decode { id, source })?;
+            out.push((id, st));
+        }
+        Ok(out)
+    }
+
     /// Forgets the backup state of timeline `id`.
     pub fn remove_backup_state(&self, id: TimelineId) -> Result<(), MetaError> {
         let w = self.db.begin_write()?;

@@ -98,6 +98,25 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
         scratch.backup.is_none(),
         "a fork is not durable unless asked"
     );
+    // A durable fork deleted before the volume is lost stays deleted.
+    let gone = fork(&env, root.id, Some(true)).await;
+    let gc_gone = env.start(&gone).await;
+    archived(&env, &gc_gone, gone.id).await;
+    drop(gc_gone);
+    env.client.delete_timeline(gone.id, true).await.unwrap();
+    let key = format!("node-a/ramify/timelines/{}.json", gone.id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s3
+        .get_object(&key)
+        .unwrap()
+        .is_some_and(|b| String::from_utf8_lossy(&b).contains("deleted_at"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted fork's record is not marked deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The root goes on after its forks.
     rc.execute("UPDATE t SET who = 'root-later' WHERE id BETWEEN 500 AND 600")
         .await
@@ -105,20 +124,11 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
     for (c, id) in [(&rc, root.id), (&cc, child.id), (&gc, grand.id)] {
         archived(&env, c, id).await;
     }
-    let root_info = env
-        .client
-        .get_timeline_without_sizes(root.id)
-        .await
-        .unwrap();
-    assert!(
-        root_info
-            .backup
-            .as_ref()
-            .and_then(|b| b.newest_backup.as_ref())
-            .is_some(),
-        "the root has a base backup: {:?}",
-        root_info.backup
-    );
+    // The root's base backup runs beside its WAL pushes; it is there soon.
+    wait_backup(&env, root.id, "the root has a base backup", |b| {
+        b.newest_backup.is_some()
+    })
+    .await;
     let child_info = env
         .client
         .get_timeline_without_sizes(child.id)
@@ -171,6 +181,10 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
     assert!(
         !listed.contains(&scratch.id),
         "a fork that was not durable is not recovered"
+    );
+    assert!(
+        !listed.contains(&gone.id),
+        "a deleted durable fork is not brought back"
     );
     let got = |id| {
         let client = env.client.clone();

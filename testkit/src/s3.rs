@@ -288,6 +288,22 @@ impl S3Server {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The object at `key` in the bucket (signed GET), `None` when absent.
+    pub fn get_object(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let out = Command::new("curl")
+            .args(["-s", "-f", "--max-time", "10"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+            .arg("--cacert")
+            .arg(self.ca_file())
+            .arg(format!(
+                "https://localhost:{}/{}/{key}",
+                self.port, self.bucket
+            ))
+            .output()?;
+        Ok(out.status.success().then_some(out.stdout))
+    }
+
     /// Deletes every object in the bucket and the bucket itself (the "bucket deleted"
     /// fault).
     pub fn delete_bucket(&self) -> std::io::Result<String> {

@@ -348,6 +348,9 @@ pub struct BackupState {
     pub backups: Vec<BackupSet>,
     /// The record last written to the bucket, to write it again only when it changes.
     pub record: Option<BucketRecord>,
+    /// The timeline was deleted: its record is to be marked so in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl BackupState {

@@ -198,6 +198,16 @@ impl Bucket {
 
     /// Keys under `prefix` (below the repository's prefix), relative to `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
+        Ok(self
+            .list_sizes(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Keys under `prefix` (relative to it) with their sizes in bytes.
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, BackupError> {
         let full = self.repo.key(prefix);
         let what = format!("listing {full}");
         let mut out = Vec::new();
@@ -221,12 +231,18 @@ impl Bucket {
                 .await
                 .map_err(|e| BackupError::Bucket(format!("{what}: {e}")))?;
             let mut rest = body.as_str();
-            while let Some(k) = between(rest, "<Key>", "</Key>") {
-                let end = rest.find("</Key>").unwrap_or(rest.len()) + "</Key>".len();
+            while let Some(item) = between(rest, "<Contents>", "</Contents>") {
+                let end = rest.find("</Contents>").unwrap_or(rest.len()) + "</Contents>".len();
                 rest = &rest[end.min(rest.len())..];
+                let Some(k) = between(&item, "<Key>", "</Key>") else {
+                    continue;
+                };
+                let size = between(&item, "<Size>", "</Size>")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 let k = unescape_xml(&k);
                 if let Some(rel) = k.strip_prefix(&full) {
-                    out.push(rel.trim_start_matches('/').to_string());
+                    out.push((rel.trim_start_matches('/').to_string(), size));
                 }
             }
             token = (between(&body, "<IsTruncated>", "</IsTruncated>").as_deref() == Some("true"))

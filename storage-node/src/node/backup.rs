@@ -204,6 +204,9 @@ impl Node {
         let Some(b) = self.backups.get() else {
             return;
         };
+        if let Err(e) = self.write_tombstones(b).await {
+            warn!(error = %e, "cannot mark deleted timelines in the backup repository; retrying");
+        }
         let Ok(all) = self.meta.all() else {
             return;
         };
@@ -252,14 +255,43 @@ impl Node {
             .get()
             .ok_or_else(|| NodeError::Conflict("this node has no backup repository".into()))?
             .clone();
-        let _g = self.read_lock(id).await;
+        // The timeline's lock is held to read it, never across a call to the bucket (a
+        // delete would wait for it).
+        let g = self.read_lock(id).await;
         let rec = self.record(id)?;
         let stanza = id.to_string();
         let mut st = self.meta.backup_state(id)?;
+        if st.deleted_at.is_some() {
+            // Made again under an id deleted before (a retried create).
+            st = self.update_backup_state(id, |s| s.deleted_at = None)?;
+        }
         let ctl = b.work.join("control").join(&stanza);
         if !st.stanza_created || !ctl.join("global/pg_control").exists() {
             self.control_dir(&rec, &ctl)?;
         }
+        // WAL, in name order: segments (and `.backup` files) up to a watermark; history
+        // and partial files, which can arrive after a later segment, by name.
+        self.drain_archive_of(&self.dir(id)).await?;
+        let archive = self.open_dir(&self.dir(id).archive())?;
+        let mut todo = Vec::new();
+        let mut backlog = 0u64;
+        for e in archive.entries().map_err(CloneError::from)? {
+            let Some(name) = e.name.to_str() else {
+                continue;
+            };
+            if crate::inbox::is_archive_name(name) && !st.has(name) {
+                let size = archive
+                    .lstat(name)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |s| s.st_size as u64);
+                backlog += size;
+                todo.push((name.to_string(), size));
+            }
+        }
+        drop(g);
+        todo.sort();
+        b.update_health(id, |h| h.backlog_bytes = backlog);
         let pg1 = |p: &Path| OsString::from(format!("--pg1-path={}", p.display()));
         if !st.stanza_created {
             b.pgbr
@@ -272,46 +304,28 @@ impl Node {
             st = self.update_backup_state(id, |s| s.stanza_created = true)?;
         }
         self.write_record(&b, &rec, &mut st).await?;
-        // WAL, in name order: segments (and `.backup` files) up to a watermark; history
-        // and partial files, which can arrive after a later segment, by name.
-        self.drain_archive_of(&self.dir(id)).await?;
-        let archive = self.open_dir(&self.dir(id).archive())?;
-        let mut todo = Vec::new();
-        let mut backlog = 0u64;
-        for e in archive.entries().map_err(CloneError::from)? {
-            let Some(name) = e.name.to_str() else {
-                continue;
-            };
-            if !crate::inbox::is_archive_name(name) {
-                continue;
-            }
-            if !st.has(name) {
-                backlog += archive
-                    .lstat(name)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |s| s.st_size as u64);
-                todo.push(name.to_string());
-            }
-        }
-        todo.sort();
-        b.update_health(id, |h| h.backlog_bytes = backlog);
         let spool = b.work.join("push");
         std::fs::create_dir_all(&spool).map_err(io_op("create the push directory"))?;
         let spool_dir = self.open_dir(&spool)?;
-        for name in todo {
+        for (name, size) in todo {
             // pgBackRest reads a clone in a directory only the node has: never the
             // timeline's own files, which a compute's mount reaches.
             spool_dir
                 .remove_file_if_exists(&name)
                 .map_err(CloneError::from)?;
-            clone::clone_file(
-                &archive,
-                name.as_ref(),
-                &spool_dir,
-                name.as_ref(),
-                self.clone_method,
-            )?;
+            {
+                let _g = self.read_lock(id).await;
+                if self.record(id).is_err() {
+                    return Ok(()); // deleted meanwhile
+                }
+                clone::clone_file(
+                    &archive,
+                    name.as_ref(),
+                    &spool_dir,
+                    name.as_ref(),
+                    self.clone_method,
+                )?;
+            }
             let pushed = b
                 .pgbr
                 .run(
@@ -332,16 +346,10 @@ impl Node {
                 }
                 s.pushed_at = Some(Utc::now());
             })?;
-            let size = archive
-                .lstat(&name)
-                .ok()
-                .flatten()
-                .map_or(0, |s| s.st_size as u64);
             b.update_health(id, |h| {
                 h.backlog_bytes = h.backlog_bytes.saturating_sub(size)
             });
         }
-        drop(_g);
         Ok(())
     }
 
@@ -457,24 +465,39 @@ impl Node {
         Ok(())
     }
 
-    /// Marks a deleted durable timeline's record in the bucket, so a recovery does not
-    /// bring it back. Its stanza stays (a retention of the bucket's own is not built).
-    pub(super) async fn record_deleted(&self, id: TimelineId) {
-        let Some(b) = self.backups.get() else { return };
-        let Ok(st) = self.meta.backup_state(id) else {
-            return;
-        };
-        let Some(mut record) = st.record else { return };
-        record.deleted_at = Some(Utc::now());
-        let body = serde_json::to_vec_pretty(&record).expect("records serialise");
-        if let Err(e) = b.bucket.put(&record_key(id), body).await {
-            warn!(timeline = %id, error = %e, "cannot mark the deleted timeline in the backup repository: a recovery from it would bring the timeline back");
+    /// Notes that a durable timeline was deleted: the backup loop marks its record in
+    /// the bucket (so a recovery does not bring it back) and then forgets it. No call to
+    /// the bucket here: a delete never waits for one.
+    pub(super) fn note_deleted(&self, id: TimelineId) -> Result<(), NodeError> {
+        if self.backups.get().is_none() {
+            return Ok(());
         }
-        let _ = self.meta.remove_backup_state(id);
-        b.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.update_backup_state(id, |s| s.deleted_at = Some(Utc::now()))?;
+        Ok(())
+    }
+
+    /// Writes the records of deleted timelines, marked deleted, to the bucket, and
+    /// forgets their state. Their stanzas stay (no retention of the bucket's own yet).
+    async fn write_tombstones(&self, b: &Backups) -> Result<(), NodeError> {
+        for (id, st) in self.meta.backup_states()? {
+            let Some(deleted_at) = st.deleted_at else {
+                continue;
+            };
+            if matches!(self.meta.get(id)?, Some(r) if r.phase != Phase::Deleting) {
+                continue; // made again meanwhile; its pass clears the mark
+            }
+            if let Some(mut record) = st.record.clone() {
+                record.deleted_at = Some(deleted_at);
+                let body = serde_json::to_vec_pretty(&record).expect("records serialise");
+                b.bucket.put(&record_key(id), body).await?;
+            }
+            self.meta.remove_backup_state(id)?;
+            b.health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        Ok(())
     }
 
     /// The snapshot to back up now, if one is due: the timeline has no base in the
@@ -494,6 +517,8 @@ impl Node {
         let wal_pushed = st
             .pushed_to
             .as_deref()
+            // A segment, or a `.backup` file named after one.
+            .and_then(|n| n.get(..24))
             .and_then(wal::parse_name)
             .is_some_and(|f| matches!(f, wal::WalFile::Segment { segno, .. } if (segno + 1) * SEGMENT_SIZE >= newest.info.end_lsn.0));
         match st.backups.last() {
@@ -668,6 +693,8 @@ impl Node {
         let mut order: Vec<TimelineId> = records.keys().copied().collect();
         order.sort_by_key(|id| (depth(*id), records[id].created_at));
         let mut failed: HashSet<TimelineId> = HashSet::new();
+        // Timelines recovered in this run, by the backup set they started from.
+        let mut restored: HashMap<TimelineId, (TimelineId, String)> = HashMap::new();
         for id in order {
             let r = &records[&id];
             if r.deleted_at.is_some() {
@@ -685,8 +712,15 @@ impl Node {
                 continue;
             }
             let t0 = Instant::now();
-            match self.recover_one(&b, r, &records).await {
+            let mut base_used = None;
+            match self
+                .recover_one(&b, r, &records, &restored, &mut base_used)
+                .await
+            {
                 Ok(refork) => {
+                    if let (false, Some(k)) = (refork, base_used) {
+                        restored.insert(id, k);
+                    }
                     info!(timeline = %id, parent = ?r.parent, refork, elapsed_ms = t0.elapsed().as_millis() as u64, "recovered timeline from the backup repository");
                     if refork {
                         out.refork.push(id);
@@ -715,6 +749,8 @@ impl Node {
         b: &Backups,
         r: &BucketRecord,
         records: &BTreeMap<TimelineId, BucketRecord>,
+        restored: &HashMap<TimelineId, (TimelineId, String)>,
+        base_used: &mut Option<(TimelineId, String)>,
     ) -> Result<bool, NodeError> {
         let id = r.id;
         let stanza = id.to_string();
@@ -732,20 +768,48 @@ impl Node {
         let dir = TimelineDir(self.layout.creating(id));
         let mut steps: Vec<(&str, Duration)> = Vec::new();
         let t_restore = Instant::now();
-        std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
-        set_mode(&dir.pgdata(), 0o700)?;
         let pg1 = OsString::from(format!("--pg1-path={}", dir.pgdata().display()));
-        b.pgbr
-            .run(
-                Some(&base.owner.to_string()),
-                "restore",
-                &[
-                    pg1.clone(),
-                    format!("--set={}", base.set.set).into(),
-                    "--type=preserve".into(),
-                ],
-            )
-            .await?;
+        // An ancestor recovered in this run from the same backup set: its starting state
+        // (its `fork` snapshot, before recovery) is that backup restored, so it is
+        // cloned — shared blocks and no download — with an empty pg_wal.
+        let key = (base.owner, base.set.set.clone());
+        let mut same_base = None;
+        let mut cur = r.parent;
+        while let Some(a) = cur {
+            if restored.get(&a) == Some(&key) {
+                same_base = Some(a);
+                break;
+            }
+            cur = records.get(&a).and_then(|x| x.parent);
+        }
+        if let Some(a) = same_base {
+            let src = self.open_dir(&self.dir(a).snapshot_pgdata("fork"))?;
+            let dst = self.open_dir(&dir.0)?;
+            let method = self.clone_method;
+            tokio::task::spawn_blocking(move || {
+                clone::clone_tree(&src, &dst, "pgdata", method, &|rel: &Path, is_dir: bool| {
+                    rel.starts_with("pg_wal")
+                        && rel != Path::new("pg_wal")
+                        && !(is_dir && rel == Path::new("pg_wal/archive_status"))
+                })
+            })
+            .await??;
+        } else {
+            std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
+            set_mode(&dir.pgdata(), 0o700)?;
+            b.pgbr
+                .run(
+                    Some(&base.owner.to_string()),
+                    "restore",
+                    &[
+                        pg1.clone(),
+                        format!("--set={}", base.set.set).into(),
+                        "--type=preserve".into(),
+                    ],
+                )
+                .await?;
+        }
+        *base_used = Some(key);
         if dir.pgdata().join(KEPT_LABEL).exists() {
             std::fs::rename(
                 dir.pgdata().join(KEPT_LABEL),
@@ -916,6 +980,7 @@ impl Node {
             pushed_at: None,
             backups: r.backups.clone(),
             record: None,
+            deleted_at: None,
         };
         drop(archive);
         drop(pg_wal);
@@ -925,7 +990,7 @@ impl Node {
             .iter()
             .map(|(n, d)| format!("{n}={}ms", d.as_millis()))
             .collect();
-        info!(timeline = %rec.id, base = %base.set.set, base_owner = %base.owner, lineage_segments = placed, own_files = own.len(), %end_lsn, steps = %steps.join(" "), "restored timeline");
+        info!(timeline = %rec.id, base = %base.set.set, base_owner = %base.owner, base_cloned_from = ?same_base, lineage_segments = placed, own_files = own.len(), %end_lsn, steps = %steps.join(" "), "restored timeline");
         Ok(false)
     }
 

@@ -55,7 +55,7 @@ impl Node {
         // Nothing there (removed by an earlier attempt) is fine.
         tokio::task::spawn_blocking(move || remove_tree_in(&timelines, &gone)).await??;
         crate::failpoint::hit_async("delete.after_remove").await;
-        self.record_deleted(id).await;
+        self.note_deleted(id)?;
         self.meta.remove(id)?;
         self.locks
             .lock()
