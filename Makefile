@@ -43,6 +43,7 @@ test: deps lint crds-check tools k8s-binaries chart-test
 	bash e2e/local/workflows.sh target/debug/ramify
 	bash e2e/local/attacks.sh target/debug/ramify
 	bash e2e/local/follow.sh target/debug/ramify
+	bash e2e/local/backup.sh target/debug/ramify
 	CARGO="$(CARGO)" bash e2e/k8s/make-test.sh
 
 # The CRD YAML in crds/ and charts/ramify-crds must be what the Rust types generate.

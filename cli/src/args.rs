@@ -264,7 +264,11 @@ pub enum LocalCommand {
     /// (reflink=1) or btrfs; elsewhere every fork is a full copy and this says so.
     ///
     /// Example: sudo ramify local up --xfs-image 8G
-    Up(UpArgs),
+    ///
+    /// With a backup repository (durable branches survive losing the data directory):
+    ///   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… ramify local up --backup s3://bucket/ramify
+    /// and after losing it:  ramify local up --backup s3://bucket/ramify --recover
+    Up(Box<UpArgs>),
 
     /// Stop local mode: every branch's Postgres, the proxy and the storage node.
     ///
@@ -307,6 +311,18 @@ pub struct UpArgs {
     /// Without it TLS is offered and plaintext still accepted.
     #[arg(long)]
     pub tls_required: bool,
+
+    /// Keep durable branches (roots, and forks created with --backup) in S3-compatible
+    /// object storage through pgBackRest, so they survive losing this data directory.
+    /// The repository is remembered in <DATA_DIR>/local/backup.json for later starts.
+    #[command(flatten)]
+    pub backup: ramify_storage::backup::RepoArgs,
+
+    /// Rebuild a lost data directory from the backup repository before serving: every
+    /// durable branch comes back with its name, port and password (the others do not).
+    /// The data directory must have no branches.
+    #[arg(long)]
+    pub recover: bool,
 
     /// Set by `local up` on the background daemon it starts: the data directory is
     /// already prepared and output already goes to the log.
@@ -679,6 +695,13 @@ pub struct CreateArgs {
     #[arg(long)]
     pub protected: bool,
 
+    /// Keep the branch in the backup repository (local mode started with `local up
+    /// --backup`), so it survives losing the data directory. Roots are kept by default;
+    /// a fork is kept only with this flag (and then stores only its own WAL). Kept
+    /// branches stay kept through reset and restore.
+    #[arg(long)]
+    pub backup: bool,
+
     /// Make a root that follows this Postgres instead of an empty one: a URI such as
     /// postgresql://replicator@db.example:5432/postgres naming a role with REPLICATION.
     /// The password comes from the URI, --password-file, or PGPASSFILE/~/.pgpass; it is
@@ -906,11 +929,17 @@ mod tests {
         let cli = parse(&["local", "up", "--tls-required"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Local(LocalCommand::Up(UpArgs {
-                tls_required: true,
-                ..
-            }))
+            Command::Local(LocalCommand::Up(up)) if up.tls_required
         ));
+        let cli = parse(&["local", "up", "--backup", "s3://b-1/p", "--recover"]).unwrap();
+        match cli.command {
+            Command::Local(LocalCommand::Up(up)) => {
+                assert_eq!(up.backup.backup_repo.as_deref(), Some("s3://b-1/p"));
+                assert_eq!(up.backup.backup_uri_style, "host");
+                assert!(up.recover);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
         // --detached is internal and only means something with --foreground.
         assert!(parse(&["local", "up", "--detached"]).is_err());
     }

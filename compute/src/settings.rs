@@ -86,6 +86,10 @@ pub struct ComputeSettings {
     pub parameters: BTreeMap<String, String>,
     /// Set for a following root: the compute runs as a hot standby of its source.
     pub standby: Option<Standby>,
+    /// `archive_timeout` in seconds, for a branch kept in a backup repository: a quiet
+    /// branch still switches WAL segments this often, which bounds what losing the
+    /// storage node's volume loses. `None`: only full segments are archived.
+    pub archive_timeout_secs: Option<u32>,
 }
 
 /// How a following root's compute streams from its source.
@@ -247,6 +251,9 @@ impl ComputeSettings {
             // A failover on the source switches its timeline; the standby follows it.
             out.push(("recovery_target_timeline".into(), "latest".into()));
         }
+        if let Some(secs) = self.archive_timeout_secs {
+            out.push(("archive_timeout".into(), format!("{secs}s")));
+        }
         for (name, value) in &self.parameters {
             validate_parameter(name, value)?;
             out.push((name.clone(), value.clone()));
@@ -365,6 +372,7 @@ mod tests {
             archive_command: "test ! -f '/data/wal/%f' && cp %p /data/wal/%f".to_owned(),
             parameters: BTreeMap::new(),
             standby: None,
+            archive_timeout_secs: None,
         }
     }
 

@@ -18,6 +18,7 @@ fn settings(dir: &Path, port: u16) -> ComputeSettings {
         archive_command: "true".to_owned(),
         parameters: BTreeMap::new(),
         standby: None,
+        archive_timeout_secs: None,
     }
 }
 

@@ -163,6 +163,12 @@ impl<R: Runtime> Lifecycle<R> {
         Ok(self.store.all()?)
     }
 
+    /// Forgets a branch whose timeline is gone (a recovery from a backup repository did
+    /// not bring it back): only its record, nothing on the storage node or runtime.
+    pub fn forget_branch(&self, name: &str) -> Result<(), LifecycleError> {
+        Ok(self.store.remove(name)?)
+    }
+
     /// Creates a branch: a new root, or a fork of `parent` at `at`, with its own compute,
     /// port, role and fresh password. Everything made is undone if a later step fails.
     pub async fn create(&self, req: CreateBranch) -> Result<BranchView, LifecycleError> {
@@ -238,7 +244,7 @@ impl<R: Runtime> Lifecycle<R> {
                 parent: source.as_ref().map(|(tl, _)| *tl),
                 at: source.map(|(_, at)| at),
                 follow: req.follow.clone(),
-                backup: None,
+                backup: req.backup,
             })
             .await?
             .value;

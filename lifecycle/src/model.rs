@@ -121,6 +121,10 @@ pub struct CreateBranch {
     /// empty. Not with `parent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowSource>,
+    /// Keep the branch in the backup repository (`ramify local up --backup`): default on
+    /// for roots that follow nothing, off for forks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<bool>,
 }
 
 /// A point of a branch's history: what storage understands (`latest`, an LSN, a time, a

@@ -37,7 +37,9 @@ impl<R: Runtime> Lifecycle<R> {
                 "the parent of {name:?}, {parent_name:?}, no longer exists"
             ))
         })?;
-        let timeline = self.fork(parent.timeline, At::Latest).await?;
+        let timeline = self
+            .fork(parent.timeline, At::Latest, branch.timeline)
+            .await?;
         let mut next = self
             .switch_timeline(&branch, &timeline, Leaving::Delete)
             .await?;
@@ -95,7 +97,7 @@ impl<R: Runtime> Lifecycle<R> {
         let (from_timeline, at) = self.resolve_point(&source, &point).await?;
         // The old compute's shutdown checkpoint is written in the background, after the
         // switch: nothing here waits for it.
-        let timeline = self.fork(from_timeline, at).await?;
+        let timeline = self.fork(from_timeline, at, branch.timeline).await?;
         // The backup branch is made ready first and written in the same store write as
         // the switch: a crash leaves either the branch on its old timeline, or on the new
         // one with its backup — never the old timeline without a branch.
@@ -190,7 +192,21 @@ impl<R: Runtime> Lifecycle<R> {
     }
 
     /// A new timeline for the branch to move onto, pending until the switch is stored.
-    async fn fork(&self, parent: TimelineId, at: At) -> Result<TimelineInfo, LifecycleError> {
+    /// It is durable (kept in the node's backup repository) when the branch's current
+    /// timeline `current` is: a reset or restore never quietly drops a branch's backups.
+    async fn fork(
+        &self,
+        parent: TimelineId,
+        at: At,
+        current: TimelineId,
+    ) -> Result<TimelineInfo, LifecycleError> {
+        let durable = self
+            .storage
+            .get_timeline_without_sizes(current)
+            .await
+            .ok()
+            .and_then(|t| t.backup)
+            .map(|_| true);
         let id = TimelineId::new_v4();
         self.store.set_pending(id, true)?;
         Ok(self
@@ -200,7 +216,7 @@ impl<R: Runtime> Lifecycle<R> {
                 parent: Some(parent),
                 at: Some(at),
                 follow: None,
-                backup: None,
+                backup: durable,
             })
             .await?
             .value)

@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     /// Refuse plaintext sessions on branch endpoints (TLS is always offered, with the
     /// CA under `<data>/tls/`).
     pub tls_required: bool,
+    /// Keep durable branches in this backup repository (and recover from it).
+    pub backup: Option<crate::backup::LocalBackup>,
 }
 
 struct App {
@@ -118,6 +120,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     });
     // Computes archive into each timeline's inbox; move arrivals into the archive.
     node.spawn_archive_drain(Duration::from_secs(1));
+    // With a backup repository: recover first when asked, then keep durable timelines
+    // (and the branch records) in it.
+    if let Some(b) = &cfg.backup {
+        crate::backup::start(&node, &data_dir, b).await?;
+    }
     // Space figures are measured in the background; `branch list`/`get` show the last.
     node.spawn_accounting(Duration::from_secs(15));
     // Keeps the default space reserve: one branch filling the disk is made read-only
@@ -162,6 +169,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         "127.0.0.1",
     ));
     control.attach(&lifecycle);
+    if let Some(b) = &cfg.backup {
+        if b.recover {
+            crate::backup::drop_unrecovered(&lifecycle, &storage).await?;
+        }
+        crate::backup::spawn_branch_upload(node.clone(), &data_dir);
+    }
     // An operation cut short by a crash of an earlier daemon may have left a timeline no
     // branch has (with a compute running on it), or one it was retiring: both go before
     // anything is served.

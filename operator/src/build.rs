@@ -296,6 +296,7 @@ pub fn postgres_args(
         archive_command: archive_command.to_owned(),
         parameters: parameters.clone(),
         standby: standby.cloned(),
+        archive_timeout_secs: None,
     };
     let mut args = vec!["-D".to_string(), pgdata()];
     args.extend(settings.args()?);

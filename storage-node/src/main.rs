@@ -94,35 +94,8 @@ struct Args {
     /// each timeline grew).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     space_check_interval: Duration,
-    /// Keep durable timelines (roots, and timelines created with "backup": true) in this
-    /// S3-compatible repository, s3://BUCKET/PREFIX: their WAL is pushed as it is archived
-    /// and their snapshots backed up, through pgBackRest, so they survive the loss of
-    /// this volume (see --recover). Credentials: $AWS_ACCESS_KEY_ID and
-    /// $AWS_SECRET_ACCESS_KEY, or --backup-credentials-file.
-    #[arg(long, env = "RAMIFY_BACKUP_REPO", value_name = "s3://BUCKET/PREFIX")]
-    backup_repo: Option<String>,
-    /// The repository's S3 endpoint, host[:port] (HTTPS only; its certificate must name
-    /// this host). Default: s3.<region>.amazonaws.com.
-    #[arg(long, env = "RAMIFY_BACKUP_ENDPOINT")]
-    backup_endpoint: Option<String>,
-    /// The repository's region.
-    #[arg(long, default_value = "us-east-1", env = "RAMIFY_BACKUP_REGION")]
-    backup_region: String,
-    /// `path` (https://host/bucket/key, what most S3-compatible servers need) or `host`
-    /// (https://bucket.host/key, AWS's default).
-    #[arg(long, default_value = "host", env = "RAMIFY_BACKUP_URI_STYLE", value_parser = ["host", "path"])]
-    backup_uri_style: String,
-    /// CA bundle (PEM) that signs the endpoint's certificate. Default: the system's.
-    #[arg(long, env = "RAMIFY_BACKUP_CA_FILE")]
-    backup_ca_file: Option<PathBuf>,
-    /// File with the repository's credentials, in AWS's shared-credentials form
-    /// (`aws_access_key_id = …` and `aws_secret_access_key = …` lines); mode 0600.
-    #[arg(long, env = "RAMIFY_BACKUP_CREDENTIALS_FILE")]
-    backup_credentials_file: Option<PathBuf>,
-    /// File holding a passphrase: everything pgBackRest writes is then encrypted
-    /// (aes-256-cbc). Keep it: without it nothing in the repository can be restored.
-    #[arg(long, env = "RAMIFY_BACKUP_CIPHER_PASS_FILE")]
-    backup_cipher_pass_file: Option<PathBuf>,
+    #[command(flatten)]
+    backup: ramify_storage::backup::RepoArgs,
     /// How often archived WAL is pushed to the repository. Commits at most this plus the
     /// computes' archive_timeout (60 s) old are lost with the volume.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -134,7 +107,7 @@ struct Args {
     /// Before serving, recover from --backup-repo every durable timeline this data
     /// directory does not have (a node whose volume was lost, or timelines moved here),
     /// parents first, under their own ids. Each is restored whole or not at all.
-    #[arg(long, requires = "backup_repo")]
+    #[arg(long)]
     recover: bool,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -171,17 +144,6 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// `name` on $PATH.
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-}
-
 /// `name` (a Postgres program) in `explicit`, else in $PATH, else in the newest
 /// /usr/lib/postgresql/*/bin.
 fn find_pg_program(explicit: Option<&PathBuf>, name: &str) -> Option<PathBuf> {
@@ -206,71 +168,6 @@ fn find_pg_program(explicit: Option<&PathBuf>, name: &str) -> Option<PathBuf> {
     });
     dirs.extend(versions);
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
-}
-
-/// The backup repository the flags describe, with its credentials.
-fn backup_repo(args: &Args) -> anyhow::Result<Option<ramify_storage::backup::Repo>> {
-    let Some(url) = &args.backup_repo else {
-        return Ok(None);
-    };
-    let endpoint = args
-        .backup_endpoint
-        .clone()
-        .unwrap_or_else(|| format!("s3.{}.amazonaws.com", args.backup_region));
-    let mut repo = ramify_storage::backup::Repo::parse(url, &endpoint)?;
-    repo.region = args.backup_region.clone();
-    repo.path_style = args.backup_uri_style == "path";
-    repo.ca_file = args.backup_ca_file.clone();
-    let (key, secret) = match &args.backup_credentials_file {
-        Some(path) => {
-            let text = read_secret_file(path, "--backup-credentials-file")?;
-            let field = |name: &str| {
-                text.lines()
-                    .filter_map(|l| l.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_string())
-            };
-            match (field("aws_access_key_id"), field("aws_secret_access_key")) {
-                (Some(k), Some(s)) => (k, s),
-                _ => anyhow::bail!(
-                    "{} must hold `aws_access_key_id = …` and `aws_secret_access_key = …` lines",
-                    path.display()
-                ),
-            }
-        }
-        None => match (
-            std::env::var("AWS_ACCESS_KEY_ID"),
-            std::env::var("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            (Ok(k), Ok(s)) => (k, s),
-            _ => anyhow::bail!(
-                "--backup-repo needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --backup-credentials-file"
-            ),
-        },
-    };
-    repo.access_key = key;
-    repo.secret_key = secret;
-    if let Some(path) = &args.backup_cipher_pass_file {
-        let pass = read_secret_file(path, "--backup-cipher-pass-file")?;
-        let pass = pass.trim_end_matches('\n').to_string();
-        anyhow::ensure!(!pass.is_empty(), "{} is empty", path.display());
-        repo.cipher_pass = Some(pass);
-    }
-    Ok(Some(repo))
-}
-
-/// Reads a file holding a secret, refusing one its group or others can read.
-fn read_secret_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {flag} {}", path.display()))?;
-    anyhow::ensure!(
-        meta.mode() & 0o077 == 0,
-        "{flag} {} is readable by its group or others (mode {:o}): chmod 600 it",
-        path.display(),
-        meta.mode() & 0o777
-    );
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
 /// Environment variable holding the API token when no --token-file is given.
@@ -334,9 +231,12 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
     );
     node.set_reserve(args.reserve);
-    if let Some(repo) = backup_repo(&args)? {
-        let pgbackrest = find_program("pgbackrest")
-            .context("--backup-repo needs pgBackRest (apt-get install pgbackrest) on $PATH")?;
+    anyhow::ensure!(
+        !args.recover || args.backup.backup_repo.is_some(),
+        "--recover needs --backup-repo: the repository to recover from"
+    );
+    if let Some(repo) = args.backup.repo()? {
+        let pgbackrest = ramify_storage::backup::find_pgbackrest()?;
         let described = repo.describe();
         node.set_backup(repo, pgbackrest, args.backup_full_after)?;
         match node.check_backup_repo().await {

@@ -865,6 +865,7 @@ async fn a_follower_follows_its_source_through_a_failover() {
                 passfile: sdir.join("none"),
                 slot: None,
             }),
+            archive_timeout_secs: None,
         },
     )
     .await

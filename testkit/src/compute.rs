@@ -119,6 +119,7 @@ impl Compute {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>(),
             standby: None,
+            archive_timeout_secs: None,
         };
         Self::start_settings(pg, user, pgdata, settings).await
     }

@@ -321,6 +321,7 @@ impl Backend for Local {
                 expires_at: Some(chrono::Utc::now() + ttl),
                 protected: false,
                 follow: None,
+                backup: None,
             })
             .await?;
         Ok(())

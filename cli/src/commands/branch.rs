@@ -40,6 +40,7 @@ pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> anyhow::Result<Cr
             .or_else(|| args.expires_in.map(|s| now + seconds(s))),
         protected: args.protected,
         follow,
+        backup: args.backup.then_some(true),
     })
 }
 
@@ -161,6 +162,7 @@ mod tests {
                 expires_in: Some(3),
                 expires_at: None,
                 protected: false,
+                backup: true,
                 follow: None,
                 slot: None,
                 mode: Default::default(),
@@ -176,7 +178,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             serde_json::to_value(&req).unwrap(),
-            serde_json::json!({"name": "dev", "parent": "main", "at": "latest", "suspend_after_secs": 0, "expires_at": "2026-03-01T12:00:03Z"})
+            serde_json::json!({"name": "dev", "parent": "main", "at": "latest", "suspend_after_secs": 0, "expires_at": "2026-03-01T12:00:03Z", "backup": true})
         );
         let root = create_request(
             CreateArgs {
@@ -187,6 +189,7 @@ mod tests {
                 expires_in: None,
                 expires_at: None,
                 protected: true,
+                backup: false,
                 follow: Some("postgresql://rep:pw@db/postgres".into()),
                 slot: Some("s1".into()),
                 mode: Default::default(),

@@ -55,6 +55,9 @@ pub fn run(ctx: &Context, keep: bool) -> anyhow::Result<()> {
             pg_user: None,
             // The demo's own queries use the plain connection on loopback.
             tls_required: false,
+            // The demo's branches live only as long as the demo.
+            backup: Default::default(),
+            recover: false,
             detached: false,
         },
     )?;

@@ -100,17 +100,48 @@ fn run_foreground(dir: &Path, args: &UpArgs, bin: PgBin, user: &PgUser) -> anyho
     // process-wide.
     privileges::become_user(user)?;
     init_tracing();
+    let backup = local_backup(dir, args)?;
     let cfg = DaemonConfig {
         data_dir: dir.to_path_buf(),
         pg_bin: Some(bin.dir().to_path_buf()),
         pg_user: args.pg_user.clone(),
         tls_required: args.tls_required,
+        backup,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(ramify_local::run(cfg))
+}
+
+/// The daemon's backup repository: the one given, remembered in
+/// `<data>/local/backup.json` (no secrets: credentials come from the environment or the
+/// files it names), else the one remembered from an earlier start.
+fn local_backup(dir: &Path, args: &UpArgs) -> anyhow::Result<Option<ramify_local::LocalBackup>> {
+    let remembered = files::local_dir(dir).join("backup.json");
+    let repo_args = if args.backup.backup_repo.is_some() {
+        let json = serde_json::to_vec_pretty(&args.backup)?;
+        std::fs::write(&remembered, json)
+            .with_context(|| format!("cannot write {}", remembered.display()))?;
+        args.backup.clone()
+    } else {
+        match std::fs::read(&remembered) {
+            Ok(json) => serde_json::from_slice(&json)
+                .with_context(|| format!("{} is not valid", remembered.display()))?,
+            Err(_) if args.recover => {
+                anyhow::bail!(
+                    "--recover needs --backup s3://BUCKET/PREFIX: the repository to recover from"
+                )
+            }
+            Err(_) => return Ok(None),
+        }
+    };
+    let repo = repo_args.repo()?.expect("a repository is named");
+    Ok(Some(ramify_local::LocalBackup {
+        repo,
+        recover: args.recover,
+    }))
 }
 
 /// Logs to stderr (the daemon log when detached); `RAMIFY_LOG` or `RUST_LOG` filter,
@@ -164,6 +195,10 @@ fn start_detached(ctx: &Context, args: &UpArgs, bin: &PgBin, user: &PgUser) -> a
     }
     if args.tls_required {
         cmd.arg("--tls-required");
+    }
+    cmd.args(args.backup.to_args());
+    if args.recover {
+        cmd.arg("--recover");
     }
     let out = log.try_clone().context("cannot share the daemon log")?;
     let child = cmd

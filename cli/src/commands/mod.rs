@@ -81,7 +81,7 @@ pub fn run(cli: Cli, plugin: bool) -> anyhow::Result<ExitCode> {
     };
     // `local up` decides itself which runtime it needs, after dropping privileges.
     if let Command::Local(LocalCommand::Up(up)) = cli.command {
-        local::up(&ctx, up)?;
+        local::up(&ctx, *up)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Demo { keep } = cli.command {

@@ -154,6 +154,159 @@ impl Repo {
     }
 }
 
+/// The flags that describe a backup repository (`ramify-storage` and `ramify local up`).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+pub struct RepoArgs {
+    /// Keep durable timelines (roots, and timelines created with "backup": true) in this
+    /// S3-compatible repository, s3://BUCKET/PREFIX: their WAL is pushed as it is archived
+    /// and their snapshots backed up, through pgBackRest, so they survive the loss of
+    /// this volume (see --recover). Credentials: $AWS_ACCESS_KEY_ID and
+    /// $AWS_SECRET_ACCESS_KEY, or --backup-credentials-file.
+    #[arg(
+        long,
+        visible_alias = "backup",
+        env = "RAMIFY_BACKUP_REPO",
+        value_name = "s3://BUCKET/PREFIX"
+    )]
+    pub backup_repo: Option<String>,
+    /// The repository's S3 endpoint, host[:port] (HTTPS only; its certificate must name
+    /// this host). Default: s3.<region>.amazonaws.com.
+    #[arg(long, env = "RAMIFY_BACKUP_ENDPOINT")]
+    pub backup_endpoint: Option<String>,
+    /// The repository's region.
+    #[arg(long, default_value = "us-east-1", env = "RAMIFY_BACKUP_REGION")]
+    pub backup_region: String,
+    /// `path` (https://host/bucket/key, what most S3-compatible servers need) or `host`
+    /// (https://bucket.host/key, AWS's default).
+    #[arg(long, default_value = "host", env = "RAMIFY_BACKUP_URI_STYLE", value_parser = ["host", "path"])]
+    pub backup_uri_style: String,
+    /// CA bundle (PEM) that signs the endpoint's certificate. Default: the system's.
+    #[arg(long, env = "RAMIFY_BACKUP_CA_FILE")]
+    pub backup_ca_file: Option<PathBuf>,
+    /// File with the repository's credentials, in AWS's shared-credentials form
+    /// (`aws_access_key_id = …` and `aws_secret_access_key = …` lines); mode 0600.
+    #[arg(long, env = "RAMIFY_BACKUP_CREDENTIALS_FILE")]
+    pub backup_credentials_file: Option<PathBuf>,
+    /// File holding a passphrase: everything pgBackRest writes is then encrypted
+    /// (aes-256-cbc). Keep it: without it nothing in the repository can be restored.
+    #[arg(long, env = "RAMIFY_BACKUP_CIPHER_PASS_FILE")]
+    pub backup_cipher_pass_file: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    /// The flags again, as a command line (`ramify local up` hands them to the daemon it
+    /// starts; credentials stay in the environment or the files named).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        if self.backup_repo.is_none() {
+            return out;
+        }
+        let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
+            if let Some(v) = value {
+                out.push(format!("--{name}").into());
+                out.push(v);
+            }
+        };
+        flag("backup-repo", self.backup_repo.clone().map(Into::into));
+        flag(
+            "backup-endpoint",
+            self.backup_endpoint.clone().map(Into::into),
+        );
+        flag("backup-region", Some(self.backup_region.clone().into()));
+        flag(
+            "backup-uri-style",
+            Some(self.backup_uri_style.clone().into()),
+        );
+        flag(
+            "backup-ca-file",
+            self.backup_ca_file.clone().map(Into::into),
+        );
+        flag(
+            "backup-credentials-file",
+            self.backup_credentials_file.clone().map(Into::into),
+        );
+        flag(
+            "backup-cipher-pass-file",
+            self.backup_cipher_pass_file.clone().map(Into::into),
+        );
+        out
+    }
+
+    /// The repository the flags describe, with its credentials; `None` without
+    /// `--backup-repo`.
+    pub fn repo(&self) -> Result<Option<Repo>, BackupError> {
+        let Some(url) = &self.backup_repo else {
+            return Ok(None);
+        };
+        let endpoint = self
+            .backup_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("s3.{}.amazonaws.com", self.backup_region));
+        let mut repo = Repo::parse(url, &endpoint)?;
+        repo.region = self.backup_region.clone();
+        repo.path_style = self.backup_uri_style == "path";
+        repo.ca_file = self.backup_ca_file.clone();
+        let (key, secret) = match &self.backup_credentials_file {
+            Some(path) => {
+                let text = read_secret_file(path, "--backup-credentials-file")?;
+                let field = |name: &str| {
+                    text.lines()
+                        .filter_map(|l| l.split_once('='))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_string())
+                };
+                match (field("aws_access_key_id"), field("aws_secret_access_key")) {
+                    (Some(k), Some(s)) => (k, s),
+                    _ => {
+                        return Err(BackupError::Config(format!(
+                            "{} must hold `aws_access_key_id = …` and `aws_secret_access_key = …` lines",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            None => match (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Ok(k), Ok(s)) => (k, s),
+                _ => {
+                    return Err(BackupError::Config(
+                        "--backup-repo needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --backup-credentials-file".into(),
+                    ))
+                }
+            },
+        };
+        repo.access_key = key;
+        repo.secret_key = secret;
+        if let Some(path) = &self.backup_cipher_pass_file {
+            let pass = read_secret_file(path, "--backup-cipher-pass-file")?;
+            let pass = pass.trim_end_matches('\n').to_string();
+            if pass.is_empty() {
+                return Err(BackupError::Config(format!("{} is empty", path.display())));
+            }
+            repo.cipher_pass = Some(pass);
+        }
+        Ok(Some(repo))
+    }
+}
+
+/// Reads a file holding a secret, refusing one its group or others can read.
+fn read_secret_file(path: &Path, flag: &str) -> Result<String, BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| BackupError::Config(format!("cannot read {flag} {}: {e}", path.display())))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(BackupError::Config(format!(
+            "{flag} {} is readable by its group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| BackupError::Config(format!("cannot read {flag} {}: {e}", path.display())))
+}
+
 /// Runs pgBackRest against the repository, as the node's own user, with every option in
 /// its environment (no configuration file: `/etc/pgbackrest.conf` is never read).
 pub struct PgBackRest {
@@ -364,6 +517,92 @@ impl BackupState {
     }
 }
 
+/// `pgbackrest` on $PATH (or /usr/bin).
+pub fn find_pgbackrest() -> Result<PathBuf, BackupError> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("pgbackrest"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            BackupError::Config(
+                "a backup repository needs pgBackRest: apt-get install pgbackrest".into(),
+            )
+        })
+}
+
+/// Marks an object [`seal`] encrypted.
+const SEALED: &[u8] = b"RAMIFY-SEALED-1\n";
+const PBKDF2_ROUNDS: u32 = 200_000;
+
+/// Encrypts `plain` with a key derived from `pass` (PBKDF2-HMAC-SHA256, random salt;
+/// AES-256-GCM, random nonce): what Ramify writes to the bucket itself when the
+/// repository is encrypted (local mode's branches, whose passwords must not be readable
+/// where pgBackRest's data is not).
+pub fn seal(pass: &str, plain: &[u8]) -> Result<Vec<u8>, BackupError> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut salt)
+        .and_then(|_| rng.fill(&mut nonce))
+        .map_err(|_| BackupError::Config("no randomness from the OS".into()))?;
+    let key = sealing_key(pass, &salt)?;
+    let mut data = plain.to_vec();
+    key.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::from(SEALED),
+        &mut data,
+    )
+    .map_err(|_| BackupError::Config("encryption failed".into()))?;
+    let mut out = SEALED.to_vec();
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Decrypts what [`seal`] made; `Ok(None)` when `data` is not sealed.
+pub fn unseal(pass: &str, data: &[u8]) -> Result<Option<Vec<u8>>, BackupError> {
+    let Some(rest) = data.strip_prefix(SEALED) else {
+        return Ok(None);
+    };
+    if rest.len() < 28 {
+        return Err(BackupError::Bucket("a sealed object is truncated".into()));
+    }
+    let (salt, rest) = rest.split_at(16);
+    let (nonce, sealed) = rest.split_at(12);
+    let key = sealing_key(pass, salt)?;
+    let mut buf = sealed.to_vec();
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce)
+        .map_err(|_| BackupError::Bucket("a sealed object has a bad nonce".into()))?;
+    let plain = key
+        .open_in_place(nonce, ring::aead::Aad::from(SEALED), &mut buf)
+        .map_err(|_| {
+            BackupError::Config(
+                "cannot decrypt an object of the repository: wrong --backup-cipher-pass-file?"
+                    .into(),
+            )
+        })?;
+    Ok(Some(plain.to_vec()))
+}
+
+fn sealing_key(pass: &str, salt: &[u8]) -> Result<ring::aead::LessSafeKey, BackupError> {
+    let mut key = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(PBKDF2_ROUNDS).expect("non-zero"),
+        salt,
+        pass.as_bytes(),
+        &mut key,
+    );
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key)
+        .map_err(|_| BackupError::Config("cannot make the encryption key".into()))?;
+    Ok(ring::aead::LessSafeKey::new(unbound))
+}
+
 /// Name pgBackRest's offline backup cannot leave out: it drops `backup_label`, without
 /// which a restore fails ("could not locate a valid checkpoint record"), so the node
 /// backs up a clone with the label renamed and renames it back after a restore.
@@ -372,6 +611,21 @@ pub const KEPT_LABEL: &str = "ramify_backup_label";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_objects_open_only_with_their_pass() {
+        let sealed = seal("right pass", b"secret branches").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            unseal("right pass", &sealed).unwrap().unwrap(),
+            b"secret branches"
+        );
+        assert!(unseal("wrong pass", &sealed).is_err());
+        assert_eq!(unseal("any", b"{\"plain\": 1}").unwrap(), None);
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(unseal("right pass", &tampered).is_err());
+    }
 
     #[test]
     fn parses_repositories() {

@@ -113,6 +113,7 @@ impl Env {
                     passfile: run_dir.join(&f.passfile),
                     slot: f.slot.clone(),
                 }),
+                archive_timeout_secs: None,
             };
             return Compute::start_settings(&self.pg, &self.user, Path::new(&tl.pgdata), settings)
                 .await

@@ -91,6 +91,7 @@ impl Node {
             archive_command: wal::archive_command(),
             parameters: Default::default(),
             standby: None,
+            archive_timeout_secs: None,
         };
         let running =
             ramify_compute::process::start(&bin, &user, &dir.pgdata(), &settings, START_TIMEOUT)

@@ -580,6 +580,7 @@ async fn start_confined(
         archive_command: wal::archive_command(),
         parameters: Default::default(),
         standby: None,
+        archive_timeout_secs: None,
     };
     let shm = Path::new("/dev/shm");
     let mut writable = vec![dir, sockets];

@@ -1,0 +1,584 @@
+//! Recovery from the bucket: every durable timeline a node lacks rebuilt under its own
+//! id, parents first, each like a fork (staging directory, one rename, one commit).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use super::super::*;
+use super::Backups;
+use crate::backup::{
+    record_key, BackupError, BackupSet, BackupState, BucketRecord, KEPT_LABEL, RECORD_FORMAT,
+};
+
+/// Where a recovered timeline's base comes from.
+struct Base {
+    /// The stanza (timeline) holding the backup set.
+    owner: TimelineId,
+    set: BackupSet,
+}
+
+/// What a recovery from the bucket did.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub restored: Vec<TimelineId>,
+    /// Durable forks whose own WAL did not reach past their fork point: made again as a
+    /// fork of their recovered parent at that point.
+    pub refork: Vec<TimelineId>,
+    pub already_here: usize,
+    pub deleted: usize,
+    pub failed: Vec<(TimelineId, String)>,
+}
+
+impl Node {
+    // ----- recovery from the bucket ---------------------------------------------------
+
+    /// Rebuilds, from the repository, every durable timeline this node does not have,
+    /// parents first, under their own ids: a node whose volume was lost, or a timeline
+    /// moved here from another node. Each is made like a fork (staging directory, one
+    /// rename, one metadata commit), so a failure leaves nothing half-restored; failures
+    /// are reported per timeline and do not stop the others (except their descendants).
+    pub async fn recover_from_backup(&self) -> Result<Recovered, NodeError> {
+        let b = self
+            .backups
+            .get()
+            .ok_or_else(|| {
+                NodeError::Invalid("recovery needs a backup repository (--backup-repo)".into())
+            })?
+            .clone();
+        let mut records = BTreeMap::new();
+        for key in b.bucket.list("ramify/timelines/").await? {
+            let Some(id) = key
+                .strip_suffix(".json")
+                .and_then(|k| k.parse::<TimelineId>().ok())
+            else {
+                continue;
+            };
+            let Some(body) = b.bucket.get(&record_key(id)).await? else {
+                continue;
+            };
+            let r: BucketRecord = serde_json::from_slice(&body).map_err(|e| {
+                BackupError::Bucket(format!(
+                    "the record of timeline {id} in the repository is not valid: {e}"
+                ))
+            })?;
+            if r.format != RECORD_FORMAT || r.id != id {
+                return Err(BackupError::Bucket(format!(
+                    "the record of timeline {id} in the repository has format {} (this node reads {RECORD_FORMAT}) or another id",
+                    r.format
+                ))
+                .into());
+            }
+            records.insert(id, r);
+        }
+        let mut out = Recovered::default();
+        if records.is_empty() {
+            return Err(NodeError::NotFound(format!(
+                "the backup repository {} holds no Ramify timelines",
+                b.repo().describe()
+            )));
+        }
+        // Parents first: by depth in the forest the records make.
+        let depth = |mut id: TimelineId| {
+            let mut d = 0;
+            while let Some(p) = records.get(&id).and_then(|r| r.parent) {
+                d += 1;
+                id = p;
+                if d > records.len() {
+                    break;
+                }
+            }
+            d
+        };
+        let mut order: Vec<TimelineId> = records.keys().copied().collect();
+        order.sort_by_key(|id| (depth(*id), records[id].created_at));
+        let mut failed: HashSet<TimelineId> = HashSet::new();
+        // Timelines recovered in this run, by the backup set they started from.
+        let mut restored: HashMap<TimelineId, (TimelineId, String)> = HashMap::new();
+        for id in order {
+            let r = &records[&id];
+            if r.deleted_at.is_some() {
+                out.deleted += 1;
+                continue;
+            }
+            if self.meta.get(id)?.is_some() {
+                out.already_here += 1;
+                continue;
+            }
+            if let Some(p) = r.parent.filter(|p| failed.contains(p)) {
+                failed.insert(id);
+                out.failed
+                    .push((id, format!("its parent {p} could not be recovered")));
+                continue;
+            }
+            let t0 = Instant::now();
+            let mut base_used = None;
+            match self
+                .recover_one(&b, r, &records, &restored, &mut base_used)
+                .await
+            {
+                Ok(refork) => {
+                    if let (false, Some(k)) = (refork, base_used) {
+                        restored.insert(id, k);
+                    }
+                    info!(timeline = %id, parent = ?r.parent, refork, elapsed_ms = t0.elapsed().as_millis() as u64, "recovered timeline from the backup repository");
+                    if refork {
+                        out.refork.push(id);
+                    } else {
+                        out.restored.push(id);
+                    }
+                }
+                Err(e) => {
+                    warn!(timeline = %id, error = %e, "cannot recover timeline from the backup repository");
+                    let _ = self.remove_tree(&self.layout.creating(id));
+                    if matches!(self.meta.get(id), Ok(Some(r)) if r.phase == Phase::Creating) {
+                        let _ = self.meta.remove(id);
+                    }
+                    failed.insert(id);
+                    out.failed.push((id, e.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recovers one timeline. Returns whether it was made again as a fork of its
+    /// (recovered) parent because none of its own WAL after the fork point was archived.
+    async fn recover_one(
+        &self,
+        b: &Backups,
+        r: &BucketRecord,
+        records: &BTreeMap<TimelineId, BucketRecord>,
+        restored: &HashMap<TimelineId, (TimelineId, String)>,
+        base_used: &mut Option<(TimelineId, String)>,
+    ) -> Result<bool, NodeError> {
+        let id = r.id;
+        let stanza = id.to_string();
+        let base = find_base(r, records).ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "no base backup for timeline {id} in the repository (neither its own nor an ancestor's before its fork point)"
+            ))
+        })?;
+        let mut rec = self.begin(id, &r.request)?;
+        rec.parent = r.parent;
+        rec.at = r.request.at.clone();
+        rec.fork_lsn = r.fork_lsn;
+        rec.fork_time = r.fork_time;
+        rec.created_at = r.created_at;
+        let dir = TimelineDir(self.layout.creating(id));
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
+        let t_restore = Instant::now();
+        let pg1 = OsString::from(format!("--pg1-path={}", dir.pgdata().display()));
+        // An ancestor recovered in this run from the same backup set: its starting state
+        // (its `fork` snapshot, before recovery) is that backup restored, so it is
+        // cloned — shared blocks and no download — with an empty pg_wal.
+        let key = (base.owner, base.set.set.clone());
+        let mut same_base = None;
+        let mut cur = r.parent;
+        while let Some(a) = cur {
+            if restored.get(&a) == Some(&key) {
+                same_base = Some(a);
+                break;
+            }
+            cur = records.get(&a).and_then(|x| x.parent);
+        }
+        if let Some(a) = same_base {
+            let src = self.open_dir(&self.dir(a).snapshot_pgdata("fork"))?;
+            let dst = self.open_dir(&dir.0)?;
+            let method = self.clone_method;
+            tokio::task::spawn_blocking(move || {
+                clone::clone_tree(&src, &dst, "pgdata", method, &|rel: &Path, is_dir: bool| {
+                    rel.starts_with("pg_wal")
+                        && rel != Path::new("pg_wal")
+                        && !(is_dir && rel == Path::new("pg_wal/archive_status"))
+                })
+            })
+            .await??;
+        } else {
+            std::fs::create_dir(dir.pgdata()).map_err(io_op("create pgdata"))?;
+            set_mode(&dir.pgdata(), 0o700)?;
+            b.pgbr
+                .run(
+                    Some(&base.owner.to_string()),
+                    "restore",
+                    &[
+                        pg1.clone(),
+                        format!("--set={}", base.set.set).into(),
+                        "--type=preserve".into(),
+                    ],
+                )
+                .await?;
+        }
+        *base_used = Some(key);
+        if dir.pgdata().join(KEPT_LABEL).exists() {
+            std::fs::rename(
+                dir.pgdata().join(KEPT_LABEL),
+                dir.pgdata().join("backup_label"),
+            )
+            .map_err(io_op("restore the backup label"))?;
+        }
+        std::fs::create_dir_all(dir.pg_wal().join("archive_status"))
+            .map_err(io_op("create pg_wal"))?;
+        steps.push(("restore", t_restore.elapsed()));
+        // The timeline's own archive, from its stanza.
+        let t_fetch = Instant::now();
+        let own = self.fetch_archive(b, &stanza, &pg1, &dir.archive()).await?;
+        steps.push(("fetch_wal", t_fetch.elapsed()));
+        // Its history: the newest history file it archived (a root that never switched
+        // Postgres timelines has none).
+        let archive = self.open_dir(&dir.archive())?;
+        let newest_history = own
+            .iter()
+            .filter_map(|(n, f)| match f {
+                wal::WalFile::History { tli } => Some((*tli, n.clone())),
+                _ => None,
+            })
+            .max();
+        let history = match &newest_history {
+            Some((_, name)) => parse_history(&String::from_utf8_lossy(
+                &archive.read(name).map_err(CloneError::from)?,
+            )),
+            None => vec![],
+        };
+        let newest_tli = newest_history
+            .as_ref()
+            .map_or(base.set.pg_timeline, |(t, _)| *t);
+        // A fork whose own first segment never reached the bucket: nothing of its own is
+        // there to replay, and the parent's segment past the fork point must not be
+        // replayed in its place. It is forked again from its recovered parent at its fork
+        // point (what it lost is within the RPO).
+        if let (Some(&(t_last, end_last)), Some(parent)) = (history.last(), r.parent) {
+            let first_own = wal::segment_name(t_last + 1, end_last.0 / SEGMENT_SIZE);
+            if !own.contains_key(&first_own) {
+                drop(archive);
+                self.remove_tree(&dir.0)?;
+                self.meta.remove(id)?;
+                let mut req = r.request.clone();
+                req.at = Some(At::Lsn(r.fork_lsn.unwrap_or(end_last)));
+                req.id = Some(id);
+                let rec = self.fork(id, parent, &req).await?;
+                let mut rec = rec;
+                rec.created_at = r.created_at;
+                self.meta.put(&rec)?;
+                return Ok(true);
+            }
+        }
+        // Every segment the lineage needs into pg_wal: each older Postgres timeline's
+        // segments from the base up to (not including) the segment its successor starts
+        // in, from this timeline's own archive or the nearest recovered ancestor's; then
+        // all of its own files.
+        let pg_wal = self.open_dir(&dir.pg_wal())?;
+        let mut ancestors = Vec::new();
+        let mut cur = r.parent;
+        while let Some(a) = cur {
+            ancestors.push(self.open_dir(&self.dir(a).archive())?);
+            cur = records.get(&a).and_then(|x| x.parent);
+        }
+        let base_seg = base.set.start_lsn.0 / SEGMENT_SIZE;
+        let mut begin = 0u64;
+        let mut placed = 0u64;
+        for &(tli, end) in &history {
+            let (from, to) = (base_seg.max(begin / SEGMENT_SIZE), end.0 / SEGMENT_SIZE);
+            begin = end.0;
+            for segno in from..to {
+                let name = wal::segment_name(tli, segno);
+                let src = if own.contains_key(&name) {
+                    &archive
+                } else {
+                    ancestors.iter().find(|a| a.has_file(&name)).ok_or_else(|| {
+                        NodeError::NotFound(format!(
+                            "WAL segment {name} (Postgres timeline {tli}) that timeline {id} replays is in neither its own archive nor an ancestor's"
+                        ))
+                    })?
+                };
+                place(src, &pg_wal, &name, self.clone_method)?;
+                placed += 1;
+            }
+        }
+        // The history file of every Postgres timeline of the lineage: recovery follows
+        // timeline ids one by one, from its own up to the newest.
+        for &(tli, _) in history.iter().skip(1) {
+            let name = format!("{tli:08X}.history");
+            if !own.contains_key(&name) {
+                if let Some(src) = ancestors.iter().find(|a| a.has_file(&name)) {
+                    place(src, &pg_wal, &name, self.clone_method)?;
+                }
+            }
+        }
+        let mut last_on_newest = None;
+        for (name, f) in &own {
+            place(&archive, &pg_wal, name, self.clone_method)?;
+            if let wal::WalFile::Segment { tli, segno } = f {
+                if *tli == newest_tli {
+                    last_on_newest = Some(last_on_newest.map_or(*segno, |s: u64| s.max(*segno)));
+                }
+            }
+        }
+        // Recovery replays to the last record on the newest Postgres timeline (which
+        // begins at its history's last switch point, or at the base).
+        let end = Lsn((last_on_newest.map_or(base_seg, |s| s) + 1) * SEGMENT_SIZE);
+        let newest_begins = history
+            .last()
+            .map_or(base.set.start_lsn, |&(_, e)| e.max(base.set.start_lsn));
+        let t_end = Instant::now();
+        let waldump = self.cfg.waldump.clone().ok_or_else(|| {
+            NodeError::Conflict(
+                "recovery needs pg_waldump to find where the recovered WAL ends (--pg-bin)".into(),
+            )
+        })?;
+        let p = dir.pg_wal();
+        let from = Lsn(newest_begins.0 / SEGMENT_SIZE * SEGMENT_SIZE).max(base.set.start_lsn);
+        let last = tokio::task::spawn_blocking(move || {
+            wal::last_record_before(&waldump, &p, newest_tli, from, end)
+        })
+        .await??;
+        let Some(end_lsn) = last else {
+            return Err(NodeError::Conflict(format!(
+                "no WAL record of timeline {id} (Postgres timeline {newest_tli}) found in what was recovered"
+            )));
+        };
+        let target = RecoveryTarget::Lsn(end_lsn);
+        steps.push(("find_end", t_end.elapsed()));
+        // Its starting state is its first snapshot, as a fork's is.
+        let snap_dir = self
+            .open_dir(&dir.snapshots())?
+            .create_dir("fork", 0o700)
+            .map_err(CloneError::from)?;
+        let method = self.clone_method;
+        let src = self.open_dir(&dir.pgdata())?;
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
+        })
+        .await??;
+        pgdata::prepare_recovery(&dir.pgdata(), target)
+            .map_err(io_op("write recovery settings"))?;
+        rec.snapshots.push(SnapshotRecord {
+            info: SnapshotInfo {
+                name: "fork".into(),
+                kind: SnapshotKind::Fork,
+                start_lsn: base.set.start_lsn,
+                end_lsn,
+                time: Utc::now(),
+                pg_timeline: newest_tli,
+            },
+            consistent_lsn: base.set.consistent_lsn,
+            after_lsn: None,
+            plain_start: false,
+        });
+        let st = BackupState {
+            stanza_created: true,
+            pushed_to: own
+                .iter()
+                .filter(|(n, _)| !n.ends_with(".history"))
+                .map(|(n, _)| n.clone())
+                .max(),
+            pushed_other: own
+                .keys()
+                .filter(|n| n.ends_with(".history"))
+                .cloned()
+                .collect(),
+            pushed_at: None,
+            backups: r.backups.clone(),
+            record: None,
+            deleted_at: None,
+        };
+        drop(archive);
+        drop(pg_wal);
+        let rec = self.commit(rec)?;
+        self.meta.put_backup_state(id, &st)?;
+        let steps: Vec<String> = steps
+            .iter()
+            .map(|(n, d)| format!("{n}={}ms", d.as_millis()))
+            .collect();
+        info!(timeline = %rec.id, base = %base.set.set, base_owner = %base.owner, base_cloned_from = ?same_base, lineage_segments = placed, own_files = own.len(), %end_lsn, steps = %steps.join(" "), "restored timeline");
+        Ok(false)
+    }
+
+    /// Downloads every segment and history file of `stanza`'s archive into `dest`.
+    async fn fetch_archive(
+        &self,
+        b: &Backups,
+        stanza: &str,
+        pg1: &OsString,
+        dest: &Path,
+    ) -> Result<BTreeMap<String, wal::WalFile>, NodeError> {
+        let listing = b
+            .pgbr
+            .run(
+                None,
+                "repo-ls",
+                &["--recurse".into(), format!("archive/{stanza}").into()],
+            )
+            .await?;
+        let names: Vec<String> = listing
+            .lines()
+            .filter_map(|l| l.rsplit('/').next())
+            .filter_map(archive_entry_name)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        use futures::StreamExt;
+        let results: Vec<Result<(), NodeError>> = futures::stream::iter(names.iter())
+            .map(|name| async move {
+                b.pgbr
+                    .run(
+                        Some(stanza),
+                        "archive-get",
+                        &[pg1.clone(), name.into(), dest.join(name).into_os_string()],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(NodeError::from)
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        let dir = self.open_dir(dest)?;
+        Ok(wal::list(&dir)?)
+    }
+}
+
+/// Clones `name` from `src` into `pg_wal`, marked archived (`.done`), so the recovered
+/// compute does not archive it again.
+fn place(src: &Dir, pg_wal: &Dir, name: &str, method: CloneMethod) -> Result<(), NodeError> {
+    pg_wal
+        .remove_file_if_exists(name)
+        .map_err(CloneError::from)?;
+    clone::clone_file(src, name.as_ref(), pg_wal, name.as_ref(), method)?;
+    let status = pg_wal
+        .open_dir("archive_status")
+        .map_err(CloneError::from)?;
+    let done = format!("{name}.done");
+    status
+        .remove_file_if_exists(&done)
+        .map_err(CloneError::from)?;
+    status.write(&done, b"", false).map_err(CloneError::from)?;
+    Ok(())
+}
+
+/// The WAL name of an entry of a pgBackRest archive: `<segment>-<sha1>[.ext]` is a
+/// segment, `<tli>.history` a history file; other entries (`archive.info`, partial and
+/// backup files) are not needed to recover.
+fn archive_entry_name(entry: &str) -> Option<String> {
+    if let Some(f) = wal::parse_name(entry) {
+        return matches!(f, wal::WalFile::History { .. }).then(|| entry.to_string());
+    }
+    let (seg, rest) = entry.split_at_checked(24)?;
+    (rest.starts_with('-') && matches!(wal::parse_name(seg), Some(wal::WalFile::Segment { .. })))
+        .then(|| seg.to_string())
+}
+
+/// The entries of a timeline history file: `(parent tli, switch point)` in order.
+fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let tli = f.next()?.parse().ok()?;
+            let lsn = f.next()?.parse().ok()?;
+            Some((tli, lsn))
+        })
+        .collect()
+}
+
+/// The base a recovery of `r` starts from: its own newest backup, else the newest backup
+/// of the nearest ancestor taken at or before the fork point that leads to `r`.
+fn find_base(r: &BucketRecord, records: &BTreeMap<TimelineId, BucketRecord>) -> Option<Base> {
+    if let Some(set) = r.backups.last() {
+        return Some(Base {
+            owner: r.id,
+            set: set.clone(),
+        });
+    }
+    let mut limit = r.fork_lsn?;
+    let mut cur = r.parent;
+    while let Some(a) = cur {
+        let ar = records.get(&a)?;
+        if let Some(set) = ar.backups.iter().rev().find(|s| s.consistent_lsn <= limit) {
+            return Some(Base {
+                owner: a,
+                set: set.clone(),
+            });
+        }
+        limit = ar.fork_lsn?;
+        cur = ar.parent;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_archive_entries_and_history() {
+        assert_eq!(
+            archive_entry_name(
+                "000000010000000000000003-4c2ab8b4c3cbd1bd4bd3a9a74b4b5dc4f0e0c0aa.lz4"
+            )
+            .as_deref(),
+            Some("000000010000000000000003")
+        );
+        assert_eq!(
+            archive_entry_name("00000002.history").as_deref(),
+            Some("00000002.history")
+        );
+        assert_eq!(archive_entry_name("archive.info"), None);
+        assert_eq!(
+            archive_entry_name("000000010000000000000003.partial-4c2a.lz4"),
+            None
+        );
+        assert_eq!(
+            parse_history(
+                "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tat restore point\n"
+            ),
+            vec![(1, Lsn(0x3000148)), (2, Lsn(0x5000000))]
+        );
+    }
+
+    #[test]
+    fn base_is_own_or_nearest_ancestors_before_the_fork() {
+        let set = |lsn: u64, name: &str| BackupSet {
+            set: name.into(),
+            snapshot: name.into(),
+            start_lsn: Lsn(lsn),
+            consistent_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn),
+            pg_timeline: 1,
+            time: Utc::now(),
+        };
+        let rec = |id, parent, fork: Option<u64>, backups| BucketRecord {
+            format: RECORD_FORMAT,
+            id,
+            parent,
+            request: CreateTimeline::default(),
+            fork_lsn: fork.map(Lsn),
+            fork_time: None,
+            created_at: Utc::now(),
+            backups,
+            deleted_at: None,
+        };
+        let (root, mid, leaf) = (
+            TimelineId::new_v4(),
+            TimelineId::new_v4(),
+            TimelineId::new_v4(),
+        );
+        let mut all = BTreeMap::new();
+        all.insert(
+            root,
+            rec(root, None, None, vec![set(100, "r1"), set(900, "r2")]),
+        );
+        all.insert(mid, rec(mid, Some(root), Some(500), vec![]));
+        all.insert(leaf, rec(leaf, Some(mid), Some(700), vec![]));
+        // The leaf forked the middle at 700, the middle the root at 500: the root's backup
+        // at 900 is after that fork, so the one at 100 is the base.
+        let b = find_base(&all[&leaf], &all).unwrap();
+        assert_eq!((b.owner, b.set.set.as_str()), (root, "r1"));
+        let b = find_base(&all[&root], &all).unwrap();
+        assert_eq!(b.set.set, "r2");
+        all.insert(mid, rec(mid, Some(root), Some(50), vec![]));
+        assert!(find_base(&all[&leaf], &all).is_none());
+    }
+}
