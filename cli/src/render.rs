@@ -218,6 +218,30 @@ pub fn follow_state(f: &ramify_api::FollowInfo) -> String {
     }
 }
 
+/// `branch get`'s line for a branch kept in the backup repository: where, whether
+/// archiving works, how far it got and what waits.
+fn backup_line(k: &ramify_api::BackupStatus, now: DateTime<Utc>) -> String {
+    let state = match (&k.error, k.healthy) {
+        (Some(e), _) => format!("FAILING: {e}"),
+        (None, true) => "ok".to_string(),
+        (None, false) => "not yet".to_string(),
+    };
+    let archived = match (&k.archived_to, k.archived_at) {
+        (Some(w), Some(t)) => format!(", WAL to {w} ({} ago)", age(t, now)),
+        _ => String::new(),
+    };
+    let backlog = if k.backlog_bytes > 0 {
+        format!(", {} waiting", human_bytes(k.backlog_bytes))
+    } else {
+        String::new()
+    };
+    let base = match &k.newest_backup {
+        Some(n) => format!(", base backup {} of {}", n.set, timestamp_secs(n.time)),
+        None => String::new(),
+    };
+    format!("{state} in {}{archived}{backlog}{base}", k.repository)
+}
+
 /// The `branch get` lines of a following root: its source and replication state.
 fn follow_details(f: &ramify_api::FollowInfo, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
     let mut pairs = vec![("follows", f.conninfo.clone())];
@@ -521,6 +545,9 @@ pub fn branch_details(b: &BranchView, now: DateTime<Utc>) -> String {
     if let Some(of) = &b.backup_of {
         pairs.insert(1, ("backup of", of.clone()));
     }
+    if let Some(k) = &b.kept_in {
+        pairs.push(("backed up", backup_line(k, now)));
+    }
     if let Some(f) = &b.following {
         pairs.retain(|(k, _)| *k != "user");
         for (i, p) in follow_details(f, now).into_iter().enumerate() {
@@ -790,6 +817,7 @@ mod tests {
             clone_method: CloneMethod::Reflink,
             create_ms: None,
             following: None,
+            kept_in: None,
         }
     }
 

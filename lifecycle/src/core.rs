@@ -633,6 +633,7 @@ impl<R: Runtime> Lifecycle<R> {
             clone_method,
             create_ms: None,
             following: tl.follow.clone(),
+            kept_in: tl.backup.clone(),
         }
     }
 }

@@ -330,6 +330,9 @@ pub struct BranchView {
     /// For a root that follows another Postgres: its source and replication state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub following: Option<FollowInfo>,
+    /// For a branch kept in the backup repository: how its archiving stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_in: Option<ramify_api::BackupStatus>,
 }
 
 /// `GET /v1/status` of the local daemon.

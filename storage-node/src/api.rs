@@ -391,6 +391,7 @@ async fn metrics(State(node): State<AppState>) -> Result<Response> {
     text.push_str(&crate::metrics::render_followers(
         &node.follower_samples().await?,
     ));
+    text.push_str(&crate::metrics::render_backups(&node.backup_samples()?));
     Ok(text.into_response())
 }
 

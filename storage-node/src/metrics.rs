@@ -299,9 +299,75 @@ pub fn render_followers(samples: &[FollowerSample]) -> String {
     s
 }
 
+/// The durable timelines' archiving to the backup repository: healthy (0 while pushing
+/// WAL or the last base backup fails), bytes waiting on the node, when the newest WAL
+/// file reached the bucket, and the newest base backup's time. The families are there
+/// without samples on a node with no durable timeline.
+pub fn render_backups(samples: &[(String, ramify_api::BackupStatus)]) -> String {
+    let mut s = String::new();
+    type Figure = fn(&ramify_api::BackupStatus) -> Option<f64>;
+    let figures: [(&str, &str, Figure); 4] = [
+        (
+            "ramify_storage_backup_healthy",
+            "1 while a durable timeline's WAL and base backups reach the backup repository.",
+            |b| Some(b.healthy as u8 as f64),
+        ),
+        (
+            "ramify_storage_backup_backlog_bytes",
+            "Bytes of a durable timeline's archived WAL on the node not yet in the backup repository.",
+            |b| Some(b.backlog_bytes as f64),
+        ),
+        (
+            "ramify_storage_backup_archived_timestamp_seconds",
+            "Unix time the newest WAL file of a durable timeline reached the backup repository.",
+            |b| b.archived_at.map(|t| t.timestamp_millis() as f64 / 1000.0),
+        ),
+        (
+            "ramify_storage_backup_base_timestamp_seconds",
+            "Unix time of the snapshot a durable timeline's newest base backup was taken of.",
+            |b| b.newest_backup.as_ref().map(|n| n.time.timestamp() as f64),
+        ),
+    ];
+    for (name, help, figure) in figures {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} gauge");
+        for (timeline, b) in samples {
+            if let Some(v) = figure(b) {
+                let _ = writeln!(s, "{name}{{timeline=\"{timeline}\"}} {v}");
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backups_show_health_backlog_and_times() {
+        let b = ramify_api::BackupStatus {
+            repository: "s3://b/p at h:443".into(),
+            healthy: false,
+            error: Some("unreachable".into()),
+            archived_to: Some("000000010000000000000003".into()),
+            archived_at: Some(
+                chrono::DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap(),
+            ),
+            backlog_bytes: 16777216,
+            newest_backup: None,
+        };
+        let text = render_backups(&[("a".into(), b)]);
+        for line in [
+            "ramify_storage_backup_healthy{timeline=\"a\"} 0",
+            "ramify_storage_backup_backlog_bytes{timeline=\"a\"} 16777216",
+            "ramify_storage_backup_archived_timestamp_seconds{timeline=\"a\"} 1700000000.5",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("ramify_storage_backup_base_timestamp_seconds{"));
+        assert!(render_backups(&[]).contains("# TYPE ramify_storage_backup_healthy gauge"));
+    }
 
     #[test]
     fn followers_show_what_their_computes_reported() {

@@ -317,6 +317,19 @@ async fn an_unreachable_bucket_keeps_wal_on_the_node_and_wrong_credentials_say_s
         error.contains("archive-push") || error.contains("reach") || error.contains("connect"),
         "{down:?}"
     );
+    let metrics = reqwest::get(format!("{}/metrics", env.node.metrics_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "ramify_storage_backup_healthy{{timeline=\"{}\"}} 0",
+            root.id
+        )),
+        "/metrics shows the failing archiving:\n{metrics}"
+    );
     // A snapshot makes everything before it unneeded for the (1 s) restore window: GC
     // would remove those segments, but they are not in the bucket yet.
     let before = archive_names(

@@ -198,6 +198,17 @@ impl Node {
         }
     }
 
+    /// Every durable timeline's backup status, for `/metrics`.
+    pub fn backup_samples(&self) -> Result<Vec<(String, ramify_api::BackupStatus)>, NodeError> {
+        Ok(self
+            .meta
+            .all()?
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .filter_map(|r| Some((r.id.to_string(), self.backup_status(r)?)))
+            .collect())
+    }
+
     /// Checks that the bucket is there and these credentials may use it.
     pub async fn check_backup_repo(&self) -> Result<(), NodeError> {
         let Some(b) = self.backups.get() else {
