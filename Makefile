@@ -58,6 +58,7 @@ k8s-binaries:
 bench: deps
 	$(CARGO) bench -p ramify-storage --bench fork
 	$(CARGO) bench -p ramify-storage --bench accounting
+	$(CARGO) bench -p ramify-storage --bench backup
 	$(CARGO) build --release -p ramify-cli
 	bash e2e/local/bench.sh target/release/ramify
 	bash e2e/local/bench-workflows.sh target/release/ramify

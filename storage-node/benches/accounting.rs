@@ -19,7 +19,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -47,11 +46,7 @@ fn main() -> ExitCode {
     })
 }
 
-fn progress(msg: &str) {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    eprintln!("[{:>4}:{:04.1}] {msg}", (t / 60.0) as u64, t % 60.0);
-}
+use ramify_testkit::bench::progress;
 
 fn storage_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RAMIFY_STORAGE_BIN") {

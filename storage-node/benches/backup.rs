@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -40,11 +39,7 @@ fn main() -> ExitCode {
     })
 }
 
-fn progress(msg: &str) {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    eprintln!("[{:>4}:{:04.1}] {msg}", (t / 60.0) as u64, t % 60.0);
-}
+use ramify_testkit::bench::progress;
 
 fn storage_binary() -> Result<PathBuf> {
     if let Some(p) = option_env!("CARGO_BIN_EXE_ramify-storage") {

@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -57,12 +56,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// Prints a progress line to stderr with the time since the bench started.
-fn progress(msg: &str) {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    eprintln!("[{:>4}:{:04.1}] {msg}", (t / 60.0) as u64, t % 60.0);
-}
+use ramify_testkit::bench::progress;
 
 /// The `ramify-storage` binary Cargo built for this bench.
 fn storage_binary() -> Result<PathBuf> {

@@ -315,15 +315,7 @@ pub fn last_record(
     tli: u32,
     start: Lsn,
 ) -> Result<Option<Lsn>, WalError> {
-    let out = waldump_from(waldump, pg_wal, tli, start)
-        .output()
-        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && !end_of_wal(&stderr) {
-        return Err(WalError::Waldump(stderr.trim().to_string()));
-    }
-    Ok(stdout.lines().rev().find_map(record_lsn))
+    last_record_until(waldump, pg_wal, tli, start, None)
 }
 
 /// [`last_record`] reading no further than `end` (the end of the last segment present):
@@ -336,9 +328,21 @@ pub fn last_record_before(
     start: Lsn,
     end: Lsn,
 ) -> Result<Option<Lsn>, WalError> {
-    let out = waldump_from(waldump, pg_wal, tli, start)
-        .arg("--end")
-        .arg(end.to_string())
+    last_record_until(waldump, pg_wal, tli, start, Some(end))
+}
+
+fn last_record_until(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Option<Lsn>,
+) -> Result<Option<Lsn>, WalError> {
+    let mut cmd = waldump_from(waldump, pg_wal, tli, start);
+    if let Some(end) = end {
+        cmd.arg("--end").arg(end.to_string());
+    }
+    let out = cmd
         .output()
         .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);

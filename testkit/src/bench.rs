@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// Runs `bench` to completion; `name` prefixes the error line.
 pub fn main<F>(name: &str, bench: F) -> ExitCode
@@ -33,4 +35,11 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a progress line to stderr with the time since the first one.
+pub fn progress(msg: &str) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[{:>4}:{:04.1}] {msg}", (t / 60.0) as u64, t % 60.0);
 }

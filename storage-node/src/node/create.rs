@@ -302,16 +302,7 @@ impl Node {
         crate::failpoint::hit_async("fork.after_build").await;
         // The fork's starting state is also its first snapshot: its own history (and
         // its restore window) begins at the fork point.
-        let snap_dir = self
-            .open_dir(&dir.snapshots())?
-            .create_dir("fork", 0o700)
-            .map_err(CloneError::from)?;
-        let method = self.clone_method;
-        let src = self.open_dir(&dir.pgdata())?;
-        tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
-        })
-        .await??;
+        self.clone_fork_snapshot(&dir).await?;
         let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
         crate::failpoint::hit_async("fork.after_fork_snapshot").await;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
@@ -343,6 +334,22 @@ impl Node {
             warn!(timeline = %id, "fork made by FULL COPY: this filesystem has no reflinks");
         }
         Ok(rec)
+    }
+
+    /// Clones the staging `dir`'s PGDATA, as it is before its first start, into its
+    /// `snapshots/fork/`: the starting state of a fork (or of a recovered timeline).
+    pub(super) async fn clone_fork_snapshot(&self, dir: &TimelineDir) -> Result<(), NodeError> {
+        let snap_dir = self
+            .open_dir(&dir.snapshots())?
+            .create_dir("fork", 0o700)
+            .map_err(CloneError::from)?;
+        let method = self.clone_method;
+        let src = self.open_dir(&dir.pgdata())?;
+        tokio::task::spawn_blocking(move || {
+            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
+        })
+        .await??;
+        Ok(())
     }
 
     /// Keeps a fork of a logical follower from ever running the subscription its

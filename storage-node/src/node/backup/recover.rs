@@ -159,7 +159,11 @@ impl Node {
             ))
         })?;
         let mut rec = self.begin(id, &r.request)?;
-        rec.parent = r.parent;
+        // A parent that was not durable is not on this node: the timeline comes back as
+        // a root of its own history (from its own backup), its fork point kept.
+        rec.parent = r
+            .parent
+            .filter(|p| matches!(self.meta.get(*p), Ok(Some(x)) if x.phase == Phase::Ready));
         rec.at = r.request.at.clone();
         rec.fork_lsn = r.fork_lsn;
         rec.fork_time = r.fork_time;
@@ -246,7 +250,9 @@ impl Node {
         // there to replay, and the parent's segment past the fork point must not be
         // replayed in its place. It is forked again from its recovered parent at its fork
         // point (what it lost is within the RPO).
-        if let (Some(&(t_last, end_last)), Some(parent)) = (history.last(), r.parent) {
+        if let (Some(&(t_last, end_last)), Some(parent), false) =
+            (history.last(), r.parent, base.owner == id)
+        {
             let first_own = wal::segment_name(t_last + 1, end_last.0 / SEGMENT_SIZE);
             if !own.contains_key(&first_own) {
                 drop(archive);
@@ -270,7 +276,11 @@ impl Node {
         let mut ancestors = Vec::new();
         let mut cur = r.parent;
         while let Some(a) = cur {
-            ancestors.push(self.open_dir(&self.dir(a).archive())?);
+            // Ancestors that were not durable are not here; what the lineage needs from
+            // them is then missing, and said so below.
+            if let Ok(d) = self.open_dir(&self.dir(a).archive()) {
+                ancestors.push(d);
+            }
             cur = records.get(&a).and_then(|x| x.parent);
         }
         let base_seg = base.set.start_lsn.0 / SEGMENT_SIZE;
@@ -339,16 +349,7 @@ impl Node {
         let target = RecoveryTarget::Lsn(end_lsn);
         steps.push(("find_end", t_end.elapsed()));
         // Its starting state is its first snapshot, as a fork's is.
-        let snap_dir = self
-            .open_dir(&dir.snapshots())?
-            .create_dir("fork", 0o700)
-            .map_err(CloneError::from)?;
-        let method = self.clone_method;
-        let src = self.open_dir(&dir.pgdata())?;
-        tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
-        })
-        .await??;
+        self.clone_fork_snapshot(&dir).await?;
         pgdata::prepare_recovery(&dir.pgdata(), target)
             .map_err(io_op("write recovery settings"))?;
         rec.snapshots.push(SnapshotRecord {
