@@ -73,8 +73,20 @@ async fn recover(node: &Arc<Node>, data_dir: &Path, described: &str) -> anyhow::
         .recover_from_backup()
         .await
         .with_context(|| format!("recovery from {described} failed"))?;
-    for (id, why) in &r.failed {
-        warn!(timeline = %id, error = %why, "NOT RECOVERED");
+    if !r.failed.is_empty() {
+        // The branch records are not written: a branch whose timeline failed now (a
+        // bucket answering 503) must not be forgotten. `--recover` again retries what
+        // is missing; what came back stays.
+        let list: Vec<String> = r
+            .failed
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect();
+        bail!(
+            "{} timeline(s) could not be recovered from {described} (the others are back; run `ramify local up --recover` again to retry):\n  {}",
+            r.failed.len(),
+            list.join("\n  ")
+        );
     }
     // The records go in last: a crash before this leaves the directory without them, and
     // --recover again finds the timelines already there.

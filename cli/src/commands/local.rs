@@ -101,6 +101,15 @@ fn run_foreground(dir: &Path, args: &UpArgs, bin: PgBin, user: &PgUser) -> anyho
     privileges::become_user(user)?;
     init_tracing();
     let backup = local_backup(dir, args)?;
+    // The repository's credentials are read: the daemon's computes (tenants' Postgres,
+    // children of this process) must not inherit them. Still one thread here.
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        std::env::remove_var(var);
+    }
     let cfg = DaemonConfig {
         data_dir: dir.to_path_buf(),
         pg_bin: Some(bin.dir().to_path_buf()),

@@ -126,10 +126,14 @@ impl Node {
         id: TimelineId,
     ) -> Result<Option<BackupState>, NodeError> {
         let rec = self.record(id)?;
-        if !self.is_durable(&rec) {
+        let st = self.meta.backup_state(id)?;
+        // One that was durable keeps its unpushed WAL also while the node runs without
+        // its repository (restarted without --backup-repo): turning it back on must not
+        // find a hole.
+        if !self.is_durable(&rec) && st == BackupState::default() {
             return Ok(None);
         }
-        Ok(Some(self.meta.backup_state(id)?))
+        Ok(Some(st))
     }
 
     /// How a durable timeline's archiving stands; `None` for one that is not durable.
@@ -267,6 +271,8 @@ impl Node {
                     h.failures = 0;
                     h.next_try = None;
                 }),
+                // Deleted while its pass ran: nothing to report.
+                Err(_) if self.record(rec.id).is_err() => {}
                 Err(e) => {
                     let message = e.to_string();
                     b.update_health(rec.id, |h| {
@@ -327,6 +333,19 @@ impl Node {
         }
         drop(g);
         todo.sort();
+        // The watermark must never pass a segment the archive does not have yet (the
+        // inbox keeps one whose move failed, and moves it later): segments go up to the
+        // first gap — each must follow the one before on its Postgres timeline, or start
+        // a newer one — and the rest wait. History and partial files are not held back.
+        let gap = segment_gap(
+            st.pushed_to.as_deref(),
+            todo.iter().map(|(n, _)| n.as_str()),
+        );
+        if let Some(missing) = &gap {
+            todo.retain(|(n, _)| {
+                n.ends_with(".history") || n.ends_with(".partial") || n.as_str() < missing.as_str()
+            });
+        }
         b.update_health(id, |h| h.backlog_bytes = backlog);
         let pg1 = |p: &Path| OsString::from(format!("--pg1-path={}", p.display()));
         if !st.stanza_created {
@@ -403,6 +422,12 @@ impl Node {
                 h.backlog_bytes = h.backlog_bytes.saturating_sub(size)
             });
         }
+        if let Some(missing) = gap {
+            return Err(NodeError::Conflict(format!(
+                "the archive of timeline {id} has a gap before {missing}: later segments wait until it is filled"
+            )));
+        }
+
         Ok(())
     }
 
@@ -435,8 +460,12 @@ impl Node {
                 node.write_record(&b, &rec, &mut st).await
             }
             .await;
-            if let Err(e) = result {
-                let message = e.to_string();
+            // A timeline deleted while its backup ran has nothing to report.
+            let failed = match result {
+                Err(e) if node.record(id).is_ok() => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(message) = failed {
                 warn!(timeline = %id, error = %message, "base backup failed; it is tried again later");
                 b.update_health(id, |h| h.backup_error = Some(message));
             } else {
@@ -459,6 +488,11 @@ impl Node {
     ) -> Result<BackupState, NodeError> {
         let b = self.backups.get().expect("only called with a repository");
         let _one = b.state_write.lock().unwrap_or_else(|p| p.into_inner());
+        // A timeline deleted meanwhile (its tombstone written, its state forgotten) gets
+        // no state again: a base backup finishing after the delete must not revive it.
+        if self.meta.get(id)?.is_none() {
+            return Err(NodeError::NotFound(format!("timeline {id} was deleted")));
+        }
         let mut st = self.meta.backup_state(id)?;
         f(&mut st);
         self.meta.put_backup_state(id, &st)?;
@@ -512,6 +546,11 @@ impl Node {
         if st.record.as_ref() == Some(&record) {
             return Ok(());
         }
+        if !matches!(self.meta.get(rec.id)?, Some(r) if r.phase == Phase::Ready)
+            || st.deleted_at.is_some()
+        {
+            return Ok(()); // deleted meanwhile: its tombstone goes in, not this
+        }
         let body = serde_json::to_vec_pretty(&record).expect("records serialise");
         b.bucket.put(&record_key(rec.id), body).await?;
         *st = self.update_backup_state(rec.id, |s| s.record = Some(record))?;
@@ -536,6 +575,14 @@ impl Node {
             let Some(deleted_at) = st.deleted_at else {
                 continue;
             };
+            // A base backup still running would write its record after the tombstone.
+            if b.backing_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+            {
+                continue;
+            }
             if matches!(self.meta.get(id)?, Some(r) if r.phase != Phase::Deleting) {
                 continue; // made again meanwhile; its pass clears the mark
             }
@@ -588,8 +635,9 @@ impl Node {
         }
     }
 
-    /// Whether a durable ancestor's backup, taken before this fork's fork point, is a
-    /// base from which the fork can be recovered.
+    /// Whether a durable ancestor's backup, taken before this fork's fork point (or the
+    /// first backup a durable parent is about to take), is a base from which the fork
+    /// can be recovered.
     fn covered_by_ancestor(&self, rec: &TimelineRecord) -> Result<bool, NodeError> {
         let (Some(parent), Some(fork_lsn)) = (rec.parent, rec.fork_lsn) else {
             return Ok(false);
@@ -601,7 +649,9 @@ impl Node {
             return Ok(false);
         }
         let pst = self.meta.backup_state(parent)?;
-        if pst.backups.iter().any(|s| s.consistent_lsn <= fork_lsn) {
+        // A durable parent with no backup yet (its first is being taken) will be the
+        // base: the fork waits for it rather than store a copy of its own.
+        if pst.backups.is_empty() || pst.backups.iter().any(|s| s.consistent_lsn <= fork_lsn) {
             return Ok(true);
         }
         self.covered_by_ancestor(&prec)
@@ -685,6 +735,31 @@ impl Node {
     }
 }
 
+/// The first segment among `names` (sorted) that does not follow the one before it —
+/// on its Postgres timeline, or as the start of a newer one — counting from `pushed`.
+fn segment_gap<'a>(pushed: Option<&str>, names: impl Iterator<Item = &'a str>) -> Option<String> {
+    let segment = |n: &str| match n.get(..24).and_then(wal::parse_name) {
+        Some(wal::WalFile::Segment { tli, segno }) => Some((tli, segno)),
+        _ => None,
+    };
+    let mut prev = pushed.and_then(segment);
+    for n in names {
+        if n.len() != 24 {
+            continue; // history, partial and backup files
+        }
+        let Some((tli, segno)) = segment(n) else {
+            continue;
+        };
+        if let Some((pt, ps)) = prev {
+            if !(tli > pt || (tli == pt && segno == ps + 1)) {
+                return Some(n.to_string());
+            }
+        }
+        prev = Some((tli, segno));
+    }
+    None
+}
+
 /// The label of the newest backup set in `pgbackrest info --output=json`.
 fn newest_set(info: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(info).ok()?;
@@ -706,6 +781,32 @@ fn newest_set(info: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_pushed_up_to_the_first_gap() {
+        let seg = |tli, n| wal::segment_name(tli, n);
+        let (a, b, c, d) = (seg(1, 3), seg(1, 4), seg(1, 6), seg(2, 6));
+        assert_eq!(
+            segment_gap(Some(&a), [b.as_str(), c.as_str()].into_iter()),
+            Some(c.clone())
+        );
+        assert_eq!(segment_gap(Some(&a), [b.as_str()].into_iter()), None);
+        // A newer Postgres timeline may start anywhere; a .backup name is no segment.
+        let backup = format!("{b}.00000028.backup");
+        assert_eq!(
+            segment_gap(
+                Some(&a),
+                [b.as_str(), backup.as_str(), d.as_str()].into_iter()
+            ),
+            None
+        );
+        // The watermark may be a .backup file: its segment counts.
+        assert_eq!(
+            segment_gap(Some(&backup), [c.as_str()].into_iter()),
+            Some(c.clone())
+        );
+        assert_eq!(segment_gap(None, [c.as_str()].into_iter()), None);
+    }
 
     #[test]
     fn newest_set_from_info() {

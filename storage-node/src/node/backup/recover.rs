@@ -6,9 +6,7 @@ use std::ffi::OsString;
 
 use super::super::*;
 use super::Backups;
-use crate::backup::{
-    record_key, BackupError, BackupSet, BackupState, BucketRecord, KEPT_LABEL, RECORD_FORMAT,
-};
+use crate::backup::{record_key, BackupSet, BackupState, BucketRecord, KEPT_LABEL, RECORD_FORMAT};
 
 /// Where a recovered timeline's base comes from.
 struct Base {
@@ -46,6 +44,7 @@ impl Node {
             })?
             .clone();
         let mut records = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for key in b.bucket.list("ramify/timelines/").await? {
             let Some(id) = key
                 .strip_suffix(".json")
@@ -56,22 +55,24 @@ impl Node {
             let Some(body) = b.bucket.get(&record_key(id)).await? else {
                 continue;
             };
-            let r: BucketRecord = serde_json::from_slice(&body).map_err(|e| {
-                BackupError::Bucket(format!(
-                    "the record of timeline {id} in the repository is not valid: {e}"
-                ))
-            })?;
-            if r.format != RECORD_FORMAT || r.id != id {
-                return Err(BackupError::Bucket(format!(
-                    "the record of timeline {id} in the repository has format {} (this node reads {RECORD_FORMAT}) or another id",
+            // A record this node cannot read is that timeline's failure, not the
+            // others'.
+            match serde_json::from_slice::<BucketRecord>(&body) {
+                Ok(r) if r.format == RECORD_FORMAT && r.id == id => {
+                    records.insert(id, r);
+                }
+                Ok(r) => unreadable.push((id, format!(
+                    "its record in the repository has format {} (this node reads {RECORD_FORMAT}) or another id",
                     r.format
-                ))
-                .into());
+                ))),
+                Err(e) => unreadable.push((id, format!("its record in the repository is not valid: {e}"))),
             }
-            records.insert(id, r);
         }
-        let mut out = Recovered::default();
-        if records.is_empty() {
+        let mut out = Recovered {
+            failed: unreadable,
+            ..Recovered::default()
+        };
+        if records.is_empty() && out.failed.is_empty() {
             return Err(NodeError::NotFound(format!(
                 "the backup repository {} holds no Ramify timelines",
                 b.repo().describe()
@@ -227,68 +228,112 @@ impl Node {
         let t_fetch = Instant::now();
         let own = self.fetch_archive(b, &stanza, &pg1, &dir.archive()).await?;
         steps.push(("fetch_wal", t_fetch.elapsed()));
-        // Its history: the newest history file it archived (a root that never switched
-        // Postgres timelines has none).
         let archive = self.open_dir(&dir.archive())?;
-        let newest_history = own
-            .iter()
-            .filter_map(|(n, f)| match f {
-                wal::WalFile::History { tli } => Some((*tli, n.clone())),
-                _ => None,
-            })
-            .max();
-        let history = match &newest_history {
-            Some((_, name)) => parse_history(&String::from_utf8_lossy(
-                &archive.read(name).map_err(CloneError::from)?,
-            )),
-            None => vec![],
-        };
-        let newest_tli = newest_history
-            .as_ref()
-            .map_or(base.set.pg_timeline, |(t, _)| *t);
-        // A fork whose own first segment never reached the bucket: nothing of its own is
-        // there to replay, and the parent's segment past the fork point must not be
-        // replayed in its place. It is forked again from its recovered parent at its fork
-        // point (what it lost is within the RPO).
-        if let (Some(&(t_last, end_last)), Some(parent), false) =
-            (history.last(), r.parent, base.owner == id)
-        {
-            let first_own = wal::segment_name(t_last + 1, end_last.0 / SEGMENT_SIZE);
-            if !own.contains_key(&first_own) {
-                drop(archive);
-                self.remove_tree(&dir.0)?;
-                self.meta.remove(id)?;
-                let mut req = r.request.clone();
-                req.at = Some(At::Lsn(r.fork_lsn.unwrap_or(end_last)));
-                req.id = Some(id);
-                let rec = self.fork(id, parent, &req).await?;
-                let mut rec = rec;
-                rec.created_at = r.created_at;
-                self.meta.put(&rec)?;
-                return Ok(true);
-            }
-        }
-        // Every segment the lineage needs into pg_wal: each older Postgres timeline's
-        // segments from the base up to (not including) the segment its successor starts
-        // in, from this timeline's own archive or the nearest recovered ancestor's; then
-        // all of its own files.
-        let pg_wal = self.open_dir(&dir.pg_wal())?;
+        // Ancestors recovered here, nearest first (one that was not durable is not here;
+        // what the lineage needs from it is then missing, and said so below).
         let mut ancestors = Vec::new();
         let mut cur = r.parent;
         while let Some(a) = cur {
-            // Ancestors that were not durable are not here; what the lineage needs from
-            // them is then missing, and said so below.
             if let Ok(d) = self.open_dir(&self.dir(a).archive()) {
                 ancestors.push(d);
             }
             cur = records.get(&a).and_then(|x| x.parent);
         }
+        // The Postgres timeline it is on: the newest of its own files. A fork of a
+        // stopped parent carries on its parent's, so its history file (if any) is an
+        // ancestor's.
+        let newest_tli = own
+            .values()
+            .map(|f| match f {
+                wal::WalFile::Segment { tli, .. } | wal::WalFile::History { tli } => *tli,
+            })
+            .max()
+            .unwrap_or(base.set.pg_timeline)
+            .max(base.set.pg_timeline);
+        let history = if newest_tli > 1 {
+            let name = format!("{newest_tli:08X}.history");
+            let src = if own.contains_key(&name) {
+                &archive
+            } else {
+                ancestors.iter().find(|a| a.has_file(&name)).ok_or_else(|| {
+                    NodeError::NotFound(format!(
+                        "history file {name} of timeline {id} is in neither its own archive nor an ancestor's"
+                    ))
+                })?
+            };
+            parse_history(&String::from_utf8_lossy(
+                &src.read(&name).map_err(CloneError::from)?,
+            ))
+        } else {
+            vec![]
+        };
+        let newest_begins = history.last().map_or(Lsn(0), |&(_, e)| e);
+        let own_on_newest: Vec<u64> = own
+            .values()
+            .filter_map(|f| match f {
+                wal::WalFile::Segment { tli, segno } if *tli == newest_tli => Some(*segno),
+                _ => None,
+            })
+            .collect();
+        // A fork whose own first segment never reached the bucket: nothing of its own is
+        // there to replay, and the parent's segment past the fork point must not be
+        // replayed in its place. It is forked again from its recovered parent at its fork
+        // point (what it lost is within the RPO).
+        if let (Some(parent), false, true) = (r.parent, base.owner == id, own_on_newest.is_empty())
+        {
+            drop(archive);
+            drop(ancestors);
+            self.remove_tree(&dir.0)?;
+            self.meta.remove(id)?;
+            let mut req = r.request.clone();
+            req.at = Some(At::Lsn(r.fork_lsn.unwrap_or(newest_begins)));
+            req.id = Some(id);
+            let mut rec = self.fork(id, parent, &req).await?;
+            rec.created_at = r.created_at;
+            self.meta.put(&rec)?;
+            self.fresh_stanza(b, id).await;
+            return Ok(true);
+        }
+        let own_first = own_on_newest.iter().min().copied().unwrap_or(u64::MAX);
+        let own_last = own_on_newest.iter().max().copied().unwrap_or(0);
+        // Its own segments must be whole from the first to the last: a hole would end
+        // recovery early and silently.
+        if let Some(missing) = (own_first..=own_last).find(|s| !own_on_newest.contains(s)) {
+            return Err(NodeError::NotFound(format!(
+                "WAL segment {} of timeline {id} is missing from the repository between {} and {}: refusing to recover it short",
+                wal::segment_name(newest_tli, missing),
+                wal::segment_name(newest_tli, own_first),
+                wal::segment_name(newest_tli, own_last)
+            )));
+        }
+        // Its first own segment must hold its fork point: the parent's copy of that
+        // segment goes on past it with the parent's own changes.
+        if let (Some(_), false) = (r.parent, base.owner == id) {
+            let fork_seg = r.fork_lsn.unwrap_or(newest_begins).0 / SEGMENT_SIZE;
+            if own_first > fork_seg.max(newest_begins.0 / SEGMENT_SIZE) {
+                return Err(NodeError::NotFound(format!(
+                    "WAL segment {} of timeline {id}, which holds its fork point, is missing from the repository",
+                    wal::segment_name(newest_tli, fork_seg.max(newest_begins.0 / SEGMENT_SIZE))
+                )));
+            }
+        }
+        let pg_wal = self.open_dir(&dir.pg_wal())?;
         let base_seg = base.set.start_lsn.0 / SEGMENT_SIZE;
         let mut begin = 0u64;
         let mut placed = 0u64;
-        for &(tli, end) in &history {
+        // Each older Postgres timeline up to its successor's first segment, and the
+        // newest one up to its own first segment (a fork that carried on its parent's).
+        let ranges: Vec<(u32, Lsn)> = history
+            .iter()
+            .copied()
+            .chain(std::iter::once((
+                newest_tli,
+                Lsn(own_first.saturating_mul(SEGMENT_SIZE)),
+            )))
+            .collect();
+        for &(tli, end) in &ranges {
             let (from, to) = (base_seg.max(begin / SEGMENT_SIZE), end.0 / SEGMENT_SIZE);
-            begin = end.0;
+            begin = end.0.max(begin);
             for segno in from..to {
                 let name = wal::segment_name(tli, segno);
                 let src = if own.contains_key(&name) {
@@ -306,7 +351,13 @@ impl Node {
         }
         // The history file of every Postgres timeline of the lineage: recovery follows
         // timeline ids one by one, from its own up to the newest.
-        for &(tli, _) in history.iter().skip(1) {
+        let lineage_tlis: Vec<u32> = history
+            .iter()
+            .map(|&(t, _)| t)
+            .chain(std::iter::once(newest_tli))
+            .filter(|t| *t > 1)
+            .collect();
+        for tli in lineage_tlis {
             let name = format!("{tli:08X}.history");
             if !own.contains_key(&name) {
                 if let Some(src) = ancestors.iter().find(|a| a.has_file(&name)) {
@@ -314,21 +365,18 @@ impl Node {
                 }
             }
         }
-        let mut last_on_newest = None;
-        for (name, f) in &own {
+        for name in own.keys() {
             place(&archive, &pg_wal, name, self.clone_method)?;
-            if let wal::WalFile::Segment { tli, segno } = f {
-                if *tli == newest_tli {
-                    last_on_newest = Some(last_on_newest.map_or(*segno, |s: u64| s.max(*segno)));
-                }
-            }
         }
         // Recovery replays to the last record on the newest Postgres timeline (which
         // begins at its history's last switch point, or at the base).
-        let end = Lsn((last_on_newest.map_or(base_seg, |s| s) + 1) * SEGMENT_SIZE);
-        let newest_begins = history
-            .last()
-            .map_or(base.set.start_lsn, |&(_, e)| e.max(base.set.start_lsn));
+        let last_seg = if own_on_newest.is_empty() {
+            base_seg
+        } else {
+            own_last
+        };
+        let end = Lsn((last_seg + 1) * SEGMENT_SIZE);
+        let newest_begins = newest_begins.max(base.set.start_lsn);
         let t_end = Instant::now();
         let waldump = self.cfg.waldump.clone().ok_or_else(|| {
             NodeError::Conflict(
@@ -346,6 +394,13 @@ impl Node {
                 "no WAL record of timeline {id} (Postgres timeline {newest_tli}) found in what was recovered"
             )));
         };
+        // WAL that ends before its last segment began has a hole pg_waldump stopped at.
+        if end_lsn.0 < last_seg * SEGMENT_SIZE {
+            return Err(NodeError::NotFound(format!(
+                "the WAL of timeline {id} recovered from the repository ends at {end_lsn}, before its last archived segment {}: a segment is missing; refusing to recover it short",
+                wal::segment_name(newest_tli, last_seg)
+            )));
+        }
         let target = RecoveryTarget::Lsn(end_lsn);
         steps.push(("find_end", t_end.elapsed()));
         // Its starting state is its first snapshot, as a fork's is.
@@ -392,6 +447,31 @@ impl Node {
             .collect();
         info!(timeline = %rec.id, base = %base.set.set, base_owner = %base.owner, base_cloned_from = ?same_base, lineage_segments = placed, own_files = own.len(), %end_lsn, steps = %steps.join(" "), "restored timeline");
         Ok(false)
+    }
+
+    /// Empties a re-forked timeline's stanza: what its lost predecessor archived there
+    /// (later segments without their first) can never be replayed, and the new
+    /// timeline's segments of the same names would be refused beside them.
+    async fn fresh_stanza(&self, b: &Backups, id: TimelineId) {
+        let stanza = id.to_string();
+        let deleted = async {
+            b.pgbr.run(Some(&stanza), "stop", &[]).await?;
+            let r = b
+                .pgbr
+                .run(Some(&stanza), "stanza-delete", &["--force".into()])
+                .await;
+            b.pgbr.run(Some(&stanza), "start", &[]).await?;
+            r
+        }
+        .await;
+        match deleted {
+            Ok(_) => {
+                let _ = self.update_backup_state(id, |s| *s = BackupState::default());
+            }
+            Err(e) => {
+                warn!(timeline = %id, error = %e, "cannot empty the stanza of a re-forked timeline; its new WAL may be refused there")
+            }
+        }
     }
 
     /// Downloads every segment and history file of `stanza`'s archive into `dest`.
