@@ -199,16 +199,7 @@ impl Node {
         ramify_compute::process::initdb_with(initdb, &user, &dir.pgdata(), false).await?;
         let initdb_ms = t0.elapsed().as_millis() as u64;
         crate::failpoint::hit_async("root.after_initdb").await;
-        let snap_dir = self
-            .open_dir(&dir.snapshots())?
-            .create_dir(BASE_SNAPSHOT, 0o700)
-            .map_err(CloneError::from)?;
-        let method = self.clone_method;
-        let src = self.open_dir(&dir.pgdata())?;
-        tokio::task::spawn_blocking(move || {
-            clone::clone_tree(&src, &snap_dir, "pgdata", method, &|_: &Path, _| false)
-        })
-        .await??;
+        self.clone_start_snapshot(dir, BASE_SNAPSHOT).await?;
         let c = self.read_pg_control(&dir.pgdata())?;
         // A shut-down cluster with no transaction of anyone's in it: its state is the
         // root's at every moment from its creation to its first commit. pg_control keeps
@@ -302,7 +293,7 @@ impl Node {
         crate::failpoint::hit_async("fork.after_build").await;
         // The fork's starting state is also its first snapshot: its own history (and
         // its restore window) begins at the fork point.
-        self.clone_fork_snapshot(&dir).await?;
+        self.clone_start_snapshot(&dir, "fork").await?;
         let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
         crate::failpoint::hit_async("fork.after_fork_snapshot").await;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
@@ -337,11 +328,16 @@ impl Node {
     }
 
     /// Clones the staging `dir`'s PGDATA, as it is before its first start, into its
-    /// `snapshots/fork/`: the starting state of a fork (or of a recovered timeline).
-    pub(super) async fn clone_fork_snapshot(&self, dir: &TimelineDir) -> Result<(), NodeError> {
+    /// `snapshots/<name>/`: the starting state of a root (`base`), a fork or a recovered
+    /// timeline (`fork`).
+    pub(super) async fn clone_start_snapshot(
+        &self,
+        dir: &TimelineDir,
+        name: &str,
+    ) -> Result<(), NodeError> {
         let snap_dir = self
             .open_dir(&dir.snapshots())?
-            .create_dir("fork", 0o700)
+            .create_dir(name, 0o700)
             .map_err(CloneError::from)?;
         let method = self.clone_method;
         let src = self.open_dir(&dir.pgdata())?;

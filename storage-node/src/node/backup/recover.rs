@@ -404,7 +404,7 @@ impl Node {
         let target = RecoveryTarget::Lsn(end_lsn);
         steps.push(("find_end", t_end.elapsed()));
         // Its starting state is its first snapshot, as a fork's is.
-        self.clone_fork_snapshot(&dir).await?;
+        self.clone_start_snapshot(&dir, "fork").await?;
         pgdata::prepare_recovery(&dir.pgdata(), target)
             .map_err(io_op("write recovery settings"))?;
         rec.snapshots.push(SnapshotRecord {
