@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{amcheck, table_checksum, Env};
+use common::{amcheck, query_text, table_checksum, Env};
 use ramify_api::{At, CreateTimeline, TimelineId, TimelineInfo};
 use ramify_testkit::s3::{skip_without_s3, S3Server};
 use ramify_testkit::Compute;
@@ -36,14 +36,7 @@ async fn fork(env: &Env, parent: TimelineId, backup: Option<bool>) -> TimelineIn
 /// Ends the compute's current WAL segment (after a commit) and waits until the node
 /// reports it in the repository, with nothing left to push.
 async fn archived(env: &Env, c: &Compute, id: TimelineId) {
-    let seg: String = c
-        .client()
-        .await
-        .unwrap()
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let seg = query_text(c, "SELECT pg_walfile_name(pg_switch_wal())").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let tl = env.client.get_timeline_without_sizes(id).await.unwrap();
