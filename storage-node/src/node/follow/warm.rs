@@ -39,6 +39,10 @@ use super::physical::{write_standby_conf, STANDBY_MINIMUMS};
 pub const KEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed build waits before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a fork at latest waits for a warm standby the keeper is feeding (or that is
+/// replaying what it was just fed) before it replays the follower's WAL instead: a feed
+/// takes tens of milliseconds, once a second.
+const FORK_WAITS_FOR_FEED: Duration = Duration::from_secs(1);
 /// How long a warm standby's start and promotion may take.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const PROMOTE_TIMEOUT_SECS: u32 = 60;
@@ -57,8 +61,11 @@ backend_flush_after = '1MB'\n";
 
 /// One follower's warm standby, as the keeper tracks it.
 pub(in crate::node) enum Slot {
-    /// Being built (or fed, or promoted for a fork): nobody else touches it.
+    /// Being built (or promoted for a fork): nobody else touches it.
     Busy,
+    /// Taken by the keeper to feed it the newest WAL, for a moment; whether it had caught
+    /// up before. A fork waits for it to come back.
+    Feeding { caught_up: bool },
     /// Running and fed.
     Ready(Box<Warm>),
     /// The last build failed; the next waits until then.
@@ -131,7 +138,7 @@ impl Node {
                 .collect();
             gone.into_iter()
                 .filter_map(|id| match m.get(&id) {
-                    Some(Slot::Busy) => None,
+                    Some(Slot::Busy | Slot::Feeding { .. }) => None,
                     _ => m.remove(&id).map(|s| (id, s)),
                 })
                 .collect()
@@ -149,13 +156,20 @@ impl Node {
                 let mut w = self.warm.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(m) = w.as_mut() else { return Ok(()) };
                 match m.get(&id) {
-                    Some(Slot::Busy) => continue,
+                    Some(Slot::Busy | Slot::Feeding { .. }) => continue,
                     Some(Slot::Failed(at)) if at.elapsed() < RETRY_AFTER => continue,
                     _ => {}
                 }
-                match m.insert(id, Slot::Busy) {
-                    Some(Slot::Ready(w)) => Some(w),
-                    _ => None,
+                match m.remove(&id) {
+                    Some(Slot::Ready(w)) => {
+                        let caught_up = w.caught_up();
+                        m.insert(id, Slot::Feeding { caught_up });
+                        Some(w)
+                    }
+                    _ => {
+                        m.insert(id, Slot::Busy);
+                        None
+                    }
                 }
             };
             let slot = match taken {
@@ -206,6 +220,9 @@ impl Node {
             match m.get(&id) {
                 Some(Slot::Ready(w)) if w.caught_up() => "ready",
                 Some(Slot::Ready(_)) => "catching up",
+                // Fed once a second: it serves a fork as soon as that is done.
+                Some(Slot::Feeding { caught_up: true }) => "ready",
+                Some(Slot::Feeding { caught_up: false }) => "catching up",
                 Some(Slot::Busy) => "busy",
                 Some(Slot::Failed(_)) => "failed",
                 None => "none",
@@ -361,22 +378,33 @@ impl Node {
         port: u16,
         dir: &TimelineDir,
     ) -> Option<(Fork, Lsn)> {
-        let w = {
-            let mut g = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-            let m = g.as_mut()?;
-            match m.remove(&parent) {
-                Some(Slot::Ready(w)) if w.caught_up() => {
-                    m.insert(parent, Slot::Busy);
-                    w
-                }
-                Some(other) => {
-                    m.insert(parent, other);
-                    return None;
-                }
-                None => return None,
-            }
-        };
         let t0 = Instant::now();
+        // One being fed, or replaying what it was just fed, is waited for a moment: the
+        // keeper feeds every second, and a fork that missed it by chance would otherwise
+        // replay the follower's WAL.
+        let w = loop {
+            {
+                let mut g = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+                let m = g.as_mut()?;
+                match m.remove(&parent) {
+                    Some(Slot::Ready(w)) if w.caught_up() => {
+                        m.insert(parent, Slot::Busy);
+                        break w;
+                    }
+                    Some(s @ (Slot::Feeding { .. } | Slot::Ready(_)))
+                        if t0.elapsed() < FORK_WAITS_FOR_FEED =>
+                    {
+                        m.insert(parent, s);
+                    }
+                    Some(other) => {
+                        m.insert(parent, other);
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let result = self.promote_warm(parent, port, *w, dir).await;
         // The next one is built by the keeper from a newer snapshot.
         // No slot: the keeper builds the next one at its next tick.
