@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use ramify_api::ApiToken;
 use ramify_storage::metrics::Metrics;
-use ramify_storage::node::{Node, NodeConfig, Reserve};
+use ramify_storage::node::{Node, NodeConfig, NodeError, Recovered, Reserve};
 use tracing::{info, warn};
 
 /// Ramify's storage node: keeps Postgres timelines (PGDATA + WAL archive + snapshots) on a
@@ -107,8 +107,15 @@ struct Args {
     /// Before serving, recover from --backup-repo every durable timeline this data
     /// directory does not have (a node whose volume was lost, or timelines moved here),
     /// parents first, under their own ids. Each is restored whole or not at all.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recover_if_empty")]
     recover: bool,
+    /// Recover as --recover does, but only when this data directory holds no timeline at
+    /// all (a new or replaced volume), and start empty when the repository holds no Ramify
+    /// timelines yet (a first start). What a StatefulSet passes on every start: a node
+    /// whose volume was lost comes back by itself, one whose volume is there starts as
+    /// usual.
+    #[arg(long)]
+    recover_if_empty: bool,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -191,11 +198,37 @@ fn api_token(args: &Args) -> anyhow::Result<(ApiToken, String)> {
     )
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Secrets the node reads from its environment once, before any thread or child process
+/// exists: the Postgres processes it starts (warm standbys, pg_basebackup) never see them.
+const SECRET_ENV: [&str; 5] = [
+    TOKEN_ENV,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    ramify_storage::backup::CIPHER_PASS_ENV,
+];
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before anything else: a node that would serve without a credential must not start.
     let (token, token_source) = api_token(&args)?;
+    let repo = args.backup.repo()?;
+    for var in SECRET_ENV {
+        std::env::remove_var(var);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(serve(args, token, token_source, repo))
+}
+
+async fn serve(
+    args: Args,
+    token: ApiToken,
+    token_source: String,
+    repo: Option<ramify_storage::backup::Repo>,
+) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
@@ -232,17 +265,20 @@ async fn main() -> anyhow::Result<()> {
     );
     node.set_reserve(args.reserve);
     anyhow::ensure!(
-        !args.recover || args.backup.backup_repo.is_some(),
-        "--recover needs --backup-repo: the repository to recover from"
+        !(args.recover || args.recover_if_empty) || args.backup.backup_repo.is_some(),
+        "--recover and --recover-if-empty need --backup-repo: the repository to recover from"
     );
-    if let Some(repo) = args.backup.repo()? {
+    // A fresh volume: no timeline, not even one being created or deleted.
+    let empty = node.list().await?.is_empty();
+    let recover = args.recover || (args.recover_if_empty && empty);
+    if let Some(repo) = repo {
         let pgbackrest = ramify_storage::backup::find_pgbackrest()?;
         let described = repo.describe();
         node.set_backup(repo, pgbackrest, args.backup_full_after)?;
         match node.check_backup_repo().await {
             Ok(()) => info!(repository = %described, "backup repository reachable"),
             // The node serves anyway; archiving backs off and keeps WAL until it works.
-            Err(e) if !args.recover => {
+            Err(e) if !recover => {
                 warn!(error = %e, "the backup repository does not answer; durable timelines keep their WAL on this node until it does")
             }
             Err(e) => {
@@ -250,12 +286,15 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if args.recover {
+    if recover {
         let t0 = std::time::Instant::now();
-        let r = node
-            .recover_from_backup()
-            .await
-            .context("recovery from the backup repository failed")?;
+        let r = match node.recover_from_backup().await {
+            Err(NodeError::NotFound(why)) if !args.recover => {
+                info!(%why, "nothing to recover: a first start on this repository");
+                Recovered::default()
+            }
+            r => r.context("recovery from the backup repository failed")?,
+        };
         info!(
             restored = r.restored.len(),
             forked_again = r.refork.len(),

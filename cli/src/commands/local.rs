@@ -107,6 +107,7 @@ fn run_foreground(dir: &Path, args: &UpArgs, bin: PgBin, user: &PgUser) -> anyho
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
+        ramify_storage::backup::CIPHER_PASS_ENV,
     ] {
         std::env::remove_var(var);
     }

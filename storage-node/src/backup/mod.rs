@@ -189,6 +189,7 @@ pub struct RepoArgs {
     pub backup_credentials_file: Option<PathBuf>,
     /// File holding a passphrase: everything pgBackRest writes is then encrypted
     /// (aes-256-cbc). Keep it: without it nothing in the repository can be restored.
+    /// Or the passphrase itself in RAMIFY_BACKUP_CIPHER_PASS.
     #[arg(long, env = "RAMIFY_BACKUP_CIPHER_PASS_FILE")]
     pub backup_cipher_pass_file: Option<PathBuf>,
 }
@@ -279,17 +280,30 @@ impl RepoArgs {
         };
         repo.access_key = key;
         repo.secret_key = secret;
-        if let Some(path) = &self.backup_cipher_pass_file {
-            let pass = read_secret_file(path, "--backup-cipher-pass-file")?;
+        let pass = match &self.backup_cipher_pass_file {
+            Some(path) => Some((
+                read_secret_file(path, "--backup-cipher-pass-file")?,
+                path.display().to_string(),
+            )),
+            None => std::env::var(CIPHER_PASS_ENV)
+                .ok()
+                .map(|p| (p, CIPHER_PASS_ENV.to_string())),
+        };
+        if let Some((pass, from)) = pass {
             let pass = pass.trim_end_matches('\n').to_string();
             if pass.is_empty() {
-                return Err(BackupError::Config(format!("{} is empty", path.display())));
+                return Err(BackupError::Config(format!("{from} is empty")));
             }
             repo.cipher_pass = Some(pass);
         }
         Ok(Some(repo))
     }
 }
+
+/// The environment variable that may hold the repository's cipher passphrase instead of
+/// `--backup-cipher-pass-file` (a Kubernetes Secret's files are group-readable under a
+/// Pod's fsGroup, which the file check refuses).
+pub const CIPHER_PASS_ENV: &str = "RAMIFY_BACKUP_CIPHER_PASS";
 
 /// Reads a file holding a secret, refusing one its group or others can read.
 fn read_secret_file(path: &Path, flag: &str) -> Result<String, BackupError> {

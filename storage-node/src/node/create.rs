@@ -145,7 +145,25 @@ impl Node {
             .sync_tree(self.durability)
             .map_err(CloneError::from)?;
         crate::failpoint::hit("create.before_publish");
-        std::fs::rename(&staging, self.layout.timeline(rec.id))
+        let target = self.layout.timeline(rec.id);
+        // Directories a kubelet made for a compute Pod's subPath mounts before the
+        // timeline existed (a Pod scheduled onto a volume being rebuilt from its backup
+        // repository) are empty: they give way. Anything holding a file does not.
+        if target.exists() {
+            if only_empty_dirs(&target) {
+                warn!(timeline = %rec.id, dir = %target.display(), "replacing empty directories left where the timeline goes (a compute Pod's mounts made before it existed)");
+                std::fs::remove_dir_all(&target).map_err(io_op(format!(
+                    "remove empty directories at {}",
+                    target.display()
+                )))?;
+            } else {
+                return Err(NodeError::Conflict(format!(
+                    "{} already exists and holds files: not replaced",
+                    target.display()
+                )));
+            }
+        }
+        std::fs::rename(&staging, &target)
             .map_err(io_op(format!("publish timeline {}", rec.id)))?;
         fsync_dir(&self.layout.timelines())?;
         crate::failpoint::hit("create.after_publish");
@@ -887,4 +905,36 @@ pub(super) fn describe_window(w: &RestoreWindow) -> String {
         t(w.from_time),
         t(w.to_time)
     )
+}
+
+/// Whether `dir` holds nothing but (nested) empty directories; symlinks and files count
+/// as content, and so does anything unreadable.
+fn only_empty_dirs(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir()) && only_empty_dirs(&e.path()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_empty_dirs;
+
+    #[test]
+    fn only_empty_directories_give_way() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("tl");
+        for sub in ["pgdata", "archive-inbox", "run/deep"] {
+            std::fs::create_dir_all(t.join(sub)).unwrap();
+        }
+        assert!(only_empty_dirs(&t));
+        std::os::unix::fs::symlink("/etc", t.join("run/deep/link")).unwrap();
+        assert!(!only_empty_dirs(&t), "a symlink is content");
+        std::fs::remove_file(t.join("run/deep/link")).unwrap();
+        std::fs::write(t.join("pgdata/PG_VERSION"), "15\n").unwrap();
+        assert!(!only_empty_dirs(&t), "a file is content");
+        assert!(!only_empty_dirs(&d.path().join("missing")));
+    }
 }
