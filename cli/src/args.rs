@@ -696,9 +696,10 @@ pub struct CreateArgs {
     pub protected: bool,
 
     /// Keep the branch in the backup repository (local mode started with `local up
-    /// --backup`), so it survives losing the data directory. Roots are kept by default;
-    /// a fork is kept only with this flag (and then stores only its own WAL). Kept
-    /// branches stay kept through reset and restore.
+    /// --backup`; on a cluster, the chart's storage.backup), so it survives losing the
+    /// data directory or the storage node's volume. Roots are kept by default; a fork is
+    /// kept only with this flag (and then stores only its own WAL); on a cluster, also a
+    /// branch created --protected. Kept branches stay kept through reset and restore.
     #[arg(long)]
     pub backup: bool,
 

@@ -20,5 +20,5 @@ pub mod user;
 
 pub use bin::{BinError, PgBin};
 pub use process::{ProcessError, RunningCompute, StopMode};
-pub use settings::{ComputeSettings, SettingsError, Standby};
+pub use settings::{ComputeSettings, SettingsError, Standby, DURABLE_ARCHIVE_TIMEOUT_SECS};
 pub use user::{PgUser, UserError};

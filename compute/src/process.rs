@@ -273,6 +273,14 @@ pub fn initdb_shell_script() -> String {
     )
 }
 
+/// The init container's shell script for every timeline the storage node put a cluster
+/// in: it starts nothing where there is none (a timeline not there yet, such as one
+/// still being restored from a backup repository onto a new volume, whose directories
+/// the kubelet would create empty), instead of running `initdb` on it.
+pub fn require_cluster_shell_script() -> String {
+    "test -f \"$PGDATA/PG_VERSION\" && exit 0; echo \"ramify: no Postgres cluster in $PGDATA: its storage node has not put this timeline there (yet); not starting\" >&2; exit 1".to_string()
+}
+
 /// Runs `initdb` on `pgdata` as `user` with [`INITDB_ARGS`] and appends
 /// [`PG_HBA_ANY_HOST`] to its `pg_hba.conf`. `pgdata` may be missing or empty; when we
 /// are root it is created 0700 and given to `user`.

@@ -86,11 +86,17 @@ pub struct ComputeSettings {
     pub parameters: BTreeMap<String, String>,
     /// Set for a following root: the compute runs as a hot standby of its source.
     pub standby: Option<Standby>,
-    /// `archive_timeout` in seconds, for a branch kept in a backup repository: a quiet
+    /// `archive_timeout` in seconds ([`DURABLE_ARCHIVE_TIMEOUT_SECS`] for a branch kept in
+    /// a backup repository): a quiet
     /// branch still switches WAL segments this often, which bounds what losing the
     /// storage node's volume loses. `None`: only full segments are archived.
     pub archive_timeout_secs: Option<u32>,
 }
+
+/// `archive_timeout` of a branch kept in a backup repository, in seconds: what the loss of
+/// its storage node's volume may lose at most, when it writes too little to fill a WAL
+/// segment sooner (the node pushes what is archived within about a second).
+pub const DURABLE_ARCHIVE_TIMEOUT_SECS: u32 = 60;
 
 /// How a following root's compute streams from its source.
 #[derive(Debug, Clone, PartialEq, Eq)]

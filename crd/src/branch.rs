@@ -63,6 +63,8 @@ pub const SUSPEND_REQUEST_ANNOTATION: &str = "ramify.dev/suspend-request";
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.postgresVersion)").message("spec.postgresVersion is only for new empty roots: a following branch runs its source's version"))]
 #[x_kube(validation = Rule::new("!has(self.source) || (!has(self.ttl) && !has(self.expiresAt))").message("a following branch does not expire (spec.ttl, spec.expiresAt): delete it when you stop following"))]
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.connection) || !has(self.connection.user)").message("spec.connection.user is not for a following branch: its logins are its source's roles"))]
+#[x_kube(validation = Rule::new("has(self.backup) == has(oldSelf.backup) && (!has(self.backup) || self.backup == oldSelf.backup)").message("spec.backup is decided when the branch is created: create a new branch (a fork) instead"))]
+#[x_kube(validation = Rule::new("!has(self.source) || !has(self.backup) || !has(self.backup.enabled) || !self.backup.enabled").message("a following branch is not backed up (its source is the original): fork it with spec.backup.enabled"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBranchSpec {
     /// The branch to fork; absent for a new, empty root. Immutable.
@@ -102,6 +104,23 @@ pub struct DatabaseBranchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub ttl: Option<String>,
+    /// Whether the storage node keeps the branch in its backup repository (continuous WAL
+    /// archiving and base backups in object storage), so it survives the loss of the
+    /// node's volume. Decided when the branch is created. Default: on for roots and for
+    /// branches created protected, off for other forks; only with a repository in the
+    /// chart's `storage.backup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// `spec.backup`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Keep this branch in the backup repository. A durable fork of a durable parent
+    /// stores only its own WAL there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// Reference to the parent branch.

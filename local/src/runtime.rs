@@ -17,9 +17,6 @@ use ramify_proxy::{Control, Proxy, Route};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-/// `archive_timeout` of durable branches' computes, in seconds.
-const DURABLE_ARCHIVE_TIMEOUT_SECS: u32 = 60;
-
 /// How long a compute may take to start (recovery of a fork included).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -122,7 +119,10 @@ impl Runtime for LocalRuntime {
             // A durable branch's WAL reaches the backup repository segment by segment: a
             // quiet one switches segments at least this often, which bounds what losing
             // the data directory loses (its RPO).
-            archive_timeout_secs: tl.backup.as_ref().map(|_| DURABLE_ARCHIVE_TIMEOUT_SECS),
+            archive_timeout_secs: tl
+                .backup
+                .as_ref()
+                .map(|_| ramify_compute::DURABLE_ARCHIVE_TIMEOUT_SECS),
             // A physical following root runs as a hot standby of its source (a logical
             // one is an ordinary primary applying its subscription).
             standby: tl

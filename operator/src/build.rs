@@ -62,6 +62,10 @@ pub struct BranchPlan {
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Set for a following branch: its compute is a hot standby of the source.
     pub standby: Option<Standby>,
+    /// Set for a branch kept in the backup repository: its compute's `archive_timeout`.
+    pub archive_timeout_secs: Option<u32>,
+    /// Its compute may run `initdb` (see [`ComputeFacts::initdb`]).
+    pub initdb: bool,
     /// A following branch (of either mode): it never suspends.
     pub following: bool,
     /// A physical following branch: its Secret names no role (its logins are the
@@ -78,6 +82,12 @@ pub struct ComputeFacts {
     /// For a following root: how its compute streams from the source, with the password
     /// file the node wrote into the timeline's `run/` as the Pod mounts it.
     pub standby: Option<Standby>,
+    /// Set for a timeline kept in the node's backup repository: its compute switches WAL
+    /// segments at least this often, which bounds what a lost volume loses.
+    pub archive_timeout_secs: Option<u32>,
+    /// A root an older release created empty (no snapshot yet): its first compute runs
+    /// `initdb`. Every other timeline's compute refuses to start without a cluster.
+    pub initdb: bool,
 }
 
 impl ComputeFacts {
@@ -94,6 +104,11 @@ impl ComputeFacts {
                     passfile: PathBuf::from(TIMELINE_MOUNT).join("run").join(&f.passfile),
                     slot: f.slot.clone(),
                 }),
+            archive_timeout_secs: info
+                .backup
+                .as_ref()
+                .map(|_| ramify_compute::DURABLE_ARCHIVE_TIMEOUT_SECS),
+            initdb: info.parent.is_none() && info.follow.is_none() && info.snapshots.is_empty(),
         }
     }
 }
@@ -288,6 +303,7 @@ pub fn postgres_args(
     archive_command: &str,
     parameters: &BTreeMap<String, String>,
     standby: Option<&Standby>,
+    archive_timeout_secs: Option<u32>,
 ) -> Result<Vec<String>, SettingsError> {
     let settings = ComputeSettings {
         port: POSTGRES_PORT,
@@ -296,7 +312,7 @@ pub fn postgres_args(
         archive_command: archive_command.to_owned(),
         parameters: parameters.clone(),
         standby: standby.cloned(),
-        archive_timeout_secs: None,
+        archive_timeout_secs,
     };
     let mut args = vec!["-D".to_string(), pgdata()];
     args.extend(settings.args()?);
@@ -360,7 +376,8 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
     let pull = Some(cfg.compute_image_pull_policy.clone());
     // The storage node initialises every new root itself (so its history starts at
     // creation); only a root an older release created empty reaches its first compute
-    // without a cluster, and gets one here, made exactly as the node makes them. The
+    // without a cluster, and gets one here, made exactly as the node makes them (any
+    // other compute without a cluster refuses to start: its timeline is not there). The
     // bootstrap superuser `postgres` only logs in over the Unix socket (trust), which only
     // uid 999 reaches; TCP, from any address (clients arrive through the proxy's Pod IP),
     // needs a SCRAM password, and only the branch's own role has one. Forks inherit
@@ -372,7 +389,11 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            ramify_compute::process::initdb_shell_script(),
+            if plan.initdb {
+                ramify_compute::process::initdb_shell_script()
+            } else {
+                ramify_compute::process::require_cluster_shell_script()
+            },
         ]),
         env: Some(env.clone()),
         volume_mounts: Some(mounts.clone()),
@@ -388,6 +409,7 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
             &plan.archive_command,
             &plan.postgres_parameters,
             plan.standby.as_ref(),
+            plan.archive_timeout_secs,
         )?),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -613,9 +635,48 @@ mod tests {
             archive_command: "test ! -f ../archive-inbox/%f && cp %p ../archive-inbox/%f".into(),
             resources: None,
             standby: None,
+            archive_timeout_secs: None,
+            initdb: false,
             following: false,
             source_logins: false,
         }
+    }
+
+    #[test]
+    fn a_durable_branchs_compute_switches_wal_segments_within_the_rpo() {
+        let cfg = Config::for_namespace("ramify-system");
+        let timeout = |plan: &BranchPlan| {
+            let pod = compute_pod(plan, &cfg).unwrap();
+            let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
+            args.iter()
+                .find_map(|a| a.strip_prefix("archive_timeout="))
+                .map(str::to_owned)
+        };
+        assert_eq!(timeout(&plan()), None);
+        let durable = BranchPlan {
+            archive_timeout_secs: Some(ramify_compute::DURABLE_ARCHIVE_TIMEOUT_SECS),
+            ..plan()
+        };
+        assert_eq!(timeout(&durable).as_deref(), Some("60s"));
+    }
+
+    #[test]
+    fn only_a_root_created_empty_may_run_initdb_in_its_compute() {
+        let cfg = Config::for_namespace("ramify-system");
+        let script = |plan: &BranchPlan| {
+            let pod = compute_pod(plan, &cfg).unwrap();
+            let init = &pod.spec.unwrap().init_containers.unwrap()[0];
+            init.command.clone().unwrap()[2].clone()
+        };
+        // A fork (or a root restored onto a new volume): no cluster means not there yet.
+        let refusing = script(&plan());
+        assert!(!refusing.contains("initdb"), "{refusing}");
+        assert!(refusing.contains("exit 1"), "{refusing}");
+        let legacy = BranchPlan {
+            initdb: true,
+            ..plan()
+        };
+        assert!(script(&legacy).contains("initdb -D"));
     }
 
     #[test]
@@ -680,7 +741,12 @@ mod tests {
     #[test]
     fn the_compute_pod_runs_stock_postgres_next_to_its_storage_node() {
         let cfg = Config::for_namespace("ramify-system");
-        let pod = compute_pod(&plan(), &cfg).unwrap();
+        // A root an older release created empty: the one compute that runs initdb.
+        let legacy_root = BranchPlan {
+            initdb: true,
+            ..plan()
+        };
+        let pod = compute_pod(&legacy_root, &cfg).unwrap();
         assert_eq!(
             pod.metadata.name.as_deref(),
             Some("compute-6d2f0b8e-0000-4000-8000-000000000001")
@@ -771,7 +837,7 @@ mod tests {
             );
         }
         assert_eq!(spec.automount_service_account_token, Some(false));
-        // A new root is initialised once, reachable over TCP with a password only.
+        // Initialised once, reachable over TCP with a password only.
         let init = spec.init_containers.unwrap()[0]
             .command
             .clone()

@@ -25,6 +25,9 @@ pub enum ComputeError {
     Broken(String),
     #[error("the compute did not become ready within {0:?}")]
     Timeout(Duration),
+    /// Its storage node does not (or not yet) hold the timeline, or does not answer.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl ComputeError {
@@ -35,6 +38,7 @@ impl ComputeError {
             ComputeError::Settings(_) => "Settings",
             ComputeError::Broken(_) => "ComputeBroken",
             ComputeError::Timeout(_) => "ComputeTimeout",
+            ComputeError::Storage(_) => "StorageUnavailable",
         }
     }
 }
@@ -44,9 +48,26 @@ fn pods(ctx: &Context) -> Api<Pod> {
 }
 
 /// Creates the branch's compute Pod unless it exists; returns its current state.
+///
+/// A new Pod only once its storage node answers for the timeline: a node rebuilding a
+/// lost volume from its backup repository serves nothing until the timeline is back, and
+/// a Pod started before that would find (and have the kubelet create) empty directories
+/// where its timeline is about to be restored.
 pub async fn ensure(ctx: &Context, plan: &BranchPlan) -> Result<PodState, ComputeError> {
     let api = pods(ctx);
     let name = compute_pod_name(&plan.timeline_id);
+    if let Some(p) = api.get_opt(&name).await? {
+        return Ok(pod_state(&p));
+    }
+    let id = plan.timeline_id.parse().map_err(|_| {
+        ComputeError::Storage(format!("timeline id {:?} is not a UUID", plan.timeline_id))
+    })?;
+    if let Err(e) = ctx.storage(&plan.storage_node).get_timeline(id).await {
+        return Err(ComputeError::Storage(format!(
+            "storage node {} does not serve timeline {}: {e}",
+            plan.storage_node, plan.timeline_id
+        )));
+    }
     let pod = build::compute_pod(plan, &ctx.config)?;
     let pod = match api.create(&PostParams::default(), &pod).await {
         Ok(p) => {

@@ -12,6 +12,8 @@ pub const STORAGE_READY: &str = "StorageReady";
 pub const COMPUTE_READY: &str = "ComputeReady";
 /// A following branch streams from its source (`spec.source.external`).
 pub const FOLLOWING: &str = "Following";
+/// A branch kept in the backup repository has its WAL reaching it.
+pub const BACKUP_HEALTHY: &str = "BackupHealthy";
 
 /// Sets condition `type_` in `conditions`.
 pub fn set(

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod backup;
 pub mod branch;
 pub mod build;
 pub mod ca;

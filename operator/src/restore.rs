@@ -285,12 +285,27 @@ async fn fork(
         )
     })?;
     let node = &current.storage_node;
+    // The branch stays as durable as it was: a branch kept in the backup repository is
+    // still kept there after a reset or restore (its new timeline is a fork, which the
+    // node would not keep by default).
+    let durable = match current.id.parse::<TimelineId>() {
+        Ok(cid) => match ctx.storage(node).get_timeline(cid).await {
+            Ok(info) => info.backup.is_some(),
+            Err(e) => {
+                return Err(Halt::Pending(
+                    "StorageUnavailable",
+                    format!("storage node {node}: {e}"),
+                ))
+            }
+        },
+        Err(_) => false,
+    };
     let req = CreateTimeline {
         id: Some(id),
         parent: Some(parent),
         at: Some(source.at.clone()),
         follow: None,
-        backup: None,
+        backup: Some(durable),
     };
     let info = match ctx.storage(node).create_timeline(&req).await {
         Ok(created) => created.value,

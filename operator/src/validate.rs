@@ -54,6 +54,10 @@ pub struct ValidSpec {
     pub suspend_after: Option<Duration>,
     pub postgres_parameters: BTreeMap<String, String>,
     pub resources: Option<ResourceRequirements>,
+    /// What the branch asks of the storage node's backup repository when its timeline is
+    /// made (a restore's or reset's too): `spec.backup.enabled`; a branch created
+    /// protected asks for it; `None` leaves it to the node (roots yes, forks no).
+    pub backup: Option<bool>,
 }
 
 /// Checks everything about the spec that needs no other object.
@@ -111,7 +115,7 @@ pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Prob
     } else {
         suspend_after
     };
-    postgres_args("true", &compute.postgres_parameters, None)
+    postgres_args("true", &compute.postgres_parameters, None, None)
         .map_err(|e| Problem::invalid(format!("spec.compute.postgresParameters: {e}")))?;
     let resources = bounded_resources(compute.resources, cfg)?;
     Ok(ValidSpec {
@@ -127,6 +131,16 @@ pub fn validate_spec(b: &DatabaseBranch, cfg: &Config) -> Result<ValidSpec, Prob
         suspend_after: (!suspend_after.is_zero()).then_some(suspend_after),
         postgres_parameters: compute.postgres_parameters,
         resources,
+        backup: match spec.backup.as_ref().and_then(|b| b.enabled) {
+            Some(true) if following => {
+                return Err(Problem::invalid(
+                    "a following branch is not backed up (its source is the original): fork it with spec.backup.enabled",
+                ))
+            }
+            Some(on) => Some(on),
+            None if spec.protected == Some(true) && !following => Some(true),
+            None => None,
+        },
     })
 }
 

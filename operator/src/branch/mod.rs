@@ -476,6 +476,7 @@ async fn converge(
         status.following = None;
         status.conditions.retain(|c| c.type_ != FOLLOWING);
     }
+    crate::backup::update(&mut status.conditions, &info, generation);
 
     let proxy_port = match status.proxy_port.and_then(|p| u16::try_from(p).ok()) {
         Some(p) => p,

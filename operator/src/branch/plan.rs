@@ -26,6 +26,8 @@ pub fn plan(
         archive_command: facts.archive_command.clone(),
         resources: spec.resources.clone(),
         standby: facts.standby.clone(),
+        archive_timeout_secs: facts.archive_timeout_secs,
+        initdb: facts.initdb,
         following: spec.following,
         source_logins: spec.source_logins,
     }

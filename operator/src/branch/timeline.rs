@@ -136,7 +136,7 @@ pub(super) async fn create_timeline(
         parent,
         at: spec.at.clone(),
         follow,
-        backup: None,
+        backup: spec.backup,
     };
     if req.follow.is_some() {
         info!(timeline = %id, node = %node, "copying the source (pg_basebackup) for a following branch");

@@ -4,10 +4,6 @@ use super::*;
 
 impl Kube {
     pub(super) async fn create(&self, args: CreateArgs) -> anyhow::Result<Shown> {
-        anyhow::ensure!(
-            !args.backup,
-            "--backup is for local mode so far: on a cluster the storage node's backup repository is not configured by the chart yet (docs/architecture.md, \"Off-node durability\")"
-        );
         let ns = self.namespace.clone();
         let mut at = None;
         if let Some(parent) = &args.parent {

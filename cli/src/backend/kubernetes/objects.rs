@@ -3,8 +3,8 @@
 use anyhow::bail;
 use ramify_api::At;
 use ramify_crd::{
-    BranchPoint, BranchSource, ComputeSpec, DatabaseBranch, DatabaseBranchSpec, ExternalSource,
-    ParentRef, RestoreSource, SecretKeyRef,
+    BackupSpec, BranchPoint, BranchSource, ComputeSpec, DatabaseBranch, DatabaseBranchSpec,
+    ExternalSource, ParentRef, RestoreSource, SecretKeyRef,
 };
 use ramify_lifecycle::HistoryPoint;
 
@@ -56,6 +56,9 @@ pub fn branch_object(
             protected: args.protected.then_some(true),
             expires_at: args.expires_at,
             ttl: args.expires_in.map(go_duration),
+            backup: args.backup.then_some(BackupSpec {
+                enabled: Some(true),
+            }),
             source: args.follow.as_ref().map(|_| BranchSource {
                 external: Some(ExternalSource {
                     connection_secret_ref: SecretKeyRef {
@@ -126,6 +129,7 @@ mod tests {
             "0",
             "--expires-in",
             "2h",
+            "--backup",
         ]);
         let b = branch_object(&args, "team-a", None);
         assert_eq!(
@@ -133,7 +137,7 @@ mod tests {
             json!({
                 "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
                 "metadata": {"name": "dev", "namespace": "team-a"},
-                "spec": {"parent": {"name": "main", "namespace": "prod"}, "compute": {"suspendAfter": "0s"}, "ttl": "7200s"}
+                "spec": {"parent": {"name": "main", "namespace": "prod"}, "compute": {"suspendAfter": "0s"}, "ttl": "7200s", "backup": {"enabled": true}}
             })
         );
         let root = branch_object(&create_args(&["main", "--protected"]), "prod", None);
