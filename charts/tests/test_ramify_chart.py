@@ -241,6 +241,56 @@ def test_warm_standbys_can_be_turned_off():
     assert flags(container(out.get("StatefulSet", "ramify-storage"), "storage"))["warm-standbys"] == "false"
 
 
+BACKUP_VALUES = {"storage": {"backup": {
+    "repository": "s3://bank-backups/ramify/",
+    "endpoint": "seaweedfs.backups.svc:8333",
+    "uriStyle": "path",
+    "credentialsSecret": "s3-keys",
+    "caSecret": {"name": "s3-ca", "key": "tls.ca"},
+}}}
+
+
+def test_a_backup_repository_reaches_each_node_under_its_own_prefix():
+    out = kube.render(RAMIFY_CHART, BACKUP_VALUES, namespace=NAMESPACE, cluster=kube.CURRENT_CLUSTER)
+    sts = out.get("StatefulSet", "ramify-storage")
+    c = container(sts, "storage")
+    f = flags(c)
+    # The kubelet expands $(POD_NAME) from the env entry of that name.
+    assert f["backup-repo"] == "s3://bank-backups/ramify/$(POD_NAME)"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+    assert (f["backup-endpoint"], f["backup-region"], f["backup-uri-style"]) == (
+        "seaweedfs.backups.svc:8333", "us-east-1", "path")
+    assert f["backup-full-after"] == "1GiB"
+    assert "recover-if-empty" in f and f["recover-if-empty"] is None
+    assert f["backup-ca-file"] == "/etc/ramify/backup-ca/ca.crt"
+    [vol] = [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "backup-ca"]
+    assert vol["secret"] == {"secretName": "s3-ca", "items": [{"key": "tls.ca", "path": "ca.crt"}]}
+    assert {"name": "backup-ca", "mountPath": "/etc/ramify/backup-ca", "readOnly": True} in c["volumeMounts"]
+    # Keys only by reference; the cipher passphrase is optional.
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "s3-keys", "key": "AWS_ACCESS_KEY_ID"}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-keys", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert refs["RAMIFY_BACKUP_CIPHER_PASS"] == {
+        "name": "s3-keys", "key": "RAMIFY_BACKUP_CIPHER_PASS", "optional": True}
+    assert all("value" not in e for e in c["env"]), c["env"]
+    assert not restricted_violations(sts["spec"]["template"])
+    with helm.Chart.load(str(RAMIFY_CHART)) as chart:
+        chart.validate_schema(BACKUP_VALUES)
+
+
+def test_no_backup_flags_without_a_repository(rendered_default):
+    c = container(rendered_default.get("StatefulSet", "ramify-storage"), "storage")
+    assert not [f for f in flags(c) if f.startswith("backup") or f.startswith("recover")]
+    assert not [v for v in rendered_default.get("StatefulSet", "ramify-storage")["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "backup-ca"]
+
+
+def test_a_repository_without_credentials_is_refused():
+    values = {"storage": {"backup": {"repository": "s3://bank-backups/p"}}}
+    with pytest.raises(Exception, match="credentialsSecret"):
+        kube.render(RAMIFY_CHART, values, namespace=NAMESPACE)
+
+
 def test_storage_api_token_is_the_operators_secret(rendered):
     """The storage node refuses to start without a token; it reads the one Secret the
     operator creates and uses, and the chart itself renders no token (a random value in a
@@ -578,6 +628,9 @@ def test_monitoring_peers_and_disabling_policies():
     ({"storage": {"reserve": "a bit"}}, "reserve"),
     ({"storage": {"reserve": "5 %"}}, "reserve"),
     ({"storage": {"warmStandbys": "yes"}}, "warmStandbys"),
+    ({"storage": {"backup": {"repository": "bank-backups/ramify"}}}, "repository"),
+    ({"storage": {"backup": {"uriStyle": "virtual"}}}, "uriStyle"),
+    ({"storage": {"backup": {"credentials": "s3-keys"}}}, "credentials"),
     ({"proxy": {"maxConnectionsPerBranch": 0}}, "maxConnectionsPerBranch"),
     ({"proxy": {"maxConnections": "many"}}, "maxConnections"),
     ({"proxy": {"startupTimeout": "ten seconds"}}, "startupTimeout"),
