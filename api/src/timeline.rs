@@ -447,6 +447,9 @@ pub struct BackupStatus {
     /// ancestor's backup and its own WAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_backup: Option<BackupInfo>,
+    /// Every base backup of its own in the repository, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupInfo>,
 }
 
 /// One base backup in the repository.

@@ -47,6 +47,19 @@ pub async fn start(node: &Arc<Node>, data_dir: &Path, b: &LocalBackup) -> anyhow
             warn!(error = %e, "the backup repository does not answer; durable branches keep their WAL here until it does")
         }
     }
+    // One writer per prefix: this machine's name (a recovery onto a new data directory
+    // on the same machine replaces the lost one).
+    let name = ramify_storage::node::host_name()?;
+    match node
+        .claim_backup_repo(&name, ramify_storage::node::HEARTBEAT_EVERY)
+        .await
+    {
+        Ok(()) => {}
+        Err(ramify_storage::node::NodeError::Backup(e)) if !b.recover => {
+            warn!(error = %e, "cannot claim the backup repository prefix yet; nothing is archived until it answers")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot use {described}")),
+    }
     if b.recover {
         recover(node, data_dir, &described).await?;
     }

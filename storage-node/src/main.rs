@@ -116,6 +116,14 @@ struct Args {
     /// usual.
     #[arg(long)]
     recover_if_empty: bool,
+    /// This node's name in its backup repository (default: the host name; the chart
+    /// passes <Pod>.<namespace>). A prefix has one writer: a node whose name differs from
+    /// the live writer's is refused; the same name on a new data directory replaces it.
+    #[arg(long, env = "RAMIFY_NODE_NAME")]
+    node_name: Option<String>,
+    /// How often the node renews its claim on the repository prefix.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    backup_heartbeat: Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -216,6 +224,15 @@ fn main() -> anyhow::Result<()> {
     for var in SECRET_ENV {
         std::env::remove_var(var);
     }
+    // The environment block the process started with stays in /proc/<pid>/environ:
+    // readable only by root once the process is not dumpable (no core dumps either).
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        anyhow::bail!(
+            "cannot make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -268,9 +285,10 @@ async fn serve(
         !(args.recover || args.recover_if_empty) || args.backup.backup_repo.is_some(),
         "--recover and --recover-if-empty need --backup-repo: the repository to recover from"
     );
-    // A fresh volume: no timeline, not even one being created or deleted.
-    let empty = node.list().await?.is_empty();
-    let recover = args.recover || (args.recover_if_empty && empty);
+    // A fresh volume (no timeline, not even one being created or deleted), or one whose
+    // recovery did not finish (killed half-way, or timelines that failed: retried).
+    let recover = args.recover
+        || (args.recover_if_empty && (node.holds_no_timeline()? || node.recovery_unfinished()));
     if let Some(repo) = repo {
         let pgbackrest = ramify_storage::backup::find_pgbackrest()?;
         let described = repo.describe();
@@ -284,6 +302,19 @@ async fn serve(
             Err(e) => {
                 return Err(e).context("cannot recover: the backup repository does not answer")
             }
+        }
+        let name = match &args.node_name {
+            Some(n) => n.clone(),
+            None => ramify_storage::node::host_name()
+                .context("cannot read the host name: pass --node-name")?,
+        };
+        match node.claim_backup_repo(&name, args.backup_heartbeat).await {
+            Ok(()) => {}
+            // Nothing is archived until the claim is made (the backup loop retries it).
+            Err(NodeError::Backup(e)) if !recover => {
+                warn!(error = %e, "cannot claim the backup repository prefix yet; nothing is archived until it answers")
+            }
+            Err(e) => return Err(e).context("cannot use the backup repository"),
         }
     }
     if recover {

@@ -356,6 +356,7 @@ mod tests {
             ),
             backlog_bytes: 16777216,
             newest_backup: None,
+            backups: Vec::new(),
         };
         let text = render_backups(&[("a".into(), b)]);
         for line in [

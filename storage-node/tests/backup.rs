@@ -17,6 +17,8 @@ const GIB: u64 = 1 << 30;
 fn backup_args(s3: &S3Server, prefix: &str) -> Vec<String> {
     let mut a = s3.node_args(prefix);
     a.push("--backup-interval=200ms".into());
+    // A replacement watches its predecessor's claim for three heartbeats.
+    a.push("--backup-heartbeat=1s".into());
     a
 }
 
@@ -421,4 +423,130 @@ async fn an_unreachable_bucket_keeps_wal_on_the_node_and_wrong_credentials_say_s
         Err(e) => e.to_string(),
     };
     assert!(err.contains("holds no Ramify timelines"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
+    if skip_without_s3("a_prefix_has_one_writer_and_a_replacement_takes_it_over") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-writer").expect("S3 server");
+    let node_args = |name: &str| {
+        let mut a = backup_args(&s3, "shared");
+        a.push(format!("--node-name={name}"));
+        a
+    };
+    let a_args = node_args("node-a");
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let env = Env::new_with_env(2 * GIB, &a_args, &s3.node_env()).await;
+    let (root, rc) = env.root().await;
+    rc.execute("CREATE TABLE t AS SELECT 1 AS id")
+        .await
+        .unwrap();
+    archived(&env, &rc, root.id).await;
+    let writer = s3
+        .get_object("shared/ramify/writer.json")
+        .unwrap()
+        .expect("writer record");
+    assert!(
+        String::from_utf8_lossy(&writer).contains("\"node-a\""),
+        "{}",
+        String::from_utf8_lossy(&writer)
+    );
+
+    // Another node given the same prefix does not start, and says whose it is.
+    let start_other = |name: &str, extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut a = node_args(name);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let mut envs = s3.node_env();
+        envs.push(("RUST_LIB_BACKTRACE", "0"));
+        (dir, a, envs)
+    };
+    let (dir_b, b_args, envs) = start_other("node-b", &[]);
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let err = match ramify_testkit::StorageNodeProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+        &dir_b.path().join("data"),
+        &b_args,
+        &envs,
+    )
+    .await
+    {
+        Ok(_) => panic!("a second node started on a prefix node-a writes"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("is written by another storage node, node-a"),
+        "{err}"
+    );
+
+    // node-a stops answering (its machine hangs): the same name on a new data directory
+    // is its replacement. It watches the record for three heartbeats, takes the prefix
+    // over and recovers.
+    let a_pid = nix::unistd::Pid::from_raw(env.node.pid().expect("node-a runs") as i32);
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (dir_c, c_args, envs) = start_other("node-a", &["--recover"]);
+    let c_args: Vec<&str> = c_args.iter().map(String::as_str).collect();
+    let started = ramify_testkit::StorageNodeProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+        &dir_c.path().join("data"),
+        &c_args,
+        &envs,
+    )
+    .await;
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let c = started.expect("the replacement starts");
+    assert!(
+        c.log().contains("replaces an earlier incarnation"),
+        "{}",
+        c.log()
+    );
+    // The old incarnation wakes up, finds the newer claim at its next heartbeat and stops
+    // writing: its timeline says why, and nothing more of it reaches the bucket.
+    let fenced = wait_backup(&env, root.id, "the old incarnation stops", |b| {
+        !b.healthy
+            && b.error
+                .as_deref()
+                .is_some_and(|e| e.contains("took this backup repository over"))
+    })
+    .await;
+    let before = fenced.archived_to.clone();
+    rc.execute("INSERT INTO t VALUES (2)").await.unwrap();
+    query_text(&rc, "SELECT pg_walfile_name(pg_switch_wal())").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = env
+        .client
+        .get_timeline_without_sizes(root.id)
+        .await
+        .unwrap()
+        .backup
+        .expect("durable");
+    assert_eq!(after.archived_to, before, "the fenced node pushed WAL");
+    assert!(!after.healthy);
+
+    // A second node of the same name while the replacement lives (a twin cluster given
+    // the same bucket): refused, after watching the record.
+    let (dir_d, d_args, envs) = start_other("node-a", &[]);
+    let d_args: Vec<&str> = d_args.iter().map(String::as_str).collect();
+    let err = match ramify_testkit::StorageNodeProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+        &dir_d.path().join("data"),
+        &d_args,
+        &envs,
+    )
+    .await
+    {
+        Ok(_) => panic!("a twin of node-a started while the replacement writes"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("a node of the same name runs elsewhere"),
+        "{err}"
+    );
+    drop(c);
 }

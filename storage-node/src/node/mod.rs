@@ -57,7 +57,7 @@ mod reserve;
 mod snapshots;
 mod stopped;
 
-pub use backup::{Backups, Health as BackupHealth, Recovered};
+pub use backup::{host_name, Backups, Health as BackupHealth, Recovered, HEARTBEAT_EVERY};
 pub use error::NodeError;
 use housekeeping::read_wal_kept_from;
 pub use reserve::Reserve;

@@ -7,7 +7,9 @@ use std::ffi::OsString;
 use std::sync::OnceLock;
 
 mod recover;
+mod writer;
 pub use recover::Recovered;
+pub use writer::{host_name, HEARTBEAT_EVERY};
 
 use super::*;
 use crate::backup::{
@@ -29,6 +31,10 @@ pub struct Backups {
     backing_up: StdMutex<HashSet<TimelineId>>,
     /// Serialises read-modify-write of backup states.
     state_write: StdMutex<()>,
+    /// This node's claim on the prefix ([`Node::claim_backup_repo`]), and the name it is
+    /// made under (kept to make it later when the bucket did not answer at start-up).
+    writer: OnceLock<writer::Writer>,
+    claim_as: OnceLock<(String, Duration)>,
 }
 
 /// How a durable timeline's archiving goes, for status and metrics.
@@ -96,6 +102,8 @@ impl Node {
             health: StdMutex::new(HashMap::new()),
             backing_up: StdMutex::new(HashSet::new()),
             state_write: StdMutex::new(()),
+            writer: OnceLock::new(),
+            claim_as: OnceLock::new(),
         };
         if self.backups.set(Arc::new(b)).is_err() {
             return Err(NodeError::Conflict(
@@ -154,12 +162,8 @@ impl Node {
             archived_to: st.pushed_to.clone(),
             archived_at: st.pushed_at,
             backlog_bytes: h.backlog_bytes,
-            newest_backup: st.backups.last().map(|s| ramify_api::BackupInfo {
-                set: s.set.clone(),
-                snapshot: s.snapshot.clone(),
-                lsn: s.end_lsn,
-                time: s.time,
-            }),
+            newest_backup: st.backups.last().map(backup_info),
+            backups: st.backups.iter().map(backup_info).collect(),
         })
     }
 
@@ -244,6 +248,24 @@ impl Node {
         let Some(b) = self.backups.get() else {
             return;
         };
+        // Nothing is written before the prefix is this node's, and nothing once another
+        // incarnation took it over.
+        let unclaimed = match (b.writer.get(), b.claim_name()) {
+            (None, Some((name, every))) => self
+                .claim_backup_repo(&name, every)
+                .await
+                .err()
+                .map(|e| format!("not archiving: {e}")),
+            _ => b.may_write().err().map(|e| e.to_string()),
+        };
+        if let Some(why) = unclaimed {
+            for rec in self.meta.all().unwrap_or_default() {
+                if self.is_durable(&rec) {
+                    b.update_health(rec.id, |h| h.error = Some(why.clone()));
+                }
+            }
+            return;
+        }
         if let Err(e) = self.write_tombstones(b).await {
             warn!(error = %e, "cannot mark deleted timelines in the backup repository; retrying");
         }
@@ -371,6 +393,8 @@ impl Node {
             let (archive, spool_dir, spool, b, stanza, ctl) =
                 (&archive, &spool_dir, &spool, &b, &stanza, &ctl);
             async move {
+                // Fenced meanwhile (a newer claim took the prefix): not one more file.
+                b.may_write()?;
                 spool_dir
                     .remove_file_if_exists(&name)
                     .map_err(CloneError::from)?;
@@ -666,6 +690,7 @@ impl Node {
         snap: &SnapshotRecord,
         st: &mut BackupState,
     ) -> Result<(), NodeError> {
+        b.may_write()?;
         let t0 = Instant::now();
         let stanza = rec.id.to_string();
         let stage = b.work.join("stage").join(&stanza);
@@ -776,6 +801,16 @@ fn newest_set(info: &str) -> Option<String> {
         .get("label")?
         .as_str()
         .map(str::to_string)
+}
+
+/// A backup set as the API shows it.
+fn backup_info(s: &crate::backup::BackupSet) -> ramify_api::BackupInfo {
+    ramify_api::BackupInfo {
+        set: s.set.clone(),
+        snapshot: s.snapshot.clone(),
+        lsn: s.end_lsn,
+        time: s.time,
+    }
 }
 
 #[cfg(test)]

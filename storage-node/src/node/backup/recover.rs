@@ -35,6 +35,11 @@ impl Node {
     /// moved here from another node. Each is made like a fork (staging directory, one
     /// rename, one metadata commit), so a failure leaves nothing half-restored; failures
     /// are reported per timeline and do not stop the others (except their descendants).
+    ///
+    /// Until it has recovered every timeline, a marker in the data directory says a
+    /// recovery is unfinished ([`Node::recovery_unfinished`]): a node killed half-way (a
+    /// startup probe, a reboot) or left with timelines that failed goes on at its next
+    /// start, though its volume is no longer empty.
     pub async fn recover_from_backup(&self) -> Result<Recovered, NodeError> {
         let b = self
             .backups
@@ -43,6 +48,36 @@ impl Node {
                 NodeError::Invalid("recovery needs a backup repository (--backup-repo)".into())
             })?
             .clone();
+        let marker = self.recovery_marker();
+        std::fs::write(&marker, b"").map_err(io_op(format!("write {}", marker.display())))?;
+        fsync_dir(&self.layout.root().join("backup"))?;
+        let out = self.recover_all(&b).await;
+        // Done (or nothing there to recover): no marker. A failure keeps it.
+        if matches!(&out, Ok(r) if r.failed.is_empty())
+            || matches!(&out, Err(NodeError::NotFound(_)))
+        {
+            std::fs::remove_file(&marker).map_err(io_op(format!("remove {}", marker.display())))?;
+            fsync_dir(&self.layout.root().join("backup"))?;
+        }
+        out
+    }
+
+    /// Whether a recovery from the repository started in this data directory and did not
+    /// bring every timeline back.
+    pub fn recovery_unfinished(&self) -> bool {
+        self.recovery_marker().exists()
+    }
+
+    /// Whether this data directory holds no timeline at all, in any phase.
+    pub fn holds_no_timeline(&self) -> Result<bool, NodeError> {
+        Ok(self.meta.all()?.is_empty())
+    }
+
+    fn recovery_marker(&self) -> PathBuf {
+        self.layout.root().join("backup").join("recovering")
+    }
+
+    async fn recover_all(&self, b: &Arc<Backups>) -> Result<Recovered, NodeError> {
         let mut records = BTreeMap::new();
         let mut unreadable = Vec::new();
         for key in b.bucket.list("ramify/timelines/").await? {
@@ -114,7 +149,7 @@ impl Node {
             let t0 = Instant::now();
             let mut base_used = None;
             match self
-                .recover_one(&b, r, &records, &restored, &mut base_used)
+                .recover_one(b, r, &records, &restored, &mut base_used)
                 .await
             {
                 Ok(refork) => {

@@ -382,6 +382,9 @@ impl Node {
         // One being fed, or replaying what it was just fed, is waited for a moment: the
         // keeper feeds every second, and a fork that missed it by chance would otherwise
         // replay the follower's WAL.
+        // Only one that had caught up before its feed is waited for: one still catching
+        // up after its build may take minutes, and the fork replays instead.
+        let mut fed_caught_up = false;
         let w = loop {
             {
                 let mut g = self.warm.lock().unwrap_or_else(|p| p.into_inner());
@@ -391,8 +394,14 @@ impl Node {
                         m.insert(parent, Slot::Busy);
                         break w;
                     }
-                    Some(s @ (Slot::Feeding { .. } | Slot::Ready(_)))
+                    Some(s @ Slot::Feeding { caught_up: true })
                         if t0.elapsed() < FORK_WAITS_FOR_FEED =>
+                    {
+                        fed_caught_up = true;
+                        m.insert(parent, s);
+                    }
+                    Some(s @ Slot::Ready(_))
+                        if fed_caught_up && t0.elapsed() < FORK_WAITS_FOR_FEED =>
                     {
                         m.insert(parent, s);
                     }
