@@ -257,6 +257,8 @@ def test_a_backup_repository_reaches_each_node_under_its_own_prefix():
     f = flags(c)
     # The kubelet expands $(POD_NAME) from the env entry of that name.
     assert f["backup-repo"] == "s3://bank-backups/ramify/$(POD_NAME)"
+    assert f["node-name"] == "$(POD_NAME).$(POD_NAMESPACE)"
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     assert (f["backup-endpoint"], f["backup-region"], f["backup-uri-style"]) == (
         "seaweedfs.backups.svc:8333", "us-east-1", "path")
@@ -280,7 +282,7 @@ def test_a_backup_repository_reaches_each_node_under_its_own_prefix():
 
 def test_no_backup_flags_without_a_repository(rendered_default):
     c = container(rendered_default.get("StatefulSet", "ramify-storage"), "storage")
-    assert not [f for f in flags(c) if f.startswith("backup") or f.startswith("recover")]
+    assert not [f for f in flags(c) if f.startswith(("backup", "recover", "node-name"))]
     assert not [v for v in rendered_default.get("StatefulSet", "ramify-storage")["spec"]["template"]["spec"]["volumes"]
                 if v["name"] == "backup-ca"]
 

@@ -208,6 +208,17 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
 
+    /// How the branches kept in the backup repository stand (local mode).
+    ///
+    /// With `ramify local up --backup s3://BUCKET/PREFIX`, roots and forks created with
+    /// --backup are kept in S3-compatible object storage and survive the loss of the data
+    /// directory (`ramify local up --recover`). On a cluster, see each branch's condition
+    /// BackupHealthy (`kubectl ramify branch get`).
+    ///
+    /// Example: ramify backup status
+    #[command(subcommand)]
+    Backup(BackupCommand),
+
     /// Show whether Ramify is healthy, and what is not and why.
     ///
     /// Local mode: the same as `ramify local status`. On a cluster: the operator, each
@@ -761,6 +772,24 @@ pub struct WaitArgs {
     /// How long --wait waits: 90s, 5m, 1h.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
     pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Every branch: kept or not, archiving healthy or failing (and why), the newest WAL
+    /// in the bucket and how long ago, what waits on this machine, the newest base backup.
+    ///
+    /// Example: ramify backup status -o json
+    Status,
+
+    /// The base backups in the repository, of every kept branch or of one. A fork kept
+    /// without a backup of its own comes back from its parent's and its own WAL.
+    ///
+    /// Example: ramify backup list main
+    List {
+        /// Only this branch.
+        branch: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

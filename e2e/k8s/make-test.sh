@@ -21,5 +21,7 @@ fi
 CARGO="${CARGO:-cargo}"
 "$CARGO" build -p ramify-operator -p ramify-proxy -p ramify-storage -p ramify-cli
 bash e2e/cluster/build.sh
+# weed, for the seaweedfs image (already current under `make test`, whose `tools` ran).
+bash scripts/build-tools.sh
 bash e2e/cluster/images.sh --strict --no-import --bin-dir target/debug
 exec bash e2e/cluster/with-cluster.sh e2e/k8s/run.sh

@@ -39,6 +39,8 @@ NS_B="e2e-dev-$RUN"
 NS_C="e2e-other-$RUN"
 NS_P="e2e-prod-$RUN"
 NS_V="e2e-preview-$RUN"
+NS_K="e2e-bank-$RUN"
+NS_S3="e2e-s3-$RUN"
 WORKLOAD_PID=""
 WORK="$(mktemp -d)"
 PF_PID=""
@@ -86,7 +88,8 @@ cleanup() {
   k delete databasebranches --all -n "$NS_C" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_V" --wait=true --timeout=120s >/dev/null 2>&1
   k delete databasebranches --all -n "$NS_P" --wait=true --timeout=120s >/dev/null 2>&1
-  k delete ns "$NS_A" "$NS_B" "$NS_C" "$NS_P" "$NS_V" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete databasebranches --all -n "$NS_K" --wait=true --timeout=120s >/dev/null 2>&1
+  k delete ns "$NS_A" "$NS_B" "$NS_C" "$NS_P" "$NS_V" "$NS_K" "$NS_S3" --wait=true --timeout=120s >/dev/null 2>&1
   # A protected branch would hold its namespace's deletion up.
   for ns in "$NS_A" "$NS_B"; do
     for b in $(k get databasebranches -n "$ns" -o name 2>/dev/null); do
@@ -613,6 +616,8 @@ USED=$(echo "$STATUS" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin
 # Everything the branches wrote is gone again (8 MiB of slack for filesystem metadata).
 [ "$USED" -le $((BASE_USED + 8 * 1024 * 1024)) ] || fail "storage not freed: used $USED bytes, $BASE_USED before"
 printf '    storage used: %d MiB before, %d MiB after\n' $((BASE_USED >> 20)) $((USED >> 20))
+
+. e2e/k8s/backup.sh
 
 step "done"
 echo

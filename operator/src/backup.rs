@@ -8,15 +8,30 @@ use ramify_api::TimelineInfo;
 use crate::conditions::{self, BACKUP_HEALTHY};
 
 /// Sets `BackupHealthy` from the timeline's backup status, or removes it for a timeline
-/// the node does not keep in a repository.
-pub fn update(conds: &mut Vec<Condition>, info: &TimelineInfo, generation: Option<i64>) {
+/// the node does not keep in a repository (false, `NoRepository`, when the branch asked
+/// for it). A healthy branch's message changes only with a new base backup, so the
+/// condition does not rewrite the status on every reconcile.
+pub fn update(
+    conds: &mut Vec<Condition>,
+    info: &TimelineInfo,
+    asked: Option<bool>,
+    node: &str,
+    generation: Option<i64>,
+) {
     let Some(b) = &info.backup else {
-        conds.retain(|c| c.type_ != BACKUP_HEALTHY);
+        if asked == Some(true) {
+            conditions::set(
+                conds,
+                BACKUP_HEALTHY,
+                false,
+                "NoRepository",
+                format!("spec.backup.enabled, but storage node {node} has no backup repository (the chart's storage.backup) or keeps this branch's timeline out of it: nothing of it is off the node"),
+                generation,
+            );
+        } else {
+            conds.retain(|c| c.type_ != BACKUP_HEALTHY);
+        }
         return;
-    };
-    let archived = match (&b.archived_to, b.archived_at) {
-        (Some(wal), Some(at)) => format!("WAL archived to {wal} at {}", at.to_rfc3339()),
-        _ => "no WAL archived yet".to_string(),
     };
     let base = match &b.newest_backup {
         Some(n) => format!(
@@ -25,30 +40,31 @@ pub fn update(conds: &mut Vec<Condition>, info: &TimelineInfo, generation: Optio
             n.time.to_rfc3339(),
             n.lsn
         ),
-        None => "no base backup of its own".to_string(),
+        None => "no base backup of its own (its parent's and its own WAL)".to_string(),
     };
-    let backlog = conditions::human_bytes(b.backlog_bytes as i64);
     if b.healthy {
         conditions::set(
             conds,
             BACKUP_HEALTHY,
             true,
             "Archiving",
-            format!(
-                "{archived}; {base}; {backlog}B waiting; in {}",
-                b.repository
-            ),
+            format!("WAL archived to {}; {base}", b.repository),
             generation,
         );
     } else {
+        let archived = match (&b.archived_to, b.archived_at) {
+            (Some(wal), Some(at)) => format!("WAL archived to {wal} at {}", at.to_rfc3339()),
+            _ => "no WAL archived yet".to_string(),
+        };
         conditions::set(
             conds,
             BACKUP_HEALTHY,
             false,
             "ArchivingFails",
             format!(
-                "{}; {backlog}B of WAL kept on the node until it reaches {}; {archived}",
+                "{}; {}B of WAL kept on the node until it reaches {}; {archived}",
                 b.error.as_deref().unwrap_or("archiving fails"),
+                conditions::human_bytes(b.backlog_bytes as i64),
                 b.repository
             ),
             generation,
@@ -89,8 +105,15 @@ mod tests {
             archived_at: None,
             backlog_bytes: 48 << 20,
             newest_backup: None,
+            backups: Vec::new(),
         };
-        update(&mut conds, &info(Some(failing.clone())), Some(3));
+        update(
+            &mut conds,
+            &info(Some(failing.clone())),
+            None,
+            "ramify-storage-0",
+            Some(3),
+        );
         let c = &conds[0];
         assert_eq!(
             (c.type_.as_str(), c.status.as_str()),
@@ -110,14 +133,34 @@ mod tests {
             backlog_bytes: 0,
             ..failing
         };
-        update(&mut conds, &info(Some(healthy)), Some(3));
-        assert_eq!(conds[0].status, "True");
-        assert!(
-            conds[0].message.contains("no WAL archived yet"),
-            "{}",
-            conds[0].message
+        update(
+            &mut conds,
+            &info(Some(healthy)),
+            None,
+            "ramify-storage-0",
+            Some(3),
         );
-        update(&mut conds, &info(None), Some(3));
+        assert_eq!(conds[0].status, "True");
+        let m = conds[0].message.clone();
+        assert!(m.contains("its parent's and its own WAL"), "{m}");
+        assert!(
+            !m.contains(" at 20"),
+            "no time that changes on every pass: {m}"
+        );
+        update(&mut conds, &info(None), None, "ramify-storage-0", Some(3));
         assert!(conds.is_empty());
+        // Asked for, but the node keeps nothing: said so.
+        update(
+            &mut conds,
+            &info(None),
+            Some(true),
+            "ramify-storage-0",
+            Some(3),
+        );
+        assert_eq!(
+            (conds[0].status.as_str(), conds[0].reason.as_str()),
+            ("False", "NoRepository")
+        );
+        assert!(conds[0].message.contains("ramify-storage-0"));
     }
 }

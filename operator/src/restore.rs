@@ -290,7 +290,7 @@ async fn fork(
     // node would not keep by default).
     let durable = match current.id.parse::<TimelineId>() {
         Ok(cid) => match ctx.storage(node).get_timeline(cid).await {
-            Ok(info) => info.backup.is_some(),
+            Ok(info) => info.backup.is_some().then_some(true),
             Err(e) => {
                 return Err(Halt::Pending(
                     "StorageUnavailable",
@@ -298,14 +298,14 @@ async fn fork(
                 ))
             }
         },
-        Err(_) => false,
+        Err(_) => None,
     };
     let req = CreateTimeline {
         id: Some(id),
         parent: Some(parent),
         at: Some(source.at.clone()),
         follow: None,
-        backup: Some(durable),
+        backup: durable,
     };
     let info = match ctx.storage(node).create_timeline(&req).await {
         Ok(created) => created.value,

@@ -20,6 +20,9 @@ use crate::{data_dir, privileges, render};
 
 /// How long `up` waits for the daemon to answer and `down` for it to exit.
 const WAIT: Duration = Duration::from_secs(30);
+/// How long `local up --recover` waits: the daemon restores every durable branch from the
+/// repository (downloads and WAL replay as long as the data) before it answers.
+const RECOVER_WAIT: Duration = Duration::from_secs(2 * 3600);
 /// Log lines shown when the daemon dies during start-up.
 const LOG_TAIL_LINES: usize = 30;
 
@@ -226,7 +229,16 @@ fn start_detached(ctx: &Context, args: &UpArgs, bin: &PgBin, user: &PgUser) -> a
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let status = rt.block_on(wait_ready(dir, child, &log_path, start_offset))?;
+    let wait = if args.recover {
+        eprintln!(
+            "recovering from the backup repository before serving (progress in {})",
+            log_path.display()
+        );
+        RECOVER_WAIT
+    } else {
+        WAIT
+    };
+    let status = rt.block_on(wait_ready(dir, child, &log_path, start_offset, wait))?;
     ctx.print(&status, || render::local_status(&status, &log_path))
 }
 
@@ -235,8 +247,9 @@ async fn wait_ready(
     mut child: Child,
     log_path: &Path,
     start_offset: u64,
+    wait: Duration,
 ) -> anyhow::Result<ramify_lifecycle::LocalStatus> {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     loop {
         if let Some(exit) = child
             .try_wait()
@@ -261,7 +274,7 @@ async fn wait_ready(
         if Instant::now() >= deadline {
             bail!(
                 "local mode did not answer within {} s (pid {} is still running); see its log {}",
-                WAIT.as_secs(),
+                wait.as_secs(),
                 child.id(),
                 log_path.display()
             );

@@ -1,5 +1,6 @@
 //! One module per command group; each prints its own results.
 
+pub mod backup;
 pub mod branch;
 pub mod checkpoint;
 pub mod completion;
@@ -119,6 +120,7 @@ pub fn run(cli: Cli, plugin: bool) -> anyhow::Result<ExitCode> {
             // Exit 1 means "differ" (--exit-code); errors exit 2 and are printed there.
             Command::Diff(args) => return Ok(diff::run(&ctx, b, args).await),
             Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
+            Command::Backup(cmd) => backup::run(&ctx, cmd).await,
             Command::Psql { name, args } => return psql::run(b, &name, &args).await,
         }
         .map(|()| ExitCode::SUCCESS)
@@ -133,6 +135,7 @@ fn local_only(command: &Command) -> Option<&'static str> {
         Command::Local(LocalCommand::Status) => Some("local status"),
         Command::Demo { .. } => Some("demo"),
         Command::Snapshot(_) => Some("snapshot"),
+        Command::Backup(_) => Some("backup"),
         _ => None,
     }
 }

@@ -442,7 +442,7 @@ async fn converge(
                     return Err(Step::Problem(Problem {
                         reason: "TimelineLost",
                         message: format!(
-                            "timeline {} is gone from storage node {}; delete and recreate the branch",
+                            "timeline {} is not on storage node {}: if the node is restoring its volume from its backup repository, this clears once the timeline is back (its log names any that failed); otherwise the data is gone: delete and recreate the branch",
                             t.id, t.storage_node
                         ),
                     }))
@@ -476,7 +476,13 @@ async fn converge(
         status.following = None;
         status.conditions.retain(|c| c.type_ != FOLLOWING);
     }
-    crate::backup::update(&mut status.conditions, &info, generation);
+    crate::backup::update(
+        &mut status.conditions,
+        &info,
+        spec.backup,
+        &timeline.storage_node,
+        generation,
+    );
 
     let proxy_port = match status.proxy_port.and_then(|p| u16::try_from(p).ok()) {
         Some(p) => p,
