@@ -526,7 +526,7 @@ main() {
   step images
   "$CLUSTER_SRC/images.sh" --import-only cluster | sed 's/^/  /'
   # The big images are not needed to bring the node up: import them meanwhile.
-  "$CLUSTER_SRC/images.sh" --import-only postgres ramify >"$LOGS/import.log" 2>&1 &
+  "$CLUSTER_SRC/images.sh" --import-only postgres ramify seaweedfs >"$LOGS/import.log" 2>&1 &
   IMPORT_PID=$!
   wait_for kube-apiserver 90 "kube-apiserver ready" apiserver_ready
 
