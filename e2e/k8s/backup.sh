@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by e2e/k8s/run.sh once its own branches are gone (it uses its helpers k, step,
 # fail, wait_for, compute_image, pull_policy, and $SYS, $WORK, $PYTHON, $RUN, $CAPS).
 # Off-node durability on a cluster (issue 16):
@@ -21,17 +22,7 @@ BRANCHES=(bank f1 f2 f3)
 
 step "backups: SeaweedFS in a Pod over TLS, the chart given storage.backup"
 k create namespace "$NS_S3" >/dev/null
-mkdir -p "$WORK/s3"
-(
-  cd "$WORK/s3"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=ramify-e2e-ca -keyout ca.key -out ca.pem 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=seaweedfs \
-    -keyout key.pem -out req.csr 2>/dev/null
-  printf 'subjectAltName=DNS:seaweedfs.%s.svc,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$NS_S3" >ext
-  openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext \
-    -out cert.pem 2>/dev/null
-)
+bash e2e/s3-tls.sh "$WORK/s3" "seaweedfs.$NS_S3.svc" localhost
 k -n "$NS_S3" create secret generic s3-tls --from-file=tls.crt="$WORK/s3/cert.pem" \
   --from-file=tls.key="$WORK/s3/key.pem" >/dev/null
 for ns in "$NS_S3" "$SYS"; do
@@ -125,31 +116,14 @@ branch_yaml() { # name [parent]
   [ -z "${2:-}" ] || printf '  parent: {name: %s}\n  backup: {enabled: true}\n' "$2"
 }
 bank_client() { # the client Pod, its environment the URIs of the branches' Secrets
-  k apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: bank-client, namespace: $NS_K}
-spec:
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 999
-    seccompProfile: {type: RuntimeDefault}
-  containers:
-    - name: psql
-      image: $(compute_image)
-      imagePullPolicy: $(pull_policy)
-      command: [sleep, "3600"]
-      securityContext:
-        allowPrivilegeEscalation: false
-        capabilities: {drop: [ALL]}
-      env:
-$(for b in "$@"; do printf '        - {name: URI_%s, valueFrom: {secretKeyRef: {name: %s-postgres, key: uri}}}\n' "$b" "$b"; done)
-YAML
-  k -n "$NS_K" wait --for=condition=Ready pod/bank-client --timeout=120s >/dev/null
+  psql_pod "$NS_K" bank-client "$(for b in "$@"; do
+    printf '        - {name: URI_%s, valueFrom: {secretKeyRef: {name: %s-postgres, key: uri}}}\n' "$b" "$b"
+  done)"
 }
 on() { # branch psql-args...: psql on the branch from the client Pod
   local b=$1
   shift
+  # shellcheck disable=SC2016 # expanded by the Pod's shell
   k -n "$NS_K" exec bank-client -- bash -c 'psql "$(printenv URI_'"$b"')" -X -q -At -v ON_ERROR_STOP=1 "$@"' _ "$@"
 }
 branch_yaml bank | k apply -f - >/dev/null
@@ -230,7 +204,8 @@ until [ "$(k -n "$SYS" get pod ramify-storage-0 -o jsonpath='{.status.conditions
 done
 T_SERVING=$(date +%s.%N)
 k -n "$SYS" logs ramify-storage-0 >"$WORK/storage.log" 2>&1 || true
-grep "recovery from the backup repository finished" "$WORK/storage.log" | tail -1 | sed 's/^/    /'
+grep "recovery from the backup repository finished" "$WORK/storage.log" | tail -1 \
+  | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /'
 grep -q "recovery from the backup repository finished" "$WORK/storage.log" \
   || fail "the new storage node did not recover: $(tail -20 "$WORK/storage.log")"
 if grep -q "NOT RECOVERED" "$WORK/storage.log"; then

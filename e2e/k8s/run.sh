@@ -127,10 +127,16 @@ psql_in() { # namespace sql...: psql through the branch's Service from the clien
 }
 
 client_pod() { # namespace branch: a psql Pod reading the branch's connection Secret
+  psql_pod "$1" psql "$(printf '        - {name: PG%s, valueFrom: {secretKeyRef: {name: %s-postgres, key: %s}}}\n' \
+    HOST "$2" host PORT "$2" port USER "$2" user PASSWORD "$2" password DATABASE "$2" database)"
+}
+
+psql_pod() { # namespace pod env: a Pod with psql (the compute image) and the environment
+  # entries given (YAML list items indented 8), once it is ready
   cat <<EOF | k apply -f - >/dev/null
 apiVersion: v1
 kind: Pod
-metadata: {name: psql, namespace: $1}
+metadata: {name: $2, namespace: $1}
 spec:
   securityContext:
     runAsNonRoot: true
@@ -143,13 +149,9 @@ spec:
       command: ["sleep", "3600"]
       securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
       env:
-        - {name: PGHOST, valueFrom: {secretKeyRef: {name: $2-postgres, key: host}}}
-        - {name: PGPORT, valueFrom: {secretKeyRef: {name: $2-postgres, key: port}}}
-        - {name: PGUSER, valueFrom: {secretKeyRef: {name: $2-postgres, key: user}}}
-        - {name: PGPASSWORD, valueFrom: {secretKeyRef: {name: $2-postgres, key: password}}}
-        - {name: PGDATABASE, valueFrom: {secretKeyRef: {name: $2-postgres, key: database}}}
+$3
 EOF
-  k -n "$1" wait --for=condition=Ready pod/psql --timeout=120s >/dev/null
+  k -n "$1" wait --for=condition=Ready "pod/$2" --timeout=120s >/dev/null
 }
 
 compute_image() { "$PYTHON" -c "import yaml,sys; v=yaml.safe_load(open('$VALUES')) or {}; print((v.get('compute') or {}).get('image') or 'postgres:15')"; }

@@ -29,17 +29,7 @@ if [ "$(id -u)" -eq 0 ]; then XFS=(--xfs-image 6G); else XFS=(); fi
 echo "# an S3 server with a bucket, over TLS"
 S3=$WORK/s3
 mkdir -p "$S3/data"
-(
-  cd "$S3"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=ramify-e2e-ca -keyout ca.key -out ca.pem 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-    -keyout key.pem -out req.csr 2>/dev/null
-  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext
-  openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext \
-    -out cert.pem 2>/dev/null
-  chmod 755 . && chmod 644 ca.pem
-)
+bash "$(dirname "$0")/../s3-tls.sh" "$S3" localhost
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 S3_PORT=$(port)
 export AWS_ACCESS_KEY_ID=ramifye2ekey AWS_SECRET_ACCESS_KEY=ramify-e2e-secret-0123456789

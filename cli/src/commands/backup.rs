@@ -17,19 +17,22 @@ struct Kept<'a> {
     kept: Option<&'a BackupStatus>,
 }
 
+impl<'a> Kept<'a> {
+    fn of(b: &'a ramify_lifecycle::BranchView) -> Kept<'a> {
+        Kept {
+            branch: &b.name,
+            parent: b.parent.as_deref(),
+            kept: b.kept_in.as_ref(),
+        }
+    }
+}
+
 pub async fn run(ctx: &Context, cmd: BackupCommand) -> anyhow::Result<()> {
     let branches = ctx.client()?.list_branches().await?;
     let now = Utc::now();
     match cmd {
         BackupCommand::Status => {
-            let rows: Vec<Kept> = branches
-                .iter()
-                .map(|b| Kept {
-                    branch: &b.name,
-                    parent: b.parent.as_deref(),
-                    kept: b.kept_in.as_ref(),
-                })
-                .collect();
+            let rows: Vec<Kept> = branches.iter().map(Kept::of).collect();
             ctx.print(&rows, || status_text(&rows, now))
         }
         BackupCommand::List { branch } => {
@@ -42,11 +45,7 @@ pub async fn run(ctx: &Context, cmd: BackupCommand) -> anyhow::Result<()> {
             let rows: Vec<Kept> = branches
                 .iter()
                 .filter(|b| branch.as_ref().is_none_or(|n| &b.name == n))
-                .map(|b| Kept {
-                    branch: &b.name,
-                    parent: b.parent.as_deref(),
-                    kept: b.kept_in.as_ref(),
-                })
+                .map(Kept::of)
                 .collect();
             ctx.print(&rows, || list_text(&rows, branch.as_deref(), now))
         }
@@ -180,6 +179,18 @@ mod tests {
         }
     }
 
+    fn kept<'a>(
+        branch: &'a str,
+        parent: Option<&'a str>,
+        kept: Option<&'a BackupStatus>,
+    ) -> Kept<'a> {
+        Kept {
+            branch,
+            parent,
+            kept,
+        }
+    }
+
     #[test]
     fn status_names_failures_and_branches_not_kept() {
         let now = DateTime::parse_from_rfc3339("2026-12-07T10:01:30Z")
@@ -187,21 +198,9 @@ mod tests {
             .with_timezone(&Utc);
         let (main, dev) = (status(true, 1), status(false, 0));
         let rows = [
-            Kept {
-                branch: "main",
-                parent: None,
-                kept: Some(&main),
-            },
-            Kept {
-                branch: "dev",
-                parent: Some("main"),
-                kept: Some(&dev),
-            },
-            Kept {
-                branch: "scratch",
-                parent: Some("main"),
-                kept: None,
-            },
+            kept("main", None, Some(&main)),
+            kept("dev", Some("main"), Some(&dev)),
+            kept("scratch", Some("main"), None),
         ];
         let text = status_text(&rows, now);
         assert!(
@@ -232,16 +231,8 @@ mod tests {
         let now = Utc::now();
         let (main, dev) = (status(true, 2), status(true, 0));
         let rows = [
-            Kept {
-                branch: "main",
-                parent: None,
-                kept: Some(&main),
-            },
-            Kept {
-                branch: "dev",
-                parent: Some("main"),
-                kept: Some(&dev),
-            },
+            kept("main", None, Some(&main)),
+            kept("dev", Some("main"), Some(&dev)),
         ];
         let text = list_text(&rows, None, now);
         assert_eq!(
@@ -253,11 +244,7 @@ mod tests {
             text.contains("none of its own: main's and its own WAL"),
             "{text}"
         );
-        let scratch = [Kept {
-            branch: "scratch",
-            parent: Some("main"),
-            kept: None,
-        }];
+        let scratch = [kept("scratch", Some("main"), None)];
         assert!(list_text(&scratch, Some("scratch"), now).contains("scratch is not kept"));
     }
 }
