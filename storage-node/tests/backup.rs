@@ -425,18 +425,46 @@ async fn an_unreachable_bucket_keeps_wal_on_the_node_and_wrong_credentials_say_s
     assert!(err.contains("holds no Ramify timelines"), "{err}");
 }
 
+/// Starts a storage node named `name` on a data directory of its own, archiving to
+/// `s3`'s prefix `shared`; the directory lives as long as the first value.
+async fn start_named(
+    s3: &S3Server,
+    name: &str,
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    Result<ramify_testkit::StorageNodeProcess, String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut args = backup_args(s3, "shared");
+    args.push(format!("--node-name={name}"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut envs = s3.node_env();
+    envs.push(("RUST_LIB_BACKTRACE", "0"));
+    let started = ramify_testkit::StorageNodeProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
+        &dir.path().join("data"),
+        &args,
+        &envs,
+    )
+    .await
+    .map_err(|e| e.to_string());
+    (dir, started)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
     if skip_without_s3("a_prefix_has_one_writer_and_a_replacement_takes_it_over") {
         return;
     }
     let s3 = S3Server::start("ramify-writer").expect("S3 server");
-    let node_args = |name: &str| {
-        let mut a = backup_args(&s3, "shared");
-        a.push(format!("--node-name={name}"));
-        a
-    };
-    let a_args = node_args("node-a");
+    let mut a_args = backup_args(&s3, "shared");
+    a_args.push("--node-name=node-a".into());
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
     let env = Env::new_with_env(2 * GIB, &a_args, &s3.node_env()).await;
     let (root, rc) = env.root().await;
@@ -455,30 +483,9 @@ async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
     );
 
     // Another node given the same prefix does not start, and says whose it is.
-    let start_other = |name: &str, extra: &[&str]| {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let mut a = node_args(name);
-        a.extend(extra.iter().map(|s| s.to_string()));
-        let mut envs = s3.node_env();
-        envs.push(("RUST_LIB_BACKTRACE", "0"));
-        (dir, a, envs)
-    };
-    let (dir_b, b_args, envs) = start_other("node-b", &[]);
-    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
-    let err = match ramify_testkit::StorageNodeProcess::start_with_env(
-        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
-        &dir_b.path().join("data"),
-        &b_args,
-        &envs,
-    )
-    .await
-    {
-        Ok(_) => panic!("a second node started on a prefix node-a writes"),
-        Err(e) => e.to_string(),
+    let (_b, started) = start_named(&s3, "node-b", &[]).await;
+    let Err(err) = started else {
+        panic!("a second node started on a prefix node-a writes")
     };
     assert!(
         err.contains("is written by another storage node, node-a"),
@@ -490,15 +497,7 @@ async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
     // over and recovers.
     let a_pid = nix::unistd::Pid::from_raw(env.node.pid().expect("node-a runs") as i32);
     nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let (dir_c, c_args, envs) = start_other("node-a", &["--recover"]);
-    let c_args: Vec<&str> = c_args.iter().map(String::as_str).collect();
-    let started = ramify_testkit::StorageNodeProcess::start_with_env(
-        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
-        &dir_c.path().join("data"),
-        &c_args,
-        &envs,
-    )
-    .await;
+    let (_c, started) = start_named(&s3, "node-a", &["--recover"]).await;
     nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let c = started.expect("the replacement starts");
     assert!(
@@ -531,18 +530,9 @@ async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
 
     // A second node of the same name while the replacement lives (a twin cluster given
     // the same bucket): refused, after watching the record.
-    let (dir_d, d_args, envs) = start_other("node-a", &[]);
-    let d_args: Vec<&str> = d_args.iter().map(String::as_str).collect();
-    let err = match ramify_testkit::StorageNodeProcess::start_with_env(
-        std::path::Path::new(env!("CARGO_BIN_EXE_ramify-storage")),
-        &dir_d.path().join("data"),
-        &d_args,
-        &envs,
-    )
-    .await
-    {
-        Ok(_) => panic!("a twin of node-a started while the replacement writes"),
-        Err(e) => e.to_string(),
+    let (_d, started) = start_named(&s3, "node-a", &[]).await;
+    let Err(err) = started else {
+        panic!("a twin of node-a started while the replacement writes")
     };
     assert!(
         err.contains("a node of the same name runs elsewhere"),
