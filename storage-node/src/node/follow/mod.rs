@@ -477,26 +477,32 @@ fn source_error(output: &str) -> NodeError {
 
 /// Why a standby's WAL receiver is not streaming, from its server log's last word on it.
 pub(super) fn diagnose_log(log: &str) -> String {
+    // The message after the severity, never the line's prefix or a path in it (a
+    // compute's socket path holds `timelines/`).
+    let message = |l: &str| {
+        l.split_once(":  ")
+            .map(|(_, m)| m.trim())
+            .unwrap_or(l.trim())
+            .to_string()
+    };
     let relevant = log.lines().rev().find(|l| {
+        let m = message(l);
         (l.contains("FATAL") || l.contains("ERROR") || l.contains("LOG"))
-            && (l.contains("primary")
-                || l.contains("replication")
-                || l.contains("WAL segment")
-                || l.contains("WAL stream")
-                || l.contains("authentication")
-                || l.contains("pg_hba")
-                || l.contains("timeline")
-                || l.contains("wal receiver")
-                || l.contains("walreceiver"))
+            && (m.contains("primary")
+                || m.contains("replication")
+                || m.contains("WAL segment")
+                || m.contains("WAL stream")
+                || m.contains("authentication")
+                || m.contains("pg_hba")
+                || names_a_timeline(&m)
+                || m.contains("wal receiver")
+                || m.contains("walreceiver"))
     });
     let Some(line) = relevant else {
         return "not streaming from the source yet (no replication error in the compute's log)"
             .into();
     };
-    let msg = line
-        .split_once(":  ")
-        .map(|(_, m)| m.trim())
-        .unwrap_or(line.trim());
+    let msg = message(line);
     let lower = msg.to_lowercase();
     let advice = if lower.contains("replication slot") && lower.contains("does not exist") {
         "the slot was dropped on the source: create it again there (SELECT pg_create_physical_replication_slot(...)) — WAL the source recycled meanwhile is lost to this follower, then create a new follower"
@@ -514,12 +520,24 @@ pub(super) fn diagnose_log(log: &str) -> String {
         || lower.contains("timeout")
     {
         "the source is unreachable or restarting: the follower retries every few seconds and catches up by itself"
-    } else if lower.contains("timeline") {
+    } else if names_a_timeline(&lower) {
         "the source switched timelines (a failover): the follower follows the newest timeline when the source's history allows it"
     } else {
         "see the compute's log"
     };
     format!("{msg} — {advice}")
+}
+
+/// Whether a Postgres message speaks of a timeline as Postgres words it (`timeline 2`,
+/// `timeline history`), not a path that holds the word.
+fn names_a_timeline(msg: &str) -> bool {
+    msg.match_indices("timeline").any(|(i, _)| {
+        let rest = &msg[i + "timeline".len()..];
+        rest.starts_with(" history")
+            || rest
+                .strip_prefix(' ')
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    })
 }
 
 #[cfg(test)]
@@ -632,5 +650,21 @@ mod tests {
         let d = diagnose_log("x FATAL:  could not receive data from WAL stream: server closed the connection unexpectedly
 ");
         assert!(d.contains("retries"), "{d}");
+    }
+
+    #[test]
+    fn a_path_holding_timelines_is_no_timeline_switch() {
+        // A compute just started: its socket path holds `timelines/`, nothing is wrong.
+        let log = "2026-12-07 LOG:  listening on Unix socket \"/data/timelines/970598c3/run/.s.PGSQL.33443\"\n";
+        let d = diagnose_log(log);
+        assert!(d.starts_with("not streaming from the source yet"), "{d}");
+        let d = diagnose_log(
+            "x FATAL:  highest timeline 1 of the primary is behind recovery timeline 2\n",
+        );
+        assert!(d.contains("switched timelines"), "{d}");
+        let d = diagnose_log(
+            "x LOG:  fetching timeline history file for timeline 2 from primary server\n",
+        );
+        assert!(d.contains("fetching timeline history"), "{d}");
     }
 }
