@@ -50,16 +50,9 @@ pub async fn start(node: &Arc<Node>, data_dir: &Path, b: &LocalBackup) -> anyhow
     // One writer per prefix: this machine's name (a recovery onto a new data directory
     // on the same machine replaces the lost one).
     let name = ramify_storage::node::host_name()?;
-    match node
-        .claim_backup_repo(&name, ramify_storage::node::HEARTBEAT_EVERY)
+    node.claim_backup_repo_at_start(&name, ramify_storage::node::HEARTBEAT_EVERY, b.recover)
         .await
-    {
-        Ok(()) => {}
-        Err(ramify_storage::node::NodeError::Backup(e)) if !b.recover => {
-            warn!(error = %e, "cannot claim the backup repository prefix yet; nothing is archived until it answers")
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot use {described}")),
-    }
+        .with_context(|| format!("cannot use {described}"))?;
     if b.recover {
         recover(node, data_dir, &described).await?;
     }

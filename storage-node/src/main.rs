@@ -206,22 +206,14 @@ fn api_token(args: &Args) -> anyhow::Result<(ApiToken, String)> {
     )
 }
 
-/// Secrets the node reads from its environment once, before any thread or child process
-/// exists: the Postgres processes it starts (warm standbys, pg_basebackup) never see them.
-const SECRET_ENV: [&str; 5] = [
-    TOKEN_ENV,
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    ramify_storage::backup::CIPHER_PASS_ENV,
-];
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before anything else: a node that would serve without a credential must not start.
     let (token, token_source) = api_token(&args)?;
     let repo = args.backup.repo()?;
-    for var in SECRET_ENV {
+    // Read once, before any thread or child process exists: the Postgres processes the
+    // node starts (warm standbys, pg_basebackup) never see them.
+    for var in std::iter::once(TOKEN_ENV).chain(ramify_storage::backup::SECRET_ENV) {
         std::env::remove_var(var);
     }
     // The environment block the process started with stays in /proc/<pid>/environ:
@@ -308,14 +300,9 @@ async fn serve(
             None => ramify_storage::node::host_name()
                 .context("cannot read the host name: pass --node-name")?,
         };
-        match node.claim_backup_repo(&name, args.backup_heartbeat).await {
-            Ok(()) => {}
-            // Nothing is archived until the claim is made (the backup loop retries it).
-            Err(NodeError::Backup(e)) if !recover => {
-                warn!(error = %e, "cannot claim the backup repository prefix yet; nothing is archived until it answers")
-            }
-            Err(e) => return Err(e).context("cannot use the backup repository"),
-        }
+        node.claim_backup_repo_at_start(&name, args.backup_heartbeat, recover)
+            .await
+            .context("cannot use the backup repository")?;
     }
     if recover {
         let t0 = std::time::Instant::now();

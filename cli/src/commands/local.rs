@@ -106,12 +106,7 @@ fn run_foreground(dir: &Path, args: &UpArgs, bin: PgBin, user: &PgUser) -> anyho
     let backup = local_backup(dir, args)?;
     // The repository's credentials are read: the daemon's computes (tenants' Postgres,
     // children of this process) must not inherit them. Still one thread here.
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        ramify_storage::backup::CIPHER_PASS_ENV,
-    ] {
+    for var in ramify_storage::backup::SECRET_ENV {
         std::env::remove_var(var);
     }
     let cfg = DaemonConfig {

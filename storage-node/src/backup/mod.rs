@@ -300,6 +300,15 @@ impl RepoArgs {
     }
 }
 
+/// The environment variables a repository's secrets may come from: whoever reads them
+/// ([`RepoArgs::repo`]) removes them from its environment before it starts any process.
+pub const SECRET_ENV: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    CIPHER_PASS_ENV,
+];
+
 /// The environment variable that may hold the repository's cipher passphrase instead of
 /// `--backup-cipher-pass-file` (a Kubernetes Secret's files are group-readable under a
 /// Pod's fsGroup, which the file check refuses).

@@ -108,6 +108,24 @@ impl Node {
         Ok(())
     }
 
+    /// [`Node::claim_backup_repo`] at start-up: a bucket that does not answer is only
+    /// logged unless the node is about to recover from it (the backup loop makes the
+    /// claim later; nothing is archived before); a refusal always stops the start.
+    pub async fn claim_backup_repo_at_start(
+        &self,
+        node_name: &str,
+        heartbeat: Duration,
+        recovering: bool,
+    ) -> Result<(), NodeError> {
+        match self.claim_backup_repo(node_name, heartbeat).await {
+            Err(NodeError::Backup(e)) if !recovering => {
+                warn!(error = %e, "cannot claim the backup repository prefix yet; nothing is archived until it answers");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
     /// The random id of this data directory, made on first use.
     fn incarnation(&self) -> Result<String, NodeError> {
         let dir = self.layout.root().join("backup");
