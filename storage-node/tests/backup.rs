@@ -139,25 +139,7 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
         table_checksum(&gc, "t").await,
     ];
 
-    // The volume is lost: computes and node die, the data directory is emptied.
-    for c in [&mut rc, &mut cc, &mut gc] {
-        c.kill9().unwrap();
-    }
-    env.node.kill9().unwrap();
-    let data = env.scratch.path().join("data");
-    for e in std::fs::read_dir(&data).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).unwrap();
-        } else {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-
-    let t0 = Instant::now();
-    env.node.add_args(&["--recover"]);
-    env.node.restart().await.expect("node recovers and serves");
-    let rto = t0.elapsed();
+    let rto = lose_volume_and_recover(&mut env, [&mut rc, &mut cc, &mut gc]).await;
     let listed: Vec<TimelineId> = env
         .client
         .list_timelines()
@@ -230,6 +212,31 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
         1
     );
     eprintln!("recovery of 3 timelines took {rto:?}");
+}
+
+/// The volume is lost: the computes and the node die, the data directory is emptied;
+/// then the node starts with `--recover`. Returns how long it took to serve.
+async fn lose_volume_and_recover<const N: usize>(
+    env: &mut Env,
+    computes: [&mut Compute; N],
+) -> Duration {
+    for c in computes {
+        c.kill9().unwrap();
+    }
+    env.node.kill9().unwrap();
+    let data = env.scratch.path().join("data");
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let t0 = Instant::now();
+    env.node.add_args(&["--recover"]);
+    env.node.restart().await.expect("node recovers and serves");
+    t0.elapsed()
 }
 
 /// The archive's WAL file names on the node.
@@ -539,4 +546,237 @@ async fn a_prefix_has_one_writer_and_a_replacement_takes_it_over() {
         "{err}"
     );
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_emptied_bucket_is_archived_anew_from_the_node() {
+    if skip_without_s3("a_deleted_or_emptied_bucket_is_archived_anew_from_the_node") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-heal").expect("S3 server");
+    let mut args = backup_args(&s3, "node-h");
+    // GC runs often and its window is short: only what the bucket lacks keeps old WAL.
+    args.extend([
+        "--housekeeping-interval=200ms".into(),
+        "--restore-window=1s".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let (root, mut rc) = env.root().await;
+    rc.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, who text, pad text);
+         INSERT INTO t SELECT g, 'root', repeat('x', 200) FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    archived(&env, &rc, root.id).await;
+    wait_backup(&env, root.id, "the root has a base backup", |b| {
+        b.newest_backup.is_some()
+    })
+    .await;
+    let child = fork(&env, root.id, Some(true)).await;
+    let mut cc = env.start(&child).await;
+    cc.execute("INSERT INTO t SELECT g, 'child', '' FROM generate_series(100001, 100300) g")
+        .await
+        .unwrap();
+    archived(&env, &cc, child.id).await;
+
+    // The bucket is deleted: the root goes on writing, the child stays idle.
+    let code = s3.delete_bucket().unwrap();
+    assert!(code.starts_with('2'), "DELETE bucket answered {code}");
+    for i in 0..3 {
+        rc.execute(&format!(
+            "INSERT INTO t SELECT g, 'outage', repeat('y', 500) FROM generate_series({}, {}) g",
+            200_000 + i * 1000,
+            200_000 + i * 1000 + 999
+        ))
+        .await
+        .unwrap();
+        rc.execute("SELECT pg_switch_wal()").await.unwrap();
+    }
+    for id in [root.id, child.id] {
+        let down = wait_backup(&env, id, "the missing bucket is named", |b| {
+            !b.healthy
+                && b.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("does not exist"))
+        })
+        .await;
+        if id == root.id {
+            assert!(down.backlog_bytes > 0, "{down:?}");
+        }
+    }
+    // A snapshot makes the WAL before it unneeded on the node (1 s window): GC must
+    // still keep what the bucket lacks.
+    env.client
+        .create_snapshot(root.id, "during-outage")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The bucket is back, empty: both timelines are archived anew, with a base to
+    // recover from, and say so until then.
+    let code = s3.create_bucket().unwrap();
+    assert!(code.starts_with('2'), "PUT bucket answered {code}");
+    for id in [root.id, child.id] {
+        let b = wait_backup(&env, id, "archived anew with a base", |b| {
+            b.healthy && b.error.is_none()
+        })
+        .await;
+        if id == root.id {
+            assert!(b.newest_backup.is_some(), "{b:?}");
+        }
+    }
+    assert!(
+        s3.get_object(&format!("node-h/ramify/timelines/{}.json", child.id))
+            .unwrap()
+            .is_some(),
+        "the idle child's record is written again"
+    );
+    rc.execute("INSERT INTO t VALUES (300001, 'after-heal', '')")
+        .await
+        .unwrap();
+    archived(&env, &rc, root.id).await;
+    archived(&env, &cc, child.id).await;
+    let sums = [
+        table_checksum(&rc, "t").await,
+        table_checksum(&cc, "t").await,
+    ];
+
+    // What the new bucket holds is enough to recover both, with every row.
+    lose_volume_and_recover(&mut env, [&mut rc, &mut cc]).await;
+    let tl = |id| {
+        let client = env.client.clone();
+        async move { client.get_timeline_without_sizes(id).await.unwrap() }
+    };
+    let rc = env.start(&tl(root.id).await).await;
+    let cc = env.start(&tl(child.id).await).await;
+    assert_eq!(
+        [
+            table_checksum(&rc, "t").await,
+            table_checksum(&cc, "t").await
+        ],
+        sums,
+        "every row written before, during and after the outage is back"
+    );
+    assert_eq!(
+        rc.query_i64("SELECT count(*) FROM t WHERE who = 'outage'")
+            .await
+            .unwrap(),
+        3000
+    );
+    assert_eq!(tl(child.id).await.parent, Some(root.id));
+    for c in [&rc, &cc] {
+        amcheck(c).await;
+    }
+}
+
+/// Pids of the pgBackRest processes working on `stanza`.
+fn pgbackrest_pids(stanza: &str) -> Vec<i32> {
+    let flag = format!("--stanza={stanza}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"pgbackrest"))
+                    && args.contains(&flag.as_bytes())
+                    && args.contains(&&b"backup"[..])
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_cut_off_half_way_is_never_used_and_is_taken_again() {
+    if skip_without_s3("a_base_backup_cut_off_half_way_is_never_used_and_is_taken_again") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-half").expect("S3 server");
+    let mut args = backup_args(&s3, "node-c");
+    args.push("--backup-full-after=16MiB".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = Env::new_with_env(8 * GIB, &args, &s3.node_env()).await;
+    let (root, mut rc) = env.root().await;
+    // Random hex, which compresses little: the backup takes a while to upload.
+    rc.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text);
+         INSERT INTO t SELECT g, md5(random()::text) || md5(random()::text)
+             || md5(random()::text) || md5(random()::text) || md5(random()::text)
+             || md5(random()::text) || md5(random()::text) || md5(random()::text)
+           FROM generate_series(1, 600000) g",
+    )
+    .await
+    .unwrap();
+    archived(&env, &rc, root.id).await;
+    let first = wait_backup(&env, root.id, "the first base backup", |b| {
+        b.newest_backup.is_some()
+    })
+    .await
+    .newest_backup
+    .unwrap();
+    env.client.create_snapshot(root.id, "big").await.unwrap();
+    archived(&env, &rc, root.id).await;
+
+    // The backup of the new snapshot starts; once some of it is in the bucket, the node
+    // and its pgBackRest processes are killed (a node crash half-way).
+    let stanza = root.id.to_string();
+    let sets = format!("node-c/backup/{stanza}/");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let cut_set = loop {
+        let uploading = s3
+            .list_keys(&sets)
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| {
+                let set = k.strip_prefix(&sets)?.split('/').next()?.to_string();
+                (set != first.set && k.contains("/pg_data/")).then_some(set)
+            })
+            .next();
+        let pids = pgbackrest_pids(&stanza);
+        if let (Some(set), false) = (uploading, pids.is_empty()) {
+            env.node.kill9().unwrap();
+            for pid in pgbackrest_pids(&stanza) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            break set;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second base backup under way\n{}",
+            env.node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let keys = s3.list_keys(&format!("{sets}{cut_set}/")).unwrap();
+    assert!(
+        !keys.iter().any(|k| k.ends_with("/backup.manifest")),
+        "the backup was complete before the kill; the test showed nothing: {keys:?}"
+    );
+
+    // Back up: the cut-off set is never recorded; the backup is taken again.
+    env.node.restart().await.unwrap();
+    let b = wait_backup(&env, root.id, "a whole second base backup", |b| {
+        b.backups.len() == 2
+    })
+    .await;
+    assert_eq!(b.backups[1].snapshot, "big", "{b:?}");
+    rc.execute("INSERT INTO t VALUES (0, 'after')")
+        .await
+        .unwrap();
+    archived(&env, &rc, root.id).await;
+    let sum = table_checksum(&rc, "t").await;
+    lose_volume_and_recover(&mut env, [&mut rc]).await;
+    let rc = env
+        .start(
+            &env.client
+                .get_timeline_without_sizes(root.id)
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(table_checksum(&rc, "t").await, sum);
+    amcheck(&rc).await;
 }

@@ -305,9 +305,72 @@ impl S3Server {
     }
 
     /// Deletes every object in the bucket and the bucket itself (the "bucket deleted"
-    /// fault).
+    /// fault); returns the HTTP status of the bucket's DELETE.
     pub fn delete_bucket(&self) -> std::io::Result<String> {
+        self.empty_bucket()?;
         self.curl_signed("DELETE", &self.bucket.clone())
+    }
+
+    /// Keys in the bucket starting with `prefix` (the first thousand).
+    pub fn list_keys(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        let prefix: String = prefix
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+            .arg("--cacert")
+            .arg(self.ca_file())
+            .arg(format!(
+                "https://localhost:{}/{}?list-type=2&prefix={prefix}",
+                self.port, self.bucket
+            ))
+            .output()?;
+        if !out.status.success()
+            || !out.stdout.starts_with(b"<?xml") && !out.stdout.starts_with(b"<List")
+        {
+            return Err(std::io::Error::other(format!(
+                "cannot list the bucket: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Deletes every object in the bucket (the "bucket emptied" fault).
+    pub fn empty_bucket(&self) -> std::io::Result<()> {
+        loop {
+            let keys = self.list_keys("")?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            for k in keys {
+                let code = self.curl_signed("DELETE", &format!("{}/{k}", self.bucket))?;
+                if !code.starts_with('2') {
+                    return Err(std::io::Error::other(format!("DELETE {k}: HTTP {code}")));
+                }
+            }
+        }
+    }
+
+    /// Makes the bucket again (empty), after [`S3Server::delete_bucket`]; returns the
+    /// HTTP status.
+    pub fn create_bucket(&self) -> std::io::Result<String> {
+        self.curl_signed("PUT", &self.bucket.clone())
     }
 
     /// The last lines of the server's log.

@@ -527,6 +527,10 @@ pub struct BackupState {
     /// The timeline was deleted: its record is to be marked so in the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The repository lost this timeline (the bucket emptied, or deleted and made again)
+    /// and it is archived anew from the node: set until it has a base there again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<DateTime<Utc>>,
 }
 
 impl BackupState {

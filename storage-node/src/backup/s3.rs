@@ -155,8 +155,18 @@ impl Bucket {
     async fn fail(&self, what: &str, resp: reqwest::Response) -> BackupError {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        let code = between(&body, "<Code>", "</Code>").unwrap_or_default();
-        let message = between(&body, "<Message>", "</Message>").unwrap_or_default();
+        self.failure(what, status, &body)
+    }
+
+    fn failure(&self, what: &str, status: reqwest::StatusCode, body: &str) -> BackupError {
+        let code = between(body, "<Code>", "</Code>").unwrap_or_default();
+        let message = between(body, "<Message>", "</Message>").unwrap_or_default();
+        if code == "NoSuchBucket" {
+            return BackupError::Bucket(format!(
+                "{what}: bucket {} does not exist at {} (deleted?); WAL stays on the node, and everything still on it is archived again once the bucket is there",
+                self.repo.bucket, self.repo.endpoint
+            ));
+        }
         BackupError::Bucket(format!(
             "{what} in {}: HTTP {status} {code} {message}",
             self.repo.describe()
@@ -184,6 +194,11 @@ impl Bucket {
             .send(&what, self.request(reqwest::Method::GET, &key, &[], vec![]))
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            // A missing key, not a missing bucket (which is an error).
+            let body = resp.text().await.unwrap_or_default();
+            if body.contains("<Code>NoSuchBucket</Code>") {
+                return Err(self.failure(&what, reqwest::StatusCode::NOT_FOUND, &body));
+            }
             return Ok(None);
         }
         if !resp.status().is_success() {

@@ -6,6 +6,8 @@
 use std::ffi::OsString;
 use std::sync::OnceLock;
 
+mod base;
+mod heal;
 mod recover;
 mod writer;
 pub use recover::Recovered;
@@ -35,6 +37,11 @@ pub struct Backups {
     /// made under (kept to make it later when the bucket did not answer at start-up).
     writer: OnceLock<writer::Writer>,
     claim_as: OnceLock<(String, Duration)>,
+    /// When the bucket was last checked for what the node put in it ([`heal`]).
+    verified_at: StdMutex<Option<Instant>>,
+    /// Why the last check of the bucket failed (every durable timeline shows it: an idle
+    /// one pushes nothing that would fail).
+    repo_error: StdMutex<Option<String>>,
 }
 
 /// How a durable timeline's archiving goes, for status and metrics.
@@ -104,6 +111,8 @@ impl Node {
             state_write: StdMutex::new(()),
             writer: OnceLock::new(),
             claim_as: OnceLock::new(),
+            verified_at: StdMutex::new(None),
+            repo_error: StdMutex::new(None),
         };
         if self.backups.set(Arc::new(b)).is_err() {
             return Err(NodeError::Conflict(
@@ -151,14 +160,27 @@ impl Node {
             return None;
         }
         let st = self.meta.backup_state(rec.id).unwrap_or_default();
-        let h = b.health_of(rec.id);
+        let mut h = b.health_of(rec.id);
+        if h.error.is_none() {
+            h.error = b
+                .repo_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
         Some(ramify_api::BackupStatus {
             repository: b.repo().describe(),
-            healthy: h.error.is_none() && h.backup_error.is_none() && st.stanza_created,
-            error: h
-                .error
-                .clone()
-                .or_else(|| (!st.stanza_created).then(|| "not in the repository yet".to_string())),
+            healthy: h.error.is_none()
+                && h.backup_error.is_none()
+                && st.stanza_created
+                && st.lost_at.is_none(),
+            error: h.error.clone().or_else(|| match st.lost_at {
+                Some(at) => Some(format!(
+                    "the repository lost this timeline at {} (bucket emptied or made again); archived anew from the node, not recoverable until its new base backup is there",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
+                None => (!st.stanza_created).then(|| "not in the repository yet".to_string()),
+            }),
             archived_to: st.pushed_to.clone(),
             archived_at: st.pushed_at,
             backlog_bytes: h.backlog_bytes,
@@ -266,6 +288,7 @@ impl Node {
             }
             return;
         }
+        self.verify_repository(b).await;
         if let Err(e) = self.write_tombstones(b).await {
             warn!(error = %e, "cannot mark deleted timelines in the backup repository; retrying");
         }
@@ -296,7 +319,14 @@ impl Node {
                 // Deleted while its pass ran: nothing to report.
                 Err(_) if self.record(rec.id).is_err() => {}
                 Err(e) => {
-                    let message = e.to_string();
+                    let mut message = e.to_string();
+                    // The bucket may have lost the timeline (it is then archived anew at
+                    // the next pass) or be gone, which says more than the tool's error.
+                    if let Some(why) = self.check_after_failure(b, rec.id).await {
+                        if why.contains("does not exist") {
+                            message = why;
+                        }
+                    }
                     b.update_health(rec.id, |h| {
                         if h.error.as_deref() != Some(message.as_str()) {
                             warn!(timeline = %rec.id, error = %message, "archiving to the backup repository failed; WAL stays on the node until it is uploaded");
@@ -446,60 +476,19 @@ impl Node {
                 h.backlog_bytes = h.backlog_bytes.saturating_sub(size)
             });
         }
+        if st.lost_at.is_some() {
+            let st = self.meta.backup_state(id)?;
+            if st.lost_at.is_some() && self.based_again(&rec, &st) {
+                self.update_backup_state(id, |s| s.lost_at = None)?;
+                info!(timeline = %id, "the timeline is in the backup repository again, with a base to recover from");
+            }
+        }
         if let Some(missing) = gap {
             return Err(NodeError::Conflict(format!(
                 "the archive of timeline {id} has a gap before {missing}: later segments wait until it is filled"
             )));
         }
 
-        Ok(())
-    }
-
-    /// Takes a base backup of timeline `id` if one is due, unless one is under way.
-    /// A backup runs for minutes on a large database: in a task of its own, so the WAL
-    /// pushes that bound what a lost volume loses go on meanwhile.
-    fn spawn_backup_if_due(
-        self: &Arc<Self>,
-        b: &Arc<Backups>,
-        id: TimelineId,
-    ) -> Result<(), NodeError> {
-        let rec = self.record(id)?;
-        let st = self.meta.backup_state(id)?;
-        let Some(snap) = self.backup_due(b, &rec, &st)? else {
-            return Ok(());
-        };
-        if !b
-            .backing_up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
-        {
-            return Ok(());
-        }
-        let (node, b) = (Arc::clone(self), Arc::clone(b));
-        tokio::spawn(async move {
-            let result = async {
-                let mut st = node.meta.backup_state(id)?;
-                node.take_backup(&b, &rec, &snap, &mut st).await?;
-                node.write_record(&b, &rec, &mut st).await
-            }
-            .await;
-            // A timeline deleted while its backup ran has nothing to report.
-            let failed = match result {
-                Err(e) if node.record(id).is_ok() => Some(e.to_string()),
-                _ => None,
-            };
-            if let Some(message) = failed {
-                warn!(timeline = %id, error = %message, "base backup failed; it is tried again later");
-                b.update_health(id, |h| h.backup_error = Some(message));
-            } else {
-                b.update_health(id, |h| h.backup_error = None);
-            }
-            b.backing_up
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        });
         Ok(())
     }
 
@@ -623,141 +612,6 @@ impl Node {
         }
         Ok(())
     }
-
-    /// The snapshot to back up now, if one is due: the timeline has no base in the
-    /// repository (neither its own nor an ancestor's before its fork point), or its
-    /// newest snapshot is `full_after_wal_bytes` past its newest backup.
-    fn backup_due(
-        &self,
-        b: &Backups,
-        rec: &TimelineRecord,
-        st: &BackupState,
-    ) -> Result<Option<SnapshotRecord>, NodeError> {
-        let newest = rec.snapshots.iter().max_by_key(|s| s.info.end_lsn).cloned();
-        let Some(newest) = newest else {
-            return Ok(None);
-        };
-        // A snapshot's WAL must be in the bucket before its backup is any use.
-        let wal_pushed = st
-            .pushed_to
-            .as_deref()
-            // A segment, or a `.backup` file named after one.
-            .and_then(|n| n.get(..24))
-            .and_then(wal::parse_name)
-            .is_some_and(|f| matches!(f, wal::WalFile::Segment { segno, .. } if (segno + 1) * SEGMENT_SIZE >= newest.info.end_lsn.0));
-        match st.backups.last() {
-            None if self.covered_by_ancestor(rec)? => Ok(None),
-            None => Ok(Some(newest)),
-            Some(last)
-                if wal_pushed
-                    && newest.info.end_lsn > last.end_lsn
-                    && newest.info.end_lsn.bytes_since(last.end_lsn) >= b.full_after_wal_bytes =>
-            {
-                Ok(Some(newest))
-            }
-            Some(_) => Ok(None),
-        }
-    }
-
-    /// Whether a durable ancestor's backup, taken before this fork's fork point (or the
-    /// first backup a durable parent is about to take), is a base from which the fork
-    /// can be recovered.
-    fn covered_by_ancestor(&self, rec: &TimelineRecord) -> Result<bool, NodeError> {
-        let (Some(parent), Some(fork_lsn)) = (rec.parent, rec.fork_lsn) else {
-            return Ok(false);
-        };
-        let Ok(prec) = self.record(parent) else {
-            return Ok(false);
-        };
-        if !self.is_durable(&prec) {
-            return Ok(false);
-        }
-        let pst = self.meta.backup_state(parent)?;
-        // A durable parent with no backup yet (its first is being taken) will be the
-        // base: the fork waits for it rather than store a copy of its own.
-        if pst.backups.is_empty() || pst.backups.iter().any(|s| s.consistent_lsn <= fork_lsn) {
-            return Ok(true);
-        }
-        self.covered_by_ancestor(&prec)
-    }
-
-    /// An offline pgBackRest backup of snapshot `snap`: of a clone of it in the node's
-    /// own directory, its `backup_label` renamed (pgBackRest would leave it out).
-    async fn take_backup(
-        &self,
-        b: &Backups,
-        rec: &TimelineRecord,
-        snap: &SnapshotRecord,
-        st: &mut BackupState,
-    ) -> Result<(), NodeError> {
-        b.may_write()?;
-        let t0 = Instant::now();
-        let stanza = rec.id.to_string();
-        let stage = b.work.join("stage").join(&stanza);
-        let _ = std::fs::remove_dir_all(&stage);
-        std::fs::create_dir_all(&stage).map_err(io_op("create the backup staging directory"))?;
-        {
-            // The snapshot stays while it is cloned (GC and snapshot delete wait).
-            let _h = self.history_of(rec.id).read_owned().await;
-            let src = self.open_dir(&self.dir(rec.id).snapshot_pgdata(&snap.info.name))?;
-            let dst = self.open_dir(&stage)?;
-            let method = self.clone_method;
-            tokio::task::spawn_blocking(move || {
-                clone::clone_tree_whole(
-                    &src,
-                    &dst,
-                    "pgdata",
-                    method,
-                    &|rel: &Path, is_dir: bool| !is_dir && rel == Path::new("postmaster.pid"),
-                )
-            })
-            .await??;
-        }
-        let pgdata = stage.join("pgdata");
-        if pgdata.join("backup_label").exists() {
-            std::fs::rename(pgdata.join("backup_label"), pgdata.join(KEPT_LABEL))
-                .map_err(io_op("rename the backup label"))?;
-        }
-        let result = b
-            .pgbr
-            .run(
-                Some(&stanza),
-                "backup",
-                &[
-                    format!("--pg1-path={}", pgdata.display()).into(),
-                    "--no-online".into(),
-                    "--type=full".into(),
-                    "--process-max=2".into(),
-                    format!("--annotation=ramify-snapshot={}", snap.info.name).into(),
-                ],
-            )
-            .await;
-        let _ = std::fs::remove_dir_all(&stage);
-        result?;
-        let label = newest_set(
-            &b.pgbr
-                .run(Some(&stanza), "info", &["--output=json".into()])
-                .await?,
-        )
-        .ok_or_else(|| {
-            NodeError::from(BackupError::Tool {
-                command: "info".into(),
-                message: format!("no backup set listed for stanza {stanza} right after a backup"),
-            })
-        })?;
-        let set = BackupSet {
-            set: label.clone(),
-            snapshot: snap.info.name.clone(),
-            start_lsn: snap.info.start_lsn,
-            consistent_lsn: snap.consistent_lsn,
-            end_lsn: snap.info.end_lsn,
-            pg_timeline: snap.info.pg_timeline,
-            time: snap.info.time,
-        };
-        *st = self.update_backup_state(rec.id, |s| s.backups.push(set.clone()))?;
-        info!(timeline = %rec.id, snapshot = %snap.info.name, set = %label, elapsed_ms = t0.elapsed().as_millis() as u64, "base backup in the repository");
-        Ok(())
-    }
 }
 
 /// The first segment among `names` (sorted) that does not follow the one before it —
@@ -783,24 +637,6 @@ fn segment_gap<'a>(pushed: Option<&str>, names: impl Iterator<Item = &'a str>) -
         prev = Some((tli, segno));
     }
     None
-}
-
-/// The label of the newest backup set in `pgbackrest info --output=json`.
-fn newest_set(info: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(info).ok()?;
-    v.as_array()?
-        .first()?
-        .get("backup")?
-        .as_array()?
-        .iter()
-        .max_by_key(|b| {
-            b.pointer("/timestamp/stop")
-                .and_then(|t| t.as_i64())
-                .unwrap_or(0)
-        })?
-        .get("label")?
-        .as_str()
-        .map(str::to_string)
 }
 
 /// A backup set as the API shows it.
@@ -841,14 +677,5 @@ mod tests {
             Some(c.clone())
         );
         assert_eq!(segment_gap(None, [c.as_str()].into_iter()), None);
-    }
-
-    #[test]
-    fn newest_set_from_info() {
-        let info = r#"[{"name":"x","backup":[
-            {"label":"20261206-010101F","timestamp":{"start":1,"stop":2}},
-            {"label":"20261206-020202F","timestamp":{"start":3,"stop":4}}]}]"#;
-        assert_eq!(newest_set(info).as_deref(), Some("20261206-020202F"));
-        assert_eq!(newest_set("[]"), None);
     }
 }

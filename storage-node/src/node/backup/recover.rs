@@ -470,7 +470,7 @@ impl Node {
             pushed_at: None,
             backups: r.backups.clone(),
             record: None,
-            deleted_at: None,
+            ..Default::default()
         };
         drop(archive);
         drop(pg_wal);
