@@ -51,6 +51,7 @@ mod credentials;
 mod delete;
 mod error;
 mod follow;
+mod fork;
 mod housekeeping;
 mod read;
 mod reserve;

@@ -22,7 +22,7 @@
 //! running compute's path (a base backup) instead — or, if the compute has gone again,
 //! clones anew. A torn copy is never returned.
 
-use super::create::Backup;
+use super::fork::Backup;
 use super::*;
 
 /// A `postmaster.pid` not (yet) saying "ready", written this recently, may belong to a

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 
 use ramify_compute::{ComputeSettings, PgBin, PgUser, RunningCompute, StopMode};
 
-use super::super::create::Fork;
+use super::super::fork::Fork;
 use super::super::*;
 use super::physical::{write_standby_conf, STANDBY_MINIMUMS};
 
