@@ -109,6 +109,23 @@ pub struct CreateTimeline {
     /// followers. A durable fork of a durable parent stores only its own WAL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<bool>,
+    /// A root that starts as a copy of a durable timeline another storage node keeps in
+    /// the same backup repository (its prefix, this node's bucket and credentials), as of
+    /// that timeline's last archived WAL: forking across nodes, and the first step of
+    /// moving a branch. Not with `parent` or `follow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<FromBackup>,
+}
+
+/// Where a copy of another node's durable timeline comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromBackup {
+    /// The other node's prefix in the bucket (`ramify/ramify-storage-0`, its
+    /// `--backup-repo` path without the bucket).
+    pub prefix: String,
+    /// The timeline there.
+    pub timeline: TimelineId,
 }
 
 /// The Postgres a following root streams from (physical replication).

@@ -245,6 +245,7 @@ impl<R: Runtime> Lifecycle<R> {
                 at: source.map(|(_, at)| at),
                 follow: req.follow.clone(),
                 backup: req.backup,
+                from_backup: None,
             })
             .await?
             .value;

@@ -217,6 +217,7 @@ impl<R: Runtime> Lifecycle<R> {
                 at: Some(at),
                 follow: None,
                 backup: durable,
+                from_backup: None,
             })
             .await?
             .value)

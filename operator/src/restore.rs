@@ -306,6 +306,7 @@ async fn fork(
         at: Some(source.at.clone()),
         follow: None,
         backup: durable,
+        from_backup: None,
     };
     let info = match ctx.storage(node).create_timeline(&req).await {
         Ok(created) => created.value,

@@ -268,6 +268,7 @@ async fn run() -> Result<()> {
                     at: Some(At::Latest),
                     follow: None,
                     backup: None,
+                    from_backup: None,
                 })
                 .await
                 .with_context(|| format!("fork {}; node log:\n{}", ids.len(), node.log_tail()))?

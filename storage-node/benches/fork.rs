@@ -173,6 +173,7 @@ impl Bench {
                 at: Some(at.clone()),
                 follow: None,
                 backup: None,
+                from_backup: None,
             })
             .await
             .with_context(|| {

@@ -238,6 +238,7 @@ async fn every_error_code_is_answered_as_json() {
         at: Some(At::Latest),
         follow: None,
         backup: None,
+        from_backup: None,
     };
     let first = env.client.create_timeline(&req).await.unwrap();
     assert!(first.created);

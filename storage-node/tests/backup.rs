@@ -780,3 +780,145 @@ async fn a_base_backup_cut_off_half_way_is_never_used_and_is_taken_again() {
     assert_eq!(table_checksum(&rc, "t").await, sum);
     amcheck(&rc).await;
 }
+
+/// The status and message of a refused create.
+async fn refused(env: &Env, req: &CreateTimeline) -> (u16, String) {
+    match env.client.create_timeline(req).await {
+        Ok(r) => panic!("created {:?} from {req:?}", r.value.id),
+        Err(ramify_api::ClientError::Api {
+            status, message, ..
+        }) => (status.as_u16(), message),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
+    if skip_without_s3("a_durable_timeline_is_copied_to_another_node_through_the_bucket") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-copy").expect("S3 server");
+    let args = backup_args(&s3, "node-a");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    // On node A: a durable root, a durable fork of it with rows of its own (its base is
+    // the root's backup), and a fork nobody asked to keep.
+    let (root, rc) = a.root().await;
+    rc.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, who text, pad text);
+         INSERT INTO t SELECT g, 'root', repeat('x', 200) FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    archived(&a, &rc, root.id).await;
+    wait_backup(&a, root.id, "the root has a base backup", |b| {
+        b.newest_backup.is_some()
+    })
+    .await;
+    let x = fork(&a, root.id, Some(true)).await;
+    let xc = a.start(&x).await;
+    xc.execute("DELETE FROM t WHERE id <= 500; INSERT INTO t VALUES (900001, 'fork', '')")
+        .await
+        .unwrap();
+    archived(&a, &xc, x.id).await;
+    rc.execute("UPDATE t SET who = 'root-later' WHERE id > 19000")
+        .await
+        .unwrap();
+    archived(&a, &rc, root.id).await;
+    let scratch = fork(&a, root.id, None).await;
+    let x_sum = table_checksum(&xc, "t").await;
+
+    // Node B, with a prefix of its own in the same bucket.
+    let args = backup_args(&s3, "node-b");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut b = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let copy_of = |prefix: &str, timeline| CreateTimeline {
+        from_backup: Some(ramify_api::FromBackup {
+            prefix: prefix.into(),
+            timeline,
+        }),
+        ..Default::default()
+    };
+    let (status, message) = refused(&b, &copy_of("../node-a", x.id)).await;
+    assert!(
+        status == 400 && message.contains("not a prefix"),
+        "{message}"
+    );
+    let (status, message) = refused(&b, &copy_of("node-a", scratch.id)).await;
+    assert!(
+        status == 404 && message.contains("not in the backup repository"),
+        "a timeline that is not durable cannot be copied: {message}"
+    );
+    let (status, message) = refused(
+        &b,
+        &CreateTimeline {
+            parent: Some(root.id),
+            ..copy_of("node-a", x.id)
+        },
+    )
+    .await;
+    assert!(status == 400 && message.contains("not with"), "{message}");
+
+    // The copy: a root of node B, with the fork's rows as archived.
+    let t0 = Instant::now();
+    let copy = b
+        .client
+        .create_timeline(&copy_of("node-a/", x.id))
+        .await
+        .unwrap_or_else(|e| panic!("copy: {e}\n{}", b.node.log_tail()))
+        .value;
+    let copied_in = t0.elapsed();
+    assert_eq!(copy.parent, None);
+    let mut bc = b.start(&copy).await;
+    assert_eq!(table_checksum(&bc, "t").await, x_sum);
+    assert_eq!(
+        bc.query_i64("SELECT count(*) FROM t WHERE who = 'root-later'")
+            .await
+            .unwrap(),
+        0,
+        "the copy has the fork's history, not its parent's later rows"
+    );
+    amcheck(&bc).await;
+    // The two go their own ways.
+    bc.execute("INSERT INTO t VALUES (900002, 'copy', '')")
+        .await
+        .unwrap();
+    assert_eq!(
+        xc.query_i64("SELECT count(*) FROM t WHERE who = 'copy'")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(table_checksum(&xc, "t").await, x_sum);
+    // Node B keeps its copy in its own prefix, with a base backup of its own, and gets
+    // it back when its volume is lost.
+    archived(&b, &bc, copy.id).await;
+    wait_backup(&b, copy.id, "the copy has a base backup on node B", |s| {
+        s.healthy && s.newest_backup.is_some()
+    })
+    .await;
+    assert!(s3
+        .get_object(&format!("node-b/ramify/timelines/{}.json", copy.id))
+        .unwrap()
+        .is_some());
+    let copy_sum = table_checksum(&bc, "t").await;
+    lose_volume_and_recover(&mut b, [&mut bc]).await;
+    let bc = b
+        .start(&b.client.get_timeline_without_sizes(copy.id).await.unwrap())
+        .await;
+    assert_eq!(table_checksum(&bc, "t").await, copy_sum);
+    // A copy may keep the timeline's id (a branch moving to this node).
+    let moved = b
+        .client
+        .create_timeline(&CreateTimeline {
+            id: Some(x.id),
+            ..copy_of("node-a", x.id)
+        })
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(moved.id, x.id);
+    let mc = b.start(&moved).await;
+    assert_eq!(table_checksum(&mc, "t").await, x_sum);
+    eprintln!("copied a timeline across nodes in {copied_in:?}");
+}

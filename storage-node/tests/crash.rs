@@ -34,6 +34,7 @@ async fn kill_9_mid_fork_then_restart_and_retry() {
             at: Some(At::Latest),
             follow: None,
             backup: None,
+            from_backup: None,
         };
         let client = env.client.clone();
         let r = req.clone();

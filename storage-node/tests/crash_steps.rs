@@ -188,6 +188,7 @@ fn fork_req(id: TimelineId, parent: TimelineId, at: At) -> CreateTimeline {
         at: Some(at),
         follow: None,
         backup: None,
+        from_backup: None,
     }
 }
 

@@ -125,6 +125,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             at: Some(At::Lsn(before)),
             follow: None,
             backup: None,
+            from_backup: None,
         })
         .await
         .expect_err("an LSN before the root's creation");
@@ -142,6 +143,7 @@ async fn a_new_root_is_restorable_from_its_first_second() {
             at: Some(At::Time(from_time - chrono::Duration::seconds(60))),
             follow: None,
             backup: None,
+            from_backup: None,
         })
         .await
         .expect_err("a time before the root's creation");

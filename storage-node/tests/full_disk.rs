@@ -299,6 +299,7 @@ async fn a_branch_filling_the_disk_leaves_the_others_writing() {
                 at: Some(At::Latest),
                 follow: None,
                 backup: None,
+                from_backup: None,
             })
             .await,
     )

@@ -149,6 +149,7 @@ async fn restore_window_gc_removes_history_and_bounds_forks() {
             at: Some(At::Lsn(Lsn(from.0 - 1))),
             follow: None,
             backup: None,
+            from_backup: None,
         })
         .await
         .unwrap_err();

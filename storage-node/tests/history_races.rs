@@ -70,6 +70,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
         at: Some(At::Snapshot("s1".into())),
         follow: None,
         backup: None,
+        from_backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     // The fork is in the middle of cloning s1 now.
@@ -90,6 +91,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
             at: Some(At::Snapshot("s1".into())),
             follow: None,
             backup: None,
+            from_backup: None,
         })
         .await
         .unwrap_err();
@@ -158,6 +160,7 @@ async fn fork_at_a_time_while_gc_removes_its_base() {
         at: Some(At::Time(at)),
         follow: None,
         backup: None,
+        from_backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await.map(|c| c.value) });
     let served = judge(&env, fork.await.unwrap(), &expected).await;

@@ -44,6 +44,7 @@ async fn fork(
             at: Some(at),
             follow: None,
             backup: None,
+            from_backup: None,
         })
         .await
         .map(|r| r.value)

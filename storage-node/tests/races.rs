@@ -127,6 +127,7 @@ async fn wake_during_the_clone_of_a_suspended_branch() {
         at: Some(At::Latest),
         follow: None,
         backup: None,
+        from_backup: None,
     };
     let fork = tokio::spawn(async move { client.create_timeline(&req).await });
     sleep_ms(300).await;
@@ -204,6 +205,7 @@ async fn a_retried_create_answers_only_once_the_timeline_exists() {
         at: Some(At::Latest),
         follow: None,
         backup: None,
+        from_backup: None,
     };
     // The client goes away mid-fork (an operator restarting), then retries at once.
     let client = env.client.clone();
@@ -299,6 +301,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                         at: Some(At::Latest),
                         follow: None,
                         backup: None,
+                        from_backup: None,
                     })
                     .await
                     .map(|c| c.value);
@@ -316,6 +319,7 @@ async fn concurrent_creates_deletes_and_snapshots_on_one_busy_parent() {
                             at: Some(At::Snapshot(snapshot.clone())),
                             follow: None,
                             backup: None,
+                            from_backup: None,
                         })
                         .await
                         .map(|c| c.value);

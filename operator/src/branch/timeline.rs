@@ -137,6 +137,7 @@ pub(super) async fn create_timeline(
         at: spec.at.clone(),
         follow,
         backup: spec.backup,
+        from_backup: None,
     };
     if req.follow.is_some() {
         info!(timeline = %id, node = %node, "copying the source (pg_basebackup) for a following branch");

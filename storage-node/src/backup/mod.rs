@@ -356,6 +356,11 @@ impl PgBackRest {
         &self.repo
     }
 
+    /// The `pgbackrest` binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     fn env(&self) -> Vec<(String, OsString)> {
         let r = &self.repo;
         let mut env: Vec<(&str, OsString)> = vec![

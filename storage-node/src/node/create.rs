@@ -18,6 +18,11 @@ impl Node {
                 "\"at\" is only valid with \"parent\": a root timeline starts as a new, empty cluster".into(),
             ));
         }
+        if req.from_backup.is_some() && (req.parent.is_some() || req.follow.is_some()) {
+            return Err(NodeError::Invalid(
+                "\"from_backup\" makes a root that copies another node's timeline: not with \"parent\" or \"follow\"".into(),
+            ));
+        }
         if req.parent.is_some() && req.at.is_none() {
             req.at = Some(At::Latest);
         }
@@ -79,7 +84,10 @@ impl Node {
             None => match &source {
                 Some(s) if s.mode.is_physical() => self.create_follower(id, &req, s).await,
                 Some(s) => self.create_logical_follower(id, &req, s).await,
-                None => self.create_root(id, &req).await,
+                None => match req.from_backup.clone() {
+                    Some(from) => self.import_from_backup(id, &req, &from).await,
+                    None => self.create_root(id, &req).await,
+                },
             },
             Some(parent) => self.fork(id, parent, &req).await,
         }

@@ -140,6 +140,7 @@ impl Env {
                 at: Some(at),
                 follow: None,
                 backup: None,
+                from_backup: None,
             })
             .await
             .unwrap_or_else(|e| panic!("fork failed: {e}\nnode log:\n{}", self.node.log_tail()))

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 mod base;
 mod heal;
+mod import;
 mod recover;
 mod writer;
 pub use recover::Recovered;

@@ -8,6 +8,23 @@ use super::super::*;
 use super::Backups;
 use crate::backup::{record_key, BackupSet, BackupState, BucketRecord, KEPT_LABEL, RECORD_FORMAT};
 
+/// Where a copy keeps its ancestors' WAL while it is made (inside its staging directory,
+/// removed before it is published).
+const LINEAGE: &str = "lineage";
+
+/// What [`Node::recover_one`] makes of a timeline in a repository.
+#[derive(Clone, Copy)]
+pub(super) enum Mode<'a> {
+    /// The same timeline, on the node that lost it, after its recovered ancestors.
+    Recover,
+    /// A root `id` of this node, a copy of it: its lineage's WAL fetched from the
+    /// repository.
+    Import {
+        id: TimelineId,
+        req: &'a CreateTimeline,
+    },
+}
+
 /// Where a recovered timeline's base comes from.
 struct Base {
     /// The stanza (timeline) holding the backup set.
@@ -149,7 +166,7 @@ impl Node {
             let t0 = Instant::now();
             let mut base_used = None;
             match self
-                .recover_one(b, r, &records, &restored, &mut base_used)
+                .recover_one(b, r, &records, &restored, &mut base_used, Mode::Recover)
                 .await
             {
                 Ok(refork) => {
@@ -179,31 +196,40 @@ impl Node {
 
     /// Recovers one timeline. Returns whether it was made again as a fork of its
     /// (recovered) parent because none of its own WAL after the fork point was archived.
-    async fn recover_one(
+    pub(super) async fn recover_one(
         &self,
         b: &Backups,
         r: &BucketRecord,
         records: &BTreeMap<TimelineId, BucketRecord>,
         restored: &HashMap<TimelineId, (TimelineId, String)>,
         base_used: &mut Option<(TimelineId, String)>,
+        mode: Mode<'_>,
     ) -> Result<bool, NodeError> {
-        let id = r.id;
-        let stanza = id.to_string();
+        let stanza = r.id.to_string();
         let base = find_base(r, records).ok_or_else(|| {
             NodeError::NotFound(format!(
-                "no base backup for timeline {id} in the repository (neither its own nor an ancestor's before its fork point)"
+                "no base backup for timeline {} in the repository (neither its own nor an ancestor's before its fork point)",
+                r.id
             ))
         })?;
-        let mut rec = self.begin(id, &r.request)?;
-        // A parent that was not durable is not on this node: the timeline comes back as
-        // a root of its own history (from its own backup), its fork point kept.
-        rec.parent = r
-            .parent
-            .filter(|p| matches!(self.meta.get(*p), Ok(Some(x)) if x.phase == Phase::Ready));
-        rec.at = r.request.at.clone();
-        rec.fork_lsn = r.fork_lsn;
-        rec.fork_time = r.fork_time;
-        rec.created_at = r.created_at;
+        let (id, mut rec) = match mode {
+            Mode::Recover => {
+                let mut rec = self.begin(r.id, &r.request)?;
+                // A parent that was not durable is not on this node: the timeline comes
+                // back as a root of its own history (from its own backup), its fork point
+                // kept.
+                rec.parent = r.parent.filter(
+                    |p| matches!(self.meta.get(*p), Ok(Some(x)) if x.phase == Phase::Ready),
+                );
+                rec.at = r.request.at.clone();
+                rec.fork_lsn = r.fork_lsn;
+                rec.fork_time = r.fork_time;
+                rec.created_at = r.created_at;
+                (r.id, rec)
+            }
+            // A copy is a root of this node: its history here starts with it.
+            Mode::Import { id, req } => (id, self.begin(id, req)?),
+        };
         let dir = TimelineDir(self.layout.creating(id));
         let mut steps: Vec<(&str, Duration)> = Vec::new();
         let t_restore = Instant::now();
@@ -265,12 +291,26 @@ impl Node {
         steps.push(("fetch_wal", t_fetch.elapsed()));
         let archive = self.open_dir(&dir.archive())?;
         // Ancestors recovered here, nearest first (one that was not durable is not here;
-        // what the lineage needs from it is then missing, and said so below).
+        // what the lineage needs from it is then missing, and said so below). A copy
+        // fetches theirs from the repository, from its base on, beside its own.
         let mut ancestors = Vec::new();
         let mut cur = r.parent;
         while let Some(a) = cur {
-            if let Ok(d) = self.open_dir(&self.dir(a).archive()) {
-                ancestors.push(d);
+            match mode {
+                Mode::Recover => {
+                    if let Ok(d) = self.open_dir(&self.dir(a).archive()) {
+                        ancestors.push(d);
+                    }
+                }
+                Mode::Import { .. } => {
+                    let dest = dir.0.join(LINEAGE).join(a.to_string());
+                    std::fs::create_dir_all(&dest)
+                        .map_err(io_op("create the lineage directory"))?;
+                    let from = base.set.start_lsn.0 / SEGMENT_SIZE;
+                    self.fetch_archive_from(b, &a.to_string(), &pg1, &dest, from)
+                        .await?;
+                    ancestors.push(self.open_dir(&dest)?);
+                }
             }
             cur = records.get(&a).and_then(|x| x.parent);
         }
@@ -314,8 +354,15 @@ impl Node {
         // there to replay, and the parent's segment past the fork point must not be
         // replayed in its place. It is forked again from its recovered parent at its fork
         // point (what it lost is within the RPO).
-        if let (Some(parent), false, true) = (r.parent, base.owner == id, own_on_newest.is_empty())
+        if let (Some(parent), false, true) =
+            (r.parent, base.owner == r.id, own_on_newest.is_empty())
         {
+            if let Mode::Import { .. } = mode {
+                return Err(NodeError::Conflict(format!(
+                    "timeline {} has no WAL of its own in the repository yet (nothing archived since it forked from {parent}): copy its parent, or again once its first segment is archived",
+                    r.id
+                )));
+            }
             drop(archive);
             drop(ancestors);
             self.remove_tree(&dir.0)?;
@@ -343,7 +390,7 @@ impl Node {
         }
         // Its first own segment must hold its fork point: the parent's copy of that
         // segment goes on past it with the parent's own changes.
-        if let (Some(_), false) = (r.parent, base.owner == id) {
+        if let (Some(_), false) = (r.parent, base.owner == r.id) {
             let fork_seg = r.fork_lsn.unwrap_or(newest_begins).0 / SEGMENT_SIZE;
             if own_first > fork_seg.max(newest_begins.0 / SEGMENT_SIZE) {
                 return Err(NodeError::NotFound(format!(
@@ -381,6 +428,7 @@ impl Node {
                     })?
                 };
                 place(src, &pg_wal, &name, self.clone_method)?;
+                self.keep_for_copy(mode, src, &archive, &name)?;
                 placed += 1;
             }
         }
@@ -397,6 +445,7 @@ impl Node {
             if !own.contains_key(&name) {
                 if let Some(src) = ancestors.iter().find(|a| a.has_file(&name)) {
                     place(src, &pg_wal, &name, self.clone_method)?;
+                    self.keep_for_copy(mode, src, &archive, &name)?;
                 }
             }
         }
@@ -474,14 +523,46 @@ impl Node {
         };
         drop(archive);
         drop(pg_wal);
+        drop(ancestors);
+        if let Mode::Import { .. } = mode {
+            self.remove_tree(&dir.0.join(LINEAGE))?;
+        }
         let rec = self.commit(rec)?;
-        self.meta.put_backup_state(id, &st)?;
+        // A copy is archived anew into this node's own repository prefix (a stanza and a
+        // base backup of its own); a recovered timeline is where it was there.
+        if let Mode::Recover = mode {
+            self.meta.put_backup_state(id, &st)?;
+        }
         let steps: Vec<String> = steps
             .iter()
             .map(|(n, d)| format!("{n}={}ms", d.as_millis()))
             .collect();
         info!(timeline = %rec.id, base = %base.set.set, base_owner = %base.owner, base_cloned_from = ?same_base, lineage_segments = placed, own_files = own.len(), %end_lsn, steps = %steps.join(" "), "restored timeline");
         Ok(false)
+    }
+
+    /// A copy's lineage WAL also goes into its own archive: its node's repository then
+    /// holds everything a replay of its first snapshot (its first base backup there)
+    /// needs, with no reference to another node's prefix.
+    fn keep_for_copy(
+        &self,
+        mode: Mode<'_>,
+        src: &Dir,
+        archive: &Dir,
+        name: &str,
+    ) -> Result<(), NodeError> {
+        if let Mode::Import { .. } = mode {
+            if !archive.has_file(name) {
+                clone::clone_file(
+                    src,
+                    name.as_ref(),
+                    archive,
+                    name.as_ref(),
+                    self.clone_method,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Empties a re-forked timeline's stanza: what its lost predecessor archived there
@@ -517,6 +598,19 @@ impl Node {
         pg1: &OsString,
         dest: &Path,
     ) -> Result<BTreeMap<String, wal::WalFile>, NodeError> {
+        self.fetch_archive_from(b, stanza, pg1, dest, 0).await
+    }
+
+    /// [`Node::fetch_archive`] of the segments numbered `from_segno` or later (and every
+    /// history file).
+    async fn fetch_archive_from(
+        &self,
+        b: &Backups,
+        stanza: &str,
+        pg1: &OsString,
+        dest: &Path,
+        from_segno: u64,
+    ) -> Result<BTreeMap<String, wal::WalFile>, NodeError> {
         let listing = b
             .pgbr
             .run(
@@ -529,22 +623,22 @@ impl Node {
             .lines()
             .filter_map(|l| l.rsplit('/').next())
             .filter_map(archive_entry_name)
+            .filter(|n| match wal::parse_name(n) {
+                Some(wal::WalFile::Segment { segno, .. }) => segno >= from_segno,
+                _ => true,
+            })
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         use futures::StreamExt;
-        let results: Vec<Result<(), NodeError>> = futures::stream::iter(names.iter())
-            .map(|name| async move {
-                b.pgbr
-                    .run(
-                        Some(stanza),
-                        "archive-get",
-                        &[pg1.clone(), name.into(), dest.join(name).into_os_string()],
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(NodeError::from)
-            })
+        // Futures made in a loop, not by a closure over borrowed values: a copy runs
+        // this inside a spawned create, whose future must be Send for every lifetime.
+        let mut gets = Vec::with_capacity(names.len());
+        for name in &names {
+            let args = [pg1.clone(), name.into(), dest.join(name).into_os_string()];
+            gets.push(async move { b.pgbr.run(Some(stanza), "archive-get", &args).await });
+        }
+        let results: Vec<Result<String, crate::backup::BackupError>> = futures::stream::iter(gets)
             .buffer_unordered(4)
             .collect()
             .await;
