@@ -288,19 +288,24 @@ impl S3Server {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The object at `key` in the bucket (signed GET), `None` when absent.
-    pub fn get_object(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let out = Command::new("curl")
+    /// A signed GET of `path_and_query` below the bucket.
+    fn curl_get(&self, path_and_query: &str) -> std::io::Result<std::process::Output> {
+        Command::new("curl")
             .args(["-s", "-f", "--max-time", "10"])
             .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
             .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
             .arg("--cacert")
             .arg(self.ca_file())
             .arg(format!(
-                "https://localhost:{}/{}/{key}",
+                "https://localhost:{}/{}{path_and_query}",
                 self.port, self.bucket
             ))
-            .output()?;
+            .output()
+    }
+
+    /// The object at `key` in the bucket (signed GET), `None` when absent.
+    pub fn get_object(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let out = self.curl_get(&format!("/{key}"))?;
         Ok(out.status.success().then_some(out.stdout))
     }
 
@@ -322,17 +327,7 @@ impl S3Server {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "10"])
-            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
-            .arg("--cacert")
-            .arg(self.ca_file())
-            .arg(format!(
-                "https://localhost:{}/{}?list-type=2&prefix={prefix}",
-                self.port, self.bucket
-            ))
-            .output()?;
+        let out = self.curl_get(&format!("?list-type=2&prefix={prefix}"))?;
         if !out.status.success()
             || !out.stdout.starts_with(b"<?xml") && !out.stdout.starts_with(b"<List")
         {

@@ -98,17 +98,7 @@ impl Node {
         warn!(timeline = %id, "the backup repository lost this timeline (bucket emptied or made again?): archiving it anew from the WAL on the node, with a new base backup");
         // What is left of the stanza (an info file without its archive) would make
         // stanza-create refuse; removing nothing is fine.
-        if let Err(e) = async {
-            b.pgbr.run(Some(&stanza), "stop", &[]).await?;
-            let r = b
-                .pgbr
-                .run(Some(&stanza), "stanza-delete", &["--force".into()])
-                .await;
-            b.pgbr.run(Some(&stanza), "start", &[]).await?;
-            r
-        }
-        .await
-        {
+        if let Err(e) = b.delete_stanza(&stanza).await {
             tracing::debug!(timeline = %id, error = %e, "nothing of the lost stanza to remove");
         }
         self.update_backup_state(id, |s| {

@@ -63,21 +63,7 @@ impl Backups {
             .join("backup/import")
             .join(id.to_string());
         let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).map_err(io_op(format!("create {}", work.display())))?;
-        set_mode(&work, 0o700)?;
-        Ok(Backups {
-            bucket: Bucket::new(&repo)?,
-            pgbr: PgBackRest::new(repo, &work, bin)?,
-            work,
-            full_after_wal_bytes: u64::MAX,
-            health: StdMutex::new(HashMap::new()),
-            backing_up: StdMutex::new(HashSet::new()),
-            state_write: StdMutex::new(()),
-            writer: OnceLock::new(),
-            claim_as: OnceLock::new(),
-            verified_at: StdMutex::new(None),
-            repo_error: StdMutex::new(None),
-        })
+        Backups::new(repo, bin, work, u64::MAX)
     }
 }
 

@@ -86,6 +86,42 @@ impl Backups {
     pub fn repo(&self) -> &Repo {
         self.pgbr.repo()
     }
+
+    /// A repository at `repo`, with pgBackRest's working directory `work` (made).
+    fn new(
+        repo: Repo,
+        pgbackrest: PathBuf,
+        work: PathBuf,
+        full_after_wal_bytes: u64,
+    ) -> Result<Backups, NodeError> {
+        std::fs::create_dir_all(&work).map_err(io_op(format!("create {}", work.display())))?;
+        set_mode(&work, 0o700)?;
+        Ok(Backups {
+            bucket: Bucket::new(&repo)?,
+            pgbr: PgBackRest::new(repo, &work, pgbackrest)?,
+            work,
+            full_after_wal_bytes,
+            health: StdMutex::new(HashMap::new()),
+            backing_up: StdMutex::new(HashSet::new()),
+            state_write: StdMutex::new(()),
+            writer: OnceLock::new(),
+            claim_as: OnceLock::new(),
+            verified_at: StdMutex::new(None),
+            repo_error: StdMutex::new(None),
+        })
+    }
+
+    /// Removes what is left of `stanza` in the repository (`stanza-delete --force`,
+    /// between pgBackRest's `stop` and `start` for it).
+    async fn delete_stanza(&self, stanza: &str) -> Result<(), BackupError> {
+        self.pgbr.run(Some(stanza), "stop", &[]).await?;
+        let r = self
+            .pgbr
+            .run(Some(stanza), "stanza-delete", &["--force".into()])
+            .await;
+        self.pgbr.run(Some(stanza), "start", &[]).await?;
+        r.map(|_| ())
+    }
 }
 
 impl Node {
@@ -98,23 +134,7 @@ impl Node {
         full_after_wal_bytes: u64,
     ) -> Result<(), NodeError> {
         let work = self.layout.root().join("backup");
-        std::fs::create_dir_all(&work).map_err(io_op(format!("create {}", work.display())))?;
-        set_mode(&work, 0o700)?;
-        let bucket = Bucket::new(&repo)?;
-        let pgbr = PgBackRest::new(repo, &work, pgbackrest)?;
-        let b = Backups {
-            pgbr,
-            bucket,
-            work,
-            full_after_wal_bytes,
-            health: StdMutex::new(HashMap::new()),
-            backing_up: StdMutex::new(HashSet::new()),
-            state_write: StdMutex::new(()),
-            writer: OnceLock::new(),
-            claim_as: OnceLock::new(),
-            verified_at: StdMutex::new(None),
-            repo_error: StdMutex::new(None),
-        };
+        let b = Backups::new(repo, pgbackrest, work, full_after_wal_bytes)?;
         if self.backups.set(Arc::new(b)).is_err() {
             return Err(NodeError::Conflict(
                 "the backup repository is already set".into(),

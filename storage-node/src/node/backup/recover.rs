@@ -569,18 +569,7 @@ impl Node {
     /// (later segments without their first) can never be replayed, and the new
     /// timeline's segments of the same names would be refused beside them.
     async fn fresh_stanza(&self, b: &Backups, id: TimelineId) {
-        let stanza = id.to_string();
-        let deleted = async {
-            b.pgbr.run(Some(&stanza), "stop", &[]).await?;
-            let r = b
-                .pgbr
-                .run(Some(&stanza), "stanza-delete", &["--force".into()])
-                .await;
-            b.pgbr.run(Some(&stanza), "start", &[]).await?;
-            r
-        }
-        .await;
-        match deleted {
+        match b.delete_stanza(&id.to_string()).await {
             Ok(_) => {
                 let _ = self.update_backup_state(id, |s| *s = BackupState::default());
             }
