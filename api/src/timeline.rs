@@ -538,6 +538,20 @@ pub struct NodeStatus {
     /// The free space the node keeps for running computes' WAL (absent from older nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<SpaceReserve>,
+    /// The node's backup repository, when it has one: where its durable timelines are,
+    /// for another node to copy them from (`from_backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<NodeBackupRepo>,
+}
+
+/// Where a storage node keeps its durable timelines (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBackupRepo {
+    /// `host:port` of the S3 endpoint.
+    pub endpoint: String,
+    pub bucket: String,
+    /// The node's prefix in the bucket.
+    pub prefix: String,
 }
 
 /// The storage node's space reserve: below it forks, new roots and snapshots are refused

@@ -714,6 +714,13 @@ pub struct CreateArgs {
     #[arg(long)]
     pub backup: bool,
 
+    /// On a cluster: the storage node the branch lives on (ramify-storage-1). A root is
+    /// placed there; a fork of a parent on another node is copied through the backup
+    /// repository, as of the parent's last archived WAL (the parent must be kept; not
+    /// with --at). Local mode has one storage node.
+    #[arg(long, value_name = "NODE")]
+    pub storage_node: Option<String>,
+
     /// Make a root that follows this Postgres instead of an empty one: a URI such as
     /// postgresql://replicator@db.example:5432/postgres naming a role with REPLICATION.
     /// The password comes from the URI, --password-file, or PGPASSFILE/~/.pgpass; it is

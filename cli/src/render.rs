@@ -1138,6 +1138,7 @@ before-migration  manual  0/3000000  2026-03-01T11:55:00Z  5m
                 snapshot_interval_seconds: 3600,
                 snapshot_wal_bytes: 256 << 20,
                 reserve: None,
+                backup: None,
             },
             branches: 3,
             running_computes: 1,

@@ -65,6 +65,7 @@ pub const SUSPEND_REQUEST_ANNOTATION: &str = "ramify.dev/suspend-request";
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.connection) || !has(self.connection.user)").message("spec.connection.user is not for a following branch: its logins are its source's roles"))]
 #[x_kube(validation = Rule::new("has(self.backup) == has(oldSelf.backup) && (!has(self.backup) || self.backup == oldSelf.backup)").message("spec.backup is decided when the branch is created: create a new branch (a fork) instead"))]
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.backup) || !has(self.backup.enabled) || !self.backup.enabled").message("a following branch is not backed up (its source is the original): fork it with spec.backup.enabled"))]
+#[x_kube(validation = Rule::new("has(self.storageNode) == has(oldSelf.storageNode) && (!has(self.storageNode) || self.storageNode == oldSelf.storageNode)").message("spec.storageNode is decided when the branch is created: create a new branch (a fork) on the other node instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBranchSpec {
     /// The branch to fork; absent for a new, empty root. Immutable.
@@ -111,6 +112,16 @@ pub struct DatabaseBranchSpec {
     /// chart's `storage.backup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// The storage node (a Pod of the storage StatefulSet, like `ramify-storage-1`) the
+    /// branch lives on. Default: a root goes to the node with the most free space, a fork
+    /// to its parent's node (a copy-on-write clone, instant). A fork placed on another
+    /// node than its parent's is a copy made through the backup repository: the parent
+    /// must be durable, the fork starts at the parent's last archived WAL (at most the
+    /// computes' archive_timeout, 60 s, behind it), `at` cannot be set, and the copy takes
+    /// its own space. Decided when the branch is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub storage_node: Option<String>,
 }
 
 /// `spec.backup`.

@@ -13,6 +13,8 @@
 #    passwords; the total balance is constant, every balance agrees with the ledger,
 #    what survived is exactly a prefix of what was acknowledged, and the span of
 #    acknowledged commits lost is within the RPO (the computes' archive_timeout, 60 s).
+# 5. A second storage node; a fork of bank placed on it (spec.storageNode) is copied
+#    through the bucket: consistent, writable, independent of bank.
 S3_IMAGE="${S3_IMAGE:-ramify.test/seaweedfs:dev}"
 S3_KEY="e2e$RUN$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 S3_SECRET="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')"
@@ -96,14 +98,17 @@ for _ in $(seq 1 150); do
 done
 kill "$S3_PF" 2>/dev/null || true
 [ "$code" = 200 ] || fail "the bucket does not answer (HTTP $code)"
-"$PYTHON" e2e/k8s/render.py charts/ramify "$SYS" --values "$VALUES" "${CAPS[@]}" \
-  --set "storage.storageClassName=$STORAGE_CLASS" --set storage.replicas=1 \
-  --set compute.maxResources.memory=2Gi --set "following.allowedHosts=[prod-db.$NS_P.svc]" \
-  --set storage.backup.repository=s3://ramify-e2e/k8s \
-  --set "storage.backup.endpoint=seaweedfs.$NS_S3.svc:8333" --set storage.backup.uriStyle=path \
-  --set storage.backup.credentialsSecret=s3-keys --set storage.backup.caSecret.name=s3-ca \
-  >"$WORK/ramify.yaml"
-k apply --server-side -n "$SYS" -f "$WORK/ramify.yaml" >/dev/null
+apply_chart_with_backup() { # storage replicas
+  "$PYTHON" e2e/k8s/render.py charts/ramify "$SYS" --values "$VALUES" "${CAPS[@]}" \
+    --set "storage.storageClassName=$STORAGE_CLASS" --set "storage.replicas=$1" \
+    --set compute.maxResources.memory=2Gi --set "following.allowedHosts=[prod-db.$NS_P.svc]" \
+    --set storage.backup.repository=s3://ramify-e2e/k8s \
+    --set "storage.backup.endpoint=seaweedfs.$NS_S3.svc:8333" --set storage.backup.uriStyle=path \
+    --set storage.backup.credentialsSecret=s3-keys --set storage.backup.caSecret.name=s3-ca \
+    >"$WORK/ramify.yaml"
+  k apply --server-side -n "$SYS" -f "$WORK/ramify.yaml" >/dev/null
+}
+apply_chart_with_backup 1
 k -n "$SYS" rollout status statefulset/ramify-storage --timeout=180s >/dev/null
 k -n "$SYS" logs ramify-storage-0 >"$WORK/storage.log" 2>&1 || true
 grep -q "claimed the backup repository prefix" "$WORK/storage.log" \
@@ -255,3 +260,38 @@ printf '    node serving %.1f s, every branch answering %.1f s after the volume 
 for b in "${BRANCHES[@]}"; do
   wait_for "$b BackupHealthy after the recovery" '{.status.conditions[?(@.type=="BackupHealthy")].status}' '^True$' 120 -n "$NS_K" databasebranch "$b"
 done
+
+step "backups: a second storage node; a fork of bank placed there is copied through the bucket"
+apply_chart_with_backup 2
+k -n "$SYS" rollout status statefulset/ramify-storage --timeout=300s >/dev/null \
+  || fail "the second storage node did not start: $(k -n "$SYS" logs ramify-storage-1 --tail=20 2>&1)"
+printf 'apiVersion: ramify.dev/v1alpha1\nkind: DatabaseBranch\nmetadata: {name: nowhere, namespace: %s}\nspec: {parent: {name: bank}, storageNode: ramify-storage-9}\n' "$NS_K" \
+  | k apply -f - >/dev/null
+wait_for "a fork on an unknown node refused" '{.status.conditions[?(@.type=="Ready")].reason}' '^InvalidSpec$' 60 -n "$NS_K" databasebranch nowhere
+k -n "$NS_K" delete databasebranch nowhere --wait=false >/dev/null
+T_FAR=$(date +%s.%N)
+printf 'apiVersion: ramify.dev/v1alpha1\nkind: DatabaseBranch\nmetadata: {name: far, namespace: %s}\nspec:\n  parent: {name: bank}\n  storageNode: ramify-storage-1\n  compute: {suspendAfter: 10m}\n' "$NS_K" \
+  | k apply -f - >/dev/null
+k -n "$NS_K" wait --for=condition=Ready databasebranch/far --timeout=300s >/dev/null \
+  || fail "far is not Ready: $(k -n "$NS_K" get databasebranch far -o jsonpath='{.status.conditions}')"
+printf '    far Ready %.1f s after it was applied\n' "$(echo "$(date +%s.%N) - $T_FAR" | bc)"
+[ "$(k -n "$NS_K" get databasebranch far -o jsonpath='{.status.timeline.storageNode}')" = ramify-storage-1 ] \
+  || fail "far is not on ramify-storage-1: $(k -n "$NS_K" get databasebranch far -o jsonpath='{.status.timeline}')"
+k -n "$NS_K" delete pod bank-client --wait=true >/dev/null
+bank_client "${BRANCHES[@]}" far
+deadline=$(($(date +%s) + 120))
+until on far -c "SELECT 1" >/dev/null 2>&1; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "far does not answer: $(on far -c 'SELECT 1' 2>&1 | tail -2)"
+  sleep 1
+done
+[ "$(on far -c 'SELECT sum(balance) FROM accounts')" = 100000 ] || fail "far: the total balance is not 100000"
+bad=$(on far -c "SELECT count(*) FROM accounts a WHERE balance <> 1000
+    + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)
+    - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)")
+[ "$bad" = 0 ] || fail "far: $bad balances disagree with the ledger"
+far_n=$(on far -c "SELECT count(*) FROM ledger WHERE branch = 'bank'")
+bank_n=$(on bank -c "SELECT count(*) FROM ledger WHERE branch = 'bank'")
+if [ "$far_n" -eq 0 ] || [ "$far_n" -gt "$bank_n" ]; then fail "far has $far_n of bank's $bank_n transfers"; fi
+echo "    far: $far_n of bank's $bank_n transfers (bank as of its last archived WAL)"
+on far -c "INSERT INTO ledger VALUES ('far', 1, 1, 1, 0)" >/dev/null || fail "far takes no writes"
+[ "$(on bank -c "SELECT count(*) FROM ledger WHERE branch = 'far'")" = 0 ] || fail "far's write reached bank"

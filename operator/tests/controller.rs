@@ -277,6 +277,7 @@ async fn status() -> Json<NodeStatus> {
         snapshot_interval_seconds: 0,
         snapshot_wal_bytes: 0,
         reserve: None,
+        backup: None,
     })
 }
 

@@ -22,6 +22,11 @@ struct Connection<'a> {
 
 /// The request `branch create` sends; a relative expiry counts from `now`.
 pub fn create_request(args: CreateArgs, now: DateTime<Utc>) -> anyhow::Result<CreateBranch> {
+    if let Some(n) = &args.storage_node {
+        anyhow::bail!(
+            "--storage-node {n} places a branch on one of a cluster's storage nodes (kubectl ramify); local mode has one"
+        );
+    }
     let follow = match &args.follow {
         Some(uri) => Some(FollowSource {
             mode: args.mode,
@@ -163,6 +168,7 @@ mod tests {
                 expires_at: None,
                 protected: false,
                 backup: true,
+                storage_node: None,
                 follow: None,
                 slot: None,
                 mode: Default::default(),
@@ -180,6 +186,21 @@ mod tests {
             serde_json::to_value(&req).unwrap(),
             serde_json::json!({"name": "dev", "parent": "main", "at": "latest", "suspend_after_secs": 0, "expires_at": "2026-03-01T12:00:03Z", "backup": true})
         );
+        use clap::Parser as _;
+        let placed = crate::args::Cli::try_parse_from([
+            "ramify",
+            "branch",
+            "create",
+            "dev",
+            "--storage-node",
+            "ramify-storage-1",
+        ])
+        .unwrap();
+        let crate::args::Command::Branch(BranchCommand::Create(args)) = placed.command else {
+            panic!("not a create")
+        };
+        let err = create_request(args, now).unwrap_err().to_string();
+        assert!(err.contains("local mode has one"), "{err}");
         let root = create_request(
             CreateArgs {
                 name: "main".into(),
@@ -190,6 +211,7 @@ mod tests {
                 expires_at: None,
                 protected: true,
                 backup: false,
+                storage_node: None,
                 follow: Some("postgresql://rep:pw@db/postgres".into()),
                 slot: Some("s1".into()),
                 mode: Default::default(),

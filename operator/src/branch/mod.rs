@@ -33,6 +33,7 @@ use crate::sharing;
 use crate::source::SourceProblem;
 use crate::validate::{validate_spec, Problem, ValidSpec};
 
+mod placement;
 mod plan;
 mod timeline;
 

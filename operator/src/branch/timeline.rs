@@ -101,8 +101,15 @@ pub(super) async fn create_timeline(
     } else {
         None
     };
+    let wanted = match &b.spec.storage_node {
+        Some(n) => Some(placement::known_node(ctx, n).await?),
+        None => None,
+    };
     let (node, parent) = match &b.spec.parent {
-        None => (choose_node(ctx).await?, None),
+        None => match wanted.clone() {
+            Some(n) => (n, None),
+            None => (choose_node(ctx).await?, None),
+        },
         Some(p) => {
             let (parent_ns, parent) = dereference_parent(b, ctx, &p.name).await?;
             let ptl = parent
@@ -131,13 +138,27 @@ pub(super) async fn create_timeline(
             (ptl.storage_node, Some(pid))
         }
     };
+    // A fork placed on another node than its parent's: a copy through the repository.
+    let (node, parent, from_backup) = match (wanted, parent) {
+        (Some(n), Some(pid)) if n != node => {
+            let from = placement::copy_source(ctx, spec, &node, pid, &n).await?;
+            (n, None, Some(from))
+        }
+        (_, parent) => (node, parent, None),
+    };
+    let copied = from_backup.is_some();
     let req = CreateTimeline {
         id: Some(id),
         parent,
         at: spec.at.clone(),
         follow,
-        backup: spec.backup,
-        from_backup: None,
+        // A copy is a root on its node; like any fork it is durable only when asked.
+        backup: if copied {
+            spec.backup.or(Some(false))
+        } else {
+            spec.backup
+        },
+        from_backup,
     };
     if req.follow.is_some() {
         info!(timeline = %id, node = %node, "copying the source (pg_basebackup) for a following branch");
@@ -153,11 +174,14 @@ pub(super) async fn create_timeline(
                     "TimelineCreated",
                     format!(
                         "timeline {id} on storage node {node}{}",
-                        created
-                            .value
-                            .fork_lsn
-                            .map(|l| format!(", forked at {l}"))
-                            .unwrap_or_default()
+                        match (&req.from_backup, created.value.fork_lsn) {
+                            (Some(f), _) => format!(
+                                ", a copy of its parent's timeline {} as of its last archived WAL (through the backup repository)",
+                                f.timeline
+                            ),
+                            (None, Some(l)) => format!(", forked at {l}"),
+                            (None, None) => String::new(),
+                        }
                     ),
                 )
                 .await;
@@ -172,6 +196,7 @@ pub(super) async fn create_timeline(
             ))
         }
         Err(e) if req.follow.is_some() => Err(following::create_failed(&node, e)),
+        Err(e) if copied => Err(placement::copy_failed(&node, e)),
         Err(e) => match e.status().map(|s| s.as_u16()) {
             Some(400) | Some(422) => Err(Step::Problem(Problem {
                 reason: "InvalidForkPoint",

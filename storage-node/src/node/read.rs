@@ -277,6 +277,14 @@ impl Node {
             snapshot_interval_seconds: self.cfg.snapshot_interval.as_secs(),
             snapshot_wal_bytes: self.cfg.snapshot_wal_bytes,
             reserve: self.reserve_status(),
+            backup: self.backups().map(|b| {
+                let r = b.repo();
+                ramify_api::NodeBackupRepo {
+                    endpoint: format!("{}:{}", r.endpoint, r.port),
+                    bucket: r.bucket.clone(),
+                    prefix: r.prefix.clone(),
+                }
+            }),
         })
     }
 }

@@ -59,6 +59,7 @@ pub fn branch_object(
             backup: args.backup.then_some(BackupSpec {
                 enabled: Some(true),
             }),
+            storage_node: args.storage_node.clone(),
             source: args.follow.as_ref().map(|_| BranchSource {
                 external: Some(ExternalSource {
                     connection_secret_ref: SecretKeyRef {
@@ -130,6 +131,8 @@ mod tests {
             "--expires-in",
             "2h",
             "--backup",
+            "--storage-node",
+            "ramify-storage-1",
         ]);
         let b = branch_object(&args, "team-a", None);
         assert_eq!(
@@ -137,7 +140,7 @@ mod tests {
             json!({
                 "apiVersion": "ramify.dev/v1alpha1", "kind": "DatabaseBranch",
                 "metadata": {"name": "dev", "namespace": "team-a"},
-                "spec": {"parent": {"name": "main", "namespace": "prod"}, "compute": {"suspendAfter": "0s"}, "ttl": "7200s", "backup": {"enabled": true}}
+                "spec": {"parent": {"name": "main", "namespace": "prod"}, "compute": {"suspendAfter": "0s"}, "ttl": "7200s", "backup": {"enabled": true}, "storageNode": "ramify-storage-1"}
             })
         );
         let root = branch_object(&create_args(&["main", "--protected"]), "prod", None);

@@ -1,0 +1,97 @@
+//! `spec.storageNode`: a root placed on a chosen storage node, and a fork placed on
+//! another node than its parent's — a copy of the parent made by that node from the
+//! backup repository (`from_backup`), since a copy-on-write clone cannot cross volumes.
+
+use ramify_api::FromBackup;
+
+use super::*;
+
+/// `n` if it is one of the storage StatefulSet's Pods; a problem naming them otherwise.
+pub(super) async fn known_node(ctx: &Context, n: &str) -> Result<String, Step> {
+    let nodes = timeline::storage_nodes(ctx).await?;
+    if nodes.iter().any(|x| x == n) {
+        return Ok(n.to_string());
+    }
+    Err(Step::Problem(Problem {
+        reason: "InvalidSpec",
+        message: format!(
+            "spec.storageNode {n:?} is not a storage node of this installation ({})",
+            nodes.join(", ")
+        ),
+    }))
+}
+
+/// Where the node `to` copies the parent's timeline `parent` (on `from`) from: the
+/// parent's node's prefix, in the bucket both nodes use. The parent must be durable.
+pub(super) async fn copy_source(
+    ctx: &Context,
+    spec: &ValidSpec,
+    from: &str,
+    parent: TimelineId,
+    to: &str,
+) -> Result<FromBackup, Step> {
+    if spec.at.is_some() {
+        return Err(Step::Problem(Problem {
+            reason: "InvalidSpec",
+            message: format!(
+                "spec.at cannot be set for a fork on storage node {to}: its parent lives on {from}, so it is copied through the backup repository and starts at the parent's last archived WAL"
+            ),
+        }));
+    }
+    let info = ctx
+        .storage(from)
+        .get_timeline_without_sizes(parent)
+        .await
+        .map_err(storage_err(from))?;
+    if info.backup.is_none() {
+        return Err(Step::Problem(Problem {
+            reason: "ParentNotDurable",
+            message: format!(
+                "a fork on storage node {to} is copied from its parent's backups, but the parent (on {from}) is not kept in the backup repository: create the fork on {from}, or fork a durable branch (a root, or one with spec.backup.enabled)"
+            ),
+        }));
+    }
+    let src = ctx
+        .storage(from)
+        .status()
+        .await
+        .map_err(storage_err(from))?;
+    let dst = ctx.storage(to).status().await.map_err(storage_err(to))?;
+    let missing = if dst.backup.is_none() { to } else { from };
+    match (src.backup, dst.backup) {
+        (Some(s), Some(d)) if s.bucket == d.bucket && s.endpoint == d.endpoint => {
+            Ok(FromBackup {
+                prefix: s.prefix,
+                timeline: parent,
+            })
+        }
+        (Some(s), Some(d)) => Err(Step::Problem(Problem {
+            reason: "InvalidSpec",
+            message: format!(
+                "storage nodes {from} and {to} keep their backups in different buckets ({} at {}, {} at {}): a fork across them needs one repository",
+                s.bucket, s.endpoint, d.bucket, d.endpoint
+            ),
+        })),
+        _ => Err(Step::Problem(Problem {
+            reason: "NoRepository",
+            message: format!(
+                "a fork on another storage node than its parent's is copied through the backup repository, and {} has none (the chart's storage.backup)",
+                missing
+            ),
+        })),
+    }
+}
+
+/// What a failed copy means for the branch.
+pub(super) fn copy_failed(node: &str, e: ClientError) -> Step {
+    match e.status().map(|s| s.as_u16()) {
+        // Not in the repository yet (a durable parent's record is written within
+        // seconds), or none of a fork's own WAL archived yet: retried.
+        Some(404) | Some(409) => wait("ParentNotArchived", e.to_string(), Duration::from_secs(10)),
+        Some(400) | Some(422) => Step::Problem(Problem {
+            reason: "InvalidSpec",
+            message: e.to_string(),
+        }),
+        _ => Step::Fail(storage_err(node)(e)),
+    }
+}
