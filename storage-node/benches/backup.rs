@@ -6,7 +6,9 @@
 //!    their own WAL, not another copy (goal: total ≤ 1.3 × (root + forks' WAL));
 //! 2. WAL archive lag under `pgbench -N -c 4`: from a segment's arrival in the node's
 //!    archive to the node reporting it in the bucket (p50/p99);
-//! 3. RTO: the node's data directory deleted, `--recover` → the root's first query.
+//! 3. RTO: the node's data directory deleted, `--recover` → the root's first query;
+//! 4. a copy of the root on a second node through the bucket (`from_backup`, what a fork
+//!    placed on another storage node is) → its first query.
 //!
 //! Every number is measured in this run; progress goes to stderr, tables to stdout.
 
@@ -328,6 +330,44 @@ async fn run() -> Result<()> {
     }
     let listed = env.client.list_timelines().await?.len();
 
+    // 4. A copy of the root on a second node that never had it, through the bucket (what
+    // a fork placed on another storage node is). As of the root's last archived segment.
+    env.archived(&c, root.id).await?;
+    progress("copying the root onto a second node (from_backup)");
+    let mut b_args = env.s3.node_args("bench-b");
+    b_args.extend(["--pg-bin".to_string(), env.pg.dir().display().to_string()]);
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let node_b = StorageNodeProcess::start_with_env(
+        &storage_binary()?,
+        &env.scratch.path().join("data-b"),
+        &b_args,
+        &env.s3.node_env(),
+    )
+    .await?;
+    let t0 = Instant::now();
+    let copy = node_b
+        .client()
+        .create_timeline(&CreateTimeline {
+            from_backup: Some(ramify_api::FromBackup {
+                prefix: "bench".into(),
+                timeline: root.id,
+            }),
+            backup: Some(false),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("copy onto a second node\n{}", node_b.log_tail()))?
+        .value;
+    let t_copy = t0.elapsed();
+    let cc = env.start(&copy).await?;
+    let n = cc
+        .query_i64("SELECT count(*) FROM pgbench_accounts")
+        .await?;
+    let t_copy_query = t0.elapsed();
+    if n != 100 * 100_000 {
+        bail!("the copy has {n} accounts");
+    }
+
     println!(
         "\n## Off-node durability (pgBackRest → SeaweedFS over TLS, loopback, this machine)\n"
     );
@@ -354,6 +394,14 @@ async fn run() -> Result<()> {
     println!(
         "| RTO: `--recover` → first query on the scale-{SCALE} root | {:.1} s | — |",
         rto.as_secs_f64()
+    );
+    println!(
+        "| copy of the scale-{SCALE} root onto another node (`from_backup`) → timeline ready | {:.1} s | — |",
+        t_copy.as_secs_f64()
+    );
+    println!(
+        "| copy onto another node → first query | {:.1} s | — |",
+        t_copy_query.as_secs_f64()
     );
     if ratio > 1.3 {
         bail!("forks cost more than their own WAL: {ratio:.2}x");

@@ -30,7 +30,11 @@ pub(super) async fn copy_source(
     parent: TimelineId,
     to: &str,
 ) -> Result<FromBackup, Step> {
-    if spec.at.is_some() {
+    if spec
+        .at
+        .as_ref()
+        .is_some_and(|a| *a != ramify_api::At::Latest)
+    {
         return Err(Step::Problem(Problem {
             reason: "InvalidSpec",
             message: format!(

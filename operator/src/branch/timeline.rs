@@ -150,7 +150,8 @@ pub(super) async fn create_timeline(
     let req = CreateTimeline {
         id: Some(id),
         parent,
-        at: spec.at.clone(),
+        // A copy starts where its parent's archive ends: no point to choose.
+        at: if copied { None } else { spec.at.clone() },
         follow,
         // A copy is a root on its node; like any fork it is durable only when asked.
         backup: if copied {
@@ -206,6 +207,19 @@ pub(super) async fn create_timeline(
                 "ParentNotReady",
                 e.to_string(),
                 Duration::from_secs(3),
+            )),
+            // The node is short of space: retried (space may be freed), with the way out.
+            Some(507) => Err(wait(
+                "InsufficientStorage",
+                format!(
+                    "{e}{}",
+                    if req.parent.is_some() {
+                        "; a fork can live on another storage node: spec.storageNode (copied there through the backup repository; its parent must be kept)"
+                    } else {
+                        ""
+                    }
+                ),
+                Duration::from_secs(30),
             )),
             _ => Err(storage_err(&node)(e).into()),
         },

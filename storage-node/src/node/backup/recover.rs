@@ -376,6 +376,14 @@ impl Node {
             self.fresh_stanza(b, id).await;
             return Ok(true);
         }
+        // A promotion (after a restore or a recovery) whose first segment on the new
+        // Postgres timeline is not archived yet: nothing after the switch can be replayed.
+        if own_on_newest.is_empty() && newest_tli > base.set.pg_timeline {
+            return Err(NodeError::NotFound(format!(
+                "timeline {} moved to Postgres timeline {newest_tli} (a promotion after a restore or recovery) and none of its WAL there is archived yet; it is within the computes' archive_timeout",
+                r.id
+            )));
+        }
         let own_first = own_on_newest.iter().min().copied().unwrap_or(u64::MAX);
         let own_last = own_on_newest.iter().max().copied().unwrap_or(0);
         // Its own segments must be whole from the first to the last: a hole would end
