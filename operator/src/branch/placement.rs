@@ -12,13 +12,13 @@ pub(super) async fn known_node(ctx: &Context, n: &str) -> Result<String, Step> {
     if nodes.iter().any(|x| x == n) {
         return Ok(n.to_string());
     }
-    Err(Step::Problem(Problem {
-        reason: "InvalidSpec",
-        message: format!(
+    Err(problem(
+        "InvalidSpec",
+        format!(
             "spec.storageNode {n:?} is not a storage node of this installation ({})",
             nodes.join(", ")
         ),
-    }))
+    ))
 }
 
 /// Where the node `to` copies the parent's timeline `parent` (on `from`) from: the
@@ -35,12 +35,9 @@ pub(super) async fn copy_source(
         .as_ref()
         .is_some_and(|a| *a != ramify_api::At::Latest)
     {
-        return Err(Step::Problem(Problem {
-            reason: "InvalidSpec",
-            message: format!(
+        return Err(problem("InvalidSpec", format!(
                 "spec.at cannot be set for a fork on storage node {to}: its parent lives on {from}, so it is copied through the backup repository and starts at the parent's last archived WAL"
-            ),
-        }));
+            )));
     }
     let info = ctx
         .storage(from)
@@ -48,12 +45,9 @@ pub(super) async fn copy_source(
         .await
         .map_err(storage_err(from))?;
     if info.backup.is_none() {
-        return Err(Step::Problem(Problem {
-            reason: "ParentNotDurable",
-            message: format!(
+        return Err(problem("ParentNotDurable", format!(
                 "a fork on storage node {to} is copied from its parent's backups, but the parent (on {from}) is not kept in the backup repository: create the fork on {from}, or fork a durable branch (a root, or one with spec.backup.enabled)"
-            ),
-        }));
+            )));
     }
     let src = ctx
         .storage(from)
@@ -69,20 +63,14 @@ pub(super) async fn copy_source(
                 timeline: parent,
             })
         }
-        (Some(s), Some(d)) => Err(Step::Problem(Problem {
-            reason: "InvalidSpec",
-            message: format!(
+        (Some(s), Some(d)) => Err(problem("InvalidSpec", format!(
                 "storage nodes {from} and {to} keep their backups in different buckets ({} at {}, {} at {}): a fork across them needs one repository",
                 s.bucket, s.endpoint, d.bucket, d.endpoint
-            ),
-        })),
-        _ => Err(Step::Problem(Problem {
-            reason: "NoRepository",
-            message: format!(
+            ))),
+        _ => Err(problem("NoRepository", format!(
                 "a fork on another storage node than its parent's is copied through the backup repository, and {} has none (the chart's storage.backup)",
                 missing
-            ),
-        })),
+            ))),
     }
 }
 
@@ -98,4 +86,9 @@ pub(super) fn copy_failed(node: &str, e: ClientError) -> Step {
         }),
         _ => Step::Fail(storage_err(node)(e)),
     }
+}
+
+/// A refusal the user mends in the spec (or the chart), shown as the Ready condition.
+fn problem(reason: &'static str, message: String) -> Step {
+    Step::Problem(Problem { reason, message })
 }
