@@ -267,7 +267,7 @@ k -n "$SYS" rollout status statefulset/ramify-storage --timeout=300s >/dev/null 
   || fail "the second storage node did not start: $(k -n "$SYS" logs ramify-storage-1 --tail=20 2>&1)"
 printf 'apiVersion: ramify.dev/v1alpha1\nkind: DatabaseBranch\nmetadata: {name: nowhere, namespace: %s}\nspec: {parent: {name: bank}, storageNode: ramify-storage-9}\n' "$NS_K" \
   | k apply -f - >/dev/null
-wait_for "a fork on an unknown node refused" '{.status.conditions[?(@.type=="Ready")].reason}' '^InvalidSpec$' 60 -n "$NS_K" databasebranch nowhere
+wait_for "a fork on an unknown node waits, naming the nodes" '{.status.conditions[?(@.type=="Ready")].reason}' '^UnknownStorageNode$' 60 -n "$NS_K" databasebranch nowhere
 k -n "$NS_K" delete databasebranch nowhere --wait=false >/dev/null
 T_FAR=$(date +%s.%N)
 printf 'apiVersion: ramify.dev/v1alpha1\nkind: DatabaseBranch\nmetadata: {name: far, namespace: %s}\nspec:\n  parent: {name: bank}\n  storageNode: ramify-storage-1\n  compute: {suspendAfter: 10m}\n' "$NS_K" \

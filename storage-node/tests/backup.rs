@@ -869,6 +869,14 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
         .value;
     let copied_in = t0.elapsed();
     assert_eq!(copy.parent, None);
+    assert!(
+        !std::path::Path::new(&copy.pgdata)
+            .parent()
+            .unwrap()
+            .join("lineage")
+            .exists(),
+        "the ancestors' WAL fetched for the copy is not published with it"
+    );
     let mut bc = b.start(&copy).await;
     assert_eq!(table_checksum(&bc, "t").await, x_sum);
     assert_eq!(
@@ -893,8 +901,13 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
     // Node B keeps its copy in its own prefix, with a base backup of its own, and gets
     // it back when its volume is lost.
     archived(&b, &bc, copy.id).await;
+    // Of its `fork` snapshot: replaying it needs the lineage's WAL, which node B's own
+    // prefix must hold.
     wait_backup(&b, copy.id, "the copy has a base backup on node B", |s| {
-        s.healthy && s.newest_backup.is_some()
+        s.healthy
+            && s.newest_backup
+                .as_ref()
+                .is_some_and(|n| n.snapshot == "fork")
     })
     .await;
     assert!(s3

@@ -6,18 +6,20 @@ use ramify_api::FromBackup;
 
 use super::*;
 
-/// `n` if it is one of the storage StatefulSet's Pods; a problem naming them otherwise.
+/// `n` if it is one of the storage StatefulSet's Pods; otherwise the branch waits (the
+/// StatefulSet may be scaled up) with a condition naming the nodes there are.
 pub(super) async fn known_node(ctx: &Context, n: &str) -> Result<String, Step> {
     let nodes = timeline::storage_nodes(ctx).await?;
     if nodes.iter().any(|x| x == n) {
         return Ok(n.to_string());
     }
-    Err(problem(
-        "InvalidSpec",
+    Err(wait(
+        "UnknownStorageNode",
         format!(
-            "spec.storageNode {n:?} is not a storage node of this installation ({})",
+            "spec.storageNode {n:?} is not a storage node of this installation ({}); waiting for it (the storage StatefulSet scaled up)",
             nodes.join(", ")
         ),
+        Duration::from_secs(30),
     ))
 }
 

@@ -75,7 +75,9 @@ impl Node {
             .and_then(wal::parse_name)
             .is_some_and(|f| matches!(f, wal::WalFile::Segment { segno, .. } if (segno + 1) * SEGMENT_SIZE >= newest.info.end_lsn.0));
         match st.backups.last() {
-            None if self.covered_by_ancestor(rec)? => Ok(None),
+            // One the repository lost takes a base of its own: its WAL since an
+            // ancestor's older base may be gone from the node and from the bucket.
+            None if st.lost_at.is_none() && self.covered_by_ancestor(rec)? => Ok(None),
             None => Ok(Some(newest)),
             Some(last)
                 if wal_pushed

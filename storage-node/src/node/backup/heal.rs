@@ -73,6 +73,8 @@ impl Node {
     /// a stanza gone makes the timeline archived anew; a record gone alone is written
     /// again. Returns whether anything was lost.
     async fn heal(&self, b: &Backups, id: TimelineId) -> Result<bool, NodeError> {
+        // A node fenced off the prefix leaves it alone.
+        b.may_write()?;
         // A base backup under way would record a set into a state reset beneath it.
         if b.backing_up_now(id) {
             return Ok(false);
@@ -116,24 +118,11 @@ impl Node {
         Ok(true)
     }
 
-    /// Whether a timeline marked lost has a base in the repository again — its own
-    /// backup, or an ancestor's from before its fork point — and so recovers again.
-    pub(super) fn based_again(&self, rec: &TimelineRecord, st: &BackupState) -> bool {
-        if !st.backups.is_empty() {
-            return true;
-        }
-        let (mut parent, mut fork_lsn) = (rec.parent, rec.fork_lsn);
-        while let (Some(p), Some(lsn)) = (parent, fork_lsn) {
-            let Ok(prec) = self.record(p) else {
-                return false;
-            };
-            let pst = self.meta.backup_state(p).unwrap_or_default();
-            if pst.lost_at.is_none() && pst.backups.iter().any(|s| s.consistent_lsn <= lsn) {
-                return true;
-            }
-            (parent, fork_lsn) = (prec.parent, prec.fork_lsn);
-        }
-        false
+    /// Whether a timeline marked lost has a base in the repository again: a backup of
+    /// its own (an ancestor's older one would need the timeline's WAL from its fork point,
+    /// which may be gone from the node and from the bucket).
+    pub(super) fn based_again(&self, st: &BackupState) -> bool {
+        !st.backups.is_empty()
     }
 }
 

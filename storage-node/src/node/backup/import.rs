@@ -32,11 +32,11 @@ impl Node {
         let mut repo = b.repo().clone();
         repo.prefix = prefix;
         let other = Backups::reader(self, repo, b.pgbr.bin().to_path_buf(), id)?;
-        let lineage = lineage(&other, from.timeline).await?;
-        let r = &lineage[&from.timeline];
         let t0 = Instant::now();
-        let result = self
-            .recover_one(
+        let result = async {
+            let lineage = lineage(&other, from.timeline).await?;
+            let r = &lineage[&from.timeline];
+            self.recover_one(
                 &other,
                 r,
                 &lineage,
@@ -44,7 +44,11 @@ impl Node {
                 &mut None,
                 Mode::Import { id, req },
             )
-            .await;
+            .await
+        }
+        .await;
+        // pgBackRest's working directory for the other prefix, whatever happened (one a
+        // crash left is removed by the next copy under the same id).
         let _ = std::fs::remove_dir_all(&other.work);
         result?;
         let rec = self.record(id)?;

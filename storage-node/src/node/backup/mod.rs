@@ -499,7 +499,7 @@ impl Node {
         }
         if st.lost_at.is_some() {
             let st = self.meta.backup_state(id)?;
-            if st.lost_at.is_some() && self.based_again(&rec, &st) {
+            if st.lost_at.is_some() && self.based_again(&st) {
                 self.update_backup_state(id, |s| s.lost_at = None)?;
                 info!(timeline = %id, "the timeline is in the backup repository again, with a base to recover from");
             }

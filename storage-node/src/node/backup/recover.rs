@@ -230,6 +230,23 @@ impl Node {
             // A copy is a root of this node: its history here starts with it.
             Mode::Import { id, req } => (id, self.begin(id, req)?),
         };
+        // A copy that could not replay past its base is refused before anything is
+        // downloaded (the operator asks again until it can).
+        if let Mode::Import { .. } = mode {
+            let names = archive_names(b, &stanza).await?;
+            let files: Vec<wal::WalFile> =
+                names.iter().filter_map(|n| wal::parse_name(n)).collect();
+            let newest_tli = newest_tli_of(files.iter(), base.set.pg_timeline);
+            let on_newest = files
+                .iter()
+                .any(|f| matches!(f, wal::WalFile::Segment { tli, .. } if *tli == newest_tli));
+            if let (Some(parent), false, false) = (r.parent, base.owner == r.id, on_newest) {
+                return Err(no_own_wal(r.id, parent));
+            }
+            if !on_newest && newest_tli > base.set.pg_timeline {
+                return Err(promotion_not_archived(r.id, newest_tli));
+            }
+        }
         let dir = TimelineDir(self.layout.creating(id));
         let mut steps: Vec<(&str, Duration)> = Vec::new();
         let t_restore = Instant::now();
@@ -287,7 +304,14 @@ impl Node {
         steps.push(("restore", t_restore.elapsed()));
         // The timeline's own archive, from its stanza.
         let t_fetch = Instant::now();
-        let own = self.fetch_archive(b, &stanza, &pg1, &dir.archive()).await?;
+        let own = match mode {
+            Mode::Recover => self.fetch_archive(b, &stanza, &pg1, &dir.archive()).await?,
+            Mode::Import { .. } => {
+                let from = base.set.start_lsn.0 / SEGMENT_SIZE;
+                self.fetch_archive_from(b, &stanza, &pg1, &dir.archive(), from..=u64::MAX)
+                    .await?
+            }
+        };
         steps.push(("fetch_wal", t_fetch.elapsed()));
         let archive = self.open_dir(&dir.archive())?;
         // Ancestors recovered here, nearest first (one that was not durable is not here;
@@ -295,6 +319,9 @@ impl Node {
         // fetches theirs from the repository, from its base on, beside its own.
         let mut ancestors = Vec::new();
         let mut cur = r.parent;
+        // A copy needs of each ancestor's WAL only the stretch from the base to where
+        // the next timeline on the path forked from it.
+        let mut fork_seg = r.fork_lsn.map_or(u64::MAX, |l| l.0 / SEGMENT_SIZE);
         while let Some(a) = cur {
             match mode {
                 Mode::Recover => {
@@ -307,24 +334,21 @@ impl Node {
                     std::fs::create_dir_all(&dest)
                         .map_err(io_op("create the lineage directory"))?;
                     let from = base.set.start_lsn.0 / SEGMENT_SIZE;
-                    self.fetch_archive_from(b, &a.to_string(), &pg1, &dest, from)
+                    self.fetch_archive_from(b, &a.to_string(), &pg1, &dest, from..=fork_seg)
                         .await?;
                     ancestors.push(self.open_dir(&dest)?);
                 }
             }
+            fork_seg = records
+                .get(&a)
+                .and_then(|x| x.fork_lsn)
+                .map_or(u64::MAX, |l| l.0 / SEGMENT_SIZE);
             cur = records.get(&a).and_then(|x| x.parent);
         }
         // The Postgres timeline it is on: the newest of its own files. A fork of a
         // stopped parent carries on its parent's, so its history file (if any) is an
         // ancestor's.
-        let newest_tli = own
-            .values()
-            .map(|f| match f {
-                wal::WalFile::Segment { tli, .. } | wal::WalFile::History { tli } => *tli,
-            })
-            .max()
-            .unwrap_or(base.set.pg_timeline)
-            .max(base.set.pg_timeline);
+        let newest_tli = newest_tli_of(own.values(), base.set.pg_timeline);
         let history = if newest_tli > 1 {
             let name = format!("{newest_tli:08X}.history");
             let src = if own.contains_key(&name) {
@@ -358,10 +382,7 @@ impl Node {
             (r.parent, base.owner == r.id, own_on_newest.is_empty())
         {
             if let Mode::Import { .. } = mode {
-                return Err(NodeError::Conflict(format!(
-                    "timeline {} has no WAL of its own in the repository yet (nothing archived since it forked from {parent}): copy its parent, or again once its first segment is archived",
-                    r.id
-                )));
+                return Err(no_own_wal(r.id, parent));
             }
             drop(archive);
             drop(ancestors);
@@ -379,10 +400,7 @@ impl Node {
         // A promotion (after a restore or a recovery) whose first segment on the new
         // Postgres timeline is not archived yet: nothing after the switch can be replayed.
         if own_on_newest.is_empty() && newest_tli > base.set.pg_timeline {
-            return Err(NodeError::NotFound(format!(
-                "timeline {} moved to Postgres timeline {newest_tli} (a promotion after a restore or recovery) and none of its WAL there is archived yet; it is within the computes' archive_timeout",
-                r.id
-            )));
+            return Err(promotion_not_archived(r.id, newest_tli));
         }
         let own_first = own_on_newest.iter().min().copied().unwrap_or(u64::MAX);
         let own_last = own_on_newest.iter().max().copied().unwrap_or(0);
@@ -595,37 +613,27 @@ impl Node {
         pg1: &OsString,
         dest: &Path,
     ) -> Result<BTreeMap<String, wal::WalFile>, NodeError> {
-        self.fetch_archive_from(b, stanza, pg1, dest, 0).await
+        self.fetch_archive_from(b, stanza, pg1, dest, 0..=u64::MAX)
+            .await
     }
 
-    /// [`Node::fetch_archive`] of the segments numbered `from_segno` or later (and every
-    /// history file).
+    /// [`Node::fetch_archive`] of the segments numbered in `segnos` (and every history
+    /// file).
     async fn fetch_archive_from(
         &self,
         b: &Backups,
         stanza: &str,
         pg1: &OsString,
         dest: &Path,
-        from_segno: u64,
+        segnos: std::ops::RangeInclusive<u64>,
     ) -> Result<BTreeMap<String, wal::WalFile>, NodeError> {
-        let listing = b
-            .pgbr
-            .run(
-                None,
-                "repo-ls",
-                &["--recurse".into(), format!("archive/{stanza}").into()],
-            )
-            .await?;
-        let names: Vec<String> = listing
-            .lines()
-            .filter_map(|l| l.rsplit('/').next())
-            .filter_map(archive_entry_name)
+        let names: Vec<String> = archive_names(b, stanza)
+            .await?
+            .into_iter()
             .filter(|n| match wal::parse_name(n) {
-                Some(wal::WalFile::Segment { segno, .. }) => segno >= from_segno,
+                Some(wal::WalFile::Segment { segno, .. }) => segnos.contains(&segno),
                 _ => true,
             })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
         use futures::StreamExt;
         // Futures made in a loop, not by a closure over borrowed values: a copy runs
@@ -645,6 +653,54 @@ impl Node {
         let dir = self.open_dir(dest)?;
         Ok(wal::list(&dir)?)
     }
+}
+
+/// The Postgres timeline a timeline's archive reaches: the newest of its files, never
+/// before its base's.
+fn newest_tli_of<'a>(files: impl Iterator<Item = &'a wal::WalFile>, base_tli: u32) -> u32 {
+    files
+        .map(|f| match f {
+            wal::WalFile::Segment { tli, .. } | wal::WalFile::History { tli } => *tli,
+        })
+        .max()
+        .unwrap_or(base_tli)
+        .max(base_tli)
+}
+
+/// A copy of a fork none of whose own WAL is archived: nothing to replay past its fork
+/// point.
+fn no_own_wal(id: TimelineId, parent: TimelineId) -> NodeError {
+    NodeError::Conflict(format!(
+        "timeline {id} has no WAL of its own in the repository yet (nothing archived since it forked from {parent}): copy its parent, or again once its first segment is archived"
+    ))
+}
+
+/// A timeline that promoted (after a restore or a recovery) with none of its WAL on the
+/// new Postgres timeline archived yet.
+fn promotion_not_archived(id: TimelineId, tli: u32) -> NodeError {
+    NodeError::NotFound(format!(
+        "timeline {id} moved to Postgres timeline {tli} (a promotion after a restore or recovery) and none of its WAL there is archived yet; it is within the computes' archive_timeout"
+    ))
+}
+
+/// The WAL names (segments and history files) in `stanza`'s archive, sorted, without
+/// downloading anything.
+async fn archive_names(b: &Backups, stanza: &str) -> Result<Vec<String>, NodeError> {
+    let listing = b
+        .pgbr
+        .run(
+            None,
+            "repo-ls",
+            &["--recurse".into(), format!("archive/{stanza}").into()],
+        )
+        .await?;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter_map(archive_entry_name)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect())
 }
 
 /// Clones `name` from `src` into `pg_wal`, marked archived (`.done`), so the recovered
