@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::timeline::{
     ApiError, CreateRestorePoint, CreateSnapshot, CreateTimeline, Credentials, NodeStatus,
-    RestorePointInfo, SnapshotInfo, TimelineId, TimelineInfo,
+    RestorePointInfo, Sealed, SnapshotInfo, TimelineId, TimelineInfo,
 };
 use crate::token::ApiToken;
 
@@ -262,6 +262,16 @@ impl StorageClient {
         self.call::<(), serde_json::Value>(Method::DELETE, &path, None, SLOW_CALL_TIMEOUT)
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/timelines/{id}/seal`: needs the timeline's compute stopped and the node a
+    /// backup repository; returns once every WAL file is in it.
+    pub async fn seal_timeline(&self, id: TimelineId) -> Result<Sealed, ClientError> {
+        let path = format!("/v1/timelines/{id}/seal");
+        Ok(self
+            .call::<(), _>(Method::POST, &path, None, SLOW_CALL_TIMEOUT)
+            .await?
+            .1)
     }
 
     /// `POST /v1/timelines/{id}/restore-points`: needs the timeline's compute running.

@@ -126,6 +126,28 @@ pub struct FromBackup {
     pub prefix: String,
     /// The timeline there.
     pub timeline: TimelineId,
+    /// The timeline was sealed (`POST /v1/timelines/{id}/seal` on its node, its compute
+    /// stopped) at this LSN, its last WAL record: the copy takes the unfinished last
+    /// segment the seal put in the repository and must replay through this record, or
+    /// is refused (409) — a move loses no commit. Without it the copy starts at the
+    /// timeline's last archived WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<Lsn>,
+}
+
+/// `POST /v1/timelines/{id}/seal`: a durable timeline whose compute is stopped, with all
+/// of its WAL in the node's backup repository — the last, unfinished segment as
+/// `<segment>.partial` (Postgres's own name for a segment a timeline left unfinished, so
+/// the full segment, should the compute start again here, never clashes with it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The start of the timeline's last WAL record (after a clean stop, its compute's
+    /// shutdown checkpoint): give it as `from_backup.through`.
+    pub lsn: Lsn,
+    /// The Postgres timeline the WAL ends on.
+    pub pg_timeline: u32,
+    /// The unfinished segment, archived as `<partial>.partial`.
+    pub partial: String,
 }
 
 /// The Postgres a following root streams from (physical replication).

@@ -351,6 +351,7 @@ async fn run() -> Result<()> {
             from_backup: Some(ramify_api::FromBackup {
                 prefix: "bench".into(),
                 timeline: root.id,
+                through: None,
             }),
             backup: Some(false),
             ..Default::default()

@@ -105,6 +105,7 @@ pub fn router(node: AppState, token: ApiToken, token_source: &str) -> Router {
             "/v1/timelines/{id}/restore-points",
             axum::routing::post(create_restore_point),
         )
+        .route("/v1/timelines/{id}/seal", axum::routing::post(seal))
         .route(
             "/v1/timelines/{id}/snapshots",
             get(list_snapshots).post(create_snapshot),
@@ -300,6 +301,10 @@ async fn create_snapshot(
     Ok((StatusCode::CREATED, Json(s)).into_response())
 }
 
+async fn seal(State(node): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(Json(node.seal(parse_id(&id)?).await?).into_response())
+}
+
 async fn create_restore_point(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -416,6 +421,7 @@ mod tests {
             (M::DELETE, format!("{tl}?force=true")),
             (M::PUT, format!("{tl}/credentials")),
             (M::POST, format!("{tl}/restore-points")),
+            (M::POST, format!("{tl}/seal")),
             (M::GET, format!("{tl}/snapshots")),
             (M::POST, format!("{tl}/snapshots")),
             (M::DELETE, format!("{tl}/snapshots/s1")),

@@ -152,7 +152,8 @@ impl Drained {
     }
 }
 
-enum Taken {
+/// What [`take`] did with a file.
+pub(crate) enum Taken {
     Moved,
     Duplicate,
     Differs,
@@ -162,7 +163,14 @@ enum Taken {
     Unreadable,
 }
 
-fn take(inbox: &Dir, archive: &Dir, name: &str, method: CloneMethod) -> Result<Taken, CloneError> {
+/// Puts `name` from `inbox` (or any directory only the node writes) into `archive` as a
+/// new inode, never over an existing file: see the module doc.
+pub(crate) fn take(
+    inbox: &Dir,
+    archive: &Dir,
+    name: &str,
+    method: CloneMethod,
+) -> Result<Taken, CloneError> {
     let n = OsStr::new(name);
     let (src, st) = match inbox.open_file(n) {
         Ok(f) => f,

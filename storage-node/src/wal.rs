@@ -331,6 +331,64 @@ pub fn last_record_before(
     last_record_until(waldump, pg_wal, tli, start, Some(end))
 }
 
+/// The start and the end of the last complete WAL record in `pg_wal` on timeline `tli`,
+/// reading from `start` to `end` as [`last_record_before`] does: where a copy that
+/// replays this WAL stops, and the byte its last segment must hold.
+pub fn last_record_span(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Option<(Lsn, Lsn)>, WalError> {
+    let out = waldump_from(waldump, pg_wal, tli, start)
+        .arg("--end")
+        .arg(end.to_string())
+        .output()
+        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !end_of_wal(&stderr) {
+        return Err(WalError::Waldump(stderr.trim().to_string()));
+    }
+    Ok(stdout
+        .lines()
+        .rev()
+        .find_map(|l| Some((record_lsn(l)?, record_total_len(l)?)))
+        .map(|(at, len)| (at, record_end(at, len))))
+}
+
+/// WAL page size (Postgres's default, and Ramify's only supported one).
+const WAL_PAGE: u64 = 8192;
+
+/// Where a record of `len` bytes starting at `at` ends: its bytes, and the page header of
+/// every page it continues on (a long one at a segment's start).
+fn record_end(at: Lsn, len: u64) -> Lsn {
+    let (mut pos, mut left) = (at.0, len);
+    while left > 0 {
+        if pos % WAL_PAGE == 0 {
+            pos += if pos % SEGMENT_SIZE == 0 { 40 } else { 24 };
+        }
+        let take = (WAL_PAGE - pos % WAL_PAGE).min(left);
+        pos += take;
+        left -= take;
+    }
+    Lsn(pos)
+}
+
+/// The total length of one `pg_waldump` record line (`len (rec/tot):    114/   114,`).
+fn record_total_len(line: &str) -> Option<u64> {
+    let at = line.find("len (rec/tot):")?;
+    let rest = &line[at + "len (rec/tot):".len()..];
+    rest.split(',')
+        .next()?
+        .split('/')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn last_record_until(
     waldump: &Path,
     pg_wal: &Path,
@@ -363,6 +421,19 @@ fn record_lsn(line: &str) -> Option<Lsn> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn a_record_ends_after_its_bytes_and_the_page_headers_it_crosses() {
+        let line = "rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/03000028, prev 0/030000D8, desc: CHECKPOINT_SHUTDOWN";
+        assert_eq!(record_lsn(line), Some(Lsn(0x0300_0028)));
+        assert_eq!(record_total_len(line), Some(114));
+        assert_eq!(record_end(Lsn(0x0300_0028), 114), Lsn(0x0300_0028 + 114));
+        // 100 bytes before a page's end: the rest after the next page's short header.
+        assert_eq!(record_end(Lsn(8192 - 100), 114), Lsn(8192 + 24 + 14));
+        // Across a segment boundary: the long header.
+        let seg_end = SEGMENT_SIZE * 4;
+        assert_eq!(record_end(Lsn(seg_end - 10), 20), Lsn(seg_end + 40 + 10));
+    }
 
     fn dir(p: &Path) -> Dir {
         Dir::open_root(p).unwrap()

@@ -836,6 +836,7 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
         from_backup: Some(ramify_api::FromBackup {
             prefix: prefix.into(),
             timeline,
+            through: None,
         }),
         ..Default::default()
     };
@@ -934,4 +935,177 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
     let mc = b.start(&moved).await;
     assert_eq!(table_checksum(&mc, "t").await, x_sum);
     eprintln!("copied a timeline across nodes in {copied_in:?}");
+}
+
+/// The status and message of a refused seal.
+async fn seal_refused(env: &Env, id: TimelineId) -> (u16, String) {
+    match env.client.seal_timeline(id).await {
+        Ok(s) => panic!("sealed {id} at {}", s.lsn),
+        Err(ramify_api::ClientError::Api {
+            status, message, ..
+        }) => (status.as_u16(), message),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_timeline_moves_to_another_node_with_every_commit() {
+    if skip_without_s3("a_sealed_timeline_moves_to_another_node_with_every_commit") {
+        return;
+    }
+    let s3 = S3Server::start("ramify-move").expect("S3 server");
+    let args = backup_args(&s3, "node-a");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let (root, mut rc) = a.root().await;
+    rc.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text);
+         INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    archived(&a, &rc, root.id).await;
+    wait_backup(&a, root.id, "the root has a base backup", |b| {
+        b.newest_backup.is_some()
+    })
+    .await;
+    let scratch = fork(&a, root.id, None).await;
+    // Commits after the last archived segment: only in the unfinished one, in pg_wal.
+    for i in 0..50 {
+        rc.execute(&format!("INSERT INTO t VALUES ({}, 'tail')", 100_000 + i))
+            .await
+            .unwrap();
+    }
+    let (status, message) = seal_refused(&a, root.id).await;
+    assert!(
+        status == 409 && message.contains("running"),
+        "a running compute is stopped first: {status} {message}"
+    );
+    let (status, message) = seal_refused(&a, scratch.id).await;
+    assert!(
+        status == 409 && message.contains("not kept"),
+        "a timeline that is not durable has nothing to seal into: {status} {message}"
+    );
+    let sum = table_checksum(&rc, "t").await;
+    // A clean stop archives the segment it ends (Postgres switches it away when
+    // archiving is on); the seal pushes the last one, with the shutdown checkpoint.
+    rc.stop().await.unwrap();
+    let t0 = Instant::now();
+    let sealed = a
+        .client
+        .seal_timeline(root.id)
+        .await
+        .unwrap_or_else(|e| panic!("seal: {e}\n{}", a.node.log_tail()));
+    let sealed_in = t0.elapsed();
+    // A seal asked again finds everything in place.
+    assert_eq!(a.client.seal_timeline(root.id).await.unwrap(), sealed);
+    let partials = |s3: &S3Server| {
+        s3.list_keys(&format!("node-a/archive/{}/", root.id))
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.contains(&format!("{}.partial-", sealed.partial)))
+            .count()
+    };
+    assert_eq!(
+        partials(&s3),
+        1,
+        "the tail is in the bucket as a partial segment"
+    );
+
+    // Node B copies it under its own id, through the sealed record.
+    let args = backup_args(&s3, "node-b");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let move_req = |through| CreateTimeline {
+        id: Some(root.id),
+        from_backup: Some(ramify_api::FromBackup {
+            prefix: "node-a".into(),
+            timeline: root.id,
+            through: Some(through),
+        }),
+        ..Default::default()
+    };
+    let (status, message) = refused(
+        &b,
+        &move_req(ramify_api::Lsn(sealed.lsn.0 + 64 * 1024 * 1024)),
+    )
+    .await;
+    assert!(
+        status == 409 && message.contains("seal it again"),
+        "a copy that cannot reach the sealed record is refused: {status} {message}"
+    );
+    let t1 = Instant::now();
+    let moved = b
+        .client
+        .create_timeline(&move_req(sealed.lsn))
+        .await
+        .unwrap_or_else(|e| panic!("copy: {e}\n{}", b.node.log_tail()))
+        .value;
+    let copied_in = t1.elapsed();
+    let mut bc = b.start(&moved).await;
+    assert_eq!(
+        table_checksum(&bc, "t").await,
+        sum,
+        "every commit, the unarchived tail's too"
+    );
+    assert_eq!(
+        bc.query_i64("SELECT count(*) FROM t WHERE pad = 'tail'")
+            .await
+            .unwrap(),
+        50
+    );
+    amcheck(&bc).await;
+    bc.stop().await.unwrap();
+
+    // The move is called off and the compute runs on node A again, into the same
+    // segment, then dies (SIGKILL): a second seal archives the longer tail in place of
+    // the first's, and finds the end of the WAL without a clean shutdown.
+    let mut rc = a.start(&root).await;
+    for i in 0..20 {
+        rc.execute(&format!("INSERT INTO t VALUES ({}, 'again')", 200_000 + i))
+            .await
+            .unwrap();
+    }
+    let sum2 = table_checksum(&rc, "t").await;
+    let unarchived = query_text(&rc, "SELECT pg_walfile_name(pg_current_wal_lsn())").await;
+    rc.kill9().unwrap();
+    let sealed2 = a
+        .client
+        .seal_timeline(root.id)
+        .await
+        .unwrap_or_else(|e| panic!("second seal: {e}\n{}", a.node.log_tail()));
+    assert!(sealed2.lsn > sealed.lsn, "{sealed2:?} after {sealed:?}");
+    assert_eq!(
+        sealed2.partial, unarchived,
+        "the commits before the kill are in the partial segment only"
+    );
+    assert_eq!(
+        sealed2.partial, sealed.partial,
+        "the compute went on in the segment it was sealed in"
+    );
+    assert_eq!(partials(&s3), 1, "the older partial segment was replaced");
+    // Node B's first copy is of another seal: refused as it stands, made again.
+    let (status, _) = refused(&b, &move_req(sealed2.lsn)).await;
+    assert_eq!(status, 409);
+    b.client.delete_timeline(root.id, false).await.unwrap();
+    let moved = b
+        .client
+        .create_timeline(&move_req(sealed2.lsn))
+        .await
+        .unwrap_or_else(|e| panic!("second copy: {e}\n{}", b.node.log_tail()))
+        .value;
+    let bc = b.start(&moved).await;
+    assert_eq!(table_checksum(&bc, "t").await, sum2);
+    assert_eq!(
+        bc.query_i64("SELECT count(*) FROM t WHERE pad = 'again'")
+            .await
+            .unwrap(),
+        20
+    );
+    amcheck(&bc).await;
+    bc.execute("INSERT INTO t VALUES (300000, 'on b')")
+        .await
+        .unwrap();
+    archived(&b, &bc, root.id).await;
+    eprintln!("sealed in {sealed_in:?}, copied to the other node in {copied_in:?}");
 }

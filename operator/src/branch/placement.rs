@@ -1,6 +1,7 @@
 //! `spec.storageNode`: a root placed on a chosen storage node, and a fork placed on
 //! another node than its parent's — a copy of the parent made by that node from the
 //! backup repository (`from_backup`), since a copy-on-write clone cannot cross volumes.
+//! (Moving an existing branch is in `moving.rs`.)
 
 use ramify_api::FromBackup;
 
@@ -51,6 +52,16 @@ pub(super) async fn copy_source(
                 "a fork on storage node {to} is copied from its parent's backups, but the parent (on {from}) is not kept in the backup repository: create the fork on {from}, or fork a durable branch (a root, or one with spec.backup.enabled)"
             )));
     }
+    Ok(FromBackup {
+        prefix: shared_prefix(ctx, from, to).await?,
+        timeline: parent,
+        through: None,
+    })
+}
+
+/// The prefix in the backup repository of node `from`, from which node `to` can copy:
+/// both must keep their backups in the same bucket.
+pub(super) async fn shared_prefix(ctx: &Context, from: &str, to: &str) -> Result<String, Step> {
     let src = ctx
         .storage(from)
         .status()
@@ -59,18 +70,13 @@ pub(super) async fn copy_source(
     let dst = ctx.storage(to).status().await.map_err(storage_err(to))?;
     let missing = if dst.backup.is_none() { to } else { from };
     match (src.backup, dst.backup) {
-        (Some(s), Some(d)) if s.bucket == d.bucket && s.endpoint == d.endpoint => {
-            Ok(FromBackup {
-                prefix: s.prefix,
-                timeline: parent,
-            })
-        }
+        (Some(s), Some(d)) if s.bucket == d.bucket && s.endpoint == d.endpoint => Ok(s.prefix),
         (Some(s), Some(d)) => Err(problem("InvalidSpec", format!(
-                "storage nodes {from} and {to} keep their backups in different buckets ({} at {}, {} at {}): a fork across them needs one repository",
+                "storage nodes {from} and {to} keep their backups in different buckets ({} at {}, {} at {}): a copy across them needs one repository",
                 s.bucket, s.endpoint, d.bucket, d.endpoint
             ))),
         _ => Err(problem("NoRepository", format!(
-                "a fork on another storage node than its parent's is copied through the backup repository, and {} has none (the chart's storage.backup)",
+                "a branch is copied to another storage node through the backup repository, and {} has none (the chart's storage.backup)",
                 missing
             ))),
     }

@@ -186,6 +186,22 @@ impl Bucket {
         Ok(())
     }
 
+    /// Removes `key` under the repository's prefix; one already gone is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), BackupError> {
+        let key = self.repo.key(key);
+        let what = format!("deleting {key}");
+        let resp = self
+            .send(
+                &what,
+                self.request(reqwest::Method::DELETE, &key, &[], vec![]),
+            )
+            .await?;
+        if !resp.status().is_success() && resp.status() != reqwest::StatusCode::NOT_FOUND {
+            return Err(self.fail(&what, resp).await);
+        }
+        Ok(())
+    }
+
     /// Reads `key` under the repository's prefix; `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
         let key = self.repo.key(key);

@@ -45,8 +45,9 @@ pub(super) enum Latest {
 }
 
 /// What a stopped PGDATA shows of any Postgres that starts on it.
-struct Marks {
-    pg_control: Vec<u8>,
+pub(super) struct Marks {
+    /// `global/pg_control`.
+    pub(super) pg_control: Vec<u8>,
     /// `postmaster.pid`, absent after a clean stop.
     postmaster_pid: Option<Vec<u8>>,
     /// Age of `postmaster.pid`, when present.
@@ -55,12 +56,12 @@ struct Marks {
 
 impl Marks {
     /// The marks without the age, which moves on with the clock.
-    fn same_files(&self, other: &Marks) -> bool {
+    pub(super) fn same_files(&self, other: &Marks) -> bool {
         self.pg_control == other.pg_control && self.postmaster_pid == other.postmaster_pid
     }
 
     /// Why a Postgres may be starting (or stopping) on this PGDATA, if it may.
-    fn starting(&self) -> Option<String> {
+    pub(super) fn starting(&self) -> Option<String> {
         let (pid, age) = (self.postmaster_pid.as_ref()?, self.pid_age?);
         // Line 8 of postmaster.pid: the postmaster's status (Postgres 10 and later).
         let status = String::from_utf8_lossy(pid)
@@ -182,7 +183,7 @@ impl Node {
         )?))
     }
 
-    fn marks(&self, tdir: &TimelineDir) -> Result<Marks, NodeError> {
+    pub(super) fn marks(&self, tdir: &TimelineDir) -> Result<Marks, NodeError> {
         let pg = self.open_dir(&tdir.pgdata())?;
         let pg_control = pg
             .open_dir("global")

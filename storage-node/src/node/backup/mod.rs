@@ -10,6 +10,7 @@ mod base;
 mod heal;
 mod import;
 mod recover;
+mod seal;
 mod writer;
 pub use recover::Recovered;
 pub use writer::{host_name, HEARTBEAT_EVERY};
@@ -32,6 +33,9 @@ pub struct Backups {
     health: StdMutex<HashMap<TimelineId, Health>>,
     /// Timelines with a base backup under way.
     backing_up: StdMutex<HashSet<TimelineId>>,
+    /// One push pass at a time (the background loop's, a seal's): the watermark of what
+    /// is in the bucket only moves forward.
+    pass: tokio::sync::Mutex<()>,
     /// Serialises read-modify-write of backup states.
     state_write: StdMutex<()>,
     /// This node's claim on the prefix ([`Node::claim_backup_repo`]), and the name it is
@@ -103,6 +107,7 @@ impl Backups {
             full_after_wal_bytes,
             health: StdMutex::new(HashMap::new()),
             backing_up: StdMutex::new(HashSet::new()),
+            pass: tokio::sync::Mutex::new(()),
             state_write: StdMutex::new(()),
             writer: OnceLock::new(),
             claim_as: OnceLock::new(),
@@ -370,6 +375,7 @@ impl Node {
             .get()
             .ok_or_else(|| NodeError::Conflict("this node has no backup repository".into()))?
             .clone();
+        let _pass = b.pass.lock().await;
         // The timeline's lock is held to read it, never across a call to the bucket (a
         // delete would wait for it).
         let g = self.read_lock(id).await;

@@ -239,7 +239,10 @@ impl Node {
             let newest_tli = newest_tli_of(files.iter(), base.set.pg_timeline);
             let on_newest = files
                 .iter()
-                .any(|f| matches!(f, wal::WalFile::Segment { tli, .. } if *tli == newest_tli));
+                .any(|f| matches!(f, wal::WalFile::Segment { tli, .. } if *tli == newest_tli))
+                || names.iter().any(|n| {
+                    matches!(partial_segment(n), Some(wal::WalFile::Segment { tli, .. }) if tli == newest_tli)
+                });
             if let (Some(parent), false, false) = (r.parent, base.owner == r.id, on_newest) {
                 return Err(no_own_wal(r.id, parent));
             }
@@ -367,13 +370,17 @@ impl Node {
             vec![]
         };
         let newest_begins = history.last().map_or(Lsn(0), |&(_, e)| e);
-        let own_on_newest: Vec<u64> = own
+        let mut own_on_newest: Vec<u64> = own
             .values()
             .filter_map(|f| match f {
                 wal::WalFile::Segment { tli, segno } if *tli == newest_tli => Some(*segno),
                 _ => None,
             })
             .collect();
+        // The unfinished last segment a seal archived (`POST …/seal`): replayed as that
+        // segment, after the whole ones.
+        let sealed_tail = sealed_tail(&archive, newest_tli, own_on_newest.iter().max().copied())?;
+        own_on_newest.extend(sealed_tail);
         // A fork whose own first segment never reached the bucket: nothing of its own is
         // there to replay, and the parent's segment past the fork point must not be
         // replayed in its place. It is forked again from its recovered parent at its fork
@@ -478,6 +485,16 @@ impl Node {
         for name in own.keys() {
             place(&archive, &pg_wal, name, self.clone_method)?;
         }
+        if let Some(segno) = sealed_tail {
+            let name = wal::segment_name(newest_tli, segno);
+            place_as(
+                &archive,
+                &format!("{name}.partial"),
+                &pg_wal,
+                &name,
+                self.clone_method,
+            )?;
+        }
         // Recovery replays to the last record on the newest Postgres timeline (which
         // begins at its history's last switch point, or at the base).
         let last_seg = if own_on_newest.is_empty() {
@@ -511,6 +528,22 @@ impl Node {
                 wal::segment_name(newest_tli, last_seg)
             )));
         }
+        // A copy of a sealed timeline replays exactly through the sealed record: every
+        // commit, and nothing its node wrote after (its compute started again).
+        let through = match mode {
+            Mode::Import { req, .. } => req.from_backup.as_ref().and_then(|f| f.through),
+            Mode::Recover => None,
+        };
+        let end_lsn = match through {
+            Some(t) if end_lsn < t => {
+                return Err(NodeError::Conflict(format!(
+                    "the WAL of timeline {id} in the repository ends at {end_lsn}, before {t} where it was sealed: seal it again (POST /v1/timelines/{}/seal on its node) and copy again",
+                    r.id
+                )))
+            }
+            Some(t) => t,
+            None => end_lsn,
+        };
         let target = RecoveryTarget::Lsn(end_lsn);
         steps.push(("find_end", t_end.elapsed()));
         // Its starting state is its first snapshot, as a fork's is.
@@ -630,10 +663,12 @@ impl Node {
         let names: Vec<String> = archive_names(b, stanza)
             .await?
             .into_iter()
-            .filter(|n| match wal::parse_name(n) {
-                Some(wal::WalFile::Segment { segno, .. }) => segnos.contains(&segno),
-                _ => true,
-            })
+            .filter(
+                |n| match wal::parse_name(n).or_else(|| partial_segment(n)) {
+                    Some(wal::WalFile::Segment { segno, .. }) => segnos.contains(&segno),
+                    _ => true,
+                },
+            )
             .collect();
         use futures::StreamExt;
         // Futures made in a loop, not by a closure over borrowed values: a copy runs
@@ -706,10 +741,21 @@ async fn archive_names(b: &Backups, stanza: &str) -> Result<Vec<String>, NodeErr
 /// Clones `name` from `src` into `pg_wal`, marked archived (`.done`), so the recovered
 /// compute does not archive it again.
 fn place(src: &Dir, pg_wal: &Dir, name: &str, method: CloneMethod) -> Result<(), NodeError> {
+    place_as(src, name, pg_wal, name, method)
+}
+
+/// [`place`] of `from` under the name `name`.
+fn place_as(
+    src: &Dir,
+    from: &str,
+    pg_wal: &Dir,
+    name: &str,
+    method: CloneMethod,
+) -> Result<(), NodeError> {
     pg_wal
         .remove_file_if_exists(name)
         .map_err(CloneError::from)?;
-    clone::clone_file(src, name.as_ref(), pg_wal, name.as_ref(), method)?;
+    clone::clone_file(src, from.as_ref(), pg_wal, name.as_ref(), method)?;
     let status = pg_wal
         .open_dir("archive_status")
         .map_err(CloneError::from)?;
@@ -722,15 +768,46 @@ fn place(src: &Dir, pg_wal: &Dir, name: &str, method: CloneMethod) -> Result<(),
 }
 
 /// The WAL name of an entry of a pgBackRest archive: `<segment>-<sha1>[.ext]` is a
-/// segment, `<tli>.history` a history file; other entries (`archive.info`, partial and
-/// backup files) are not needed to recover.
+/// segment, `<segment>.partial-<sha1>[.ext]` a partial one (a seal's tail, or an old
+/// timeline's last at promotion), `<tli>.history` a history file; other entries
+/// (`archive.info`, backup files) are not needed to recover.
 fn archive_entry_name(entry: &str) -> Option<String> {
     if let Some(f) = wal::parse_name(entry) {
         return matches!(f, wal::WalFile::History { .. }).then(|| entry.to_string());
     }
     let (seg, rest) = entry.split_at_checked(24)?;
-    (rest.starts_with('-') && matches!(wal::parse_name(seg), Some(wal::WalFile::Segment { .. })))
-        .then(|| seg.to_string())
+    if !matches!(wal::parse_name(seg), Some(wal::WalFile::Segment { .. })) {
+        return None;
+    }
+    if rest.starts_with('-') {
+        return Some(seg.to_string());
+    }
+    rest.strip_prefix(".partial-")
+        .map(|_| format!("{seg}.partial"))
+}
+
+/// The segment a `<segment>.partial` name stands for.
+fn partial_segment(name: &str) -> Option<wal::WalFile> {
+    wal::parse_name(name.strip_suffix(".partial")?)
+}
+
+/// The sealed tail of an archive: a `.partial` segment on Postgres timeline `tli` right
+/// after its last whole segment `last` (the newest one when there is none).
+fn sealed_tail(archive: &Dir, tli: u32, last: Option<u64>) -> Result<Option<u64>, NodeError> {
+    let mut partials = Vec::new();
+    for e in archive.entries().map_err(CloneError::from)? {
+        if let Some(wal::WalFile::Segment { tli: t, segno }) =
+            e.name.to_str().and_then(partial_segment)
+        {
+            if t == tli {
+                partials.push(segno);
+            }
+        }
+    }
+    Ok(match last {
+        Some(l) => partials.contains(&(l + 1)).then_some(l + 1),
+        None => partials.into_iter().max(),
+    })
 }
 
 /// The entries of a timeline history file: `(parent tli, switch point)` in order.
@@ -790,9 +867,14 @@ mod tests {
         );
         assert_eq!(archive_entry_name("archive.info"), None);
         assert_eq!(
-            archive_entry_name("000000010000000000000003.partial-4c2a.lz4"),
-            None
+            archive_entry_name("000000010000000000000003.partial-4c2a.lz4").as_deref(),
+            Some("000000010000000000000003.partial")
         );
+        assert_eq!(
+            partial_segment("000000010000000000000003.partial"),
+            Some(wal::WalFile::Segment { tli: 1, segno: 3 })
+        );
+        assert_eq!(partial_segment("000000010000000000000003"), None);
         assert_eq!(
             parse_history(
                 "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tat restore point\n"
