@@ -65,7 +65,6 @@ pub const SUSPEND_REQUEST_ANNOTATION: &str = "ramify.dev/suspend-request";
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.connection) || !has(self.connection.user)").message("spec.connection.user is not for a following branch: its logins are its source's roles"))]
 #[x_kube(validation = Rule::new("has(self.backup) == has(oldSelf.backup) && (!has(self.backup) || self.backup == oldSelf.backup)").message("spec.backup is decided when the branch is created: create a new branch (a fork) instead"))]
 #[x_kube(validation = Rule::new("!has(self.source) || !has(self.backup) || !has(self.backup.enabled) || !self.backup.enabled").message("a following branch is not backed up (its source is the original): fork it with spec.backup.enabled"))]
-#[x_kube(validation = Rule::new("has(self.storageNode) == has(oldSelf.storageNode) && (!has(self.storageNode) || self.storageNode == oldSelf.storageNode)").message("spec.storageNode is decided when the branch is created: create a new branch (a fork) on the other node instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBranchSpec {
     /// The branch to fork; absent for a new, empty root. Immutable.
@@ -118,7 +117,11 @@ pub struct DatabaseBranchSpec {
     /// node than its parent's is a copy made through the backup repository: the parent
     /// must be durable, the fork starts at the parent's last archived WAL (at most the
     /// computes' archive_timeout, 60 s, behind it), `at` cannot be set, and the copy takes
-    /// its own space. Decided when the branch is created.
+    /// its own space. Changed later, it moves the branch there (a durable branch only):
+    /// its compute stops, its node seals its WAL into the repository, the other node
+    /// copies it through the last commit, and the branch carries on there with the same
+    /// name, Secret, Service and password (`status.moving` while it goes). Removing it
+    /// leaves the branch where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub storage_node: Option<String>,
@@ -353,6 +356,10 @@ pub struct DatabaseBranchStatus {
     /// reach: from its creation (or the oldest point the restore window keeps) on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_window: Option<RestoreWindowStatus>,
+    /// A move to another storage node under way (`spec.storageNode` changed), or one
+    /// whose leftover copy is still to be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<BranchMove>,
     /// For a branch with `spec.source.external`: its source and how far behind it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub following: Option<FollowingStatus>,
@@ -433,6 +440,19 @@ pub enum Phase {
     Failed,
     /// Being deleted.
     Deleting,
+}
+
+/// `status.moving`: the branch's timeline going from one storage node to another.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchMove {
+    /// The node it leaves.
+    pub from: String,
+    /// The node it goes to.
+    pub to: String,
+    /// Where its node sealed its WAL: the copy holds every record up to here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_lsn: Option<String>,
 }
 
 /// Which timeline holds a branch's data, and where.

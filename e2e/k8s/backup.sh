@@ -15,6 +15,8 @@
 #    acknowledged commits lost is within the RPO (the computes' archive_timeout, 60 s).
 # 5. A second storage node; a fork of bank placed on it (spec.storageNode) is copied
 #    through the bucket: consistent, writable, independent of bank.
+# 6. The durable fork f3 moves to the second node (spec.storageNode changed) while
+#    transfers run on it: the same Secret and password, every acknowledged transfer there.
 S3_IMAGE="${S3_IMAGE:-ramify.test/seaweedfs:dev}"
 S3_KEY="e2e$RUN$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 S3_SECRET="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')"
@@ -144,6 +146,14 @@ done
 # The environment is read when a Pod starts: again, now that the forks' Secrets exist.
 k -n "$NS_K" delete pod bank-client --wait=true >/dev/null
 bank_client "${BRANCHES[@]}"
+consistent() { # branch: the total balance is constant and every balance agrees with the ledger
+  [ "$(on "$1" -c 'SELECT sum(balance) FROM accounts')" = 100000 ] || fail "$1: the total balance is not 100000"
+  local bad
+  bad=$(on "$1" -c "SELECT count(*) FROM accounts a WHERE balance <> 1000
+      + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)
+      - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)")
+  [ "$bad" = 0 ] || fail "$1: $bad balances disagree with the ledger"
+}
 for b in "${BRANCHES[@]}"; do
   wait_for "$b BackupHealthy" '{.status.conditions[?(@.type=="BackupHealthy")].status}' '^True$' 120 -n "$NS_K" databasebranch "$b"
 done
@@ -227,11 +237,7 @@ T_QUERY=$(date +%s.%N)
 for b in "${BRANCHES[@]}"; do
   [ "$(k -n "$NS_K" get secret "$b-postgres" -o jsonpath='{.data.password}')" = "${PW_BEFORE[$b]}" ] \
     || fail "$b's password changed"
-  [ "$(on "$b" -c 'SELECT sum(balance) FROM accounts')" = 100000 ] || fail "$b: the total balance is not 100000"
-  bad=$(on "$b" -c "SELECT count(*) FROM accounts a WHERE balance <> 1000
-      + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)
-      - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)")
-  [ "$bad" = 0 ] || fail "$b: $bad balances disagree with the ledger"
+  consistent "$b"
   on "$b" -c "SELECT n FROM ledger WHERE branch = '$b' ORDER BY n" >"$WORK/kept-$b"
   # What survived is a prefix of what was acknowledged; what was lost is the window from
   # the first acknowledged commit missing to the loss of the volume, at most the RPO.
@@ -284,14 +290,69 @@ until on far -c "SELECT 1" >/dev/null 2>&1; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "far does not answer: $(on far -c 'SELECT 1' 2>&1 | tail -2)"
   sleep 1
 done
-[ "$(on far -c 'SELECT sum(balance) FROM accounts')" = 100000 ] || fail "far: the total balance is not 100000"
-bad=$(on far -c "SELECT count(*) FROM accounts a WHERE balance <> 1000
-    + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)
-    - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)")
-[ "$bad" = 0 ] || fail "far: $bad balances disagree with the ledger"
+consistent far
 far_n=$(on far -c "SELECT count(*) FROM ledger WHERE branch = 'bank'")
 bank_n=$(on bank -c "SELECT count(*) FROM ledger WHERE branch = 'bank'")
 if [ "$far_n" -eq 0 ] || [ "$far_n" -gt "$bank_n" ]; then fail "far has $far_n of bank's $bank_n transfers"; fi
 echo "    far: $far_n of bank's $bank_n transfers (bank as of its last archived WAL)"
 on far -c "INSERT INTO ledger VALUES ('far', 1, 1, 1, 0)" >/dev/null || fail "far takes no writes"
 [ "$(on bank -c "SELECT count(*) FROM ledger WHERE branch = 'far'")" = 0 ] || fail "far's write reached bank"
+
+step "backups: f3 moves to the second storage node while transfers run on it"
+# Transfers on f3 numbered apart from the first run's; every acknowledged one must be
+# there after the move (a move loses no commit). While f3 moves, they fail and retry.
+cat >"$WORK/moving.sh" <<'SH'
+uri=$(printenv URI_f3)
+rm -f /tmp/stop-move /tmp/acked-move
+n=0
+while [ ! -f /tmp/stop-move ]; do
+  n=$((n + 1)) src=$((RANDOM % 100 + 1)) dst=$((RANDOM % 100 + 1)) amt=$((RANDOM % 50 + 1))
+  if psql "$uri" -X -q -v ON_ERROR_STOP=1 -c "BEGIN; UPDATE accounts SET balance = balance - $amt WHERE id = $src; UPDATE accounts SET balance = balance + $amt WHERE id = $dst; INSERT INTO ledger VALUES ('move', $n, $src, $dst, $amt); COMMIT" >/dev/null 2>&1; then
+    echo "$n $(date +%s.%N)" >>/tmp/acked-move
+  else
+    sleep 0.2
+  fi
+done
+SH
+k -n "$NS_K" exec -i bank-client -- bash -s <"$WORK/moving.sh" >"$WORK/moving.log" 2>&1 &
+MOVE_PID=$!
+sleep 5
+T_MOVE=$(date +%s.%N)
+k -n "$NS_K" patch databasebranch f3 --type merge -p '{"spec":{"storageNode":"ramify-storage-1"}}' >/dev/null
+wait_for "f3 on ramify-storage-1" '{.status.timeline.storageNode}' '^ramify-storage-1$' 300 -n "$NS_K" databasebranch f3
+k -n "$NS_K" wait --for=condition=Ready databasebranch/f3 --timeout=120s >/dev/null \
+  || fail "f3 is not Ready after its move: $(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.conditions}')"
+T_MOVED=$(date +%s.%N)
+# Transfers go on, on the new node.
+deadline=$(($(date +%s) + 120))
+until [ "$(k -n "$NS_K" exec bank-client -- tail -1 /tmp/acked-move 2>/dev/null | cut -d' ' -f2 | cut -d. -f1)" -gt "${T_MOVED%.*}" ] 2>/dev/null; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "no transfer committed on f3 after its move: $(tail -3 "$WORK/moving.log")"
+  sleep 1
+done
+k -n "$NS_K" exec bank-client -- touch /tmp/stop-move
+wait "$MOVE_PID" || true
+k -n "$NS_K" exec bank-client -- cat /tmp/acked-move >"$WORK/acked-move" || fail "no transfer committed on f3"
+[ -z "$(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.moving}')" ] \
+  || fail "f3's move is not finished (the old node's copy not deleted): $(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.moving}')"
+[ "$(k -n "$NS_K" get secret f3-postgres -o jsonpath='{.data.password}')" = "${PW_BEFORE[f3]}" ] \
+  || fail "f3's password changed with the move"
+consistent f3
+on f3 -c "SELECT n FROM ledger WHERE branch = 'move' ORDER BY n" >"$WORK/kept-move"
+moved=$("$PYTHON" - "$WORK/acked-move" "$WORK/kept-move" "$T_MOVE" 2>&1 <<'PY'
+import sys
+acked = [(int(n), float(t)) for n, t in (l.split() for l in open(sys.argv[1]) if l.strip())]
+kept = {int(l) for l in open(sys.argv[2]) if l.strip()}
+lost = [n for n, _ in acked if n not in kept]
+if lost:
+    sys.exit(f"acknowledged transfers {lost[:5]} ({len(lost)} in all) are not on f3 after its move")
+t_move = float(sys.argv[3])
+before = [t for _, t in acked if t <= t_move]
+after = [t for _, t in acked if t > t_move]
+gap = (min(after) - max(before)) if before and after else float("nan")
+print(f"{len(acked)} {len(before)} {gap:.1f}")
+PY
+) || fail "$moved"
+read -r n_acked n_before gap <<<"$moved"
+printf '    f3 on ramify-storage-1, Ready %.1f s after the patch; all %s acknowledged transfers there (%s before the move); no transfer committed for %s s\n' \
+  "$(echo "$T_MOVED - $T_MOVE" | bc)" "$n_acked" "$n_before" "$gap"
+wait_for "f3 BackupHealthy on its new node" '{.status.conditions[?(@.type=="BackupHealthy")].status}' '^True$' 240 -n "$NS_K" databasebranch f3

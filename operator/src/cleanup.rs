@@ -125,10 +125,18 @@ pub async fn cleanup(b: &DatabaseBranch, ctx: &Context) -> Result<Action, Error>
     compute::suspend(ctx, &timeline_id, Duration::from_secs(90)).await?;
     // The timeline's node; when the status never recorded it, every node is asked (the
     // id is the uid, so a create that succeeded unrecorded is still found).
-    let nodes = match &timeline {
+    let mut nodes = match &timeline {
         Some(t) => vec![t.storage_node.clone()],
         None => storage_nodes(ctx).await.unwrap_or_default(),
     };
+    // A move under way holds a copy on a second node too.
+    if let Some(m) = b.status.as_ref().and_then(|s| s.moving.as_ref()) {
+        for n in [&m.from, &m.to] {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+    }
     if let Ok(id) = timeline_id.parse::<TimelineId>() {
         for node in nodes {
             match ctx.storage(&node).delete_timeline(id, false).await {

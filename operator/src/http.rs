@@ -237,6 +237,7 @@ async fn plan_of(ctx: &Context, ns: &str, name: &str) -> Result<BranchPlan, Http
         })?;
     branch::ready_plan(ctx, &b).await.map_err(|e| match e {
         PlanError::NotReady(_) => err(StatusCode::CONFLICT, "not_ready", e.to_string()),
+        PlanError::Moving(_) => err(StatusCode::CONFLICT, "moving", e.to_string()),
         PlanError::InvalidSpec(_) => err(StatusCode::CONFLICT, "invalid_spec", e.to_string()),
         PlanError::Storage { .. } => err(
             StatusCode::BAD_GATEWAY,

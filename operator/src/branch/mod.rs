@@ -33,10 +33,12 @@ use crate::sharing;
 use crate::source::SourceProblem;
 use crate::validate::{validate_spec, Problem, ValidSpec};
 
+mod moving;
 mod placement;
 mod plan;
 mod timeline;
 
+pub(crate) use moving::in_progress as moving;
 pub use plan::{plan, ready_plan, PlanError};
 pub(crate) use timeline::storage_nodes;
 use timeline::{adopt_timeline, create_timeline};
@@ -456,6 +458,8 @@ async fn converge(
             None => create_timeline(b, ctx, &spec, &uid).await?,
         },
     };
+    // `spec.storageNode` naming another node than the branch's: moved there.
+    let (timeline, info) = moving::converge(b, ctx, &spec, status, timeline, info).await?;
     status.timeline = Some(timeline.clone());
     status.fork_lsn = info.fork_lsn.map(|l| l.to_string());
     status.fork_time = info.fork_time;

@@ -38,6 +38,8 @@ pub fn plan(
 pub enum PlanError {
     #[error("branch {0} is still being created")]
     NotReady(String),
+    #[error("branch {0}: it starts there once the move is done (seconds to minutes, with the size of its WAL since its last base backup)")]
+    Moving(String),
     #[error("{0}")]
     InvalidSpec(String),
     #[error("storage node {node}: {source}")]
@@ -60,6 +62,16 @@ pub async fn ready_plan(ctx: &Context, b: &DatabaseBranch) -> Result<BranchPlan,
     };
     let st = b.status.as_ref().ok_or_else(not_ready)?;
     let tl = st.timeline.clone().ok_or_else(not_ready)?;
+    // Stopped and sealed for a move: it starts again on its new node once there.
+    if let Some(m) = super::moving(b) {
+        return Err(PlanError::Moving(format!(
+            "{}/{} is moving from storage node {} to {}",
+            b.namespace().unwrap_or_default(),
+            b.name_any(),
+            m.from,
+            m.to
+        )));
+    }
     if st.credentials_timeline.as_deref() != Some(tl.id.as_str()) {
         return Err(not_ready());
     }
