@@ -515,6 +515,39 @@ pub enum BranchCommand {
     ///
     /// Example: ramify branch expire pr-42 --in 7d
     Expire(ExpireArgs),
+
+    /// Move a branch to another storage node of a cluster, with every commit.
+    ///
+    /// Sets the DatabaseBranch's spec.storageNode: the operator stops its compute
+    /// (sessions end; connections meanwhile are refused as "moving"), its node seals it —
+    /// every WAL record into the backup repository — the new node copies it through the
+    /// last record, and the branch carries on there under the same name, Secret, Service
+    /// and password; the old node's copy is deleted. Only a branch kept in the backup
+    /// repository moves (a root, or one created with --backup); its forks stay where they
+    /// are. Waits until it is there unless --no-wait. Local mode has one storage node.
+    ///
+    /// Example: kubectl ramify branch move main --storage-node ramify-storage-1
+    Move(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The branch.
+    pub name: String,
+
+    /// The storage node to move it to (a Pod of the storage StatefulSet, like
+    /// ramify-storage-1).
+    #[arg(long, value_name = "NODE")]
+    pub storage_node: String,
+
+    /// Return once the move is asked for, without waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// How long to wait for the move: 90s, 10m (it copies the branch's base backup and
+    /// WAL through the bucket, so it grows with the branch's size).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -318,11 +318,13 @@ k -n "$NS_K" exec -i bank-client -- bash -s <"$WORK/moving.sh" >"$WORK/moving.lo
 MOVE_PID=$!
 sleep 5
 T_MOVE=$(date +%s.%N)
-k -n "$NS_K" patch databasebranch f3 --type merge -p '{"spec":{"storageNode":"ramify-storage-1"}}' >/dev/null
-wait_for "f3 on ramify-storage-1" '{.status.timeline.storageNode}' '^ramify-storage-1$' 300 -n "$NS_K" databasebranch f3
-k -n "$NS_K" wait --for=condition=Ready databasebranch/f3 --timeout=120s >/dev/null \
-  || fail "f3 is not Ready after its move: $(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.conditions}')"
+# The CLI sets spec.storageNode and waits until f3 is Ready there, the old copy deleted.
+kr branch move f3 --storage-node ramify-storage-1 -n "$NS_K" --timeout 5m 2>"$WORK/move.err" | sed 's/^/    /' \
+  || fail "kubectl ramify branch move f3 failed: $(tail -3 "$WORK/move.err")"
 T_MOVED=$(date +%s.%N)
+[ "$(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.timeline.storageNode}')" = ramify-storage-1 ] \
+  || fail "f3 is not on ramify-storage-1: $(k -n "$NS_K" get databasebranch f3 -o jsonpath='{.status.timeline}')"
+
 # Transfers go on, on the new node.
 deadline=$(($(date +%s) + 120))
 until [ "$(k -n "$NS_K" exec bank-client -- tail -1 /tmp/acked-move 2>/dev/null | cut -d' ' -f2 | cut -d. -f1)" -gt "${T_MOVED%.*}" ] 2>/dev/null; do

@@ -341,16 +341,7 @@ pub fn last_record_span(
     start: Lsn,
     end: Lsn,
 ) -> Result<Option<(Lsn, Lsn)>, WalError> {
-    let out = waldump_from(waldump, pg_wal, tli, start)
-        .arg("--end")
-        .arg(end.to_string())
-        .output()
-        .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && !end_of_wal(&stderr) {
-        return Err(WalError::Waldump(stderr.trim().to_string()));
-    }
+    let stdout = waldump_output(waldump, pg_wal, tli, start, Some(end))?;
     Ok(stdout
         .lines()
         .rev()
@@ -389,13 +380,15 @@ fn record_total_len(line: &str) -> Option<u64> {
         .ok()
 }
 
-fn last_record_until(
+/// What `pg_waldump` prints of the records from `start` (to `end`), a stop at the end of
+/// the WAL present not being an error.
+fn waldump_output(
     waldump: &Path,
     pg_wal: &Path,
     tli: u32,
     start: Lsn,
     end: Option<Lsn>,
-) -> Result<Option<Lsn>, WalError> {
+) -> Result<String, WalError> {
     let mut cmd = waldump_from(waldump, pg_wal, tli, start);
     if let Some(end) = end {
         cmd.arg("--end").arg(end.to_string());
@@ -403,11 +396,21 @@ fn last_record_until(
     let out = cmd
         .output()
         .map_err(|e| WalError::Waldump(format!("cannot run {}: {e}", waldump.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && !end_of_wal(&stderr) {
         return Err(WalError::Waldump(stderr.trim().to_string()));
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn last_record_until(
+    waldump: &Path,
+    pg_wal: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Option<Lsn>,
+) -> Result<Option<Lsn>, WalError> {
+    let stdout = waldump_output(waldump, pg_wal, tli, start, end)?;
     Ok(stdout.lines().rev().find_map(record_lsn))
 }
 

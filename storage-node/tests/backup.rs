@@ -781,15 +781,20 @@ async fn a_base_backup_cut_off_half_way_is_never_used_and_is_taken_again() {
     amcheck(&rc).await;
 }
 
-/// The status and message of a refused create.
-async fn refused(env: &Env, req: &CreateTimeline) -> (u16, String) {
-    match env.client.create_timeline(req).await {
-        Ok(r) => panic!("created {:?} from {req:?}", r.value.id),
+/// The status and message of a refused call.
+fn refusal<T: std::fmt::Debug>(r: Result<T, ramify_api::ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("not refused: {v:?}"),
         Err(ramify_api::ClientError::Api {
             status, message, ..
         }) => (status.as_u16(), message),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The status and message of a refused create.
+async fn refused(env: &Env, req: &CreateTimeline) -> (u16, String) {
+    refusal(env.client.create_timeline(req).await.map(|r| r.value.id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -939,13 +944,7 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
 
 /// The status and message of a refused seal.
 async fn seal_refused(env: &Env, id: TimelineId) -> (u16, String) {
-    match env.client.seal_timeline(id).await {
-        Ok(s) => panic!("sealed {id} at {}", s.lsn),
-        Err(ramify_api::ClientError::Api {
-            status, message, ..
-        }) => (status.as_u16(), message),
-        Err(e) => panic!("{e}"),
-    }
+    refusal(env.client.seal_timeline(id).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use ramify_local::{DaemonClient, DaemonError};
 use serde::Serialize;
 
 use super::{Backend, BranchRow, Conn, Listing, Reach, Shown};
-use crate::args::{CreateArgs, ExpireArgs, RestoreArgs, WaitArgs};
+use crate::args::{CreateArgs, ExpireArgs, MoveArgs, RestoreArgs, WaitArgs};
 use crate::commands::branch::{create_request, expire_request, restore_request};
 use crate::render;
 
@@ -263,6 +263,14 @@ impl Backend for Local {
             .await?;
         let text = render::expiry_changed(&b, now);
         Ok(Shown::new(b, text))
+    }
+
+    async fn move_branch(&self, args: &MoveArgs) -> anyhow::Result<Shown> {
+        anyhow::bail!(
+            "local mode has one storage node, so branch {} has nowhere to move (--storage-node {} is for a cluster: kubectl ramify branch move)",
+            args.name,
+            args.storage_node
+        )
     }
 
     async fn create_checkpoint(

@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use ramify_lifecycle::HistoryPoint;
 use serde::Serialize;
 
-use crate::args::{CreateArgs, ExpireArgs, KubeArgs, OutputFormat, RestoreArgs, WaitArgs};
+use crate::args::{
+    CreateArgs, ExpireArgs, KubeArgs, MoveArgs, OutputFormat, RestoreArgs, WaitArgs,
+};
 
 /// Which backend a command line drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +159,7 @@ pub trait Backend: Send + Sync {
     async fn restore(&self, args: &RestoreArgs) -> anyhow::Result<Shown>;
     async fn protect(&self, name: &str, protected: bool) -> anyhow::Result<Shown>;
     async fn expire(&self, args: &ExpireArgs) -> anyhow::Result<Shown>;
+    async fn move_branch(&self, args: &MoveArgs) -> anyhow::Result<Shown>;
     async fn create_checkpoint(
         &self,
         branch: &str,

@@ -115,6 +115,7 @@ pub async fn run(ctx: &Context, backend: &dyn Backend, cmd: BranchCommand) -> an
         BranchCommand::Protect { name } => ctx.show(backend.protect(&name, true).await?),
         BranchCommand::Unprotect { name } => ctx.show(backend.protect(&name, false).await?),
         BranchCommand::Expire(args) => ctx.show(backend.expire(&args).await?),
+        BranchCommand::Move(args) => ctx.show(backend.move_branch(&args).await?),
     }
 }
 

@@ -806,7 +806,7 @@ pub(crate) async fn write_status(
     api.patch_status(
         &b.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &Patch::Merge(json!({ "status": status_patch(old, new) })),
     )
     .await?;
     let ready = |s: &DatabaseBranchStatus| {
@@ -832,10 +832,51 @@ pub(crate) async fn write_status(
     Ok(())
 }
 
+/// `new` as a merge patch over `old`: a field `new` leaves out (an `Option` now `None`,
+/// like `moving` once a move is done) is `null`, which removes it; left out, a merge
+/// patch would keep the old value.
+fn status_patch(old: &DatabaseBranchStatus, new: &DatabaseBranchStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(new).unwrap_or_default();
+    if let (Some(p), Ok(serde_json::Value::Object(o))) =
+        (patch.as_object_mut(), serde_json::to_value(old))
+    {
+        for k in o.keys() {
+            p.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
+}
+
 /// Labels of a compute Pod → the branch it serves (for the controller's watch).
 pub fn branch_of_pod(labels: &BTreeMap<String, String>) -> Option<(String, String)> {
     Some((
         labels.get(build::LABEL_BRANCH_NAMESPACE)?.clone(),
         labels.get(build::LABEL_BRANCH_NAME)?.clone(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_field_that_went_away_is_removed_by_the_patch() {
+        let old = DatabaseBranchStatus {
+            moving: Some(ramify_crd::BranchMove {
+                from: "a".into(),
+                to: "b".into(),
+                sealed_lsn: None,
+            }),
+            proxy_port: Some(20001),
+            ..Default::default()
+        };
+        let new = DatabaseBranchStatus {
+            proxy_port: Some(20001),
+            ..Default::default()
+        };
+        let p = status_patch(&old, &new);
+        assert_eq!(p["moving"], serde_json::Value::Null);
+        assert!(p.as_object().unwrap().contains_key("moving"));
+        assert_eq!(p["proxyPort"], 20001);
+    }
 }

@@ -51,7 +51,7 @@ pub(super) async fn converge(
             let leftover = if here == m.to { &m.from } else { &m.to };
             delete_copy(ctx, leftover, &timeline.id).await?;
             info!(timeline = %timeline.id, node = %leftover, "deleted the copy a move left behind");
-            status.moving = None;
+            done(b, ctx, status).await?;
         }
     }
     let Some(to) = wanted else {
@@ -164,8 +164,27 @@ pub(super) async fn converge(
 
     // 5. The old node's copy goes.
     delete_copy(ctx, &here, &timeline.id).await?;
-    status.moving = None;
+    done(b, ctx, status).await?;
     Ok((moved, copied))
+}
+
+/// Clears `status.moving`, written at once: the reconcile's own status write compares
+/// with the status it began with, which may not have had it.
+async fn done(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    status: &mut DatabaseBranchStatus,
+) -> Result<(), Step> {
+    status.moving = None;
+    Api::<DatabaseBranch>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .patch_status(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "moving": null } })),
+        )
+        .await
+        .map_err(Error::from)?;
+    Ok(())
 }
 
 /// Deletes timeline `id` on `node` (its compute stopped first); gone already is fine.

@@ -2,6 +2,7 @@
 //! BranchCheckpoint, BranchRestore) or annotations the operator acts on, and wait for
 //! the operator's status; connections go through a port-forward to a proxy Pod.
 
+mod actions;
 mod branches;
 mod checkpoints;
 mod cluster;
@@ -33,7 +34,7 @@ use serde_json::json;
 
 use self::errors::{from_kube, is_not_found, KubeError, Op};
 use super::{uri_component, Backend, Conn, Listing, Reach, Shown};
-use crate::args::{CreateArgs, ExpireArgs, KubeArgs, RestoreArgs, WaitArgs};
+use crate::args::{CreateArgs, ExpireArgs, KubeArgs, MoveArgs, RestoreArgs, WaitArgs};
 
 /// Annotation asking the operator to start a branch's compute now. The operator matches
 /// it through the same constant in `ramify_crd`; it removes it once the compute runs.
@@ -424,57 +425,6 @@ impl Kube {
         })
     }
 
-    /// Runs one BranchRestore to its end.
-    async fn run_restore(
-        &self,
-        branch: &str,
-        kind: &str,
-        source: RestoreSource,
-        keep_backup: Option<bool>,
-        timeout: u64,
-    ) -> anyhow::Result<Shown> {
-        let b = self.get_branch_obj(branch).await?;
-        if b.is_protected() {
-            bail!(
-                "branch {branch} is protected: {kind} is refused; unprotect it first: {} branch unprotect {branch} -n {}",
-                self.program, self.namespace
-            );
-        }
-        let name = format!("{branch}-{kind}-{}", Utc::now().format("%Y%m%dt%H%M%Sz"));
-        let r: BranchRestore = serde_json::from_value(json!({
-            "apiVersion": "ramify.dev/v1alpha1",
-            "kind": "BranchRestore",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": {"branch": branch, "source": source, "keepBackup": keep_backup},
-        }))?;
-        if let Err(e) = self
-            .api::<BranchRestore>()
-            .create(&PostParams::default(), &r)
-            .await
-        {
-            return Err(self.fail(e, self.op("create", RESTORES), None).await);
-        }
-        let (r, _) = self
-            .wait_for::<BranchRestore, _>(
-                RESTORES,
-                &name,
-                Duration::from_secs(timeout),
-                |r| view::restore_finished(r).map(|_| Ok(r.clone())),
-                view::restore_progress,
-            )
-            .await
-            .with_context(|| format!("BranchRestore {name}"))?;
-        if view::restore_finished(&r) == Some(false) {
-            bail!(
-                "{kind} of branch {branch} failed, nothing was changed: {}",
-                view::restore_progress(&r)
-            );
-        }
-        let uri = self.secret_conn(&b).await.ok().map(|c| c.uri);
-        let text = view::restore_done(&r, kind == "reset", uri.as_deref());
-        Ok(Shown::new(r, text))
-    }
-
     /// Patches the branch with `patch` (a JSON merge patch).
     async fn patch_branch(
         &self,
@@ -491,42 +441,6 @@ impl Kube {
                 .fail(e, self.op("patch", BRANCHES), Some(("branch", name)))
                 .await),
         }
-    }
-
-    /// Asks the operator for a compute state through `annotation` and waits until it has
-    /// removed it.
-    async fn request_compute(
-        &self,
-        name: &str,
-        annotation: &str,
-        other: &str,
-        timeout: u64,
-    ) -> anyhow::Result<Shown> {
-        let b = self.get_branch_obj(name).await?;
-        self.require_ready(&b)?;
-        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        self.patch_branch(
-            name,
-            json!({"metadata": {"annotations": {annotation: now, other: null}}}),
-        )
-        .await?;
-        let verb = if annotation == WAKE_REQUEST {
-            "wake"
-        } else {
-            "suspend"
-        };
-        let (b, _) = self
-            .wait_for::<DatabaseBranch, _>(
-                BRANCHES,
-                name,
-                Duration::from_secs(timeout),
-                |b| (!b.annotations().contains_key(annotation)).then(|| Ok(b.clone())),
-                |b| format!("operator to {verb} it: {}", view::progress(b)),
-            )
-            .await
-            .map_err(|e| anyhow!("the operator did not {verb} branch {name}: {e}"))?;
-        let text = view::state_line(&b);
-        Ok(Shown::new(b, text))
     }
 
     fn list_value<T: serde::Serialize>(items: &[T]) -> anyhow::Result<serde_json::Value> {
@@ -684,56 +598,15 @@ impl Backend for Kube {
     }
 
     async fn protect(&self, name: &str, protected: bool) -> anyhow::Result<Shown> {
-        let before = self.get_branch_obj(name).await?;
-        let patch = if protected {
-            json!({"spec": {"protected": true, "expiresAt": null, "ttl": null}})
-        } else {
-            json!({"spec": {"protected": false}})
-        };
-        let b = self.patch_branch(name, patch).await?;
-        let cleared = before
-            .status
-            .as_ref()
-            .and_then(|s| s.expires_at)
-            .or(before.spec.expires_at);
-        let text = match (protected, cleared) {
-            (true, Some(t)) => format!(
-                "protected branch {name}: delete, reset, restore and expiry are refused (its expiry at {} was removed)\n",
-                crate::render::timestamp_secs(t)
-            ),
-            (true, None) => format!("protected branch {name}: delete, reset, restore and expiry are refused\n"),
-            (false, _) => format!("branch {name} is no longer protected\n"),
-        };
-        Ok(Shown::new(b, text))
+        self.protect_branch(name, protected).await
     }
 
     async fn expire(&self, args: &ExpireArgs) -> anyhow::Result<Shown> {
-        let name = &args.name;
-        let before = self.get_branch_obj(name).await?;
-        if before.is_protected() && !args.never {
-            bail!(
-                "branch {name} is protected, so it cannot expire: unprotect it first: {} branch unprotect {name} -n {}",
-                self.program, self.namespace
-            );
-        }
-        let now = Utc::now();
-        let request = crate::commands::branch::expire_request(args, now);
-        let at = match request.expiry {
-            Some(ramify_lifecycle::Expiry::At(t)) => Some(t),
-            _ => None,
-        };
-        let b = self
-            .patch_branch(name, json!({"spec": {"expiresAt": at, "ttl": null}}))
-            .await?;
-        let text = match at {
-            Some(t) => format!(
-                "branch {name} expires at {} (in {}); the operator then deletes it with its compute and storage\n",
-                crate::render::timestamp_secs(t),
-                crate::render::expiry_left(false, Some(t), now)
-            ),
-            None => format!("branch {name} never expires\n"),
-        };
-        Ok(Shown::new(b, text))
+        self.expire_branch(args).await
+    }
+
+    async fn move_branch(&self, args: &MoveArgs) -> anyhow::Result<Shown> {
+        self.move_to(args).await
     }
 
     async fn create_checkpoint(
