@@ -8,7 +8,9 @@
 //!    archive to the node reporting it in the bucket (p50/p99);
 //! 3. RTO: the node's data directory deleted, `--recover` → the root's first query;
 //! 4. a copy of the root on a second node through the bucket (`from_backup`, what a fork
-//!    placed on another storage node is) → its first query.
+//!    placed on another storage node is) → its first query;
+//! 5. a move of the root to that node (commits not yet archived): seal, then a copy
+//!    through the sealed record → its first query, with every transaction.
 //!
 //! Every number is measured in this run; progress goes to stderr, tables to stdout.
 
@@ -322,7 +324,7 @@ async fn run() -> Result<()> {
     env.node.restart().await?;
     let t_node = t0.elapsed();
     let root_again = env.client.get_timeline_without_sizes(root.id).await?;
-    let c = env.start(&root_again).await?;
+    let mut c = env.start(&root_again).await?;
     let n = c.query_i64("SELECT count(*) FROM pgbench_accounts").await?;
     let rto = t0.elapsed();
     if n != 100 * 100_000 {
@@ -369,6 +371,40 @@ async fn run() -> Result<()> {
         bail!("the copy has {n} accounts");
     }
 
+    // 5. A move of the root to the second node (a changed spec.storageNode): commits not
+    // yet archived, the compute stopped, the node seals the timeline, the other node
+    // copies it under the same id through the sealed record — every commit.
+    c.pgbench(&["-N", "-t", "300", "-c", "1", "postgres"])
+        .await?;
+    let history = c.query_i64("SELECT count(*) FROM pgbench_history").await?;
+    c.stop().await?;
+    progress("moving the root onto the second node (seal, then from_backup through it)");
+    let t0 = Instant::now();
+    let sealed = env.client.seal_timeline(root.id).await?;
+    let t_seal = t0.elapsed();
+    let moved = node_b
+        .client()
+        .create_timeline(&CreateTimeline {
+            id: Some(root.id),
+            from_backup: Some(ramify_api::FromBackup {
+                prefix: "bench".into(),
+                timeline: root.id,
+                through: Some(sealed.lsn),
+            }),
+            backup: Some(false),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("move onto a second node\n{}", node_b.log_tail()))?
+        .value;
+    let t_move = t0.elapsed();
+    let mc = env.start(&moved).await?;
+    let h = mc.query_i64("SELECT count(*) FROM pgbench_history").await?;
+    let t_move_query = t0.elapsed();
+    if h != history {
+        bail!("the moved root has {h} of {history} pgbench_history rows");
+    }
+
     println!(
         "\n## Off-node durability (pgBackRest → SeaweedFS over TLS, loopback, this machine)\n"
     );
@@ -403,6 +439,18 @@ async fn run() -> Result<()> {
     println!(
         "| copy onto another node → first query | {:.1} s | — |",
         t_copy_query.as_secs_f64()
+    );
+    println!(
+        "| move of the root to another node: seal (compute stopped) | {:.2} s | — |",
+        t_seal.as_secs_f64()
+    );
+    println!(
+        "| move: seal → copy through the sealed record ready there | {:.1} s | — |",
+        t_move.as_secs_f64()
+    );
+    println!(
+        "| move → first query there ({history} of {history} transactions) | {:.1} s | — |",
+        t_move_query.as_secs_f64()
     );
     if ratio > 1.3 {
         bail!("forks cost more than their own WAL: {ratio:.2}x");
