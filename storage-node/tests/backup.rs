@@ -22,6 +22,13 @@ fn backup_args(s3: &S3Server, prefix: &str) -> Vec<String> {
     a
 }
 
+/// A node with a repository at `prefix` of the test's bucket.
+async fn node_on(s3: &S3Server, prefix: &str) -> Env {
+    let args = backup_args(s3, prefix);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Env::new_with_env(4 * GIB, &args, &s3.node_env()).await
+}
+
 async fn fork(env: &Env, parent: TimelineId, backup: Option<bool>) -> TimelineInfo {
     env.client
         .create_timeline(&CreateTimeline {
@@ -64,9 +71,7 @@ async fn a_lost_volume_comes_back_from_the_bucket() {
         return;
     }
     let s3 = S3Server::start("ramify-test").expect("S3 server");
-    let args = backup_args(&s3, "node-a");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut env = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let mut env = node_on(&s3, "node-a").await;
 
     // A durable root, a durable fork of it, a durable fork of that fork, and a fork
     // nobody asked to keep.
@@ -803,9 +808,7 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
         return;
     }
     let s3 = S3Server::start("ramify-copy").expect("S3 server");
-    let args = backup_args(&s3, "node-a");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let a = node_on(&s3, "node-a").await;
     // On node A: a durable root, a durable fork of it with rows of its own (its base is
     // the root's backup), and a fork nobody asked to keep.
     let (root, rc) = a.root().await;
@@ -834,9 +837,7 @@ async fn a_durable_timeline_is_copied_to_another_node_through_the_bucket() {
     let x_sum = table_checksum(&xc, "t").await;
 
     // Node B, with a prefix of its own in the same bucket.
-    let args = backup_args(&s3, "node-b");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut b = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let mut b = node_on(&s3, "node-b").await;
     let copy_of = |prefix: &str, timeline| CreateTimeline {
         from_backup: Some(ramify_api::FromBackup {
             prefix: prefix.into(),
@@ -953,9 +954,7 @@ async fn a_sealed_timeline_moves_to_another_node_with_every_commit() {
         return;
     }
     let s3 = S3Server::start("ramify-move").expect("S3 server");
-    let args = backup_args(&s3, "node-a");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let a = node_on(&s3, "node-a").await;
     let (root, mut rc) = a.root().await;
     rc.execute(
         "CREATE TABLE t (id int PRIMARY KEY, pad text);
@@ -1012,9 +1011,7 @@ async fn a_sealed_timeline_moves_to_another_node_with_every_commit() {
     );
 
     // Node B copies it under its own id, through the sealed record.
-    let args = backup_args(&s3, "node-b");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let b = Env::new_with_env(4 * GIB, &args, &s3.node_env()).await;
+    let b = node_on(&s3, "node-b").await;
     let move_req = |through| CreateTimeline {
         id: Some(root.id),
         from_backup: Some(ramify_api::FromBackup {
