@@ -17,6 +17,8 @@
 #    through the bucket: consistent, writable, independent of bank.
 # 6. The durable fork f3 moves to the second node (spec.storageNode changed) while
 #    transfers run on it: the same Secret and password, every acknowledged transfer there.
+# 7. f2 moves there and straight back before it ever ran there (the operator starts it
+#    once so that its node can seal it): every row.
 S3_IMAGE="${S3_IMAGE:-ramify.test/seaweedfs:dev}"
 S3_KEY="e2e$RUN$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 S3_SECRET="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')"
@@ -358,3 +360,18 @@ read -r n_acked n_before gap <<<"$moved"
 printf '    f3 on ramify-storage-1, Ready %.1f s after the patch; all %s acknowledged transfers there (%s before the move was asked for); the longest stretch without a commit %s s\n' \
   "$(echo "$T_MOVED - $T_MOVE" | bc)" "$n_acked" "$n_before" "$gap"
 wait_for "f3 BackupHealthy on its new node" '{.status.conditions[?(@.type=="BackupHealthy")].status}' '^True$' 240 -n "$NS_K" databasebranch f3
+
+step "backups: f2 moves to the second node and straight back, never started there"
+# Its copy on ramify-storage-1 has not run when it leaves again (nothing connects): its
+# WAL ends on a newer Postgres timeline than its pg_control names, so the operator starts
+# it there once before the node seals it.
+f2_rows=$(on f2 -c "SELECT count(*) FROM ledger")
+for node in ramify-storage-1 ramify-storage-0; do
+  kr branch move f2 --storage-node "$node" -n "$NS_K" --timeout 5m 2>"$WORK/move.err" | sed 's/^/    /' \
+    || fail "kubectl ramify branch move f2 --storage-node $node failed: $(tail -3 "$WORK/move.err")"
+  [ "$(k -n "$NS_K" get databasebranch f2 -o jsonpath='{.status.timeline.storageNode}')" = "$node" ] \
+    || fail "f2 is not on $node: $(k -n "$NS_K" get databasebranch f2 -o jsonpath='{.status.timeline}')"
+done
+consistent f2
+[ "$(on f2 -c "SELECT count(*) FROM ledger")" = "$f2_rows" ] || fail "f2 lost ledger rows in its two moves"
+echo "    f2: there and back with all $f2_rows ledger rows"

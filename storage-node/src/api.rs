@@ -40,7 +40,7 @@ impl From<NodeError> for HttpError {
         let status = match &e {
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
-            NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::Conflict(_) | NodeError::NotStarted(_) => StatusCode::CONFLICT,
             NodeError::OutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Source {
                 unreachable: true, ..

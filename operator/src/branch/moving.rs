@@ -107,10 +107,26 @@ pub(super) async fn converge(
         .map_err(Error::from)?;
     let sealed = match ctx.storage(&here).seal_timeline(id).await {
         Ok(s) => s,
+        // Restored or copied there and not run since: its WAL ends on a newer Postgres
+        // timeline than its pg_control names. One start (recovery, promotion, checkpoint)
+        // and stop, and the seal can read where it ends.
+        Err(e) if e.code() == Some("not_started") => {
+            start_once(b, ctx, spec, status, &timeline, &info).await?;
+            return Err(wait(
+                "Moving",
+                format!("moving to storage node {to}: started the compute on {here} once (it had not run since it was restored or copied there); sealing it now"),
+                Duration::from_secs(1),
+            ));
+        }
         Err(e) => {
             return Err(match e.status().map(|s| s.as_u16()) {
                 // A compute still stopping, or the repository not answering: again soon.
                 Some(409) | Some(502) | Some(503) => wait(
+                    "Moving",
+                    format!("moving to storage node {to}: sealing the timeline on {here}: {e}"),
+                    Duration::from_secs(5),
+                ),
+                _ if e.code() == Some("backup_failed") => wait(
                     "Moving",
                     format!("moving to storage node {to}: sealing the timeline on {here}: {e}"),
                     Duration::from_secs(5),
@@ -182,6 +198,39 @@ async fn done(
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": { "moving": null } })),
         )
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}
+
+/// Starts the branch's compute where it is, waits until Postgres serves, and stops it.
+async fn start_once(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    spec: &ValidSpec,
+    status: &DatabaseBranchStatus,
+    timeline: &TimelineRef,
+    info: &TimelineInfo,
+) -> Result<(), Step> {
+    let port = status
+        .proxy_port
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| refused("the branch has no proxy port yet".into()))?;
+    let facts = ComputeFacts::of(info);
+    let mut plan = plan(
+        b,
+        spec,
+        timeline,
+        port,
+        &facts,
+        info.parent.map(|p| build::timeline_name(&p.to_string())),
+    );
+    let follower_parent = following::follower_parent(ctx, b).await?;
+    plan.database = following::database(spec, info, follower_parent.as_ref());
+    compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
+        .await
+        .map_err(Error::from)?;
+    compute::suspend(ctx, &timeline.id, STOP_TIMEOUT)
         .await
         .map_err(Error::from)?;
     Ok(())

@@ -13,6 +13,10 @@ pub enum NodeError {
     Conflict(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// The timeline's data directory waits for a start (a recovery or copy not run yet):
+    /// a conflict the caller ends by starting its compute once.
+    #[error("{0}")]
+    NotStarted(String),
     #[error(transparent)]
     Fs(#[from] CloneError),
     #[error(transparent)]
@@ -52,6 +56,7 @@ impl NodeError {
             NodeError::Invalid(_) => "invalid_request",
             NodeError::NotFound(_) => "not_found",
             NodeError::Conflict(_) => "conflict",
+            NodeError::NotStarted(_) => "not_started",
             NodeError::OutOfRange(_) => "out_of_range",
             NodeError::InsufficientStorage(_) => "insufficient_storage",
             NodeError::Source {

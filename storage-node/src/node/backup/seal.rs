@@ -119,6 +119,16 @@ impl Node {
         // not in the repository yet, cloned into the node's own directory (a file the
         // compute could have replaced by a link is refused there).
         let pg_wal = self.open_dir(&tdir.pg_wal())?;
+        // WAL on a newer Postgres timeline than `pg_control` names (a timeline restored or
+        // copied and not started since, or one that promoted and stopped before its
+        // first checkpoint there): reading the older one would end the seal at the
+        // switch and leave the newer commits out, so it is refused instead.
+        let newest = wal::newest_timeline(&pg_wal);
+        if newest > tli {
+            return Err(NodeError::NotStarted(format!(
+                "timeline {id} has WAL on Postgres timeline {newest}, past the one its pg_control names ({tli}): it was restored or copied and has not run since, or stopped right after a promotion; start its compute once and stop it, then seal"
+            )));
+        }
         let archive = self.open_dir(&tdir.archive())?;
         let staged = self.open_dir(stage)?;
         let mut segments = Vec::new();
