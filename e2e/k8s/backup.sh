@@ -372,6 +372,8 @@ for node in ramify-storage-1 ramify-storage-0; do
   [ "$(k -n "$NS_K" get databasebranch f2 -o jsonpath='{.status.timeline.storageNode}')" = "$node" ] \
     || fail "f2 is not on $node: $(k -n "$NS_K" get databasebranch f2 -o jsonpath='{.status.timeline}')"
 done
+k -n "$NS_K" get events.events.k8s.io --field-selector reason=StartedForMove -o jsonpath='{.items[*].note}' | grep -q "on ramify-storage-1 once" \
+  || fail "the operator did not start f2 once on ramify-storage-1 before sealing it there"
 consistent f2
 [ "$(on f2 -c "SELECT count(*) FROM ledger")" = "$f2_rows" ] || fail "f2 lost ledger rows in its two moves"
-echo "    f2: there and back with all $f2_rows ledger rows"
+echo "    f2: there and back with all $f2_rows ledger rows (started once on ramify-storage-1 to be sealed)"

@@ -233,6 +233,18 @@ async fn start_once(
     compute::suspend(ctx, &timeline.id, STOP_TIMEOUT)
         .await
         .map_err(Error::from)?;
+    info!(timeline = %timeline.id, node = %timeline.storage_node, "started the compute once so that its node can seal the timeline");
+    publish(
+        ctx,
+        b,
+        EventType::Normal,
+        "StartedForMove",
+        format!(
+            "started the compute on {} once and stopped it: the timeline had not run since it was restored or copied there, so its node could not yet read where its WAL ends",
+            timeline.storage_node
+        ),
+    )
+    .await;
     Ok(())
 }
 
