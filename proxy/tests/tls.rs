@@ -249,11 +249,16 @@ async fn query_i64(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-async fn wait_for_sleep(other: &Client) {
+/// Waits until `query` runs. The exact text: a session whose earlier sleep was just
+/// cancelled can still show as active with its query for a moment (Postgres reports it
+/// idle only after the error went out), and a cancel sent then reaches nothing.
+async fn wait_for_sleep(other: &Client, query: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while query_i64(
         other,
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND state = 'active'"
+        ),
     )
     .await
         == 0
@@ -290,7 +295,7 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
         let client = Arc::clone(&client);
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await })
     };
-    wait_for_sleep(&other).await;
+    wait_for_sleep(&other, "SELECT pg_sleep(30)").await;
     client
         .cancel_token()
         .cancel_query(tls.clone())
@@ -316,7 +321,7 @@ async fn cancel_requests_reach_the_compute_over_tls_and_in_plaintext() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_sleep(&other).await;
+    wait_for_sleep(&other, "SELECT pg_sleep(30) AS psql").await;
     let pid = nix::unistd::Pid::from_raw(psql.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(15), async {
