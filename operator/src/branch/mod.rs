@@ -497,24 +497,7 @@ async fn converge(
             .ok_or(Error::PortsExhausted)?,
     };
     status.proxy_port = Some(proxy_port.into());
-    let facts = ComputeFacts::of(&info);
-    ctx.remember_compute_facts(&timeline.id, &facts);
-    let mut plan = plan(
-        b,
-        &spec,
-        &timeline,
-        proxy_port,
-        &facts,
-        info.parent.map(|p| build::timeline_name(&p.to_string())),
-    );
-    // Whose objects the data holds: a following branch's, and every fork descending from
-    // one, are an external Postgres's, owned by its roles, in its database.
-    let follower_parent = if spec.following {
-        None
-    } else {
-        following::follower_parent(ctx, b).await?
-    };
-    plan.database = following::database(&spec, &info, follower_parent.as_ref());
+    let (plan, follower_parent) = compute_plan(b, ctx, &spec, &timeline, proxy_port, &info).await?;
 
     // Build and apply the children: only over objects this branch owns (a Secret or
     // Service of the same name someone else made is a conflict, never overwritten).
@@ -762,6 +745,37 @@ async fn converge(
     } else {
         Duration::from_secs(60)
     }))
+}
+
+/// The plan of the branch's compute on `timeline`, and the following branch its data
+/// descends from, if any.
+pub(super) async fn compute_plan(
+    b: &DatabaseBranch,
+    ctx: &Context,
+    spec: &ValidSpec,
+    timeline: &TimelineRef,
+    proxy_port: u16,
+    info: &TimelineInfo,
+) -> Result<(BranchPlan, Option<DatabaseBranch>), Error> {
+    let facts = ComputeFacts::of(info);
+    ctx.remember_compute_facts(&timeline.id, &facts);
+    let mut plan = plan(
+        b,
+        spec,
+        timeline,
+        proxy_port,
+        &facts,
+        info.parent.map(|p| build::timeline_name(&p.to_string())),
+    );
+    // Whose objects the data holds: a following branch's, and every fork descending from
+    // one, are an external Postgres's, owned by its roles, in its database.
+    let follower_parent = if spec.following {
+        None
+    } else {
+        following::follower_parent(ctx, b).await?
+    };
+    plan.database = following::database(spec, info, follower_parent.as_ref());
+    Ok((plan, follower_parent))
 }
 
 fn set_compute(status: &mut DatabaseBranchStatus, state: ComputeState, plan: &BranchPlan) {

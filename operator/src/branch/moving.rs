@@ -216,17 +216,7 @@ async fn start_once(
         .proxy_port
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| refused("the branch has no proxy port yet".into()))?;
-    let facts = ComputeFacts::of(info);
-    let mut plan = plan(
-        b,
-        spec,
-        timeline,
-        port,
-        &facts,
-        info.parent.map(|p| build::timeline_name(&p.to_string())),
-    );
-    let follower_parent = following::follower_parent(ctx, b).await?;
-    plan.database = following::database(spec, info, follower_parent.as_ref());
+    let (plan, _) = super::compute_plan(b, ctx, spec, timeline, port, info).await?;
     compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
         .await
         .map_err(Error::from)?;

@@ -51,22 +51,22 @@ impl Node {
         let stage = b.work.join("seal").join(id.to_string());
         let _ = std::fs::remove_dir_all(&stage);
         std::fs::create_dir_all(&stage).map_err(io_op("create the seal directory"))?;
-        let result = self.seal_in(id, &b, &stage, &waldump).await;
+        let result = self.seal_in(id, &stage, &waldump).await;
         let _ = std::fs::remove_dir_all(&stage);
         let sealed = result?;
-        // Everything into the bucket before the answer: the caller copies from there.
+        let partial = format!("{}.partial", sealed.partial);
+        if !self.meta.backup_state(id)?.has(&partial) {
+            // Not pushed as it is now: one of that name in the bucket is an earlier
+            // seal's, which pgBackRest would refuse to overwrite. It goes first (never
+            // under the timeline's lock; if this fails, the next seal tries again).
+            self.forget_pushed_partial(&b, id, &partial).await?;
+        }
+        // Everything into the bucket before the answer: the caller copies from there. A
+        // pass that succeeds has pushed every file of the archive, the seal's included.
         let deadline = Instant::now() + PUSH_WAIT;
         loop {
             let pass = self.backup_pass(id).await;
-            let st = self.meta.backup_state(id)?;
-            let complete = st.has(&format!("{}.partial", sealed.partial))
-                && wal::parse_name(&sealed.partial).is_some_and(|f| match f {
-                    wal::WalFile::Segment { tli, segno } => {
-                        segno == 0 || st.has(&wal::segment_name(tli, segno - 1))
-                    }
-                    _ => false,
-                });
-            if complete {
+            if pass.is_ok() && self.meta.backup_state(id)?.has(&partial) {
                 info!(timeline = %id, lsn = %sealed.lsn, partial = %sealed.partial, "sealed: every WAL record of the timeline is in the backup repository");
                 return Ok(sealed);
             }
@@ -89,7 +89,6 @@ impl Node {
     async fn seal_in(
         &self,
         id: TimelineId,
-        b: &Backups,
         stage: &Path,
         waldump: &Path,
     ) -> Result<Sealed, NodeError> {
@@ -200,7 +199,10 @@ impl Node {
             .map_err(CloneError::from)?;
         if let Taken::Differs = inbox::take(&staged, &archive, &partial, self.clone_method)? {
             // An earlier seal's, before the compute ran again: a shorter prefix of this.
-            self.forget_partial(b, id, &archive, &partial).await?;
+            archive
+                .remove_file_if_exists(&partial)
+                .map_err(CloneError::from)?;
+            self.update_backup_state(id, |s| s.pushed_other.retain(|n| *n != partial))?;
             if !matches!(
                 inbox::take(&staged, &archive, &partial, self.clone_method)?,
                 Taken::Moved
@@ -217,27 +219,21 @@ impl Node {
         })
     }
 
-    /// Removes an outdated `.partial` segment from a timeline's archive, its backup state
-    /// and the bucket (pgBackRest refuses a file of the same name with other content).
-    async fn forget_partial(
+    /// Deletes a `.partial` segment of that name from the timeline's stanza, if any.
+    async fn forget_pushed_partial(
         &self,
         b: &Backups,
         id: TimelineId,
-        archive: &Dir,
         partial: &str,
     ) -> Result<(), NodeError> {
-        archive
-            .remove_file_if_exists(partial)
-            .map_err(CloneError::from)?;
-        self.update_backup_state(id, |s| s.pushed_other.retain(|n| n != partial))?;
         let dir = format!("archive/{id}/");
         for key in b.bucket.list(&dir).await? {
             let file = key.rsplit('/').next().unwrap_or_default();
             if file.starts_with(&format!("{partial}-")) {
                 b.bucket.delete(&format!("{dir}{key}")).await?;
+                info!(timeline = %id, file = %partial, "removed an earlier seal's partial segment from the bucket");
             }
         }
-        info!(timeline = %id, file = %partial, "replaced an earlier seal's partial segment");
         Ok(())
     }
 }
