@@ -55,7 +55,8 @@ k8s-binaries:
 	else echo "note: not root, so the Kubernetes binaries are not built (make cluster-build as root);"; \
 	  echo "      the controller test against a real API server and the test cluster are skipped"; fi
 
-bench: deps
+bench:
+	@RAMIFY_BENCH_DEPS=1 bash scripts/install-deps.sh
 	$(CARGO) bench -p ramify-storage --bench fork
 	$(CARGO) bench -p ramify-storage --bench accounting
 	$(CARGO) bench -p ramify-storage --bench backup

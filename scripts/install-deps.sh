@@ -21,6 +21,11 @@ need_cmd psql postgresql-client-${PG_MAJOR}
 # Off-node durability: the storage node archives WAL and backs up snapshots through it.
 need_cmd pgbackrest pgbackrest
 
+# `make bench` puts the proxy next to PgBouncer (RAMIFY_BENCH_DEPS=1).
+if [ "${RAMIFY_BENCH_DEPS:-}" = 1 ]; then
+  need_cmd pgbouncer pgbouncer
+fi
+
 # Deduplicate.
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
   mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
@@ -38,6 +43,11 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing_pkgs[@]}" >/dev/null
+    # Debian's pgbouncer package starts a service on port 6432; the benchmark runs its
+    # own PgBouncer and nothing else should listen.
+    if printf '%s\n' "${missing_pkgs[@]}" | grep -qx pgbouncer && command -v systemctl >/dev/null; then
+      systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    fi
   else
     echo "error: missing packages: ${missing_pkgs[*]}" >&2
     echo "       install them with: sudo apt-get install ${missing_pkgs[*]}" >&2

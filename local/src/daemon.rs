@@ -158,7 +158,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             names: ServerNames::Loopback,
             required: cfg.tls_required,
         },
-    );
+    )?;
     let runtime = Arc::new(LocalRuntime::new(pg, user, proxy));
     let storage = StorageClient::new(storage_url.clone()).with_token(storage_token.clone());
     let store = Arc::new(JsonFileStore::new(files::state_path(&data_dir)));

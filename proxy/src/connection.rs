@@ -11,13 +11,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::protocol::{
     self, BackendStartupScanner, CancelKey, FrontendStartup, MAX_STARTUP_PACKET,
     SQLSTATE_TOO_MANY_CONNECTIONS,
 };
-use crate::route::{LiveRoute, Session};
+use crate::route::{ConnectionSlot, LiveRoute, Session};
 use crate::tls::RouteTls;
 use crate::ProxyError;
 
@@ -82,29 +82,84 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+/// A session past its startup phase: what is left is splicing bytes.
+struct Established {
+    client: ClientStream,
+    server: TcpStream,
+    /// Counts the session in the route until the splice ends.
+    _session: Session,
+    /// Counts the connection against the caps until it closes.
+    _slot: ConnectionSlot,
+}
+
 /// Serves one accepted client until either side closes; errors end up in the log and,
 /// where a client can understand them, in an `ErrorResponse` (inside TLS when the
-/// client negotiated it).
-pub(crate) async fn serve(route: Arc<LiveRoute>, tls: Option<RouteTls>, client: TcpStream) {
+/// client negotiated it). Everything up to the first `ReadyForQuery` runs in `span`;
+/// the splice after it does not, so relaying a query costs no span enter and exit.
+pub(crate) async fn serve(
+    route: Arc<LiveRoute>,
+    tls: Option<RouteTls>,
+    client: TcpStream,
+    span: Span,
+) {
+    let Some(mut established) = start(&route, tls.as_ref(), client)
+        .instrument(span.clone())
+        .await
+    else {
+        return;
+    };
+    let spliced =
+        tokio::io::copy_bidirectional(&mut established.client, &mut established.server).await;
+    span.in_scope(|| match spliced {
+        Ok((up, down)) => debug!(
+            bytes_to_server = up,
+            bytes_to_client = down,
+            "connection closed"
+        ),
+        // Resets are how many clients say goodbye; not worth more than a debug line.
+        Err(err) => debug!(error = %err, "splice ended"),
+    });
+}
+
+/// The startup phase of one client: negotiation (TLS included), a cancel request
+/// forwarded, or a session admitted, woken and authenticated. `None` when nothing is
+/// left to splice.
+async fn start(
+    route: &Arc<LiveRoute>,
+    tls: Option<&RouteTls>,
+    client: TcpStream,
+) -> Option<Established> {
     // Postgres sets TCP_NODELAY on its sockets; a proxy that does not adds 40 ms stalls.
     let _ = client.set_nodelay(true);
-    let _slot = match route.try_open() {
+    let slot = match route.try_open() {
         Ok(slot) => slot,
-        Err(err) => return refuse(client, err).await,
+        Err(err) => {
+            refuse(client, err).await;
+            return None;
+        }
     };
     let timeout = route.opts.startup_timeout;
-    let negotiated = tokio::time::timeout(timeout, negotiate(&route, tls.as_ref(), client))
+    let negotiated = tokio::time::timeout(timeout, negotiate(route, tls, client))
         .await
         .unwrap_or(Err((None, ProxyError::StartupTimeout { timeout })));
     let result = match negotiated {
-        Ok((mut client, request)) => match handle(&route, &mut client, request).await {
-            Ok(()) => Ok(()),
+        Ok((mut client, request)) => match handle(route, &mut client, request).await {
+            Ok(Some((server, session))) => Ok(Some((client, server, session))),
+            Ok(None) => Ok(None),
             Err(err) => Err((Some(client), err)),
         },
         Err(failed) => Err(failed),
     };
     match result {
-        Ok(()) => debug!("connection closed"),
+        Ok(Some((client, server, session))) => {
+            return Some(Established {
+                client,
+                server,
+                _session: session,
+                _slot: slot,
+            })
+        }
+        Ok(None) => debug!("connection closed"),
         Err((client, err)) => {
             if let (Some(code), Some(mut client)) = (err.sqlstate(), client) {
                 let msg = protocol::error_response(code, &err.to_string());
@@ -126,6 +181,7 @@ pub(crate) async fn serve(route: Arc<LiveRoute>, tls: Option<RouteTls>, client: 
             }
         }
     }
+    None
 }
 
 /// Longest a refused client is given to read its `ErrorResponse` before the close.
@@ -150,13 +206,17 @@ async fn refuse(mut client: TcpStream, err: ProxyError) {
     .await;
 }
 
+/// A session whose startup phase ended at `ReadyForQuery`: the compute's connection and
+/// the route's count of the session.
+type Started = (TcpStream, Session);
+
 async fn handle(
     route: &Arc<LiveRoute>,
     client: &mut ClientStream,
     request: Request,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Started>, ProxyError> {
     match request {
-        Request::Cancel(key) => forward_cancel(route, key).await,
+        Request::Cancel(key) => forward_cancel(route, key).await.map(|()| None),
         Request::Session { packet, params } => {
             let param = |name: &str| {
                 params
@@ -303,13 +363,14 @@ async fn connect(route: &LiveRoute, backend: SocketAddr) -> Result<TcpStream, Pr
     Ok(server)
 }
 
-/// Admits the client, wakes the compute, replays the startup packet, follows the
-/// startup phase for the cancel key, then splices until either side closes.
+/// Admits the client, wakes the compute, replays the startup packet and follows the
+/// startup phase for the cancel key. `None` when either side closed before
+/// `ReadyForQuery` (failed authentication, client gone).
 async fn session(
     route: &Arc<LiveRoute>,
     client: &mut ClientStream,
     startup_packet: &[u8],
-) -> Result<(), ProxyError> {
+) -> Result<Option<Started>, ProxyError> {
     let deadline = tokio::time::Instant::now() + route.opts.wake_timeout;
     let mut session = route.admit(deadline).await?;
     let backend = route.wake(deadline).await?;
@@ -319,14 +380,9 @@ async fn session(
         .await
         .map_err(ProxyError::BackendIo)?;
     if !relay_startup_phase(client, &mut server, &mut session, backend).await? {
-        return Ok(());
+        return Ok(None);
     }
-    match tokio::io::copy_bidirectional(client, &mut server).await {
-        Ok((up, down)) => debug!(bytes_to_server = up, bytes_to_client = down, "spliced"),
-        // Resets are how many clients say goodbye; not worth more than a debug line.
-        Err(err) => debug!(error = %err, "splice ended"),
-    }
-    Ok(())
+    Ok(Some((server, session)))
 }
 
 /// Forwards both directions unchanged while scanning the server's messages; registers

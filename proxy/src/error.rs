@@ -29,6 +29,9 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// The threads that carry client connections could not be started.
+    #[error("cannot start the proxy's connection threads: {0}")]
+    IoRuntime(#[source] std::io::Error),
     /// The client sent no complete startup packet within `startup_timeout`.
     #[error("no startup packet within {timeout:?}")]
     StartupTimeout {
@@ -145,6 +148,7 @@ impl ProxyError {
             }
             Self::RouteExists { .. }
             | Self::Bind { .. }
+            | Self::IoRuntime(_)
             | Self::StartupTimeout { .. }
             | Self::TlsHandshake(_)
             | Self::Certificate { .. }

@@ -122,6 +122,13 @@ struct Args {
     #[arg(long, env = "RAMIFY_MAX_CONNECTIONS", default_value_t = 1000, value_parser = parse_cap, value_name = "N")]
     max_connections: usize,
 
+    /// Threads that carry client connections (TLS, startup, splicing). One thread serves
+    /// every branch without cross-thread wake-ups, the cheapest per query when Postgres
+    /// shares the node's cores; raise it when this proxy's own CPU use nears one core.
+    /// Calls to the operator run on other threads.
+    #[arg(long, env = "RAMIFY_PROXY_IO_THREADS", default_value_t = 1, value_parser = parse_cap, value_name = "N")]
+    io_threads: usize,
+
     /// CA certificate (PEM) that signs each branch's TLS server certificate; clients
     /// verify against it (`sslrootcert`, the `ca.crt` key of every branch's connection
     /// Secret). The chart mounts it from the Secret named by `tls.caSecretName`. Without
@@ -276,6 +283,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         startup_timeout: args.startup_timeout,
         max_connections_per_branch: args.max_connections_per_branch,
         max_connections: args.max_connections,
+        io_threads: args.io_threads,
         ..ProxyOptions::default()
     };
     let proxy = match (&args.tls_ca_cert, &args.tls_ca_key) {
@@ -288,11 +296,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 required: args.tls_required,
             };
             info!(ca = %cert.display(), required = tls.required, "TLS on branch endpoints");
-            Proxy::with_tls(control.clone(), opts, tls)
+            Proxy::with_tls(control.clone(), opts, tls)?
         }
         _ => {
             warn!("no --tls-ca-cert: branch endpoints answer SSLRequest with N (plaintext only)");
-            Proxy::new(control.clone(), opts)
+            Proxy::new(control.clone(), opts)?
         }
     };
     let status = Arc::new(SyncStatus::default());
@@ -328,6 +336,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         startup_timeout = ?args.startup_timeout,
         max_connections_per_branch = args.max_connections_per_branch,
         max_connections = args.max_connections,
+        io_threads = args.io_threads,
         "ramify-proxy starting"
     );
 
@@ -472,6 +481,7 @@ mod tests {
         assert_eq!(args.startup_timeout, Duration::from_secs(10));
         assert_eq!(args.max_connections_per_branch, 100);
         assert_eq!(args.max_connections, 1000);
+        assert_eq!(args.io_threads, 1);
     }
 
     #[test]

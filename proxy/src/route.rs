@@ -288,6 +288,9 @@ pub(crate) struct LiveRoute {
     pub(crate) listen: SocketAddr,
     pub(crate) opts: ProxyOptions,
     control: Arc<dyn Control>,
+    /// The runtime `Control` calls run on: the one the proxy was created on, not the
+    /// connection threads, so a slow wake never shares a thread with spliced bytes.
+    control_rt: tokio::runtime::Handle,
     state: Mutex<RouteState>,
     /// Client connections of this route open now, from accept to close.
     open: AtomicUsize,
@@ -306,6 +309,7 @@ impl LiveRoute {
         listen: SocketAddr,
         suspend_after: Option<Duration>,
         control: Arc<dyn Control>,
+        control_rt: tokio::runtime::Handle,
         opts: ProxyOptions,
         total: Arc<AtomicUsize>,
     ) -> Self {
@@ -314,6 +318,7 @@ impl LiveRoute {
             listen,
             opts,
             control,
+            control_rt,
             state: Mutex::new(RouteState::new(suspend_after, Instant::now())),
             open: AtomicUsize::new(0),
             total,
@@ -455,7 +460,7 @@ impl LiveRoute {
     fn spawn_wake(self: &Arc<Self>, tx: watch::Sender<Option<WakeOutcome>>) {
         let route = Arc::clone(self);
         let span = info_span!("wake", branch = %self.branch);
-        tokio::spawn(
+        self.control_rt.spawn(
             async move {
                 let started = Instant::now();
                 let outcome = route.control.wake(&route.branch).await;

@@ -128,7 +128,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 async fn clients_that_never_authenticate_do_not_keep_the_branch_awake() {
     init_tracing();
     let control = PgControl::new().await;
-    let proxy = Proxy::new(control.clone(), ProxyOptions::default());
+    let proxy = Proxy::new(control.clone(), ProxyOptions::default()).unwrap();
     let addr = add_route(&proxy, BRANCH, Some(Duration::from_secs(1))).await;
 
     // The owner works, then leaves: the branch is idle from now on.
@@ -176,7 +176,7 @@ async fn clients_that_never_authenticate_do_not_keep_the_branch_awake() {
 async fn an_authenticated_client_keeps_the_branch_awake() {
     init_tracing();
     let control = PgControl::new().await;
-    let proxy = Proxy::new(control.clone(), ProxyOptions::default());
+    let proxy = Proxy::new(control.clone(), ProxyOptions::default()).unwrap();
     // Longer than a debug build's SCRAM exchange: a session still authenticating does
     // not hold the route, so a shorter period could suspend under it.
     let addr = add_route(&proxy, BRANCH, Some(Duration::from_secs(2))).await;
@@ -204,7 +204,7 @@ async fn a_flood_beyond_the_per_branch_cap_is_refused_with_53300_without_waking(
         max_connections_per_branch: 4,
         ..ProxyOptions::default()
     };
-    let proxy = Proxy::new(control.clone(), opts);
+    let proxy = Proxy::new(control.clone(), opts).unwrap();
     let addr = add_route(&proxy, BRANCH, None).await;
 
     let owner = connect_to(addr, &control).await;
@@ -272,7 +272,7 @@ async fn the_total_cap_spans_every_branch() {
         max_connections: 3,
         ..ProxyOptions::default()
     };
-    let proxy = Proxy::new(Arc::new(HangingControl), opts);
+    let proxy = Proxy::new(Arc::new(HangingControl), opts).unwrap();
     let a = add_route(&proxy, "a", None).await;
     let b = add_route(&proxy, "b", None).await;
     let mut open = Vec::new();
@@ -309,7 +309,7 @@ async fn a_client_that_does_not_finish_its_startup_is_dropped() {
         startup_timeout: Duration::from_secs(1),
         ..ProxyOptions::default()
     };
-    let proxy = Proxy::new(control.clone(), opts);
+    let proxy = Proxy::new(control.clone(), opts).unwrap();
     let addr = add_route(&proxy, BRANCH, None).await;
 
     // Silent after connecting.

@@ -41,7 +41,7 @@ async fn proxy_for(
     opts: ProxyOptions,
 ) -> (Proxy, SocketAddr) {
     init_tracing();
-    let proxy = Proxy::new(control, opts);
+    let proxy = Proxy::new(control, opts).unwrap();
     let addr = proxy
         .add_route(Route {
             branch: BRANCH.to_owned(),
@@ -526,4 +526,46 @@ async fn remove_route_closes_the_listener_and_open_connections() {
     let client = connect_to(addr, &control).await;
     assert_eq!(query_i64(&client, "SELECT 2::int8").await, 2);
     proxy.remove_route(BRANCH).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_proxy_closes_its_connections_on_one_or_several_io_threads() {
+    let control = PgControl::new().await;
+    for io_threads in [1, 3] {
+        let opts = ProxyOptions {
+            io_threads,
+            ..ProxyOptions::default()
+        };
+        let (proxy, addr) = proxy_for(control.clone(), None, opts).await;
+        let mut clients = Vec::new();
+        for i in 0..6i64 {
+            let client = connect_to(addr, &control).await;
+            assert_eq!(query_i64(&client, &format!("SELECT {i}::int8")).await, i);
+            clients.push(client);
+        }
+        // Six sessions open at once, each still answering.
+        for (i, client) in clients.iter().enumerate() {
+            let row = client
+                .query_one("SELECT $1::int8 * 2", &[&(i as i64)])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i64>(0), i as i64 * 2);
+        }
+
+        drop(proxy);
+        for client in &clients {
+            let closed =
+                tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1"))
+                    .await
+                    .expect("a session of a dropped proxy still hangs");
+            assert!(
+                closed.is_err(),
+                "io_threads {io_threads}: a session outlived its proxy"
+            );
+        }
+        eventually(Duration::from_secs(10), "the listener to close", || {
+            std::net::TcpStream::connect(addr).is_err()
+        })
+        .await;
+    }
 }

@@ -56,7 +56,8 @@ async fn tls_proxy(
             names,
             required,
         },
-    );
+    )
+    .unwrap();
     let addr = proxy
         .add_route(Route {
             branch: BRANCH.to_owned(),
@@ -162,7 +163,8 @@ async fn a_cluster_branch_certificate_is_valid_for_its_service_names_only() {
             names,
             required: true,
         },
-    );
+    )
+    .unwrap();
     let addr = proxy
         .add_route(Route {
             branch: "team-a/dev".to_owned(),
