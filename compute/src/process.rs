@@ -273,12 +273,17 @@ pub fn initdb_shell_script() -> String {
     )
 }
 
-/// The init container's shell script for every timeline the storage node put a cluster
-/// in: it starts nothing where there is none (a timeline not there yet, such as one
-/// still being restored from a backup repository onto a new volume, whose directories
-/// the kubelet would create empty), instead of running `initdb` on it.
-pub fn require_cluster_shell_script() -> String {
-    "test -f \"$PGDATA/PG_VERSION\" && exit 0; echo \"ramify: no Postgres cluster in $PGDATA: its storage node has not put this timeline there (yet); not starting\" >&2; exit 1".to_string()
+/// The compute container's shell script for every timeline the storage node put a
+/// cluster in (the Pod's arguments follow it as `"$@"`): it starts nothing where there is
+/// none (a timeline not there yet, such as one still being restored from a backup
+/// repository onto a new volume, whose directories the kubelet would create empty),
+/// instead of letting Postgres fail or anything run `initdb` on it; otherwise it becomes
+/// `postgres` itself (`exec`, so Postgres is the container's first process and gets its
+/// signals). Checked in the same container rather than an init container: the kubelet
+/// starts the next container only once it noticed the previous one exited, which cost a
+/// wake most of a second on the test cluster.
+pub fn exec_postgres_if_cluster_shell_script() -> String {
+    "test -f \"$PGDATA/PG_VERSION\" || { echo \"ramify: no Postgres cluster in $PGDATA: its storage node has not put this timeline there (yet); not starting\" >&2; exit 1; }; exec postgres \"$@\"".to_string()
 }
 
 /// Runs `initdb` on `pgdata` as `user` with [`INITDB_ARGS`] and appends

@@ -382,29 +382,38 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
     // uid 999 reaches; TCP, from any address (clients arrive through the proxy's Pod IP),
     // needs a SCRAM password, and only the branch's own role has one. Forks inherit
     // these rules.
-    let initdb = Container {
+    let initdb = plan.initdb.then(|| Container {
         name: "initdb".into(),
         image: Some(cfg.compute_image.clone()),
         image_pull_policy: pull.clone(),
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            if plan.initdb {
-                ramify_compute::process::initdb_shell_script()
-            } else {
-                ramify_compute::process::require_cluster_shell_script()
-            },
+            ramify_compute::process::initdb_shell_script(),
         ]),
         env: Some(env.clone()),
         volume_mounts: Some(mounts.clone()),
         security_context: Some(restricted()),
         ..Default::default()
+    });
+    // Every other compute checks for its cluster in its own container, then becomes
+    // Postgres: an init container would delay each wake until the kubelet noticed it
+    // had exited.
+    let command = if plan.initdb {
+        vec!["postgres".into()]
+    } else {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            ramify_compute::process::exec_postgres_if_cluster_shell_script(),
+            "postgres".into(),
+        ]
     };
     let postgres = Container {
         name: "postgres".into(),
         image: Some(cfg.compute_image.clone()),
         image_pull_policy: pull,
-        command: Some(vec!["postgres".into()]),
+        command: Some(command),
         args: Some(postgres_args(
             &plan.archive_command,
             &plan.postgres_parameters,
@@ -475,7 +484,7 @@ pub fn compute_pod(plan: &BranchPlan, cfg: &Config) -> Result<Pod, SettingsError
             ..Default::default()
         },
         spec: Some(PodSpec {
-            init_containers: Some(vec![initdb]),
+            init_containers: initdb.map(|c| vec![c]),
             containers: vec![postgres],
             // On the machine of the storage node that holds the timeline: the volume is
             // a local (ReadWriteOnce) one, shared by every Pod on that machine.
@@ -663,20 +672,33 @@ mod tests {
     #[test]
     fn only_a_root_created_empty_may_run_initdb_in_its_compute() {
         let cfg = Config::for_namespace("ramify-system");
-        let script = |plan: &BranchPlan| {
-            let pod = compute_pod(plan, &cfg).unwrap();
-            let init = &pod.spec.unwrap().init_containers.unwrap()[0];
-            init.command.clone().unwrap()[2].clone()
-        };
-        // A fork (or a root restored onto a new volume): no cluster means not there yet.
-        let refusing = script(&plan());
-        assert!(!refusing.contains("initdb"), "{refusing}");
-        assert!(refusing.contains("exit 1"), "{refusing}");
+        // A fork (or a root restored onto a new volume): no cluster means not there yet,
+        // checked in the Postgres container itself (no init container to wait for).
+        let spec = compute_pod(&plan(), &cfg).unwrap().spec.unwrap();
+        assert!(spec.init_containers.is_none());
+        let command = spec.containers[0].command.clone().unwrap();
+        assert_eq!(command[..2], ["sh".to_string(), "-c".to_string()]);
+        assert!(!command[2].contains("initdb"), "{}", command[2]);
+        assert!(
+            command[2].contains("exit 1; }; exec postgres \"$@\""),
+            "{}",
+            command[2]
+        );
+        // `sh -c SCRIPT NAME ARGS…`: the Postgres settings reach `exec postgres "$@"`.
+        assert_eq!(command[3], "postgres");
+        let args = spec.containers[0].args.clone().unwrap().join(" ");
+        assert!(args.contains("-c listen_addresses=*"), "{args}");
         let legacy = BranchPlan {
             initdb: true,
             ..plan()
         };
-        assert!(script(&legacy).contains("initdb -D"));
+        let spec = compute_pod(&legacy, &cfg).unwrap().spec.unwrap();
+        let init = &spec.init_containers.unwrap()[0];
+        assert!(init.command.clone().unwrap()[2].contains("initdb -D"));
+        assert_eq!(
+            spec.containers[0].command,
+            Some(vec!["postgres".to_string()])
+        );
     }
 
     #[test]

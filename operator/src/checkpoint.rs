@@ -21,7 +21,6 @@ use crate::branch::{publish, ready_plan, retry_with_event, storage_err, Error, P
 use crate::compute;
 use crate::conditions::{self, READY};
 use crate::context::Context;
-use crate::http::WAKE_TIMEOUT;
 
 /// WAL since the newest storage snapshot above which a checkpoint also starts one, as in
 /// local mode: restoring to a later checkpoint then replays at most about this much.
@@ -160,7 +159,7 @@ async fn record(
         compute::state(ctx, &plan.timeline_id).await?,
         Some(crate::build::PodState::Ready(_))
     );
-    compute::wake(ctx, &plan, WAKE_TIMEOUT).await?;
+    compute::wake_ready(ctx, &plan).await?;
     let node = &plan.storage_node;
     let written = ctx
         .storage(node)

@@ -92,15 +92,47 @@ pub async fn state(ctx: &Context, timeline_id: &str) -> Result<Option<PodState>,
         .map(|p| pod_state(&p)))
 }
 
-/// Starts the compute (if needed) and waits until Postgres accepts connections;
-/// returns `ip:5432`.
+/// How far a wake waits for the compute it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeUntil {
+    /// The Pod is Ready: its readiness probe saw Postgres accept connections.
+    #[default]
+    Ready,
+    /// The Pod has its IP (its sandbox and network exist; the container may still be
+    /// starting). Measured on the test cluster, the IP reaches the API ~0.25-0.4 s
+    /// before the container shows running and 0.5-1.4 s before Ready (the kubelet
+    /// probes once a second). A caller that retries until Postgres accepts (the proxy: a
+    /// refused connection, or Postgres's own 57P03 while it starts or replays WAL)
+    /// connects that much sooner.
+    Address,
+}
+
+/// The compute's address once its Pod has one (see [`WakeUntil::Address`]); never for
+/// a Pod being deleted.
+fn pod_address(pod: &Pod) -> Option<&str> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    pod.status.as_ref()?.pod_ip.as_deref()
+}
+
+/// Starts the compute (if needed) and waits until Postgres accepts connections, or only
+/// until the Pod has its address (`until`); returns `ip:5432`.
 pub async fn wake(
     ctx: &Context,
     plan: &BranchPlan,
     timeout: Duration,
+    until: WakeUntil,
 ) -> Result<String, ComputeError> {
     let name = compute_pod_name(&plan.timeline_id);
     let deadline = tokio::time::Instant::now() + timeout;
+    let early = |p: &Pod| {
+        (until == WakeUntil::Address)
+            .then(|| pod_address(p))
+            .flatten()
+            .map(str::to_owned)
+    };
     loop {
         match ensure(ctx, plan).await? {
             PodState::Ready(ip) => return Ok(format!("{ip}:{POSTGRES_PORT}")),
@@ -112,8 +144,10 @@ pub async fn wake(
             PodState::Broken(msg) => return Err(ComputeError::Broken(msg)),
             PodState::Starting => {}
         }
-        // Until it is ready, broken or gone.
-        let settled = |p: Option<&Pod>| !matches!(p.map(pod_state), Some(PodState::Starting));
+        // Until it is ready (or has its address, if that is enough), broken or gone.
+        let settled = |p: Option<&Pod>| {
+            !matches!(p.map(pod_state), Some(PodState::Starting)) || p.and_then(early).is_some()
+        };
         let waited =
             tokio::time::timeout_at(deadline, await_condition(pods(ctx), &name, settled)).await;
         match waited {
@@ -123,9 +157,11 @@ pub async fn wake(
                     "watching the compute failed: {e}"
                 )))
             }
-            Ok(Ok(Some(p))) => match pod_state(&p) {
-                PodState::Ready(ip) => return Ok(format!("{ip}:{POSTGRES_PORT}")),
-                PodState::Broken(msg) if !msg.contains("shutting down") => {
+            Ok(Ok(Some(p))) => match (pod_state(&p), early(&p)) {
+                (PodState::Ready(ip), _) | (PodState::Starting, Some(ip)) => {
+                    return Ok(format!("{ip}:{POSTGRES_PORT}"))
+                }
+                (PodState::Broken(msg), _) if !msg.contains("shutting down") => {
                     return Err(ComputeError::Broken(msg))
                 }
                 _ => {}
@@ -134,6 +170,13 @@ pub async fn wake(
             Ok(Ok(None)) => {}
         }
     }
+}
+
+/// [`wake`] until the Pod is Ready, within the wake API's timeout: for the operator's own
+/// wakes (a checkpoint, a wake on request, a move's one-time start), whose callers
+/// connect at once or read the branch's status after.
+pub async fn wake_ready(ctx: &Context, plan: &BranchPlan) -> Result<String, ComputeError> {
+    wake(ctx, plan, crate::http::WAKE_TIMEOUT, WakeUntil::Ready).await
 }
 
 /// Stops the compute (fast shutdown through the Pod's preStop hook) and waits until the
@@ -182,4 +225,79 @@ pub async fn proxy_ips(ctx: &Context) -> Result<Vec<String>, kube::Error> {
     let lp = kube::api::ListParams::default().labels(&ctx.config.proxy_selector);
     let list = pods(ctx).list(&lp).await?;
     Ok(list.items.iter().filter_map(build::proxy_pod_ip).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn pod(ip: Option<&str>, container: &str, state: ContainerState) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                pod_ip: ip.map(str::to_owned),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: container.into(),
+                    state: Some(state),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn running() -> ContainerState {
+        ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_compute_has_an_address_once_its_pod_has_an_ip_and_is_not_going() {
+        assert_eq!(pod_address(&Pod::default()), None);
+        let creating = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pod_address(&pod(None, "postgres", creating.clone())), None);
+        // The sandbox has its IP while the container is still being created.
+        assert_eq!(
+            pod_address(&pod(Some("10.1.1.1"), "postgres", creating)),
+            Some("10.1.1.1")
+        );
+        assert_eq!(
+            pod_address(&pod(Some("10.1.1.1"), "postgres", running())),
+            Some("10.1.1.1")
+        );
+        // A Pod being deleted (a suspend) is never handed out.
+        let mut stopping = pod(Some("10.1.1.1"), "postgres", running());
+        stopping.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert_eq!(pod_address(&stopping), None);
+    }
+
+    #[test]
+    fn a_wake_waits_for_ready_unless_asked_otherwise() {
+        assert_eq!(WakeUntil::default(), WakeUntil::Ready);
+        let query = |q: &str| {
+            let uri: axum::http::Uri = format!("/wake?{q}").parse().unwrap();
+            axum::extract::Query::<crate::http::WakeParams>::try_from_uri(&uri).map(|q| q.0)
+        };
+        assert_eq!(
+            query("proxy=p-1&until=address").unwrap().until,
+            Some(WakeUntil::Address)
+        );
+        assert_eq!(query("until=ready").unwrap().until, Some(WakeUntil::Ready));
+        assert_eq!(query("proxy=p-1").unwrap().until, None);
+        assert!(query("until=soon").is_err());
+    }
 }

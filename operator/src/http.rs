@@ -264,6 +264,14 @@ impl Caller {
     }
 }
 
+/// The wake's query: who asks, and whether the Pod's address is enough (`until=address`,
+/// for a caller that retries until Postgres accepts) or the Pod must be Ready (default).
+#[derive(Debug, Deserialize)]
+pub struct WakeParams {
+    pub proxy: Option<String>,
+    pub until: Option<compute::WakeUntil>,
+}
+
 fn invalid_proxy_name(p: &str) -> HttpError {
     err(
         StatusCode::BAD_REQUEST,
@@ -311,9 +319,12 @@ async fn wake(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
-    Query(caller): Query<Caller>,
+    Query(params): Query<WakeParams>,
 ) -> Result<Response, HttpError> {
     let ctx = authorized(&s, &headers)?;
+    let caller = Caller {
+        proxy: params.proxy,
+    };
     if let Some(proxy) = caller.name()? {
         // In use by this proxy from now on: another proxy's suspend, even one queued
         // on the branch lock behind this wake, is refused.
@@ -324,7 +335,7 @@ async fn wake(
     let lock = ctx.branch_lock(&ns, &name);
     let _guard = lock.lock().await;
     let plan = plan_of(&ctx, &ns, &name).await?;
-    let result = compute::wake(&ctx, &plan, WAKE_TIMEOUT).await;
+    let result = compute::wake(&ctx, &plan, WAKE_TIMEOUT, params.until.unwrap_or_default()).await;
     ctx.metrics.woke(result.is_ok(), started.elapsed());
     match result {
         Ok(address) => {

@@ -126,7 +126,7 @@ impl Metrics {
                 &mut s,
                 "ramify_operator_wake_duration_seconds",
                 "histogram",
-                "Wake requests from the proxy, by outcome, and their time to a ready compute.",
+                "Wake requests from the proxy, by outcome, and their time until the compute Pod has its address (or is Ready, for callers that ask for that).",
             );
             for (outcome, (n, secs)) in &c.wakes {
                 let buckets = c.wake_buckets.get(outcome).copied().unwrap_or_default();

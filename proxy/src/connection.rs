@@ -345,17 +345,25 @@ async fn forward_cancel(route: &LiveRoute, key: CancelKey) -> Result<(), ProxyEr
 }
 
 async fn connect(route: &LiveRoute, backend: SocketAddr) -> Result<TcpStream, ProxyError> {
+    connect_within(route, backend, route.opts.connect_timeout).await
+}
+
+async fn connect_within(
+    route: &LiveRoute,
+    backend: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, ProxyError> {
     let connect_err = |source| ProxyError::BackendConnect {
         branch: route.branch.clone(),
         addr: backend,
         source,
     };
-    let server = tokio::time::timeout(route.opts.connect_timeout, TcpStream::connect(backend))
+    let server = tokio::time::timeout(limit, TcpStream::connect(backend))
         .await
         .map_err(|_| {
             connect_err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {:?}", route.opts.connect_timeout),
+                format!("no answer within {limit:?}"),
             ))
         })?
         .map_err(connect_err)?;
@@ -374,15 +382,128 @@ async fn session(
     let deadline = tokio::time::Instant::now() + route.opts.wake_timeout;
     let mut session = route.admit(deadline).await?;
     let backend = route.wake(deadline).await?;
-    let mut server = connect(route, backend).await?;
-    server
-        .write_all(startup_packet)
-        .await
-        .map_err(ProxyError::BackendIo)?;
-    if !relay_startup_phase(client, &mut server, &mut session, backend).await? {
+    let (mut server, first) = start_on_compute(route, backend, startup_packet, deadline).await?;
+    if !relay_startup_phase(client, &mut server, &mut session, backend, &first).await? {
         return Ok(None);
     }
     Ok(Some((server, session)))
+}
+
+/// How often a compute that is still starting is asked again.
+const STARTING_RETRY: Duration = Duration::from_millis(10);
+/// How long the first connection attempt to a compute that may be starting gets.
+const FIRST_ATTEMPT: Duration = Duration::from_millis(100);
+/// Longest first server message read before deciding whether to retry.
+const MAX_FIRST_MESSAGE: usize = 64 * 1024;
+
+/// Connects to a woken compute and replays the client's startup packet; returns the
+/// connection and the server's first message, read whole. A control plane may hand out a
+/// compute whose Postgres is still starting (the operator answers a wake once the
+/// container runs, not a second later when the kubelet's probe says Ready): a refused
+/// connection, or Postgres's own `57P03` ("the database system is starting up", or not
+/// yet accepting connections while it replays WAL), is retried every 10 ms until the
+/// wake's deadline. The client sees none of it — nor a half-recovered branch, which
+/// Postgres refuses the same way.
+async fn start_on_compute(
+    route: &LiveRoute,
+    backend: SocketAddr,
+    startup_packet: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(TcpStream, Vec<u8>), ProxyError> {
+    let began = tokio::time::Instant::now();
+    let (mut refused, mut starting, mut unanswered) = (0u32, 0u32, 0u32);
+    loop {
+        let retry_possible = tokio::time::Instant::now() + STARTING_RETRY < deadline;
+        // A SYN sent while the Pod's network is still being wired can be lost, and the
+        // kernel would resend it only after a second: while retrying, an attempt gets
+        // 100 ms (doubling after each silent one, up to connect_timeout).
+        let attempt = if retry_possible {
+            (FIRST_ATTEMPT * 2u32.saturating_pow(unanswered)).min(route.opts.connect_timeout)
+        } else {
+            route.opts.connect_timeout
+        };
+        let mut server = match connect_within(route, backend, attempt).await {
+            Ok(server) => server,
+            Err(ProxyError::BackendConnect { source, .. })
+                if retry_possible
+                    && matches!(
+                        source.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                if source.kind() == io::ErrorKind::ConnectionRefused {
+                    refused += 1;
+                    tokio::time::sleep(STARTING_RETRY).await;
+                } else {
+                    unanswered += 1;
+                }
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        server
+            .write_all(startup_packet)
+            .await
+            .map_err(ProxyError::BackendIo)?;
+        // Postgres answers a startup packet at once (an authentication request or an
+        // error); one that stays silent is not left holding the client forever.
+        let first =
+            tokio::time::timeout(route.opts.connect_timeout, read_server_message(&mut server))
+                .await
+                .map_err(|_| ProxyError::BackendConnect {
+                    branch: route.branch.clone(),
+                    addr: backend,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer to the startup packet within {:?}",
+                            route.opts.connect_timeout
+                        ),
+                    ),
+                })??;
+        let not_yet = first[0] == b'E'
+            && protocol::error_sqlstate(&first[5..]) == Some(protocol::SQLSTATE_CANNOT_CONNECT_NOW);
+        if not_yet && retry_possible {
+            starting += 1;
+            tokio::time::sleep(STARTING_RETRY).await;
+            continue;
+        }
+        if refused + starting + unanswered > 0 {
+            info!(
+                %backend,
+                refused,
+                starting,
+                unanswered,
+                elapsed = ?began.elapsed(),
+                "compute accepted once it started"
+            );
+        }
+        return Ok((server, first));
+    }
+}
+
+/// One whole server message: its 5-byte header and body.
+async fn read_server_message(server: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
+    let mut message = vec![0u8; 5];
+    server
+        .read_exact(&mut message)
+        .await
+        .map_err(ProxyError::BackendIo)?;
+    let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
+    if !(4..=MAX_FIRST_MESSAGE).contains(&len) {
+        return Err(ProxyError::Protocol {
+            reason: format!(
+                "server's first message '{}' has length {len}",
+                message[0] as char
+            ),
+        });
+    }
+    message.resize(1 + len, 0);
+    server
+        .read_exact(&mut message[5..])
+        .await
+        .map_err(ProxyError::BackendIo)?;
+    Ok(message)
 }
 
 /// Forwards both directions unchanged while scanning the server's messages; registers
@@ -395,8 +516,18 @@ async fn relay_startup_phase(
     server: &mut TcpStream,
     session: &mut Session,
     backend: SocketAddr,
+    first: &[u8],
 ) -> Result<bool, ProxyError> {
     let mut scanner = BackendStartupScanner::default();
+    // The server's first message, read already: a whole message, never ReadyForQuery.
+    let scan = scanner.feed(first)?;
+    if scan.authenticated {
+        session.authenticated();
+    }
+    client
+        .write_all(first)
+        .await
+        .map_err(ProxyError::ClientIo)?;
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut server_rd, mut server_wr) = server.split();
     let mut up = vec![0u8; 8192];

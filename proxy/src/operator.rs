@@ -288,10 +288,18 @@ impl OperatorClient {
         })
     }
 
-    /// `POST /v1/branches/{ns}/{name}/wake`: the address of the branch's running compute.
+    /// `POST /v1/branches/{ns}/{name}/wake?until=address`: the address of the branch's
+    /// compute as soon as its Pod has one. Postgres may still be starting there: the
+    /// proxy retries its connection until Postgres accepts (an operator that predates
+    /// `until` ignores it and answers once the compute is Ready, as before).
     pub async fn wake(&self, branch: &str) -> Result<SocketAddr, OperatorError> {
         const WHAT: &str = "POST …/wake";
-        let path = format!("{}/wake{}", branch_path(branch)?, self.caller_query());
+        let caller = self.caller_query();
+        let query = match caller.strip_prefix('?') {
+            Some(proxy) => format!("?until=address&{proxy}"),
+            None => "?until=address".to_owned(),
+        };
+        let path = format!("{}/wake{query}", branch_path(branch)?);
         let resp = self
             .send(Method::POST, &path, WHAT, self.wake_timeout)
             .await?;

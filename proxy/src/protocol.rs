@@ -162,6 +162,22 @@ pub fn cancel_request(key: CancelKey) -> [u8; 16] {
     packet
 }
 
+/// The SQLSTATE (`C` field) of an `ErrorResponse` body, if it has one.
+pub fn error_sqlstate(body: &[u8]) -> Option<&str> {
+    let mut fields = body;
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == 0)?;
+        if kind == b'C' {
+            return std::str::from_utf8(&rest[..end]).ok();
+        }
+        fields = &rest[end + 1..];
+    }
+    None
+}
+
 /// What [`BackendStartupScanner::feed`] found in one chunk of server bytes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ScanResult {

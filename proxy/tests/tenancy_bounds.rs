@@ -4,6 +4,7 @@
 
 #[allow(dead_code)]
 mod pg_control;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+use wire::{startup_message, try_read_message as read_message};
 
 const BRANCH: &str = "tenant-a";
 
@@ -71,25 +73,6 @@ async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A protocol 3.0 StartupMessage for user `app`.
-fn startup_message() -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    body.extend_from_slice(b"user\0app\0database\0postgres\0\0");
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
-/// Reads one backend message: (type, body).
-async fn read_message(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 5];
-    stream.read_exact(&mut header).await?;
-    let len = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).await?;
-    Ok((header[0], body))
 }
 
 /// The fields of an ErrorResponse body by their one-letter code.

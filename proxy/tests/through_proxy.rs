@@ -2,6 +2,7 @@
 //! cancel, errors a driver understands, route removal.
 
 mod pg_control;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+use wire::{read_message, startup_message};
 
 const BRANCH: &str = "feature-x";
 
@@ -90,25 +92,6 @@ async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A protocol 3.0 StartupMessage for user `app`.
-fn startup_message() -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    body.extend_from_slice(b"user\0app\0database\0postgres\0\0");
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
-/// Reads one backend message: (type, body).
-async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut header = [0u8; 5];
-    stream.read_exact(&mut header).await.unwrap();
-    let len = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).await.unwrap();
-    (header[0], body)
 }
 
 async fn psql(addr: SocketAddr, sslmode: &str, sql: &str) -> std::process::Output {

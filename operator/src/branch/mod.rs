@@ -663,9 +663,7 @@ async fn converge(
         }
     } else if annotations.contains_key(WAKE_REQUEST_ANNOTATION) {
         info!("waking the compute on request");
-        compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
-            .await
-            .map_err(Error::from)?;
+        compute::wake_ready(ctx, &plan).await.map_err(Error::from)?;
         // The proxy did not wake it, so it must be told to idle-track it (the route
         // table's compute marker changes).
         let mut c = status.compute.clone().unwrap_or_default();

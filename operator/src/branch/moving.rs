@@ -217,9 +217,7 @@ async fn start_once(
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| refused("the branch has no proxy port yet".into()))?;
     let (plan, _) = super::compute_plan(b, ctx, spec, timeline, port, info).await?;
-    compute::wake(ctx, &plan, crate::http::WAKE_TIMEOUT)
-        .await
-        .map_err(Error::from)?;
+    compute::wake_ready(ctx, &plan).await.map_err(Error::from)?;
     compute::suspend(ctx, &timeline.id, STOP_TIMEOUT)
         .await
         .map_err(Error::from)?;
