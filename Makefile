@@ -64,6 +64,7 @@ bench:
 	bash e2e/local/bench.sh target/release/ramify
 	bash e2e/local/bench-workflows.sh target/release/ramify
 	bash e2e/local/bench-follow.sh target/release/ramify
+	bash e2e/local/bench-scale.sh target/release/ramify
 	$(CARGO) bench -p ramify-diff --bench schema_diff
 
 # The checkers of what Ramify publishes, built once from their Go modules into

@@ -60,12 +60,30 @@ type AppState = Arc<App>;
 /// Runs local mode in the foreground until SIGTERM/SIGINT or `POST /v1/shutdown`.
 /// Writes `daemon.json` once it serves, removes it on the way out, and stops every
 /// compute it started.
+/// Every branch has a listener of its own, so a thousand branches need more descriptors
+/// than the usual soft limit of 1024: the soft limit goes up to the hard one (the
+/// user's to give; computes inherit it, and Postgres bounds its own files anyway).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => {
+                warn!(error = %e, soft, "cannot raise the open files limit: every branch listens on a port of its own")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&cfg.data_dir)
         .with_context(|| format!("data directory {} is not usable", cfg.data_dir.display()))?;
     if nix::unistd::geteuid().is_root() {
         bail!("the local daemon must not run as root (Postgres refuses to); `ramify local up` switches to the Postgres user");
     }
+    raise_open_files_limit();
     if let Some(d) = DaemonFile::read(&data_dir)?.filter(DaemonFile::process_alive) {
         bail!(
             "local mode is already running for {} (pid {})",
