@@ -89,6 +89,15 @@ async fn proxy_for(control: Arc<dyn Control>, opts: ProxyOptions) -> (Proxy, Soc
     (proxy, addr)
 }
 
+/// What a client that sends its startup packet gets: an ErrorResponse, as text.
+async fn refusal(addr: SocketAddr) -> String {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(&startup_message()).await.unwrap();
+    let (kind, body) = read_message(&mut client).await;
+    assert_eq!(kind, b'E', "{}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 fn wake_timeout(secs: u64) -> ProxyOptions {
     ProxyOptions {
         wake_timeout: Duration::from_secs(secs),
@@ -127,11 +136,7 @@ async fn a_compute_that_never_accepts_answers_the_client_at_the_wake_deadline() 
     let compute = Arc::new(StartingCompute::start(Duration::ZERO, usize::MAX).await);
     let (proxy, addr) = proxy_for(compute.clone(), wake_timeout(1)).await;
     let started = Instant::now();
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    client.write_all(&startup_message()).await.unwrap();
-    let (kind, body) = read_message(&mut client).await;
-    assert_eq!(kind, b'E');
-    let text = String::from_utf8_lossy(&body);
+    let text = refusal(addr).await;
     assert!(
         text.contains("C57P03") && text.contains("starting up"),
         "{text}"
@@ -178,11 +183,7 @@ async fn a_compute_that_never_answers_the_startup_packet_is_given_up_on() {
     };
     let (proxy, addr) = proxy_for(compute, opts).await;
     let started = Instant::now();
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    client.write_all(&startup_message()).await.unwrap();
-    let (kind, body) = read_message(&mut client).await;
-    assert_eq!(kind, b'E');
-    let text = String::from_utf8_lossy(&body);
+    let text = refusal(addr).await;
     assert!(
         text.contains("C08006") && text.contains("no answer"),
         "{text}"
