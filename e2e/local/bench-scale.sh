@@ -11,19 +11,11 @@
 #   e2e/local/bench-scale.sh [path/to/ramify]
 set -euo pipefail
 
-RAMIFY=$(readlink -f "${1:-target/release/ramify}")
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-export PATH="$PGBIN:$PATH"
 BRANCHES=${BRANCHES:-1000}
-WORK=$(mktemp -d /var/tmp/ramify-sc-XXXXXX)
-chmod 755 "$WORK"
-export RAMIFY_DATA_DIR="$WORK/data"
-mkdir -p "$RAMIFY_DATA_DIR"
-cleanup() {
-  "$RAMIFY" local down >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# A short name: every compute's socket path lies under it (Postgres allows 107 bytes).
+E2E_NAME=sc
+# shellcheck source=e2e/local/lib.sh
+. "$(dirname "$0")/lib.sh" "${1:-target/release/ramify}"
 
 WANTED=$BRANCHES
 PER_BRANCH_MIB=${PER_BRANCH_MIB:-56}

@@ -353,22 +353,25 @@ async fn connect_within(
     backend: SocketAddr,
     limit: Duration,
 ) -> Result<TcpStream, ProxyError> {
-    let connect_err = |source| ProxyError::BackendConnect {
-        branch: route.branch.clone(),
-        addr: backend,
-        source,
-    };
     let server = tokio::time::timeout(limit, TcpStream::connect(backend))
         .await
-        .map_err(|_| {
-            connect_err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {limit:?}"),
-            ))
-        })?
-        .map_err(connect_err)?;
+        .map_err(|_| unanswered_error(route, backend, format!("no answer within {limit:?}")))?
+        .map_err(|source| ProxyError::BackendConnect {
+            branch: route.branch.clone(),
+            addr: backend,
+            source,
+        })?;
     let _ = server.set_nodelay(true);
     Ok(server)
+}
+
+/// The compute at `backend` did not answer in time (a `TimedOut` connect failure).
+fn unanswered_error(route: &LiveRoute, backend: SocketAddr, what: String) -> ProxyError {
+    ProxyError::BackendConnect {
+        branch: route.branch.clone(),
+        addr: backend,
+        source: io::Error::new(io::ErrorKind::TimedOut, what),
+    }
 }
 
 /// Admits the client, wakes the compute, replays the startup packet and follows the
@@ -398,12 +401,12 @@ const MAX_FIRST_MESSAGE: usize = 64 * 1024;
 
 /// Connects to a woken compute and replays the client's startup packet; returns the
 /// connection and the server's first message, read whole. A control plane may hand out a
-/// compute whose Postgres is still starting (the operator answers a wake once the
-/// container runs, not a second later when the kubelet's probe says Ready): a refused
-/// connection, or Postgres's own `57P03` ("the database system is starting up", or not
-/// yet accepting connections while it replays WAL), is retried every 10 ms until the
-/// wake's deadline. The client sees none of it — nor a half-recovered branch, which
-/// Postgres refuses the same way.
+/// compute whose Postgres is still starting (the operator answers a wake once the Pod
+/// has its IP, not when the kubelet's probe says Ready): a refused connection, an
+/// unanswered SYN, or Postgres's own `57P03` ("the database system is starting up", or
+/// not yet accepting connections while it replays WAL), is retried until the wake's
+/// deadline. The client sees none of it — nor a half-recovered branch, which Postgres
+/// refuses the same way.
 async fn start_on_compute(
     route: &LiveRoute,
     backend: SocketAddr,
@@ -447,20 +450,16 @@ async fn start_on_compute(
             .map_err(ProxyError::BackendIo)?;
         // Postgres answers a startup packet at once (an authentication request or an
         // error); one that stays silent is not left holding the client forever.
-        let first =
-            tokio::time::timeout(route.opts.connect_timeout, read_server_message(&mut server))
-                .await
-                .map_err(|_| ProxyError::BackendConnect {
-                    branch: route.branch.clone(),
-                    addr: backend,
-                    source: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "no answer to the startup packet within {:?}",
-                            route.opts.connect_timeout
-                        ),
-                    ),
-                })??;
+        let limit = route.opts.connect_timeout;
+        let first = tokio::time::timeout(limit, read_server_message(&mut server))
+            .await
+            .map_err(|_| {
+                unanswered_error(
+                    route,
+                    backend,
+                    format!("no answer to the startup packet within {limit:?}"),
+                )
+            })??;
         let not_yet = first[0] == b'E'
             && protocol::error_sqlstate(&first[5..]) == Some(protocol::SQLSTATE_CANNOT_CONNECT_NOW);
         if not_yet && retry_possible {

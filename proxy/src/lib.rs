@@ -205,7 +205,11 @@ impl Proxy {
         Ok(Self {
             inner: Arc::new(Inner {
                 control,
-                control_rt: tokio::runtime::Handle::current(),
+                control_rt: tokio::runtime::Handle::try_current().map_err(|e| {
+                    ProxyError::IoRuntime(std::io::Error::other(format!(
+                        "a proxy is created inside the Tokio runtime its control calls run on: {e}"
+                    )))
+                })?,
                 io: IoRuntime::start(opts.io_threads)?,
                 opts,
                 routes: Mutex::new(HashMap::new()),

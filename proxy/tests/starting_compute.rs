@@ -17,8 +17,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wire::{read_message, startup_message};
 
-/// Answers every wake at once with an address where "Postgres" starts listening only
-/// after `listen_after`, and then refuses the first `refusals` clients with 57P03.
+/// A control plane that answers every wake at once with the same address, whatever
+/// listens there (or not yet).
+struct AtAddress(SocketAddr);
+
+#[async_trait::async_trait]
+impl Control for AtAddress {
+    async fn wake(&self, _branch: &str) -> Result<SocketAddr, String> {
+        Ok(self.0)
+    }
+    async fn suspend(&self, _branch: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// "Postgres" on an address where it starts listening only after `listen_after`, and
+/// then refuses the first `refusals` clients with 57P03.
 struct StartingCompute {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -66,16 +80,6 @@ impl StartingCompute {
     }
 }
 
-#[async_trait::async_trait]
-impl Control for StartingCompute {
-    async fn wake(&self, _branch: &str) -> Result<SocketAddr, String> {
-        Ok(self.addr)
-    }
-    async fn suspend(&self, _branch: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 async fn proxy_for(control: Arc<dyn Control>, opts: ProxyOptions) -> (Proxy, SocketAddr) {
     let proxy = Proxy::new(control, opts).unwrap();
     let addr = proxy
@@ -107,8 +111,8 @@ fn wake_timeout(secs: u64) -> ProxyOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compute_still_starting_is_retried_until_it_accepts() {
-    let compute = Arc::new(StartingCompute::start(Duration::from_millis(300), 3).await);
-    let (proxy, addr) = proxy_for(compute.clone(), wake_timeout(10)).await;
+    let compute = StartingCompute::start(Duration::from_millis(300), 3).await;
+    let (proxy, addr) = proxy_for(Arc::new(AtAddress(compute.addr)), wake_timeout(10)).await;
     let started = Instant::now();
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(&startup_message()).await.unwrap();
@@ -133,8 +137,8 @@ async fn a_compute_still_starting_is_retried_until_it_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compute_that_never_accepts_answers_the_client_at_the_wake_deadline() {
-    let compute = Arc::new(StartingCompute::start(Duration::ZERO, usize::MAX).await);
-    let (proxy, addr) = proxy_for(compute.clone(), wake_timeout(1)).await;
+    let compute = StartingCompute::start(Duration::ZERO, usize::MAX).await;
+    let (proxy, addr) = proxy_for(Arc::new(AtAddress(compute.addr)), wake_timeout(1)).await;
     let started = Instant::now();
     let text = refusal(addr).await;
     assert!(
@@ -150,27 +154,11 @@ async fn a_compute_that_never_accepts_answers_the_client_at_the_wake_deadline() 
     proxy.remove_route("b").await;
 }
 
-/// Accepts connections and never answers (a hung compute, or a tenant's own listener).
-struct SilentCompute {
-    addr: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl Control for SilentCompute {
-    async fn wake(&self, _branch: &str) -> Result<SocketAddr, String> {
-        Ok(self.addr)
-    }
-    async fn suspend(&self, _branch: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compute_that_never_answers_the_startup_packet_is_given_up_on() {
+    // Accepts connections and never answers (a hung compute, or a tenant's own listener).
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let compute = Arc::new(SilentCompute {
-        addr: listener.local_addr().unwrap(),
-    });
+    let compute = Arc::new(AtAddress(listener.local_addr().unwrap()));
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((conn, _)) = listener.accept().await {
