@@ -260,6 +260,15 @@ impl ComputeSettings {
         if let Some(secs) = self.archive_timeout_secs {
             out.push(("archive_timeout".into(), format!("{secs}s")));
         }
+        // Defaults a branch may override. A timeline lives on copy-on-write storage:
+        // a new WAL segment filled with zeros (or an old one renamed for reuse) is 16 MiB
+        // of blocks of its own in every fork, which is most of what an idle fork costs;
+        // created sparse and removed when done, it costs what is written into it.
+        for (name, value) in COW_DEFAULTS {
+            if !self.parameters.contains_key(*name) {
+                out.push(((*name).to_owned(), (*value).to_owned()));
+            }
+        }
         for (name, value) in &self.parameters {
             validate_parameter(name, value)?;
             out.push((name.clone(), value.clone()));
@@ -270,6 +279,9 @@ impl ComputeSettings {
 
 /// Number of settings Ramify itself sets.
 const OWNED_SETTINGS: usize = 10;
+
+/// Ramify's defaults for copy-on-write storage, which `postgresParameters` may override.
+pub const COW_DEFAULTS: &[(&str, &str)] = &[("wal_init_zero", "off"), ("wal_recycle", "off")];
 
 fn validate_parameter(name: &str, value: &str) -> Result<(), SettingsError> {
     let invalid = || SettingsError::InvalidName {
@@ -435,8 +447,23 @@ mod tests {
              recovery_init_sync_method = 'syncfs'\n\
              wal_compression = 'lz4'\n\
              full_page_writes = 'on'\n\
-             wal_level = 'replica'\n"
+             wal_level = 'replica'\n\
+             wal_init_zero = 'off'\n\
+             wal_recycle = 'off'\n"
         );
+    }
+
+    #[test]
+    fn a_branch_may_override_the_copy_on_write_defaults() {
+        let mut s = settings();
+        s.parameters.insert("wal_recycle".into(), "on".into());
+        let out = s.render().unwrap();
+        assert!(out.contains("wal_init_zero = 'off'\n"), "{out}");
+        assert!(
+            out.ends_with("wal_init_zero = 'off'\n# postgresParameters\nwal_recycle = 'on'\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("wal_recycle").count(), 1, "{out}");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 # (default 1000) of one root, suspended once idle; at 0, 100, 250, 500 and all of them it
 # times `ramify branch list` and reads the daemon's memory (storage node, proxy and
 # control plane in one process) and the volume's use, then wakes the last branch. Each
-# fork's compute starts once and leaves ~50 MiB of its own (mostly WAL segments Postgres
-# fills with zeros), so the XFS image is sized for BRANCHES and, when this machine's
-# /var/tmp cannot hold that, fewer branches are created and the table says so. Prints
-# Markdown tables; every number is measured in this run.
+# fork's compute starts once and leaves ~20 MiB of its own (mostly the first WAL segment
+# of its new Postgres timeline, which Postgres writes as a copy of the parent's), so the
+# XFS image is sized for BRANCHES and, when this machine's /var/tmp cannot hold that,
+# fewer branches are created and the table says so. Prints Markdown tables; every number
+# is measured in this run.
 #
 #   e2e/local/bench-scale.sh [path/to/ramify]
 set -euo pipefail
@@ -18,7 +19,7 @@ E2E_NAME=sc
 . "$(dirname "$0")/lib.sh" "${1:-target/release/ramify}"
 
 WANTED=$BRANCHES
-PER_BRANCH_MIB=${PER_BRANCH_MIB:-56}
+PER_BRANCH_MIB=${PER_BRANCH_MIB:-24}
 if [ "$(id -u)" -eq 0 ]; then
   # The node keeps a reserve of 5 % (at most 2 GiB) free: room for it and the root too.
   avail_mib=$(df --output=avail -m /var/tmp | tail -1)

@@ -443,14 +443,14 @@ impl Dir {
         }
     }
 
-    /// Creates the new regular file `name` with exactly `mode`; fails if anything (a
-    /// link included) already has that name.
+    /// Creates the new regular file `name` with exactly `mode`, open for reading and
+    /// writing; fails if anything (a link included) already has that name.
     pub fn create_file(&self, name: impl AsRef<OsStr>, mode: u32) -> Result<File> {
         let name = name.as_ref();
         let fd = rustix::fs::openat(
             &self.fd,
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(io_at("create", self.path_of(name)))?;

@@ -70,6 +70,50 @@ pub fn reflink_file(src: &File, dst: &File) -> io::Result<()> {
     }
 }
 
+/// Gives back the blocks of `file`'s trailing zeros, keeping its size and content: a
+/// hole reads as zeros. A WAL segment Postgres switched away from early (a fork's
+/// backup, `archive_timeout`) is mostly zeros after its last record — 16 MiB on disk
+/// for a few KiB of WAL, kept as long as the archive keeps the segment. Only blocks
+/// entirely past the last non-zero byte are punched, so nothing but zeros is released.
+/// Returns the length of the range that is now a hole (0 where the file system cannot
+/// punch holes). For a file
+/// nobody writes any more (the caller's own new copy): a concurrent writer could lose a
+/// write into the punched range.
+pub fn punch_zero_tail(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let block = meta.blksize().max(512);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut end = len; // everything at or after `end` is zero
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        match chunk.iter().rposition(|&b| b != 0) {
+            Some(i) => {
+                end = start + i as u64 + 1;
+                break;
+            }
+            None => end = start,
+        }
+    }
+    let from = end.div_ceil(block) * block;
+    if from >= len {
+        return Ok(0);
+    }
+    match rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        from,
+        len - from,
+    ) {
+        Ok(()) => Ok(len - from),
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Probes whether `dir` supports reflinks by cloning a small scratch file.
 pub fn detect_clone_method(dir: &Path) -> Result<CloneMethod, CloneError> {
     let a = dir.join(".clone-probe-src");
@@ -394,6 +438,51 @@ pub fn fs_info(path: &Path) -> Result<FsInfo, CloneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data, then zeros written as zeros (a switched WAL segment): the zeros' blocks go,
+    /// the data, the size and every byte read stay; the block the data ends in stays.
+    #[test]
+    fn punch_zero_tail_releases_only_trailing_zero_blocks() {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("000000010000000000000002");
+        let mut content = vec![7u8; 100_000];
+        content.extend(vec![0u8; 8 << 20]);
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&content).unwrap();
+        f.sync_all().unwrap();
+        let before = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(before >= content.len() as u64, "{before}");
+        let f = File::options().read(true).write(true).open(&path).unwrap();
+        let punched = punch_zero_tail(&f).unwrap();
+        let block = f.metadata().unwrap().blksize();
+        assert_eq!(
+            punched,
+            content.len() as u64 - 100_000u64.div_ceil(block) * block
+        );
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), content.len() as u64);
+        // (A file system may count a block of its own metadata, ext4 its extent tree.)
+        assert!(
+            meta.blocks() * 512 <= 100_000 + 4 * block,
+            "{}",
+            meta.blocks() * 512
+        );
+        assert!(fs::read(&path).unwrap() == content);
+        // Again: the same range, already a hole; a file ending in data: nothing.
+        assert_eq!(punch_zero_tail(&f).unwrap(), punched);
+        assert_eq!(fs::metadata(&path).unwrap().blocks(), meta.blocks());
+        let full = t.path().join("full");
+        fs::write(&full, vec![1u8; 50_000]).unwrap();
+        let rw = |p: &Path| File::options().read(true).write(true).open(p).unwrap();
+        assert_eq!(punch_zero_tail(&rw(&full)).unwrap(), 0);
+        // All zeros: all of it.
+        let zeros = t.path().join("zeros");
+        fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(punch_zero_tail(&rw(&zeros)).unwrap(), 1 << 20);
+        assert_eq!(fs::read(&zeros).unwrap(), vec![0u8; 1 << 20]);
+    }
 
     #[test]
     fn clone_tree_copies_content_and_honours_excludes() {

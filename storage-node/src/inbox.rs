@@ -196,6 +196,9 @@ pub(crate) fn take(
             io::copy(&mut from, &mut to).map_err(io_err("copy"))?;
         }
     }
+    // The archive keeps a segment long after Postgres removed its own copy: the zeros
+    // after a switched segment's last record need no blocks of their own.
+    clone::punch_zero_tail(&to).map_err(io_err("punch trailing zeros"))?;
     to.sync_all().map_err(io_err("fsync"))?;
     drop(to);
     if !archive.rename_no_replace(&tmp, archive, n)? {
@@ -368,6 +371,24 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(t.p("tl/wal").join(SEG)).unwrap().nlink(), 1);
         assert!(!t.drain().any(), "a second drain has nothing to do");
+    }
+
+    /// A segment switched away from early (mostly zeros) is archived with the same bytes
+    /// but its zeros as a hole; re-archived after a crash, it is still found identical.
+    #[test]
+    fn a_switched_segment_keeps_no_blocks_for_its_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let t = T::new();
+        let mut seg = vec![0u8; 16 << 20];
+        seg[..40_000].fill(0xd1);
+        fs::write(t.p("tl/archive-inbox").join(SEG), &seg).unwrap();
+        assert_eq!(t.drain().moved, 1);
+        let kept = t.p("tl/wal").join(SEG);
+        assert!(fs::read(&kept).unwrap() == seg);
+        let blocks = fs::metadata(&kept).unwrap().blocks() * 512;
+        assert!(blocks < 1 << 20, "{blocks} bytes allocated for 40 KB of WAL");
+        fs::write(t.p("tl/archive-inbox").join(SEG), &seg).unwrap();
+        assert_eq!(t.drain().duplicates, 1);
     }
 
     #[test]
