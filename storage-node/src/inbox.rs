@@ -386,7 +386,10 @@ mod tests {
         let kept = t.p("tl/wal").join(SEG);
         assert!(fs::read(&kept).unwrap() == seg);
         let blocks = fs::metadata(&kept).unwrap().blocks() * 512;
-        assert!(blocks < 1 << 20, "{blocks} bytes allocated for 40 KB of WAL");
+        assert!(
+            blocks < 1 << 20,
+            "{blocks} bytes allocated for 40 KB of WAL"
+        );
         fs::write(t.p("tl/archive-inbox").join(SEG), &seg).unwrap();
         assert_eq!(t.drain().duplicates, 1);
     }

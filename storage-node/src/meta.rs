@@ -80,6 +80,22 @@ pub struct SnapshotRecord {
     pub plain_start: bool,
 }
 
+impl SnapshotRecord {
+    /// Where WAL that makes a newer snapshot worth taking starts counting: a fork at a
+    /// later point starts from this snapshot and replays from here. For a backup, after
+    /// the WAL the snapshot wrote itself (its checkpoint, backup end, segment switch),
+    /// which no newer one would spare. For a fork's own starting state, where its replay
+    /// began: the stretch it replayed to reach its fork point (a restore to an LSN, a time
+    /// or a checkpoint) is replayed again by every fork of it until it has a base of its
+    /// own, and more after each restore of a restore.
+    pub fn replay_counted_from(&self) -> Lsn {
+        match self.info.kind {
+            ramify_api::SnapshotKind::Fork => self.info.start_lsn,
+            _ => self.after_lsn.unwrap_or(self.info.end_lsn),
+        }
+    }
+}
+
 /// Everything the node keeps about a timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineRecord {

@@ -94,3 +94,68 @@ async fn a_fork_at_a_restore_point_is_the_state_when_it_was_written() {
         "{stopped}"
     );
 }
+
+/// A fork that replayed a long stretch of WAL to reach its point (a restore to an LSN or a
+/// checkpoint) gets a base of its own once it runs, so that a fork of it — a restore of a
+/// restore — replays only what came after; and until then a restore point on it counts
+/// the WAL a fork at it would replay from where the fork's own replay began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_that_replayed_much_gets_a_base_of_its_own() {
+    let env = Env::new(2 * GIB, &["--housekeeping-interval", "1s"]).await;
+    let (root, rc) = env.root().await;
+    rc.execute(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 100000) g",
+    )
+    .await
+    .unwrap();
+    let p = env
+        .client
+        .create_restore_point(root.id, &point("p", None))
+        .await
+        .unwrap();
+    let fork = env.fork(root.id, At::Lsn(p.lsn)).await;
+    let base = env.client.list_snapshots(fork.id).await.unwrap();
+    assert_eq!(base.len(), 1, "{base:?}");
+    let replayed = p.lsn.bytes_since(base[0].start_lsn);
+    assert!(replayed >= 16 << 20, "the fork replays {replayed} bytes");
+
+    // Not started yet: nothing to take a snapshot of.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(env.client.list_snapshots(fork.id).await.unwrap().len(), 1);
+
+    let fc = env.start(&fork).await;
+    let q = env
+        .client
+        .create_restore_point(fork.id, &point("q", None))
+        .await
+        .unwrap();
+    assert!(
+        q.wal_since_snapshot >= replayed,
+        "a fork at q replays from the fork's own start: {q:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let own = loop {
+        let snaps = env.client.list_snapshots(fork.id).await.unwrap();
+        if let Some(s) = snaps
+            .iter()
+            .find(|s| s.kind != ramify_api::SnapshotKind::Fork)
+        {
+            break s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no base of its own within 60 s: {snaps:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(own.start_lsn >= p.lsn, "{own:?}");
+    assert_eq!(count(&fc, "filler").await, 100_000);
+
+    // A restore of the restore, to a point after that base, starts from it.
+    let later = common::current_lsn(&fc).await;
+    let again = env.fork(fork.id, At::Lsn(later)).await;
+    let again_base = env.client.list_snapshots(again.id).await.unwrap();
+    assert!(again_base[0].start_lsn >= own.start_lsn, "{again_base:?}");
+    let ac = env.start(&again).await;
+    assert_eq!(count(&ac, "filler").await, 100_000);
+}

@@ -7,8 +7,8 @@ impl Node {
 
     /// `POST /v1/timelines/{id}/restore-points`: a named restore point in the running
     /// compute's WAL, durably flushed, in one short transaction (the compute keeps
-    /// serving). When `snapshot_wal_bytes` of WAL or more were written since the newest
-    /// snapshot, a snapshot is started in the background (unless one is already being
+    /// serving). When a fork at the point would replay `snapshot_wal_bytes` of WAL or more
+    /// from the newest snapshot, a snapshot is started in the background (unless one is already being
     /// taken), so a fork at a later point never has much WAL to replay. A timeline without
     /// any snapshot first gets one, so that the point can be forked at all.
     #[instrument(skip(self, req), fields(name = %req.name))]
@@ -47,9 +47,7 @@ impl Node {
             .snapshots
             .iter()
             .max_by_key(|s| s.info.end_lsn)
-            .map_or(lsn.0, |s| {
-                lsn.bytes_since(s.after_lsn.unwrap_or(s.info.end_lsn))
-            });
+            .map_or(lsn.0, |s| lsn.bytes_since(s.replay_counted_from()));
         let snapshot = match req.snapshot_wal_bytes {
             Some(limit) if limit > 0 && wal_since_snapshot >= limit => {
                 self.snapshot_in_background(id)
