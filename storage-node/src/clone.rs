@@ -76,9 +76,8 @@ pub fn reflink_file(src: &File, dst: &File) -> io::Result<()> {
 /// for a few KiB of WAL, kept as long as the archive keeps the segment. Only blocks
 /// entirely past the last non-zero byte are punched, so nothing but zeros is released.
 /// Returns the length of the range that is now a hole (0 where the file system cannot
-/// punch holes). For a file
-/// nobody writes any more (the caller's own new copy): a concurrent writer could lose a
-/// write into the punched range.
+/// punch holes). Only for a file nobody writes any more (the caller's own new copy): a
+/// concurrent writer could lose a write into the punched range.
 pub fn punch_zero_tail(file: &File) -> io::Result<u64> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let meta = file.metadata()?;
