@@ -85,6 +85,10 @@ pub(in crate::node) struct Warm {
     /// source, the one the follower went on to, which it must switch to as well.
     fed_tli: u32,
     minimums: Vec<(String, String)>,
+    /// Whether it had caught up when the keeper last began to feed it. Back from that
+    /// feed, it replays what the feed brought for a moment: a fork that finds it so
+    /// waits, as it does for one being fed.
+    caught_up_at_feed: bool,
 }
 
 /// What a warm standby reports of itself through its startup process's title.
@@ -161,8 +165,9 @@ impl Node {
                     _ => {}
                 }
                 match m.remove(&id) {
-                    Some(Slot::Ready(w)) => {
+                    Some(Slot::Ready(mut w)) => {
                         let caught_up = w.caught_up();
+                        w.caught_up_at_feed = caught_up;
                         m.insert(id, Slot::Feeding { caught_up });
                         Some(w)
                     }
@@ -306,6 +311,7 @@ impl Node {
             fed: received,
             fed_tli,
             minimums,
+            caught_up_at_feed: false,
         })
     }
 
@@ -400,10 +406,14 @@ impl Node {
                         fed_caught_up = true;
                         m.insert(parent, s);
                     }
-                    Some(s @ Slot::Ready(_))
-                        if fed_caught_up && t0.elapsed() < FORK_WAITS_FOR_FEED =>
+                    // Back from its feed, replaying what it was fed (the fork may have
+                    // come after the feed and never seen it).
+                    Some(Slot::Ready(w))
+                        if (fed_caught_up || w.caught_up_at_feed)
+                            && t0.elapsed() < FORK_WAITS_FOR_FEED =>
                     {
-                        m.insert(parent, s);
+                        fed_caught_up = true;
+                        m.insert(parent, Slot::Ready(w));
                     }
                     Some(other) => {
                         m.insert(parent, other);
