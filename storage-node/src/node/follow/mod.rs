@@ -148,9 +148,10 @@ impl Node {
             })
             .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(64 * 1024)..]).into_owned())
             .unwrap_or_default();
+        let log = since_last_start(&log);
         match mode {
-            FollowMode::Physical => diagnose_log(&log),
-            FollowMode::Logical => logical::diagnose_log(&log),
+            FollowMode::Physical => diagnose_log(log),
+            FollowMode::Logical => logical::diagnose_log(log),
         }
     }
 
@@ -475,6 +476,16 @@ fn source_error(output: &str) -> NodeError {
     }
 }
 
+/// The part of a compute's server log its running Postgres wrote: the log is appended to
+/// across starts, and what an earlier run said last (its WAL receiver ended by the
+/// shutdown, say) is not why the present one is not streaming.
+pub(super) fn since_last_start(log: &str) -> &str {
+    log.rfind("starting PostgreSQL ").map_or(log, |i| {
+        // From the start of that line.
+        &log[log[..i].rfind('\n').map_or(0, |nl| nl + 1)..]
+    })
+}
+
 /// Why a standby's WAL receiver is not streaming, from its server log's last word on it.
 pub(super) fn diagnose_log(log: &str) -> String {
     // The message after the severity, never the line's prefix or a path in it (a
@@ -650,6 +661,23 @@ mod tests {
         let d = diagnose_log("x FATAL:  could not receive data from WAL stream: server closed the connection unexpectedly
 ");
         assert!(d.contains("retries"), "{d}");
+    }
+
+    #[test]
+    fn an_earlier_run_of_the_compute_is_not_the_present_problem() {
+        let log =
+            "2026-12-07 FATAL:  terminating walreceiver process due to administrator command\n\
+                   2026-12-07 LOG:  database system is shut down\n\
+                   2026-12-07 LOG:  starting PostgreSQL 15.18 on x86_64-pc-linux-gnu\n\
+                   2026-12-07 LOG:  listening on IPv4 address \"127.0.0.1\", port 5432\n";
+        assert!(since_last_start(log).starts_with("2026-12-07 LOG:  starting PostgreSQL"));
+        let d = diagnose_log(since_last_start(log));
+        assert!(d.starts_with("not streaming from the source yet"), "{d}");
+        // Then the present run's own error.
+        let log = format!("{log}2026-12-07 FATAL:  could not start WAL streaming: ERROR:  replication slot \"s1\" does not exist\n");
+        assert!(diagnose_log(since_last_start(&log)).contains("dropped on the source"));
+        // A log holding no start (cut to its last 64 KiB) is read whole.
+        assert_eq!(since_last_start("x FATAL:  y\n"), "x FATAL:  y\n");
     }
 
     #[test]
