@@ -281,7 +281,7 @@ impl ComputeSettings {
 const OWNED_SETTINGS: usize = 10;
 
 /// Ramify's defaults for copy-on-write storage, which `postgresParameters` may override.
-pub const COW_DEFAULTS: &[(&str, &str)] = &[("wal_init_zero", "off"), ("wal_recycle", "off")];
+const COW_DEFAULTS: &[(&str, &str)] = &[("wal_init_zero", "off"), ("wal_recycle", "off")];
 
 fn validate_parameter(name: &str, value: &str) -> Result<(), SettingsError> {
     let invalid = || SettingsError::InvalidName {

@@ -83,7 +83,8 @@ pub fn punch_zero_tail(file: &File) -> io::Result<u64> {
     let meta = file.metadata()?;
     let len = meta.len();
     let block = meta.blksize().max(512);
-    let mut buf = vec![0u8; 1 << 20];
+    // Read back to front, at most 1 MiB at a time (a short file in one read).
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
     let mut end = len; // everything at or after `end` is zero
     while end > 0 {
         let start = end.saturating_sub(buf.len() as u64);

@@ -117,34 +117,31 @@ impl Node {
             },
             None => self.read_pg_control(&dir.pgdata())?.checkpoint,
         };
-        let mut fast = false;
-        let due = match newest {
-            None => true,
-            // A fork that replayed a long stretch to reach its point gets a base of its
-            // own once it runs, with an immediate checkpoint (a spread one would leave
-            // every fork of it replaying that stretch again for minutes).
-            Some(s)
-                if s.info.kind == SnapshotKind::Fork
-                    && s.info.end_lsn.bytes_since(s.info.start_lsn) >= FORK_REPLAY_FOR_OWN_BASE =>
-            {
-                fast = true;
-                true
-            }
-            Some(s) => {
-                let new_wal = current.bytes_since(s.replay_counted_from());
-                let age = (Utc::now() - s.info.time).to_std().unwrap_or_default();
-                // An idle compute still writes a little WAL (a timed checkpoint after the
-                // snapshot's own): that alone must not cause snapshot after snapshot.
-                new_wal >= MIN_NEW_WAL
-                    && ((!interval.is_zero() && age >= interval)
-                        || (wal_bytes > 0 && new_wal >= wal_bytes))
-            }
-        };
+        // A fork that replayed a long stretch to reach its point gets a base of its own
+        // once it runs, with an immediate checkpoint (a spread one would leave every fork
+        // of it replaying that stretch again for minutes).
+        let own_base = newest.is_some_and(|s| {
+            s.info.kind == SnapshotKind::Fork
+                && s.info.end_lsn.bytes_since(s.info.start_lsn) >= FORK_REPLAY_FOR_OWN_BASE
+        });
+        let due = own_base
+            || match newest {
+                None => true,
+                Some(s) => {
+                    let new_wal = current.bytes_since(s.replay_counted_from());
+                    let age = (Utc::now() - s.info.time).to_std().unwrap_or_default();
+                    // An idle compute still writes a little WAL (a timed checkpoint after the
+                    // snapshot's own): that alone must not cause snapshot after snapshot.
+                    new_wal >= MIN_NEW_WAL
+                        && ((!interval.is_zero() && age >= interval)
+                            || (wal_bytes > 0 && new_wal >= wal_bytes))
+                }
+            };
         if due && !self.skip_snapshot_below_reserve(rec.id) {
             let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
             // A periodic snapshot forces no immediate checkpoint on the compute, except
             // a restored fork's first.
-            self.snapshot(rec.id, &name, SnapshotKind::Periodic, fast)
+            self.snapshot(rec.id, &name, SnapshotKind::Periodic, own_base)
                 .await?;
         }
         Ok(())
@@ -250,7 +247,7 @@ pub(super) const MIN_NEW_WAL: u64 = 64 * 1024;
 
 /// A fork whose first start replayed this much WAL or more (from its parent's snapshot to
 /// its fork point) is given a snapshot of its own once it has started.
-pub(super) const FORK_REPLAY_FOR_OWN_BASE: u64 = 16 << 20;
+const FORK_REPLAY_FOR_OWN_BASE: u64 = 16 << 20;
 
 pub(super) const WAL_KEPT_FROM: &str = "wal-kept-from";
 

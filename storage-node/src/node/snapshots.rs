@@ -7,9 +7,9 @@ impl Node {
 
     /// `POST /v1/timelines/{id}/restore-points`: a named restore point in the running
     /// compute's WAL, durably flushed, in one short transaction (the compute keeps
-    /// serving). When a fork at the point would replay `snapshot_wal_bytes` of WAL or more
-    /// from the newest snapshot, a snapshot is started in the background (unless one is already being
-    /// taken), so a fork at a later point never has much WAL to replay. A timeline without
+    /// serving). When a fork at the point would replay `snapshot_wal_bytes` of WAL or
+    /// more from the newest snapshot, a snapshot is started in the background (unless one
+    /// is already being taken), so a fork at a later point never has much WAL to replay. A timeline without
     /// any snapshot first gets one, so that the point can be forked at all.
     #[instrument(skip(self, req), fields(name = %req.name))]
     pub async fn create_restore_point(
