@@ -208,6 +208,19 @@ pub fn clone_tree_whole(
     Ok(stats)
 }
 
+/// [`clone_tree_whole`] into the existing directory `dst`, which already holds what
+/// `exclude` leaves out (a fork snapshot's own WAL, cloned before the rest).
+pub fn clone_tree_whole_into(
+    src: &Dir,
+    dst: &Dir,
+    method: CloneMethod,
+    exclude: &dyn Exclude,
+) -> Result<CloneStats, CloneError> {
+    let mut stats = CloneStats::default();
+    clone_dir(src, dst, Path::new(""), method, exclude, true, &mut stats)?;
+    Ok(stats)
+}
+
 fn clone_dir(
     src: &Dir,
     dst: &Dir,

@@ -14,9 +14,11 @@
 //! The steps are the names passed to [`hit`] and [`hit_async`]; `CASES` in
 //! `storage-node/tests/crash_steps.rs` lists the crash steps with the operation each one
 //! interrupts (`logical.after_subscribe`, a logical follower's copy, is exercised by
-//! `storage-node/tests/follow.rs`). A name no step has is accepted and never fires (so keep that list and the
-//! code in step); a malformed entry makes the process refuse to start, so a typo in the
-//! syntax never silently tests nothing.
+//! `storage-node/tests/follow.rs`, and `fork_snapshot.before_publish`, a fork snapshot
+//! finished in the background, by a test of its own in `crash_steps.rs`). A name no step
+//! has is accepted and never fires (so keep that list and the code in step); a malformed
+//! entry makes the process refuse to start, so a typo in the syntax never silently tests
+//! nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

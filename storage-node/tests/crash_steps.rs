@@ -395,6 +395,45 @@ async fn sigkill_at_every_step_then_restart() {
     assert!(names_in(&data_dir(&env).join("timelines")).is_empty());
 }
 
+/// SIGKILL while a fork from a snapshot finishes its own `fork` snapshot in the background
+/// (the fork itself committed): the restart removes the half-cloned snapshot and its
+/// record, and the fork is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_fork_snapshot_is_finished_then_restart() {
+    let mut env = Env::new(4 << 30, QUIET).await;
+    let (root, rc) = env.root().await;
+    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
+        .await
+        .expect("pgbench -i");
+    let expected = table_checksum(&rc, "pgbench_accounts").await;
+    env.client.create_snapshot(root.id, "s1").await.unwrap();
+    let step = "fork_snapshot.before_publish";
+    restart_with(&mut env, &format!("{step}=kill")).await;
+    let log_from = env.node.log().len();
+    let id = TimelineId::new_v4();
+    // The node may die before or after it answers: the fork is committed either way.
+    let _ = env
+        .client
+        .create_timeline(&fork_req(id, root.id, At::Snapshot("s1".into())))
+        .await;
+    wait_killed_at(&env, step, log_from).await;
+    let log_from = env.node.log().len();
+    restart_with(&mut env, "").await;
+    let scan = env.node.log()[log_from..].to_string();
+    for logged in [
+        HALF_SNAPSHOT,
+        "dropping snapshot records whose directory is missing",
+    ] {
+        assert!(
+            scan.contains(logged),
+            "the startup scan did not log {logged:?}; it logged:\n{scan}"
+        );
+    }
+    assert!(env.snapshot_names(id).await.is_empty());
+    // The fork starts, passes pg_amcheck and has the snapshot's rows.
+    check_node(&env, root.id, Some(&rc), &expected).await;
+}
+
 /// Restore-window GC killed after its record commit (snapshots still on disk) and after
 /// removing the snapshots (WAL not yet removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -188,4 +189,80 @@ async fn fork_at_a_time_while_gc_removes_its_base() {
         .unwrap()
         .join("snapshots/base")
         .exists());
+}
+
+/// A fork from a snapshot is committed before its own `fork` snapshot is whole: the rest
+/// of that snapshot is cloned from the parent's in the background (stalled here). Meanwhile
+/// the record lists it, a fork of the fork at it waits for it and is whole, and the
+/// parent's snapshot it is cloned from is not deleted from under it. Once published it
+/// holds exactly the fork's starting state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forks_own_snapshot_is_finished_in_the_background_and_waited_for() {
+    let env = Env::new_with_env(
+        4 << 30,
+        &["--snapshot-interval", "0", "--snapshot-wal-bytes", "0"],
+        &[(
+            "RAMIFY_FAILPOINTS",
+            "fork_snapshot.before_publish=1*sleep(4000)",
+        )],
+    )
+    .await;
+    let (root, rc) = env.root().await;
+    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
+        .await
+        .expect("pgbench -i");
+    let expected = table_checksum(&rc, "pgbench_accounts").await;
+    env.client.create_snapshot(root.id, "s1").await.unwrap();
+
+    let t = std::time::Instant::now();
+    let fork = env.fork(root.id, At::Snapshot("s1".into())).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the fork waited for its own snapshot: {:?}",
+        t.elapsed()
+    );
+    let dir = Path::new(&fork.pgdata).parent().unwrap().to_path_buf();
+    assert!(
+        !dir.join("snapshots/fork").exists(),
+        "the fork snapshot was published before its clone was done"
+    );
+    assert_eq!(env.snapshot_names(fork.id).await, vec!["fork".to_string()]);
+    // Its PGDATA before the first start, but for what the recovery settings add.
+    let mut before = tree_sums(&dir.join("pgdata"));
+    for f in ["recovery.signal", "ramify.recovery.conf", "postgresql.conf"] {
+        before.remove(Path::new(f));
+    }
+
+    let client = env.client.clone();
+    let grandchild = tokio::spawn(async move {
+        client
+            .create_timeline(&ramify_api::CreateTimeline {
+                parent: Some(fork.id),
+                at: Some(At::Snapshot("fork".into())),
+                ..Default::default()
+            })
+            .await
+            .map(|c| c.value)
+    });
+    let client = env.client.clone();
+    let deleted = tokio::spawn(async move { client.delete_snapshot(root.id, "s1").await });
+    sleep_ms(500).await;
+    assert!(
+        !grandchild.is_finished() && !deleted.is_finished(),
+        "a fork of the fork and the deletion of its source snapshot did not wait"
+    );
+    let grandchild = grandchild.await.unwrap().expect("fork of the fork");
+    deleted
+        .await
+        .unwrap()
+        .expect("delete s1 once the fork snapshot is taken");
+
+    let mut snap = tree_sums(&dir.join("snapshots/fork/pgdata"));
+    snap.remove(Path::new("postgresql.conf"));
+    assert_eq!(
+        snap, before,
+        "the fork snapshot is not the fork's starting state"
+    );
+    assert!(judge(&env, Ok(grandchild), &expected).await);
+    assert!(judge(&env, Ok(env.get(fork.id).await), &expected).await);
 }

@@ -12,7 +12,10 @@ impl Node {
 
     /// `POST /v1/timelines`. Returns the timeline and whether it was created now.
     #[instrument(skip(self, req), fields(timeline))]
-    pub async fn create(&self, mut req: CreateTimeline) -> Result<(TimelineInfo, bool), NodeError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        mut req: CreateTimeline,
+    ) -> Result<(TimelineInfo, bool), NodeError> {
         if req.at.is_some() && req.parent.is_none() {
             return Err(NodeError::Invalid(
                 "\"at\" is only valid with \"parent\": a root timeline starts as a new, empty cluster".into(),
@@ -89,7 +92,13 @@ impl Node {
                     None => self.create_root(id, &req).await,
                 },
             },
-            Some(parent) => self.fork(id, parent, &req).await,
+            Some(parent) => self.fork(id, parent, &req).await.map(|(rec, job)| {
+                if let Some(job) = job {
+                    let node = Arc::clone(self);
+                    tokio::spawn(async move { node.finish_fork_snapshot(job).await });
+                }
+                rec
+            }),
         }
         .map_err(NodeError::refusal_is_conflict);
         match &result {

@@ -4,16 +4,21 @@
 use super::*;
 use ramify_compute::PgUser;
 
+use super::fork_snapshot::ForkSnapshotJob;
+
 impl Node {
+    /// Builds and commits the fork `id` of `parent`. A fork from a snapshot comes with the
+    /// job that finishes its `fork` snapshot, to be run once it is committed (see
+    /// [`super::fork_snapshot`]).
     pub(super) async fn fork(
         &self,
         id: TimelineId,
         parent: TimelineId,
         req: &CreateTimeline,
-    ) -> Result<TimelineRecord, NodeError> {
-        let _parent_guard = self.read_lock(parent).await;
+    ) -> Result<(TimelineRecord, Option<ForkSnapshotJob>), NodeError> {
+        let parent_guard = self.read_lock(parent).await;
         // Held until the copy is done: the snapshot and WAL the plan picks below stay.
-        let _history = self.history_of(parent).read_owned().await;
+        let history = self.history_of(parent).read_owned().await;
         let prec = self
             .record(parent)
             .map_err(|_| NodeError::NotFound(format!("parent timeline {parent} does not exist")))?;
@@ -32,6 +37,10 @@ impl Node {
         let plan = self
             .plan(&prec, &at, running.as_ref(), never_started)
             .await?;
+        let from_base = match &plan {
+            Plan::FromSnapshot { base, .. } => Some(pdir.snapshot_pgdata(&base.info.name)),
+            _ => None,
+        };
         let mut rec = self.begin(id, req)?;
         let dir = TimelineDir(self.layout.creating(id));
         let t0 = Instant::now();
@@ -75,8 +84,18 @@ impl Node {
         let build_ms = t0.elapsed().as_millis() as u64;
         crate::failpoint::hit_async("fork.after_build").await;
         // The fork's starting state is also its first snapshot: its own history (and
-        // its restore window) begins at the fork point.
-        self.clone_start_snapshot(&dir, "fork").await?;
+        // its restore window) begins at the fork point. From a snapshot, only what the
+        // build added is cloned now; the rest after the commit.
+        let job = match from_base {
+            Some(base) => Some(
+                self.stage_fork_snapshot(id, &dir, base, history, parent_guard)
+                    .await?,
+            ),
+            None => {
+                self.clone_start_snapshot(&dir, "fork").await?;
+                None
+            }
+        };
         let snapshot_ms = t0.elapsed().as_millis() as u64 - build_ms;
         crate::failpoint::hit_async("fork.after_fork_snapshot").await;
         pgdata::prepare_recovery(&dir.pgdata(), fork.recovery)
@@ -107,7 +126,7 @@ impl Node {
         if self.clone_method == CloneMethod::Copy {
             warn!(timeline = %id, "fork made by FULL COPY: this filesystem has no reflinks");
         }
-        Ok(rec)
+        Ok((rec, job))
     }
 
     /// Clones the staging `dir`'s PGDATA, as it is before its first start, into its

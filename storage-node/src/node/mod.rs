@@ -52,6 +52,7 @@ mod delete;
 mod error;
 mod follow;
 mod fork;
+mod fork_snapshot;
 mod housekeeping;
 mod read;
 mod reserve;

@@ -398,7 +398,11 @@ impl Node {
             let mut req = r.request.clone();
             req.at = Some(At::Lsn(r.fork_lsn.unwrap_or(newest_begins)));
             req.id = Some(id);
-            let mut rec = self.fork(id, parent, &req).await?;
+            let (_, job) = self.fork(id, parent, &req).await?;
+            if let Some(job) = job {
+                self.finish_fork_snapshot(job).await;
+            }
+            let mut rec = self.record(id)?;
             rec.created_at = r.created_at;
             self.meta.put(&rec)?;
             self.fresh_stanza(b, id).await;
