@@ -238,7 +238,12 @@ impl ComputeSettings {
                 .to_owned(),
             ),
             ("archive_command", self.archive_command.clone()),
-            ("recovery_init_sync_method", "syncfs".to_owned()),
+            // Before a crash or archive recovery (every fork's first start), Postgres makes
+            // the data directory durable. `syncfs` would write back the whole volume, which
+            // every other branch on the storage node shares: a restored fork waited ~1 s for
+            // the shutdown checkpoint of the compute it replaced. `fsync` syncs this
+            // directory's files only; a fork's are clean already (the node synced the tree).
+            ("recovery_init_sync_method", "fsync".to_owned()),
             // lz4 shrinks full-page images, so less WAL is written and archived, and fewer
             // blocks diverge from the parent's copy-on-write extents.
             ("wal_compression", "lz4".to_owned()),
@@ -444,7 +449,7 @@ mod tests {
              unix_socket_permissions = '0700'\n\
              archive_mode = 'on'\n\
              archive_command = 'test ! -f ''/data/wal/%f'' && cp %p /data/wal/%f'\n\
-             recovery_init_sync_method = 'syncfs'\n\
+             recovery_init_sync_method = 'fsync'\n\
              wal_compression = 'lz4'\n\
              full_page_writes = 'on'\n\
              wal_level = 'replica'\n\

@@ -108,7 +108,7 @@ pub fn render_recovery_conf(target: RecoveryTarget) -> String {
          recovery_target_timeline = 'latest'\n\
          recovery_target_action = 'promote'\n\
          hot_standby = off\n\
-         recovery_init_sync_method = 'syncfs'\n"
+         recovery_init_sync_method = 'fsync'\n"
     )
 }
 
