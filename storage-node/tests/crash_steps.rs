@@ -401,12 +401,7 @@ async fn sigkill_at_every_step_then_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_a_fork_snapshot_is_finished_then_restart() {
     let mut env = Env::new(4 << 30, QUIET).await;
-    let (root, rc) = env.root().await;
-    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
-        .await
-        .expect("pgbench -i");
-    let expected = table_checksum(&rc, "pgbench_accounts").await;
-    env.client.create_snapshot(root.id, "s1").await.unwrap();
+    let (root, rc, expected) = env.pgbench_root_with_s1().await;
     let step = "fork_snapshot.before_publish";
     restart_with(&mut env, &format!("{step}=kill")).await;
     let log_from = env.node.log().len();

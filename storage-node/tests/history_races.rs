@@ -57,12 +57,7 @@ async fn fork_at_a_snapshot_while_it_is_deleted() {
         &[(k, &v)],
     )
     .await;
-    let (root, rc) = env.root().await;
-    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
-        .await
-        .expect("pgbench -i");
-    let expected = table_checksum(&rc, "pgbench_accounts").await;
-    env.client.create_snapshot(root.id, "s1").await.unwrap();
+    let (root, _rc, expected) = env.pgbench_root_with_s1().await;
 
     let client = env.client.clone();
     let req = ramify_api::CreateTimeline {
@@ -207,12 +202,7 @@ async fn a_forks_own_snapshot_is_finished_in_the_background_and_waited_for() {
         )],
     )
     .await;
-    let (root, rc) = env.root().await;
-    rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
-        .await
-        .expect("pgbench -i");
-    let expected = table_checksum(&rc, "pgbench_accounts").await;
-    env.client.create_snapshot(root.id, "s1").await.unwrap();
+    let (root, _rc, expected) = env.pgbench_root_with_s1().await;
 
     let t = std::time::Instant::now();
     let fork = env.fork(root.id, At::Snapshot("s1".into())).await;

@@ -88,6 +88,18 @@ impl Env {
         (tl, c)
     }
 
+    /// A root with pgbench scale 1 and a snapshot `s1` of it: the root, its compute and
+    /// the checksum of `pgbench_accounts` every fork at `s1` must have.
+    pub async fn pgbench_root_with_s1(&self) -> (TimelineInfo, Compute, String) {
+        let (root, rc) = self.root().await;
+        rc.pgbench(&["-i", "-s", "1", "-q", "postgres"])
+            .await
+            .expect("pgbench -i");
+        let expected = table_checksum(&rc, "pgbench_accounts").await;
+        self.client.create_snapshot(root.id, "s1").await.unwrap();
+        (root, rc, expected)
+    }
+
     /// Starts a compute on a timeline (initdb for an empty root of an older release).
     pub async fn start(&self, tl: &TimelineInfo) -> Compute {
         self.start_with(tl, &[]).await
