@@ -88,17 +88,10 @@ impl Node {
         let t0 = Instant::now();
         // No periodic snapshot of it starts meanwhile (a fork's first start can make one
         // due at once).
-        let ours = self
-            .snapshotting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        let ours = self.claim_snapshotting(id);
         let done = self.publish_fork_snapshot(&job).await;
         if ours {
-            self.snapshotting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.release_snapshotting(id);
         }
         match done {
             Ok(()) => {

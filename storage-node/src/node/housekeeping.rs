@@ -78,12 +78,7 @@ impl Node {
             if let Err(e) = self.gc(rec.id).await {
                 warn!(timeline = %rec.id, error = %e, "restore-window GC failed");
             }
-            let newly_busy = self
-                .snapshotting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rec.id);
-            if !newly_busy {
+            if !self.claim_snapshotting(rec.id) {
                 continue;
             }
             let node = Arc::clone(self);
@@ -91,10 +86,7 @@ impl Node {
                 if let Err(e) = node.maybe_snapshot(&rec).await {
                     warn!(timeline = %rec.id, error = %e, "periodic snapshot failed");
                 }
-                node.snapshotting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&rec.id);
+                node.release_snapshotting(rec.id);
             });
         }
         Ok(())

@@ -9,8 +9,9 @@ impl Node {
     /// compute's WAL, durably flushed, in one short transaction (the compute keeps
     /// serving). When a fork at the point would replay `snapshot_wal_bytes` of WAL or
     /// more from the newest snapshot, a snapshot is started in the background (unless one
-    /// is already being taken), so a fork at a later point never has much WAL to replay. A timeline without
-    /// any snapshot first gets one, so that the point can be forked at all.
+    /// is already being taken), so a fork at a later point never has much WAL to replay.
+    /// A timeline without any snapshot first gets one, so that the point can be forked at
+    /// all.
     #[instrument(skip(self, req), fields(name = %req.name))]
     pub async fn create_restore_point(
         self: &Arc<Self>,
@@ -64,15 +65,26 @@ impl Node {
         })
     }
 
+    /// Marks `id` as having a snapshot in flight; false when it already had one.
+    pub(super) fn claim_snapshotting(&self, id: TimelineId) -> bool {
+        self.snapshotting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    /// Ends what [`Node::claim_snapshotting`] claimed.
+    pub(super) fn release_snapshotting(&self, id: TimelineId) {
+        self.snapshotting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     /// Starts a snapshot of `id` in a task of its own, with a fast checkpoint (whoever asked
     /// wants the next fork to be quick); `None` when one is already being taken.
     pub(super) fn snapshot_in_background(self: &Arc<Self>, id: TimelineId) -> Option<String> {
-        let newly_busy = self
-            .snapshotting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
-        if !newly_busy {
+        if !self.claim_snapshotting(id) {
             return None;
         }
         let name = format!("auto-{}", Utc::now().format("%Y%m%dt%H%M%S%3fz"));
@@ -85,10 +97,7 @@ impl Node {
             {
                 warn!(timeline = %id, error = %e, "snapshot after a restore point failed");
             }
-            node.snapshotting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            node.release_snapshotting(id);
         });
         Some(name)
     }
