@@ -351,21 +351,29 @@ impl Dir {
     /// Opens the regular file `name` in this directory for reading, refusing a link, a
     /// special file or a file with several hard links. Returns it with its `fstat`.
     pub fn open_file(&self, name: impl AsRef<OsStr>) -> Result<(File, Stat)> {
-        let name = name.as_ref();
-        let fd =
-            rustix::fs::openat(&self.fd, name, file_flags(), Mode::empty()).map_err(
-                |e| match e {
-                    rustix::io::Errno::LOOP => BeneathError::Symlink {
-                        path: self.path_of(name),
-                    },
-                    // A socket cannot be opened.
-                    rustix::io::Errno::NXIO => BeneathError::Special {
-                        path: self.path_of(name),
-                        kind: "socket",
-                    },
-                    e => io_at("open", self.path_of(name))(e),
-                },
-            )?;
+        self.open_regular(name.as_ref(), file_flags())
+    }
+
+    /// Opens the existing regular file `name` for reading and writing, refused as
+    /// [`Dir::open_file`] refuses: whatever is written goes into this file only.
+    pub fn open_file_rw(&self, name: impl AsRef<OsStr>) -> Result<(File, Stat)> {
+        let flags =
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        self.open_regular(name.as_ref(), flags)
+    }
+
+    fn open_regular(&self, name: &OsStr, flags: OFlags) -> Result<(File, Stat)> {
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::LOOP => BeneathError::Symlink {
+                path: self.path_of(name),
+            },
+            // A socket cannot be opened.
+            rustix::io::Errno::NXIO => BeneathError::Special {
+                path: self.path_of(name),
+                kind: "socket",
+            },
+            e => io_at("open", self.path_of(name))(e),
+        })?;
         let st = rustix::fs::fstat(&fd).map_err(io_at("stat", self.path_of(name)))?;
         self.check(
             name,

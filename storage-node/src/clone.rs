@@ -154,6 +154,38 @@ pub fn clone_file(
     Ok(st.st_size as u64)
 }
 
+/// Gives the existing regular file `dst_name` of `dst` the content of `name` of `src`
+/// (reflink or copy) in place: a process that holds it open reads the new content
+/// through its descriptor, where a replaced file would leave it reading the old one to
+/// its end. Anything else at `dst_name` (none, a link, a special file, several hard
+/// links) is removed and the file cloned anew, as [`clone_file`]. Returns the bytes.
+pub fn rewrite_file(
+    src: &Dir,
+    name: &OsStr,
+    dst: &Dir,
+    dst_name: &OsStr,
+    method: CloneMethod,
+) -> Result<u64, CloneError> {
+    let Ok((to, _)) = dst.open_file_rw(dst_name) else {
+        dst.remove_file_if_exists(dst_name)?;
+        return clone_file(src, name, dst, dst_name, method);
+    };
+    let (from, st) = src.open_file(name)?;
+    let dst_path = dst.path_of(dst_name);
+    match method {
+        // FICLONE replaces the destination's range with the source's blocks at once: a
+        // reader sees the old content or the new, never a mix within a page.
+        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", &dst_path))?,
+        CloneMethod::Copy => {
+            let (mut from, mut to) = (from, &to);
+            io::copy(&mut from, &mut to).map_err(io_err("copy", &dst_path))?;
+        }
+    }
+    to.set_len(st.st_size as u64)
+        .map_err(io_err("truncate", &dst_path))?;
+    Ok(st.st_size as u64)
+}
+
 /// What `clone_tree` leaves out, as paths relative to the source root.
 pub trait Exclude {
     /// True if `rel` (a file or directory below the root) must not be cloned.

@@ -134,6 +134,28 @@ pub fn gather(
     segs: std::ops::RangeInclusive<u64>,
     method: CloneMethod,
 ) -> Result<usize, WalError> {
+    gather_as(pg_wal, sources, segs, method, Existing::Replace)
+}
+
+/// What [`gather_as`] does with a file `pg_wal` already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Unlinked, and the source's copy cloned as a new file.
+    Replace,
+    /// Rewritten in place ([`clone::rewrite_file`]), for a `pg_wal` a running standby
+    /// reads: the segment it has open must show what was fed, not end where its old copy
+    /// ended (promoted then, it would stop there).
+    Rewrite,
+}
+
+/// [`gather`], choosing what happens to a file `pg_wal` already holds.
+pub fn gather_as(
+    pg_wal: &Dir,
+    sources: &[&Dir],
+    segs: std::ops::RangeInclusive<u64>,
+    method: CloneMethod,
+    existing: Existing,
+) -> Result<usize, WalError> {
     let status = pg_wal
         .ensure_dir("archive_status", 0o700)
         .map_err(CloneError::from)?;
@@ -148,11 +170,15 @@ pub fn gather(
             if !wanted || placed.contains(&name) {
                 continue;
             }
-            pg_wal
-                .remove_file_if_exists(&name)
-                .map_err(CloneError::from)?;
             let n = std::ffi::OsStr::new(&name);
-            match clone::clone_file(src, n, pg_wal, n, method) {
+            let cloned = match existing {
+                Existing::Replace => pg_wal
+                    .remove_file_if_exists(&name)
+                    .map_err(CloneError::from)
+                    .and_then(|()| clone::clone_file(src, n, pg_wal, n, method)),
+                Existing::Rewrite => clone::rewrite_file(src, n, pg_wal, n, method),
+            };
+            match cloned {
                 Ok(_) => {}
                 // Recycled by a running parent between listing and cloning: an older
                 // source, or a later check, decides whether it mattered.
@@ -573,6 +599,53 @@ rmgr: Transaction len (rec/tot):     82/    82, tx:        737, lsn: 0/0154A500,
         assert_eq!(read(1), b"archived1");
         assert_eq!(read(2), b"shutdown+more");
         assert_eq!(read(5), b"outside", "segments outside the range stay");
+    }
+
+    /// A warm standby replaying a partial segment holds it open: fed again, the segment
+    /// is rewritten in place so that descriptor reads on past the old end (a replaced
+    /// file would end there, and a standby promoted meanwhile would stop short). A link
+    /// at the name is replaced, never written through.
+    #[test]
+    fn a_rewritten_segment_is_read_on_through_a_descriptor_opened_before() {
+        use std::io::{Read, Seek};
+        let t = tempfile::tempdir().unwrap();
+        let (live, wal) = (t.path().join("live"), t.path().join("pg_wal"));
+        fs::create_dir_all(&live).unwrap();
+        fs::create_dir_all(&wal).unwrap();
+        let (seg, next) = (segment_name(1, 3), segment_name(1, 4));
+        fs::write(live.join(&seg), b"records\0\0\0\0\0\0\0\0").unwrap();
+        let feed = |existing| {
+            gather_as(
+                &dir(&wal),
+                &[&dir(&live)],
+                3..=4,
+                CloneMethod::Copy,
+                existing,
+            )
+            .unwrap()
+        };
+        feed(Existing::Rewrite);
+        let mut reader = fs::File::open(wal.join(&seg)).unwrap();
+        fs::write(live.join(&seg), b"records+more\0\0\0\0").unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, b"another file").unwrap();
+        std::os::unix::fs::symlink(&victim, wal.join(&next)).unwrap();
+        fs::write(live.join(&next), b"next").unwrap();
+        feed(Existing::Rewrite);
+        let mut seen = Vec::new();
+        reader.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen, b"records+more\0\0\0\0");
+        assert_eq!(fs::read(&victim).unwrap(), b"another file");
+        assert_eq!(fs::read(wal.join(&next)).unwrap(), b"next");
+        assert!(!wal.join(&next).is_symlink());
+
+        // Replaced, as every other gather does, the open descriptor keeps the old copy.
+        fs::write(live.join(&seg), b"records+more+end").unwrap();
+        feed(Existing::Replace);
+        reader.rewind().unwrap();
+        seen.clear();
+        reader.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen, b"records+more\0\0\0\0");
     }
 
     /// A WAL-named symlink or hard link in an archive, pointing at another timeline's

@@ -367,7 +367,13 @@ impl Node {
         let method = self.clone_method;
         tokio::task::spawn_blocking(move || {
             let sources: Vec<&Dir> = sources.iter().collect();
-            wal::gather(&pw, &sources, from..=to.max(from), method)
+            wal::gather_as(
+                &pw,
+                &sources,
+                from..=to.max(from),
+                method,
+                wal::Existing::Rewrite,
+            )
         })
         .await??;
         Ok(())
