@@ -429,6 +429,45 @@ async fn sigkill_while_a_fork_snapshot_is_finished_then_restart() {
     check_node(&env, root.id, Some(&rc), &expected).await;
 }
 
+/// SIGKILL while the spare clone of a restored timeline's `fork` snapshot is made: the
+/// restart removes the half-made clone; the next fork from that snapshot clones it and
+/// is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_spare_clone_is_made_then_restart() {
+    let mut env = Env::new(4 << 30, QUIET).await;
+    let (root, rc, expected) = env.pgbench_root_with_s1().await;
+    let step = "spare.before_publish";
+    restart_with(&mut env, &format!("{step}=kill")).await;
+    let log_from = env.node.log().len();
+    let id = TimelineId::new_v4();
+    // The spare is made after the fork answered, so the node dies after it did.
+    let _ = env
+        .client
+        .create_timeline(&fork_req(id, root.id, At::Snapshot("s1".into())))
+        .await;
+    wait_killed_at(&env, step, log_from).await;
+    let fork_snapshot = data_dir(&env).join(format!("timelines/{id}/snapshots/fork"));
+    assert!(
+        fork_snapshot.join(".spare-tmp/PG_VERSION").is_file(),
+        "the half-made spare is not where the node was killed"
+    );
+    restart_with(&mut env, "").await;
+    assert_eq!(
+        names_in(&fork_snapshot),
+        BTreeSet::from(["pgdata".to_string()]),
+        "the restart left a spare behind"
+    );
+    env.client
+        .create_timeline(&fork_req(
+            TimelineId::new_v4(),
+            id,
+            At::Snapshot("fork".into()),
+        ))
+        .await
+        .expect("fork the fork at its snapshot");
+    check_node(&env, root.id, Some(&rc), &expected).await;
+}
+
 /// Restore-window GC killed after its record commit (snapshots still on disk) and after
 /// removing the snapshots (WAL not yet removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,3 +256,86 @@ async fn a_forks_own_snapshot_is_finished_in_the_background_and_waited_for() {
     assert!(judge(&env, Ok(grandchild), &expected).await);
     assert!(judge(&env, Ok(env.get(fork.id).await), &expected).await);
 }
+
+/// What the node logs when a fork takes the spare clone of its base snapshot.
+const TOOK_SPARE: &str = "took the snapshot's spare clone";
+
+/// Waits (up to 60 s) until `dir` holds a whole PGDATA.
+async fn wait_for_pgdata(dir: &Path, env: &Env) {
+    for _ in 0..600 {
+        if dir.join("PG_VERSION").is_file() {
+            return;
+        }
+        sleep_ms(100).await;
+    }
+    panic!(
+        "{} never appeared; node log:\n{}",
+        dir.display(),
+        env.node.log_tail()
+    );
+}
+
+/// A fork from a snapshot (a restore, a revert) leaves, once its own `fork` snapshot is
+/// published, a spare clone of that snapshot; the next fork from it takes the spare
+/// instead of cloning, the one after clones as before, and all are whole. A restart
+/// removes every spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_fork_from_a_restored_timelines_snapshot_takes_its_spare_clone() {
+    let mut env = Env::new(
+        4 << 30,
+        &["--snapshot-interval", "0", "--snapshot-wal-bytes", "0"],
+    )
+    .await;
+    let (root, _rc, expected) = env.pgbench_root_with_s1().await;
+    let restored = env.fork(root.id, At::Snapshot("s1".into())).await;
+    let spare = Path::new(&restored.pgdata)
+        .parent()
+        .unwrap()
+        .join("snapshots/fork/spare");
+    wait_for_pgdata(&spare, &env).await;
+
+    let took = env.node.log().matches(TOOK_SPARE).count();
+    let first = env.fork(restored.id, At::Snapshot("fork".into())).await;
+    assert_eq!(
+        env.node.log().matches(TOOK_SPARE).count(),
+        took + 1,
+        "the first fork from the snapshot did not take its spare:\n{}",
+        env.node.log_tail()
+    );
+    assert!(!spare.exists(), "the spare was taken, not copied");
+    let second = env.fork(restored.id, At::Snapshot("fork".into())).await;
+    assert_eq!(
+        env.node.log().matches(TOOK_SPARE).count(),
+        took + 1,
+        "a second fork found a spare that was already taken"
+    );
+    for tl in [&restored, &first, &second] {
+        let mut c = env.start(tl).await;
+        amcheck(&c).await;
+        assert_eq!(
+            table_checksum(&c, "pgbench_accounts").await,
+            expected,
+            "{}: rows differ from the snapshot's",
+            tl.id
+        );
+        c.stop().await.unwrap();
+    }
+
+    // The forks from a snapshot made spares of their own; a restart removes them all.
+    let spares: Vec<_> = [&first, &second]
+        .iter()
+        .map(|t| {
+            Path::new(&t.pgdata)
+                .parent()
+                .unwrap()
+                .join("snapshots/fork/spare")
+        })
+        .collect();
+    for s in &spares {
+        wait_for_pgdata(s, &env).await;
+    }
+    env.node.restart().await.expect("restart the node");
+    for s in &spares {
+        assert!(!s.exists(), "{} survived a restart", s.display());
+    }
+}

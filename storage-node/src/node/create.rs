@@ -95,7 +95,11 @@ impl Node {
             Some(parent) => self.fork(id, parent, &req).await.map(|(rec, job)| {
                 if let Some(job) = job {
                     let node = Arc::clone(self);
-                    tokio::spawn(async move { node.finish_fork_snapshot(job).await });
+                    tokio::spawn(async move {
+                        if node.finish_fork_snapshot(job).await {
+                            node.make_spare(id, "fork").await;
+                        }
+                    });
                 }
                 rec
             }),

@@ -451,15 +451,21 @@ impl Node {
             self.open_dir(&pdir.snapshot_pgdata(&base.info.name))?,
             self.open_dir(&dir.0)?,
         );
-        tokio::task::spawn_blocking(move || {
-            // Each entry is a step, so a test can stall the walk half-way.
-            let step = |_: &Path, _| {
-                crate::failpoint::hit("fork.snapshot.clone_entry");
-                false
-            };
-            clone::clone_tree_whole(&src, &dst, "pgdata", method, &step)
-        })
-        .await??;
+        // The first fork after a restore finds the spare clone of its base made for it.
+        let spare = self.take_spare(&pdir.snapshots().join(&base.info.name), &dst)?;
+        if spare {
+            info!(parent = %prec.id, snapshot = %base.info.name, "took the snapshot's spare clone");
+        } else {
+            tokio::task::spawn_blocking(move || {
+                // Each entry is a step, so a test can stall the walk half-way.
+                let step = |_: &Path, _| {
+                    crate::failpoint::hit("fork.snapshot.clone_entry");
+                    false
+                };
+                clone::clone_tree_whole(&src, &dst, "pgdata", method, &step)
+            })
+            .await??;
+        }
         crate::failpoint::hit_async("fork.snapshot.after_clone").await;
         let last_seg = match target {
             Target::Lsn(l) => l.segment(SEGMENT_SIZE),

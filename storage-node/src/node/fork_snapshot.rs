@@ -82,8 +82,8 @@ impl Node {
 
     /// Finishes `job`: clones the parent's snapshot into the staging directory, makes it
     /// durable and publishes it as `snapshots/fork`. On failure the record's `fork`
-    /// snapshot is dropped (the timeline itself is sound).
-    pub(super) async fn finish_fork_snapshot(&self, job: ForkSnapshotJob) {
+    /// snapshot is dropped (the timeline itself is sound). Returns whether it was taken.
+    pub(super) async fn finish_fork_snapshot(&self, job: ForkSnapshotJob) -> bool {
         let id = job.id;
         let t0 = Instant::now();
         // No periodic snapshot of it starts meanwhile (a fork's first start can make one
@@ -93,6 +93,7 @@ impl Node {
         if ours {
             self.release_snapshotting(id);
         }
+        let taken = done.is_ok();
         match done {
             Ok(()) => {
                 info!(timeline = %id, elapsed_ms = t0.elapsed().as_millis() as u64, "fork snapshot taken")
@@ -112,6 +113,7 @@ impl Node {
             }
         }
         drop(job);
+        taken
     }
 
     async fn publish_fork_snapshot(&self, job: &ForkSnapshotJob) -> Result<(), NodeError> {

@@ -57,6 +57,7 @@ mod housekeeping;
 mod read;
 mod reserve;
 mod snapshots;
+mod spare;
 mod stopped;
 
 pub use backup::{host_name, Backups, Health as BackupHealth, Recovered, HEARTBEAT_EVERY};
@@ -275,6 +276,7 @@ impl Node {
             }
             snaps.remove_tree(&s.name).map_err(CloneError::from)?;
         }
+        self.remove_spares(snaps)?;
         let missing: Vec<String> = rec
             .snapshots
             .iter()
