@@ -143,15 +143,21 @@ pub fn clone_file(
 ) -> Result<u64, CloneError> {
     let (from, st) = src.open_file(name)?;
     let to = dst.create_file(dst_name, st.st_mode & 0o7777)?;
-    let dst_path = dst.path_of(dst_name);
+    fill(from, &to, method, &dst.path_of(dst_name))?;
+    Ok(st.st_size as u64)
+}
+
+/// Writes `from`'s content over `to` from its start: a reflink, or a copy.
+fn fill(from: File, to: &File, method: CloneMethod, to_path: &Path) -> Result<(), CloneError> {
     match method {
-        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", &dst_path))?,
+        CloneMethod::Reflink => reflink_file(&from, to).map_err(io_err("reflink", to_path)),
         CloneMethod::Copy => {
             let (mut from, mut to) = (from, to);
-            io::copy(&mut from, &mut to).map_err(io_err("copy", &dst_path))?;
+            io::copy(&mut from, &mut to)
+                .map(drop)
+                .map_err(io_err("copy", to_path))
         }
     }
-    Ok(st.st_size as u64)
 }
 
 /// Gives the existing regular file `dst_name` of `dst` the content of `name` of `src`
@@ -172,15 +178,9 @@ pub fn rewrite_file(
     };
     let (from, st) = src.open_file(name)?;
     let dst_path = dst.path_of(dst_name);
-    match method {
-        // FICLONE replaces the destination's range with the source's blocks at once: a
-        // reader sees the old content or the new, never a mix within a page.
-        CloneMethod::Reflink => reflink_file(&from, &to).map_err(io_err("reflink", &dst_path))?,
-        CloneMethod::Copy => {
-            let (mut from, mut to) = (from, &to);
-            io::copy(&mut from, &mut to).map_err(io_err("copy", &dst_path))?;
-        }
-    }
+    // A reflink replaces the destination's range with the source's blocks at once: a
+    // reader sees the old content or the new, never a mix within a page.
+    fill(from, &to, method, &dst_path)?;
     to.set_len(st.st_size as u64)
         .map_err(io_err("truncate", &dst_path))?;
     Ok(st.st_size as u64)

@@ -395,6 +395,21 @@ async fn sigkill_at_every_step_then_restart() {
     assert!(names_in(&data_dir(&env).join("timelines")).is_empty());
 }
 
+/// Forks `root` at its snapshot `s1` with the node armed to die at `step`, a step of the
+/// fork's background work, and waits until it died. Returns the fork's id.
+async fn fork_at_s1_killed_at(env: &mut Env, root: TimelineId, step: &str) -> TimelineId {
+    restart_with(env, &format!("{step}=kill")).await;
+    let log_from = env.node.log().len();
+    let id = TimelineId::new_v4();
+    // The node may die before or after it answers: the fork is committed either way.
+    let _ = env
+        .client
+        .create_timeline(&fork_req(id, root, At::Snapshot("s1".into())))
+        .await;
+    wait_killed_at(env, step, log_from).await;
+    id
+}
+
 /// SIGKILL while a fork from a snapshot finishes its own `fork` snapshot in the background
 /// (the fork itself committed): the restart removes the half-cloned snapshot and its
 /// record, and the fork is whole.
@@ -402,16 +417,7 @@ async fn sigkill_at_every_step_then_restart() {
 async fn sigkill_while_a_fork_snapshot_is_finished_then_restart() {
     let mut env = Env::new(4 << 30, QUIET).await;
     let (root, rc, expected) = env.pgbench_root_with_s1().await;
-    let step = "fork_snapshot.before_publish";
-    restart_with(&mut env, &format!("{step}=kill")).await;
-    let log_from = env.node.log().len();
-    let id = TimelineId::new_v4();
-    // The node may die before or after it answers: the fork is committed either way.
-    let _ = env
-        .client
-        .create_timeline(&fork_req(id, root.id, At::Snapshot("s1".into())))
-        .await;
-    wait_killed_at(&env, step, log_from).await;
+    let id = fork_at_s1_killed_at(&mut env, root.id, "fork_snapshot.before_publish").await;
     let log_from = env.node.log().len();
     restart_with(&mut env, "").await;
     let scan = env.node.log()[log_from..].to_string();
@@ -436,16 +442,7 @@ async fn sigkill_while_a_fork_snapshot_is_finished_then_restart() {
 async fn sigkill_while_a_spare_clone_is_made_then_restart() {
     let mut env = Env::new(4 << 30, QUIET).await;
     let (root, rc, expected) = env.pgbench_root_with_s1().await;
-    let step = "spare.before_publish";
-    restart_with(&mut env, &format!("{step}=kill")).await;
-    let log_from = env.node.log().len();
-    let id = TimelineId::new_v4();
-    // The spare is made after the fork answered, so the node dies after it did.
-    let _ = env
-        .client
-        .create_timeline(&fork_req(id, root.id, At::Snapshot("s1".into())))
-        .await;
-    wait_killed_at(&env, step, log_from).await;
+    let id = fork_at_s1_killed_at(&mut env, root.id, "spare.before_publish").await;
     let fork_snapshot = data_dir(&env).join(format!("timelines/{id}/snapshots/fork"));
     assert!(
         fork_snapshot.join(".spare-tmp/PG_VERSION").is_file(),
