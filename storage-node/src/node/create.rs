@@ -97,7 +97,7 @@ impl Node {
                     let node = Arc::clone(self);
                     tokio::spawn(async move {
                         if node.finish_fork_snapshot(job).await {
-                            node.make_spare(id, "fork").await;
+                            node.make_spare(id).await;
                         }
                     });
                 }

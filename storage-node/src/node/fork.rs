@@ -447,15 +447,12 @@ impl Node {
             .await?;
         }
         let method = self.clone_method;
-        let (src, dst) = (
-            self.open_dir(&pdir.snapshot_pgdata(&base.info.name))?,
-            self.open_dir(&dir.0)?,
-        );
+        let dst = self.open_dir(&dir.0)?;
         // The first fork after a restore finds the spare clone of its base made for it.
-        let spare = self.take_spare(&pdir.snapshots().join(&base.info.name), &dst)?;
-        if spare {
+        if self.take_spare(&pdir.snapshots().join(&base.info.name), &dst)? {
             info!(parent = %prec.id, snapshot = %base.info.name, "took the snapshot's spare clone");
         } else {
+            let src = self.open_dir(&pdir.snapshot_pgdata(&base.info.name))?;
             tokio::task::spawn_blocking(move || {
                 // Each entry is a step, so a test can stall the walk half-way.
                 let step = |_: &Path, _| {

@@ -276,7 +276,7 @@ impl Node {
             }
             snaps.remove_tree(&s.name).map_err(CloneError::from)?;
         }
-        self.remove_spares(snaps)?;
+        self.remove_spare(snaps)?;
         let missing: Vec<String> = rec
             .snapshots
             .iter()

@@ -26,15 +26,17 @@
 
 use super::*;
 
+/// The only snapshot a spare is made of.
+const FORK: &str = "fork";
 /// Where a snapshot's spare is, beside its `pgdata`.
 const SPARE: &str = "spare";
 /// Where it is cloned to first.
 const SPARE_STAGING: &str = ".spare-tmp";
 
 impl Node {
-    /// Clones snapshot `name` of timeline `id` into its spare (see the module). Failure
-    /// costs only the spare: it is logged and the half-made clone removed.
-    pub(super) async fn make_spare(&self, id: TimelineId, name: &str) {
+    /// Clones the `fork` snapshot of timeline `id` into its spare (see the module).
+    /// Failure costs only the spare: it is logged and the half-made clone removed.
+    pub(super) async fn make_spare(&self, id: TimelineId) {
         if self.clone_method != CloneMethod::Reflink {
             return;
         }
@@ -46,10 +48,10 @@ impl Node {
         let _history = self.history_of(id).read_owned().await;
         // The timeline or the snapshot may have been deleted meanwhile.
         match self.record(id) {
-            Ok(rec) if rec.snapshots.iter().any(|s| s.info.name == name) => {}
+            Ok(rec) if rec.snapshots.iter().any(|s| s.info.name == FORK) => {}
             _ => return,
         }
-        let snap = match self.open_dir(&self.dir(id).snapshots().join(name)) {
+        let snap = match self.open_dir(&self.dir(id).snapshots().join(FORK)) {
             Ok(d) => d,
             Err(_) => return,
         };
@@ -71,13 +73,13 @@ impl Node {
         .await;
         match made {
             Ok(Ok(())) => {
-                info!(timeline = %id, snapshot = name, elapsed_ms = t0.elapsed().as_millis() as u64, "spare clone of the snapshot made for the next fork from it")
+                info!(timeline = %id, snapshot = FORK, elapsed_ms = t0.elapsed().as_millis() as u64, "spare clone of the snapshot made for the next fork from it")
             }
             Ok(Err(e)) => {
-                warn!(timeline = %id, snapshot = name, error = %e, "cannot make a spare clone of the snapshot: the next fork from it clones it")
+                warn!(timeline = %id, snapshot = FORK, error = %e, "cannot make a spare clone of the snapshot: the next fork from it clones it")
             }
             Err(e) => {
-                warn!(timeline = %id, snapshot = name, error = %e, "the spare clone of the snapshot failed")
+                warn!(timeline = %id, snapshot = FORK, error = %e, "the spare clone of the snapshot failed")
             }
         }
     }
@@ -97,16 +99,12 @@ impl Node {
         }
     }
 
-    /// At start-up: removes the spare (whole or half-made) of every snapshot in `snaps`.
-    pub(super) fn remove_spares(&self, snaps: &Dir) -> Result<(), NodeError> {
-        for s in snaps.entries().map_err(CloneError::from)? {
-            if s.name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if let Ok(Some(snap)) = snaps.open_dir_if_exists(&s.name) {
-                for leftover in [SPARE, SPARE_STAGING] {
-                    snap.remove_tree(leftover).map_err(CloneError::from)?;
-                }
+    /// At start-up: removes the spare (whole or half-made) of the `fork` snapshot in
+    /// `snaps`, the only one that may have one.
+    pub(super) fn remove_spare(&self, snaps: &Dir) -> Result<(), NodeError> {
+        if let Ok(Some(snap)) = snaps.open_dir_if_exists(FORK) {
+            for leftover in [SPARE, SPARE_STAGING] {
+                snap.remove_tree(leftover).map_err(CloneError::from)?;
             }
         }
         Ok(())
